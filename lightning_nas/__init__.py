@@ -1,0 +1,36 @@
+"""lightning_nas: neural architecture search as PyTorch Lightning callbacks.
+
+Wrap ordinary ``nn.Module`` code into weight-sharing supernets with the mutable API, train them
+with callbacks on any ``Trainer``, and export subnets as plain networks with inherited weights.
+"""
+
+from lightning_nas.nn import (
+    Choice,
+    DepthChoice,
+    ElasticBatchNorm2d,
+    ElasticConv2d,
+    ElasticLayerNorm,
+    ElasticLinear,
+    InputChoice,
+    OpChoice,
+    recalibrate_batch_norm,
+)
+from lightning_nas.spaces import SearchSpace
+from lightning_nas.supernet import Supernet, find_supernet
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Choice",
+    "DepthChoice",
+    "ElasticBatchNorm2d",
+    "ElasticConv2d",
+    "ElasticLayerNorm",
+    "ElasticLinear",
+    "InputChoice",
+    "OpChoice",
+    "SearchSpace",
+    "Supernet",
+    "find_supernet",
+    "recalibrate_batch_norm",
+]

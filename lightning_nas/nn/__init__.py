@@ -1,0 +1,29 @@
+"""Mutable modules: decisions, candidate operations, elastic layers, export and calibration."""
+
+from lightning_nas.nn.calibration import recalibrate_batch_norm
+from lightning_nas.nn.choice import ArchContext, Choice, Mutable
+from lightning_nas.nn.conv import ElasticConv2d
+from lightning_nas.nn.depth_choice import DepthChoice
+from lightning_nas.nn.export import export_subnet
+from lightning_nas.nn.input_choice import InputChoice
+from lightning_nas.nn.linear import ElasticLinear
+from lightning_nas.nn.norm import ElasticBatchNorm2d, ElasticLayerNorm
+from lightning_nas.nn.op_choice import OpChoice
+from lightning_nas.nn.static import FixedValue, SumInputs
+
+__all__ = [
+    "ArchContext",
+    "Choice",
+    "DepthChoice",
+    "ElasticBatchNorm2d",
+    "ElasticConv2d",
+    "ElasticLayerNorm",
+    "ElasticLinear",
+    "FixedValue",
+    "InputChoice",
+    "Mutable",
+    "OpChoice",
+    "SumInputs",
+    "export_subnet",
+    "recalibrate_batch_norm",
+]

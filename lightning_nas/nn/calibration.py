@@ -1,0 +1,81 @@
+"""Recompute BatchNorm running statistics of a subnet (inherited statistics belong to the supernet)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["recalibrate_batch_norm"]
+
+_NORMS = (nn.modules.batchnorm._BatchNorm,)
+
+
+def _first_tensor(batch: Any) -> Any:
+    if isinstance(batch, (list, tuple)):
+        return batch[0]
+    if isinstance(batch, dict):
+        return next(iter(batch.values()))
+    return batch
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(
+    module: nn.Module,
+    batches: Iterable[Any],
+    *,
+    num_batches: int | None = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+) -> int:
+    """Reset every BatchNorm's running statistics and re-estimate them as an exact average over batches.
+
+    Running statistics are cumulative (``momentum=None``) while recalibrating, so the result is the
+    plain mean over the batches seen, independent of their order; momenta and train/eval modes are
+    restored afterwards. Works on an exported subnet and on a supernet with an architecture active
+    (its elastic BatchNorms then recalibrate the active channel prefix).
+
+    Args:
+        module: the network.
+        batches: an iterable of batches (a ``DataLoader``): tensors, or tuples/dicts whose first
+            entry is the input.
+        num_batches: stop after this many batches (default: all).
+        forward: ``forward(module, batch)``; default ``module(first tensor of batch)``.
+
+    Returns:
+        The number of batches used.
+
+    Raises:
+        ValueError: if ``num_batches`` is not positive or no batch was seen.
+    """
+    from lightning_nas.nn.norm import ElasticBatchNorm2d
+
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"`num_batches` must be a positive int or None, got {num_batches!r}")
+    norms = [m for m in module.modules() if isinstance(m, (*_NORMS, ElasticBatchNorm2d)) and m.track_running_stats]
+    saved_momentum = [m.momentum for m in norms]
+    was_training = module.training
+    for m in norms:
+        m.running_mean.zero_()
+        m.running_var.fill_(1.0)
+        m.num_batches_tracked.zero_()
+        m.momentum = None
+    module.train()
+    seen = 0
+    try:
+        for batch in batches:
+            if num_batches is not None and seen >= num_batches:
+                break
+            if forward is None:
+                module(_first_tensor(batch))
+            else:
+                forward(module, batch)
+            seen += 1
+    finally:
+        for m, momentum in zip(norms, saved_momentum):
+            m.momentum = momentum
+        module.train(was_training)
+    if seen == 0:
+        raise ValueError("`batches` yielded no batch; BatchNorm statistics cannot be recalibrated")
+    return seen

@@ -1,0 +1,203 @@
+"""Label-keyed categorical decisions and the routing context that activates them.
+
+A :class:`Choice` is a parameter-free ``nn.Module`` so that a :class:`~lightning_nas.Supernet`
+finds every decision by walking the module tree, wherever the user stored it. Two choices with
+the same label are one decision. The active value of every choice lives in one shared
+:class:`ArchContext` owned by the supernet:
+
+* *scalar mode*: one architecture for the whole batch (``context.values[label] -> value``);
+* *per-example mode*: one architecture per example (``context.indices[label] -> LongTensor (B,)``
+  of candidate indices). Mutables that route a subset of the batch to a sub-module narrow
+  ``context.rows`` so that nested decisions read the indices of exactly the rows they see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Hashable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ArchContext", "Choice", "Mutable", "canonical_value"]
+
+
+def canonical_value(value: Any) -> Any:
+    """Hashable canonical form of a candidate value: lists (as JSON gives them back) become tuples."""
+    if isinstance(value, list):
+        return tuple(canonical_value(v) for v in value)
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    """JSON form of a canonical value: tuples become lists."""
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
+    return value
+
+
+class ArchContext:
+    """The active architecture of one supernet, shared by all of its choices.
+
+    Attributes:
+        values: scalar mode, ``{label: value}``; ``None`` in per-example mode.
+        indices: per-example mode, ``{label: LongTensor (B,)}`` of candidate indices; else ``None``.
+        rows: positions (into the full batch) of the examples the running sub-module sees, or
+            ``None`` for the whole batch.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] | None = {}
+        self.indices: dict[str, Tensor] | None = None
+        self.rows: Tensor | None = None
+
+    @contextlib.contextmanager
+    def route(self, positions: Tensor) -> Iterator[None]:
+        """Narrow the visible rows to ``positions`` (indices into the rows visible now)."""
+        previous = self.rows
+        self.rows = positions if previous is None else previous.index_select(0, positions.to(previous.device))
+        try:
+            yield
+        finally:
+            self.rows = previous
+
+
+class Choice(nn.Module):
+    """A categorical decision ``label ∈ values``.
+
+    Pass a ``Choice`` wherever a mutable accepts one (a width, a kernel size) or keep it as an
+    attribute and read :attr:`value` in ``forward``. Every ``Choice`` with the same label is the
+    same decision; their candidate lists must then be identical.
+
+    Args:
+        values: the candidate values (ints, floats, strings, bools or tuples of those), at least one,
+            no duplicates.
+        label: the decision's name in architecture dicts. ``None`` lets the supernet name it after
+            the first module path where it is found.
+        default: the value active before any activation (default: the first value).
+    """
+
+    def __init__(self, values: Sequence[Any], label: str | None = None, *, default: Any = None) -> None:
+        super().__init__()
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+            raise ValueError(f"`values` must be a list or tuple of candidates, got {values!r}")
+        canon = [canonical_value(v) for v in values]
+        if not canon:
+            raise ValueError(f"`values` of choice {label!r} must not be empty")
+        for v in canon:
+            if not isinstance(v, Hashable):
+                raise ValueError(f"candidate {v!r} of choice {label!r} is not hashable; use ints, floats, strings or tuples")
+        if len(set(canon)) != len(canon):
+            raise ValueError(f"`values` of choice {label!r} has duplicates: {list(values)!r}")
+        if label is not None and (not isinstance(label, str) or not label):
+            raise ValueError(f"`label` must be a non-empty string or None, got {label!r}")
+        self.values: tuple[Any, ...] = tuple(canon)
+        self.label = label
+        default = canon[0] if default is None else canonical_value(default)
+        if default not in self.values:
+            raise ValueError(f"`default` of choice {label!r} must be one of {list(self.values)!r}, got {default!r}")
+        self.default = default
+        self._position = {v: i for i, v in enumerate(self.values)}
+        # The context is shared with the supernet; keep it out of the module tree.
+        object.__setattr__(self, "_context", None)
+
+    # -- reading the active value -------------------------------------------------------------
+    def attach(self, context: ArchContext | None) -> None:
+        """Bind this choice to a supernet's context (done by :class:`~lightning_nas.Supernet`)."""
+        object.__setattr__(self, "_context", context)
+
+    def index_of(self, value: Any) -> int:
+        """Position of ``value`` among the candidates. Raises ``ValueError`` naming the allowed values."""
+        try:
+            return self._position[canonical_value(value)]
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"{value!r} is not a candidate of choice {self.label!r}; allowed values: {list(map(_json_value, self.values))!r}"
+            ) from None
+
+    def example_indices(self) -> Tensor | None:
+        """Per-example candidate indices of the visible rows, ``LongTensor (n,)``; ``None`` in scalar mode."""
+        ctx = self._context
+        if ctx is None or ctx.indices is None:
+            return None
+        idx = ctx.indices[self.label]
+        if ctx.rows is not None:
+            idx = idx.index_select(0, ctx.rows.to(idx.device))
+        return idx
+
+    @property
+    def value(self) -> Any:
+        """The active value. In per-example mode, the common value of the visible rows.
+
+        Raises:
+            RuntimeError: in per-example mode when the visible rows disagree.
+        """
+        ctx = self._context
+        if ctx is None:
+            return self.default
+        if ctx.indices is None:
+            return ctx.values.get(self.label, self.default)
+        idx = self.example_indices()
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo != hi:
+            raise RuntimeError(
+                f"choice {self.label!r} differs between the examples of this batch (per-example mode); "
+                "read `example_indices()` or use a mutable module that routes examples"
+            )
+        return self.values[lo]
+
+    def uniform_index(self) -> int | None:
+        """Index of the active value when all visible rows agree (or in scalar mode), else ``None``."""
+        idx = self.example_indices()
+        if idx is None:
+            return self.index_of(self.value)
+        if idx.numel() == 0:
+            return 0
+        lo, hi = torch.aminmax(idx)
+        lo, hi = int(lo), int(hi)
+        return lo if lo == hi else None
+
+    def values_tensor(self, device: torch.device) -> Tensor:
+        """The (numeric) candidate values as a ``LongTensor (n_values,)`` on ``device``, cached."""
+        cache = self.__dict__.setdefault("_values_tensors", {})
+        if device not in cache:
+            cache[device] = torch.tensor(self.values, device=device)
+        return cache[device]
+
+    def forward(self) -> Any:  # pragma: no cover - a Choice is not called; it is read
+        return self.value
+
+    def extra_repr(self) -> str:
+        return f"label={self.label!r}, values={list(self.values)!r}"
+
+
+class Mutable(nn.Module):
+    """Base class of modules whose computation depends on one or more :class:`Choice`.
+
+    Subclasses implement :meth:`freeze`, returning a static module (no lightning_nas mutable
+    inside) equal to this module under ``arch``.
+    """
+
+    def freeze(self, arch: dict[str, Any], export_child) -> nn.Module:
+        """Static module computing what this module computes under ``arch``.
+
+        Args:
+            arch: a complete, validated architecture dict.
+            export_child: call it on a chosen sub-module to get its own exported copy.
+        """
+        raise NotImplementedError
+
+
+def value_in(choice_or_int: Choice | Any, arch: dict[str, Any]) -> Any:
+    """The value of a ``Choice`` (looked up in ``arch``) or a constant given as is."""
+    if isinstance(choice_or_int, Choice):
+        return canonical_value(arch[choice_or_int.label]) if arch is not None else choice_or_int.value
+    return choice_or_int
+
+
+def largest(choice_or_int: Choice | int) -> int:
+    """The largest candidate of a numeric ``Choice`` (sizes parameters), or the int itself."""
+    if isinstance(choice_or_int, Choice):
+        return max(choice_or_int.values)
+    return choice_or_int

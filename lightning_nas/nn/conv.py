@@ -1,0 +1,170 @@
+"""``ElasticConv2d``: channel prefixes and centre-cropped kernels of one shared weight."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_nas.nn.choice import Choice, Mutable, largest, value_in
+from lightning_nas.nn.elastic_size import active_size, check_size_spec, fit_channels, size_mask
+from lightning_nas.nn.routing import route_examples
+
+__all__ = ["ElasticConv2d", "crop_kernel"]
+
+
+def crop_kernel(weight: Tensor, kernel_size: int) -> Tensor:
+    """Centre ``kernel_size × kernel_size`` crop of a ``(out, in, K, K)`` weight."""
+    full = weight.shape[-1]
+    if kernel_size == full:
+        return weight
+    start = (full - kernel_size) // 2
+    return weight[:, :, start : start + kernel_size, start : start + kernel_size]
+
+
+class ElasticConv2d(Mutable):
+    """A 2-D convolution whose widths and kernel size are decisions (Once-for-All weight sharing).
+
+    The weight is allocated at the largest widths and kernel; a smaller width uses the channel
+    prefix and a smaller kernel the centre crop. Padding keeps the spatial size as a "same"
+    convolution would at stride 1 (``dilation * (k - 1) // 2``) unless a fixed ``padding`` is
+    given for a fixed kernel. In per-example mode rows are grouped by kernel size and computed at
+    the largest width of the group, with each row's extra channels zeroed.
+
+    Args:
+        in_channels: int, or the ``Choice`` that sets the width of the layer feeding this one.
+        out_channels: int or ``Choice`` of ints.
+        kernel_size: odd int or ``Choice`` of odd ints.
+        stride: as in ``nn.Conv2d``.
+        padding: ``None`` (automatic, see above) or an int for a fixed kernel.
+        dilation: as in ``nn.Conv2d``.
+        depthwise: one filter per channel (``groups = channels``); ``out_channels`` must then be
+            ``in_channels`` (the same int or ``Choice``).
+        bias: learn an additive bias.
+
+    Shapes: input ``(B, C_in, H, W)`` with ``C_in`` the active input width; output ``(B, C_out, H', W')``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int | Choice,
+        out_channels: int | Choice,
+        kernel_size: int | Choice,
+        stride: int | tuple[int, int] = 1,
+        *,
+        padding: int | None = None,
+        dilation: int = 1,
+        depthwise: bool = False,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        check_size_spec("in_channels", in_channels)
+        check_size_spec("out_channels", out_channels)
+        check_size_spec("kernel_size", kernel_size, odd=padding is None)
+        if padding is not None and isinstance(kernel_size, Choice):
+            raise ValueError("`padding` can only be fixed for a fixed kernel_size; use padding=None with a kernel Choice")
+        if depthwise and out_channels is not in_channels and out_channels != in_channels:
+            raise ValueError(f"a depthwise ElasticConv2d needs out_channels == in_channels, got {out_channels!r} and {in_channels!r}")
+        self.in_channels = in_channels
+        self.out_channels = in_channels if depthwise else out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self.depthwise = depthwise
+        max_out, max_k = largest(self.out_channels), largest(kernel_size)
+        self.weight = nn.Parameter(torch.empty(max_out, 1 if depthwise else largest(in_channels), max_k, max_k))
+        self.bias = nn.Parameter(torch.empty(max_out)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * self.weight.shape[2] * self.weight.shape[3]
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def _padding(self, kernel_size: int) -> int:
+        return self.padding if self.padding is not None else self.dilation * (kernel_size - 1) // 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"ElasticConv2d expects input (B, C, H, W), got shape {tuple(x.shape)}")
+        if isinstance(self.kernel_size, Choice):
+            indices = self.kernel_size.example_indices()
+            if indices is not None and self.kernel_size.uniform_index() is None:
+                values = self.kernel_size.values
+                return route_examples(
+                    self.kernel_size._context, indices, len(values), lambda i, rows: self._conv(rows, values[i]), (x,)
+                )
+        return self._conv(x, value_in(self.kernel_size, None))
+
+    def _conv(self, x: Tensor, kernel_size: int) -> Tensor:
+        x = fit_channels(x, self.in_channels, 1, "ElasticConv2d")
+        c_in = x.shape[1]
+        c_out, out_sizes = active_size(self.out_channels, x.device)
+        groups = c_in if self.depthwise else 1
+        weight = self.weight[:c_out] if self.depthwise else self.weight[:c_out, :c_in]
+        bias = None if self.bias is None else self.bias[:c_out]
+        y = F.conv2d(x, crop_kernel(weight, kernel_size), bias, self.stride, self._padding(kernel_size), self.dilation, groups)
+        if out_sizes is not None:
+            y = y * size_mask(out_sizes, c_out, y.dtype)[:, :, None, None]
+        return y
+
+    def freeze(self, arch: dict[str, Any], export_child) -> nn.Conv2d:
+        c_in = value_in(self.in_channels, arch)
+        c_out = c_in if self.depthwise else value_in(self.out_channels, arch)
+        k = value_in(self.kernel_size, arch)
+        conv = nn.Conv2d(
+            c_in, c_out, k, self.stride, self._padding(k), self.dilation,
+            groups=c_in if self.depthwise else 1, bias=self.bias is not None,
+        ).to(device=self.weight.device, dtype=self.weight.dtype)
+        with torch.no_grad():
+            weight = self.weight[:c_out] if self.depthwise else self.weight[:c_out, :c_in]
+            conv.weight.copy_(crop_kernel(weight, k))
+            if self.bias is not None:
+                conv.bias.copy_(self.bias[:c_out])
+        return conv
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, *, kernel_size: int | Choice | None = None, out_channels: int | Choice | None = None) -> "ElasticConv2d":
+        """An elastic copy of ``conv`` whose largest candidate is ``conv`` itself (weights shared, not copied).
+
+        Raises:
+            ValueError: when ``conv`` cannot be made elastic as asked (grouped but not depthwise,
+                non-square or asymmetric padding with an elastic kernel, candidates larger than ``conv``).
+        """
+        k = conv.kernel_size[0]
+        if conv.kernel_size[0] != conv.kernel_size[1] or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"only square, zero-padded convolutions with numeric padding can be made elastic, got {conv}")
+        depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1
+        if conv.groups != 1 and not depthwise:
+            raise ValueError(f"grouped convolutions other than depthwise cannot be made elastic, got {conv}")
+        kernel_size = k if kernel_size is None else kernel_size
+        out_channels = conv.out_channels if out_channels is None else out_channels
+        if largest(kernel_size) != k or largest(out_channels) != conv.out_channels:
+            raise ValueError(
+                f"the largest candidate must be the original layer: kernel {largest(kernel_size)} vs {k}, "
+                f"out_channels {largest(out_channels)} vs {conv.out_channels}"
+            )
+        dilation = conv.dilation[0]
+        same = conv.padding[0] == conv.padding[1] == dilation * (k - 1) // 2
+        if isinstance(kernel_size, Choice) and not same:
+            raise ValueError(f"an elastic kernel needs 'same' padding {dilation * (k - 1) // 2}, got {conv.padding} in {conv}")
+        elastic = cls(
+            conv.in_channels, conv.in_channels if depthwise else out_channels, kernel_size, conv.stride,
+            padding=None if same else conv.padding[0], dilation=dilation, depthwise=depthwise, bias=conv.bias is not None,
+        )
+        elastic.weight = conv.weight
+        if conv.bias is not None:
+            elastic.bias = conv.bias
+        return elastic
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_channels={self.in_channels!r}, out_channels={self.out_channels!r}, kernel_size={self.kernel_size!r}, "
+            f"stride={self.stride}, depthwise={self.depthwise}"
+        )

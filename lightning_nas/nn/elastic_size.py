@@ -1,0 +1,82 @@
+"""Resolving an elastic size (a width given as an int or a ``Choice``) for the rows being run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_nas.nn.choice import Choice
+
+__all__ = ["active_size", "check_size_spec", "fit_channels", "size_mask"]
+
+
+def check_size_spec(name: str, spec: Any, *, odd: bool = False) -> None:
+    """Validate a size argument: a positive int or a ``Choice`` of positive ints (odd if ``odd``)."""
+    values = spec.values if isinstance(spec, Choice) else (spec,)
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1 or (odd and v % 2 == 0):
+            kind = "positive odd int" if odd else "positive int"
+            raise ValueError(f"`{name}` must be a {kind} or a Choice of them, got {v!r} in {spec!r}")
+
+
+def active_size(spec: int | Choice, device: torch.device) -> tuple[int, Tensor | None]:
+    """The size to compute at, and the per-example sizes when they differ.
+
+    Args:
+        spec: a constant size or a ``Choice`` of sizes.
+        device: where the per-example sizes should live.
+
+    Returns:
+        ``(size, per_example)``: in scalar mode (or when all visible rows agree) the active size and
+        ``None``; otherwise the largest size among the rows and a ``LongTensor (n,)`` of each row's size.
+    """
+    if not isinstance(spec, Choice):
+        return spec, None
+    indices = spec.example_indices()
+    if indices is None:
+        return spec.value, None
+    sizes = spec.values_tensor(indices.device).index_select(0, indices)
+    lo, hi = torch.aminmax(sizes)
+    lo, hi = int(lo), int(hi)
+    if lo == hi:
+        return lo, None
+    return hi, sizes.to(device)
+
+
+def size_mask(per_example: Tensor, size: int, dtype: torch.dtype) -> Tensor:
+    """``(n, size)`` mask: 1 for the first ``per_example[i]`` channels of row ``i``, 0 after."""
+    return (torch.arange(size, device=per_example.device) < per_example[:, None]).to(dtype)
+
+
+def fit_channels(x: Tensor, spec: int | Choice, dim: int, layer: str) -> Tensor:
+    """Check the input width of an elastic layer against ``spec`` and zero what a row does not use.
+
+    In per-example mode an input may be wider than the widest of the rows seeing it (it was
+    computed for more rows upstream); it is narrowed, and channels past a row's own width are
+    zeroed, so each row gets exactly what its own subnet computes.
+
+    Args:
+        x: the input, channels in dimension ``dim``.
+        spec: the layer's input width (int or ``Choice``).
+        dim: the channel dimension (1 for ``(B, C, H, W)``, -1 for ``(B, ..., C)``).
+        layer: the layer's name for error messages.
+    """
+    size, per_example = active_size(spec, x.device)
+    width = x.shape[dim]
+    if width == size and per_example is None:
+        return x
+    routed = isinstance(spec, Choice) and spec.example_indices() is not None
+    if not routed or not size <= width <= max(spec.values):
+        raise ValueError(
+            f"{layer} expected {size} input channels in dimension {dim} for the active architecture, got shape "
+            f"{tuple(x.shape)}; pass the Choice that sets the previous layer's width as its input width"
+        )
+    x = x.narrow(dim, 0, size)
+    if per_example is None:
+        return x
+    mask = size_mask(per_example, size, x.dtype)
+    shape = [1] * x.dim()
+    shape[0], shape[dim] = mask.shape
+    return x * mask.view(shape)

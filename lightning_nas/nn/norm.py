@@ -1,0 +1,180 @@
+"""Elastic normalisation layers: ``ElasticBatchNorm2d`` and ``ElasticLayerNorm``.
+
+Give a norm the same width ``Choice`` as the layer before it: in per-example mode it then
+normalises each row over that row's own channels and zeroes the rest, exactly as the row's own
+subnet would. Training-mode batch statistics of a channel are taken over the rows that use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_nas.nn.choice import Choice, Mutable, largest, value_in
+from lightning_nas.nn.elastic_size import active_size, check_size_spec, fit_channels, size_mask
+
+__all__ = ["ElasticBatchNorm2d", "ElasticLayerNorm"]
+
+
+class ElasticBatchNorm2d(Mutable):
+    """``nn.BatchNorm2d`` over a channel prefix of the largest width.
+
+    Args:
+        num_features: int or ``Choice`` (the width ``Choice`` of the layer before it).
+        eps, momentum, affine, track_running_stats: as in ``nn.BatchNorm2d`` (``momentum=None``
+            gives a cumulative average).
+
+    Shapes: ``(B, C, H, W) -> (B, C, H, W)``.
+    """
+
+    def __init__(
+        self,
+        num_features: int | Choice,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
+        super().__init__()
+        check_size_spec("num_features", num_features)
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        n = largest(num_features)
+        self.weight = nn.Parameter(torch.ones(n)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(n)) if affine else None
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(n))
+            self.register_buffer("running_var", torch.ones(n))
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+
+    def _average_factor(self) -> float:
+        if not (self.training and self.track_running_stats):
+            return 0.0
+        self.num_batches_tracked.add_(1)
+        return 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"ElasticBatchNorm2d expects input (B, C, H, W), got shape {tuple(x.shape)}")
+        x = fit_channels(x, self.num_features, 1, "ElasticBatchNorm2d")
+        c = x.shape[1]
+        _, sizes = active_size(self.num_features, x.device)
+        factor = self._average_factor()
+        use_batch_stats = self.training or not self.track_running_stats
+        weight = None if self.weight is None else self.weight[:c]
+        bias = None if self.bias is None else self.bias[:c]
+        running_mean = None if self.running_mean is None else self.running_mean[:c]
+        running_var = None if self.running_var is None else self.running_var[:c]
+        if sizes is None or not use_batch_stats:
+            y = F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, factor, self.eps)
+            return y if sizes is None else y * size_mask(sizes, c, y.dtype)[:, :, None, None]
+        return self._masked_batch_norm(x, size_mask(sizes, c, x.dtype), weight, bias, running_mean, running_var, factor)
+
+    def _masked_batch_norm(self, x, mask, weight, bias, running_mean, running_var, factor) -> Tensor:
+        # Each channel's statistics over the rows that use it: what those rows' subnets would see.
+        m = mask[:, :, None, None]
+        count = (mask.sum(0) * x.shape[2] * x.shape[3]).clamp_min(1)  # (C,)
+        mean = (x * m).sum((0, 2, 3)) / count
+        centred = (x - mean[None, :, None, None]) * m
+        var = centred.pow(2).sum((0, 2, 3)) / count
+        y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if weight is not None:
+            y = y * weight[None, :, None, None] + bias[None, :, None, None] * m
+        if running_mean is not None and factor:
+            with torch.no_grad():
+                used = mask.sum(0) > 0
+                unbiased = var * count / (count - 1).clamp_min(1)
+                running_mean[used] = (1 - factor) * running_mean[used] + factor * mean.detach()[used]
+                running_var[used] = (1 - factor) * running_var[used] + factor * unbiased.detach()[used]
+        return y
+
+    def freeze(self, arch: dict[str, Any], export_child) -> nn.BatchNorm2d:
+        c = value_in(self.num_features, arch)
+        bn = nn.BatchNorm2d(c, self.eps, self.momentum, self.affine, self.track_running_stats)
+        bn = bn.to(device=self.weight.device if self.weight is not None else None)
+        with torch.no_grad():
+            if self.affine:
+                bn.weight.copy_(self.weight[:c])
+                bn.bias.copy_(self.bias[:c])
+            if self.track_running_stats:
+                bn.running_mean.copy_(self.running_mean[:c])
+                bn.running_var.copy_(self.running_var[:c])
+                bn.num_batches_tracked.copy_(self.num_batches_tracked)
+        return bn
+
+    @classmethod
+    def from_batch_norm(cls, bn: nn.BatchNorm2d, *, num_features: int | Choice | None = None) -> "ElasticBatchNorm2d":
+        """An elastic copy of ``bn`` sharing its parameters and buffers (the largest width is ``bn``'s)."""
+        num_features = bn.num_features if num_features is None else num_features
+        if largest(num_features) != bn.num_features:
+            raise ValueError(f"the largest num_features candidate must be {bn.num_features}, got {largest(num_features)}")
+        elastic = cls(num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+        for name in ("weight", "bias"):
+            if getattr(bn, name) is not None:
+                setattr(elastic, name, getattr(bn, name))
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            if getattr(bn, name) is not None:
+                elastic.register_buffer(name, getattr(bn, name))
+        return elastic
+
+    def extra_repr(self) -> str:
+        return f"num_features={self.num_features!r}, eps={self.eps}, momentum={self.momentum}"
+
+
+class ElasticLayerNorm(Mutable):
+    """``nn.LayerNorm`` over the last dimension with an elastic width (a prefix of the largest).
+
+    Args:
+        normalized_shape: int or ``Choice`` (the width ``Choice`` of the layer before it).
+        eps: added to the variance.
+        elementwise_affine: learn a per-feature scale and shift.
+
+    Shapes: ``(B, ..., F) -> (B, ..., F)``.
+    """
+
+    def __init__(self, normalized_shape: int | Choice, eps: float = 1e-5, elementwise_affine: bool = True) -> None:
+        super().__init__()
+        check_size_spec("normalized_shape", normalized_shape)
+        self.normalized_shape = normalized_shape
+        self.eps = eps
+        n = largest(normalized_shape)
+        self.weight = nn.Parameter(torch.ones(n)) if elementwise_affine else None
+        self.bias = nn.Parameter(torch.zeros(n)) if elementwise_affine else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = fit_channels(x, self.normalized_shape, -1, "ElasticLayerNorm")
+        c = x.shape[-1]
+        _, sizes = active_size(self.normalized_shape, x.device)
+        weight = None if self.weight is None else self.weight[:c]
+        bias = None if self.bias is None else self.bias[:c]
+        if sizes is None:
+            return F.layer_norm(x, (c,), weight, bias, self.eps)
+        mask = size_mask(sizes, c, x.dtype).view(x.shape[0], *([1] * (x.dim() - 2)), c)
+        count = mask.sum(-1, keepdim=True)
+        mean = (x * mask).sum(-1, keepdim=True) / count
+        centred = (x - mean) * mask
+        y = centred * torch.rsqrt(centred.pow(2).sum(-1, keepdim=True) / count + self.eps)
+        if weight is not None:
+            y = (y * weight + bias) * mask
+        return y
+
+    def freeze(self, arch: dict[str, Any], export_child) -> nn.LayerNorm:
+        c = value_in(self.normalized_shape, arch)
+        ln = nn.LayerNorm(c, self.eps, elementwise_affine=self.weight is not None)
+        if self.weight is not None:
+            ln = ln.to(self.weight.device)
+            with torch.no_grad():
+                ln.weight.copy_(self.weight[:c])
+                ln.bias.copy_(self.bias[:c])
+        return ln
+
+    def extra_repr(self) -> str:
+        return f"normalized_shape={self.normalized_shape!r}, eps={self.eps}"

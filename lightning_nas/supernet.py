@@ -1,0 +1,203 @@
+"""``Supernet``: finds every decision in a module tree, activates subnets, exports them."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_nas.nn.calibration import recalibrate_batch_norm
+from lightning_nas.nn.choice import ArchContext, Choice, Mutable
+from lightning_nas.nn.export import export_subnet
+from lightning_nas.spaces.search_space import Decision, SearchSpace
+
+__all__ = ["Supernet", "find_supernet"]
+
+# Mutables keep their decision under this attribute; its label defaults to the mutable's path.
+_OWN_CHOICE = "choice"
+
+
+def _discover(module: nn.Module) -> tuple[list[Choice], SearchSpace]:
+    choices: list[Choice] = []
+    decisions: dict[str, Decision] = {}
+    for path, m in module.named_modules(remove_duplicate=False):
+        if isinstance(m, Supernet) and m is not module:
+            raise ValueError(f"a Supernet cannot contain another Supernet (found at {path!r}); wrap the plain module once")
+        if not isinstance(m, Choice):
+            continue
+        if m.label is None:
+            owner, _, attr = path.rpartition(".")
+            m.label = owner if attr == _OWN_CHOICE and owner else path
+        if all(m is not c for c in choices):
+            choices.append(m)
+        known = decisions.get(m.label)
+        if known is None:
+            decisions[m.label] = Decision(m.label, m.values, m.default)
+        elif known.values != m.values:
+            raise ValueError(
+                f"label {m.label!r} is used with different candidate lists: {list(known.values)!r} and "
+                f"{list(m.values)!r} (at {path!r}); one label is one decision, so its candidates must match"
+            )
+    return choices, SearchSpace(list(decisions.values()))
+
+
+class Supernet(nn.Module):
+    """A weight-sharing supernet around any module tree containing lightning_nas mutables.
+
+    ``forward`` calls the wrapped module under the active architecture. One architecture can be
+    active for the whole batch (:meth:`activate` with a dict) or one per example (a list of dicts,
+    or :meth:`activate_indices`): then each example runs exactly its own subnet.
+
+    Args:
+        module: the network; its choices are discovered at any depth. Unlabelled choices are
+            named after their module path.
+
+    Attributes:
+        module: the wrapped network.
+        space: the :class:`~lightning_nas.spaces.SearchSpace` of its decisions.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"`module` must be an nn.Module, got {type(module).__name__}")
+        self.module = module
+        self._choices, self.space = _discover(module)
+        object.__setattr__(self, "context", ArchContext())
+        for choice in self._choices:
+            choice.attach(self.context)
+        self.activate(self.space.default())
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    # -- activation --------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        tensor = next(iter(self.parameters()), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
+
+    def activate(self, arch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
+        """Make ``arch`` the active subnet; a list of archs activates one per example of the next batch.
+
+        Raises:
+            ValueError: for an invalid architecture (unknown or missing label, value not a candidate).
+        """
+        if isinstance(arch, Mapping):
+            self.context.values = self.space.validate(arch)
+            self.context.indices = None
+            self.context.rows = None
+            return
+        archs = list(arch)
+        if not archs:
+            raise ValueError("`arch` must be a dict or a non-empty list of dicts (one per example)")
+        per_label = [self.space.indices(a) for a in archs]
+        self.activate_indices({label: torch.tensor([p[label] for p in per_label]) for label in self.space.labels})
+
+    def activate_indices(self, indices: Mapping[str, Tensor]) -> None:
+        """Activate one architecture per example from candidate indices ``{label: LongTensor (B,)}``.
+
+        This is the fast path for per-example sampling (see ``SearchSpace.sample_indices``).
+        """
+        missing = [label for label in self.space.labels if label not in indices]
+        unknown = [label for label in indices if label not in self.space._by_label]
+        if missing or unknown:
+            raise ValueError(f"`indices` must have exactly the labels {self.space.labels!r}; missing {missing!r}, unknown {unknown!r}")
+        device = self._device()
+        checked, batch = {}, None
+        for decision in self.space:
+            idx = torch.as_tensor(indices[decision.label]).long().to(device)
+            if idx.dim() != 1 or (batch is not None and idx.shape[0] != batch):
+                raise ValueError(f"`indices[{decision.label!r}]` must be a 1-D tensor of one index per example, got shape {tuple(idx.shape)}")
+            batch = idx.shape[0]
+            if batch and (int(idx.min()) < 0 or int(idx.max()) >= len(decision.values)):
+                raise ValueError(f"`indices[{decision.label!r}]` must lie in [0, {len(decision.values)}), got {idx.tolist()!r}")
+            checked[decision.label] = idx
+        self.context.values = None
+        self.context.indices = checked
+        self.context.rows = None
+
+    @property
+    def per_example(self) -> bool:
+        """Whether one architecture per example is active."""
+        return self.context.indices is not None
+
+    @property
+    def active_arch(self) -> dict[str, Any] | list[dict[str, Any]]:
+        """The active architecture (a dict), or the list of per-example architectures."""
+        if self.context.indices is None:
+            return dict(self.context.values)
+        columns = {label: idx.tolist() for label, idx in self.context.indices.items()}
+        n = len(next(iter(columns.values()), []))
+        return [self.space.from_indices({label: col[i] for label, col in columns.items()}) for i in range(n)]
+
+    @contextlib.contextmanager
+    def activated(self, arch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Iterator["Supernet"]:
+        """Context manager: ``arch`` is active inside, the previous state is restored on exit."""
+        saved = (self.context.values, self.context.indices)
+        self.activate(arch)
+        try:
+            yield self
+        finally:
+            self.context.values, self.context.indices = saved
+            self.context.rows = None
+
+    # -- export ------------------------------------------------------------------------------
+    def export(
+        self,
+        arch: Mapping[str, Any] | None = None,
+        *,
+        calibration_batches: Iterable[Any] | None = None,
+        num_calibration_batches: int | None = None,
+    ) -> nn.Module:
+        """A plain network (no lightning_nas mutables) equal to the supernet under ``arch``.
+
+        Args:
+            arch: the architecture (default: the active one, which must then be a single arch).
+            calibration_batches: if given, the exported network's BatchNorm statistics are
+                re-estimated on these batches (see :func:`~lightning_nas.nn.recalibrate_batch_norm`).
+            num_calibration_batches: use at most this many calibration batches.
+
+        Returns:
+            The exported module, with copies of the supernet's (sliced) weights and buffers.
+        """
+        if arch is None:
+            if self.per_example:
+                raise ValueError("`arch` is required when one architecture per example is active")
+            arch = self.context.values
+        exported = export_subnet(self.module, self.space.validate(arch))
+        if calibration_batches is not None:
+            recalibrate_batch_norm(exported, calibration_batches, num_batches=num_calibration_batches)
+        return exported
+
+    def mutables(self) -> list[Mutable]:
+        """Every mutable module of the supernet."""
+        return [m for m in self.module.modules() if isinstance(m, Mutable)]
+
+    def extra_repr(self) -> str:
+        return f"space={self.space!r}"
+
+
+def find_supernet(root: nn.Module, attribute: str | None = None) -> Supernet:
+    """The ``Supernet`` inside ``root`` (a LightningModule, say), at any attribute depth.
+
+    Args:
+        root: the module to search.
+        attribute: dotted path of the supernet when there are several (``"model.backbone"``).
+
+    Raises:
+        ValueError: when none is found, or several and ``attribute`` does not say which.
+    """
+    if attribute is not None:
+        target = root.get_submodule(attribute)
+        if not isinstance(target, Supernet):
+            raise ValueError(f"`{attribute}` is a {type(target).__name__}, not a Supernet")
+        return target
+    found = [(path, m) for path, m in root.named_modules() if isinstance(m, Supernet)]
+    if not found:
+        raise ValueError(f"no Supernet found in {type(root).__name__}; wrap the searchable network in lightning_nas.Supernet")
+    if len(found) > 1:
+        raise ValueError(f"several Supernets found at {[p for p, _ in found]!r}; pass which one to use")
+    return found[0][1]
