@@ -42,11 +42,37 @@ def reassemble(outputs: Sequence[Tensor], order: Tensor) -> Tensor:
     """Concatenate per-group outputs (rows in ``order``) and restore the original row order."""
     if any(not isinstance(o, Tensor) for o in outputs):
         raise TypeError("per-example routing needs every routed candidate to return one batch-first Tensor")
-    stacked = torch.cat(list(outputs), 0)
+    stacked = torch.cat(_pad_widths(list(outputs)), 0)
     order = order.to(stacked.device)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
     return stacked.index_select(0, inverse)
+
+
+def _pad_widths(outputs: list[Tensor]) -> list[Tensor]:
+    """Zero-pad the channel dimension (1, else the last) so groups computed at different widths stack.
+
+    A row's channels past its own width are zero by construction, so zero padding is exact.
+    """
+    shapes = {tuple(o.shape[1:]) for o in outputs}
+    if len(shapes) == 1:
+        return outputs
+    ndim = outputs[0].dim()
+    differing = {d for d in range(1, ndim) if len({o.shape[d] for o in outputs}) > 1}
+    if any(o.dim() != ndim for o in outputs) or len(differing) != 1 or not differing <= {1, ndim - 1}:
+        raise ValueError(
+            f"per-example routing: candidates returned shapes {sorted(shapes)} that differ beyond one channel "
+            "dimension, so examples running different subnets cannot share a batch"
+        )
+    dim = differing.pop()
+    width = max(o.shape[dim] for o in outputs)
+    padded = []
+    for o in outputs:
+        if o.shape[dim] < width:
+            pad = [0, 0] * (ndim - 1 - dim) + [0, width - o.shape[dim]]
+            o = torch.nn.functional.pad(o, pad)
+        padded.append(o)
+    return padded
 
 
 def take_rows(args: Sequence[Any], positions: Tensor) -> list[Any]:

@@ -1,0 +1,256 @@
+"""Supernet discovery, activation, export and per-example mode on a model using every mutable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import lightning_nas as ln
+from lightning_nas.nn import Choice, Mutable, SumInputs
+
+FIXTURE_OK = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def test_space_is_discovered_in_order(all_mutables_supernet):
+    space = all_mutables_supernet.space
+    assert space.labels == ["width", "stem.kernel", "dw.kernel", "op", "depth", "merge", "hidden"]
+    assert space["merge"].values == ((0, 1), (0, 2), (1, 2))
+    assert space.size == 2 * 2 * 2 * 3 * 3 * 3 * 2
+    assert space.encoding_size == 2 + 2 + 2 + 3 + 3 + 3 + 2
+
+
+@FIXTURE_OK
+@given(seed=st.integers(0, 2**31 - 1), train=st.booleans())
+def test_export_equals_active_supernet(all_mutables_supernet, seed, train):
+    net = all_mutables_supernet
+    arch = net.space.sample(seed)
+    x = torch.randn(4, 3, 9, 9, generator=torch.Generator().manual_seed(seed))
+    net.train(train)
+    net.activate(arch)
+    exported = net.export(arch).train(train)
+    torch.testing.assert_close(exported(x), net(x), atol=1e-5, rtol=1e-5)
+    assert not any(isinstance(m, (Mutable, Choice)) for m in exported.modules())
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_export_scripts_and_matches(all_mutables_supernet):
+    net = all_mutables_supernet.eval()
+    arch = net.space.sample(3)
+    exported = net.export(arch).eval()
+    scripted = torch.jit.script(exported)
+    x = torch.randn(2, 3, 8, 8)
+    with net.activated(arch):
+        torch.testing.assert_close(scripted(x), net(x), atol=1e-5, rtol=1e-5)
+
+
+class HandWritten(nn.Module):
+    """AllMutablesNet written by hand for one fixed architecture."""
+
+    def __init__(self, w: int, k_stem: int, k_dw: int, depth: int, hidden: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, w, k_stem, padding=k_stem // 2)
+        self.stem_bn = nn.BatchNorm2d(w)
+        self.dw = nn.Conv2d(w, w, k_dw, padding=k_dw // 2, groups=w)
+        self.dw_bn = nn.BatchNorm2d(w)
+        self.body = nn.Sequential(*[nn.Sequential(nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w)) for _ in range(depth)])
+        self.fc1 = nn.Linear(w, hidden)
+        self.ln = nn.LayerNorm(hidden)
+        self.fc2 = nn.Linear(hidden, 5)
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exported_parameter_count_equals_hand_written(all_mutables_supernet, seed):
+    arch = all_mutables_supernet.space.sample(seed)
+    exported = all_mutables_supernet.export(arch)
+    hand = HandWritten(arch["width"], arch["stem.kernel"], arch["dw.kernel"], arch["depth"], arch["hidden"])
+    assert _count(exported) == _count(hand)
+
+
+def test_export_copies_weights(all_mutables_supernet):
+    net = all_mutables_supernet
+    arch = net.space.largest()
+    exported = net.export(arch)
+    with torch.no_grad():
+        for p in exported.parameters():
+            p.add_(1.0)
+    x = torch.randn(2, 3, 8, 8)
+    net.eval(), exported.eval()
+    with net.activated(arch):
+        assert not torch.allclose(net(x), exported(x))
+
+
+@FIXTURE_OK
+@given(seed=st.integers(0, 2**31 - 1))
+def test_per_example_equals_each_subnet_alone(all_mutables_supernet, seed):
+    net = all_mutables_supernet.eval()
+    n = 6
+    archs = net.space.sample_many(n, seed)
+    x = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+    net.activate(archs)
+    assert net.per_example and net.active_arch == archs
+    together = net(x)
+    for i, arch in enumerate(archs):
+        with net.activated(arch):
+            alone = net(x[i : i + 1])
+        torch.testing.assert_close(together[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_per_example_training_backpropagates(all_mutables_supernet):
+    net = all_mutables_supernet.train()
+    net.activate_indices(net.space.sample_indices(8, 0))
+    loss = net(torch.randn(8, 3, 8, 8)).square().mean()
+    loss.backward()
+    assert net.module.stem.weight.grad is not None and net.module.stem.weight.grad.abs().sum() > 0
+
+
+def test_activated_restores_previous_state(all_mutables_supernet):
+    net = all_mutables_supernet
+    first, second = net.space.sample(1), net.space.sample(2)
+    net.activate(first)
+    with net.activated(second):
+        assert net.active_arch == second
+    assert net.active_arch == first
+
+
+def test_arch_is_json_round_trippable(all_mutables_supernet):
+    net = all_mutables_supernet
+    arch = net.space.sample(5)
+    again = json.loads(json.dumps(arch))
+    assert net.space.contains(again)
+    net.activate(again)
+    assert net.active_arch == arch
+
+
+def test_tied_labels_are_one_decision():
+    width = Choice([4, 8], "w")
+    twin = Choice([4, 8], "w")
+    net = ln.Supernet(nn.Sequential(ln.ElasticConv2d(3, width, 3), ln.ElasticConv2d(twin, 2, 3)))
+    assert net.space.labels == ["w"]
+    for w in (4, 8):
+        net.activate({"w": w})
+        assert net(torch.randn(1, 3, 5, 5)).shape == (1, 2, 5, 5)
+        assert net.export({"w": w})[0].out_channels == w
+
+
+def test_conflicting_candidates_for_one_label():
+    with pytest.raises(ValueError, match=r"label 'w' is used with different candidate lists: \[4, 8\] and \[4, 16\]"):
+        ln.Supernet(nn.Sequential(ln.ElasticConv2d(3, Choice([4, 8], "w"), 3), ln.ElasticConv2d(3, Choice([4, 16], "w"), 3)))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"nope": 1}, r"unknown label\(s\) \['nope'\].*labels of this space"),
+        ({"width": 5}, r"value 5 for label 'width' is not a candidate; allowed values: \[4, 8\]"),
+        ({"merge": [0, 0]}, r"label 'merge' is not a candidate; allowed values: \[\[0, 1\], \[0, 2\], \[1, 2\]\]"),
+    ],
+)
+def test_invalid_arch_errors(all_mutables_supernet, change, message):
+    arch = {**all_mutables_supernet.space.sample(0), **change}
+    with pytest.raises(ValueError, match=message):
+        all_mutables_supernet.activate(arch)
+    with pytest.raises(ValueError, match=message):
+        all_mutables_supernet.export(arch)
+    assert not all_mutables_supernet.space.contains(arch)
+
+
+def test_missing_label_error(all_mutables_supernet):
+    arch = all_mutables_supernet.space.sample(0)
+    del arch["depth"]
+    with pytest.raises(ValueError, match=r"missing label 'depth'; allowed values: \[1, 2, 3\]"):
+        all_mutables_supernet.activate(arch)
+
+
+def test_unlabelled_choices_are_named_after_their_path():
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.op = ln.OpChoice([nn.ReLU(), nn.Tanh()])
+            self.conv = ln.ElasticConv2d(2, 2, Choice([1, 3]))
+
+        def forward(self, x):
+            return self.conv(self.op(x))
+
+    net = ln.Supernet(nn.Sequential(Block()))
+    assert net.space.labels == ["0.op", "0.conv.kernel_size"]
+
+
+def test_input_choice_and_relaxation_hook():
+    choice = ln.InputChoice(3, 1, "in")
+    op = ln.OpChoice([nn.Identity(), nn.ReLU()], "op")
+    net = ln.Supernet(nn.ModuleList([choice, op]))
+    xs = [torch.full((2, 3), float(i)) for i in range(3)]
+    net.activate({"in": 2, "op": 0})
+    assert torch.equal(choice(xs), xs[2])
+    # A relaxation mixes candidates; installing and removing it needs no subclass.
+    op.set_relaxation(lambda m, inputs: 0.25 * m.candidate_forward(0, *inputs) + 0.75 * m.candidate_forward(1, *inputs))
+    x = torch.tensor([[-2.0, 4.0]])
+    assert torch.equal(op(x), torch.tensor([[-0.5, 4.0]]))
+    assert not any(p is not None for p in op.parameters())  # nothing leaked into the module tree
+    op.set_relaxation(None)
+    assert torch.equal(op(x), x)
+    with pytest.raises(ValueError, match="expects 3 inputs, got 2"):
+        choice(xs[:2])
+
+
+def test_depth_zero_and_per_example_depths():
+    blocks = [nn.Linear(3, 3) for _ in range(2)]
+    net = ln.Supernet(ln.DepthChoice(blocks, [0, 1, 2], "d")).eval()
+    x = torch.randn(3, 3)
+    net.activate([{"d": 0}, {"d": 2}, {"d": 1}])
+    y = net(x)
+    torch.testing.assert_close(y[0], x[0])
+    torch.testing.assert_close(y[1], blocks[1](blocks[0](x[1])))
+    torch.testing.assert_close(y[2], blocks[0](x[2]))
+    assert isinstance(net.export({"d": 0}), nn.Identity)
+
+
+def test_per_example_batch_mismatch_is_a_clear_error(all_mutables_supernet):
+    all_mutables_supernet.activate(all_mutables_supernet.space.sample_many(3, 0))
+    with pytest.raises(ValueError, match="per-example mode"):
+        all_mutables_supernet(torch.randn(5, 3, 8, 8))
+
+
+def test_wrong_input_width_is_a_clear_error():
+    net = ln.Supernet(ln.ElasticConv2d(Choice([2, 4], "w"), 3, 3))
+    net.activate({"w": 2})
+    with pytest.raises(ValueError, match=r"expected 2 input channels .* got shape \(1, 4, 5, 5\)"):
+        net(torch.randn(1, 4, 5, 5))
+
+
+def test_export_of_sum_inputs_and_fixed_value():
+    class UsesValue(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = Choice([1, 2], "scale")
+            self.pick = ln.InputChoice(2, 1, "pick")
+
+        def forward(self, x):
+            return self.pick([x, -x]) * self.scale.value
+
+    net = ln.Supernet(UsesValue())
+    arch = {"scale": 2, "pick": 1}
+    exported = net.export(arch)
+    assert isinstance(exported.pick, SumInputs)
+    x = torch.randn(2, 2)
+    with net.activated(arch):
+        torch.testing.assert_close(exported(x), net(x))
+
+
+def test_export_passes_torch_export(all_mutables_supernet):
+    net = all_mutables_supernet.eval()
+    arch = net.space.sample(4)
+    exported = net.export(arch).eval()
+    x = torch.randn(2, 3, 8, 8)
+    program = torch.export.export(exported, (x,))
+    with net.activated(arch):
+        torch.testing.assert_close(program.module()(x), net(x), atol=1e-5, rtol=1e-5)
