@@ -13,6 +13,7 @@ from lightning_nas.nn import (
     ElasticLinear,
     InputChoice,
     OpChoice,
+    mutate,
     recalibrate_batch_norm,
 )
 from lightning_nas.spaces import SearchSpace
@@ -32,5 +33,6 @@ __all__ = [
     "SearchSpace",
     "Supernet",
     "find_supernet",
+    "mutate",
     "recalibrate_batch_norm",
 ]

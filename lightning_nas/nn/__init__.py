@@ -7,6 +7,7 @@ from lightning_nas.nn.depth_choice import DepthChoice
 from lightning_nas.nn.export import export_subnet
 from lightning_nas.nn.input_choice import InputChoice
 from lightning_nas.nn.linear import ElasticLinear
+from lightning_nas.nn.mutate import elastic_kernel, mutate
 from lightning_nas.nn.norm import ElasticBatchNorm2d, ElasticLayerNorm
 from lightning_nas.nn.op_choice import OpChoice
 from lightning_nas.nn.static import FixedValue, SumInputs
@@ -24,6 +25,8 @@ __all__ = [
     "Mutable",
     "OpChoice",
     "SumInputs",
+    "elastic_kernel",
     "export_subnet",
+    "mutate",
     "recalibrate_batch_norm",
 ]

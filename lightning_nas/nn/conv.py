@@ -135,12 +135,17 @@ class ElasticConv2d(Mutable):
 
         Raises:
             ValueError: when ``conv`` cannot be made elastic as asked (grouped but not depthwise,
-                non-square or asymmetric padding with an elastic kernel, candidates larger than ``conv``).
+                non-square kernel, asymmetric padding or dilation, not 'same' padding with an elastic
+                kernel, candidates larger than ``conv``).
         """
         k = conv.kernel_size[0]
         if conv.kernel_size[0] != conv.kernel_size[1] or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"only square, zero-padded convolutions with numeric padding can be made elastic, got {conv}")
+        if conv.padding[0] != conv.padding[1] or conv.dilation[0] != conv.dilation[1]:
+            raise ValueError(f"only convolutions with symmetric padding and dilation can be made elastic, got {conv}")
         depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1
+        if depthwise and out_channels is not None:
+            raise ValueError("a depthwise convolution's width follows its input: leave `out_channels` unset")
         if conv.groups != 1 and not depthwise:
             raise ValueError(f"grouped convolutions other than depthwise cannot be made elastic, got {conv}")
         kernel_size = k if kernel_size is None else kernel_size
@@ -151,7 +156,8 @@ class ElasticConv2d(Mutable):
                 f"out_channels {largest(out_channels)} vs {conv.out_channels}"
             )
         dilation = conv.dilation[0]
-        same = conv.padding[0] == conv.padding[1] == dilation * (k - 1) // 2
+        # An even kernel has no symmetric 'same' padding: keep its padding fixed.
+        same = k % 2 == 1 and conv.padding[0] == dilation * (k - 1) // 2
         if isinstance(kernel_size, Choice) and not same:
             raise ValueError(f"an elastic kernel needs 'same' padding {dilation * (k - 1) // 2}, got {conv.padding} in {conv}")
         elastic = cls(

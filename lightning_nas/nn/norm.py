@@ -113,6 +113,8 @@ class ElasticBatchNorm2d(Mutable):
     @classmethod
     def from_batch_norm(cls, bn: nn.BatchNorm2d, *, num_features: int | Choice | None = None) -> "ElasticBatchNorm2d":
         """An elastic copy of ``bn`` sharing its parameters and buffers (the largest width is ``bn``'s)."""
+        if type(bn) is not nn.BatchNorm2d:
+            raise ValueError(f"only plain nn.BatchNorm2d can be made elastic (a subclass may add behaviour), got {type(bn).__name__}")
         num_features = bn.num_features if num_features is None else num_features
         if largest(num_features) != bn.num_features:
             raise ValueError(f"the largest num_features candidate must be {bn.num_features}, got {largest(num_features)}")
