@@ -1,0 +1,240 @@
+"""CPU training-step time of the MobileNet-like supernet against its exported static subnets.
+
+Four configurations, measured interleaved in rounds (a, b, c, d, a, b, ...) so that machine noise
+hits all of them alike:
+
+* (a) ``supernet``: the supernet with one fixed architecture active (the largest);
+* (b) ``exported``: that architecture exported as a static network;
+* (c) ``per-example``: the supernet with a fresh uniformly sampled architecture per example each
+  step (``space.sample_indices`` + ``activate_indices``, included in the step time);
+* (d) ``heaviest``: the heaviest static subnet (the exported largest architecture, a separate copy).
+
+``--breakdown`` adds (c) variants where only one kind of decision (widths, kernels, depths) is
+sampled per example and the others are fixed at the largest, to show where the overhead of (c) goes.
+
+A step is forward + cross-entropy + backward + SGD step on the same batch. Each round runs
+``--warmup`` untimed steps then ``--steps`` timed steps of every configuration; medians are over
+all timed steps. Targets: a/b <= 1.10 (a fixed-arch supernet costs what its static subnet costs)
+and c/d <= 1.5 (per-example sampling costs about one path, not the sum of all paths).
+
+Usage::
+
+    .venv/bin/python benchmarks/train_step.py            # defaults; rewrites its section of RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import stat
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lightning_nas.spaces import mobilenet_supernet
+
+TARGET_AB, TARGET_CD = 1.10, 1.5
+KINDS = ("expand", "kernel", "depth")  # decision kinds of mobilenet_supernet, for --breakdown
+NAMES = {
+    "a": "supernet, largest arch active",
+    "b": "exported largest arch",
+    "c": "supernet, per-example archs",
+    "d": "heaviest static subnet",
+}
+
+
+def markers(breakdown: bool) -> tuple[str, str]:
+    """Delimiters of this script's section of the results file (one section per mode)."""
+    name = "benchmarks/train_step.py" + (" --breakdown" if breakdown else "")
+    return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
+
+
+def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, before: Callable[[int], None] | None = None) -> Callable[[int], None]:
+    """One SGD training step of ``model`` on ``(x, y)``; ``before(step)`` runs first (arch sampling)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+
+    def step(i: int) -> None:
+        if before is not None:
+            before(i)
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def build(args: argparse.Namespace) -> dict[str, Callable[[int], None]]:
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g)
+    y = torch.randint(0, 10, (args.batch_size,), generator=g)
+
+    fixed = mobilenet_supernet()
+    largest = fixed.space.largest()
+    fixed.activate(largest)
+    exported = fixed.export(largest)
+    heaviest = fixed.export(largest)
+    per_example = mobilenet_supernet()
+    per_example.load_state_dict(fixed.state_dict())
+
+    space, full = per_example.space, per_example.space.indices(largest)
+
+    def sampler(kinds: tuple[str, ...] | None) -> Callable[[int], None]:
+        """Fresh per-example indices (of the decisions whose label ends in ``.kind`` for a kind in
+        ``kinds``, or of all decisions for ``None``); the others stay at the largest candidate."""
+
+        def sample(i: int) -> None:
+            indices = space.sample_indices(args.batch_size, seed=i)
+            for label in indices:
+                if kinds is not None and label.rpartition(".")[2] not in kinds:
+                    indices[label] = torch.full((args.batch_size,), full[label])
+            per_example.activate_indices(indices)
+
+        return sample
+
+    steps = {
+        "a": make_step(fixed, x, y),
+        "b": make_step(exported, x, y),
+        "c": make_step(per_example, x, y, before=sampler(None)),
+        "d": make_step(heaviest, x, y),
+    }
+    if args.breakdown:
+        for kind in KINDS:
+            steps[f"c-{kind}"] = make_step(per_example, x, y, before=sampler((kind,)))
+    return steps
+
+
+def measure(steps: dict[str, Callable[[int], None]], args: argparse.Namespace) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
+    """Per-configuration step times (seconds) over all rounds, and each round's medians."""
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    rounds: list[dict[str, float]] = []
+    counter = 0
+    for r in range(args.repeats):
+        medians = {}
+        for key, step in steps.items():
+            for _ in range(args.warmup):
+                step(counter)
+                counter += 1
+            these = []
+            for _ in range(args.steps):
+                start = time.perf_counter()
+                step(counter)
+                these.append(time.perf_counter() - start)
+                counter += 1
+            times[key] += these
+            medians[key] = statistics.median(these)
+        rounds.append(medians)
+        print(
+            f"round {r + 1}/{args.repeats}: "
+            + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in medians.items())
+            + f" | a/b {medians['a'] / medians['b']:.3f} c/d {medians['c'] / medians['d']:.3f}",
+            flush=True,
+        )
+    return times, rounds
+
+
+def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list[dict[str, float]], command: str) -> str:
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ab, cd = med["a"] / med["b"], med["c"] / med["d"]
+    per_round_ab = [r["a"] / r["b"] for r in rounds]
+    per_round_cd = [r["c"] / r["d"] for r in rounds]
+    names = dict(NAMES)
+    for key in med:
+        if key.startswith("c-"):
+            names[key] = f"per-example, only the `*.{key[2:]}` decisions sampled (others largest)"
+    begin, end = markers(args.breakdown)
+    title = "per-example overhead breakdown" if args.breakdown else "supernet vs exported subnet"
+    lines = [
+        begin,
+        f"## Training-step time: {title} (CPU)",
+        "",
+        f"- Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- Machine: {platform.processor() or platform.machine()} ({platform.platform()}), "
+        f"{os.cpu_count()} CPUs visible, torch {torch.__version__}, {args.threads} torch threads",
+        f"- Command: `{command}`",
+        f"- Model: `mobilenet_supernet()` defaults, batch {args.batch_size} × 3 × {args.image_size} × {args.image_size}, "
+        f"SGD (momentum 0.9), same batch every step",
+        f"- {args.repeats} rounds × {args.steps} timed steps per configuration (after {args.warmup} warm-up steps "
+        f"per configuration and round), interleaved {', '.join(med)} per round; medians over all {args.repeats * args.steps} timed steps",
+        "",
+        "| configuration | median step (ms) | min (ms) |",
+        "|---|---:|---:|",
+    ]
+    for key, name in names.items():
+        lines.append(f"| ({key}) {name} | {1e3 * med[key]:.2f} | {1e3 * min(times[key]):.2f} |")
+    lines += [
+        "",
+        "| ratio | measured | per-round | target | |",
+        "|---|---:|---|---:|---|",
+        f"| a/b fixed-arch supernet / static subnet | {ab:.3f} | {', '.join(f'{v:.3f}' for v in per_round_ab)} | "
+        f"≤ {TARGET_AB:.2f} | {'met' if ab <= TARGET_AB else 'MISSED'} |",
+        f"| c/d per-example supernet / heaviest subnet | {cd:.3f} | {', '.join(f'{v:.3f}' for v in per_round_cd)} | "
+        f"≤ {TARGET_CD:.2f} | {'met' if cd <= TARGET_CD else 'MISSED'} |",
+        end,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str, begin: str, end: str) -> None:
+    """Replace the ``begin``...``end`` section of ``path`` (or append it), atomically."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
+        new = head + section + ("\n" + tail if tail else "")
+    else:
+        new = old.rstrip("\n") + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(new)
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per configuration and round (at least 30)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration and round")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
+    parser.add_argument(
+        "--breakdown", action="store_true",
+        help="also time per-example mode with only the widths, only the kernels or only the depths sampled",
+    )
+    parser.add_argument("--no-write", action="store_true", help="print the section without writing --out")
+    args = parser.parse_args(argv)
+    if args.steps < 30:
+        parser.error("--steps must be at least 30")
+    if args.repeats < 1 or args.warmup < 0 or args.batch_size < 1:
+        parser.error("--repeats and --batch-size must be positive, --warmup non-negative")
+    torch.set_num_threads(args.threads)
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/train_step.py", *(sys.argv[1:] if argv is None else argv)])
+    times, rounds = measure(build(args), args)
+    section = report(args, times, rounds, command)
+    print(section)
+    if not args.no_write:
+        write_section(args.out, section, *markers(args.breakdown))
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
