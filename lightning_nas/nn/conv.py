@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice, Mutable, largest, value_in
-from lightning_nas.nn.elastic_size import active_size, check_size_spec, fit_channels, size_mask
+from lightning_nas.nn.elastic_size import active_size, check_size_spec, fit_channels, prefix, size_mask
 from lightning_nas.nn.routing import route_examples
 
 __all__ = ["ElasticConv2d", "crop_kernel"]
@@ -107,10 +107,11 @@ class ElasticConv2d(Mutable):
         c_in = x.shape[1]
         c_out, out_sizes = active_size(self.out_channels, x.device)
         groups = c_in if self.depthwise else 1
-        weight = self.weight[:c_out] if self.depthwise else self.weight[:c_out, :c_in]
-        bias = None if self.bias is None else self.bias[:c_out]
+        weight = prefix(self.weight, c_out) if self.depthwise else prefix(self.weight, c_out, c_in)
+        bias = prefix(self.bias, c_out)
         y = F.conv2d(x, crop_kernel(weight, kernel_size), bias, self.stride, self._padding(kernel_size), self.dilation, groups)
-        if out_sizes is not None:
+        # A bias-free depthwise filter keeps the input's zeroed channels at zero: no mask needed.
+        if out_sizes is not None and not (self.depthwise and bias is None):
             y = y * size_mask(out_sizes, c_out, y.dtype)[:, :, None, None]
         return y
 

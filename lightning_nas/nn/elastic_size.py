@@ -9,7 +9,7 @@ from torch import Tensor
 
 from lightning_nas.nn.choice import Choice
 
-__all__ = ["active_size", "check_size_spec", "fit_channels", "size_mask"]
+__all__ = ["active_size", "check_size_spec", "fit_channels", "prefix", "size_mask"]
 
 
 def check_size_spec(name: str, spec: Any, *, odd: bool = False) -> None:
@@ -43,6 +43,16 @@ def active_size(spec: int | Choice, device: torch.device) -> tuple[int, Tensor |
     if lo == hi:
         return lo, None
     return hi, sizes.to(device)
+
+
+def prefix(t: Tensor | None, *sizes: int) -> Tensor | None:
+    """The leading ``sizes[d]`` entries of ``t`` along its first ``len(sizes)`` dimensions.
+
+    Returns ``t`` itself when nothing is cut: a no-op slice still costs a copy in backward.
+    """
+    if t is None or all(n == t.shape[d] for d, n in enumerate(sizes)):
+        return t
+    return t[tuple(slice(0, n) for n in sizes)]
 
 
 def size_mask(per_example: Tensor, size: int, dtype: torch.dtype) -> Tensor:

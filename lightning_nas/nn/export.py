@@ -38,10 +38,11 @@ def export_subnet(module: nn.Module, arch: dict[str, Any]) -> nn.Module:
         if id(m) in memo:
             return
         if isinstance(m, Mutable):
-            memo[id(m)] = m.freeze(arch, export_child)
+            # New layers start in train mode: give them the mutable's mode.
+            memo[id(m)] = m.freeze(arch, export_child).train(m.training)
             return
         if isinstance(m, Choice):
-            memo[id(m)] = FixedValue(arch[m.label], m.label)
+            memo[id(m)] = FixedValue(arch[m.label], m.label).train(m.training)
             return
         for child in m.children():
             prepare(child)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice, Mutable, largest, value_in
-from lightning_nas.nn.elastic_size import active_size, check_size_spec, fit_channels, size_mask
+from lightning_nas.nn.elastic_size import active_size, check_size_spec, fit_channels, prefix, size_mask
 
 __all__ = ["ElasticLinear"]
 
@@ -45,7 +45,7 @@ class ElasticLinear(Mutable):
     def forward(self, x: Tensor) -> Tensor:
         x = fit_channels(x, self.in_features, -1, "ElasticLinear")
         c_out, out_sizes = active_size(self.out_features, x.device)
-        y = F.linear(x, self.weight[:c_out, : x.shape[-1]], None if self.bias is None else self.bias[:c_out])
+        y = F.linear(x, prefix(self.weight, c_out, x.shape[-1]), prefix(self.bias, c_out))
         if out_sizes is not None:
             mask = size_mask(out_sizes, c_out, y.dtype)
             y = y * mask.view(mask.shape[0], *([1] * (y.dim() - 2)), c_out)

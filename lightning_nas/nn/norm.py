@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice, Mutable, largest, value_in
-from lightning_nas.nn.elastic_size import active_size, check_size_spec, fit_channels, size_mask
+from lightning_nas.nn.elastic_size import active_size, check_size_spec, fit_channels, prefix, size_mask
 
 __all__ = ["ElasticBatchNorm2d", "ElasticLayerNorm"]
 
@@ -69,10 +69,8 @@ class ElasticBatchNorm2d(Mutable):
         _, sizes = active_size(self.num_features, x.device)
         factor = self._average_factor()
         use_batch_stats = self.training or not self.track_running_stats
-        weight = None if self.weight is None else self.weight[:c]
-        bias = None if self.bias is None else self.bias[:c]
-        running_mean = None if self.running_mean is None else self.running_mean[:c]
-        running_var = None if self.running_var is None else self.running_var[:c]
+        weight, bias = prefix(self.weight, c), prefix(self.bias, c)
+        running_mean, running_var = prefix(self.running_mean, c), prefix(self.running_var, c)
         if sizes is None or not use_batch_stats:
             y = F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, factor, self.eps)
             return y if sizes is None else y * size_mask(sizes, c, y.dtype)[:, :, None, None]
@@ -80,26 +78,30 @@ class ElasticBatchNorm2d(Mutable):
 
     def _masked_batch_norm(self, x, mask, weight, bias, running_mean, running_var, factor) -> Tensor:
         # Each channel's statistics over the rows that use it: what those rows' subnets would see.
-        m = mask[:, :, None, None]
+        # ``x`` is already zero past each row's width (fit_channels), so plain sums are masked sums;
+        # the sum-of-squares form needs three passes over ``x`` instead of seven.
         count = (mask.sum(0) * x.shape[2] * x.shape[3]).clamp_min(1)  # (C,)
-        mean = (x * m).sum((0, 2, 3)) / count
-        centred = (x - mean[None, :, None, None]) * m
-        var = centred.pow(2).sum((0, 2, 3)) / count
-        y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        mean = x.sum((0, 2, 3)) / count
+        var = ((x * x).sum((0, 2, 3)) / count - mean * mean).clamp_min(0)
+        scale = torch.rsqrt(var + self.eps)
         if weight is not None:
-            y = y * weight[None, :, None, None] + bias[None, :, None, None] * m
+            scale = scale * weight
+        shift = -mean * scale if bias is None else bias - mean * scale
+        y = torch.addcmul((shift * mask)[:, :, None, None], x, scale[None, :, None, None])
         if running_mean is not None and factor:
             with torch.no_grad():
                 used = mask.sum(0) > 0
                 unbiased = var * count / (count - 1).clamp_min(1)
-                running_mean[used] = (1 - factor) * running_mean[used] + factor * mean.detach()[used]
-                running_var[used] = (1 - factor) * running_var[used] + factor * unbiased.detach()[used]
+                running_mean.copy_(torch.where(used, running_mean.lerp(mean, factor), running_mean))
+                running_var.copy_(torch.where(used, running_var.lerp(unbiased, factor), running_var))
         return y
 
     def freeze(self, arch: dict[str, Any], export_child) -> nn.BatchNorm2d:
         c = value_in(self.num_features, arch)
         bn = nn.BatchNorm2d(c, self.eps, self.momentum, self.affine, self.track_running_stats)
-        bn = bn.to(device=self.weight.device if self.weight is not None else None)
+        reference = self.weight if self.weight is not None else self.running_mean
+        if reference is not None:
+            bn = bn.to(device=reference.device, dtype=reference.dtype)
         with torch.no_grad():
             if self.affine:
                 bn.weight.copy_(self.weight[:c])
@@ -155,8 +157,7 @@ class ElasticLayerNorm(Mutable):
         x = fit_channels(x, self.normalized_shape, -1, "ElasticLayerNorm")
         c = x.shape[-1]
         _, sizes = active_size(self.normalized_shape, x.device)
-        weight = None if self.weight is None else self.weight[:c]
-        bias = None if self.bias is None else self.bias[:c]
+        weight, bias = prefix(self.weight, c), prefix(self.bias, c)
         if sizes is None:
             return F.layer_norm(x, (c,), weight, bias, self.eps)
         mask = size_mask(sizes, c, x.dtype).view(x.shape[0], *([1] * (x.dim() - 2)), c)
@@ -172,7 +173,7 @@ class ElasticLayerNorm(Mutable):
         c = value_in(self.normalized_shape, arch)
         ln = nn.LayerNorm(c, self.eps, elementwise_affine=self.weight is not None)
         if self.weight is not None:
-            ln = ln.to(self.weight.device)
+            ln = ln.to(device=self.weight.device, dtype=self.weight.dtype)
             with torch.no_grad():
                 ln.weight.copy_(self.weight[:c])
                 ln.bias.copy_(self.bias[:c])

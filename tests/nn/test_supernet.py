@@ -88,6 +88,17 @@ def test_export_copies_weights(all_mutables_supernet):
         assert not torch.allclose(net(x), exported(x))
 
 
+def test_export_keeps_dtype(all_mutables_supernet):
+    net = all_mutables_supernet.double().eval()
+    arch = net.space.sample(5)
+    exported = net.export(arch)
+    assert not any(m.training for m in exported.modules())  # the supernet's mode carries over
+    assert {p.dtype for p in exported.state_dict().values() if p.is_floating_point()} == {torch.float64}
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    with net.activated(arch):
+        torch.testing.assert_close(exported(x), net(x), atol=1e-10, rtol=1e-10)
+
+
 @FIXTURE_OK
 @given(seed=st.integers(0, 2**31 - 1))
 def test_per_example_equals_each_subnet_alone(all_mutables_supernet, seed):
