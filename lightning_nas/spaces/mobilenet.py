@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from lightning_nas.nn import Choice, DepthChoice, ElasticBatchNorm2d, ElasticConv2d
+from lightning_nas.spaces.registry import register_space
 from lightning_nas.supernet import Supernet
 
 __all__ = ["InvertedResidual", "MobileNetLike", "make_divisible", "mobilenet_supernet"]
@@ -152,6 +153,7 @@ class MobileNetLike(nn.Module):
         return self.classifier(self.head(self.stages(self.stem(x))))
 
 
+@register_space("mobilenet")
 def mobilenet_supernet(
     *,
     num_classes: int = 10,

@@ -183,3 +183,13 @@ def test_exported_subnet_scripts_and_matches(supernet, seed):
     x = _input(3, seed, size=32)
     with supernet.eval().activated(arch):
         torch.testing.assert_close(scripted(x), supernet(x), atol=1e-5, rtol=1e-5)
+
+
+def test_registered_by_name():
+    from lightning_nas.spaces import create_space, list_spaces
+
+    assert "mobilenet" in list_spaces()
+    built = create_space("mobilenet", num_classes=3, stages=((8, 1, 2),))
+    assert built.space.labels[-1] == "stage0.depth"
+    with pytest.raises(ValueError, match="unknown space 'nope'; known: .*'mobilenet'"):
+        create_space("nope")
