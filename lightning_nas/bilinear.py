@@ -1,0 +1,159 @@
+"""``BilinearTable``: a quantity that adds up over the active blocks of a staged space.
+
+BINAS models both accuracy (Eq. 3) and latency (Eq. 5) as ``αᵀQβ``-style bilinear forms of the
+block configurations ``α`` and stage depths ``β``. Unfolded, both say the same thing::
+
+    value(arch) = constant + Σ_s depth[s, d_s] + Σ_s Σ_{b ≤ d_s} block[s, b, c_{s,b}]
+
+with ``d_s`` the depth of stage ``s`` and ``c_{s,b}`` the configuration of its block ``b``. The
+estimator fills ``depth`` with the gains ``Δ^s_b`` and ``block`` with ``Δ^s_{b,c}``; a latency
+table fills ``block`` with the measured block times and ``constant`` with the fixed parts. The
+solvers maximise one table subject to limits on others.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lightning_nas.io import atomic_write_json
+from lightning_nas.spaces.staged import StagedSpace
+
+__all__ = ["BilinearTable"]
+
+FORMAT = "lightning_nas.bilinear_table"
+VERSION = 1
+
+
+class BilinearTable:
+    """An additive function over a :class:`~lightning_nas.spaces.staged.StagedSpace`.
+
+    Args:
+        staged: the structure the indices refer to.
+        constant: the part every arch pays (stem, head; or the base accuracy ``E[Acc]``).
+        block: ``(S, D, C)`` value of configuration ``c`` at block ``b`` of stage ``s`` when active.
+            Entries of missing block positions are ignored.
+        depth: ``(S, max_depth_options)`` value of each stage's depth option (default zeros).
+        name: what it measures (``"accuracy"``, ``"latency"``, ``"flops"``).
+        unit: its unit (``"fraction"``, ``"ms"``, ``"MFLOPs"``).
+        metadata: JSON-serialisable facts about how it was made (device, passes, ...).
+    """
+
+    def __init__(
+        self,
+        staged: StagedSpace,
+        constant: float,
+        block: np.ndarray,
+        depth: np.ndarray | None = None,
+        *,
+        name: str = "value",
+        unit: str = "",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        shape = (staged.num_stages, staged.max_blocks, staged.num_configs)
+        block = np.asarray(block, dtype=np.float64)
+        if block.shape != shape:
+            raise ValueError(f"`block` must have shape (S, D, C) = {shape}, got {block.shape}")
+        depth_shape = (staged.num_stages, staged.max_depth_options)
+        depth = np.zeros(depth_shape) if depth is None else np.asarray(depth, dtype=np.float64)
+        if depth.shape != depth_shape:
+            raise ValueError(f"`depth` must have shape (S, max_depth_options) = {depth_shape}, got {depth.shape}")
+        exists = staged.block_exists()[..., None].repeat(staged.num_configs, -1)
+        if not np.isfinite(block[exists]).all() or not np.isfinite(depth[staged.depth_exists()]).all():
+            raise ValueError(f"table {name!r} has non-finite entries")
+        self.staged = staged
+        self.constant = float(constant)
+        self.block = np.where(exists, block, 0.0)
+        self.depth = np.where(staged.depth_exists(), depth, 0.0)
+        self.name, self.unit = name, unit
+        self.metadata = dict(metadata or {})
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def predict_indices(self, configs: np.ndarray, depths: np.ndarray) -> np.ndarray:
+        """Values for index arrays ``(..., S, D)`` configs and ``(..., S)`` depth indices → ``(...)``."""
+        configs, depths = np.asarray(configs), np.asarray(depths)
+        active = self.staged.active(depths) & (configs >= 0)
+        per_block = np.take_along_axis(
+            np.broadcast_to(self.block, configs.shape + (self.staged.num_configs,)), np.maximum(configs, 0)[..., None], -1
+        )[..., 0]
+        per_depth = np.take_along_axis(np.broadcast_to(self.depth, depths.shape + self.depth.shape[-1:]), depths[..., None], -1)[..., 0]
+        return self.constant + per_depth.sum(-1) + np.where(active, per_block, 0.0).sum((-2, -1))
+
+    def predict(self, arch: Mapping[str, Any]) -> float:
+        """The value of one arch."""
+        return float(self.predict_indices(*self.staged.indices(arch)))
+
+    def predict_many(self, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """``(N,)`` values of several archs."""
+        return self.predict_indices(*self.staged.indices_many(archs))
+
+    __call__ = predict
+
+    def extreme(self, largest: bool = False) -> tuple[float, dict[str, Any]]:
+        """The smallest (or largest) value any arch reaches, and an arch reaching it.
+
+        Stages are independent, so each picks its best depth with the best config per active block.
+        """
+        pick = np.max if largest else np.min
+        arg = np.argmax if largest else np.argmin
+        configs = arg(self.block, -1)
+        best_block = pick(self.block, -1)  # (S, D)
+        total, depths = self.constant, np.zeros(self.staged.num_stages, dtype=np.int64)
+        for s, st in enumerate(self.staged.stages):
+            options = [self.depth[s, j] + best_block[s, :d].sum() for j, d in enumerate(st.depths)]
+            depths[s] = int(arg(options))
+            total += float(options[depths[s]])
+        return total, self.staged.to_arch(configs, depths)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable, versioned description (structure included, for checking on load)."""
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "name": self.name,
+            "unit": self.unit,
+            "constant": self.constant,
+            "block": self.block.tolist(),
+            "depth": self.depth.tolist(),
+            "structure": _structure(self.staged),
+            "metadata": self.metadata,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write to ``path`` as JSON, atomically (an existing file is replaced only once complete)."""
+        return atomic_write_json(Path(path), self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], staged: StagedSpace) -> "BilinearTable":
+        """Rebuild from :meth:`to_dict`; ``staged`` must have the structure it was made for."""
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a bilinear table (format {data.get('format')!r}, expected {FORMAT!r})")
+        if data.get("version") != VERSION:
+            raise ValueError(f"bilinear table version {data.get('version')!r} is not supported (this library reads {VERSION})")
+        if data["structure"] != _structure(staged):
+            raise ValueError(f"table {data.get('name')!r} was made for another space structure than {staged!r}")
+        return cls(
+            staged, data["constant"], np.array(data["block"]), np.array(data["depth"]),
+            name=data["name"], unit=data["unit"], metadata=data.get("metadata"),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path, staged: StagedSpace) -> "BilinearTable":
+        """Read a table written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text()), staged)
+
+    def __repr__(self) -> str:
+        return f"BilinearTable(name={self.name!r}, unit={self.unit!r}, constant={self.constant:.4g}, staged={self.staged!r})"
+
+
+def _structure(staged: StagedSpace) -> list[dict[str, Any]]:
+    # Round-tripped through JSON so tuples and lists compare equal.
+    return json.loads(json.dumps([
+        {"depth_label": st.depth_label, "depths": st.depths, "block_labels": st.block_labels, "configs": st.configs}
+        for st in staged.stages
+    ]))
