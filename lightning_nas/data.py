@@ -1,0 +1,120 @@
+"""Image-classification data through Hugging Face ``datasets``, as small in-memory tensors.
+
+``load_image_dataset`` takes a Hub name, a directory written by ``Dataset.save_to_disk``, an image
+folder (one sub-folder per class), or ``"digits"``: scikit-learn's handwritten digits (1,797 8×8
+grey images, shipped inside the package, so it works offline). ``to_tensors`` resizes to a square
+resolution and normalises; the demo and the tests then split the result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+__all__ = ["digits_dataset", "load_image_dataset", "split_dataset", "to_tensors"]
+
+
+def digits_dataset() -> Any:
+    """scikit-learn's handwritten digits as a ``datasets.Dataset`` (columns ``image``: 8×8 PIL "L", ``label``: 0–9)."""
+    from datasets import ClassLabel, Dataset, Features, Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # (1797, 8, 8), values 0..16 → 0..255
+    features = Features({"image": Image(), "label": ClassLabel(names=[str(i) for i in range(10)])})
+    return Dataset.from_dict({"image": list(images), "label": digits.target.tolist()}, features=features)
+
+
+def load_image_dataset(source: str, split: str = "train") -> Any:
+    """A ``datasets.Dataset`` of images and labels.
+
+    Args:
+        source: ``"digits"``; a directory saved with ``save_to_disk`` (a ``Dataset`` or a
+            ``DatasetDict``); a directory of class sub-folders of images (the ``imagefolder``
+            builder); or a Hugging Face Hub dataset name (needs network access or the local cache).
+        split: the split to take from a ``DatasetDict`` or a Hub dataset.
+
+    Raises:
+        ValueError: when ``split`` is not one of the dataset's splits.
+    """
+    import datasets
+
+    if source == "digits":
+        return digits_dataset()
+    path = Path(source)
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+    else:
+        loaded = datasets.load_dataset(source)
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise ValueError(f"`split` {split!r} is not in {source!r}; its splits are {sorted(loaded)!r}")
+        loaded = loaded[split]
+    return loaded
+
+
+def _column(ds: Any, wanted: str | None, kind: str, names: tuple[str, ...]) -> str:
+    import datasets
+
+    if wanted is not None:
+        if wanted not in ds.column_names:
+            raise ValueError(f"`{kind}_column` {wanted!r} is not a column; columns: {ds.column_names!r}")
+        return wanted
+    feature_type = datasets.Image if kind == "image" else datasets.ClassLabel
+    for name, feature in ds.features.items():
+        if isinstance(feature, feature_type):
+            return name
+    for name in names:
+        if name in ds.column_names:
+            return name
+    raise ValueError(f"no {kind} column found in {ds.column_names!r}; pass `{kind}_column`")
+
+
+def to_tensors(
+    ds: Any,
+    image_size: int,
+    *,
+    channels: int = 3,
+    image_column: str | None = None,
+    label_column: str | None = None,
+) -> tuple[TensorDataset, int]:
+    """Images → ``(N, channels, image_size, image_size)`` float tensor, normalised per channel; labels → ``(N,)`` long.
+
+    Grey images are repeated to 3 channels (and colour images averaged to 1) as ``channels`` asks;
+    resizing is bilinear. Returns the dataset and the number of classes.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 or 3, got {channels}")
+    if image_size < 1:
+        raise ValueError(f"`image_size` must be a positive int, got {image_size}")
+    image_col = _column(ds, image_column, "image", ("image", "img", "pixel_values"))
+    label_col = _column(ds, label_column, "label", ("label", "labels", "target"))
+    batches = []
+    for image in ds[image_col]:
+        array = np.asarray(image.convert("RGB") if channels == 3 else image.convert("L"), dtype=np.float32) / 255.0
+        tensor = torch.from_numpy(array).reshape(array.shape[0], array.shape[1], channels).permute(2, 0, 1)
+        batches.append(F.interpolate(tensor[None], size=(image_size, image_size), mode="bilinear", align_corners=False)[0])
+    images = torch.stack(batches)
+    mean, std = images.mean((0, 2, 3), keepdim=True), images.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+    labels = torch.tensor(ds[label_col], dtype=torch.long)
+    feature = ds.features[label_col]
+    num_classes = feature.num_classes if hasattr(feature, "num_classes") else int(labels.max()) + 1
+    return TensorDataset((images - mean) / std, labels), num_classes
+
+
+def split_dataset(ds: TensorDataset, fractions: tuple[float, ...], seed: int = 0) -> list[TensorDataset]:
+    """Shuffle (seeded) and split into consecutive parts of the given fractions (summing to 1)."""
+    if any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(f"`fractions` must be positive and sum to 1, got {fractions}")
+    n = len(ds)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    bounds = np.round(np.cumsum((0,) + tuple(fractions)) * n).astype(int)
+    return [TensorDataset(*(t[order[a:b]] for t in ds.tensors)) for a, b in zip(bounds[:-1], bounds[1:])]
