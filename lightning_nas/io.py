@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write_json", "atomic_write_text", "next_version_dir"]
+__all__ = ["atomic_save", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "next_version_dir"]
 
 
 def _atomic(path: str | os.PathLike, write) -> Path:
@@ -29,9 +29,14 @@ def _atomic(path: str | os.PathLike, write) -> Path:
     return path
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    return _atomic(path, lambda f: f.write(data))
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
-    return _atomic(path, lambda f: f.write(text.encode("utf-8")))
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -1,0 +1,25 @@
+"""The PNG figures are written (atomically) and are real images."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from lightning_nas.bilinear import BilinearTable
+from lightning_nas.plots import plot_contributions, plot_pareto
+from lightning_nas.spaces import mobilenet_supernet
+from lightning_nas.spaces.staged import StagedSpace
+
+
+def test_contribution_heatmaps_and_pareto(tmp_path):
+    staged = StagedSpace.from_space(mobilenet_supernet().space)
+    rng = np.random.default_rng(0)
+    table = BilinearTable(staged, 0.5, rng.normal(0, 0.01, (3, 2, 6)), rng.normal(0, 0.01, (3, 2)), name="accuracy")
+    heat = plot_contributions(table, tmp_path / "heat.png")
+    points = [{"predicted_x": 1.0, "predicted_y": 0.5, "measured_x": 1.1, "measured_y": 0.48, "target": 1.0},
+              {"predicted_x": 2.0, "predicted_y": 0.6, "target": 2.0}]
+    pareto = plot_pareto((rng.random(20), rng.random(20)), points, tmp_path / "pareto.png")
+    for path in (heat, pareto):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] > 200
+    assert not list(tmp_path.glob(".*.tmp"))
