@@ -1,0 +1,47 @@
+"""Latency, FLOPs and parameter lookup tables of staged supernets (BINAS Eq. 5), and their accuracy.
+
+* :mod:`~lightning_nas.profiling.timing`: time a module on CPU (fixed thread count) or CUDA.
+* :mod:`~lightning_nas.profiling.tables`: per-block tables, reuse-or-rebuild of the table file.
+* :mod:`~lightning_nas.profiling.report`: MAPE of predicted vs end-to-end latency.
+"""
+
+from lightning_nas.profiling.report import LatencyCheck, check_latency, mape
+from lightning_nas.profiling.tables import (
+    PROFILER_VERSION,
+    backup_path,
+    block_shapes,
+    build_flops_table,
+    build_latency_table,
+    build_params_table,
+    load_or_build,
+    model_signature,
+    settings_of,
+    stage_blocks,
+    stale_reasons,
+    time_archs,
+)
+from lightning_nas.profiling.timing import ProfileSettings, TimingResult, cpu_model, device_info, num_threads, time_module
+
+__all__ = [
+    "PROFILER_VERSION",
+    "LatencyCheck",
+    "ProfileSettings",
+    "TimingResult",
+    "backup_path",
+    "block_shapes",
+    "build_flops_table",
+    "build_latency_table",
+    "build_params_table",
+    "check_latency",
+    "cpu_model",
+    "device_info",
+    "load_or_build",
+    "mape",
+    "model_signature",
+    "num_threads",
+    "settings_of",
+    "stage_blocks",
+    "stale_reasons",
+    "time_archs",
+    "time_module",
+]

@@ -1,0 +1,455 @@
+"""Latency, FLOPs and parameter tables of a staged supernet (BINAS Eq. 5 lookup tables).
+
+Every block configuration of every stage is exported alone (``export_subnet`` on the block with
+an arch that sets its configuration) and measured on an input of the shape it really sees in the
+network; the parts outside the searchable blocks (stem, head, fixed layers) form the table's
+``constant``. ``table.predict(arch)`` is then ``LAT(arch)`` of BINAS Eq. 5 (plus that constant).
+
+How the pieces are found, generically for any space ``StagedSpace.from_space`` understands:
+
+* stage ``s`` is the :class:`~lightning_nas.nn.DepthChoice` whose label is the stage's depth
+  label; its ``blocks[b]`` is block ``b``;
+* each block's input and output shapes are captured with forward hooks during one run of the
+  largest arch (and checked against the smallest one: the profiler assumes a block's input shape
+  does not depend on the arch, true when only hidden widths, kernels and depths are searched);
+* blocks whose exported module and shapes are identical (BINAS: blocks 2-4 of a stage) share one
+  measurement; the key is the exported module's ``repr`` plus its input and output shapes.
+
+The fixed part of the latency cannot be isolated generically (a stem and head are whatever
+the user's ``forward`` does around the stages), so it is *estimated*: whole exported networks of a
+few random calibration archs are timed and the table's constant is the median of ``measured −
+Σ block entries``. For FLOPs and parameters, which are exactly additive, the constant is the
+network's count minus its blocks' counts for the largest arch.
+
+Example::
+
+    settings = ProfileSettings(input_size=(3, 32, 32), threads=1, repeats=100)
+    latency = load_or_build(supernet, "latency.json", settings)     # reused when still valid
+    latency.predict(arch)                                          # ms
+    build_flops_table(supernet, (3, 32, 32)).predict(arch)         # MFLOPs at batch 1
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lightning_nas.bilinear import BilinearTable
+from lightning_nas.nn.depth_choice import DepthChoice
+from lightning_nas.nn.export import export_subnet
+from lightning_nas.profiling.timing import ProfileSettings, TimingResult, device_info, time_module
+from lightning_nas.seeding import derive_seed
+from lightning_nas.spaces.staged import StagedSpace
+from lightning_nas.supernet import Supernet
+
+__all__ = [
+    "PROFILER_VERSION",
+    "BlockShapes",
+    "backup_path",
+    "block_shapes",
+    "build_flops_table",
+    "build_latency_table",
+    "build_params_table",
+    "load_or_build",
+    "model_signature",
+    "settings_of",
+    "stage_blocks",
+    "stale_reasons",
+    "time_archs",
+]
+
+log = logging.getLogger("lightning_nas.profiling")
+
+PROFILER_VERSION = 1
+# Calibration archs and the MAPE check draw from separate streams of the same seed.
+CALIBRATION_STREAM = 0
+
+Shape = tuple[int, ...]
+BlockShapes = list[list[tuple[Shape, Shape]]]  # [stage][block] -> (input shape, output shape)
+Progress = Callable[[str], None] | None
+
+
+# -- structure ---------------------------------------------------------------------------------
+def _check_supernet(supernet: Any) -> Supernet:
+    if not isinstance(supernet, Supernet):
+        raise ValueError(f"`supernet` must be a lightning_nas.Supernet, got {type(supernet).__name__}")
+    return supernet
+
+
+def stage_blocks(supernet: Supernet, staged: StagedSpace | None = None) -> list[list[nn.Module]]:
+    """Block modules per stage: ``[stage][block]``, from each stage's ``DepthChoice``.
+
+    Raises:
+        ValueError: when a stage has no depth decision or no ``DepthChoice`` with its label, or the
+            ``DepthChoice`` has another number of blocks than the stage.
+    """
+    _check_supernet(supernet)
+    staged = staged or StagedSpace.from_space(supernet.space)
+    by_label = {m.label: m for m in supernet.module.modules() if isinstance(m, DepthChoice)}
+    out = []
+    for s, stage in enumerate(staged.stages):
+        if stage.depth_label is None:
+            raise ValueError(f"stage {s} has no depth decision; the profiler finds a stage's blocks through its DepthChoice")
+        depth_choice = by_label.get(stage.depth_label)
+        if depth_choice is None:
+            raise ValueError(f"no DepthChoice with label {stage.depth_label!r} in the supernet (found {sorted(by_label)!r})")
+        if len(depth_choice.blocks) != stage.num_blocks:
+            raise ValueError(
+                f"DepthChoice {stage.depth_label!r} has {len(depth_choice.blocks)} blocks but stage {s} has {stage.num_blocks} block positions"
+            )
+        out.append(list(depth_choice.blocks))
+    return out
+
+
+def _capture(supernet: Supernet, blocks: list[list[nn.Module]], arch: Mapping[str, Any], input_shape: Shape) -> dict[tuple[int, int], tuple[Shape, Shape]]:
+    seen: dict[tuple[int, int], tuple[Shape, Shape]] = {}
+    handles = []
+    for s, row in enumerate(blocks):
+        for b, block in enumerate(row):
+            def hook(module, args, output, key=(s, b)):
+                if not args or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
+                    raise ValueError(f"block {key} must take and return one tensor to be profiled")
+                seen[key] = (tuple(args[0].shape), tuple(output.shape))
+            handles.append(block.register_forward_hook(hook))
+    try:
+        x = torch.zeros(input_shape)
+        with supernet.activated(arch), torch.inference_mode():
+            supernet(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def block_shapes(supernet: Supernet, input_shape: Sequence[int], staged: StagedSpace | None = None) -> BlockShapes:
+    """Input and output shape of every block, ``[stage][block] -> (in_shape, out_shape)``.
+
+    Runs a CPU copy of the supernet in eval mode on zeros of ``input_shape`` (batch included)
+    under the largest arch, with forward hooks; the smallest arch is run too, to check that the
+    shapes do not depend on the arch.
+
+    Raises:
+        ValueError: when a block's shapes differ between the two archs, or a block never runs.
+    """
+    _check_supernet(supernet)
+    staged = staged or StagedSpace.from_space(supernet.space)
+    work = copy.deepcopy(supernet).cpu().float().eval()
+    blocks = stage_blocks(work, staged)
+    shape = tuple(int(v) for v in input_shape)
+    largest = _capture(work, blocks, work.space.largest(), shape)
+    smallest = _capture(work, blocks, work.space.smallest(), shape)
+    for key, shapes in smallest.items():
+        if largest.get(key) != shapes:
+            raise ValueError(
+                f"block (stage {key[0]}, block {key[1]}) sees shapes {largest.get(key)} under the largest arch but {shapes} under "
+                "the smallest: the profiler needs block input shapes that do not depend on the arch"
+            )
+    missing = [(s, b) for s, row in enumerate(blocks) for b in range(len(row)) if (s, b) not in largest]
+    if missing:
+        raise ValueError(f"blocks {missing} did not run under the largest arch; cannot capture their input shapes")
+    return [[largest[(s, b)] for b in range(len(row))] for s, row in enumerate(blocks)]
+
+
+def _block_exports(supernet: Supernet, staged: StagedSpace, base: Mapping[str, Any]) -> Iterator[tuple[int, int, int, nn.Module]]:
+    """``(stage, block, config, exported block)`` for every block configuration."""
+    blocks = stage_blocks(supernet, staged)
+    for s, stage in enumerate(staged.stages):
+        for b, labels in enumerate(stage.block_labels):
+            for c, values in enumerate(stage.configs[b]):
+                arch = dict(base)
+                arch.update(zip(labels, values))
+                yield s, b, c, export_subnet(blocks[s][b], arch)
+
+
+def model_signature(supernet: Supernet) -> str:
+    """SHA-256 of the supernet's ``repr`` (layer sizes, decisions and candidates): changes when the network does."""
+    return hashlib.sha256(repr(_check_supernet(supernet)).encode("utf-8")).hexdigest()
+
+
+def _unique_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _flops(module: nn.Module, shape: Shape) -> int:
+    module = module.eval()
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        module(torch.zeros(shape))
+    return int(counter.get_total_flops())
+
+
+# -- FLOPs and parameters ----------------------------------------------------------------------
+def build_params_table(supernet: Supernet, *, base: Mapping[str, Any] | None = None) -> BilinearTable:
+    """Parameter counts: ``block[s, b, c]`` = parameters of block ``b`` of stage ``s`` exported
+    with config ``c``; ``constant`` = parameters of the rest of the network.
+
+    Args:
+        supernet: the supernet (only read: exports are copies).
+        base: arch giving the labels outside the blocks (default: the largest).
+
+    Returns:
+        A ``BilinearTable`` with ``name="params"``, ``unit="params"``; exact for every arch whose
+        non-block decisions equal ``base``'s.
+    """
+    _check_supernet(supernet)
+    staged = StagedSpace.from_space(supernet.space)
+    base = supernet.space.validate(base) if base is not None else supernet.space.largest()
+    block = np.zeros((staged.num_stages, staged.max_blocks, staged.num_configs))
+    for s, b, c, module in _block_exports(supernet, staged, base):
+        block[s, b, c] = _unique_parameters(module)
+    probe = BilinearTable(staged, 0.0, block, name="params")
+    constant = _unique_parameters(supernet.export(base)) - probe.predict(base)
+    return BilinearTable(
+        staged, constant, block, name="params", unit="params",
+        metadata={"profiler_version": PROFILER_VERSION, "model": model_signature(supernet), "base_arch": base},
+    )
+
+
+def build_flops_table(supernet: Supernet, input_size: Sequence[int], *, base: Mapping[str, Any] | None = None) -> BilinearTable:
+    """FLOPs at batch 1, in MFLOPs, counted by ``torch.utils.flop_counter.FlopCounterMode``.
+
+    ``FlopCounterMode`` counts matrix products and convolutions, 2 FLOPs per multiply-accumulate
+    (normalisation, activations and additions are not counted). ``block[s, b, c]`` is the count
+    of block ``b`` of stage ``s`` exported with config ``c`` on its real input shape; ``constant``
+    the rest of the network (stem, head).
+
+    Args:
+        supernet: the supernet (only read).
+        input_size: ``(C, H, W)`` of one example.
+        base: arch giving the labels outside the blocks (default: the largest).
+    """
+    _check_supernet(supernet)
+    staged = StagedSpace.from_space(supernet.space)
+    base = supernet.space.validate(base) if base is not None else supernet.space.largest()
+    shape = (1, *_input_size(input_size))
+    shapes = block_shapes(supernet, shape, staged)
+    block = np.zeros((staged.num_stages, staged.max_blocks, staged.num_configs))
+    for s, b, c, module in _block_exports(supernet, staged, base):
+        block[s, b, c] = _flops(module.cpu().float(), shapes[s][b][0]) / 1e6
+    probe = BilinearTable(staged, 0.0, block, name="flops")
+    constant = _flops(supernet.export(base).cpu().float(), shape) / 1e6 - probe.predict(base)
+    return BilinearTable(
+        staged, constant, block, name="flops", unit="MFLOPs",
+        metadata={
+            "profiler_version": PROFILER_VERSION, "model": model_signature(supernet), "input_size": list(shape[1:]),
+            "batch_size": 1, "counter": "torch.utils.flop_counter.FlopCounterMode", "base_arch": base,
+        },
+    )
+
+
+def _input_size(input_size: Sequence[int]) -> Shape:
+    if not isinstance(input_size, Sequence) or not input_size or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_size):
+        raise ValueError(f"`input_size` must be a non-empty tuple of positive ints such as (3, 32, 32), got {input_size!r}")
+    return tuple(input_size)
+
+
+# -- latency -----------------------------------------------------------------------------------
+def time_archs(supernet: Supernet, archs: Sequence[Mapping[str, Any]], settings: ProfileSettings, *, seed: int = 0) -> list[TimingResult]:
+    """End-to-end latency of each arch's exported network at ``settings`` (one ``TimingResult`` each).
+
+    The archs are timed in turn, each with its own warm-up; the supernet is only read.
+    """
+    _check_supernet(supernet)
+    out = []
+    for arch in archs:
+        subnet = supernet.export(arch)
+        out.append(time_module(subnet, settings.batch_shape, settings, seed=seed))
+        del subnet
+    return out
+
+
+def build_latency_table(
+    supernet: Supernet,
+    settings: ProfileSettings,
+    *,
+    calibration_archs: int = 10,
+    seed: int = 0,
+    base: Mapping[str, Any] | None = None,
+    progress: Progress = None,
+) -> BilinearTable:
+    """Measure every block configuration and the fixed part (BINAS's latency lookup table).
+
+    Args:
+        supernet: the supernet (only read: profiling runs on exported copies).
+        settings: input size, batch size, device, dtype, threads, warm-up and repeats.
+        calibration_archs: random archs whose end-to-end time fixes the constant (at least 1).
+        seed: seed of the calibration archs and of the random inputs.
+        base: arch giving the labels outside the blocks (default: the largest).
+        progress: called with a short message after each stage and at the end.
+
+    Returns:
+        ``BilinearTable(name="latency", unit="ms")``: ``block[s, b, c]`` median milliseconds of
+        the block alone; ``constant`` the estimated fixed part; ``metadata`` the settings, the
+        device, the model signature, per-entry spread (p10 / p90 arrays ``(S, D, C)``), the
+        calibration residuals and the number of distinct measurements.
+    """
+    _check_supernet(supernet)
+    if not isinstance(calibration_archs, int) or isinstance(calibration_archs, bool) or calibration_archs < 1:
+        raise ValueError(f"`calibration_archs` must be an int >= 1, got {calibration_archs!r}")
+    started = time.perf_counter()
+    staged = StagedSpace.from_space(supernet.space)
+    base = supernet.space.validate(base) if base is not None else supernet.space.largest()
+    shapes = block_shapes(supernet, settings.batch_shape, staged)
+    full = (staged.num_stages, staged.max_blocks, staged.num_configs)
+    median, p10, p90 = np.zeros(full), np.zeros(full), np.zeros(full)
+    cache: dict[str, TimingResult] = {}
+    current_stage = 0
+    for s, b, c, module in _block_exports(supernet, staged, base):
+        if s != current_stage and progress is not None:
+            progress(f"stage {current_stage} done ({len(cache)} distinct blocks timed so far)")
+        current_stage = s
+        in_shape, out_shape = shapes[s][b]
+        key = f"{module!r}|in={in_shape}|out={out_shape}"
+        if key not in cache:
+            cache[key] = time_module(module, in_shape, settings, seed=seed)
+        result = cache[key]
+        median[s, b, c], p10[s, b, c], p90[s, b, c] = result.median_ms, result.p10_ms, result.p90_ms
+    if progress is not None:
+        progress(f"stage {current_stage} done ({len(cache)} distinct blocks timed)")
+    blocks_only = BilinearTable(staged, 0.0, median, name="latency")
+    archs = supernet.space.sample_many(calibration_archs, derive_seed(seed, CALIBRATION_STREAM))
+    timings = time_archs(supernet, archs, settings, seed=seed)
+    residuals = np.array([t.median_ms for t in timings]) - blocks_only.predict_many(archs)
+    constant = float(np.median(residuals))
+    if progress is not None:
+        progress(f"fixed part {constant:.4f} ms (median over {calibration_archs} calibration archs)")
+    metadata = {
+        "profiler": "lightning_nas.profiling",
+        "profiler_version": PROFILER_VERSION,
+        "settings": settings.to_dict(),
+        "device": device_info(settings),
+        "model": model_signature(supernet),
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "build_seconds": round(time.perf_counter() - started, 3),
+        "seed": seed,
+        "base_arch": base,
+        "entries": int(staged.block_exists().sum() * staged.num_configs),
+        "measurements": len(cache),
+        "spread": {"statistic": "median", "p10": p10.tolist(), "p90": p90.tolist()},
+        "constant_estimate": {
+            "method": "median over calibration archs of (end-to-end median - sum of block entries)",
+            "calibration_archs": calibration_archs,
+            "residuals_ms": residuals.tolist(),
+        },
+    }
+    return BilinearTable(staged, constant, median, name="latency", unit="ms", metadata=metadata)
+
+
+# -- reuse or rebuild --------------------------------------------------------------------------
+def settings_of(table: BilinearTable) -> ProfileSettings:
+    """The ``ProfileSettings`` a latency table was measured with (from its metadata)."""
+    try:
+        raw = dict(table.metadata["settings"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"table {table.name!r} has no profiling settings in its metadata") from err
+    raw["input_size"] = tuple(raw["input_size"])
+    return ProfileSettings(**raw)
+
+
+def stale_reasons(metadata: Mapping[str, Any], supernet: Supernet, settings: ProfileSettings) -> list[str]:
+    """Why a table with ``metadata`` does not apply to ``supernet`` measured with ``settings`` here
+    (an empty list when it does)."""
+    reasons = []
+    if metadata.get("profiler_version") != PROFILER_VERSION:
+        reasons.append(f"profiler version {metadata.get('profiler_version')!r} != {PROFILER_VERSION}")
+    if metadata.get("model") != model_signature(supernet):
+        reasons.append("the supernet differs (model signature changed)")
+    expected = {"settings": settings.to_dict(), "device": device_info(settings)}
+    for group, want in expected.items():
+        have = metadata.get(group) or {}
+        for key, value in want.items():
+            if have.get(key) != value:
+                reasons.append(f"{group}.{key} is {have.get(key)!r}, now {value!r}")
+    return reasons
+
+
+def backup_path(path: str | Path) -> Path:
+    """The first free ``<name>.bak``, ``<name>.bak.1``, ... next to ``path``."""
+    path = Path(path)
+    candidate, n = path.with_name(path.name + ".bak"), 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.bak.{n}")
+    return candidate
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copy2(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_or_build(
+    supernet: Supernet,
+    path: str | Path,
+    settings: ProfileSettings,
+    *,
+    rebuild: bool = False,
+    calibration_archs: int = 10,
+    seed: int = 0,
+    progress: Progress = None,
+) -> BilinearTable:
+    """The latency table at ``path`` if it was made for this supernet, settings and device; else a
+    new one, written to ``path``.
+
+    A stale or unreadable file is never lost: it is copied to :func:`backup_path` before the new
+    table atomically replaces it, and the reason is logged (logger ``lightning_nas.profiling``).
+
+    Args:
+        supernet: the supernet.
+        path: the table's JSON file.
+        settings: how to measure.
+        rebuild: rebuild even when the file is valid.
+        calibration_archs, seed, progress: see :func:`build_latency_table`.
+    """
+    _check_supernet(supernet)
+    path = Path(path)
+    reasons: list[str] = []
+    if rebuild:
+        reasons.append("rebuild requested")
+    elif not path.exists():
+        reasons.append("no table file yet")
+    else:
+        try:
+            table = BilinearTable.load(path, StagedSpace.from_space(supernet.space))
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError, OSError) as err:
+            reasons.append(f"cannot read it ({err})")
+        else:
+            if table.name != "latency":
+                reasons.append(f"it holds a {table.name!r} table, not latency")
+            reasons += stale_reasons(table.metadata, supernet, settings)
+            if not reasons:
+                log.info("latency table %s reused (same supernet, settings and device)", path)
+                return table
+    existed = path.exists()
+    if existed:
+        log.warning("latency table %s is rebuilt: %s", path, "; ".join(reasons))
+    else:
+        log.info("building latency table %s", path)
+    table = build_latency_table(supernet, settings, calibration_archs=calibration_archs, seed=seed, progress=progress)
+    if existed:
+        backup = backup_path(path)
+        # A copy, not a rename: the path keeps a complete file until the new one replaces it.
+        _atomic_copy(path, backup)
+        log.warning("previous table kept as %s", backup)
+    table.save(path)
+    return table

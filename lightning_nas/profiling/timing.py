@@ -1,0 +1,240 @@
+"""Timing one module's forward pass on CPU or CUDA, and describing the machine that timed it.
+
+The rules follow the latency tables of BINAS / HardCoRe-NAS: the module runs in eval mode under
+``torch.inference_mode()``, after untimed warm-up calls, a fixed number of times; CPU runs use a
+fixed thread count (BINAS: one thread) and CUDA runs are timed with ``torch.cuda.Event`` pairs.
+Every repeat is one forward call; the result keeps the median and the spread (10th and 90th
+percentiles), in milliseconds.
+
+Example::
+
+    settings = ProfileSettings(input_size=(3, 32, 32), repeats=100)
+    result = time_module(subnet, (1, 3, 32, 32), settings)      # TimingResult(median_ms=0.41, ...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "DTYPES",
+    "ProfileSettings",
+    "TimingResult",
+    "cpu_model",
+    "device_info",
+    "num_threads",
+    "time_module",
+]
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How latencies are measured; two tables are comparable only when their settings match.
+
+    Args:
+        input_size: ``(C, H, W)`` of one example fed to the network.
+        batch_size: examples per forward call (BINAS: 1 on CPU, 64 on GPU).
+        threads: ``torch.set_num_threads`` while timing (restored afterwards).
+        repeats: timed forward calls per measurement.
+        warmup: untimed forward calls before them.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        dtype: ``"float32"``, ``"float16"``, ``"bfloat16"`` or ``"float64"``.
+    """
+
+    input_size: tuple[int, ...]
+    batch_size: int = 1
+    threads: int = 1
+    repeats: int = 100
+    warmup: int = 10
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        size = self.input_size
+        if not isinstance(size, Sequence) or not size or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+            raise ValueError(f"`input_size` must be a non-empty tuple of positive ints such as (3, 32, 32), got {size!r}")
+        object.__setattr__(self, "input_size", tuple(size))
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("threads", self.threads)
+        _positive_int("repeats", self.repeats)
+        _positive_int("warmup", self.warmup, minimum=0)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"`dtype` must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"`device` must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from err
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"`device` must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"`device` is {self.device!r} but CUDA is not available on this machine; use 'cpu'")
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """``(batch_size, *input_size)``: the network's input shape."""
+        return (self.batch_size, *self.input_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["input_size"] = list(self.input_size)
+        return out
+
+
+@dataclass(frozen=True)
+class TimingResult:
+    """Forward-pass time of one module, in milliseconds.
+
+    Attributes:
+        median_ms: median over the repeats (what tables store).
+        p10_ms, p90_ms: 10th and 90th percentiles (the spread).
+        mean_ms: mean over the repeats.
+        samples_ms: every timed repeat, in order.
+    """
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    samples_ms: tuple[float, ...] = field(repr=False)
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float]) -> "TimingResult":
+        values = np.asarray(samples_ms, dtype=np.float64)
+        if values.size == 0:
+            raise ValueError("`samples_ms` must hold at least one timing")
+        p10, median, p90 = np.percentile(values, [10, 50, 90])
+        return cls(float(median), float(p10), float(p90), float(values.mean()), tuple(float(v) for v in values))
+
+
+@contextlib.contextmanager
+def num_threads(threads: int) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` inside the block; the previous count is restored on exit."""
+    _positive_int("threads", threads)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    # Remember every submodule's flag: a user may keep parts of a network in eval on purpose.
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def time_module(module: nn.Module, input_shape: Sequence[int], settings: ProfileSettings, *, seed: int = 0) -> TimingResult:
+    """Time ``module`` on a random input of ``input_shape``.
+
+    The module and input are moved to ``settings.device`` / ``settings.dtype`` (the module in
+    place: pass a copy if that matters); its train/eval flags are restored afterwards, and so is
+    the thread count.
+
+    Args:
+        module: the module; called as ``module(x)``.
+        input_shape: full input shape, batch dimension included (e.g. ``(1, 16, 16, 16)``).
+        settings: device, dtype, threads, warm-up and repeats.
+        seed: seed of the random input.
+
+    Returns:
+        Median and spread of ``settings.repeats`` timed calls, in milliseconds.
+    """
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"`module` must be an nn.Module, got {type(module).__name__}")
+    shape = tuple(input_shape)
+    if not shape or not all(isinstance(v, int) and v > 0 for v in shape):
+        raise ValueError(f"`input_shape` must be a tuple of positive ints, got {input_shape!r}")
+    device, dtype = settings.torch_device, settings.torch_dtype
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device=device, dtype=dtype)
+    module.to(device=device, dtype=dtype)
+    with num_threads(settings.threads), _eval_mode(module), torch.inference_mode():
+        for _ in range(settings.warmup):
+            module(x)
+        if device.type == "cuda":
+            samples = _time_cuda(module, x, settings.repeats, device)
+        else:
+            samples = _time_cpu(module, x, settings.repeats)
+    return TimingResult.from_samples(samples)
+
+
+def _time_cpu(module: nn.Module, x: torch.Tensor, repeats: int) -> list[float]:
+    samples = []
+    clock = time.perf_counter_ns
+    for _ in range(repeats):
+        start = clock()
+        module(x)
+        samples.append((clock() - start) / 1e6)
+    return samples
+
+
+def _time_cuda(module: nn.Module, x: torch.Tensor, repeats: int, device: torch.device) -> list[float]:
+    with torch.cuda.device(device):
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        torch.cuda.synchronize(device)
+        for start, end in zip(starts, ends):
+            start.record()
+            module(x)
+            end.record()
+        torch.cuda.synchronize(device)
+        return [start.elapsed_time(end) for start, end in zip(starts, ends)]
+
+
+def cpu_model() -> str:
+    """The CPU model name from ``/proc/cpuinfo`` (Linux), else ``platform.processor()`` or the machine type."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Processor", "cpu model") and value.strip():
+                return value.strip()
+    return platform.processor() or platform.machine()
+
+
+def device_info(settings: ProfileSettings) -> dict[str, Any]:
+    """Facts about the machine that decide whether a latency table still applies to it."""
+    device = settings.torch_device
+    info = {
+        "device_type": device.type,
+        "device_name": cpu_model() if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "processor": platform.processor() or platform.machine(),
+        "machine": platform.machine(),
+        "cpu_model": cpu_model(),
+        "torch_version": torch.__version__,
+    }
+    if device.type == "cuda":
+        info["cuda_version"] = torch.version.cuda
+    return info
