@@ -1,5 +1,28 @@
-"""Mathematical-programming layer: Pyomo formulations solved by any installed backend."""
+"""Mathematical-programming layer: Pyomo formulations solved by any installed backend, and the
+constrained architecture search built on them (exact MILP, MIQCP, BCFW, evolution)."""
 
 from lightning_nas.solvers.backends import KNOWN_SOLVERS, available_solvers, get_solver
+from lightning_nas.solvers.problem import (
+    FEASIBILITY_TOL,
+    ConstrainedProblem,
+    InfeasibleError,
+    Limit,
+    SearchFailedError,
+    SearchResult,
+)
+from lightning_nas.solvers.search import METHODS, pareto_sweep, search_constrained
 
-__all__ = ["KNOWN_SOLVERS", "available_solvers", "get_solver"]
+__all__ = [
+    "FEASIBILITY_TOL",
+    "KNOWN_SOLVERS",
+    "METHODS",
+    "ConstrainedProblem",
+    "InfeasibleError",
+    "Limit",
+    "SearchFailedError",
+    "SearchResult",
+    "available_solvers",
+    "get_solver",
+    "pareto_sweep",
+    "search_constrained",
+]

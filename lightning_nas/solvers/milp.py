@@ -1,0 +1,419 @@
+"""Exact constrained search: BINAS's IQCQP (Eq. 6/7) as a mixed-integer *linear* program.
+
+With ``β^s_j`` the binary depth choice of stage ``s`` and ``a^s_b = Σ_{j: depth_j > b} β^s_j``
+(block ``b`` runs), every term of a :class:`~lightning_nas.bilinear.BilinearTable` is linear in
+``w^s_{b,c} = α^s_{b,c} · a^s_b`` (reference note §9)::
+
+    value = constant + Σ_{s,j} depth[s,j] β^s_j + Σ_{s,b,c} block[s,b,c] w^s_{b,c}
+
+Two exact formulations:
+
+* ``"compact"`` (default): ``w`` binary with ``Σ_c w^s_{b,c} = a^s_b``; ``α`` is dropped (the
+  config of a block that does not run does not matter).
+* ``"alpha"``: ``α`` binary with ``Σ_c α = 1``, ``w`` continuous with ``0 ≤ w ≤ α`` and
+  ``Σ_c w = a`` (McCormick, exact for binaries).
+
+Blocks active at every depth have ``a = 1``; stages with a single depth option have no ``β``; block
+positions beyond a stage's largest depth have no variables. Limits are mutable Pyomo parameters,
+so a :class:`MilpModel` is built once and re-solved for many targets (HiGHS through ``appsi``
+updates its model in place).
+
+``method="miqcp"`` builds the bilinear form itself (binary ``α``, ``β``, quadratic objective and
+constraints) for solvers that accept non-convex quadratics (Gurobi, CPLEX, SCIP, Xpress).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from lightning_nas.solvers.backends import get_solver
+from lightning_nas.solvers.problem import ConstrainedProblem, InfeasibleError, Limit, SearchResult
+
+__all__ = ["FORMULATIONS", "MilpModel", "build_miqcp", "diagnose_infeasibility", "solve_milp", "solve_miqcp"]
+
+FORMULATIONS = ("compact", "alpha")
+
+# Solvers that cannot take a product of variables in a constraint.
+_LINEAR_ONLY = ("highs", "appsi_highs", "cbc", "glpk")
+
+
+def _pyo():
+    import pyomo.environ as pyo
+
+    return pyo
+
+
+def gap_options(solver: str, rel_gap: float, abs_gap: float) -> dict[str, float]:
+    """Solver-specific options for a relative and an absolute MIP gap (empty for unknown solvers)."""
+    if "highs" in solver:
+        return {"mip_rel_gap": rel_gap, "mip_abs_gap": abs_gap}
+    if "gurobi" in solver:
+        return {"MIPGap": rel_gap, "MIPGapAbs": abs_gap}
+    if "cplex" in solver:
+        return {"mip_tolerances_mipgap": rel_gap, "mip_tolerances_absmipgap": abs_gap}
+    if "scip" in solver:
+        return {"limits/gap": rel_gap, "limits/absgap": abs_gap}
+    if "cbc" in solver:
+        return {"ratioGap": rel_gap, "allowableGap": abs_gap}
+    if "xpress" in solver:
+        return {"miprelstop": rel_gap, "mipabsstop": abs_gap}
+    if "glpk" in solver:
+        return {"mipgap": rel_gap}
+    return {}
+
+
+class _Index:
+    """Variable index sets of a problem's structure (shared by the MILP and MIQCP builders)."""
+
+    def __init__(self, problem: ConstrainedProblem) -> None:
+        st = problem.staged
+        self.C = st.num_configs
+        self.blocks = [(s, b) for s in range(st.num_stages) for b in range(st.max_blocks) if problem.can_be_active[s, b]]
+        self.w = [(s, b, c) for s, b in self.blocks for c in range(self.C)]
+        self.free_stages = [s for s in range(st.num_stages) if problem.num_depths[s] > 1]
+        self.beta = [(s, j) for s in self.free_stages for j in range(problem.num_depths[s])]
+        # Per (s, b): the β indices whose depth reaches block b; None when the block always runs.
+        self.reach: dict[tuple[int, int], list[tuple[int, int]] | None] = {}
+        for s, b in self.blocks:
+            if problem.always_active[s, b]:
+                self.reach[s, b] = None
+            else:
+                self.reach[s, b] = [(s, j) for j in range(problem.num_depths[s]) if problem.depth_values[s, j] > b]
+        # Depth terms of single-option stages are constants.
+        self.fixed_depth = [s for s in range(st.num_stages) if problem.num_depths[s] == 1]
+
+
+def _linear_expr(pyo, table, idx: _Index, w, beta, offset: bool = True):
+    """``table`` as a linear Pyomo expression of ``w`` and ``β`` (constant included when ``offset``)."""
+    const = (table.constant + sum(table.depth[s, 0] for s in idx.fixed_depth)) if offset else 0.0
+    terms = [table.block[s, b, c] * w[s, b, c] for (s, b, c) in idx.w if table.block[s, b, c] != 0.0]
+    terms += [table.depth[s, j] * beta[s, j] for (s, j) in idx.beta if table.depth[s, j] != 0.0]
+    return const + pyo.quicksum(terms)
+
+
+class MilpModel:
+    """The MILP of a problem as a Pyomo ``ConcreteModel``, built once and solvable many times.
+
+    Args:
+        problem: the validated problem.
+        formulation: ``"compact"`` or ``"alpha"`` (module docstring).
+        minimise: a table to *minimise* instead of maximising the objective (used to find the
+            smallest achievable value of a resource subject to the other limits).
+
+    Attributes:
+        model: the Pyomo model; ``model.upper[k]`` / ``model.lower[k]`` are mutable parameters of
+            limit ``k`` (only for the bounds the limit has).
+        build_seconds: wall time of building it.
+    """
+
+    def __init__(self, problem: ConstrainedProblem, formulation: str = "compact", minimise=None) -> None:
+        if formulation not in FORMULATIONS:
+            raise ValueError(f"`formulation` must be one of {FORMULATIONS}, got {formulation!r}")
+        start = time.perf_counter()
+        pyo = _pyo()
+        self.problem, self.formulation = problem, formulation
+        idx = self.idx = _Index(problem)
+        m = self.model = pyo.ConcreteModel(name="constrained_nas")
+        m.W = pyo.Set(initialize=idx.w, dimen=3, ordered=True)
+        m.Bt = pyo.Set(initialize=idx.beta, dimen=2, ordered=True)
+        m.beta = pyo.Var(m.Bt, within=pyo.Binary)
+        if formulation == "compact":
+            m.w = pyo.Var(m.W, within=pyo.Binary)
+        else:
+            m.w = pyo.Var(m.W, bounds=(0.0, 1.0))
+            m.alpha = pyo.Var(m.W, within=pyo.Binary)
+            m.w_le_alpha = pyo.Constraint(m.W, rule=lambda m, s, b, c: m.w[s, b, c] <= m.alpha[s, b, c])
+            m.one_config = pyo.Constraint(
+                pyo.Set(initialize=idx.blocks, dimen=2, ordered=True),
+                rule=lambda m, s, b: pyo.quicksum(m.alpha[s, b, c] for c in range(idx.C)) == 1,
+            )
+        m.one_depth = pyo.Constraint(
+            pyo.Set(initialize=idx.free_stages, ordered=True),
+            rule=lambda m, s: pyo.quicksum(m.beta[s, j] for j in range(problem.num_depths[s])) == 1,
+        )
+
+        def active(m, s, b):
+            reach = idx.reach[s, b]
+            rhs = 1 if reach is None else pyo.quicksum(m.beta[k] for k in reach)
+            return pyo.quicksum(m.w[s, b, c] for c in range(idx.C)) == rhs
+
+        m.block_active = pyo.Constraint(pyo.Set(initialize=idx.blocks, dimen=2, ordered=True), rule=active)
+        # The constant stays out of the objective so that the solver's relative gap measures
+        # the part the choice controls.
+        if minimise is None:
+            self.offset = problem.objective.constant + sum(problem.objective.depth[s, 0] for s in idx.fixed_depth)
+            m.obj = pyo.Objective(expr=_linear_expr(pyo, problem.objective, idx, m.w, m.beta, offset=False), sense=pyo.maximize)
+        else:
+            self.offset = minimise.constant + sum(minimise.depth[s, 0] for s in idx.fixed_depth)
+            m.obj = pyo.Objective(expr=_linear_expr(pyo, minimise, idx, m.w, m.beta, offset=False), sense=pyo.minimize)
+        self.sense = "min" if minimise is not None else "max"
+        self._add_limits(pyo, m, problem.limits, lambda t: _linear_expr(pyo, t, idx, m.w, m.beta))
+        self._solvers: dict[str, Any] = {}
+        self.build_seconds = time.perf_counter() - start
+
+    def _add_limits(self, pyo, m, limits: tuple[Limit, ...], expr) -> None:
+        ups = [k for k, lim in enumerate(limits) if lim.upper is not None]
+        lows = [k for k, lim in enumerate(limits) if lim.lower is not None]
+        m.upper = pyo.Param(ups, mutable=True, initialize={k: limits[k].upper for k in ups}, within=pyo.Reals)
+        m.lower = pyo.Param(lows, mutable=True, initialize={k: limits[k].lower for k in lows}, within=pyo.Reals)
+        exprs = {k: expr(limits[k].table) for k in sorted(set(ups) | set(lows))}
+        m.limit_upper = pyo.Constraint(ups, rule=lambda m, k: exprs[k] <= m.upper[k])
+        m.limit_lower = pyo.Constraint(lows, rule=lambda m, k: exprs[k] >= m.lower[k])
+
+    def set_limit(self, k: int, upper: float | None = None, lower: float | None = None) -> None:
+        """Change the bounds of limit ``k`` (only bounds it was built with)."""
+        for value, param, which in ((upper, self.model.upper, "upper"), (lower, self.model.lower, "lower")):
+            if value is None:
+                continue
+            if k not in param:
+                raise ValueError(f"limit {k} ({self.problem.names[k]!r}) was built without a `{which}` bound")
+            param[k] = float(value)
+
+    def solve(self, solver: str = "appsi_highs", *, time_limit: float | None = None, rel_gap: float = 0.0,
+              abs_gap: float | None = None, solver_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Solve to proven optimality (or until ``time_limit`` seconds).
+
+        Args:
+            solver: Pyomo solver name (must be installed; see ``available_solvers()``).
+            rel_gap: relative MIP gap at which the solver may stop (0: proven optimum).
+            abs_gap: absolute MIP gap in objective units (default ``1e-9`` × the objective's range).
+            solver_options: extra options passed to the solver unchanged.
+
+        Returns:
+            dict with ``status`` (``"optimal"``, ``"feasible"``, ``"infeasible"``), ``configs``
+            (S, D), ``depths`` (S,), ``value`` and ``bound`` (objective with its constant, or
+            ``None``), ``gap``, ``solver_seconds``.
+        """
+        pyo = _pyo()
+        from pyomo.opt import TerminationCondition as TC
+
+        opt = self._solvers.get(solver)
+        if opt is None:
+            # One solver object per model keeps persistent solvers' state between solves.
+            opt = self._solvers[solver] = get_solver(solver)
+        if abs_gap is None:
+            table = self.problem.objective
+            abs_gap = 1e-9 * max(table.extreme(largest=True)[0] - table.extreme()[0], 1e-12)
+        options = {**gap_options(solver, rel_gap, abs_gap), **dict(solver_options or {})}
+        start = time.perf_counter()
+        kwargs: dict[str, Any] = {"load_solutions": False, "options": options}
+        if time_limit is not None:
+            kwargs["timelimit"] = float(time_limit)
+        results = opt.solve(self.model, **kwargs)
+        seconds = time.perf_counter() - start
+        tc = results.solver.termination_condition
+        if tc in (TC.infeasible, TC.infeasibleOrUnbounded):
+            return {"status": "infeasible", "solver_seconds": seconds, "termination": str(tc)}
+        if len(results.solution) == 0:
+            return {"status": "error", "solver_seconds": seconds, "termination": str(tc)}
+        self.model.solutions.load_from(results)
+        configs, depths = self._decode()
+        if self.sense == "max":
+            bound = results.problem.upper_bound
+        else:
+            bound = results.problem.lower_bound
+        value = pyo.value(self.model.obj) + self.offset
+        bound = None if bound is None or not np.isfinite(bound) else float(bound) + self.offset
+        gap = None if bound is None else abs(bound - value) / max(abs(value), 1e-12)
+        status = "optimal" if tc == TC.optimal else "feasible"
+        return {"status": status, "configs": configs, "depths": depths, "value": value, "bound": bound,
+                "gap": gap, "solver_seconds": seconds, "termination": str(tc)}
+
+    def _decode(self) -> tuple[np.ndarray, np.ndarray]:
+        p, idx, m = self.problem, self.idx, self.model
+        configs = p.base_configs.copy()
+        depths = np.zeros(p.staged.num_stages, dtype=np.int64)
+        for s in idx.free_stages:
+            depths[s] = int(np.argmax([m.beta[s, j].value or 0.0 for j in range(p.num_depths[s])]))
+        values = m.alpha if self.formulation == "alpha" else m.w
+        for s, b in idx.blocks:
+            configs[s, b] = int(np.argmax([values[s, b, c].value or 0.0 for c in range(idx.C)]))
+        return configs, depths
+
+
+def solve_milp(problem: ConstrainedProblem, *, solver: str = "appsi_highs", formulation: str = "compact",
+               time_limit: float | None = None, rel_gap: float = 0.0, solver_options: Mapping[str, Any] | None = None,
+               model: MilpModel | None = None) -> SearchResult:
+    """Maximise the objective subject to the limits, exactly. ``model`` reuses a built model.
+
+    Raises:
+        InfeasibleError: no arch meets the limits (the message names the violated resource and
+            its smallest / largest achievable value).
+    """
+    start = time.perf_counter()
+    if model is None:
+        model = MilpModel(problem, formulation)
+    out = model.solve(solver, time_limit=time_limit, rel_gap=rel_gap, solver_options=solver_options)
+    if out["status"] == "infeasible":
+        diagnose_infeasibility(problem, solver=solver, formulation=formulation)
+        raise InfeasibleError("the solver reports that no arch meets the limits")  # diagnosis found no culprit
+    if out["status"] == "error":
+        raise RuntimeError(f"solver {solver!r} returned no solution (termination: {out['termination']})")
+    details = {"build_seconds": model.build_seconds, "solver_seconds": out["solver_seconds"],
+               "formulation": model.formulation, "bound": out["bound"], "termination": out["termination"]}
+    return problem.make_result(out["configs"], out["depths"], method="milp", solver=solver, status=out["status"],
+                               gap=out["gap"], solve_seconds=time.perf_counter() - start, details=details)
+
+
+def diagnose_infeasibility(problem: ConstrainedProblem, *, solver: str = "appsi_highs", formulation: str = "compact") -> None:
+    """Raise :class:`InfeasibleError` explaining why no arch meets ``problem``'s limits.
+
+    A single bound beyond reach is found exactly without a solver. Otherwise, for each bound, the
+    MILP finds the smallest (largest) value of its resource subject to all the *other* limits; the
+    first bound that this value violates is reported. Returns normally when the limits are feasible.
+    """
+    problem.check_each_limit()
+    found = []
+    for k, lim in enumerate(problem.limits):
+        others = [o for i, o in enumerate(problem.limits) if i != k]
+        for which in ("upper", "lower"):
+            bound = getattr(lim, which)
+            if bound is None:
+                continue
+            sub = problem.with_limits(others)
+            table = lim.table
+            if which == "lower":
+                # Largest value = -(smallest of the negated table).
+                from lightning_nas.bilinear import BilinearTable
+
+                table = BilinearTable(table.staged, -table.constant, -table.block, -table.depth, name=table.name)
+            model = MilpModel(sub, formulation, minimise=table)
+            out = model.solve(solver)
+            if out["status"] != "optimal":
+                continue  # the other limits alone are infeasible: another bound is the culprit
+            value, _ = sub.evaluate(out["configs"], out["depths"])
+            achieved = float(lim.table.predict_indices(out["configs"], out["depths"]))
+            if which == "upper" and achieved > bound + 1e-7:
+                found.append((lim, which, bound, achieved, out))
+            if which == "lower" and achieved < bound - 1e-7:
+                found.append((lim, which, bound, achieved, out))
+    if not found:
+        if problem.num_limits:
+            status = MilpModel(problem, formulation).solve(solver)["status"]
+            if status != "infeasible":
+                return
+        else:
+            return
+        raise InfeasibleError("no arch meets the limits together, although each bound alone is reachable subject to the others")
+    lim, which, bound, achieved, out = found[0]
+    unit = f" {lim.table.unit}" if lim.table.unit else ""
+    word, op = ("smallest", "<=") if which == "upper" else ("largest", ">=")
+    others = ", ".join(o.name for o in problem.limits if o is not lim) or "none"
+    raise InfeasibleError(
+        f"no arch meets {lim.name} {op} {bound!r}{unit} together with the other limits ({others}): the {word} achievable "
+        f"{lim.name} subject to the other limits is {achieved!r}{unit} (arch {problem.to_arch(out['configs'], out['depths'])})",
+        lim.name, which, bound, achieved,
+    )
+
+
+# -- MIQCP ---------------------------------------------------------------------------------------
+def build_miqcp(problem: ConstrainedProblem):
+    """BINAS's bilinear program (Eq. 6/7) as a Pyomo model with binary ``α`` and ``β``.
+
+    ``value = constant + Σ depth[s,j] β^s_j + Σ block[s,b,c] α^s_{b,c} a^s_b`` with ``a^s_b`` the
+    sum of the ``β`` reaching block ``b`` (1 for blocks that always run): quadratic objective and
+    quadratic constraints. Returns ``(model, expressions)`` where ``expressions`` maps each table
+    name to its Pyomo expression (for checking the model at a fixed arch).
+    """
+    pyo = _pyo()
+    idx = _Index(problem)
+    m = pyo.ConcreteModel(name="constrained_nas_miqcp")
+    m.W = pyo.Set(initialize=idx.w, dimen=3, ordered=True)
+    m.Bt = pyo.Set(initialize=idx.beta, dimen=2, ordered=True)
+    m.alpha = pyo.Var(m.W, within=pyo.Binary)
+    m.beta = pyo.Var(m.Bt, within=pyo.Binary)
+    blocks = pyo.Set(initialize=idx.blocks, dimen=2, ordered=True)
+    m.one_config = pyo.Constraint(blocks, rule=lambda m, s, b: pyo.quicksum(m.alpha[s, b, c] for c in range(idx.C)) == 1)
+    m.one_depth = pyo.Constraint(
+        pyo.Set(initialize=idx.free_stages, ordered=True),
+        rule=lambda m, s: pyo.quicksum(m.beta[s, j] for j in range(problem.num_depths[s])) == 1,
+    )
+
+    def bilinear(table):
+        const = table.constant + sum(table.depth[s, 0] for s in idx.fixed_depth)
+        terms = [table.depth[s, j] * m.beta[s, j] for (s, j) in idx.beta]
+        for s, b in idx.blocks:
+            reach = idx.reach[s, b]
+            linear = pyo.quicksum(table.block[s, b, c] * m.alpha[s, b, c] for c in range(idx.C))
+            terms.append(linear if reach is None else linear * pyo.quicksum(m.beta[k] for k in reach))
+        return const + pyo.quicksum(terms)
+
+    exprs = {problem.objective.name: bilinear(problem.objective)}
+    m.obj = pyo.Objective(expr=exprs[problem.objective.name], sense=pyo.maximize)
+    limits = problem.limits
+    for k, lim in enumerate(limits):
+        exprs[lim.name] = bilinear(lim.table)
+    ups = [k for k, lim in enumerate(limits) if lim.upper is not None]
+    lows = [k for k, lim in enumerate(limits) if lim.lower is not None]
+    m.limit_upper = pyo.Constraint(ups, rule=lambda m, k: exprs[limits[k].name] <= limits[k].upper)
+    m.limit_lower = pyo.Constraint(lows, rule=lambda m, k: exprs[limits[k].name] >= limits[k].lower)
+    m._nas_index = idx
+    return m, exprs
+
+
+def set_miqcp_arch(model, problem: ConstrainedProblem, configs: np.ndarray, depths: np.ndarray) -> None:
+    """Set the MIQCP's ``α``, ``β`` to the one-hot encoding of one arch (index arrays)."""
+    idx = model._nas_index
+    for s, b, c in idx.w:
+        model.alpha[s, b, c].value = float(configs[s, b] == c)
+    for s, j in idx.beta:
+        model.beta[s, j].value = float(depths[s] == j)
+
+
+def solve_miqcp(problem: ConstrainedProblem, *, solver: str, time_limit: float | None = None, rel_gap: float = 0.0,
+                solver_options: Mapping[str, Any] | None = None) -> SearchResult:
+    """Solve the bilinear program directly with a non-convex MIQCP solver.
+
+    Raises:
+        ValueError: for solvers that cannot take quadratic constraints (HiGHS, CBC, GLPK) or are
+            not installed.
+        InfeasibleError: the solver proves that no arch meets the limits.
+    """
+    if solver in _LINEAR_ONLY:
+        from lightning_nas.solvers.backends import available_solvers
+
+        raise ValueError(
+            f"solver {solver!r} cannot solve method='miqcp' (quadratic constraints with products of binaries); "
+            "use method='milp', the exact linearisation of the same problem, or a non-convex MIQCP solver "
+            f"(gurobi, cplex, scip, xpress); installed: {available_solvers()!r}"
+        )
+    pyo = _pyo()
+    from pyomo.opt import TerminationCondition as TC
+
+    start = time.perf_counter()
+    opt = get_solver(solver)
+    model, _ = build_miqcp(problem)
+    build = time.perf_counter() - start
+    options = gap_options(solver, rel_gap, 0.0)
+    if "gurobi" in solver:
+        options["NonConvex"] = 2  # products of binaries in constraints are non-convex
+    options.update(solver_options or {})
+    kwargs: dict[str, Any] = {"load_solutions": False, "options": options}
+    if time_limit is not None:
+        kwargs["timelimit"] = float(time_limit)
+    results = opt.solve(model, **kwargs)
+    tc = results.solver.termination_condition
+    if tc in (TC.infeasible, TC.infeasibleOrUnbounded):
+        diagnose_infeasibility(problem)
+        raise InfeasibleError("the solver reports that no arch meets the limits")
+    if len(results.solution) == 0:
+        raise RuntimeError(f"solver {solver!r} returned no solution (termination: {tc})")
+    model.solutions.load_from(results)
+    idx = model._nas_index
+    configs = problem.base_configs.copy()
+    depths = np.zeros(problem.staged.num_stages, dtype=np.int64)
+    for s in idx.free_stages:
+        depths[s] = int(np.argmax([model.beta[s, j].value or 0.0 for j in range(problem.num_depths[s])]))
+    for s, b in idx.blocks:
+        configs[s, b] = int(np.argmax([model.alpha[s, b, c].value or 0.0 for c in range(idx.C)]))
+    bound = results.problem.upper_bound
+    value = float(pyo.value(model.obj))
+    gap = None if bound is None or not np.isfinite(bound) else abs(float(bound) - value) / max(abs(value), 1e-12)
+    return problem.make_result(configs, depths, method="miqcp", solver=solver,
+                               status="optimal" if tc == TC.optimal else "feasible", gap=gap,
+                               solve_seconds=time.perf_counter() - start,
+                               details={"build_seconds": build, "termination": str(tc)})

@@ -1,0 +1,179 @@
+"""One front end for constrained architecture search, and a Pareto sweep over a resource target.
+
+Example::
+
+    from lightning_nas.solvers import Limit, search_constrained, pareto_sweep
+
+    best = search_constrained(accuracy, Limit(latency, upper=25.0))            # exact MILP, HiGHS
+    best.arch, best.objective, best.resources["latency"], best.status, best.gap
+    fast = search_constrained(accuracy, [Limit(latency, upper=25.0), Limit(flops, upper=300.0)], method="bcfw", seed=0)
+    front = pareto_sweep(accuracy, latency, targets=[15, 20, 25, 30])         # one result per target
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lightning_nas.bilinear import BilinearTable
+from lightning_nas.solvers.problem import ConstrainedProblem, InfeasibleError, Limit, SearchFailedError, SearchResult
+
+__all__ = ["METHODS", "pareto_sweep", "search_constrained"]
+
+METHODS = ("milp", "miqcp", "bcfw", "evolution")
+
+
+def search_constrained(
+    objective: BilinearTable,
+    limits: Limit | tuple | Sequence[Limit | tuple] = (),
+    *,
+    method: str = "milp",
+    solver: str = "appsi_highs",
+    seed: int = 0,
+    base: Mapping[str, Any] | None = None,
+    time_limit: float | None = None,
+    **options: Any,
+) -> SearchResult:
+    """Maximise ``objective`` over the archs of its space subject to ``limits``.
+
+    Args:
+        objective: predicted accuracy (or any additive table) to maximise.
+        limits: :class:`Limit` s (or ``(table, upper)`` pairs) on tables of the same space.
+        method: ``"milp"`` (exact, default), ``"miqcp"`` (bilinear form; needs Gurobi, CPLEX,
+            SCIP or Xpress), ``"bcfw"`` (BINAS Algorithm 1) or ``"evolution"``.
+        solver: Pyomo solver name for ``"milp"`` / ``"miqcp"`` (and for diagnosing infeasibility
+            with several limits).
+        seed: seeds ``"bcfw"`` and ``"evolution"``.
+        base: arch providing the labels the tables do not cover (default: the space's default).
+        time_limit: solver time limit in seconds (``"milp"`` / ``"miqcp"``); the result is then
+            ``"feasible"`` with its gap when optimality is not proven in time.
+        options: method options: ``formulation``, ``rel_gap``, ``solver_options`` (milp);
+            ``rel_gap``, ``solver_options`` (miqcp); ``p``, ``max_iter``, ``rounding`` (bcfw);
+            ``population``, ``sample``, ``cycles`` (evolution).
+
+    Returns:
+        A :class:`SearchResult`; ``solve_seconds`` is the wall time of the whole call.
+
+    Raises:
+        InfeasibleError: no arch meets the limits; the message names the resource and its smallest
+            (largest, for a lower bound) achievable value.
+        SearchFailedError: ``"evolution"`` found no feasible arch although one exists.
+        ValueError: bad arguments (unknown method, tables of different spaces, NaN limits, ...).
+    """
+    start = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    problem = ConstrainedProblem(objective, limits, base=base)
+    result = _dispatch(problem, method, solver, seed, time_limit, options)
+    result.solve_seconds = time.perf_counter() - start
+    return result
+
+
+def _dispatch(problem: ConstrainedProblem, method: str, solver: str, seed: int, time_limit: float | None,
+              options: dict[str, Any]) -> SearchResult:
+    allowed = {
+        "milp": {"formulation", "rel_gap", "solver_options", "model"},
+        "miqcp": {"rel_gap", "solver_options"},
+        "bcfw": {"p", "max_iter", "rounding"},
+        "evolution": {"population", "sample", "cycles"},
+    }[method]
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for method={method!r}; allowed: {sorted(allowed)}")
+    if method in ("bcfw", "evolution") and time_limit is not None:
+        raise ValueError(f"`time_limit` applies to the solver methods (milp, miqcp), not to method={method!r}")
+    # A single bound beyond reach is found exactly and cheaply, whatever the method.
+    problem.check_each_limit()
+    if method == "milp":
+        from lightning_nas.solvers.milp import solve_milp
+
+        return solve_milp(problem, solver=solver, time_limit=time_limit, **options)
+    if method == "miqcp":
+        from lightning_nas.solvers.milp import solve_miqcp
+
+        return solve_miqcp(problem, solver=solver, time_limit=time_limit, **options)
+    if method == "bcfw":
+        from lightning_nas.solvers.bcfw import solve_bcfw
+
+        result = solve_bcfw(problem, seed=seed, **options)
+        if not result.feasible and problem.num_limits > 1:
+            _diagnose(problem, solver)  # raises when no arch is feasible at all
+        return result
+    from lightning_nas.solvers.evolution import solve_evolution
+
+    try:
+        return solve_evolution(problem, seed=seed, **options)
+    except SearchFailedError:
+        _diagnose(problem, solver)
+        raise
+
+
+def _diagnose(problem: ConstrainedProblem, solver: str) -> None:
+    from lightning_nas.solvers.backends import available_solvers
+    from lightning_nas.solvers.milp import diagnose_infeasibility
+
+    if solver in available_solvers((solver,)):
+        diagnose_infeasibility(problem, solver=solver)
+
+
+def pareto_sweep(
+    objective: BilinearTable,
+    resource: BilinearTable,
+    targets: Sequence[float],
+    *,
+    other_limits: Sequence[Limit | tuple] = (),
+    method: str = "milp",
+    solver: str = "appsi_highs",
+    seed: int = 0,
+    base: Mapping[str, Any] | None = None,
+    time_limit: float | None = None,
+    **options: Any,
+) -> list[SearchResult]:
+    """Solve the problem for each upper bound in ``targets`` on ``resource``.
+
+    With ``method="milp"`` the model is built once and re-solved with the new bound.
+
+    Returns:
+        One :class:`SearchResult` per target, in increasing target order. An infeasible target
+        gives ``status="infeasible"``, ``arch=None``, ``objective=None`` and the reason (with the
+        smallest achievable value) in ``message``; the sweep goes on.
+    """
+    targets = [float(t) for t in targets]
+    if not targets:
+        raise ValueError("`targets` must hold at least one resource bound, got none")
+    if any(not np.isfinite(t) for t in targets):
+        raise ValueError(f"`targets` must be finite numbers, got {targets!r}")
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    targets = sorted(targets)
+    others = [lim if isinstance(lim, Limit) else Limit(lim[0], upper=lim[1]) for lim in other_limits]
+    model = None
+    results = []
+    for target in targets:
+        start = time.perf_counter()
+        problem = ConstrainedProblem(objective, [Limit(resource, upper=target), *others], base=base)
+        opts = dict(options)
+        if method == "milp":
+            from lightning_nas.solvers.milp import MilpModel
+
+            if model is None:
+                model = MilpModel(problem, opts.get("formulation", "compact"))
+            else:
+                model.problem = problem  # same structure and bound kinds; only the target changes
+                model.set_limit(0, upper=target)
+            opts["model"] = model
+        try:
+            result = _dispatch(problem, method, solver, seed, time_limit, opts)
+        except (InfeasibleError, SearchFailedError) as err:
+            result = SearchResult(
+                arch=None, objective=None, resources={}, limits=problem.limits_dict(), method=method,
+                solver=solver if method in ("milp", "miqcp") else None, status="infeasible", feasible=False,
+                message=str(err),
+            )
+        result.solve_seconds = time.perf_counter() - start
+        result.details["target"] = target
+        results.append(result)
+    return results
