@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import hashlib
@@ -65,6 +66,7 @@ __all__ = [
     "build_flops_table",
     "build_latency_table",
     "build_params_table",
+    "keep_rng_state",
     "load_or_build",
     "model_signature",
     "settings_of",
@@ -85,6 +87,15 @@ Progress = Callable[[str], None] | None
 
 
 # -- structure ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def keep_rng_state() -> Iterator[None]:
+    """Restore the global torch RNG afterwards: exporting creates layers, whose initialisation
+    would otherwise consume random numbers of the user's run."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
 def _check_supernet(supernet: Any) -> Supernet:
     if not isinstance(supernet, Supernet):
         raise ValueError(f"`supernet` must be a lightning_nas.Supernet, got {type(supernet).__name__}")
@@ -136,6 +147,7 @@ def _capture(supernet: Supernet, blocks: list[list[nn.Module]], arch: Mapping[st
     return seen
 
 
+@keep_rng_state()
 def block_shapes(supernet: Supernet, input_shape: Sequence[int], staged: StagedSpace | None = None) -> BlockShapes:
     """Input and output shape of every block, ``[stage][block] -> (in_shape, out_shape)``.
 
@@ -186,13 +198,24 @@ def _unique_parameters(module: nn.Module) -> int:
 
 
 def _flops(module: nn.Module, shape: Shape) -> int:
+    """FLOPs of one call of ``module`` (a copy we own: it is moved) on an input of ``shape``."""
     module = module.eval()
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        module(torch.zeros(shape))
-    return int(counter.get_total_flops())
+    # Counting needs shapes only: meta tensors skip the arithmetic. Modules that cannot run on
+    # the meta device are counted on CPU zeros instead.
+    for device in ("meta", "cpu"):
+        try:
+            module.to(device=device, dtype=torch.float32)
+            with FlopCounterMode(display=False) as counter, torch.inference_mode():
+                module(torch.zeros(shape, device=device))
+            return int(counter.get_total_flops())
+        except (NotImplementedError, RuntimeError):
+            if device == "cpu":
+                raise
+    raise AssertionError("unreachable")
 
 
 # -- FLOPs and parameters ----------------------------------------------------------------------
+@keep_rng_state()
 def build_params_table(supernet: Supernet, *, base: Mapping[str, Any] | None = None) -> BilinearTable:
     """Parameter counts: ``block[s, b, c]`` = parameters of block ``b`` of stage ``s`` exported
     with config ``c``; ``constant`` = parameters of the rest of the network.
@@ -219,6 +242,7 @@ def build_params_table(supernet: Supernet, *, base: Mapping[str, Any] | None = N
     )
 
 
+@keep_rng_state()
 def build_flops_table(supernet: Supernet, input_size: Sequence[int], *, base: Mapping[str, Any] | None = None) -> BilinearTable:
     """FLOPs at batch 1, in MFLOPs, counted by ``torch.utils.flop_counter.FlopCounterMode``.
 
@@ -239,9 +263,9 @@ def build_flops_table(supernet: Supernet, input_size: Sequence[int], *, base: Ma
     shapes = block_shapes(supernet, shape, staged)
     block = np.zeros((staged.num_stages, staged.max_blocks, staged.num_configs))
     for s, b, c, module in _block_exports(supernet, staged, base):
-        block[s, b, c] = _flops(module.cpu().float(), shapes[s][b][0]) / 1e6
+        block[s, b, c] = _flops(module, shapes[s][b][0]) / 1e6
     probe = BilinearTable(staged, 0.0, block, name="flops")
-    constant = _flops(supernet.export(base).cpu().float(), shape) / 1e6 - probe.predict(base)
+    constant = _flops(supernet.export(base), shape) / 1e6 - probe.predict(base)
     return BilinearTable(
         staged, constant, block, name="flops", unit="MFLOPs",
         metadata={
@@ -258,6 +282,7 @@ def _input_size(input_size: Sequence[int]) -> Shape:
 
 
 # -- latency -----------------------------------------------------------------------------------
+@keep_rng_state()
 def time_archs(supernet: Supernet, archs: Sequence[Mapping[str, Any]], settings: ProfileSettings, *, seed: int = 0) -> list[TimingResult]:
     """End-to-end latency of each arch's exported network at ``settings`` (one ``TimingResult`` each).
 
@@ -272,6 +297,7 @@ def time_archs(supernet: Supernet, archs: Sequence[Mapping[str, Any]], settings:
     return out
 
 
+@keep_rng_state()
 def build_latency_table(
     supernet: Supernet,
     settings: ProfileSettings,
@@ -398,6 +424,7 @@ def _atomic_copy(source: Path, target: Path) -> None:
         raise
 
 
+@keep_rng_state()
 def load_or_build(
     supernet: Supernet,
     path: str | Path,

@@ -1,0 +1,151 @@
+"""``lightning-nas profile``: build a supernet's latency table on the machine it runs on, no training.
+
+Usage::
+
+    lightning-nas profile --space mobilenet --out table.json --threads 1 --batch-size 1 --image-size 32 --check 30
+    python -m lightning_nas.profile_cli --space binas --out binas_cpu.json --image-size 224
+
+The latency table goes to ``--out`` (reused when it already matches this machine and these
+settings, else rebuilt with the old file kept as ``<out>.bak``); the FLOPs and parameter tables go
+next to it as ``<stem>.flops.json`` and ``<stem>.params.json``. ``--check N`` times N random
+exported subnets end to end and reports the table's mean absolute percentage error (MAPE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_arguments", "main", "run"]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative int, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative int, got {text}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"num_classes\": 10}}': {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object such as '{{\"num_classes\": 10}}', got {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``profile`` command's options to ``parser`` (a sub-parser of ``lightning-nas``)."""
+    parser.add_argument("--space", required=True, help="registered space name (lightning_nas.spaces.list_spaces()), e.g. mobilenet or binas")
+    parser.add_argument("--out", required=True, type=Path, help="latency table JSON file")
+    parser.add_argument("--space-kwargs", type=_json_object, default={}, help="JSON object of keyword arguments for the space builder")
+    parser.add_argument("--threads", type=_positive, default=1, help="CPU threads while timing")
+    parser.add_argument("--batch-size", type=_positive, default=1)
+    parser.add_argument("--image-size", type=_positive, default=32, help="input height and width")
+    parser.add_argument("--in-chans", type=_positive, default=None, help="input channels (default: the space's in_chans keyword, else 3)")
+    parser.add_argument("--repeats", type=_positive, default=100, help="timed calls per measurement")
+    parser.add_argument("--warmup", type=_non_negative, default=10, help="untimed calls before them")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
+    parser.add_argument("--calibration-archs", type=_positive, default=10, help="random subnets timed to estimate the fixed part")
+    parser.add_argument("--seed", type=_non_negative, default=0)
+    parser.add_argument("--check", type=_non_negative, default=0, metavar="N", help="report the MAPE on N random subnets (0: skip)")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild even when --out matches")
+    return parser
+
+
+def _create_space(name: str, kwargs: dict[str, Any]):
+    from lightning_nas.spaces import create_space, list_spaces
+
+    if name not in list_spaces():
+        # Spaces register themselves on import; the BINAS space may not be imported by the package yet.
+        module = f"lightning_nas.spaces.{name}"
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+    try:
+        return create_space(name, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"`--space-kwargs` {kwargs!r} do not fit the {name!r} builder: {err}") from err
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build (or reuse) the tables for ``args`` (see :func:`add_arguments`), print a summary; returns 0."""
+    from lightning_nas.profiling import ProfileSettings, build_flops_table, build_params_table, check_latency, load_or_build
+
+    supernet = _create_space(args.space, dict(args.space_kwargs))
+    in_chans = args.in_chans or int(args.space_kwargs.get("in_chans", 3))
+    settings = ProfileSettings(
+        input_size=(in_chans, args.image_size, args.image_size), batch_size=args.batch_size, threads=args.threads,
+        repeats=args.repeats, warmup=args.warmup, device=args.device, dtype=args.dtype,
+    )
+    started = time.perf_counter()
+    latency = load_or_build(
+        supernet, args.out, settings, rebuild=args.rebuild, calibration_archs=args.calibration_archs, seed=args.seed,
+        progress=lambda message: print(f"  {message}", flush=True),
+    )
+    flops = build_flops_table(supernet, settings.input_size)
+    params = build_params_table(supernet)
+    stem = args.out.name[: -len(".json")] if args.out.name.endswith(".json") else args.out.name
+    flops_path, params_path = flops.save(args.out.with_name(f"{stem}.flops.json")), params.save(args.out.with_name(f"{stem}.params.json"))
+    meta = latency.metadata
+    lines = [
+        f"space {args.space}: {latency.staged!r}",
+        f"device {meta['device']['device_type']} ({meta['device']['device_name']}), torch {meta['device']['torch_version']}, "
+        f"{settings.threads} thread(s), batch {settings.batch_size}, input {settings.input_size}, {settings.dtype}, "
+        f"{settings.repeats} repeats after {settings.warmup} warm-up calls",
+        f"latency table: {args.out} ({meta['entries']} entries, {meta['measurements']} distinct measurements, "
+        f"created {meta['created']}, {time.perf_counter() - started:.1f} s this run)",
+    ]
+    for table, path in ((latency, args.out), (flops, flops_path), (params, params_path)):
+        low, _ = table.extreme()
+        high, _ = table.extreme(largest=True)
+        lines.append(f"  {table.name:8s} [{table.unit}]: fixed part {table.constant:.4g}, subnets {low:.4g} to {high:.4g} ({path})")
+    print("\n".join(lines))
+    if args.check:
+        check = check_latency(supernet, latency, num_archs=args.check, seed=args.seed)
+        errors = check.errors
+        print(
+            f"check on {len(check)} random subnets: MAPE {check.mape:.2f} %, max |error| {abs(errors).max():.2f} %, "
+            f"mean signed error {errors.mean():+.2f} %, measured {check.measured.min():.3f}-{check.measured.max():.3f} ms"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point: ``python -m lightning_nas.profile_cli --space mobilenet --out table.json``."""
+    parser = add_arguments(argparse.ArgumentParser(prog="lightning-nas profile", description=__doc__.split("\n\n")[0]))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return run(args)
+    except ValueError as err:
+        parser.error(str(err))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""``lightning-nas profile`` as a standalone command: main([...]) on a tiny space."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from lightning_nas.profile_cli import add_arguments, main, run
+
+TINY = json.dumps({"stem_channels": 8, "stages": [[8, 1, 2], [16, 2, 2]], "expand_ratios": [2, 4], "kernel_sizes": [3, 5], "head_channels": 16})
+
+
+def test_profile_builds_reuses_and_checks(tmp_path, capsys):
+    out = tmp_path / "table.json"
+    argv = ["--space", "mobilenet", "--out", str(out), "--space-kwargs", TINY, "--image-size", "16", "--repeats", "5",
+            "--warmup", "1", "--calibration-archs", "2", "--check", "3"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "latency  [ms]" in text and "flops" in text and "params" in text
+    assert "check on 3 random subnets: MAPE" in text
+    data = json.loads(out.read_text())
+    assert data["name"] == "latency" and data["metadata"]["settings"]["input_size"] == [3, 16, 16]
+    assert json.loads((tmp_path / "table.flops.json").read_text())["unit"] == "MFLOPs"
+    assert json.loads((tmp_path / "table.params.json").read_text())["unit"] == "params"
+    before = out.read_text()
+    assert main(argv[:-2]) == 0  # same settings: reused, nothing rewritten
+    assert out.read_text() == before and not (tmp_path / "table.json.bak").exists()
+    assert main(argv[:-2] + ["--threads", "2"]) == 0
+    assert (tmp_path / "table.json.bak").read_text() == before
+    assert json.loads(out.read_text())["metadata"]["settings"]["threads"] == 2
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--space", "no-such-space"], "unknown space"),
+        (["--space", "mobilenet", "--space-kwargs", '{"bogus": 1}'], "--space-kwargs"),
+        (["--space", "mobilenet", "--space-kwargs", "[1]"], "JSON object"),
+        (["--space", "mobilenet", "--threads", "0"], "positive"),
+    ],
+)
+def test_profile_bad_arguments(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "t.json"), *extra])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_add_arguments_and_run_plug_into_a_parent_cli(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="lightning-nas")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_arguments(commands.add_parser("profile"))
+    args = parser.parse_args(["profile", "--space", "mobilenet", "--out", str(tmp_path / "t.json"), "--space-kwargs", TINY,
+                              "--image-size", "16", "--repeats", "3", "--warmup", "0", "--calibration-archs", "1"])
+    assert run(args) == 0 and (tmp_path / "t.json").exists()

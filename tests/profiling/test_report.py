@@ -1,0 +1,52 @@
+"""MAPE of the latency table against end-to-end measurements."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+
+from lightning_nas.profiling import build_latency_table, check_latency, mape
+from lightning_nas.profiling.tables import CALIBRATION_STREAM
+from lightning_nas.seeding import derive_seed
+
+positive = st.floats(0.01, 1e4, allow_nan=False)
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(positive, st.floats(-0.9, 0.9)), min_size=1, max_size=40))
+def test_mape_is_the_mean_relative_error(rows):
+    measured = np.array([m for m, _ in rows])
+    rel = np.array([e for _, e in rows])
+    predicted = measured * (1 + rel)
+    assert mape(predicted, measured) == pytest.approx(100 * np.abs(rel).mean(), rel=1e-9, abs=1e-9)
+    assert mape(measured, measured) == 0
+    order = np.random.default_rng(0).permutation(len(rows))
+    assert mape(predicted[order], measured[order]) == pytest.approx(mape(predicted, measured))
+
+
+def test_mape_bad_input():
+    with pytest.raises(ValueError, match="same length"):
+        mape([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="non-empty"):
+        mape([], [])
+    with pytest.raises(ValueError, match="`measured` must be positive"):
+        mape([1.0], [0.0])
+
+
+def test_check_latency_pairs(tiny, fast_settings):
+    table = build_latency_table(tiny, fast_settings, calibration_archs=2, seed=5)
+    check = check_latency(tiny, table, num_archs=4, seed=5)
+    assert len(check) == 4 and check.predicted.shape == check.measured.shape == (4,)
+    np.testing.assert_array_equal(check.predicted, table.predict_many(check.archs))
+    assert (check.measured > 0).all() and (check.p10 <= check.measured).all() and (check.measured <= check.p90).all()
+    assert check.mape == pytest.approx(mape(check.predicted, check.measured))
+    assert [p[0] for p in check.pairs] == check.archs
+    assert check.to_dict()["mape_percent"] == check.mape
+    # Checked archs come from another stream than the calibration archs.
+    calibration = tiny.space.sample_many(2, derive_seed(5, CALIBRATION_STREAM))
+    assert check.archs[:2] != calibration
+    explicit = check_latency(tiny, table, archs=[tiny.space.largest()])
+    assert explicit.archs == [tiny.space.largest()]
+    with pytest.raises(ValueError, match="`num_archs`"):
+        check_latency(tiny, table, num_archs=0)

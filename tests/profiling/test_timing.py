@@ -1,0 +1,133 @@
+"""time_module: sane medians, restored threads and modes, settings validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings as hsettings, strategies as st
+from torch import nn
+
+from lightning_nas.profiling import ProfileSettings, TimingResult, cpu_model, device_info, num_threads, time_module
+
+
+class Probe(nn.Module):
+    """Records what it sees while being timed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = []
+        self.inner = nn.Linear(4, 4)
+
+    def forward(self, x):
+        self.seen.append((torch.get_num_threads(), self.training, self.inner.training, torch.is_inference_mode_enabled(), x.dtype))
+        return self.inner(x)
+
+
+class Repeat(nn.Module):
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = times
+        self.fc = nn.Linear(256, 256)
+
+    def forward(self, x):
+        for _ in range(self.times):
+            x = self.fc(x)
+        return x
+
+
+def test_more_work_takes_longer():
+    settings = ProfileSettings(input_size=(256,), batch_size=64, repeats=15, warmup=2)
+    light = time_module(Repeat(1), settings.batch_shape, settings)
+    heavy = time_module(Repeat(40), settings.batch_shape, settings)
+    assert 0 < light.median_ms < heavy.median_ms
+    assert heavy.median_ms > 5 * light.median_ms
+    for result in (light, heavy):
+        assert result.p10_ms <= result.median_ms <= result.p90_ms
+        assert len(result.samples_ms) == 15
+
+
+def test_threads_modes_and_inference_mode_are_set_then_restored():
+    probe = Probe().train()
+    probe.inner.eval()  # a user's deliberate mix of modes must survive
+    previous = torch.get_num_threads()
+    target = 1 if previous != 1 else 2
+    settings = ProfileSettings(input_size=(4,), threads=target, repeats=3, warmup=2, dtype="float64")
+    time_module(probe, settings.batch_shape, settings)
+    assert len(probe.seen) == 5
+    assert all(seen == (target, False, False, True, torch.float64) for seen in probe.seen)
+    assert torch.get_num_threads() == previous
+    assert probe.training and not probe.inner.training
+
+
+def test_threads_restored_after_an_error():
+    class Boom(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("boom")
+
+    previous = torch.get_num_threads()
+    target = 1 if previous != 1 else 2
+    with pytest.raises(RuntimeError, match="boom"):
+        time_module(Boom(), (1, 2), ProfileSettings(input_size=(2,), threads=target, repeats=1, warmup=0))
+    assert torch.get_num_threads() == previous
+    with num_threads(target):
+        assert torch.get_num_threads() == target
+    assert torch.get_num_threads() == previous
+
+
+@hsettings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0.001, 1000.0), min_size=1, max_size=50))
+def test_timing_result_statistics(samples):
+    result = TimingResult.from_samples(samples)
+    assert min(samples) <= result.p10_ms <= result.median_ms <= result.p90_ms <= max(samples)
+    assert result.mean_ms == pytest.approx(sum(samples) / len(samples))
+    assert result.samples_ms == tuple(samples)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(input_size=()), "input_size"),
+        (dict(input_size=(3, 0, 4)), "input_size"),
+        (dict(input_size=(3, 32, 32), batch_size=0), "batch_size"),
+        (dict(input_size=(3, 32, 32), threads=0), "threads"),
+        (dict(input_size=(3, 32, 32), repeats=0), "repeats"),
+        (dict(input_size=(3, 32, 32), warmup=-1), "warmup"),
+        (dict(input_size=(3, 32, 32), dtype="int8"), "dtype"),
+        (dict(input_size=(3, 32, 32), device="tpu"), "device"),
+        (dict(input_size=(3, 32, 32), threads=True), "threads"),
+    ],
+)
+def test_bad_settings_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        ProfileSettings(**kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")
+def test_cuda_without_cuda_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        ProfileSettings(input_size=(3, 8, 8), device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_timing_uses_the_gpu():
+    settings = ProfileSettings(input_size=(256,), batch_size=64, repeats=10, warmup=2, device="cuda")
+    module = Repeat(10)
+    result = time_module(module, settings.batch_shape, settings)
+    assert result.median_ms > 0 and next(module.parameters()).is_cuda
+    assert device_info(settings)["device_type"] == "cuda"
+
+
+def test_bad_module_and_shape():
+    settings = ProfileSettings(input_size=(2,), repeats=1, warmup=0)
+    with pytest.raises(ValueError, match="`module`"):
+        time_module(lambda x: x, (1, 2), settings)
+    with pytest.raises(ValueError, match="`input_shape`"):
+        time_module(nn.Identity(), (1, -2), settings)
+
+
+def test_device_info_describes_the_machine():
+    info = device_info(ProfileSettings(input_size=(3, 8, 8), threads=1))
+    assert info["device_type"] == "cpu"
+    assert info["device_name"] == cpu_model() != ""
+    assert info["torch_version"] == torch.__version__
+    assert ProfileSettings(input_size=[3, 8, 8]).to_dict()["input_size"] == [3, 8, 8]
