@@ -1,0 +1,606 @@
+"""BINAS's bilinear accuracy estimator: the accuracy gain of every single design choice.
+
+All quantities are top-1 accuracies of the supernet on a held-out split, with every choice that is
+not fixed sampled uniformly *per example* (BINAS §3.2 / Eq. 3)::
+
+    E[Acc]                                      base accuracy, everything uniform
+    Δ^s_j   = E[Acc | d_s = depths[j]] − E[Acc]  depth of stage s fixed
+    Δ^s_b,c = E[Acc | c_{s,b} = c, d_s = b] − E[Acc]
+
+so that ``ACC(arch) = E[Acc] + Σ_s Δ^s_{d_s} + Σ_s Σ_{b ≤ d_s} Δ^s_{b,c_{s,b}}``, which is exactly a
+:class:`~lightning_nas.bilinear.BilinearTable` with ``constant=E[Acc]``, ``depth=Δ^s_j`` and
+``block=Δ^s_{b,c}``.
+
+**Conditioning rule** (:func:`conditioning_depths`), for block position ``b`` (1-based) of stage ``s``:
+
+* ``b`` is one of the stage's depth options → condition on the configuration **and** ``d_s = b``
+  (Eq. 3; this includes a block active at every depth, e.g. block 2 with depths {2, 3, 4}, as in the
+  official code's 12 + 3 × (1 + 12) conditionals per stage);
+* ``b`` is below every depth option (always active, never the last block) → condition on the
+  configuration only, depth uniform (the code's linear ``q_α`` term);
+* ``b`` lies between depth options (depths {2, 4}, block 3) → condition on the configuration and the
+  shallowest depth at which the block runs (``d_s = 4``): the closest there is to "last block";
+* ``b`` above every depth option never runs: no gain (0), no conditional.
+
+Two estimators produce the same table:
+
+* :func:`estimate_one_pass`: one stream of per-example ``(architecture, correct)`` records; each
+  record counts towards the base mean, its stages' depth means and every block mean whose
+  condition it satisfies, so one pass estimates every Δ at once;
+* :func:`estimate_paper_protocol`: BINAS's protocol, one dedicated evaluation (``passes`` passes of
+  the held-out data) per conditional with the conditioned decisions fixed for every example.
+
+Both accumulate in :class:`ContributionAccumulator`, a ``torchmetrics.Metric`` whose sum-reduced
+states make a DDP run give the result of a single process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import move_data_to_device
+from torch import Tensor, nn
+from torchmetrics import Metric
+from torchmetrics.utilities import rank_zero_warn
+
+from lightning_nas.bilinear import BilinearTable
+from lightning_nas.seeding import derive_generator
+from lightning_nas.spaces.staged import StagedSpace
+from lightning_nas.supernet import Supernet
+
+__all__ = [
+    "CONFIG_ONLY",
+    "NEVER_ACTIVE",
+    "METHODS",
+    "Conditional",
+    "ContributionAccumulator",
+    "StagedIndexer",
+    "ablate",
+    "conditioning_depths",
+    "default_batch_to_xy",
+    "estimate_contributions",
+    "estimate_one_pass",
+    "estimate_paper_protocol",
+    "evaluation_mode",
+    "paper_protocol_conditionals",
+    "paper_protocol_passes",
+    "to_vector_form",
+    "top1_correct",
+]
+
+CONFIG_ONLY = -1  # conditioning_depths: the block's gain conditions on its configuration only
+NEVER_ACTIVE = -2  # conditioning_depths: no block there, or one that runs at no depth
+METHODS = ("one_pass", "paper")
+ABLATIONS = ("full", "q_beta", "Q", "q_alpha")
+
+RULE = (
+    "block b conditions on (config, depth=b) when b is a depth option; on config only when b is below every "
+    "depth option; on (config, shallowest depth >= b) otherwise"
+)
+
+
+# -- structure ---------------------------------------------------------------------------------
+def conditioning_depths(staged: StagedSpace) -> np.ndarray:
+    """``(S, D)`` int: per block position, the index into ``stage.depths`` its gain conditions on.
+
+    ``CONFIG_ONLY`` (-1) marks blocks conditioned on their configuration only (the linear ``q_α``
+    group) and ``NEVER_ACTIVE`` (-2) positions that do not exist or never run. See the module
+    docstring for the rule.
+    """
+    out = np.full((staged.num_stages, staged.max_blocks), NEVER_ACTIVE, dtype=np.int64)
+    for s, st in enumerate(staged.stages):
+        options = sorted(st.depths)
+        for b in range(st.num_blocks):
+            position = b + 1
+            if len(st.depths) == 1 and position <= st.depths[0]:
+                out[s, b] = CONFIG_ONLY  # fixed depth: conditioning on it changes nothing
+            elif position in st.depths:
+                out[s, b] = st.depths.index(position)
+            elif position < options[0]:
+                out[s, b] = CONFIG_ONLY
+            elif position < options[-1]:
+                out[s, b] = st.depths.index(min(d for d in options if d >= position))
+    return out
+
+
+class StagedIndexer:
+    """Converts between per-label candidate indices (``SearchSpace.sample_indices``) and staged indices.
+
+    Args:
+        staged: the staged view of the supernet's space.
+    """
+
+    def __init__(self, staged: StagedSpace) -> None:
+        self.staged = staged
+        space = staged.space
+        self._blocks: list[tuple[int, int, tuple[str, ...], Tensor]] = []
+        self._depths: list[tuple[int, str | None, Tensor | None]] = []
+        for s, st in enumerate(staged.stages):
+            for b, labels in enumerate(st.block_labels):
+                lookup = torch.full(tuple(len(space[lab].values) for lab in labels), -1, dtype=torch.long)
+                for c, values in enumerate(st.configs[b]):
+                    lookup[tuple(space[lab].index(v) for lab, v in zip(labels, values))] = c
+                self._blocks.append((s, b, labels, lookup))
+            if st.depth_label is None:
+                self._depths.append((s, None, None))
+            else:
+                lookup = torch.full((len(space[st.depth_label].values),), -1, dtype=torch.long)
+                for j, d in enumerate(st.depths):
+                    lookup[space[st.depth_label].index(d)] = j
+                self._depths.append((s, st.depth_label, lookup))
+
+    def to_staged(self, indices: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(configs (N, S, D), depths (N, S))`` long tensors from ``{label: LongTensor (N,)}``.
+
+        Missing block positions get config -1.
+        """
+        first = torch.as_tensor(next(iter(indices.values())))
+        n = first.shape[0]
+        configs = torch.full((n, self.staged.num_stages, self.staged.max_blocks), -1, dtype=torch.long)
+        depths = torch.zeros((n, self.staged.num_stages), dtype=torch.long)
+        for s, b, labels, lookup in self._blocks:
+            configs[:, s, b] = lookup[tuple(torch.as_tensor(indices[lab]).long().cpu() for lab in labels)]
+        for s, label, lookup in self._depths:
+            if label is not None:
+                depths[:, s] = lookup[torch.as_tensor(indices[label]).long().cpu()]
+        if (configs[:, self.staged.block_exists()] < 0).any() or (depths < 0).any():
+            raise ValueError("`indices` name a combination of values that is not a configuration of the staged space")
+        return configs, depths
+
+    def fixed(self, conditional: "Conditional") -> dict[str, int]:
+        """``{label: candidate index}`` that a conditional fixes for every example."""
+        space, st = self.staged.space, self.staged.stages[conditional.stage] if conditional.stage is not None else None
+        out: dict[str, int] = {}
+        if conditional.block is not None:
+            values = st.configs[conditional.block][conditional.config]
+            out.update({lab: space[lab].index(v) for lab, v in zip(st.block_labels[conditional.block], values)})
+        if conditional.depth is not None and st.depth_label is not None:
+            out[st.depth_label] = space[st.depth_label].index(st.depths[conditional.depth])
+        return out
+
+
+@dataclass(frozen=True)
+class Conditional:
+    """One conditional expectation of the estimator.
+
+    ``stage is None``: the base ``E[Acc]``; ``block is None``: the depth of ``stage`` fixed to
+    option ``depth``; otherwise block ``block`` fixed to configuration ``config`` and, unless
+    ``depth is None`` (a config-only block), the depth fixed to option ``depth``.
+    """
+
+    stage: int | None = None
+    depth: int | None = None
+    block: int | None = None
+    config: int | None = None
+
+    @property
+    def kind(self) -> str:
+        return "base" if self.stage is None else "depth" if self.block is None else "block"
+
+
+def paper_protocol_conditionals(staged: StagedSpace) -> list[Conditional]:
+    """BINAS's dedicated evaluations: the base, each depth option of stages with several, and each
+    ``(stage, block, config)`` of blocks that can run.
+
+    With BINAS's space (5 stages, 4 blocks, depths {2, 3, 4}, 12 configs) this is
+    ``1 + 5 × (3 + 4 × 12) = 256``.
+    """
+    cond = conditioning_depths(staged)
+    out = [Conditional()]
+    for s, st in enumerate(staged.stages):
+        if len(st.depths) > 1:
+            out += [Conditional(s, j) for j in range(len(st.depths))]
+        for b in range(st.num_blocks):
+            if cond[s, b] != NEVER_ACTIVE:
+                depth = None if cond[s, b] == CONFIG_ONLY else int(cond[s, b])
+                out += [Conditional(s, depth, b, c) for c in range(staged.num_configs)]
+    return out
+
+
+def paper_protocol_passes(staged: StagedSpace, passes: int = 10) -> int:
+    """Passes over the held-out data the paper protocol needs: ``len(conditionals) × passes``."""
+    return len(paper_protocol_conditionals(staged)) * _positive_int(passes, "passes")
+
+
+# -- accumulator -----------------------------------------------------------------------------------
+class ContributionAccumulator(Metric):
+    """Sums of per-example correctness per conditional; ``compute()`` gives the accuracy table.
+
+    States (all ``dist_reduce_fx="sum"``, float64): ``base_count``/``base_correct`` (scalars),
+    ``depth_count``/``depth_correct`` ``(S, max_depth_options)``, ``block_count``/``block_correct``
+    ``(S, D, C)``, ``examples`` and ``batches`` (evaluation cost). Feed it either one-pass records
+    (:meth:`update`) or paper-protocol evaluations (:meth:`update_conditional`), not both.
+
+    Args:
+        staged: the structure the indices refer to.
+        metadata: facts copied into the table's metadata (method, passes, seed, ...).
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    def __init__(self, staged: StagedSpace, *, metadata: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(staged, StagedSpace):
+            raise ValueError(f"`staged` must be a StagedSpace, got {type(staged).__name__}")
+        self.staged = staged
+        self.metadata = dict(metadata or {})
+        self._mode: str | None = None
+        S, D, C, nd = staged.num_stages, staged.max_blocks, staged.num_configs, staged.max_depth_options
+        f64 = torch.float64
+        for name, shape in (("base", ()), ("depth", (S, nd)), ("block", (S, D, C))):
+            self.add_state(f"{name}_count", torch.zeros(shape, dtype=f64), dist_reduce_fx="sum")
+            self.add_state(f"{name}_correct", torch.zeros(shape, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("examples", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        self.add_state("batches", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        self._cond = torch.as_tensor(conditioning_depths(staged))
+        self._nd = torch.tensor([len(st.depths) for st in staged.stages])
+
+    def _set_mode(self, mode: str) -> None:
+        if self._mode not in (None, mode):
+            raise ValueError(f"this accumulator holds {self._mode!r} records; use a fresh one for {mode!r} records")
+        self._mode = mode
+
+    def reset(self) -> None:
+        super().reset()
+        self._mode = None
+
+    def merge_state(self, incoming_state: "dict[str, Any] | Metric") -> None:
+        """Add another accumulator's (or a state dict's) sums to these, e.g. another rank's.
+
+        Raises:
+            ValueError: when the two hold records of different methods (one-pass and paper).
+        """
+        if isinstance(incoming_state, ContributionAccumulator):
+            if incoming_state._mode is not None:
+                self._set_mode(incoming_state._mode)
+        super().merge_state(incoming_state)
+        # torchmetrics keeps a cached compute() result that a merge does not invalidate.
+        self._computed = None
+        self._update_count += 1
+
+    def update(
+        self, configs: Tensor | None = None, depths: Tensor | None = None, correct: Tensor | None = None,
+        *, conditional: "Conditional | None" = None,
+    ) -> None:
+        """Add one-pass records: per example its architecture and whether it was right.
+
+        Args:
+            configs: ``(N, S, D)`` long, config index per block (-1 for missing positions).
+            depths: ``(N, S)`` long, depth option index per stage.
+            correct: ``(N,)`` bool or float in [0, 1] (1 = top-1 correct).
+            conditional: instead of ``configs`` and ``depths``, the conditional these examples were
+                evaluated under (paper protocol; see :meth:`update_conditional`).
+        """
+        if correct is None:
+            raise ValueError("`correct` is required: one bool or float in [0, 1] per example")
+        if conditional is not None:
+            self._update_conditional(conditional, correct)
+            return
+        configs, depths, correct = self._check(configs, depths, correct)
+        self._set_mode("one_pass")
+        n = correct.shape[0]
+        self.base_count += n
+        self.base_correct += correct.sum()
+        depth_hot = nn.functional.one_hot(depths, self.staged.max_depth_options).to(torch.float64)  # (N, S, nd)
+        self.depth_count += depth_hot.sum(0)
+        self.depth_correct += torch.einsum("nsj,n->sj", depth_hot, correct)
+        cond = self._cond.to(configs.device)
+        satisfied = (cond == CONFIG_ONLY) | ((cond >= 0) & (depths[:, :, None] == cond))  # (N, S, D)
+        config_hot = nn.functional.one_hot(configs.clamp(min=0), self.staged.num_configs).to(torch.float64) * satisfied[..., None]
+        self.block_count += config_hot.sum(0)
+        self.block_correct += torch.einsum("nsdc,n->sdc", config_hot, correct)
+        self.examples += n
+        self.batches += 1
+
+    def update_conditional(self, conditional: "Conditional", correct: Tensor) -> None:
+        """Add a paper-protocol evaluation: ``correct (N,)`` measured with ``conditional`` fixed."""
+        self.update(correct=correct, conditional=conditional)
+
+    def _update_conditional(self, conditional: "Conditional", correct: Tensor) -> None:
+        if not isinstance(conditional, Conditional):
+            raise ValueError(f"`conditional` must be a Conditional, got {type(conditional).__name__}")
+        correct = self._check_correct(correct)
+        self._set_mode("paper")
+        n = correct.shape[0]
+        total = correct.sum()
+        if conditional.kind == "base":
+            self.base_count += n
+            self.base_correct += total
+        elif conditional.kind == "depth":
+            self.depth_count[conditional.stage, conditional.depth] += n
+            self.depth_correct[conditional.stage, conditional.depth] += total
+        else:
+            index = (conditional.stage, conditional.block, conditional.config)
+            self.block_count[index] += n
+            self.block_correct[index] += total
+        self.examples += n
+        self.batches += 1
+
+    def compute(self) -> BilinearTable:
+        """The :class:`~lightning_nas.bilinear.BilinearTable` ``name="accuracy"`` (fractions).
+
+        Conditionals without any record get a gain of 0; they are listed in
+        ``metadata["missing"]`` and a warning names how many.
+
+        Raises:
+            ValueError: when the base accuracy has no record at all.
+        """
+        if float(self.base_count) <= 0:
+            raise ValueError("no record of the base accuracy E[Acc]; evaluate some held-out batches before compute()")
+        base = float(self.base_correct / self.base_count)
+        depth_count, block_count = self.depth_count.cpu().numpy(), self.block_count.cpu().numpy()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            depth_mean = self.depth_correct.cpu().numpy() / depth_count
+            block_mean = self.block_correct.cpu().numpy() / block_count
+        nd = self._nd.numpy()
+        # Single-option stages: conditioning on the depth is conditioning on nothing.
+        depth_needed = self.staged.depth_exists() & (nd[:, None] > 1)
+        block_needed = np.broadcast_to((self._cond.numpy() != NEVER_ACTIVE)[..., None], block_count.shape)
+        depth_missing = depth_needed & (depth_count <= 0)
+        block_missing = block_needed & (block_count <= 0)
+        depth_gain = np.where(depth_needed & ~depth_missing, depth_mean - base, 0.0)
+        block_gain = np.where(block_needed & ~block_missing, block_mean - base, 0.0)
+        missing = {"depth": np.argwhere(depth_missing).tolist(), "block": np.argwhere(block_missing).tolist()}
+        if missing["depth"] or missing["block"]:
+            rank_zero_warn(
+                f"contribution estimate: {len(missing['depth'])} depth and {len(missing['block'])} block conditionals "
+                "have no record and get a gain of 0 (listed in table.metadata['missing']); evaluate more passes or "
+                "held-out examples"
+            )
+        metadata = {
+            **self.metadata,
+            "conditioning": RULE,
+            "examples": int(self.examples),
+            "batches": int(self.batches),
+            "min_count": {
+                "base": int(self.base_count),
+                "depth": int(depth_count[depth_needed].min()) if depth_needed.any() else None,
+                "block": int(block_count[block_needed].min()) if block_needed.any() else None,
+            },
+            "missing": missing,
+        }
+        return BilinearTable(self.staged, base, block_gain, depth_gain, name="accuracy", unit="fraction", metadata=metadata)
+
+    # -- checks ------------------------------------------------------------------------------
+    def _check_correct(self, correct: Tensor) -> Tensor:
+        correct = torch.as_tensor(correct)
+        if correct.dim() != 1:
+            raise ValueError(f"`correct` must be 1-D (one entry per example), got shape {tuple(correct.shape)}")
+        correct = correct.to(device=self.base_count.device, dtype=torch.float64)
+        if correct.numel() and (correct.min() < 0 or correct.max() > 1):
+            raise ValueError("`correct` must be bool or lie in [0, 1]")
+        return correct
+
+    def _check(self, configs: Tensor, depths: Tensor, correct: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        S, D, C, nd = self.staged.num_stages, self.staged.max_blocks, self.staged.num_configs, self._nd
+        correct = self._check_correct(correct)
+        device = self.base_count.device
+        configs, depths = torch.as_tensor(configs).long().to(device), torch.as_tensor(depths).long().to(device)
+        n = correct.shape[0]
+        if configs.shape != (n, S, D):
+            raise ValueError(f"`configs` must have shape (N, S, D) = ({n}, {S}, {D}), got {tuple(configs.shape)}")
+        if depths.shape != (n, S):
+            raise ValueError(f"`depths` must have shape (N, S) = ({n}, {S}), got {tuple(depths.shape)}")
+        exists = torch.as_tensor(self.staged.block_exists(), device=device)
+        if n and ((configs >= C) | (exists & (configs < 0))).any():
+            raise ValueError(f"`configs` must lie in [0, {C}) at every existing block position")
+        if n and ((depths < 0) | (depths >= nd.to(device))).any():
+            raise ValueError(f"`depths` must lie in [0, number of depth options of the stage) = {nd.tolist()}")
+        return configs, depths, correct
+
+
+# -- vector form and ablations -------------------------------------------------------------------
+def to_vector_form(table: BilinearTable) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """BINAS's vector form ``ACC = r + αᵀq_α + βᵀq_β + αᵀ Q_αβ β``.
+
+    ``α`` is ``staged.one_hot(arch)[0].ravel()`` (length ``S·D·C``) and ``β`` is
+    ``staged.one_hot(arch)[1].ravel()`` (length ``S·max_depth_options``, one-hot over each stage's
+    depth *options*). Config-only blocks (see :func:`conditioning_depths`) go to ``q_α``, the others
+    to ``Q_αβ`` with entry ``[(s,b,c),(s,j)] = block[s,b,c]`` when depth option ``j`` runs block ``b``
+    (the block upper-triangular structure), 0 otherwise.
+
+    Returns:
+        ``(r, q_alpha (S·D·C,), q_beta (S·nd,), Q (S·D·C, S·nd))``.
+    """
+    staged = table.staged
+    S, D, C, nd = staged.num_stages, staged.max_blocks, staged.num_configs, staged.max_depth_options
+    cond = conditioning_depths(staged)
+    linear = (cond == CONFIG_ONLY)[..., None]
+    q_alpha = np.where(linear, table.block, 0.0).reshape(-1)
+    Q = np.zeros((S, D, C, S, nd))
+    for s, st in enumerate(staged.stages):
+        for b in range(st.num_blocks):
+            if cond[s, b] >= 0:
+                for j, d in enumerate(st.depths):
+                    if d >= b + 1:
+                        Q[s, b, :, s, j] = table.block[s, b]
+    return table.constant, q_alpha, table.depth.reshape(-1).copy(), Q.reshape(S * D * C, S * nd)
+
+
+def ablate(table: BilinearTable, term: str) -> BilinearTable:
+    """Table 2's ablations: a copy of ``table`` with one group of terms set to zero.
+
+    Args:
+        term: ``"full"`` (unchanged copy), ``"q_beta"`` (depth gains ``q_β ≡ 0``), ``"Q"`` (the
+            depth-conditioned block gains ``Q_αβ ≡ 0``) or ``"q_alpha"`` (config-only block gains).
+    """
+    if term not in ABLATIONS:
+        raise ValueError(f"`term` must be one of {ABLATIONS}, got {term!r}")
+    block, depth = table.block.copy(), table.depth.copy()
+    cond = conditioning_depths(table.staged)
+    if term == "q_beta":
+        depth[:] = 0.0
+    elif term == "Q":
+        block[cond >= 0] = 0.0
+    elif term == "q_alpha":
+        block[cond == CONFIG_ONLY] = 0.0
+    metadata = {**table.metadata, "ablation": term}
+    return BilinearTable(table.staged, table.constant, block, depth, name=table.name, unit=table.unit, metadata=metadata)
+
+
+# -- evaluation core -----------------------------------------------------------------------------
+def default_batch_to_xy(batch: Any) -> tuple[Any, Tensor]:
+    """``(batch[0], batch[1])``: the inputs and the class labels of a ``(x, y, ...)`` batch."""
+    try:
+        return batch[0], batch[1]
+    except (TypeError, IndexError, KeyError):
+        raise ValueError(
+            f"cannot read (x, y) from a batch of type {type(batch).__name__}; pass `batch_to_xy` returning (inputs, labels)"
+        ) from None
+
+
+def top1_correct(logits: Tensor, target: Tensor) -> Tensor:
+    """``(N,)`` bool: whether the arg-max of ``logits (N, K)`` equals the class index ``target (N,)``."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2:
+        raise ValueError(f"the forward function must return logits of shape (N, num_classes), got {getattr(logits, 'shape', type(logits))}")
+    target = torch.as_tensor(target, device=logits.device)
+    if target.shape != logits.shape[:1]:
+        raise ValueError(f"labels must have shape (N,) = {tuple(logits.shape[:1])} (class indices), got {tuple(target.shape)}")
+    return logits.argmax(-1) == target
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module, supernet: Supernet) -> Iterator[None]:
+    """Eval mode and no gradients inside; every submodule's train/eval flag and the supernet's
+    active architecture are restored on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad(), supernet.activated(supernet.space.default()):
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _shard(held_out: Iterable[Any], rank: int, world_size: int) -> Iterator[tuple[int, Any]]:
+    # Batch i belongs to rank i % world_size: the union over ranks is every batch once.
+    for i, batch in enumerate(held_out):
+        if i % world_size == rank:
+            yield i, batch
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}")
+    return value
+
+
+def _check_common(seed: Any, rank: Any, world_size: Any) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative int, got {seed!r}")
+    _positive_int(world_size, "world_size")
+    if not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"`rank` must be an int in [0, world_size={world_size}), got {rank!r}")
+
+
+def estimate_contributions(
+    supernet: Supernet,
+    held_out: Iterable[Any],
+    *,
+    method: str = "one_pass",
+    passes: int | None = None,
+    seed: int = 0,
+    batch_to_xy: Callable[[Any], tuple[Any, Tensor]] | None = None,
+    forward: Callable[[Any], Tensor] | None = None,
+    model: nn.Module | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    accumulator: ContributionAccumulator | None = None,
+    staged: StagedSpace | None = None,
+) -> BilinearTable:
+    """Estimate the accuracy table of ``supernet`` on ``held_out`` (see the module docstring).
+
+    Per held-out batch ``i`` and pass ``p`` the per-example architectures are drawn with
+    ``space.sample_indices(n, derive_generator(seed, p, i))``, so the estimate depends on the seed
+    but not on how batches are split over ranks. The paper protocol reuses that draw for every
+    conditional (common random numbers: only the conditioned decisions change), which makes the
+    differences ``Δ`` less noisy.
+
+    Args:
+        supernet: the weight-sharing supernet; its space must be staged (``stage{s}.block{b}.*`` labels).
+        held_out: an iterable of batches, the same batches in the same order on every call (a
+            ``DataLoader`` without shuffling).
+        method: ``"one_pass"`` or ``"paper"``.
+        passes: passes over the held-out data (one-pass) or per conditional (paper); default 1 and 10.
+        seed: sampling seed.
+        batch_to_xy: ``batch -> (inputs, labels (N,))``; default ``(batch[0], batch[1])``.
+        forward: ``inputs -> logits (N, K)``; default ``supernet(inputs)``.
+        model: the module put in eval mode during the estimate (default the supernet).
+        rank, world_size: this process evaluates the batches ``i`` with ``i % world_size == rank``.
+        accumulator: accumulate into this (fresh) metric, e.g. one living on the right device for
+            DDP; a new one is made otherwise.
+        staged: the staged view of ``supernet.space`` (inferred from labels by default).
+
+    Returns:
+        The :class:`~lightning_nas.bilinear.BilinearTable` (``name="accuracy"``). Its metadata has
+        ``method``, ``passes`` (per conditional), ``data_passes`` (passes over the held-out data in
+        total), ``conditionals``, ``examples`` (forward passes of single examples, all ranks),
+        ``batches``, ``seed`` and ``missing`` conditionals.
+    """
+    if not isinstance(supernet, Supernet):
+        raise ValueError(f"`supernet` must be a lightning_nas.Supernet, got {type(supernet).__name__}")
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    passes = _positive_int(passes if passes is not None else (1 if method == "one_pass" else 10), "passes")
+    _check_common(seed, rank, world_size)
+    staged = staged if staged is not None else StagedSpace.from_space(supernet.space)
+    batch_to_xy = batch_to_xy or default_batch_to_xy
+    forward = forward or supernet
+    model = model if model is not None else supernet
+    indexer = StagedIndexer(staged)
+    conditionals = paper_protocol_conditionals(staged) if method == "paper" else None
+    fixed = [indexer.fixed(c) for c in conditionals] if conditionals else None
+    if accumulator is None:
+        accumulator = ContributionAccumulator(staged)
+    accumulator.to(_device_of(model))
+    accumulator.metadata.update(
+        method=method, passes=passes, seed=seed, world_size=world_size,
+        conditionals=len(conditionals) if conditionals else None,
+        data_passes=passes * (len(conditionals) if conditionals else 1),
+    )
+    space = supernet.space
+    device = _device_of(model)
+    with evaluation_mode(model, supernet):
+        for p in range(passes):
+            for i, batch in _shard(held_out, rank, world_size):
+                x, y = batch_to_xy(batch)
+                x, y = move_data_to_device(x, device), move_data_to_device(y, device)
+                n = int(torch.as_tensor(y).shape[0])
+                draw = space.sample_indices(n, derive_generator(seed, p, i))
+                if conditionals is None:
+                    supernet.activate_indices(draw)
+                    correct = top1_correct(forward(x), y)
+                    accumulator.update(*indexer.to_staged(draw), correct)
+                    continue
+                for conditional, fix in zip(conditionals, fixed):
+                    supernet.activate_indices({**draw, **{lab: torch.full((n,), v) for lab, v in fix.items()}})
+                    accumulator.update_conditional(conditional, top1_correct(forward(x), y))
+    return accumulator.compute()
+
+
+def estimate_one_pass(supernet: Supernet, held_out: Iterable[Any], *, passes: int = 1, seed: int = 0, **kwargs: Any) -> BilinearTable:
+    """One-pass estimate: every conditional from one stream of per-example records
+    (:func:`estimate_contributions` with ``method="one_pass"``; same keyword arguments)."""
+    return estimate_contributions(supernet, held_out, method="one_pass", passes=passes, seed=seed, **kwargs)
+
+
+def estimate_paper_protocol(supernet: Supernet, held_out: Iterable[Any], *, passes: int = 10, seed: int = 0, **kwargs: Any) -> BilinearTable:
+    """BINAS's protocol: ``passes`` dedicated passes per conditional, the conditioned decisions fixed
+    (:func:`estimate_contributions` with ``method="paper"``; uses
+    :func:`paper_protocol_passes` passes of the held-out data)."""
+    return estimate_contributions(supernet, held_out, method="paper", passes=passes, seed=seed, **kwargs)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
