@@ -15,8 +15,8 @@ Two exact formulations:
 
 Blocks active at every depth have ``a = 1``; stages with a single depth option have no ``β``; block
 positions beyond a stage's largest depth have no variables. Limits are mutable Pyomo parameters,
-so a :class:`MilpModel` is built once and re-solved for many targets (HiGHS through ``appsi``
-updates its model in place).
+so a :class:`MilpModel` is built once and re-solved for many targets (the solver receives the
+model afresh each time, see :meth:`MilpModel.solve`).
 
 ``method="miqcp"`` builds the bilinear form itself (binary ``α``, ``β``, quadratic objective and
 constraints) for solvers that accept non-convex quadratics (Gurobi, CPLEX, SCIP, Xpress).
@@ -152,7 +152,6 @@ class MilpModel:
             m.obj = pyo.Objective(expr=_linear_expr(pyo, minimise, idx, m.w, m.beta, offset=False), sense=pyo.minimize)
         self.sense = "min" if minimise is not None else "max"
         self._add_limits(pyo, m, problem.limits, lambda t: _linear_expr(pyo, t, idx, m.w, m.beta))
-        self._solvers: dict[str, Any] = {}
         self.build_seconds = time.perf_counter() - start
 
     def _add_limits(self, pyo, m, limits: tuple[Limit, ...], expr) -> None:
@@ -191,10 +190,10 @@ class MilpModel:
         pyo = _pyo()
         from pyomo.opt import TerminationCondition as TC
 
-        opt = self._solvers.get(solver)
-        if opt is None:
-            # One solver object per model keeps persistent solvers' state between solves.
-            opt = self._solvers[solver] = get_solver(solver)
+        # A fresh solver object each time: HiGHS 1.16 re-solving a MIP after a bound change (what
+        # a persistent appsi solver does) reports the new optimum's value with the previous
+        # solution's columns. Rebuilding costs a few milliseconds.
+        opt = get_solver(solver)
         if abs_gap is None:
             table = self.problem.objective
             abs_gap = 1e-9 * max(table.extreme(largest=True)[0] - table.extreme()[0], 1e-12)
@@ -213,10 +212,16 @@ class MilpModel:
         self.model.solutions.load_from(results)
         configs, depths = self._decode()
         if self.sense == "max":
-            bound = results.problem.upper_bound
+            bound, incumbent = results.problem.upper_bound, results.problem.lower_bound
         else:
-            bound = results.problem.lower_bound
-        value = pyo.value(self.model.obj) + self.offset
+            bound, incumbent = results.problem.lower_bound, results.problem.upper_bound
+        raw = pyo.value(self.model.obj)
+        if incumbent is not None and np.isfinite(incumbent) and abs(incumbent - raw) > 1e-6 * max(1.0, abs(raw)):
+            raise RuntimeError(
+                f"solver {solver!r} returned a solution whose objective ({raw!r}) differs from the one it reports "
+                f"({incumbent!r}); refusing an inconsistent answer"
+            )
+        value = raw + self.offset
         bound = None if bound is None or not np.isfinite(bound) else float(bound) + self.offset
         gap = None if bound is None else abs(bound - value) / max(abs(value), 1e-12)
         status = "optimal" if tc == TC.optimal else "feasible"
