@@ -1,4 +1,7 @@
-"""CPU training-step time of the MobileNet-like supernet against its exported static subnets.
+"""CPU training-step time of a supernet against its exported static subnets.
+
+``--space mobilenet`` (default) times ``mobilenet_supernet()``; ``--space binas`` times
+``binas_supernet(preset="tiny")`` (the BINAS space: expansion, kernel, SE and depth decisions).
 
 Four configurations, measured interleaved in rounds (a, b, c, d, a, b, ...) so that machine noise
 hits all of them alike:
@@ -11,6 +14,7 @@ hits all of them alike:
 
 ``--breakdown`` adds (c) variants where only one kind of decision (widths, kernels, depths) is
 sampled per example and the others are fixed at the largest, to show where the overhead of (c) goes.
+Each space writes its own sections of the results file.
 
 A step is forward + cross-entropy + backward + SGD step on the same batch. Each round runs
 ``--warmup`` untimed steps then ``--steps`` timed steps of every configuration; medians are over
@@ -20,6 +24,7 @@ and c/d <= 1.5 (per-example sampling costs about one path, not the sum of all pa
 Usage::
 
     .venv/bin/python benchmarks/train_step.py            # defaults; rewrites its section of RESULTS.md
+    .venv/bin/python benchmarks/train_step.py --space binas
 """
 
 from __future__ import annotations
@@ -40,10 +45,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lightning_nas.spaces import mobilenet_supernet
+from lightning_nas.spaces import binas_supernet, mobilenet_supernet
 
 TARGET_AB, TARGET_CD = 1.10, 1.5
-KINDS = ("expand", "kernel", "depth")  # decision kinds of mobilenet_supernet, for --breakdown
+# Per space: (builder, description for the report, decision kinds for --breakdown).
+SPACES = {
+    "mobilenet": (mobilenet_supernet, "`mobilenet_supernet()` defaults", ("expand", "kernel", "depth")),
+    "binas": (lambda: binas_supernet(preset="tiny"), '`binas_supernet(preset="tiny")`', ("expand", "kernel", "se", "depth")),
+}
 NAMES = {
     "a": "supernet, largest arch active",
     "b": "exported largest arch",
@@ -52,9 +61,9 @@ NAMES = {
 }
 
 
-def markers(breakdown: bool) -> tuple[str, str]:
-    """Delimiters of this script's section of the results file (one section per mode)."""
-    name = "benchmarks/train_step.py" + (" --breakdown" if breakdown else "")
+def markers(breakdown: bool, space: str = "mobilenet") -> tuple[str, str]:
+    """Delimiters of this script's section of the results file (one section per space and mode)."""
+    name = "benchmarks/train_step.py" + ("" if space == "mobilenet" else f" --space {space}") + (" --breakdown" if breakdown else "")
     return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
 
 
@@ -80,12 +89,13 @@ def build(args: argparse.Namespace) -> dict[str, Callable[[int], None]]:
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g)
     y = torch.randint(0, 10, (args.batch_size,), generator=g)
 
-    fixed = mobilenet_supernet()
+    builder = SPACES[args.space][0]
+    fixed = builder()
     largest = fixed.space.largest()
     fixed.activate(largest)
     exported = fixed.export(largest)
     heaviest = fixed.export(largest)
-    per_example = mobilenet_supernet()
+    per_example = builder()
     per_example.load_state_dict(fixed.state_dict())
 
     space, full = per_example.space, per_example.space.indices(largest)
@@ -110,7 +120,7 @@ def build(args: argparse.Namespace) -> dict[str, Callable[[int], None]]:
         "d": make_step(heaviest, x, y),
     }
     if args.breakdown:
-        for kind in KINDS:
+        for kind in SPACES[args.space][2]:
             steps[f"c-{kind}"] = make_step(per_example, x, y, before=sampler((kind,)))
     return steps
 
@@ -153,8 +163,10 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list
     for key in med:
         if key.startswith("c-"):
             names[key] = f"per-example, only the `*.{key[2:]}` decisions sampled (others largest)"
-    begin, end = markers(args.breakdown)
+    begin, end = markers(args.breakdown, args.space)
     title = "per-example overhead breakdown" if args.breakdown else "supernet vs exported subnet"
+    if args.space != "mobilenet":
+        title += f", {args.space} space"
     lines = [
         begin,
         f"## Training-step time: {title} (CPU)",
@@ -163,7 +175,7 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list
         f"- Machine: {platform.processor() or platform.machine()} ({platform.platform()}), "
         f"{os.cpu_count()} CPUs visible, torch {torch.__version__}, {args.threads} torch threads",
         f"- Command: `{command}`",
-        f"- Model: `mobilenet_supernet()` defaults, batch {args.batch_size} × 3 × {args.image_size} × {args.image_size}, "
+        f"- Model: {SPACES[args.space][1]}, batch {args.batch_size} × 3 × {args.image_size} × {args.image_size}, "
         f"SGD (momentum 0.9), same batch every step",
         f"- {args.repeats} rounds × {args.steps} timed steps per configuration (after {args.warmup} warm-up steps "
         f"per configuration and round), interleaved {', '.join(med)} per round; medians over all {args.repeats * args.steps} timed steps",
@@ -209,6 +221,7 @@ def write_section(path: Path, section: str, begin: str, end: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--space", choices=sorted(SPACES), default="mobilenet", help="the supernet to time")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per configuration and round (at least 30)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration and round")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
@@ -232,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     section = report(args, times, rounds, command)
     print(section)
     if not args.no_write:
-        write_section(args.out, section, *markers(args.breakdown))
+        write_section(args.out, section, *markers(args.breakdown, args.space))
         print(f"wrote {args.out}")
 
 
