@@ -45,7 +45,7 @@ def bilinear_features(staged: StagedSpace, configs: np.ndarray, depths: np.ndarr
         for b in range(st.num_blocks):
             if cond[s, b] >= 0:
                 runs = [j for j, d in enumerate(st.depths) if d >= b + 1]
-                columns.append((alpha[:, s, b, :, None] * beta[:, s, None, runs]).reshape(len(alpha), -1))
+                columns.append((alpha[:, s, b, :, None] * beta[:, s][:, None, runs]).reshape(len(alpha), -1))
     return np.concatenate(columns, axis=1)
 
 

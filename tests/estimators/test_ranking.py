@@ -1,0 +1,83 @@
+"""Kendall τ / Spearman ρ against scipy, one-shot subnet accuracy and the Table 2 ranking report."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from lightning_nas.estimators import (
+    BilinearRegression,
+    estimate_one_pass,
+    kendall_tau,
+    measure_subnet_accuracies,
+    rank_correlations,
+    ranking_report,
+    spearman_rho,
+    table2_predictors,
+)
+
+# Few distinct values so that ties are common.
+pairs = st.integers(2, 60).flatmap(
+    lambda n: st.tuples(st.lists(st.integers(0, 6), min_size=n, max_size=n), st.lists(st.floats(-3, 3).map(lambda v: round(v, 1)), min_size=n, max_size=n))
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(xy=pairs)
+def test_kendall_and_spearman_match_scipy(xy):
+    x, y = xy
+    expected_tau = stats.kendalltau(x, y).statistic
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected_rho = stats.spearmanr(x, y).statistic
+    for got, want in ((kendall_tau(x, y, chunk=7), expected_tau), (spearman_rho(x, y), expected_rho)):
+        if np.isnan(want):
+            assert np.isnan(got)
+        else:
+            assert got == pytest.approx(want, abs=1e-12)
+
+
+def test_rank_correlations_extremes_and_errors():
+    x = np.arange(10.0)
+    assert rank_correlations(x, x**3) == {"kendall_tau": 1.0, "spearman_rho": 1.0}
+    assert rank_correlations(x, -x) == {"kendall_tau": -1.0, "spearman_rho": -1.0}
+    with pytest.raises(ValueError, match="same length"):
+        kendall_tau([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="finite"):
+        spearman_rho([1, np.nan], [1, 2])
+
+
+def test_measured_one_shot_accuracy_is_exact_on_the_oracle(oracle):
+    n = 400
+    loader = oracle.loader(n, 150)
+    u = torch.cat([batch[0][:, 0] for batch in loader]).numpy()
+    archs = oracle.supernet.space.sample_many(12, seed=0)
+    measured = measure_subnet_accuracies(oracle.supernet, archs, loader)
+    p = oracle.truth(*oracle.staged.indices_many(archs))
+    expected = (u[None, :] < p[:, None].astype(np.float32)).mean(1)
+    np.testing.assert_allclose(measured, expected)
+
+
+def test_ranking_report_of_the_estimate_and_its_ablations(oracle):
+    space = oracle.supernet.space
+    table = estimate_one_pass(oracle.supernet, oracle.loader(20_000, 5000), passes=1, seed=0)
+    archs = space.sample_many(300, seed=9)
+    truth = oracle.truth(*oracle.staged.indices_many(archs))  # the oracle's exact accuracies
+    train = space.sample_many(300, seed=10)
+    baseline = BilinearRegression(oracle.staged).fit(train, oracle.truth(*oracle.staged.indices_many(train)))
+    report = ranking_report({**table2_predictors(table), "bilinear_regression": baseline}, archs, truth)
+    assert list(report) == ["full", "q_beta=0", "Q=0", "bilinear_regression"]
+    # The truth is additive up to one interaction and clipping, so the full estimate ranks well and
+    # dropping the depth terms (the largest gains) hurts most.
+    assert report["full"]["kendall_tau"] > 0.6 and report["full"]["spearman_rho"] > 0.8
+    assert report["q_beta=0"]["kendall_tau"] < report["full"]["kendall_tau"]
+    assert report["Q=0"]["kendall_tau"] < report["full"]["kendall_tau"]
+    assert report["bilinear_regression"]["kendall_tau"] > 0.6
+    with pytest.raises(ValueError, match="accuracies"):
+        ranking_report({"full": table}, archs, truth[:-1])
