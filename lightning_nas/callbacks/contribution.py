@@ -1,0 +1,171 @@
+"""``ContributionEstimation``: BINAS's bilinear accuracy table of the supernet, during or after training."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+
+from lightning_nas.bilinear import BilinearTable
+from lightning_nas.estimators.contributions import METHODS, ContributionAccumulator, estimate_contributions
+from lightning_nas.spaces.staged import StagedSpace
+from lightning_nas.supernet import Supernet, find_supernet
+
+__all__ = ["ContributionEstimation"]
+
+
+class ContributionEstimation(Callback):
+    """Estimates the accuracy contribution of every design choice on a held-out split (BINAS Eq. 3).
+
+    The result is a :class:`~lightning_nas.bilinear.BilinearTable` (``name="accuracy"``:
+    ``constant = E[Acc]``, ``depth = Δ^s_b``, ``block = Δ^s_{b,c}``; see
+    :mod:`lightning_nas.estimators.contributions`) kept as :attr:`accuracy_model`, optionally written
+    to ``path`` (atomically, by global rank 0) and carried in the callback's ``state_dict`` so that
+    a resumed run keeps it. ``E[Acc]`` is logged as ``"contributions/expected_accuracy"``.
+
+    Under DDP every rank evaluates the held-out batches ``i`` with ``i % world_size == rank`` and the
+    sums are reduced across ranks, so all ranks get the single-process result: the per-example
+    architectures are a function of ``(seed, pass, batch index)`` only. Pass a ``held_out`` loader
+    that yields the same batches in the same order every time (no shuffling, no distributed sampler).
+
+    Args:
+        held_out: the held-out batches (BINAS: 20 % of the training set, kept out of training).
+        every_n_epochs: also estimate at the end of every ``n``-th validation epoch (``None``: never).
+            Needs a validation loop.
+        at_end: estimate when training ends (skipped when the last estimate saw the same weights).
+        method: ``"one_pass"`` (every conditional from one record stream) or ``"paper"`` (one
+            dedicated evaluation per conditional).
+        passes: passes over the held-out data (one-pass, default 1) or per conditional (paper,
+            default 10).
+        seed: the architecture-sampling seed.
+        path: JSON file for the latest table (overwritten atomically at each estimate).
+        supernet: dotted attribute path of the supernet in the LightningModule, when it has several.
+        batch_to_xy: ``batch -> (inputs, labels)``; default ``(batch[0], batch[1])``.
+        forward: ``(pl_module, inputs) -> logits (N, K)``; default ``pl_module(inputs)``.
+
+    Attributes:
+        accuracy_model: the latest table (``None`` before the first estimate).
+        history: ``[{"epoch", "global_step", "expected_accuracy", "examples"}]`` of every estimate.
+    """
+
+    def __init__(
+        self,
+        held_out: Iterable[Any],
+        *,
+        every_n_epochs: int | None = None,
+        at_end: bool = True,
+        method: str = "one_pass",
+        passes: int | None = None,
+        seed: int = 0,
+        path: str | Path | None = None,
+        supernet: str | None = None,
+        batch_to_xy: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
+        forward: Callable[[LightningModule, Any], torch.Tensor] | None = None,
+    ) -> None:
+        if held_out is None or not hasattr(held_out, "__iter__"):
+            raise ValueError(f"`held_out` must be an iterable of batches (a DataLoader), got {type(held_out).__name__}")
+        if every_n_epochs is not None and (not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < 1):
+            raise ValueError(f"`every_n_epochs` must be a positive int or None, got {every_n_epochs!r}")
+        if not isinstance(at_end, bool):
+            raise ValueError(f"`at_end` must be a bool, got {at_end!r}")
+        if method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+        if passes is not None and (not isinstance(passes, int) or isinstance(passes, bool) or passes < 1):
+            raise ValueError(f"`passes` must be a positive int or None (method default), got {passes!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"`seed` must be a non-negative int, got {seed!r}")
+        if every_n_epochs is None and not at_end:
+            raise ValueError("`every_n_epochs=None` with `at_end=False` would never estimate; set one of them")
+        self.held_out = held_out
+        self.every_n_epochs = every_n_epochs
+        self.at_end = at_end
+        self.method = method
+        self.passes = passes
+        self.seed = seed
+        self.path = Path(path) if path is not None else None
+        self.supernet_path = supernet
+        self.batch_to_xy = batch_to_xy
+        self.forward = forward
+        self.history: list[dict[str, Any]] = []
+        self._table: BilinearTable | None = None
+        self._pending: dict[str, Any] | None = None  # a checkpoint's table, until the space is known
+        self._supernet: Supernet | None = None
+        self._staged: StagedSpace | None = None
+        self._last_step: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(method=self.method, seed=self.seed, supernet=self.supernet_path)
+
+    @property
+    def accuracy_model(self) -> BilinearTable | None:
+        """The latest accuracy table, or ``None`` before the first estimate."""
+        if self._pending is not None and self._staged is not None:
+            self._table = BilinearTable.from_dict(self._pending, self._staged)
+            self._pending = None
+        return self._table
+
+    # -- hooks -------------------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._supernet = find_supernet(pl_module, self.supernet_path)
+        self._staged = StagedSpace.from_space(self._supernet.space)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.every_n_epochs is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            table = self._estimate(trainer, pl_module)
+            pl_module.log("contributions/expected_accuracy", table.constant, batch_size=1, sync_dist=False)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self.at_end or self._last_step == trainer.global_step:
+            return
+        table = self._estimate(trainer, pl_module)
+        # pl_module.log is not available in on_train_end; loggers are (they log on rank 0 only).
+        for logger in trainer.loggers:
+            logger.log_metrics({"contributions/expected_accuracy": table.constant}, step=trainer.global_step)
+
+    # -- estimation ----------------------------------------------------------------------------
+    def _estimate(self, trainer: Trainer, pl_module: LightningModule) -> BilinearTable:
+        if self._supernet is None:
+            self.setup(trainer, pl_module, "fit")
+        forward = self.forward
+        accumulator = ContributionAccumulator(self._staged, metadata={"epoch": trainer.current_epoch, "global_step": trainer.global_step})
+        table = estimate_contributions(
+            self._supernet, self.held_out, method=self.method, passes=self.passes, seed=self.seed,
+            batch_to_xy=self.batch_to_xy, forward=(lambda x: forward(pl_module, x)) if forward else pl_module,
+            model=pl_module, rank=trainer.global_rank, world_size=trainer.world_size, accumulator=accumulator,
+            staged=self._staged,
+        )
+        self._table, self._pending, self._last_step = table, None, trainer.global_step
+        self.history.append({
+            "epoch": trainer.current_epoch, "global_step": trainer.global_step,
+            "expected_accuracy": table.constant, "examples": table.metadata["examples"],
+        })
+        if self.path is not None and trainer.is_global_zero:
+            table.save(self.path)
+        return table
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        table = self.accuracy_model
+        return {
+            "method": self.method,
+            "seed": self.seed,
+            "passes": self.passes,
+            "history": list(self.history),
+            "last_step": self._last_step,
+            "accuracy_model": table.to_dict() if table is not None else self._pending,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("seed", self.seed) != self.seed:
+            rank_zero_warn(f"ContributionEstimation: the checkpoint used seed {state_dict['seed']}, this run uses {self.seed}")
+        self.history = list(state_dict.get("history", []))
+        self._last_step = state_dict.get("last_step")
+        self._table, self._pending = None, state_dict.get("accuracy_model")

@@ -1,0 +1,109 @@
+"""ContributionEstimation on a tiny supernet trained by a real Trainer: table, file, log, resume."""
+
+from __future__ import annotations
+
+import json
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lightning_nas.bilinear import BilinearTable
+from lightning_nas.callbacks import UniformSampling
+from lightning_nas.callbacks.contribution import ContributionEstimation
+from lightning_nas.demo import SupernetClassifier, gratings_dataset
+from lightning_nas.estimators import estimate_contributions
+from lightning_nas.spaces import mobilenet_supernet
+from lightning_nas.spaces.staged import StagedSpace
+
+DATA = {"num_classes": 4, "image_size": 16, "noise": 0.5}
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    supernet = mobilenet_supernet(
+        num_classes=4, stem_channels=8, stages=((8, 1, 2), (16, 2, 2)), expand_ratios=(1, 2), kernel_sizes=(3,), head_channels=16
+    )
+    return SupernetClassifier(supernet, 4, lr=0.05, epochs=2)
+
+
+def loaders():
+    train = DataLoader(gratings_dataset(128, seed=0, **DATA), batch_size=32, shuffle=True)
+    val = DataLoader(gratings_dataset(64, seed=1, **DATA), batch_size=32)
+    held_out = DataLoader(gratings_dataset(96, seed=2, **DATA), batch_size=32)
+    return train, val, held_out
+
+
+def trainer(tmp_path, callbacks, max_epochs=1):
+    return pl.Trainer(
+        max_epochs=max_epochs, accelerator="cpu", devices=1, callbacks=callbacks, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+    )
+
+
+def test_estimates_during_training_saves_logs_and_matches_direct_estimate(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    train, val, held_out = loaders()
+    model = tiny_model()
+    callback = ContributionEstimation(held_out, every_n_epochs=1, path=tmp_path / "accuracy.json", seed=3)
+    t = trainer(tmp_path, [UniformSampling(0, per_sample=True), callback])
+    t.fit(model, train, val)
+    table = callback.accuracy_model
+    assert isinstance(table, BilinearTable) and table.name == "accuracy"
+    # One estimate at the validation epoch end; the end-of-training one would see the same weights.
+    assert len(callback.history) == 1 and callback.history[0]["examples"] == 96
+    assert float(t.callback_metrics["contributions/expected_accuracy"]) == pytest.approx(table.constant)
+    staged = StagedSpace.from_space(model.supernet.space)
+    assert BilinearTable.load(tmp_path / "accuracy.json", staged).to_dict() == json.loads(json.dumps(table.to_dict()))
+    direct = estimate_contributions(model.supernet, held_out, seed=3)
+    assert direct.constant == table.constant and np.array_equal(direct.block, table.block)
+    assert np.array_equal(direct.depth, table.depth)
+    assert table.metadata["epoch"] == 0 and table.metadata["method"] == "one_pass"
+
+
+def test_paper_protocol_at_end_and_resume_keeps_the_table(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    train, val, held_out = loaders()
+    model = tiny_model()
+    callback = ContributionEstimation(held_out, method="paper", passes=1, seed=1)
+    t = trainer(tmp_path, [UniformSampling(0, per_sample=True), callback])
+    t.fit(model, train, val)
+    table = callback.accuracy_model
+    staged = StagedSpace.from_space(model.supernet.space)
+    conditionals = 1 + 2 * (2 + 2 * 2)  # base + per stage: 2 depths, 2 blocks × 2 configs
+    assert table.metadata["conditionals"] == conditionals and table.metadata["examples"] == conditionals * 96
+    ckpt = tmp_path / "last.ckpt"
+    t.save_checkpoint(ckpt)
+
+    # Resume into a fresh callback: the table comes back from the checkpoint before any new estimate.
+    resumed = ContributionEstimation(held_out, method="paper", passes=1, seed=1)
+    t2 = trainer(tmp_path, [UniformSampling(0, per_sample=True), resumed])
+    t2.fit(tiny_model(1), train, val, ckpt_path=ckpt)  # max_epochs=1 already reached: nothing to train
+    assert resumed.history == callback.history
+    assert resumed.accuracy_model.to_dict() == table.to_dict()
+
+    # Training on: a second estimate at the end, the history kept.
+    more = ContributionEstimation(held_out, method="paper", passes=1, seed=1)
+    t3 = trainer(tmp_path, [UniformSampling(0, per_sample=True), more], max_epochs=2)
+    t3.fit(tiny_model(1), train, val, ckpt_path=ckpt)
+    assert len(more.history) == 2 and more.history[0] == callback.history[0]
+    assert more.history[1]["global_step"] == 2 * t.global_step
+    assert BilinearTable.from_dict(more.state_dict()["accuracy_model"], staged).metadata["epoch"] == t3.current_epoch
+
+
+def test_bad_arguments_are_rejected():
+    held_out = [(torch.zeros(2, 3, 16, 16), torch.zeros(2, dtype=torch.long))]
+    for kwargs, name in [
+        ({"every_n_epochs": 0}, "every_n_epochs"),
+        ({"method": "fast"}, "method"),
+        ({"passes": 0}, "passes"),
+        ({"seed": -1}, "seed"),
+        ({"every_n_epochs": None, "at_end": False}, "never"),
+        ({"at_end": "yes"}, "at_end"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            ContributionEstimation(held_out, **kwargs)
+    with pytest.raises(ValueError, match="held_out"):
+        ContributionEstimation(None)
