@@ -33,7 +33,16 @@ import numpy as np
 from lightning_nas.solvers.backends import get_solver
 from lightning_nas.solvers.problem import ConstrainedProblem, InfeasibleError, Limit, SearchResult
 
-__all__ = ["FORMULATIONS", "MilpModel", "build_miqcp", "diagnose_infeasibility", "solve_milp", "solve_miqcp"]
+__all__ = [
+    "FORMULATIONS",
+    "MilpModel",
+    "build_miqcp",
+    "diagnose_infeasibility",
+    "dominated_configs",
+    "set_miqcp_arch",
+    "solve_milp",
+    "solve_miqcp",
+]
 
 FORMULATIONS = ("compact", "alpha")
 
@@ -66,14 +75,43 @@ def gap_options(solver: str, rel_gap: float, abs_gap: float) -> dict[str, float]
     return {}
 
 
-class _Index:
-    """Variable index sets of a problem's structure (shared by the MILP and MIQCP builders)."""
+def dominated_configs(criteria: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """``(S, D, C)`` bool: configs another config of the same block position beats or ties on every table.
 
-    def __init__(self, problem: ConstrainedProblem) -> None:
+    Args:
+        criteria: ``(block (S, D, C), direction)`` per table: ``+1`` larger is better, ``-1``
+            smaller is better, ``0`` must be equal (a resource with both bounds).
+
+    A dominated config can be swapped for its dominator in any arch without losing feasibility or
+    objective (tables are additive and both configs run under the same depths), so removing it is
+    exact. Of several identical configs the first is kept.
+    """
+    values = np.stack([d * blk if d else blk for blk, d in criteria])  # (T, S, D, C)
+    signs = np.array([d for _, d in criteria])[:, None, None, None, None]
+    diff = values[..., :, None] - values[..., None, :]  # [.., c', c] = v[c'] - v[c]
+    free = signs != 0
+    geq = np.where(free, diff >= 0, diff == 0).all(0)
+    gt = np.where(free, diff > 0, False).any(0)
+    C = values.shape[-1]
+    earlier = np.tri(C, k=-1, dtype=bool).T  # [c', c]: c' < c
+    beats = geq & (gt | earlier) & ~np.eye(C, dtype=bool)
+    return beats.any(-2)
+
+
+class _Index:
+    """Variable index sets of a problem's structure (shared by the MILP and MIQCP builders).
+
+    With ``criteria`` (see :func:`dominated_configs`) only the configs no other config dominates
+    get variables.
+    """
+
+    def __init__(self, problem: ConstrainedProblem, criteria: list[tuple[np.ndarray, int]] | None = None) -> None:
         st = problem.staged
         self.C = st.num_configs
         self.blocks = [(s, b) for s in range(st.num_stages) for b in range(st.max_blocks) if problem.can_be_active[s, b]]
-        self.w = [(s, b, c) for s, b in self.blocks for c in range(self.C)]
+        dominated = dominated_configs(criteria) if criteria else np.zeros((st.num_stages, st.max_blocks, self.C), dtype=bool)
+        self.configs = {(s, b): [c for c in range(self.C) if not dominated[s, b, c]] for s, b in self.blocks}
+        self.w = [(s, b, c) for s, b in self.blocks for c in self.configs[s, b]]
         self.free_stages = [s for s in range(st.num_stages) if problem.num_depths[s] > 1]
         self.beta = [(s, j) for s in self.free_stages for j in range(problem.num_depths[s])]
         # Per (s, b): the β indices whose depth reaches block b; None when the block always runs.
@@ -103,6 +141,9 @@ class MilpModel:
         formulation: ``"compact"`` or ``"alpha"`` (module docstring).
         minimise: a table to *minimise* instead of maximising the objective (used to find the
             smallest achievable value of a resource subject to the other limits).
+        prune: leave out configs another config of the same block beats or ties on every table
+            (exact, see :func:`dominated_configs`; a bound changed later by :meth:`set_limit`
+            keeps its direction, so the pruning stays valid).
 
     Attributes:
         model: the Pyomo model; ``model.upper[k]`` / ``model.lower[k]`` are mutable parameters of
@@ -110,13 +151,16 @@ class MilpModel:
         build_seconds: wall time of building it.
     """
 
-    def __init__(self, problem: ConstrainedProblem, formulation: str = "compact", minimise=None) -> None:
+    def __init__(self, problem: ConstrainedProblem, formulation: str = "compact", minimise=None, prune: bool = True) -> None:
         if formulation not in FORMULATIONS:
             raise ValueError(f"`formulation` must be one of {FORMULATIONS}, got {formulation!r}")
         start = time.perf_counter()
         pyo = _pyo()
         self.problem, self.formulation = problem, formulation
-        idx = self.idx = _Index(problem)
+        criteria = [(problem.objective.block, +1) if minimise is None else (minimise.block, -1)]
+        for lim in problem.limits:
+            criteria.append((lim.table.block, 0 if lim.upper is not None and lim.lower is not None else (-1 if lim.upper is not None else +1)))
+        idx = self.idx = _Index(problem, criteria if prune else None)
         m = self.model = pyo.ConcreteModel(name="constrained_nas")
         m.W = pyo.Set(initialize=idx.w, dimen=3, ordered=True)
         m.Bt = pyo.Set(initialize=idx.beta, dimen=2, ordered=True)
@@ -129,7 +173,7 @@ class MilpModel:
             m.w_le_alpha = pyo.Constraint(m.W, rule=lambda m, s, b, c: m.w[s, b, c] <= m.alpha[s, b, c])
             m.one_config = pyo.Constraint(
                 pyo.Set(initialize=idx.blocks, dimen=2, ordered=True),
-                rule=lambda m, s, b: pyo.quicksum(m.alpha[s, b, c] for c in range(idx.C)) == 1,
+                rule=lambda m, s, b: pyo.quicksum(m.alpha[s, b, c] for c in idx.configs[s, b]) == 1,
             )
         m.one_depth = pyo.Constraint(
             pyo.Set(initialize=idx.free_stages, ordered=True),
@@ -139,7 +183,7 @@ class MilpModel:
         def active(m, s, b):
             reach = idx.reach[s, b]
             rhs = 1 if reach is None else pyo.quicksum(m.beta[k] for k in reach)
-            return pyo.quicksum(m.w[s, b, c] for c in range(idx.C)) == rhs
+            return pyo.quicksum(m.w[s, b, c] for c in idx.configs[s, b]) == rhs
 
         m.block_active = pyo.Constraint(pyo.Set(initialize=idx.blocks, dimen=2, ordered=True), rule=active)
         # The constant stays out of the objective so that the solver's relative gap measures
@@ -151,6 +195,8 @@ class MilpModel:
             self.offset = minimise.constant + sum(minimise.depth[s, 0] for s in idx.fixed_depth)
             m.obj = pyo.Objective(expr=_linear_expr(pyo, minimise, idx, m.w, m.beta, offset=False), sense=pyo.minimize)
         self.sense = "min" if minimise is not None else "max"
+        table = problem.objective if minimise is None else minimise
+        self.default_abs_gap = 1e-9 * max(table.extreme(largest=True)[0] - table.extreme()[0], 1e-12)
         self._add_limits(pyo, m, problem.limits, lambda t: _linear_expr(pyo, t, idx, m.w, m.beta))
         self.build_seconds = time.perf_counter() - start
 
@@ -179,7 +225,8 @@ class MilpModel:
         Args:
             solver: Pyomo solver name (must be installed; see ``available_solvers()``).
             rel_gap: relative MIP gap at which the solver may stop (0: proven optimum).
-            abs_gap: absolute MIP gap in objective units (default ``1e-9`` × the objective's range).
+            abs_gap: absolute MIP gap in objective units (default ``1e-9`` × the range of values
+                the objective takes over the space).
             solver_options: extra options passed to the solver unchanged.
 
         Returns:
@@ -195,8 +242,7 @@ class MilpModel:
         # solution's columns. Rebuilding costs a few milliseconds.
         opt = get_solver(solver)
         if abs_gap is None:
-            table = self.problem.objective
-            abs_gap = 1e-9 * max(table.extreme(largest=True)[0] - table.extreme()[0], 1e-12)
+            abs_gap = self.default_abs_gap
         options = {**gap_options(solver, rel_gap, abs_gap), **dict(solver_options or {})}
         start = time.perf_counter()
         kwargs: dict[str, Any] = {"load_solutions": False, "options": options}
@@ -236,7 +282,8 @@ class MilpModel:
             depths[s] = int(np.argmax([m.beta[s, j].value or 0.0 for j in range(p.num_depths[s])]))
         values = m.alpha if self.formulation == "alpha" else m.w
         for s, b in idx.blocks:
-            configs[s, b] = int(np.argmax([values[s, b, c].value or 0.0 for c in range(idx.C)]))
+            kept = idx.configs[s, b]
+            configs[s, b] = kept[int(np.argmax([values[s, b, c].value or 0.0 for c in kept]))]
         return configs, depths
 
 
@@ -290,7 +337,6 @@ def diagnose_infeasibility(problem: ConstrainedProblem, *, solver: str = "appsi_
             out = model.solve(solver)
             if out["status"] != "optimal":
                 continue  # the other limits alone are infeasible: another bound is the culprit
-            value, _ = sub.evaluate(out["configs"], out["depths"])
             achieved = float(lim.table.predict_indices(out["configs"], out["depths"]))
             if which == "upper" and achieved > bound + 1e-7:
                 found.append((lim, which, bound, achieved, out))

@@ -22,7 +22,7 @@ from lightning_nas.solvers import (
     pareto_sweep,
     search_constrained,
 )
-from lightning_nas.solvers.milp import MilpModel, build_miqcp, set_miqcp_arch
+from lightning_nas.solvers.milp import MilpModel, build_miqcp, dominated_configs, set_miqcp_arch
 from lightning_nas.spaces import mobilenet_supernet
 from lightning_nas.spaces.staged import StagedSpace
 
@@ -292,3 +292,29 @@ def test_tables_loaded_for_an_equal_structure_are_accepted(inst, tmp_path):
     copy = BilinearTable.load(lat.save(tmp_path / "lat.json"), StagedSpace.from_space(space))
     a = search_constrained(acc, Limit(copy, upper=1e6))
     assert a.objective == pytest.approx(acc.extreme(largest=True)[0], abs=1e-12)
+
+
+def test_dominated_configs_by_hand():
+    # One block, 4 configs; objective (larger better) and one upper-bounded resource (smaller better).
+    acc = np.array([0.1, 0.2, 0.2, 0.05]).reshape(1, 1, 4)
+    lat = np.array([1.0, 1.0, 1.0, 0.5]).reshape(1, 1, 4)
+    dominated = dominated_configs([(acc, +1), (lat, -1)])[0, 0]
+    # c0 is beaten by c1 (more accurate, same latency); c2 ties c1 exactly (the first is kept); c3 is cheapest.
+    assert dominated.tolist() == [True, False, True, False]
+    # With both bounds on the resource, only exact ties on it allow dominance.
+    assert dominated_configs([(acc, +1), (lat, 0)])[0, 0].tolist() == [True, False, True, False]
+    assert not dominated_configs([(acc, +1), (-lat, 0)])[0, 0][3]
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), q=st.floats(0, 1))
+def test_pruning_dominated_configs_keeps_the_optimum(inst, seed, q):
+    space, staged, acc, (lat,), _ = inst.random_instance(seed)
+    lo, hi = lat.extreme()[0], lat.extreme(largest=True)[0]
+    problem = ConstrainedProblem(acc, Limit(lat, upper=lo + q * (hi - lo), lower=lo + q * (hi - lo) / 3))
+    pruned, full = MilpModel(problem), MilpModel(problem, prune=False)
+    assert len(pruned.idx.w) <= len(full.idx.w)
+    a, b = pruned.solve(), full.solve()
+    assert a["status"] == b["status"]
+    if a["status"] == "optimal":
+        assert a["value"] == pytest.approx(b["value"], abs=1e-9)
