@@ -68,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=_non_negative, default=10, help="untimed calls before them")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
+    parser.add_argument(
+        "--statistic", default="median", choices=["median", "min"],
+        help="per-entry statistic of the repeats; min is steadier on a machine shared with other jobs",
+    )
     parser.add_argument("--calibration-archs", type=_positive, default=10, help="random subnets timed to estimate the fixed part")
     parser.add_argument("--seed", type=_non_negative, default=0)
     parser.add_argument("--check", type=_non_negative, default=0, metavar="N", help="report the MAPE on N random subnets (0: skip)")
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     in_chans = args.in_chans or int(args.space_kwargs.get("in_chans", 3))
     settings = ProfileSettings(
         input_size=(in_chans, args.image_size, args.image_size), batch_size=args.batch_size, threads=args.threads,
-        repeats=args.repeats, warmup=args.warmup, device=args.device, dtype=args.dtype,
+        repeats=args.repeats, warmup=args.warmup, device=args.device, dtype=args.dtype, statistic=args.statistic,
     )
     started = time.perf_counter()
     latency = load_or_build(
@@ -116,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         f"space {args.space}: {latency.staged!r}",
         f"device {meta['device']['device_type']} ({meta['device']['device_name']}), torch {meta['device']['torch_version']}, "
         f"{settings.threads} thread(s), batch {settings.batch_size}, input {settings.input_size}, {settings.dtype}, "
-        f"{settings.repeats} repeats after {settings.warmup} warm-up calls",
+        f"{settings.statistic} of {settings.repeats} repeats after {settings.warmup} warm-up calls",
         f"latency table: {args.out} ({meta['entries']} entries, {meta['measurements']} distinct measurements, "
         f"created {meta['created']}, {time.perf_counter() - started:.1f} s this run)",
     ]

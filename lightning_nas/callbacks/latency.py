@@ -59,6 +59,7 @@ class LatencyProfiler(Callback):
         supernet: dotted attribute path of the supernet in the LightningModule, when it has several.
         device: ``"cpu"`` (default) or ``"cuda"`` / ``"cuda:N"``.
         dtype: ``"float32"`` (default), ``"float16"``, ``"bfloat16"``, ``"float64"``.
+        statistic: per-entry statistic of the repeats, ``"median"`` (default) or ``"min"``.
         calibration_archs: random archs timed end to end to estimate the fixed part.
         seed: seed of those archs and of the random inputs.
         rebuild: rebuild even when the file is valid.
@@ -79,6 +80,7 @@ class LatencyProfiler(Callback):
         supernet: str | None = None,
         device: str | None = None,
         dtype: str = "float32",
+        statistic: str = "median",
         calibration_archs: int = 10,
         seed: int = 0,
         rebuild: bool = False,
@@ -89,7 +91,8 @@ class LatencyProfiler(Callback):
             input_size = tuple(input_size) if isinstance(input_size, Sequence) else input_size
         # Validates every setting now rather than at the first batch; a stand-in size until known.
         self._settings_kwargs = dict(
-            batch_size=batch_size, threads=threads, repeats=repeats, warmup=warmup, device=device or "cpu", dtype=dtype
+            batch_size=batch_size, threads=threads, repeats=repeats, warmup=warmup, device=device or "cpu", dtype=dtype,
+            statistic=statistic,
         )
         ProfileSettings(input_size=input_size if input_size is not None else (1,), **self._settings_kwargs)
         if not isinstance(calibration_archs, int) or isinstance(calibration_archs, bool) or calibration_archs < 1:

@@ -57,7 +57,7 @@ class LatencyCheck:
     Attributes:
         archs: the archs.
         predicted: ``(N,)`` table predictions, in the table's unit (ms).
-        measured: ``(N,)`` end-to-end medians (ms).
+        measured: ``(N,)`` end-to-end times (ms), the same statistic as the table's entries.
         p10, p90: ``(N,)`` spread of each measurement (ms).
     """
 
@@ -127,7 +127,7 @@ def check_latency(
     return LatencyCheck(
         archs=archs,
         predicted=table.predict_many(archs),
-        measured=np.array([t.median_ms for t in timings]),
+        measured=np.array([t.value(settings.statistic) for t in timings]),
         p10=np.array([t.p10_ms for t in timings]),
         p90=np.array([t.p90_ms for t in timings]),
     )

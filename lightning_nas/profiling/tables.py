@@ -318,9 +318,10 @@ def build_latency_table(
         progress: called with a short message after each stage and at the end.
 
     Returns:
-        ``BilinearTable(name="latency", unit="ms")``: ``block[s, b, c]`` median milliseconds of
-        the block alone; ``constant`` the estimated fixed part; ``metadata`` the settings, the
-        device, the model signature, per-entry spread (p10 / p90 arrays ``(S, D, C)``), the
+        ``BilinearTable(name="latency", unit="ms")``: ``block[s, b, c]`` milliseconds of the block
+        alone (``settings.statistic`` of the repeats: the median by default); ``constant`` the
+        estimated fixed part; ``metadata`` the settings, the device, the model signature,
+        per-entry statistics (``spread``: median, min, p10 and p90 arrays ``(S, D, C)``), the
         calibration residuals and the number of distinct measurements.
     """
     _check_supernet(supernet)
@@ -331,7 +332,7 @@ def build_latency_table(
     base = supernet.space.validate(base) if base is not None else supernet.space.largest()
     shapes = block_shapes(supernet, settings.batch_shape, staged)
     full = (staged.num_stages, staged.max_blocks, staged.num_configs)
-    median, p10, p90 = np.zeros(full), np.zeros(full), np.zeros(full)
+    value, median, fastest, p10, p90 = (np.zeros(full) for _ in range(5))
     cache: dict[str, TimingResult] = {}
     current_stage = 0
     for s, b, c, module in _block_exports(supernet, staged, base):
@@ -343,13 +344,14 @@ def build_latency_table(
         if key not in cache:
             cache[key] = time_module(module, in_shape, settings, seed=seed)
         result = cache[key]
-        median[s, b, c], p10[s, b, c], p90[s, b, c] = result.median_ms, result.p10_ms, result.p90_ms
+        value[s, b, c] = result.value(settings.statistic)
+        median[s, b, c], fastest[s, b, c], p10[s, b, c], p90[s, b, c] = result.median_ms, result.min_ms, result.p10_ms, result.p90_ms
     if progress is not None:
         progress(f"stage {current_stage} done ({len(cache)} distinct blocks timed)")
-    blocks_only = BilinearTable(staged, 0.0, median, name="latency")
+    blocks_only = BilinearTable(staged, 0.0, value, name="latency")
     archs = supernet.space.sample_many(calibration_archs, derive_seed(seed, CALIBRATION_STREAM))
     timings = time_archs(supernet, archs, settings, seed=seed)
-    residuals = np.array([t.median_ms for t in timings]) - blocks_only.predict_many(archs)
+    residuals = np.array([t.value(settings.statistic) for t in timings]) - blocks_only.predict_many(archs)
     constant = float(np.median(residuals))
     if progress is not None:
         progress(f"fixed part {constant:.4f} ms (median over {calibration_archs} calibration archs)")
@@ -365,14 +367,19 @@ def build_latency_table(
         "base_arch": base,
         "entries": int(staged.block_exists().sum() * staged.num_configs),
         "measurements": len(cache),
-        "spread": {"statistic": "median", "p10": p10.tolist(), "p90": p90.tolist()},
+        "spread": {"median": median.tolist(), "min": fastest.tolist(), "p10": p10.tolist(), "p90": p90.tolist()},
         "constant_estimate": {
-            "method": "median over calibration archs of (end-to-end median - sum of block entries)",
+            "method": f"median over calibration archs of (end-to-end {settings.statistic} - sum of block entries)",
             "calibration_archs": calibration_archs,
             "residuals_ms": residuals.tolist(),
+            # Both statistics, so a table of the other one can be derived without re-measuring.
+            "residuals_by_statistic_ms": {
+                stat: (np.array([t.value(stat) for t in timings]) - BilinearTable(staged, 0.0, arr, name="latency").predict_many(archs)).tolist()
+                for stat, arr in (("median", median), ("min", fastest))
+            },
         },
     }
-    return BilinearTable(staged, constant, median, name="latency", unit="ms", metadata=metadata)
+    return BilinearTable(staged, constant, value, name="latency", unit="ms", metadata=metadata)
 
 
 # -- reuse or rebuild --------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from torch import nn
 
 __all__ = [
     "DTYPES",
+    "STATISTICS",
     "ProfileSettings",
     "TimingResult",
     "cpu_model",
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+STATISTICS = ("median", "min")
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -57,6 +59,9 @@ class ProfileSettings:
         warmup: untimed forward calls before them.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         dtype: ``"float32"``, ``"float16"``, ``"bfloat16"`` or ``"float64"``.
+        statistic: what a table stores per entry: ``"median"`` of the repeats (the default), or
+            ``"min"``, which is steadier on a machine shared with other jobs, where a varying
+            share of calls is slowed down by them.
     """
 
     input_size: tuple[int, ...]
@@ -66,6 +71,7 @@ class ProfileSettings:
     warmup: int = 10
     device: str = "cpu"
     dtype: str = "float32"
+    statistic: str = "median"
 
     def __post_init__(self) -> None:
         size = self.input_size
@@ -76,6 +82,8 @@ class ProfileSettings:
         _positive_int("threads", self.threads)
         _positive_int("repeats", self.repeats)
         _positive_int("warmup", self.warmup, minimum=0)
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"`statistic` must be one of {STATISTICS}, got {self.statistic!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"`dtype` must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         try:
@@ -111,9 +119,10 @@ class TimingResult:
     """Forward-pass time of one module, in milliseconds.
 
     Attributes:
-        median_ms: median over the repeats (what tables store).
+        median_ms: median over the repeats (what tables store by default).
         p10_ms, p90_ms: 10th and 90th percentiles (the spread).
         mean_ms: mean over the repeats.
+        min_ms: the fastest repeat.
         samples_ms: every timed repeat, in order.
     """
 
@@ -121,7 +130,14 @@ class TimingResult:
     p10_ms: float
     p90_ms: float
     mean_ms: float
+    min_ms: float
     samples_ms: tuple[float, ...] = field(repr=False)
+
+    def value(self, statistic: str = "median") -> float:
+        """The ``"median"`` or ``"min"`` time, in milliseconds."""
+        if statistic not in STATISTICS:
+            raise ValueError(f"`statistic` must be one of {STATISTICS}, got {statistic!r}")
+        return self.median_ms if statistic == "median" else self.min_ms
 
     @classmethod
     def from_samples(cls, samples_ms: Sequence[float]) -> "TimingResult":
@@ -129,7 +145,7 @@ class TimingResult:
         if values.size == 0:
             raise ValueError("`samples_ms` must hold at least one timing")
         p10, median, p90 = np.percentile(values, [10, 50, 90])
-        return cls(float(median), float(p10), float(p90), float(values.mean()), tuple(float(v) for v in values))
+        return cls(float(median), float(p10), float(p90), float(values.mean()), float(values.min()), tuple(float(v) for v in values))
 
 
 @contextlib.contextmanager

@@ -66,6 +66,18 @@ def test_latency_table_shape_keys_and_metadata(tiny, fast_settings):
     assert table.predict(tiny.space.largest()) > table.predict(tiny.space.smallest())
 
 
+def test_min_statistic_table(tiny):
+    settings = ProfileSettings(input_size=(3, 16, 16), statistic="min", **FAST)
+    table = build_latency_table(tiny, settings, calibration_archs=3)
+    spread = table.metadata["spread"]
+    np.testing.assert_array_equal(table.block, np.array(spread["min"]))
+    assert (np.array(spread["min"]) <= np.array(spread["median"])).all()
+    residuals = table.metadata["constant_estimate"]["residuals_by_statistic_ms"]
+    assert residuals["min"] == table.metadata["constant_estimate"]["residuals_ms"] and len(residuals["median"]) == 3
+    assert table.constant == pytest.approx(np.median(residuals["min"]))
+    assert settings_of(table).statistic == "min"
+
+
 def test_identical_blocks_are_measured_once(monkeypatch):
     supernet = tiny_mobilenet(max_depth=3)  # blocks 1 and 2 of a stage have the same shapes
     calls = count_timings(monkeypatch)

@@ -80,6 +80,7 @@ def test_timing_result_statistics(samples):
     result = TimingResult.from_samples(samples)
     assert min(samples) <= result.p10_ms <= result.median_ms <= result.p90_ms <= max(samples)
     assert result.mean_ms == pytest.approx(sum(samples) / len(samples))
+    assert result.value("min") == result.min_ms == min(samples) and result.value() == result.median_ms
     assert result.samples_ms == tuple(samples)
 
 
@@ -95,6 +96,7 @@ def test_timing_result_statistics(samples):
         (dict(input_size=(3, 32, 32), dtype="int8"), "dtype"),
         (dict(input_size=(3, 32, 32), device="tpu"), "device"),
         (dict(input_size=(3, 32, 32), threads=True), "threads"),
+        (dict(input_size=(3, 32, 32), statistic="p50"), "statistic"),
     ],
 )
 def test_bad_settings_name_the_argument(kwargs, name):
