@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -107,3 +111,26 @@ def test_bad_arguments_are_rejected():
             ContributionEstimation(held_out, **kwargs)
     with pytest.raises(ValueError, match="held_out"):
         ContributionEstimation(None)
+
+
+def test_ddp_ranks_share_the_single_process_estimate(tmp_path):
+    script = Path(__file__).with_name("ddp_contribution_script.py")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_"))}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 for r in ranks)
+    assert ranks[0]["tables"] == ranks[1]["tables"]
+    # The same weights estimated by one process over all 7 batches give the same tables.
+    ns: dict = {}
+    exec(compile(script.read_text(), str(script), "exec"), ns)
+    model = ns["tiny_model"]()
+    model.load_state_dict(torch.load(tmp_path / "model.pt"))
+    held_out = DataLoader(gratings_dataset(70, seed=2, **DATA), batch_size=10)
+    for method, passes in ns["PASSES"].items():
+        single = estimate_contributions(model.supernet, held_out, method=method, passes=passes, seed=5)
+        ddp = ranks[0]["tables"][method]
+        assert ddp["metadata"]["examples"] == single.metadata["examples"] and ddp["metadata"]["world_size"] == 2
+        assert ddp["constant"] == pytest.approx(single.constant, abs=1e-12)
+        np.testing.assert_allclose(np.array(ddp["block"]), single.block, atol=1e-12)
+        np.testing.assert_allclose(np.array(ddp["depth"]), single.depth, atol=1e-12)

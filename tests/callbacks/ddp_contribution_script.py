@@ -1,0 +1,54 @@
+"""Run by test_contribution.py: 2-process CPU DDP (gloo) with ContributionEstimation; each rank writes its table."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from lightning_nas.callbacks import UniformSampling
+from lightning_nas.callbacks.contribution import ContributionEstimation
+from lightning_nas.demo import SupernetClassifier, gratings_dataset
+from lightning_nas.spaces import mobilenet_supernet
+
+DATA = {"num_classes": 4, "image_size": 16, "noise": 0.5}
+PASSES = {"one_pass": 2, "paper": 1}
+
+
+def tiny_model() -> SupernetClassifier:
+    torch.manual_seed(0)
+    supernet = mobilenet_supernet(
+        num_classes=4, stem_channels=8, stages=((8, 1, 2), (16, 2, 2)), expand_ratios=(1, 2), kernel_sizes=(3,), head_channels=16
+    )
+    for m in supernet.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.0  # identical running statistics on every rank, whatever each rank saw
+    return SupernetClassifier(supernet, 4, lr=0.05, epochs=1)
+
+
+def main() -> None:
+    out = sys.argv[1]
+    held_out = DataLoader(gratings_dataset(70, seed=2, **DATA), batch_size=10)  # 7 batches: uneven shards
+    callbacks = {method: ContributionEstimation(held_out, method=method, passes=PASSES[method], seed=5) for method in PASSES}
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true", max_epochs=1, limit_train_batches=2,
+        callbacks=[UniformSampling(0, per_sample=True), *callbacks.values()], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    model = tiny_model()
+    trainer.fit(model, DataLoader(gratings_dataset(64, seed=0, **DATA), batch_size=8))
+    with open(os.path.join(out, f"rank{trainer.global_rank}.json"), "w") as f:
+        tables = {method: cb.accuracy_model.to_dict() for method, cb in callbacks.items()}
+        json.dump({"tables": tables, "world_size": trainer.world_size}, f)
+    if trainer.global_rank == 0:
+        torch.save(model.state_dict(), os.path.join(out, "model.pt"))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
