@@ -12,17 +12,46 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.callbacks import UniformSampling
 from lightning_nas.callbacks.contribution import ContributionEstimation
-from lightning_nas.demo import SupernetClassifier, gratings_dataset
 from lightning_nas.estimators import estimate_contributions
 from lightning_nas.spaces import mobilenet_supernet
 from lightning_nas.spaces.staged import StagedSpace
 
 DATA = {"num_classes": 4, "image_size": 16, "noise": 0.5}
+
+
+def gratings_dataset(n, *, num_classes, image_size, noise, seed):
+    """Noisy copies of one random prototype image per class: learnable in a few steps."""
+    prototypes = torch.randn(num_classes, 3, image_size, image_size, generator=torch.Generator().manual_seed(1234))
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(num_classes, (n,), generator=g)
+    return TensorDataset(prototypes[labels] + noise * torch.randn(n, 3, image_size, image_size, generator=g), labels)
+
+
+class SupernetClassifier(pl.LightningModule):
+    """A plain classification module holding a supernet (the callbacks do the NAS part)."""
+
+    def __init__(self, supernet, num_classes, lr=0.05, epochs=1):
+        super().__init__()
+        self.supernet, self.lr = supernet, lr
+
+    def forward(self, x):
+        return self.supernet(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_acc", (self(x).argmax(1) == y).float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
 
 
 def tiny_model(seed=0):
