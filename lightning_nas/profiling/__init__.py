@@ -20,7 +20,7 @@ from lightning_nas.profiling.tables import (
     stale_reasons,
     time_archs,
 )
-from lightning_nas.profiling.timing import ProfileSettings, TimingResult, cpu_model, device_info, num_threads, time_module
+from lightning_nas.profiling.timing import ProfileSettings, TimingResult, cpu_model, device_info, num_threads, time_module, time_modules
 
 __all__ = [
     "PROFILER_VERSION",
@@ -44,4 +44,5 @@ __all__ = [
     "stale_reasons",
     "time_archs",
     "time_module",
+    "time_modules",
 ]

@@ -53,7 +53,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.nn.depth_choice import DepthChoice
 from lightning_nas.nn.export import export_subnet
-from lightning_nas.profiling.timing import ProfileSettings, TimingResult, device_info, time_module
+from lightning_nas.profiling.timing import ProfileSettings, TimingResult, device_info, time_modules
 from lightning_nas.seeding import derive_seed
 from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet
@@ -286,15 +286,12 @@ def _input_size(input_size: Sequence[int]) -> Shape:
 def time_archs(supernet: Supernet, archs: Sequence[Mapping[str, Any]], settings: ProfileSettings, *, seed: int = 0) -> list[TimingResult]:
     """End-to-end latency of each arch's exported network at ``settings`` (one ``TimingResult`` each).
 
-    The archs are timed in turn, each with its own warm-up; the supernet is only read.
+    All archs are exported first (the supernet is only read), then timed in interleaved rounds
+    (:func:`~lightning_nas.profiling.timing.time_modules`).
     """
     _check_supernet(supernet)
-    out = []
-    for arch in archs:
-        subnet = supernet.export(arch)
-        out.append(time_module(subnet, settings.batch_shape, settings, seed=seed))
-        del subnet
-    return out
+    subnets = [supernet.export(arch) for arch in archs]
+    return time_modules([(subnet, settings.batch_shape) for subnet in subnets], settings, seed=seed)
 
 
 @keep_rng_state()
@@ -315,7 +312,7 @@ def build_latency_table(
         calibration_archs: random archs whose end-to-end time fixes the constant (at least 1).
         seed: seed of the calibration archs and of the random inputs.
         base: arch giving the labels outside the blocks (default: the largest).
-        progress: called with a short message after each stage and at the end.
+        progress: called with short progress messages.
 
     Returns:
         ``BilinearTable(name="latency", unit="ms")``: ``block[s, b, c]`` milliseconds of the block
@@ -333,21 +330,22 @@ def build_latency_table(
     shapes = block_shapes(supernet, settings.batch_shape, staged)
     full = (staged.num_stages, staged.max_blocks, staged.num_configs)
     value, median, fastest, p10, p90 = (np.zeros(full) for _ in range(5))
-    cache: dict[str, TimingResult] = {}
-    current_stage = 0
+    # Identical blocks (same exported layers, same shapes) share one measurement.
+    keys, unique = np.empty(full, dtype=object), {}
     for s, b, c, module in _block_exports(supernet, staged, base):
-        if s != current_stage and progress is not None:
-            progress(f"stage {current_stage} done ({len(cache)} distinct blocks timed so far)")
-        current_stage = s
         in_shape, out_shape = shapes[s][b]
         key = f"{module!r}|in={in_shape}|out={out_shape}"
-        if key not in cache:
-            cache[key] = time_module(module, in_shape, settings, seed=seed)
-        result = cache[key]
-        value[s, b, c] = result.value(settings.statistic)
-        median[s, b, c], fastest[s, b, c], p10[s, b, c], p90[s, b, c] = result.median_ms, result.min_ms, result.p10_ms, result.p90_ms
+        keys[s, b, c] = key
+        unique.setdefault(key, (module, in_shape))
     if progress is not None:
-        progress(f"stage {current_stage} done ({len(cache)} distinct blocks timed)")
+        progress(f"timing {len(unique)} distinct blocks for {int(staged.block_exists().sum()) * staged.num_configs} entries")
+    results = dict(zip(unique, time_modules(list(unique.values()), settings, seed=seed)))
+    for index in zip(*np.nonzero(staged.block_exists())):
+        for c in range(staged.num_configs):
+            result = results[keys[index][c]]
+            at = (*index, c)
+            value[at] = result.value(settings.statistic)
+            median[at], fastest[at], p10[at], p90[at] = result.median_ms, result.min_ms, result.p10_ms, result.p90_ms
     blocks_only = BilinearTable(staged, 0.0, value, name="latency")
     archs = supernet.space.sample_many(calibration_archs, derive_seed(seed, CALIBRATION_STREAM))
     timings = time_archs(supernet, archs, settings, seed=seed)
@@ -366,7 +364,7 @@ def build_latency_table(
         "seed": seed,
         "base_arch": base,
         "entries": int(staged.block_exists().sum() * staged.num_configs),
-        "measurements": len(cache),
+        "measurements": len(unique),
         "spread": {"median": median.tolist(), "min": fastest.tolist(), "p10": p10.tolist(), "p90": p90.tolist()},
         "constant_estimate": {
             "method": f"median over calibration archs of (end-to-end {settings.statistic} - sum of block entries)",

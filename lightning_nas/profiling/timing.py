@@ -3,8 +3,9 @@
 The rules follow the latency tables of BINAS / HardCoRe-NAS: the module runs in eval mode under
 ``torch.inference_mode()``, after untimed warm-up calls, a fixed number of times; CPU runs use a
 fixed thread count (BINAS: one thread) and CUDA runs are timed with ``torch.cuda.Event`` pairs.
-Every repeat is one forward call; the result keeps the median and the spread (10th and 90th
-percentiles), in milliseconds.
+Every repeat is one forward call; the result keeps the median, the minimum and the spread (10th
+and 90th percentiles), in milliseconds. Several modules timed together are interleaved in rounds
+so that machine noise hits them alike.
 
 Example::
 
@@ -35,6 +36,7 @@ __all__ = [
     "device_info",
     "num_threads",
     "time_module",
+    "time_modules",
 ]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -57,6 +59,9 @@ class ProfileSettings:
         threads: ``torch.set_num_threads`` while timing (restored afterwards).
         repeats: timed forward calls per measurement.
         warmup: untimed forward calls before them.
+        rounds: when several modules are timed together (all blocks of a table, all checked
+            subnets), their repeats are split into this many interleaved rounds (see
+            :func:`time_modules`).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         dtype: ``"float32"``, ``"float16"``, ``"bfloat16"`` or ``"float64"``.
         statistic: what a table stores per entry: ``"median"`` of the repeats (the default), or
@@ -69,6 +74,7 @@ class ProfileSettings:
     threads: int = 1
     repeats: int = 100
     warmup: int = 10
+    rounds: int = 5
     device: str = "cpu"
     dtype: str = "float32"
     statistic: str = "median"
@@ -82,6 +88,7 @@ class ProfileSettings:
         _positive_int("threads", self.threads)
         _positive_int("repeats", self.repeats)
         _positive_int("warmup", self.warmup, minimum=0)
+        _positive_int("rounds", self.rounds)
         if self.statistic not in STATISTICS:
             raise ValueError(f"`statistic` must be one of {STATISTICS}, got {self.statistic!r}")
         if self.dtype not in DTYPES:
@@ -182,31 +189,60 @@ def time_module(module: nn.Module, input_shape: Sequence[int], settings: Profile
     Args:
         module: the module; called as ``module(x)``.
         input_shape: full input shape, batch dimension included (e.g. ``(1, 16, 16, 16)``).
-        settings: device, dtype, threads, warm-up and repeats.
+        settings: device, dtype, threads, warm-up, repeats and rounds.
         seed: seed of the random input.
 
     Returns:
         Median and spread of ``settings.repeats`` timed calls, in milliseconds.
     """
-    if not isinstance(module, nn.Module):
-        raise ValueError(f"`module` must be an nn.Module, got {type(module).__name__}")
-    shape = tuple(input_shape)
-    if not shape or not all(isinstance(v, int) and v > 0 for v in shape):
-        raise ValueError(f"`input_shape` must be a tuple of positive ints, got {input_shape!r}")
+    return time_modules([(module, input_shape)], settings, seed=seed)[0]
+
+
+def time_modules(items: Sequence[tuple[nn.Module, Sequence[int]]], settings: ProfileSettings, *, seed: int = 0) -> list[TimingResult]:
+    """Time several modules, interleaved: ``settings.rounds`` rounds, each timing every module in turn.
+
+    A slow spell of the machine (another job, a frequency change) then lands on every module
+    alike instead of on whichever was being timed, so the *ratios* between the results (what an
+    additive latency model needs) stay right. Each module gets ``settings.warmup`` untimed calls
+    before its first round and one before each later round, and ``settings.repeats`` timed calls
+    in all, split evenly over the rounds.
+
+    Args:
+        items: ``(module, input_shape)`` pairs, shapes with the batch dimension (see :func:`time_module`).
+        settings: device, dtype, threads, warm-up, repeats and rounds.
+        seed: seed of the random inputs (the same seed for every module).
+
+    Returns:
+        One ``TimingResult`` per item, in order, in milliseconds.
+    """
     device, dtype = settings.torch_device, settings.torch_dtype
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device=device, dtype=dtype)
-    module.to(device=device, dtype=dtype)
-    with num_threads(settings.threads), _eval_mode(module), torch.inference_mode():
-        for _ in range(settings.warmup):
-            module(x)
-        if device.type == "cuda":
-            samples = _time_cuda(module, x, settings.repeats, device)
-        else:
-            samples = _time_cpu(module, x, settings.repeats)
-    return TimingResult.from_samples(samples)
+    prepared = []
+    for module, input_shape in items:
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"`module` must be an nn.Module, got {type(module).__name__}")
+        shape = tuple(input_shape)
+        if not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+            raise ValueError(f"`input_shape` must be a tuple of positive ints, got {input_shape!r}")
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device=device, dtype=dtype)
+        prepared.append((module.to(device=device, dtype=dtype), x))
+    rounds = min(settings.rounds, settings.repeats)
+    shares = [settings.repeats // rounds + (r < settings.repeats % rounds) for r in range(rounds)]
+    samples: list[list[float]] = [[] for _ in prepared]
+    timer = _time_cuda if device.type == "cuda" else _time_cpu
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(num_threads(settings.threads))
+        for module, _ in prepared:
+            stack.enter_context(_eval_mode(module))
+        stack.enter_context(torch.inference_mode())
+        for r, share in enumerate(shares):
+            for (module, x), out in zip(prepared, samples):
+                for _ in range(settings.warmup if r == 0 else min(1, settings.warmup)):
+                    module(x)
+                out.extend(timer(module, x, share, device))
+    return [TimingResult.from_samples(values) for values in samples]
 
 
-def _time_cpu(module: nn.Module, x: torch.Tensor, repeats: int) -> list[float]:
+def _time_cpu(module: nn.Module, x: torch.Tensor, repeats: int, device: torch.device) -> list[float]:
     samples = []
     clock = time.perf_counter_ns
     for _ in range(repeats):

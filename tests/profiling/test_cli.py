@@ -27,9 +27,9 @@ def test_profile_builds_reuses_and_checks(tmp_path, capsys):
     before = out.read_text()
     assert main(argv[:-2]) == 0  # same settings: reused, nothing rewritten
     assert out.read_text() == before and not (tmp_path / "table.json.bak").exists()
-    assert main(argv[:-2] + ["--threads", "2"]) == 0
+    assert main(argv[:-2] + ["--batch-size", "2"]) == 0
     assert (tmp_path / "table.json.bak").read_text() == before
-    assert json.loads(out.read_text())["metadata"]["settings"]["threads"] == 2
+    assert json.loads(out.read_text())["metadata"]["settings"]["batch_size"] == 2
 
 
 @pytest.mark.parametrize(

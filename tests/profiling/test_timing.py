@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings as hsettings, strategies as st
 from torch import nn
 
-from lightning_nas.profiling import ProfileSettings, TimingResult, cpu_model, device_info, num_threads, time_module
+from lightning_nas.profiling import ProfileSettings, TimingResult, cpu_model, device_info, num_threads, time_module, time_modules
 
 
 class Probe(nn.Module):
@@ -51,7 +51,7 @@ def test_threads_modes_and_inference_mode_are_set_then_restored():
     probe.inner.eval()  # a user's deliberate mix of modes must survive
     previous = torch.get_num_threads()
     target = 1 if previous != 1 else 2
-    settings = ProfileSettings(input_size=(4,), threads=target, repeats=3, warmup=2, dtype="float64")
+    settings = ProfileSettings(input_size=(4,), threads=target, repeats=3, warmup=2, rounds=1, dtype="float64")
     time_module(probe, settings.batch_shape, settings)
     assert len(probe.seen) == 5
     assert all(seen == (target, False, False, True, torch.float64) for seen in probe.seen)
@@ -133,3 +133,24 @@ def test_device_info_describes_the_machine():
     assert info["device_name"] == cpu_model() != ""
     assert info["torch_version"] == torch.__version__
     assert ProfileSettings(input_size=[3, 8, 8]).to_dict()["input_size"] == [3, 8, 8]
+
+
+def test_time_modules_interleaves_rounds():
+    order = []
+
+    class Tag(nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            order.append(self.name)
+            return x
+
+    settings = ProfileSettings(input_size=(2,), repeats=7, warmup=2, rounds=3)
+    a, b = time_modules([(Tag("a"), (1, 2)), (Tag("b"), (1, 2))], settings)
+    assert len(a.samples_ms) == len(b.samples_ms) == 7
+    # Round 1: 2 warm-up + 3 timed calls each; rounds 2 and 3: 1 warm-up + 2 timed each.
+    assert "".join(order) == "a" * 5 + "b" * 5 + ("a" * 3 + "b" * 3) * 2
+    with pytest.raises(ValueError, match="`rounds`"):
+        ProfileSettings(input_size=(2,), rounds=0)
