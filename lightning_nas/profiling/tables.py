@@ -17,8 +17,8 @@ How the pieces are found, generically for any space ``StagedSpace.from_space`` u
 
 The fixed part of the latency cannot be isolated generically (a stem and head are whatever
 the user's ``forward`` does around the stages), so it is *estimated*: whole exported networks of a
-few random calibration archs are timed and the table's constant is the median of ``measured −
-Σ block entries``. For FLOPs and parameters, which are exactly additive, the constant is the
+few random calibration archs are timed, in the same interleaved rounds as the blocks, and the
+table's constant is the median of ``measured − Σ block entries``. For FLOPs and parameters, which are exactly additive, the constant is the
 network's count minus its blocks' counts for the largest arch.
 
 Example::
@@ -337,9 +337,18 @@ def build_latency_table(
         key = f"{module!r}|in={in_shape}|out={out_shape}"
         keys[s, b, c] = key
         unique.setdefault(key, (module, in_shape))
+    archs = supernet.space.sample_many(calibration_archs, derive_seed(seed, CALIBRATION_STREAM))
+    calibration = [(supernet.export(arch), settings.batch_shape) for arch in archs]
     if progress is not None:
-        progress(f"timing {len(unique)} distinct blocks for {int(staged.block_exists().sum()) * staged.num_configs} entries")
-    results = dict(zip(unique, time_modules(list(unique.values()), settings, seed=seed)))
+        progress(
+            f"timing {len(unique)} distinct blocks for {int(staged.block_exists().sum()) * staged.num_configs} entries "
+            f"and {calibration_archs} calibration subnets, in {settings.rounds} interleaved rounds"
+        )
+    # Blocks and calibration subnets share the rounds, so the fixed part is estimated under the
+    # same machine conditions as the block entries it completes.
+    timed = time_modules(list(unique.values()) + calibration, settings, seed=seed)
+    results, timings = dict(zip(unique, timed[: len(unique)])), timed[len(unique) :]
+    del calibration
     for index in zip(*np.nonzero(staged.block_exists())):
         for c in range(staged.num_configs):
             result = results[keys[index][c]]
@@ -347,8 +356,6 @@ def build_latency_table(
             value[at] = result.value(settings.statistic)
             median[at], fastest[at], p10[at], p90[at] = result.median_ms, result.min_ms, result.p10_ms, result.p90_ms
     blocks_only = BilinearTable(staged, 0.0, value, name="latency")
-    archs = supernet.space.sample_many(calibration_archs, derive_seed(seed, CALIBRATION_STREAM))
-    timings = time_archs(supernet, archs, settings, seed=seed)
     residuals = np.array([t.value(settings.statistic) for t in timings]) - blocks_only.predict_many(archs)
     constant = float(np.median(residuals))
     if progress is not None:
