@@ -1,4 +1,4 @@
-"""``lightning-nas`` command line."""
+"""``lightning-nas`` command line: ``demo`` (the BINAS pipeline) and ``profile`` (a latency table, no training)."""
 
 from __future__ import annotations
 
@@ -15,22 +15,43 @@ def _positive(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
+    from lightning_nas import profile_cli
+
     parser = argparse.ArgumentParser(prog="lightning-nas", description="Neural architecture search on PyTorch Lightning.")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="train a MobileNet-like supernet (SPOS), rank subnets, export the best")
-    demo.add_argument("--epochs", type=_positive, default=4)
+    demo = commands.add_parser("demo", help="BINAS end to end: train a supernet, estimate, profile, solve 3 latency targets, export")
+    demo.add_argument("--dataset", default="digits", help="'digits' (offline), a Hugging Face dataset name, a saved dataset or an image folder")
+    demo.add_argument("--split", default="train", help="split of --dataset to use (then divided 60/20/20)")
+    demo.add_argument("--epochs", type=_positive, default=40, help="supernet training epochs")
+    demo.add_argument("--finetune-epochs", type=_positive, default=3)
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--num-train", type=_positive, default=2048)
+    demo.add_argument("--image-size", type=_positive, default=32)
+    demo.add_argument("--max-examples", type=_positive, default=None, help="use at most this many examples")
+    demo.add_argument("--targets", type=_fraction, nargs="+", default=[0.2, 0.5, 0.8],
+                      help="latency targets as fractions of the table's latency range")
     demo.add_argument("--out", default="runs/demo", help="runs go to OUT/version_N (never overwritten)")
     demo.add_argument("--no-progress", action="store_true")
+    profile_cli.add_arguments(commands.add_parser("profile", help="build a latency/FLOPs/params table on this device without training"))
     args = parser.parse_args(argv)
 
-    if args.command == "demo":
-        from lightning_nas.demo import format_summary, run_demo
+    if args.command == "profile":
+        return profile_cli.run(args)
+    from lightning_nas.demo import format_summary, run_demo
 
-        summary = run_demo(epochs=args.epochs, seed=args.seed, out=args.out, num_train=args.num_train, progress=not args.no_progress)
-        print(format_summary(summary))
+    summary = run_demo(
+        dataset=args.dataset, split=args.split, epochs=args.epochs, finetune_epochs=args.finetune_epochs, seed=args.seed,
+        out=args.out, image_size=args.image_size, max_examples=args.max_examples, target_fractions=tuple(args.targets),
+        progress=not args.no_progress,
+    )
+    print(format_summary(summary))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The demo and its command line on a tiny run: files written, exact export, reproducible."""
+"""The BINAS demo end to end on a tiny slice of the digits: files, exact budgets, reproducibility."""
 
 from __future__ import annotations
 
@@ -7,41 +7,40 @@ import json
 import pytest
 
 from lightning_nas.cli import main
-from lightning_nas.demo import gratings_dataset, run_demo
+from lightning_nas.demo import format_summary, run_demo
+
+TINY = dict(dataset="digits", epochs=1, finetune_epochs=1, max_examples=160, estimation_passes=2, num_ranked=6,
+            profile_repeats=3, target_fractions=(0.3, 0.7), progress=False)
 
 
-def test_gratings_are_seeded_and_balanced():
-    a, b = gratings_dataset(64, seed=3), gratings_dataset(64, seed=3)
-    assert a.tensors[0].shape == (64, 3, 32, 32)
-    assert all(t1.equal(t2) for t1, t2 in zip(a.tensors, b.tensors))
-    assert set(a.tensors[1].tolist()) == {0, 1, 2, 3}
+def test_demo_pipeline_writes_everything_and_meets_the_budgets(tmp_path):
+    summary = run_demo(out=tmp_path, **TINY)
+    run = tmp_path / "version_0"
+    assert json.loads((run / "summary.json").read_text())["targets"] == json.loads(json.dumps(summary["targets"]))
+    for name in ("pareto.png", "contributions.png", "accuracy_table.json", "arch_0.json", "subnet_1.pt"):
+        assert (run / name).stat().st_size > 0
+    assert (tmp_path / "latency_table.json").exists()
+    low, high = summary["latency_range_ms"]
+    for r in summary["targets"]:
+        assert r["status"] == "optimal"
+        assert low <= r["predicted_ms"] <= r["target_ms"] + 1e-9
+        assert 0.0 <= r["one_shot_acc"] <= 1.0 and 0.0 <= r["finetuned_acc"] <= 1.0
+        assert r["measured_ms"] > 0
+    # The looser target can only allow a better predicted accuracy.
+    assert summary["targets"][1]["predicted_acc"] >= summary["targets"][0]["predicted_acc"] - 1e-12
+    assert set(summary["ranking"]) >= {"full", "num_subnets"}
+    assert "target ms" in format_summary(summary)
 
-
-def test_cli_demo_writes_a_new_run_each_time(tmp_path, capsys):
-    args = ["demo", "--epochs", "1", "--num-train", "128", "--out", str(tmp_path), "--no-progress"]
-    assert main(args) == 0
-    report = capsys.readouterr().out
-    assert "exported subnet vs supernet" in report
-    first = json.loads((tmp_path / "version_0" / "summary.json").read_text())
-    assert first["export_max_abs_error"] < 1e-5
-    assert first["best_arch"] == json.loads((tmp_path / "version_0" / "best_arch.json").read_text())
-    assert (tmp_path / "version_0" / "best_subnet.pt").stat().st_size > 0
-    assert 0.0 <= first["one_shot_val_acc"] <= 1.0
-
-    # Same seed, new directory (nothing overwritten), same result.
-    assert main(args) == 0
-    second = json.loads((tmp_path / "version_1" / "summary.json").read_text())
-    assert second["best_arch"] == first["best_arch"]
-    assert second["one_shot_val_acc"] == first["one_shot_val_acc"]
-    assert {k: v["val_acc"] for k, v in second["candidates"].items()} == {k: v["val_acc"] for k, v in first["candidates"].items()}
+    # A second run reuses the latency table, writes a new version and finds the same archs.
+    again = run_demo(out=tmp_path, **TINY)
+    assert (tmp_path / "version_1" / "summary.json").exists()
+    assert [r["arch"] for r in again["targets"]] == [r["arch"] for r in summary["targets"]]
 
 
 def test_cli_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--epochs", "0"])
     assert "must be a positive int" in capsys.readouterr().err
-
-
-def test_run_demo_small_num_candidates(tmp_path):
-    summary = run_demo(epochs=1, num_train=64, num_val=64, num_candidates=1, out=tmp_path, progress=False)
-    assert set(summary["candidates"]) == {"largest", "smallest", "sample0"}
+    with pytest.raises(SystemExit):
+        main(["demo", "--targets", "1.5"])
+    assert "fraction in [0, 1]" in capsys.readouterr().err
