@@ -14,6 +14,11 @@ re-measured.
 Spaces: ``mobilenet`` (defaults, 32×32), and, when ``lightning_nas.spaces.binas`` exists, ``binas``
 tiny preset (32×32) and ImageNet preset (224×224; ``--skip-imagenet`` leaves it out).
 
+Allocator: every space is measured first with glibc malloc as it comes (adaptive thresholds),
+then with its thresholds pinned (``ProfileSettings(pin_malloc=True)``; pinning cannot be undone,
+hence this order). At 224×224 the adaptive allocator makes whole networks slower than the sum of
+their blocks (see ``lightning_nas.profiling.pin_malloc_thresholds``).
+
 Usage::
 
     .venv/bin/python benchmarks/latency_mape.py                 # rewrites its section of RESULTS.md
@@ -65,11 +70,13 @@ def min_table(table: BilinearTable) -> BilinearTable:
     return BilinearTable(table.staged, float(np.median(residuals)), np.array(meta["spread"]["min"]), name="latency", unit="ms")
 
 
-def run_case(label: str, name: str, kwargs: dict, image_size: int, args: argparse.Namespace) -> dict:
+def run_case(label: str, name: str, kwargs: dict, image_size: int, malloc: str, args: argparse.Namespace) -> dict:
     supernet = create_space(name, **kwargs)
     settings = ProfileSettings(
-        input_size=(3, image_size, image_size), batch_size=1, threads=args.threads, repeats=args.repeats, warmup=args.warmup
+        input_size=(3, image_size, image_size), batch_size=1, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
+        pin_malloc=malloc == "pinned",
     )
+    label = f"{label}, malloc {malloc}"
     print(f"[{label}] building the table ({settings.repeats} repeats, {settings.threads} thread)", flush=True)
     started = time.perf_counter()
     table = build_latency_table(supernet, settings, calibration_archs=args.calibration_archs, seed=args.seed)
@@ -78,7 +85,7 @@ def run_case(label: str, name: str, kwargs: dict, image_size: int, args: argpars
     started = time.perf_counter()
     timings = time_archs(supernet, archs, settings, seed=args.seed)
     check_s = time.perf_counter() - started
-    result = {"label": label, "image_size": image_size, "table": table, "build_s": build_s, "check_s": check_s}
+    result = {"label": label, "malloc": malloc, "image_size": image_size, "table": table, "build_s": build_s, "check_s": check_s}
     for stat, tab in (("median", table), ("min", min_table(table))):
         predicted = tab.predict_many(archs)
         measured = np.array([t.value(stat) for t in timings])
@@ -107,7 +114,7 @@ def report(results: list[dict], args: argparse.Namespace, command: str) -> str:
         "- Prediction: `table.predict(arch)` = fixed part + Σ active blocks' isolated times (BINAS Eq. 5); measured: the "
         "exported subnet end to end with the same settings and statistic",
         "",
-        "| space | input | entries / distinct measurements | build (s) | check (s) | statistic | fixed part (ms) | "
+        "| space, allocator | input | entries / distinct measurements | build (s) | check (s) | statistic | fixed part (ms) | "
         "measured range (ms) | MAPE (%) | max error (%) | mean signed error (%) | target |",
         "|---|---|---:|---:|---:|---|---:|---|---:|---:|---:|---|",
     ]
@@ -125,6 +132,12 @@ def report(results: list[dict], args: argparse.Namespace, command: str) -> str:
         "The machine these numbers come from may be shared with other jobs (see the load average): then a varying share "
         "of timed calls is slowed down, which the median absorbs only partly; the `min` rows show the table's accuracy "
         "with that noise mostly removed. On a dedicated machine both statistics agree.",
+        "",
+        "`malloc default`: glibc's adaptive mmap/trim thresholds return freed memory to the OS, so large activations are "
+        "page-faulted in again on many calls, more often inside a whole network than for a block timed alone; at 224² this "
+        "makes end-to-end time non-additive (blocks at 112² ran 2-5× slower inside the network). `malloc pinned` "
+        "(`ProfileSettings(pin_malloc=True)`, `lightning-nas profile --pin-malloc`) fixes the thresholds; deploy with the "
+        "same allocator setting (or jemalloc / tcmalloc) for the table to apply.",
         END,
     ]
     return "\n".join(lines) + "\n"
@@ -151,13 +164,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibration-archs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-imagenet", action="store_true", help="leave out the 224×224 BINAS space")
+    parser.add_argument(
+        "--malloc", default="default,pinned",
+        help="comma-separated allocator conditions, run in this order: default (glibc adaptive), pinned (pin_malloc=True)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print the section without writing --out")
     args = parser.parse_args(argv)
     if args.num_archs < 30:
         parser.error("--num-archs must be at least 30")
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/latency_mape.py", *(sys.argv[1:] if argv is None else argv)])
-    results = [run_case(*case, args) for case in cases(args.skip_imagenet)]
+    conditions = [c.strip() for c in args.malloc.split(",") if c.strip()]
+    if not conditions or any(c not in ("default", "pinned") for c in conditions) or conditions == ["pinned", "default"]:
+        parser.error("--malloc must list default and/or pinned, default first (pinning cannot be undone)")
+    results = [run_case(*case, malloc, args) for malloc in conditions for case in cases(args.skip_imagenet)]
     section = report(results, args, command)
     print(section)
     if not args.no_write:

@@ -72,6 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--statistic", default="median", choices=["median", "min"],
         help="per-entry statistic of the repeats; min is steadier on a machine shared with other jobs",
     )
+    parser.add_argument(
+        "--pin-malloc", action="store_true",
+        help="pin glibc malloc's thresholds first (recommended for large inputs such as 224x224; see pin_malloc_thresholds)",
+    )
     parser.add_argument("--calibration-archs", type=_positive, default=10, help="random subnets timed to estimate the fixed part")
     parser.add_argument("--seed", type=_non_negative, default=0)
     parser.add_argument("--check", type=_non_negative, default=0, metavar="N", help="report the MAPE on N random subnets (0: skip)")
@@ -105,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ProfileSettings(
         input_size=(in_chans, args.image_size, args.image_size), batch_size=args.batch_size, threads=args.threads,
         repeats=args.repeats, warmup=args.warmup, device=args.device, dtype=args.dtype, statistic=args.statistic,
+        pin_malloc=args.pin_malloc,
     )
     started = time.perf_counter()
     latency = load_or_build(

@@ -60,6 +60,8 @@ class LatencyProfiler(Callback):
         device: ``"cpu"`` (default) or ``"cuda"`` / ``"cuda:N"``.
         dtype: ``"float32"`` (default), ``"float16"``, ``"bfloat16"``, ``"float64"``.
         statistic: per-entry statistic of the repeats, ``"median"`` (default) or ``"min"``.
+        pin_malloc: pin glibc malloc's thresholds before timing (process-wide, irreversible; see
+            :func:`~lightning_nas.profiling.pin_malloc_thresholds`); off by default.
         calibration_archs: random archs timed end to end to estimate the fixed part.
         seed: seed of those archs and of the random inputs.
         rebuild: rebuild even when the file is valid.
@@ -81,6 +83,7 @@ class LatencyProfiler(Callback):
         device: str | None = None,
         dtype: str = "float32",
         statistic: str = "median",
+        pin_malloc: bool = False,
         calibration_archs: int = 10,
         seed: int = 0,
         rebuild: bool = False,
@@ -92,7 +95,7 @@ class LatencyProfiler(Callback):
         # Validates every setting now rather than at the first batch; a stand-in size until known.
         self._settings_kwargs = dict(
             batch_size=batch_size, threads=threads, repeats=repeats, warmup=warmup, device=device or "cpu", dtype=dtype,
-            statistic=statistic,
+            statistic=statistic, pin_malloc=pin_malloc,
         )
         ProfileSettings(input_size=input_size if input_size is not None else (1,), **self._settings_kwargs)
         if not isinstance(calibration_archs, int) or isinstance(calibration_archs, bool) or calibration_archs < 1:

@@ -20,7 +20,16 @@ from lightning_nas.profiling.tables import (
     stale_reasons,
     time_archs,
 )
-from lightning_nas.profiling.timing import ProfileSettings, TimingResult, cpu_model, device_info, num_threads, time_module, time_modules
+from lightning_nas.profiling.timing import (
+    ProfileSettings,
+    TimingResult,
+    cpu_model,
+    device_info,
+    num_threads,
+    pin_malloc_thresholds,
+    time_module,
+    time_modules,
+)
 
 __all__ = [
     "PROFILER_VERSION",
@@ -39,6 +48,7 @@ __all__ = [
     "mape",
     "model_signature",
     "num_threads",
+    "pin_malloc_thresholds",
     "settings_of",
     "stage_blocks",
     "stale_reasons",

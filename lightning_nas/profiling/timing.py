@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import platform
 import time
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,7 @@ __all__ = [
     "cpu_model",
     "device_info",
     "num_threads",
+    "pin_malloc_thresholds",
     "time_module",
     "time_modules",
 ]
@@ -67,6 +69,9 @@ class ProfileSettings:
         statistic: what a table stores per entry: ``"median"`` of the repeats (the default), or
             ``"min"``, which is steadier on a machine shared with other jobs, where a varying
             share of calls is slowed down by them.
+        pin_malloc: on CPU, call :func:`pin_malloc_thresholds` before timing (process-wide and
+            irreversible, so off by default). Recommended for large inputs (e.g. 224×224), where
+            glibc's adaptive allocator otherwise makes whole networks slower than their blocks.
     """
 
     input_size: tuple[int, ...]
@@ -78,6 +83,7 @@ class ProfileSettings:
     device: str = "cpu"
     dtype: str = "float32"
     statistic: str = "median"
+    pin_malloc: bool = False
 
     def __post_init__(self) -> None:
         size = self.input_size
@@ -89,6 +95,8 @@ class ProfileSettings:
         _positive_int("repeats", self.repeats)
         _positive_int("warmup", self.warmup, minimum=0)
         _positive_int("rounds", self.rounds)
+        if not isinstance(self.pin_malloc, bool):
+            raise ValueError(f"`pin_malloc` must be a bool, got {self.pin_malloc!r}")
         if self.statistic not in STATISTICS:
             raise ValueError(f"`statistic` must be one of {STATISTICS}, got {self.statistic!r}")
         if self.dtype not in DTYPES:
@@ -225,6 +233,8 @@ def time_modules(items: Sequence[tuple[nn.Module, Sequence[int]]], settings: Pro
             raise ValueError(f"`input_shape` must be a tuple of positive ints, got {input_shape!r}")
         x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device=device, dtype=dtype)
         prepared.append((module.to(device=device, dtype=dtype), x))
+    if settings.pin_malloc and device.type == "cpu":
+        pin_malloc_thresholds()
     rounds = min(settings.rounds, settings.repeats)
     shares = [settings.repeats // rounds + (r < settings.repeats % rounds) for r in range(rounds)]
     samples: list[list[float]] = [[] for _ in prepared]
@@ -263,6 +273,40 @@ def _time_cuda(module: nn.Module, x: torch.Tensor, repeats: int, device: torch.d
             end.record()
         torch.cuda.synchronize(device)
         return [start.elapsed_time(end) for start, end in zip(starts, ends)]
+
+
+_MALLOC_PINNED = False
+# glibc mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def pin_malloc_thresholds() -> bool:
+    """Fix glibc malloc's mmap and trim thresholds for the rest of the process.
+
+    By default glibc adapts both thresholds to the allocation history and hands freed heap memory
+    back to the OS, so a network's large activations are page-faulted in afresh on many calls,
+    more inside a whole network than in a block timed alone. That breaks the additivity a latency
+    table relies on: blocks of the BINAS ImageNet space at 112×112 ran 2-5× slower inside the
+    network than alone. With the thresholds pinned (mmap only above 32 MiB, trim above 1 GiB, 64
+    MiB top pad), freed memory stays in the heap and block times add up. jemalloc or tcmalloc
+    (``LD_PRELOAD``) have the same effect.
+
+    Process-wide and irreversible (glibc has no way back to adaptive thresholds); call it only in
+    processes that profile or serve models. Returns whether the thresholds are pinned (``False``
+    without glibc).
+    """
+    global _MALLOC_PINNED
+    if not _MALLOC_PINNED:
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            mallopt = libc.mallopt
+        except (OSError, AttributeError):
+            return False
+        _MALLOC_PINNED = all(
+            mallopt(param, value) == 1
+            for param, value in ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
+        )
+    return _MALLOC_PINNED
 
 
 def cpu_model() -> str:

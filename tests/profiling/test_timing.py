@@ -97,6 +97,7 @@ def test_timing_result_statistics(samples):
         (dict(input_size=(3, 32, 32), device="tpu"), "device"),
         (dict(input_size=(3, 32, 32), threads=True), "threads"),
         (dict(input_size=(3, 32, 32), statistic="p50"), "statistic"),
+        (dict(input_size=(3, 32, 32), pin_malloc="yes"), "pin_malloc"),
     ],
 )
 def test_bad_settings_name_the_argument(kwargs, name):
@@ -154,3 +155,25 @@ def test_time_modules_interleaves_rounds():
     assert "".join(order) == "a" * 5 + "b" * 5 + ("a" * 3 + "b" * 3) * 2
     with pytest.raises(ValueError, match="`rounds`"):
         ProfileSettings(input_size=(2,), rounds=0)
+
+
+PIN_SCRIPT = """
+import platform, torch
+from torch import nn
+import lightning_nas.profiling.timing as timing
+assert not timing._MALLOC_PINNED
+settings = timing.ProfileSettings(input_size=(8,), repeats=2, warmup=0, pin_malloc=True)
+timing.time_module(nn.Linear(8, 8), (1, 8), settings)
+expected = platform.libc_ver()[0] == "glibc"
+assert timing._MALLOC_PINNED is expected and timing.pin_malloc_thresholds() is expected
+print("ok")
+"""
+
+
+def test_pin_malloc_in_a_fresh_process():
+    import subprocess
+    import sys
+
+    # Pinning is process-wide and irreversible: keep it out of the test process.
+    done = subprocess.run([sys.executable, "-c", PIN_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
