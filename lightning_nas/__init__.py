@@ -16,12 +16,22 @@ from lightning_nas.nn import (
     mutate,
     recalibrate_batch_norm,
 )
+from lightning_nas.bilinear import BilinearTable
+from lightning_nas.solvers import InfeasibleError, Limit, SearchResult, pareto_sweep, search_constrained
 from lightning_nas.spaces import SearchSpace
+from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet, find_supernet
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BilinearTable",
+    "InfeasibleError",
+    "Limit",
+    "SearchResult",
+    "StagedSpace",
+    "pareto_sweep",
+    "search_constrained",
     "Choice",
     "DepthChoice",
     "ElasticBatchNorm2d",
