@@ -138,6 +138,12 @@ def report(results: list[dict], args: argparse.Namespace, command: str) -> str:
         "makes end-to-end time non-additive (blocks at 112² ran 2-5× slower inside the network). `malloc pinned` "
         "(`ProfileSettings(pin_malloc=True)`, `lightning-nas profile --pin-malloc`) fixes the thresholds; deploy with the "
         "same allocator setting (or jemalloc / tcmalloc) for the table to apply.",
+        "",
+        "Where the 224² rows miss the target while the 32² rows meet it, the residual `measured − Σ blocks` varies from arch "
+        "to arch by several ms within one interleaved run: a block timed alone keeps its weights hot in cache, while inside "
+        "a 224² subnet (about 20 MB of weights) they stream from memory, whose bandwidth other jobs on a shared machine "
+        "also use. Per-block timing inside whole subnets (forward hooks) would capture that; rerun on a dedicated machine "
+        "first.",
         END,
     ]
     return "\n".join(lines) + "\n"
