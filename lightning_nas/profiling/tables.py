@@ -18,7 +18,13 @@ How the pieces are found, generically for any space ``StagedSpace.from_space`` u
 The fixed part of the latency cannot be isolated generically (a stem and head are whatever
 the user's ``forward`` does around the stages), so it is *estimated*: whole exported networks of a
 few random calibration archs are timed, in the same interleaved rounds as the blocks, and the
-table's constant is the median of ``measured − Σ block entries``. For FLOPs and parameters, which are exactly additive, the constant is the
+table's constant is the median of ``measured − Σ block entries``.
+
+Additivity is only as good as the machine allows: at large inputs (224×224) on CPU, use
+``ProfileSettings(pin_malloc=True)`` (glibc's adaptive allocator otherwise makes whole networks
+slower than their blocks), and profile on an otherwise idle machine (isolated blocks keep their
+weights in cache; inside a network they compete for memory bandwidth). ``benchmarks/latency_mape.py``
+measures the resulting error. For FLOPs and parameters, which are exactly additive, the constant is the
 network's count minus its blocks' counts for the largest arch.
 
 Example::
