@@ -119,74 +119,107 @@ def _batch_norm(x: Tensor, bn: nn.BatchNorm2d) -> Tensor:
     return F.batch_norm(x, rm, rv, w, b, batch_stats, _average_factor(bn), bn.eps)
 
 
+class _GroupedBatchNormFunction(torch.autograd.Function):
+    """``y = x * scale[group] * mask + shift[group] * mask`` with BatchNorm's backward per group.
+
+    Forward and backward each take a few fused passes over ``x`` (as ``F.batch_norm`` does), where
+    the same maths through autograd would take a dozen.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, invstd, group, mask, batch_stats, count):
+        # weight, bias, mean, invstd, count: (G, C); group: (n,) or None; mask: (n, C) or None;
+        # batch_stats: (G, 1) bool, whether the group's statistics are the batch's (so depend on x).
+        scale = weight * invstd
+        shift = bias - mean * scale
+        row_scale, row_shift = _rows(scale, group, mask, x.shape[0]), _rows(shift, group, mask, x.shape[0])
+        ctx.save_for_backward(x, weight, mean, invstd, group, mask, batch_stats, count)
+        return torch.addcmul(row_shift[:, :, None, None], x, row_scale[:, :, None, None])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, weight, mean, invstd, group, mask, batch_stats, count = ctx.saved_tensors
+        n = x.shape[0]
+        dy_sum = dy.sum((2, 3))  # (n, C)
+        dy_x = (dy * x).sum((2, 3))
+        if mask is not None:
+            dy_sum, dy_x = dy_sum * mask, dy_x * mask
+        if group is None:
+            sum_dy, sum_dy_x = dy_sum.sum(0, keepdim=True), dy_x.sum(0, keepdim=True)
+        else:
+            onehot = F.one_hot(group, weight.shape[0]).to(dy.dtype)
+            sum_dy, sum_dy_x = onehot.T @ dy_sum, onehot.T @ dy_x  # (G, C)
+        sum_dy_xhat = (sum_dy_x - mean * sum_dy) * invstd
+        d_weight, d_bias = sum_dy_xhat, sum_dy
+        scale = weight * invstd
+        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) for batch statistics, scale * dy otherwise.
+        safe = count.clamp_min(1)
+        k_x = torch.where(batch_stats, scale * invstd * sum_dy_xhat / safe, torch.zeros_like(scale))
+        k_0 = torch.where(batch_stats, k_x * mean - scale * sum_dy / safe, torch.zeros_like(scale))
+        dx = torch.addcmul(_rows(k_0, group, mask, n)[:, :, None, None], dy, _rows(scale, group, mask, n)[:, :, None, None])
+        if bool(batch_stats.any()):
+            dx = dx.addcmul_(x, _rows(-k_x, group, mask, n)[:, :, None, None])
+        return dx, d_weight, d_bias, None, None, None, None, None, None
+
+
+def _rows(per_group: Tensor, group: Tensor | None, mask: Tensor | None, n: int) -> Tensor:
+    """``(G, C)`` coefficients to ``(n, C)`` per row (zero where ``mask`` is 0)."""
+    rows = per_group.index_select(0, group) if group is not None else per_group.expand(n, -1)
+    return rows * mask if mask is not None else rows
+
+
 def grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
     """Row ``i`` of ``x`` normalised by ``norms[group[i]]``, each norm's statistics over its own rows.
 
     This is what each row's own subnet computes when the rows of a batch use different BatchNorms
     (one per candidate) and different channel prefixes: in training mode, channel ``c`` of norm ``g``
     takes its batch statistics over the rows ``i`` with ``group[i] == g`` and ``mask[i, c] == 1``,
-    and only those norms and channels update their running statistics. One pass over ``x`` for
-    all norms, no gathers.
+    and only those norms and channels update their running statistics (and only norms that some
+    row uses count the batch in ``num_batches_tracked``). One pass over ``x`` for the statistics
+    of all norms and one for the output; no gathers.
 
     Args:
-        x: ``(n, C, H, W)``; ``C`` is at most each norm's ``num_features`` (channel prefixes are
-            used) and ``x`` must be zero where ``mask`` is 0.
-        norms: the candidate BatchNorms.
+        x: ``(n, C, H, W)``; ``C`` is at most each norm's ``num_features`` (channel prefixes are used).
+        norms: the candidate BatchNorms (affine, tracking running statistics).
         group: ``LongTensor (n,)`` in ``[0, len(norms))``; ``None`` when there is one norm.
         mask: ``(n, C)`` of 0/1 (same dtype as ``x``): the channels each row uses; ``None`` for all.
 
     Returns:
-        ``(n, C, H, W)``, zero where ``mask`` is 0.
+        ``(n, C, H, W)``, zero where ``mask`` is 0 (whatever ``x`` holds there).
     """
     n, c = x.shape[:2]
-    if group is None:
-        if len(norms) != 1:
-            raise ValueError(f"`group` is required with {len(norms)} norms")
-        group_count, onehot = [n], None
-    else:
-        group_count = torch.bincount(group, minlength=len(norms)).tolist()
-        onehot = F.one_hot(group, len(norms)).to(x.dtype)  # (n, G)
-    stacked = lambda name: torch.stack([getattr(bn, name)[:c] for bn in norms])  # noqa: E731  (G, C)
-    weight = stacked("weight") if norms[0].weight is not None else x.new_ones(len(norms), c)
-    bias = stacked("bias") if norms[0].bias is not None else x.new_zeros(len(norms), c)
+    if group is None and len(norms) != 1:
+        raise ValueError(f"`group` is required with {len(norms)} norms")
+    weight = torch.stack([bn.weight[:c] for bn in norms])  # (G, C)
+    bias = torch.stack([bn.bias[:c] for bn in norms])
     batch_stats = [bn.training or not bn.track_running_stats for bn in norms]
-    eps = x.new_tensor([bn.eps for bn in norms])[:, None]
-    if any(batch_stats):
-        # Sums over rows and pixels, per group: x is zero where mask is 0, so plain sums are masked sums.
+    with torch.no_grad():
         pixels = x.shape[2] * x.shape[3]
-        s1, s2 = x.sum((2, 3)), (x * x).sum((2, 3))  # (n, C)
         used = mask if mask is not None else x.new_ones(n, c)
-        if onehot is None:
-            count, total, squares = used.sum(0, keepdim=True), s1.sum(0, keepdim=True), s2.sum(0, keepdim=True)
-        else:
-            count, total, squares = onehot.T @ used, onehot.T @ s1, onehot.T @ s2  # (G, C)
-        count = count * pixels
+        onehot = None if group is None else F.one_hot(group, len(norms)).to(x.dtype)  # (n, G)
+        group_sum = (lambda t: t.sum(0, keepdim=True)) if onehot is None else (lambda t: onehot.T @ t)  # (n, C) -> (G, C)
+        count = group_sum(used) * pixels
         safe = count.clamp_min(1)
-        mean = total / safe
-        var = (squares / safe - mean * mean).clamp_min(0)
-    if all(batch_stats):
-        use_mean, use_var = mean, var
-    else:
-        running_mean, running_var = stacked("running_mean"), stacked("running_var")
         if any(batch_stats):
-            pick = torch.tensor(batch_stats, device=x.device)[:, None]
-            use_mean, use_var = torch.where(pick, mean, running_mean), torch.where(pick, var, running_var)
+            mean = group_sum(x.sum((2, 3)) * used) / safe
+            var = (group_sum((x * x).sum((2, 3)) * used) / safe - mean * mean).clamp_min(0)
+        if all(batch_stats):
+            use_mean, use_var = mean, var
         else:
-            use_mean, use_var = running_mean, running_var
-    scale = weight * torch.rsqrt(use_var + eps)  # (G, C)
-    shift = bias - use_mean * scale
-    if group is not None:
-        scale, shift = scale.index_select(0, group), shift.index_select(0, group)  # (n, C)
-    if mask is not None:
-        shift = shift * mask
-    elif shift.shape[0] != n:
-        shift = shift.expand(n, c)
-    y = torch.addcmul(shift[:, :, None, None], x, scale[:, :, None, None])
-    if any(batch_stats):
-        with torch.no_grad():
+            running_mean = torch.stack([bn.running_mean[:c] for bn in norms])
+            running_var = torch.stack([bn.running_var[:c] for bn in norms])
+            pick = torch.tensor(batch_stats, device=x.device)[:, None]
+            use_mean = torch.where(pick, mean, running_mean) if any(batch_stats) else running_mean
+            use_var = torch.where(pick, var, running_var) if any(batch_stats) else running_var
+        eps = x.new_tensor([bn.eps for bn in norms])[:, None]
+        invstd = torch.rsqrt(use_var + eps)
+        flags = torch.tensor(batch_stats, device=x.device)[:, None]
+        if any(batch_stats):
+            group_rows = [n] if group is None else torch.bincount(group, minlength=len(norms)).tolist()
             unbiased = var * count / (count - 1).clamp_min(1)
             for g, bn in enumerate(norms):
-                if not group_count[g] or not batch_stats[g]:
+                if not group_rows[g] or not batch_stats[g]:
                     continue
                 factor = _average_factor(bn)
                 if factor and bn.running_mean is not None:
@@ -194,7 +227,7 @@ def grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor
                     rm, rv = bn.running_mean[:c], bn.running_var[:c]
                     rm.copy_(torch.where(seen, rm.lerp(mean[g], factor), rm))
                     rv.copy_(torch.where(seen, rv.lerp(unbiased[g], factor), rv))
-    return y
+    return _GroupedBatchNormFunction.apply(x, weight, bias, use_mean, invstd, group, mask, flags, count)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,8 +389,7 @@ class BinasBlock(Mutable):
         hidden = hidden_of.index_select(0, ratio)  # (n,) expanded width of each row
         wide = int(hidden.max())
         mask = (torch.arange(wide, device=x.device) < hidden.to(x.device)[:, None]).to(x.dtype)  # (n, wide)
-        y = F.conv2d(x, self.conv_pw.weight[:wide]) * mask[:, :, None, None]
-        y = self.act(grouped_batch_norm(y, [self.bn_pw], None, mask))
+        y = self.act(grouped_batch_norm(F.conv2d(x, self.conv_pw.weight[:wide]), [self.bn_pw], None, mask))
         y = self._depthwise(y, kernel, wide)
         y = self.act(grouped_batch_norm(y, self.bn_dw, kernel.to(x.device), mask))
         if bool(se.any()):
