@@ -39,11 +39,17 @@ def main(argv: list[str] | None = None) -> int:
                       help="latency targets as fractions of the table's latency range")
     demo.add_argument("--out", default="runs/demo", help="runs go to OUT/version_N (never overwritten)")
     demo.add_argument("--no-progress", action="store_true")
-    profile_cli.add_arguments(commands.add_parser("profile", help="build a latency/FLOPs/params table on this device without training"))
+    profile = profile_cli.add_arguments(commands.add_parser("profile", help="build a latency/FLOPs/params table on this device without training"))
     args = parser.parse_args(argv)
 
     if args.command == "profile":
-        return profile_cli.run(args)
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        try:
+            return profile_cli.run(args)
+        except ValueError as err:
+            profile.error(str(err))
     from lightning_nas.demo import format_summary, run_demo
 
     summary = run_demo(
