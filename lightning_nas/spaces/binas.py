@@ -176,8 +176,9 @@ def grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor
     (one per candidate) and different channel prefixes: in training mode, channel ``c`` of norm ``g``
     takes its batch statistics over the rows ``i`` with ``group[i] == g`` and ``mask[i, c] == 1``,
     and only those norms and channels update their running statistics (and only norms that some
-    row uses count the batch in ``num_batches_tracked``). One pass over ``x`` for the statistics
-    of all norms and one for the output; no gathers.
+    row uses count the batch in ``num_batches_tracked``). Two reductions over ``x`` give the
+    statistics of all norms and one pass the output (backward: two reductions and two passes); no
+    gathers.
 
     Args:
         x: ``(n, C, H, W)``; ``C`` is at most each norm's ``num_features`` (channel prefixes are used).
@@ -387,8 +388,9 @@ class BinasBlock(Mutable):
     def _run_rows(self, x: Tensor, ratio: Tensor, kernel: Tensor, se: Tensor) -> Tensor:
         hidden_of, se_hidden_of = self._widths(ratio.device)
         hidden = hidden_of.index_select(0, ratio)  # (n,) expanded width of each row
-        wide = int(hidden.max())
-        mask = (torch.arange(wide, device=x.device) < hidden.to(x.device)[:, None]).to(x.dtype)  # (n, wide)
+        narrow, wide = (int(v) for v in torch.aminmax(hidden))
+        # (n, wide) channels each row uses; None when all rows use them all.
+        mask = None if narrow == wide else (torch.arange(wide, device=x.device) < hidden.to(x.device)[:, None]).to(x.dtype)
         y = self.act(grouped_batch_norm(F.conv2d(x, self.conv_pw.weight[:wide]), [self.bn_pw], None, mask))
         y = self._depthwise(y, kernel, wide)
         y = self.act(grouped_batch_norm(y, self.bn_dw, kernel.to(x.device), mask))
