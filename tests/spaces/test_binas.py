@@ -18,6 +18,15 @@ from lightning_nas.spaces.staged import StagedSpace
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors gain nothing from threads, and OpenMP barriers stall badly on a shared CPU.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _perturb_norms(net: nn.Module, seed: int = 0) -> None:
     """Non-trivial BN parameters and statistics so that both modes exercise them."""
     g = torch.Generator().manual_seed(seed)
@@ -267,7 +276,7 @@ def test_exported_network_parameter_count(tiny):
 
 # -- per-example mode -------------------------------------------------------------------------
 @SETTINGS
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 7))
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 6))
 def test_per_example_equals_each_subnet_alone(tiny, seed, n):
     archs = tiny.space.sample_many(n, seed=seed)
     x = _input(n, seed)
