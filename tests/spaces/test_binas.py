@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from lightning_nas import Supernet
 from lightning_nas.nn import Choice, DepthChoice, FixedValue, Mutable, export_subnet
 from lightning_nas.spaces import BinasBlock, MBInvRes, binas_supernet, create_space, list_spaces
 from lightning_nas.spaces.binas import grouped_batch_norm
@@ -356,8 +358,6 @@ def test_per_example_uniform_batch_matches_export_in_training_mode(tiny):
 def test_expansion_batch_norm_statistics_use_only_the_rows_of_each_channel():
     torch.manual_seed(0)
     block = BinasBlock(8, 8, 1, prefix="b").train()
-    from lightning_nas import Supernet
-
     net = Supernet(block)
     narrow = {"b.expand": 3, "b.kernel": 3, "b.se": False}
     wide = {"b.expand": 6, "b.kernel": 5, "b.se": True}
