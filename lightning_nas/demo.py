@@ -102,7 +102,7 @@ def run_demo(
     batch_size: int = 64,
     max_examples: int | None = None,
     target_fractions: Sequence[float] = (0.2, 0.5, 0.8),
-    estimation_passes: int = 20,
+    estimation_passes: int = 100,
     num_ranked: int = 40,
     profile_repeats: int = 50,
     progress: bool = True,
