@@ -34,17 +34,15 @@ import math
 import os
 import platform
 import shlex
-import stat
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
+from results_file import write_section  # benchmarks/ is the script's directory
 from lightning_nas.estimators import (
     BilinearRegression,
     ContributionAccumulator,
@@ -201,25 +199,6 @@ def report(args: argparse.Namespace, results: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of ``path`` (or append it), atomically."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        new = head + section + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(new)
-        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -250,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     print(section)
     print(f"total {time.perf_counter() - started:.0f} s")
     if not args.no_write:
-        write_section(args.out, section)
+        write_section(args.out, section, BEGIN, END)
         print(f"wrote {args.out}")
 
 

@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from results_file import write_section  # benchmarks/ is the script's directory
 from lightning_nas.bilinear import BilinearTable
-from lightning_nas.io import atomic_write_text
 from lightning_nas.profiling import ProfileSettings, build_latency_table, cpu_model, mape, time_archs
 from lightning_nas.profiling.report import CHECK_STREAM
 from lightning_nas.seeding import derive_seed
@@ -149,17 +149,6 @@ def report(results: list[dict], args: argparse.Namespace, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of ``path`` (or append it), atomically."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        new = head + section + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    atomic_write_text(path, new)
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -187,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     section = report(results, args, command)
     print(section)
     if not args.no_write:
-        write_section(args.out, section)
+        write_section(args.out, section, BEGIN, END)
         print(f"wrote {args.out}")
 
 

@@ -30,12 +30,12 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from results_file import write_section  # benchmarks/ is the script's directory
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.solvers import Limit, SearchFailedError, search_constrained
 from lightning_nas.spaces import Decision, SearchSpace
@@ -182,25 +182,6 @@ def report(args: argparse.Namespace, rows: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of ``path`` (or append it), atomically."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        new = head + section + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(new)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -221,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     print(section)
     print(f"({time.perf_counter() - start:.0f} s)")
     if not args.no_write:
-        write_section(args.out, section)
+        write_section(args.out, section, BEGIN, END)
         print(f"wrote {args.out}")
 
 

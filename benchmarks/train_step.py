@@ -34,10 +34,8 @@ import datetime
 import os
 import platform
 import shlex
-import stat
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +43,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from results_file import write_section  # benchmarks/ is the script's directory
 from lightning_nas.spaces import binas_supernet, mobilenet_supernet
 
 TARGET_AB, TARGET_CD = 1.10, 1.5
@@ -197,26 +196,6 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list
     ]
     return "\n".join(lines) + "\n"
 
-
-def write_section(path: Path, section: str, begin: str, end: str) -> None:
-    """Replace the ``begin``...``end`` section of ``path`` (or append it), atomically."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    if begin in old and end in old:
-        head, rest = old.split(begin, 1)
-        tail = rest.split(end, 1)[1].lstrip("\n")
-        new = head + section + ("\n" + tail if tail else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(new)
-        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv: list[str] | None = None) -> None:

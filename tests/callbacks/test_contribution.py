@@ -22,6 +22,7 @@ from lightning_nas.spaces import mobilenet_supernet
 from lightning_nas.spaces.staged import StagedSpace
 
 DATA = {"num_classes": 4, "image_size": 16, "noise": 0.5}
+DDP_PASSES = {"one_pass": 2, "paper": 1}  # estimation passes per method in ddp_contribution_script.py
 
 
 def gratings_dataset(n, *, num_classes, image_size, noise, seed):
@@ -151,12 +152,10 @@ def test_ddp_ranks_share_the_single_process_estimate(tmp_path):
     assert all(r["world_size"] == 2 for r in ranks)
     assert ranks[0]["tables"] == ranks[1]["tables"]
     # The same weights estimated by one process over all 7 batches give the same tables.
-    ns: dict = {}
-    exec(compile(script.read_text(), str(script), "exec"), ns)
-    model = ns["tiny_model"]()
+    model = tiny_model()
     model.load_state_dict(torch.load(tmp_path / "model.pt"))
     held_out = DataLoader(gratings_dataset(70, seed=2, **DATA), batch_size=10)
-    for method, passes in ns["PASSES"].items():
+    for method, passes in DDP_PASSES.items():
         single = estimate_contributions(model.supernet, held_out, method=method, passes=passes, seed=5)
         ddp = ranks[0]["tables"][method]
         assert ddp["metadata"]["examples"] == single.metadata["examples"] and ddp["metadata"]["world_size"] == 2
