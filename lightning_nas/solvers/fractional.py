@@ -1,0 +1,340 @@
+"""MathNAS's 0-1 linear-fractional program (Eq. 6, with Eq. 9's variable depth), solved exactly.
+
+MathNAS predicts a network's accuracy as ``Acc(Ñ) − F̄ · Σ b^A x / Σ b^F x``: a constant minus a
+ratio of two additive quantities. Over a :class:`~lightning_nas.spaces.staged.StagedSpace` (whose
+stage depths are Eq. 9's "stop" option: blocks past a stage's depth select nothing and cost
+nothing) both are :class:`~lightning_nas.bilinear.BilinearTable` s, and the program is::
+
+    max_arch  constant − scale · N(arch) / D(arch)      s.t.  every Limit (additive, linear)
+
+with ``D > 0`` on every arch. Three exact methods:
+
+* ``"charnes_cooper"``: one MILP. With ``z = 1/D`` and ``y = z·w``, ``u = z·β`` (``w``, ``β`` the
+  binaries of :class:`~lightning_nas.solvers.milp.MilpModel`), minimise the homogenised numerator
+  subject to the homogenised choice constraints, the linking bounds ``y ≤ w / D_min``, and the
+  normalisation ``D_hom(y, u, z) = 1`` that the paper's Eq. 11 omits (without it ``z`` is
+  unanchored and the optimum drifts to ``z → 0`` or ``∞``). The limits stay linear in ``(w, β)``.
+* ``"dinkelbach"``: a few ordinary MILPs ``min N − λ D`` with ``λ`` the ratio of the previous
+  solution, until the ratio stops decreasing.
+* ``"brute_force"``: enumerate every arch (small spaces; the oracle for the other two).
+
+All Pyomo models accept any MILP solver by name (HiGHS by default). Infeasible limits raise
+:class:`~lightning_nas.solvers.problem.InfeasibleError` with the smallest achievable value.
+
+Example::
+
+    result = solve_fractional(penalty, flops, Limit(latency, upper=12.0), constant=acc_ref, scale=mean_flops)
+    result.arch, result.objective, result.details["ratio"], result.resources["latency"]
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from lightning_nas.bilinear import BilinearTable, _structure
+from lightning_nas.solvers.milp import MilpModel, _linear_expr, _pyo, diagnose_infeasibility
+from lightning_nas.solvers.problem import ConstrainedProblem, InfeasibleError, SearchResult
+
+__all__ = ["FRACTIONAL_METHODS", "CharnesCooperModel", "FractionalProblem", "enumerate_indices", "solve_fractional"]
+
+FRACTIONAL_METHODS = ("charnes_cooper", "dinkelbach", "brute_force")
+
+
+class FractionalProblem:
+    """A validated linear-fractional search problem (see the module docstring).
+
+    Args:
+        numerator: ``N``, the additive penalty (MathNAS: ``Σ b^A x``, accuracy lost against the reference).
+        denominator: ``D``, positive on every arch (MathNAS: FLOPs ``Σ b^F x`` plus the fixed part).
+        limits: :class:`~lightning_nas.solvers.problem.Limit` s on tables of the same space.
+        constant: the value the ratio is subtracted from (MathNAS: ``Acc(Ñ)``).
+        scale: positive factor of the ratio (MathNAS: the mean FLOPs ``F̄``).
+        base: arch giving the labels outside the stages (default: the space's default).
+
+    Raises:
+        ValueError: tables of different structures, a denominator that reaches zero or below,
+            a non-positive or non-finite ``scale``.
+    """
+
+    def __init__(self, numerator: BilinearTable, denominator: BilinearTable, limits: Any = (), *,
+                 constant: float = 0.0, scale: float = 1.0, base: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(denominator, BilinearTable):
+            raise ValueError(f"`denominator` must be a BilinearTable, got {type(denominator).__name__}")
+        self.problem = ConstrainedProblem(numerator, limits, base=base)
+        if denominator.staged is not self.problem.staged and _structure(denominator.staged) != _structure(self.problem.staged):
+            raise ValueError(f"`denominator` {denominator.name!r} was made for another space structure than `numerator` {numerator.name!r}")
+        for name, value in (("constant", constant), ("scale", scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+                raise ValueError(f"`{name}` must be a finite number, got {value!r}")
+        if scale <= 0:
+            raise ValueError(f"`scale` must be positive (the ratio is a penalty), got {scale!r}")
+        self.d_min, _ = denominator.extreme()
+        self.d_max, _ = denominator.extreme(largest=True)
+        if not self.d_min > 0:
+            raise ValueError(
+                f"`denominator` {denominator.name!r} must be positive on every arch; its smallest value is {self.d_min!r}"
+            )
+        self.numerator, self.denominator = numerator, denominator
+        self.constant, self.scale = float(constant), float(scale)
+
+    @property
+    def staged(self):
+        return self.problem.staged
+
+    def ratio(self, configs: np.ndarray, depths: np.ndarray) -> np.ndarray:
+        """``N / D`` for ``(..., S, D)`` configs and ``(..., S)`` depth indices → ``(...)``."""
+        return self.numerator.predict_indices(configs, depths) / self.denominator.predict_indices(configs, depths)
+
+    def value(self, configs: np.ndarray, depths: np.ndarray) -> np.ndarray:
+        """The objective ``constant − scale · N / D`` → ``(...)``."""
+        return self.constant - self.scale * self.ratio(configs, depths)
+
+    def result(self, configs: np.ndarray, depths: np.ndarray, *, method: str, solver: str | None, start: float,
+               status: str = "optimal", gap: float | None = None, details: Mapping[str, Any] | None = None) -> SearchResult:
+        """A :class:`SearchResult` whose ``objective`` is the fractional objective, recomputed exactly."""
+        configs = self.problem.complete_configs(np.asarray(configs))
+        n = float(self.numerator.predict_indices(configs, depths))
+        d = float(self.denominator.predict_indices(configs, depths))
+        out = self.problem.make_result(configs, depths, method=method, solver=solver, status=status, gap=gap,
+                                       details={**dict(details or {}), "numerator": n, "denominator": d, "ratio": n / d})
+        out.objective = self.constant - self.scale * n / d
+        out.resources.setdefault(self.denominator.name, d)
+        out.solve_seconds = time.perf_counter() - start
+        return out
+
+
+class CharnesCooperModel(MilpModel):
+    """The Charnes–Cooper MILP of a :class:`FractionalProblem` as a Pyomo model (module docstring).
+
+    The binaries, choice constraints and limits are :class:`MilpModel`'s (unpruned: dominance
+    does not carry over to a ratio). ``N`` and ``D`` are rescaled so that ``D_min = 1`` and
+    ``max |N| = 1``: ``z``, ``y`` and ``u`` then lie in ``[0, 1]``, well inside the solver's
+    tolerances whatever the units (FLOPs or MFLOPs).
+
+    :meth:`solve` returns the scaled ratio as ``value``; decode with the arrays it returns.
+    """
+
+    def __init__(self, fractional: FractionalProblem) -> None:
+        start = time.perf_counter()
+        super().__init__(fractional.problem, "compact", prune=False)
+        pyo = _pyo()
+        m, idx, p = self.model, self.idx, fractional.problem
+        self.d_unit = fractional.d_min
+        num, den = fractional.numerator, fractional.denominator
+        n_extremes = [abs(num.extreme()[0]), abs(num.extreme(largest=True)[0])]
+        self.n_unit = max(max(n_extremes), 1e-300)
+        scaled_num = _scaled(num, 1.0 / self.n_unit)
+        scaled_den = _scaled(den, 1.0 / self.d_unit)
+        m.z = pyo.Var(bounds=(self.d_unit / fractional.d_max, 1.0))
+        m.y = pyo.Var(m.W, bounds=(0.0, 1.0))
+        m.u = pyo.Var(m.Bt, bounds=(0.0, 1.0))
+        # y = z·w and u = z·β exactly: each is 0 where its binary is 0 (bound 1/D_min = 1 ≥ z) and
+        # the homogenised choice equations below force the one nonzero entry to equal z.
+        m.y_le_w = pyo.Constraint(m.W, rule=lambda m, s, b, c: m.y[s, b, c] <= m.w[s, b, c])
+        m.u_le_beta = pyo.Constraint(m.Bt, rule=lambda m, s, j: m.u[s, j] <= m.beta[s, j])
+        m.one_depth_z = pyo.Constraint(
+            pyo.Set(initialize=idx.free_stages, ordered=True),
+            rule=lambda m, s: pyo.quicksum(m.u[s, j] for j in range(p.num_depths[s])) == m.z,
+        )
+
+        def active(m, s, b):
+            reach = idx.reach[s, b]
+            rhs = m.z if reach is None else pyo.quicksum(m.u[k] for k in reach)
+            return pyo.quicksum(m.y[s, b, c] for c in idx.configs[s, b]) == rhs
+
+        m.block_active_z = pyo.Constraint(pyo.Set(initialize=idx.blocks, dimen=2, ordered=True), rule=active)
+
+        def homogenised(table: BilinearTable):
+            const = table.constant + sum(table.depth[s, 0] for s in idx.fixed_depth)
+            return const * m.z + _linear_expr(pyo, table, idx, m.y, m.u, offset=False)
+
+        m.normalise = pyo.Constraint(expr=homogenised(scaled_den) == 1.0)
+        m.del_component(m.obj)
+        m.obj = pyo.Objective(expr=homogenised(scaled_num), sense=pyo.minimize)
+        self.sense, self.offset = "min", 0.0
+        self.default_abs_gap = 1e-9
+        self.build_seconds = time.perf_counter() - start
+
+    def unscale(self, value: float | None) -> float | None:
+        """A scaled ratio (``value`` or ``bound`` of :meth:`solve`) in the units of ``N / D``."""
+        return None if value is None else value * self.n_unit / self.d_unit
+
+
+def _scaled(table: BilinearTable, factor: float) -> BilinearTable:
+    return BilinearTable(table.staged, table.constant * factor, table.block * factor, table.depth * factor, name=table.name)
+
+
+def _combined(num: BilinearTable, den: BilinearTable, lam: float) -> BilinearTable:
+    """``N − λ D`` as one table."""
+    return BilinearTable(num.staged, num.constant - lam * den.constant, num.block - lam * den.block,
+                         num.depth - lam * den.depth, name=f"{num.name}-lambda*{den.name}")
+
+
+def enumerate_indices(staged, limit: int = 2_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """Every distinct arch of a staged space as index arrays ``(N, S, D)`` configs, ``(N, S)`` depths.
+
+    Blocks past a stage's depth get config 0 (they do not run), so no arch appears twice.
+
+    Raises:
+        ValueError: when there are more than ``limit`` archs.
+    """
+    per_stage = []
+    for st in staged.stages:
+        options = []
+        for j, d in enumerate(st.depths):
+            for combo in itertools.product(range(staged.num_configs), repeat=d):
+                row = np.zeros(staged.max_blocks, dtype=np.int64)
+                row[:d] = combo
+                row[st.num_blocks:] = -1
+                options.append((row, j))
+        per_stage.append(options)
+    total = math.prod(len(o) for o in per_stage)
+    if total > limit:
+        raise ValueError(f"the space has {total} distinct archs, more than `limit`={limit}; use an exact solver method")
+    grids = np.meshgrid(*[np.arange(len(o)) for o in per_stage], indexing="ij")
+    picks = np.stack([g.ravel() for g in grids], -1)  # (N, S)
+    rows = [np.stack([r for r, _ in o]) for o in per_stage]
+    depth_of = [np.array([j for _, j in o]) for o in per_stage]
+    configs = np.stack([rows[s][picks[:, s]] for s in range(len(per_stage))], 1)
+    depths = np.stack([depth_of[s][picks[:, s]] for s in range(len(per_stage))], 1)
+    return configs, depths
+
+
+def solve_fractional(
+    numerator: BilinearTable,
+    denominator: BilinearTable,
+    limits: Any = (),
+    *,
+    constant: float = 0.0,
+    scale: float = 1.0,
+    method: str = "charnes_cooper",
+    solver: str = "appsi_highs",
+    base: Mapping[str, Any] | None = None,
+    time_limit: float | None = None,
+    tol: float = 1e-9,
+    max_iter: int = 100,
+) -> SearchResult:
+    """Maximise ``constant − scale · numerator / denominator`` subject to ``limits``, exactly.
+
+    Args:
+        numerator, denominator, limits, constant, scale, base: see :class:`FractionalProblem`.
+        method: ``"charnes_cooper"`` (one MILP), ``"dinkelbach"`` (a few MILPs) or ``"brute_force"``.
+        solver: Pyomo solver name (any installed MILP solver).
+        time_limit: per-MILP time limit in seconds (the result is then ``"feasible"``).
+        tol: Dinkelbach stops when the ratio improves by less than ``tol · max(1, |ratio|)``.
+        max_iter: Dinkelbach's iteration cap.
+
+    Returns:
+        A :class:`SearchResult` (``method`` as given): ``objective`` is the fractional objective,
+        ``resources`` the limited tables and the denominator, ``details`` holds ``numerator``,
+        ``denominator``, ``ratio`` and the method's counts and timings.
+
+    Raises:
+        InfeasibleError: no arch meets the limits; names the resource and its smallest (largest)
+            achievable value subject to the other limits.
+        ValueError: bad arguments.
+    """
+    start = time.perf_counter()
+    if method not in FRACTIONAL_METHODS:
+        raise ValueError(f"`method` must be one of {FRACTIONAL_METHODS}, got {method!r}")
+    if not (isinstance(max_iter, int) and max_iter >= 1):
+        raise ValueError(f"`max_iter` must be a positive int, got {max_iter!r}")
+    if not (isinstance(tol, (int, float)) and tol >= 0):
+        raise ValueError(f"`tol` must be a non-negative number, got {tol!r}")
+    fp = FractionalProblem(numerator, denominator, limits, constant=constant, scale=scale, base=base)
+    fp.problem.check_each_limit()
+    if method == "brute_force":
+        return _brute_force(fp, start)
+    if method == "charnes_cooper":
+        model = CharnesCooperModel(fp)
+        out = model.solve(solver, time_limit=time_limit)
+        _raise_if_infeasible(fp, out, solver)
+        details = {"build_seconds": model.build_seconds, "solver_seconds": out["solver_seconds"],
+                   "bound_ratio": model.unscale(out["bound"]), "termination": out["termination"], "iterations": 1}
+        return fp.result(out["configs"], out["depths"], method=method, solver=solver, start=start,
+                         status=out["status"], gap=out["gap"], details=details)
+    return _dinkelbach(fp, solver, time_limit, tol, max_iter, start)
+
+
+def _raise_if_infeasible(fp: FractionalProblem, out: Mapping[str, Any], solver: str) -> None:
+    if out["status"] == "infeasible":
+        diagnose_infeasibility(fp.problem, solver=solver)
+        raise InfeasibleError("the solver reports that no arch meets the limits")
+    if out["status"] == "error":
+        raise RuntimeError(f"solver {solver!r} returned no solution (termination: {out['termination']})")
+
+
+def _dinkelbach(fp: FractionalProblem, solver: str, time_limit: float | None, tol: float, max_iter: int,
+                start: float) -> SearchResult:
+    pyo = _pyo()
+    # One model; only the objective N − λD changes between iterations (unpruned: dominance depends on λ).
+    model = MilpModel(fp.problem, "compact", minimise=fp.numerator, prune=False)
+    m, idx = model.model, model.idx
+    lam, best, history, solver_seconds, status = 0.0, None, [], 0.0, "optimal"
+    for iteration in range(1, max_iter + 1):
+        table = _combined(fp.numerator, fp.denominator, lam)
+        m.del_component(m.obj)
+        m.obj = pyo.Objective(expr=_linear_expr(pyo, table, idx, m.w, m.beta, offset=False), sense=pyo.minimize)
+        model.offset = table.constant + sum(table.depth[s, 0] for s in idx.fixed_depth)
+        spread = max(table.extreme(largest=True)[0] - table.extreme()[0], 1e-300)
+        out = model.solve(solver, time_limit=time_limit, abs_gap=1e-10 * spread)
+        _raise_if_infeasible(fp, out, solver)
+        solver_seconds += out["solver_seconds"]
+        if out["status"] != "optimal":
+            status = "feasible"
+        ratio = float(fp.ratio(out["configs"], out["depths"]))
+        history.append(ratio)
+        improved = best is None or ratio < best[0] - tol * max(1.0, abs(best[0]))
+        if best is None or ratio < best[0]:
+            best = (ratio, out["configs"], out["depths"])
+        # F(λ) = min N − λD = 0 at the optimal ratio: no arch improves on λ any more.
+        if not improved:
+            break
+        lam = ratio
+    else:
+        status = "feasible"  # iteration cap reached without the certificate F(λ) = 0
+    details = {"build_seconds": model.build_seconds, "solver_seconds": solver_seconds, "iterations": len(history),
+               "ratios": history}
+    return fp.result(best[1], best[2], method="dinkelbach", solver=solver, start=start, status=status, details=details)
+
+
+def _brute_force(fp: FractionalProblem, start: float) -> SearchResult:
+    p = fp.problem
+    configs, depths = enumerate_indices(p.staged)
+    configs = p.complete_configs(configs)
+    _, resources = p.evaluate(configs, depths)
+    ok = p.feasible(resources) if p.num_limits else np.ones(len(depths), dtype=bool)
+    if not ok.any():
+        _brute_force_diagnosis(p, resources)
+    ratios = np.where(ok, fp.ratio(configs, depths), np.inf)
+    k = int(np.argmin(ratios))
+    return fp.result(configs[k], depths[k], method="brute_force", solver=None, start=start,
+                     details={"evaluations": int(len(depths))})
+
+
+def _brute_force_diagnosis(p: ConstrainedProblem, resources: np.ndarray) -> None:
+    """The smallest (largest) value of each violated bound over archs meeting the other limits."""
+    for k, lim in enumerate(p.limits):
+        others = [i for i in range(p.num_limits) if i != k]
+        rest = np.all((resources[:, others] <= p.upper[others] + 1e-7) & (resources[:, others] >= p.lower[others] - 1e-7), -1)
+        if not rest.any():
+            continue
+        values = resources[rest, k]
+        unit = f" {lim.table.unit}" if lim.table.unit else ""
+        if lim.upper is not None and values.min() > lim.upper + 1e-7:
+            raise InfeasibleError(
+                f"no arch meets {lim.name} <= {lim.upper!r}{unit} together with the other limits: the smallest achievable "
+                f"{lim.name} subject to the other limits is {float(values.min())!r}{unit}", lim.name, "upper", lim.upper,
+                float(values.min()))
+        if lim.lower is not None and values.max() < lim.lower - 1e-7:
+            raise InfeasibleError(
+                f"no arch meets {lim.name} >= {lim.lower!r}{unit} together with the other limits: the largest achievable "
+                f"{lim.name} subject to the other limits is {float(values.max())!r}{unit}", lim.name, "lower", lim.lower,
+                float(values.max()))
+    raise InfeasibleError("no arch meets the limits together, although each bound alone is reachable subject to the others")
