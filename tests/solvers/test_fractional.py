@@ -119,7 +119,7 @@ def _active(staged, arch, label):
 def test_bad_arguments_are_named(inst):
     _, staged, penalty, flops, (lat, _), _ = fractional_instance(inst, 1)
     zero = BilinearTable(staged, flops.constant - flops.extreme()[0] - 0.5, flops.block, flops.depth, name="flops")
-    with pytest.raises(ValueError, match="`denominator` 'flops' must be positive.*smallest value is -0.5"):
+    with pytest.raises(ValueError, match="`denominator` 'flops' must be positive.*smallest value is -0.(5|4999)"):
         solve_fractional(penalty, zero)
     with pytest.raises(ValueError, match="`scale` must be positive"):
         solve_fractional(penalty, flops, scale=0.0)
