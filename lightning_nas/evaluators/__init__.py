@@ -1,5 +1,5 @@
 """Evaluators: what a search strategy's proposals are measured with (a table lookup or real training)."""
 
-from lightning_nas.evaluators.tabular import TabularBenchmark
+from lightning_nas.evaluators.tabular import NB201_COST_COLUMNS, TabularBenchmark, TabularEvaluator
 
-__all__ = ["TabularBenchmark"]
+__all__ = ["NB201_COST_COLUMNS", "TabularBenchmark", "TabularEvaluator"]

@@ -23,10 +23,15 @@ import numpy as np
 from lightning_nas.spaces.nb201 import nb201_from_op_code, nb201_from_string, nb201_op_code, nb201_search_space
 from lightning_nas.spaces.search_space import SearchSpace
 
-__all__ = ["TabularBenchmark"]
+__all__ = ["NB201_COST_COLUMNS", "TabularBenchmark", "TabularEvaluator"]
 
 #: Columns that identify an architecture rather than measure it.
 KEY_COLUMNS: tuple[str, ...] = ("arch_str", "op_code")
+#: The cost columns of the NB201 CIFAR-10 table: parameters [M], FLOPs [M], device latencies [ms], energy [mJ].
+NB201_COST_COLUMNS: tuple[str, ...] = (
+    "c10_params_M", "c10_flops_M", "lat_ms_raspi4", "lat_ms_pixel3", "lat_ms_fpga", "lat_ms_eyeriss",
+    "lat_ms_1080ti_1", "lat_ms_1080ti_32", "lat_ms_gold_6226", "energy_mJ_fpga",
+)
 
 
 class TabularBenchmark:
@@ -182,6 +187,76 @@ class TabularBenchmark:
         values[~allowed] = -np.inf if maximize else np.inf
         i = int(np.argmax(values) if maximize else np.argmin(values))
         return dict(self._archs[i]), float(values[i])
+
+
+class TabularEvaluator:
+    """A search evaluator that looks metrics up in a :class:`TabularBenchmark` instead of training.
+
+    ``evaluator(arch, fidelity)`` returns ``valid_accuracy`` (the objective strategies select by) and
+    ``test_accuracy`` at ``fidelity`` epochs, plus every cost column under its own name.
+    ``test_accuracy`` is in :attr:`report_only`: the driver stores it but never shows it to a strategy.
+    The defaults fit the NB201 CIFAR-10 table (fidelities 12 and 200 epochs).
+
+    Args:
+        benchmark: the table.
+        valid_columns: ``{fidelity (epochs): validation-accuracy column}``.
+        test_columns: ``{fidelity: test-accuracy column}`` (for reporting); fidelities without one
+            report NaN.
+        cost_columns: columns returned as costs (also by :meth:`costs`, which charges no epochs).
+
+    Raises:
+        KeyError: a named column is not in the table.
+    """
+
+    report_only: tuple[str, ...] = ("test_accuracy",)
+
+    def __init__(self, benchmark: TabularBenchmark, *,
+                 valid_columns: Mapping[float, str] | None = None,
+                 test_columns: Mapping[float, str] | None = None,
+                 cost_columns: Sequence[str] = NB201_COST_COLUMNS) -> None:
+        if not isinstance(benchmark, TabularBenchmark):
+            raise ValueError(f"`benchmark` must be a TabularBenchmark, got {type(benchmark).__name__}")
+        self.benchmark = benchmark
+        valid = {12: "c10_valid_12", 200: "c10_valid_200"} if valid_columns is None else valid_columns
+        test = {12: "c10_test_12", 200: "c10_test_200"} if test_columns is None else test_columns
+        if not valid:
+            raise ValueError("`valid_columns` needs at least one {fidelity: column} entry")
+        self.valid_columns = {float(f): c for f, c in valid.items()}
+        self.test_columns = {float(f): c for f, c in test.items()}
+        self.cost_columns = tuple(cost_columns)
+        for column in (*self.valid_columns.values(), *self.test_columns.values(), *self.cost_columns):
+            benchmark.column(column)  # KeyError naming the column and the table's columns
+        self.full_fidelity = max(self.valid_columns)
+
+    @property
+    def fidelities(self) -> list[float]:
+        """The fidelities (epochs) the table has validation accuracies for, ascending."""
+        return sorted(self.valid_columns)
+
+    def costs(self, arch: Mapping[str, Any]) -> dict[str, float]:
+        """The cost columns of ``arch`` (zero-cost metrics: known without training)."""
+        i = self.benchmark.index(arch)
+        return {c: float(self.benchmark.column(c)[i]) for c in self.cost_columns}
+
+    def __call__(self, arch: Mapping[str, Any], fidelity: float | None = None) -> dict[str, float]:
+        """Metrics of ``arch`` at ``fidelity`` epochs (default: the full fidelity).
+
+        Raises:
+            ValueError: ``fidelity`` has no validation column.
+        """
+        fidelity = self.full_fidelity if fidelity is None else float(fidelity)
+        if fidelity not in self.valid_columns:
+            raise ValueError(f"`fidelity` {fidelity:g} has no validation column; allowed: {self.fidelities}")
+        i = self.benchmark.index(arch)
+        test = self.test_columns.get(fidelity)
+        return {
+            "valid_accuracy": float(self.benchmark.column(self.valid_columns[fidelity])[i]),
+            "test_accuracy": float(self.benchmark.column(test)[i]) if test else math.nan,
+            **{c: float(self.benchmark.column(c)[i]) for c in self.cost_columns},
+        }
+
+    def __repr__(self) -> str:
+        return f"TabularEvaluator({self.benchmark!r}, fidelities={self.fidelities})"
 
 
 def _parse_arch(record: Mapping[str, str], where: str) -> dict[str, str]:

@@ -1,0 +1,25 @@
+"""Black-box search strategies behind one ask/tell interface, a driver with budgets, and storage."""
+
+from lightning_nas.strategies.base import Constraint, Observation, Proposal, Strategy
+from lightning_nas.strategies.driver import Budget, EvaluationError, run_search
+from lightning_nas.strategies.evolution import RegularizedEvolution
+from lightning_nas.strategies.random_search import RandomSearch
+from lightning_nas.strategies.results import SearchResults, pareto_mask
+from lightning_nas.strategies.storage import MemoryStorage, SQLiteStorage, Storage
+
+__all__ = [
+    "Budget",
+    "Constraint",
+    "EvaluationError",
+    "MemoryStorage",
+    "Observation",
+    "Proposal",
+    "RandomSearch",
+    "RegularizedEvolution",
+    "SQLiteStorage",
+    "SearchResults",
+    "Storage",
+    "Strategy",
+    "pareto_mask",
+    "run_search",
+]

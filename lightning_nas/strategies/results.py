@@ -1,0 +1,113 @@
+"""The results of a search: a table of trials, the best architecture and the Pareto front."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lightning_nas.strategies.base import rank_key
+from lightning_nas.strategies.storage import DONE, TrialRecord
+
+__all__ = ["SearchResults", "pareto_mask"]
+
+
+def pareto_mask(points: np.ndarray) -> np.ndarray:
+    """Non-dominated rows of ``points`` ``(N, K)``, every column to *minimise*; ``bool (N,)``.
+
+    A row is dominated when another row is no worse in every column and better in one. Duplicates
+    of a non-dominated row are all kept.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2:
+        raise ValueError(f"`points` must be 2-D (N, K), got shape {points.shape}")
+    no_worse = (points[:, None, :] <= points[None, :, :]).all(-1)  # [j, i]: j no worse than i
+    better = (points[:, None, :] < points[None, :, :]).any(-1)
+    return ~(no_worse & better).any(0)
+
+
+class SearchResults:
+    """The trials of a search, in trial-number order.
+
+    Args:
+        records: the stored trials.
+        objective: name of the objective metric.
+        maximize: whether the objective is maximised.
+        full_fidelity: the evaluator's full fidelity (epochs), for equivalent-evaluation accounting.
+    """
+
+    def __init__(self, records: Sequence[TrialRecord], *, objective: str, maximize: bool, full_fidelity: float) -> None:
+        self.records = list(records)
+        self.objective = objective
+        self.maximize = maximize
+        self.full_fidelity = float(full_fidelity)
+
+    @property
+    def done(self) -> list[TrialRecord]:
+        """The finished trials."""
+        return [r for r in self.records if r.state == DONE]
+
+    def __len__(self) -> int:
+        return len(self.done)
+
+    @property
+    def equivalent_evaluations(self) -> float:
+        """Epochs spent on finished trials divided by the epochs of one full evaluation."""
+        return float(sum(r.fidelity for r in self.done) / self.full_fidelity)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat dict per finished trial (``number``, ``fidelity``, the arch's labels, every metric,
+        ``feasible``, ``violation``, ``seconds``, ``equivalent_evaluations`` so far): ``pd.DataFrame(rows)``."""
+        out, spent = [], 0.0
+        for r in self.done:
+            spent += r.fidelity / self.full_fidelity
+            row = {"number": r.number, "fidelity": r.fidelity, **r.arch, **r.metrics}
+            row.update(feasible=bool(r.violation <= 0.0), violation=r.violation, seconds=r.seconds,
+                       equivalent_evaluations=spent)
+            out.append(row)
+        return out
+
+    def to_pandas(self):
+        """The :meth:`rows` as a ``pandas.DataFrame``."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows())
+
+    def best(self, fidelity: float | None = None) -> TrialRecord | None:
+        """The best finished trial by the objective (feasible first, then least violation), among those
+        at ``fidelity`` (default: the highest fidelity evaluated)."""
+        done = self.done
+        if not done:
+            return None
+        fidelity = max(r.fidelity for r in done) if fidelity is None else fidelity
+        at = [r for r in done if r.fidelity == fidelity]
+        return max(at, key=lambda r: rank_key(r.value, r.violation)) if at else None
+
+    def best_arch(self) -> dict[str, Any] | None:
+        best = self.best()
+        return None if best is None else dict(best.arch)
+
+    def pareto_front(self, costs: Sequence[str], fidelity: float | None = None) -> list[TrialRecord]:
+        """Trials not dominated in (objective, each cost in ``costs`` — costs minimised), among finished
+        trials at ``fidelity`` (default: the highest evaluated), sorted by the first cost.
+
+        Raises:
+            KeyError: a cost is not among a trial's metrics.
+        """
+        done = self.done
+        if not done:
+            return []
+        fidelity = max(r.fidelity for r in done) if fidelity is None else fidelity
+        at = [r for r in done if r.fidelity == fidelity]
+        for r in at:
+            missing = [c for c in costs if c not in r.metrics]
+            if missing:
+                raise KeyError(f"costs {missing} are not among the metrics {sorted(r.metrics)} of trial {r.number}")
+        points = np.array([[-r.value, *(r.metrics[c] for c in costs)] for r in at], dtype=np.float64)
+        keep = pareto_mask(points)
+        front = [r for r, k in zip(at, keep) if k]
+        return sorted(front, key=lambda r: (r.metrics[costs[0]] if costs else 0.0, -r.value))
+
+    def __repr__(self) -> str:
+        return f"SearchResults({len(self)} finished trials, objective={self.objective!r})"

@@ -1,0 +1,60 @@
+"""A small synthetic search problem with a known optimum (importable by subprocess scripts)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from typing import Any
+
+import numpy as np
+
+from lightning_nas.spaces.search_space import Decision, SearchSpace
+
+
+def synthetic_space(n_layers: int = 4, n_values: int = 4) -> SearchSpace:
+    return SearchSpace([Decision(f"l{i}", tuple(range(n_values)), 0) for i in range(n_layers)])
+
+
+class SyntheticEvaluator:
+    """Accuracy: per-layer scores plus an interaction of neighbouring layers; cost: additive per layer.
+
+    The low fidelity (``fidelity < full_fidelity``) is a damped, slightly reordered version of the
+    accuracy, as short training is.
+    """
+
+    full_fidelity = 10.0
+    report_only = ("test_accuracy",)
+
+    def __init__(self, n_layers: int = 4, n_values: int = 4, seed: int = 0, delay: float = 0.0) -> None:
+        rng = np.random.default_rng(seed)
+        self.n_layers, self.n_values, self.delay = n_layers, n_values, delay
+        self.score = rng.normal(size=(n_layers, n_values))
+        self.pair = 0.5 * rng.normal(size=(n_layers - 1, n_values, n_values))
+        self.layer_cost = rng.uniform(1.0, 3.0, size=(n_layers, n_values)).round(3)
+        self.noise = 0.3 * rng.normal(size=(n_values,) * n_layers)
+
+    def accuracy(self, arch: dict[str, Any]) -> float:
+        v = [int(arch[f"l{i}"]) for i in range(self.n_layers)]
+        total = sum(self.score[i, x] for i, x in enumerate(v))
+        total += sum(self.pair[i, v[i], v[i + 1]] for i in range(self.n_layers - 1))
+        return float(total)
+
+    def costs(self, arch: dict[str, Any]) -> dict[str, float]:
+        return {"cost": float(sum(self.layer_cost[i, int(arch[f"l{i}"])] for i in range(self.n_layers)))}
+
+    def __call__(self, arch: dict[str, Any], fidelity: float) -> dict[str, float]:
+        if self.delay:
+            time.sleep(self.delay)
+        acc = self.accuracy(arch)
+        if fidelity < self.full_fidelity:
+            idx = tuple(int(arch[f"l{i}"]) for i in range(self.n_layers))
+            acc = 0.8 * acc + float(self.noise[idx])
+        return {"accuracy": acc, "test_accuracy": acc + 0.01, **self.costs(arch)}
+
+    def all_archs(self) -> list[dict[str, int]]:
+        return [{f"l{i}": v for i, v in enumerate(c)}
+                for c in itertools.product(range(self.n_values), repeat=self.n_layers)]
+
+    def optimum(self, max_cost: float = math.inf) -> float:
+        return max(self.accuracy(a) for a in self.all_archs() if self.costs(a)["cost"] <= max_cost)

@@ -1,0 +1,211 @@
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_nas.strategies.base import Constraint, Proposal, Strategy
+from lightning_nas.strategies.driver import Budget, EvaluationError, run_search
+from lightning_nas.strategies.evolution import RegularizedEvolution
+from lightning_nas.strategies.random_search import RandomSearch
+from lightning_nas.strategies.results import pareto_mask
+from lightning_nas.strategies.storage import SQLiteStorage
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic import SyntheticEvaluator, synthetic_space  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+def evolution(seed: int = 3) -> RegularizedEvolution:
+    return RegularizedEvolution(synthetic_space(), seed=seed, population=6, sample=3)
+
+
+def test_budget_in_evaluations_and_results_table() -> None:
+    results = run_search(evolution(), SyntheticEvaluator(), objective="accuracy", budget=Budget(evaluations=15))
+    assert len(results) == 15
+    rows = results.rows()
+    assert [r["number"] for r in rows] == list(range(15))
+    assert set(rows[0]) >= {"l0", "l3", "accuracy", "test_accuracy", "cost", "feasible", "equivalent_evaluations"}
+    assert rows[-1]["equivalent_evaluations"] == pytest.approx(15.0)
+    frame = results.to_pandas()
+    assert frame.shape[0] == 15 and frame["accuracy"].max() == pytest.approx(results.best().value)
+    assert results.best_arch() == results.best().arch
+
+
+class FixedFidelity(Strategy):
+    """Proposes random archs at a fixed fidelity (to test the equivalent-evaluation budget)."""
+
+    def __init__(self, space, fidelity: float) -> None:
+        super().__init__(space)
+        self.fidelity = fidelity
+
+    def ask(self, n: int = 1) -> list[Proposal]:
+        return [Proposal(self.random_arch(), self.fidelity) for _ in range(n)]
+
+
+def test_budget_in_equivalent_evaluations() -> None:
+    results = run_search(FixedFidelity(synthetic_space(), 2.5), SyntheticEvaluator(), objective="accuracy",
+                         budget=Budget(equivalent_evaluations=3.0))
+    assert len(results) == 12  # 12 × 2.5 / 10 epochs = 3 equivalent evaluations
+    assert results.equivalent_evaluations == pytest.approx(3.0)
+
+
+def test_budget_in_seconds() -> None:
+    start = time.perf_counter()
+    results = run_search(evolution(), SyntheticEvaluator(delay=0.02), objective="accuracy", budget=Budget(seconds=0.3))
+    assert time.perf_counter() - start < 2.0
+    assert 3 <= len(results) <= 20
+
+
+def test_minimise_and_constraints() -> None:
+    strategy = RandomSearch(synthetic_space(), seed=1, constraints=[Constraint("cost", upper=7.0)])
+    results = run_search(strategy, SyntheticEvaluator(), objective="cost", maximize=False, budget=Budget(evaluations=30))
+    best = results.best()
+    assert best.value == -best.metrics["cost"]
+    assert best.metrics["cost"] == min(r.metrics["cost"] for r in results.done)
+    for r in results.done:
+        assert (r.violation == 0.0) == (r.metrics["cost"] <= 7.0)
+
+
+def test_strategy_exhaustion_ends_the_search() -> None:
+    space = synthetic_space(n_layers=2, n_values=3)
+    results = run_search(RandomSearch(space, seed=0), SyntheticEvaluator(2, 3), objective="accuracy",
+                         budget=Budget(evaluations=100))
+    assert len(results) == 9
+    assert len({tuple(r.arch.values()) for r in results.done}) == 9
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), min_size=1, max_size=12))
+def test_pareto_mask_matches_brute_force(points: list[tuple[int, int]]) -> None:
+    array = np.array(points, dtype=float)
+    mask = pareto_mask(array)
+    for i, p in enumerate(array):
+        dominated = any((q <= p).all() and (q < p).any() for q in array)
+        assert mask[i] == (not dominated)
+
+
+def test_pareto_front_of_results() -> None:
+    results = run_search(RandomSearch(synthetic_space(), seed=0), SyntheticEvaluator(), objective="accuracy",
+                         budget=Budget(evaluations=40))
+    front = results.pareto_front(["cost"])
+    assert front and all(a.metrics["cost"] <= b.metrics["cost"] for a, b in zip(front, front[1:]))
+    assert all(a.value < b.value for a, b in zip(front, front[1:]))  # more cost only for more accuracy
+    for r in results.done:
+        assert not any(f.value > r.value and f.metrics["cost"] < r.metrics["cost"] for f in front) or r not in front
+    with pytest.raises(KeyError, match="not among the metrics"):
+        results.pareto_front(["latency"])
+
+
+def test_resume_in_process_equals_one_run(tmp_path: Path) -> None:
+    straight = run_search(evolution(), SyntheticEvaluator(), objective="accuracy", budget=Budget(evaluations=20))
+    db = tmp_path / "search.db"
+    first = run_search(evolution(), SyntheticEvaluator(), objective="accuracy", budget=Budget(evaluations=8), storage=db)
+    assert len(first) == 8
+    resumed = run_search(evolution(), SyntheticEvaluator(), objective="accuracy", budget=Budget(evaluations=20),
+                         storage=db)
+    assert [r.arch for r in resumed.done] == [r.arch for r in straight.done]
+    assert [r.value for r in resumed.done] == [r.value for r in straight.done]
+
+
+def test_storage_refuses_another_search(tmp_path: Path) -> None:
+    db = tmp_path / "search.db"
+    run_search(evolution(), SyntheticEvaluator(), objective="accuracy", budget=Budget(evaluations=2), storage=db)
+    with pytest.raises(ValueError, match="holds another search"):
+        run_search(evolution(seed=4), SyntheticEvaluator(), objective="accuracy", budget=Budget(evaluations=4),
+                   storage=db)
+    (tmp_path / "junk.db").write_text("not a database, just text" * 100)
+    with pytest.raises(ValueError, match="not a search storage file"):
+        SQLiteStorage(tmp_path / "junk.db")
+
+
+class FailOnce:
+    """Raises on the first call in this process, then behaves like the synthetic evaluator."""
+
+    full_fidelity = 10.0
+
+    def __init__(self) -> None:
+        self.inner, self.failed = SyntheticEvaluator(), False
+
+    def __call__(self, arch, fidelity):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("worker lost")
+        return self.inner(arch, fidelity)
+
+
+def test_failed_evaluation_is_stored_and_retried(tmp_path: Path) -> None:
+    db = tmp_path / "search.db"
+    evaluator = FailOnce()
+    with pytest.raises(EvaluationError, match="trial 0 .* failed: RuntimeError: worker lost"):
+        run_search(evolution(), evaluator, objective="accuracy", budget=Budget(evaluations=5), storage=db)
+    stored = SQLiteStorage(db).trials()
+    assert stored[0].state == "failed" and "worker lost" in stored[0].error
+    results = run_search(evolution(), evaluator, objective="accuracy", budget=Budget(evaluations=5), storage=db)
+    assert [r.number for r in results.done] == [0, 1, 2, 3, 4]
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="Budget needs"):
+        Budget()
+    with pytest.raises(ValueError, match="`evaluations` must be an int >= 1"):
+        Budget(evaluations=0)
+    with pytest.raises(ValueError, match="`seconds` must be a positive"):
+        Budget(seconds=math.inf)
+    with pytest.raises(ValueError, match="`n_workers`"):
+        run_search(evolution(), SyntheticEvaluator(), objective="accuracy", budget=Budget(evaluations=1), n_workers=0)
+    with pytest.raises(ValueError, match="full_fidelity"):
+        run_search(evolution(), lambda a, f: {}, objective="accuracy", budget=Budget(evaluations=1))
+    with pytest.raises(ValueError, match="objective 'acc' is not among"):
+        run_search(evolution(), SyntheticEvaluator(), objective="acc", budget=Budget(evaluations=1))
+    with pytest.raises(ValueError, match="needs `upper` and/or `lower`"):
+        Constraint("cost")
+    with pytest.raises(ValueError, match="exceeds `upper`"):
+        Constraint("cost", upper=1.0, lower=2.0)
+
+
+def _done_count(db: Path) -> int:
+    try:
+        with sqlite3.connect(str(db), timeout=5.0) as con:
+            return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'done'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_kill_9_and_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    budget = 24
+    db = tmp_path / "search.db"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    script = [sys.executable, str(HERE / "resume_script.py"), str(db)]
+    proc = subprocess.Popen([*script, str(budget), "0.05"], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while _done_count(db) < 8 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the search finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = _done_count(db)
+    assert 8 <= killed_at < budget
+    subprocess.run([*script, str(budget), "0"], env=env, check=True, timeout=60)
+    resumed = SQLiteStorage(db).trials()
+    assert [r.number for r in resumed] == list(range(budget))
+    assert all(r.state == "done" for r in resumed)
+    straight = run_search(evolution(), SyntheticEvaluator(), objective="accuracy", budget=Budget(evaluations=budget))
+    assert [r.arch for r in resumed] == [r.arch for r in straight.done]
+    assert len({tuple(r.arch.values()) for r in resumed}) == budget  # no arch evaluated twice
