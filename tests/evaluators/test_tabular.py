@@ -119,3 +119,24 @@ def test_full_nb201_table() -> None:
     arch, best = bench.best("c10_test_200")
     assert best == pytest.approx(94.37, abs=0.01)
     assert bench.value(arch, "index") == 6111
+
+
+def test_tabular_evaluator(tmp_path: Path) -> None:
+    from lightning_nas.evaluators.tabular import TabularEvaluator
+
+    path = write_table(tmp_path / "t.csv", ["000000", "334131"], c10_valid_12=[5.0, 80.0], c10_valid_200=[10.0, 91.0],
+                       c10_test_200=[11.0, 93.0], lat=[1.0, 4.0])
+    bench = TabularBenchmark.from_csv(path)
+    evaluator = TabularEvaluator(bench, test_columns={200: "c10_test_200"}, cost_columns=["lat"])
+    arch = nb201_from_op_code("334131")
+    assert evaluator.full_fidelity == 200 and evaluator.fidelities == [12, 200]
+    assert evaluator(arch, 200) == {"valid_accuracy": 91.0, "test_accuracy": 93.0, "lat": 4.0}
+    low = evaluator(arch, 12)
+    assert low["valid_accuracy"] == 80.0 and np.isnan(low["test_accuracy"])
+    assert evaluator(arch) == evaluator(arch, 200)
+    assert evaluator.costs(arch) == {"lat": 4.0}
+    assert evaluator.report_only == ("test_accuracy",)
+    with pytest.raises(ValueError, match=r"`fidelity` 50 has no validation column; allowed: \[12.0, 200.0\]"):
+        evaluator(arch, 50)
+    with pytest.raises(KeyError, match="unknown column 'c10_test_12'"):
+        TabularEvaluator(bench)
