@@ -3,6 +3,7 @@
 from lightning_nas.strategies.base import Constraint, Observation, Proposal, Strategy
 from lightning_nas.strategies.driver import Budget, EvaluationError, run_search
 from lightning_nas.strategies.evolution import RegularizedEvolution
+from lightning_nas.strategies.layernas import LayerNAS, cost_bucket
 from lightning_nas.strategies.random_search import RandomSearch
 from lightning_nas.strategies.results import SearchResults, pareto_mask
 from lightning_nas.strategies.storage import MemoryStorage, SQLiteStorage, Storage
@@ -11,6 +12,7 @@ __all__ = [
     "Budget",
     "Constraint",
     "EvaluationError",
+    "LayerNAS",
     "MemoryStorage",
     "Observation",
     "Proposal",
@@ -21,5 +23,6 @@ __all__ = [
     "Storage",
     "Strategy",
     "pareto_mask",
+    "cost_bucket",
     "run_search",
 ]
