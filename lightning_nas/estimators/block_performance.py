@@ -1,0 +1,513 @@
+"""MathNAS block-performance estimation (Algorithm 1 and Eq. 3) and its network predictor (Eq. 5).
+
+A *node* is a decision of a :class:`~lightning_nas.spaces.staged.StagedSpace`: every block position
+``(s, b)`` (its ``C`` configurations are the node's options) and every stage depth with more than one
+option (Eq. 9's "stop": the blocks past the depth select nothing). Spaces without stages, such as
+the NB201 cell (6 edges × 5 operations), become one stage of fixed depth with
+:func:`nodes_as_stage`.
+
+The block performance of option ``j`` of node ``i`` is, for every metric ``X`` the evaluator
+returns (accuracy, latency, energy, FLOPs...), MathNAS's *reference minus switched*::
+
+    b^X_ij = X(N[i ← reference option]) − X(N[i ← j])      (b^X of the reference option is 0)
+
+so a positive ``b^A`` loses accuracy and a positive ``b^L`` saves latency. Two ways to choose the
+host networks ``N``:
+
+* :func:`estimate_block_performance` (Algorithm 1, ``O(m·n)`` evaluations): one host, ``N^avg``,
+  whose every node takes the option whose FLOPs are closest to that node's mean.
+* :func:`estimate_block_performance_sampled` (Eq. 3): the average over ``k`` random hosts, or over
+  every host (``num_hosts="all"``, the full-sample definition; tabular benchmarks).
+
+Two adjustments keep the additive decomposition consistent with variable depth: a block is measured
+in a host where it runs (its stage's depth raised to reach it when needed), and a depth option is
+measured with its stage's blocks at their reference configurations (so the depth term carries the
+removal of the tail, as MathNAS's stop blocks do, and block terms are not counted twice).
+
+Predictions (Eq. 5): ``X(N) = X(Ñ) − Σ_i b^X_{i,J_i}`` for latency, energy and any additive metric,
+and ``Acc(N) = Acc(Ñ) − Σ_i b^A_{i,J_i} · F̄_{i,J_i} / F(N)`` (the FLOPs-reciprocal law; ``F̄_ij``
+is the mean FLOPs of the networks containing option ``j`` of node ``i``), or the plain additive
+``Acc(Ñ) − Σ b^A``. :meth:`BlockPerformance.search` maximises either exactly under limits (the
+reciprocal law through :func:`~lightning_nas.solvers.fractional.solve_fractional`).
+
+Example::
+
+    flops = build_flops_table(supernet, (3, 32, 32))
+    perf = estimate_block_performance(supernet_evaluator(supernet, val_loader), flops)
+    predictor = perf.predictor()                      # Eq. 5
+    best = perf.search(Limit(latency_table, upper=2.0))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from lightning_nas.bilinear import BilinearTable, _structure
+from lightning_nas.seeding import derive_generator
+from lightning_nas.spaces.search_space import SearchSpace
+from lightning_nas.spaces.staged import Stage, StagedSpace
+
+__all__ = [
+    "LAWS",
+    "BlockPerformance",
+    "Evaluator",
+    "MathNASPredictor",
+    "estimate_block_performance",
+    "estimate_block_performance_sampled",
+    "mean_flops",
+    "nodes_as_stage",
+    "supernet_evaluator",
+    "tabular_evaluator",
+]
+
+LAWS = ("reciprocal", "additive")
+
+#: ``archs -> {metric: (N,) values}``; must return ``"accuracy"`` (and ``"flops"`` when no FLOPs table is given).
+Evaluator = Callable[[Sequence[Mapping[str, Any]]], Mapping[str, Any]]
+
+
+# -- node views ------------------------------------------------------------------------------------
+def nodes_as_stage(space: SearchSpace, labels: Sequence[str] | None = None) -> StagedSpace:
+    """A :class:`StagedSpace` with one stage of fixed depth whose blocks are the decisions ``labels``.
+
+    For spaces whose nodes are plain labelled decisions (the NB201 edges, ``OpChoice`` s of a
+    ``Supernet``). Labels not listed are free (taken from the reference arch).
+
+    Raises:
+        ValueError: unknown labels, or decisions with different numbers of options.
+    """
+    labels = list(space.labels if labels is None else labels)
+    if not labels:
+        raise ValueError("`labels` must name at least one decision")
+    unknown = [lab for lab in labels if lab not in space.labels]
+    if unknown:
+        raise ValueError(f"`labels` {unknown!r} are not decisions of the space; labels: {space.labels!r}")
+    counts = {lab: len(space[lab].values) for lab in labels}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"every node must have the same number of options, got {counts}")
+    stage = Stage(None, (len(labels),), tuple((lab,) for lab in labels),
+                  tuple(tuple((v,) for v in space[lab].values) for lab in labels))
+    return StagedSpace(space, [stage])
+
+
+def _nodes(staged: StagedSpace) -> tuple[list[tuple[int, int]], list[int]]:
+    """Block nodes ``(s, b)`` that can run, and stages with a depth decision."""
+    blocks = [(s, b) for s, st in enumerate(staged.stages) for b in range(min(st.num_blocks, max(st.depths)))]
+    depths = [s for s, st in enumerate(staged.stages) if len(st.depths) > 1]
+    return blocks, depths
+
+
+# -- FLOPs means -------------------------------------------------------------------------------------
+def _stage_means(flops: BilinearTable) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Per stage: the mean FLOPs ``E_s``, ``E_s | depth j`` and ``E_s | block b has config c (and runs)``,
+    under independent uniform choices."""
+    staged = flops.staged
+    block_mean = flops.block.mean(-1)  # (S, D)
+    means, given_depth, given_block = [], [], []
+    for s, st in enumerate(staged.stages):
+        per_depth = np.array([flops.depth[s, j] + block_mean[s, :d].sum() for j, d in enumerate(st.depths)])
+        means.append(per_depth.mean())
+        given_depth.append(per_depth)
+        cond = np.zeros((staged.max_blocks, staged.num_configs))
+        for b in range(min(st.num_blocks, max(st.depths))):
+            reach = [j for j, d in enumerate(st.depths) if d > b]
+            cond[b] = per_depth[reach].mean() - block_mean[s, b] + flops.block[s, b]
+        given_block.append(cond)
+    return np.array(means), given_depth, given_block
+
+
+def mean_flops(flops: BilinearTable) -> tuple[float, np.ndarray, np.ndarray]:
+    """``F̄`` and the per-option means ``F̄_ij`` of a FLOPs table, exactly, for uniform independent choices.
+
+    Returns:
+        ``(F̄, block (S, D, C), depth (S, max_depth_options))``: the mean FLOPs of the space, and of
+        the networks in which block ``(s, b)`` runs with config ``c`` / stage ``s`` has depth option ``j``.
+    """
+    means, given_depth, given_block = _stage_means(flops)
+    total = flops.constant + means.sum()
+    staged = flops.staged
+    block = np.zeros_like(flops.block)
+    depth = np.zeros_like(flops.depth)
+    for s, st in enumerate(staged.stages):
+        block[s] = total - means[s] + given_block[s]
+        depth[s, : len(st.depths)] = total - means[s] + given_depth[s]
+    return float(total), block, depth
+
+
+# -- results -----------------------------------------------------------------------------------------
+@dataclass
+class BlockPerformance:
+    """Block performances ``b^X`` of every node option, and what the predictors need.
+
+    Attributes:
+        staged: the node structure.
+        reference: ``Ñ``, the arch of reference options (``b^X`` of its options is 0).
+        base: ``{metric: X(Ñ)}``.
+        deltas: ``{metric: BilinearTable}`` of ``b^X`` (``block`` (S, D, C), ``depth`` (S, nd), constant 0).
+        flops: absolute FLOPs table ``F(N)`` (given, or built from ``b^F`` around ``Ñ``).
+        host: ``N^avg`` for Algorithm 1, ``None`` for the sampled estimator.
+        evaluations: distinct archs evaluated.
+        method: ``"algorithm1"`` or ``"sampled"``.
+        details: method-specific facts (hosts, seed).
+    """
+
+    staged: StagedSpace
+    reference: dict[str, Any]
+    base: dict[str, float]
+    deltas: dict[str, BilinearTable]
+    flops: BilinearTable
+    host: dict[str, Any] | None
+    evaluations: int
+    method: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.deltas)
+
+    def _check_metric(self, metric: str) -> None:
+        if metric not in self.deltas:
+            raise ValueError(f"`metric` must be one of the evaluated metrics {self.metrics}, got {metric!r}")
+
+    def table(self, metric: str, *, name: str | None = None, unit: str = "") -> BilinearTable:
+        """The additive prediction ``X(Ñ) − Σ b^X`` as a table (a latency/energy :class:`Limit`'s table)."""
+        self._check_metric(metric)
+        d = self.deltas[metric]
+        return BilinearTable(self.staged, self.base[metric], -d.block, -d.depth, name=name or metric, unit=unit,
+                             metadata={"estimator": f"mathnas-{self.method}"})
+
+    def numerator(self, metric: str = "accuracy") -> BilinearTable:
+        """Eq. 5's numerator ``Σ b^A_ij F̄_ij`` as a table (over ``F(N)`` it is the accuracy lost against ``Ñ``)."""
+        self._check_metric(metric)
+        _, fb, fd = mean_flops(self.flops)
+        d = self.deltas[metric]
+        return BilinearTable(self.staged, 0.0, d.block * fb, d.depth * fd, name=f"{metric}_penalty")
+
+    def predictor(self, metric: str = "accuracy", law: str = "reciprocal") -> "MathNASPredictor":
+        """Eq. 5 (``law="reciprocal"``) or the plain additive predictor of ``metric``."""
+        return MathNASPredictor(self, metric, law)
+
+    def search(self, limits: Any = (), *, metric: str = "accuracy", law: str = "reciprocal",
+               method: str | None = None, solver: str = "appsi_highs", **options: Any):
+        """The arch maximising the predicted ``metric`` under ``limits``, exactly.
+
+        ``law="reciprocal"`` solves the linear-fractional program (``method`` ``"charnes_cooper"``
+        (default), ``"dinkelbach"`` or ``"brute_force"``); ``law="additive"`` the MILP of
+        :func:`~lightning_nas.solvers.search_constrained` (``method`` ``"milp"`` by default).
+        Returns a :class:`~lightning_nas.solvers.SearchResult` whose ``objective`` is the prediction.
+        """
+        _check_law(law)
+        if law == "additive":
+            from lightning_nas.solvers.search import search_constrained
+
+            return search_constrained(self.table(metric), limits, method=method or "milp", solver=solver,
+                                      base=self.reference, **options)
+        from lightning_nas.solvers.fractional import solve_fractional
+
+        return solve_fractional(self.numerator(metric), self.flops, limits, constant=self.base[metric],
+                                method=method or "charnes_cooper", solver=solver, base=self.reference, **options)
+
+
+def _check_law(law: str) -> None:
+    if law not in LAWS:
+        raise ValueError(f"`law` must be one of {LAWS}, got {law!r}")
+
+
+class MathNASPredictor:
+    """Predicts a metric of any arch from block performances (Eq. 5, or additive).
+
+    Args:
+        performance: the estimated block performances.
+        metric: which metric.
+        law: ``"reciprocal"`` (``X(Ñ) − Σ b^X F̄_ij / F(N)``) or ``"additive"`` (``X(Ñ) − Σ b^X``).
+    """
+
+    def __init__(self, performance: BlockPerformance, metric: str = "accuracy", law: str = "reciprocal") -> None:
+        _check_law(law)
+        performance._check_metric(metric)
+        self.performance, self.metric, self.law = performance, metric, law
+        self._additive = performance.table(metric)
+        self._numerator = performance.numerator(metric) if law == "reciprocal" else None
+
+    def predict_indices(self, configs: np.ndarray, depths: np.ndarray) -> np.ndarray:
+        """``(...)`` predictions for ``(..., S, D)`` configs and ``(..., S)`` depth indices."""
+        if self._numerator is None:
+            return self._additive.predict_indices(configs, depths)
+        flops = self.performance.flops.predict_indices(configs, depths)
+        return self.performance.base[self.metric] - self._numerator.predict_indices(configs, depths) / flops
+
+    def predict_many(self, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """``(N,)`` predictions."""
+        return self.predict_indices(*self.performance.staged.indices_many(archs))
+
+    def predict(self, arch: Mapping[str, Any]) -> float:
+        return float(self.predict_indices(*self.performance.staged.indices(arch)))
+
+    __call__ = predict
+
+
+# -- evaluation ---------------------------------------------------------------------------------------
+class _Measurements:
+    """Evaluates index-form archs through an evaluator, each distinct arch once."""
+
+    def __init__(self, evaluator: Evaluator, staged: StagedSpace, reference: Mapping[str, Any]) -> None:
+        if not callable(evaluator):
+            raise ValueError(f"`evaluator` must be callable (archs -> {{metric: values}}), got {type(evaluator).__name__}")
+        self.evaluator, self.staged, self.reference = evaluator, staged, dict(reference)
+        self.count = 0
+
+    def __call__(self, configs: np.ndarray, depths: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(depths)
+        active = self.staged.active(depths)
+        keys = np.concatenate([np.where(active, configs, -1).reshape(n, -1), depths], 1)
+        unique, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        archs = [self.staged.to_arch(configs[i], depths[i], base=self.reference) for i in first]
+        values = self.evaluator(archs)
+        if not isinstance(values, Mapping) or "accuracy" not in values:
+            raise ValueError(f"the evaluator must return a dict with an 'accuracy' entry, got {type(values).__name__}"
+                             + (f" with keys {sorted(values)}" if isinstance(values, Mapping) else ""))
+        out = {}
+        for name, v in values.items():
+            v = np.asarray(v, dtype=np.float64).ravel()
+            if v.shape != (len(archs),) or not np.isfinite(v).all():
+                raise ValueError(f"the evaluator's {name!r} must be {len(archs)} finite values (one per arch), got shape {v.shape}")
+            out[name] = v[inverse.ravel()]
+        self.count += len(archs)
+        return out
+
+
+def _resolve_reference(staged: StagedSpace, reference: Mapping[str, Any] | str | None) -> dict[str, Any]:
+    space = staged.space
+    if reference is None:
+        return space.default()
+    if isinstance(reference, str):
+        picks = {"first": 0, "last": -1}
+        if reference not in picks:
+            raise ValueError(f"`reference` must be an arch dict, 'first', 'last' or None (the default arch), got {reference!r}")
+        return {d.label: d.values[picks[reference]] for d in space}
+    return space.validate(reference)
+
+
+def _flops_table(flops: BilinearTable | None, measure: _Measurements, ref_c: np.ndarray, ref_d: np.ndarray,
+                 flops_metric: str) -> BilinearTable:
+    staged = measure.staged
+    if flops is not None:
+        if not isinstance(flops, BilinearTable):
+            raise ValueError(f"`flops` must be a BilinearTable or None, got {type(flops).__name__}")
+        if flops.staged is not staged and _structure(flops.staged) != _structure(staged):
+            raise ValueError(f"`flops` table {flops.name!r} was made for another node structure than the estimate")
+        return flops
+    # FLOPs add over blocks, so switching each node of Ñ measures them exactly.
+    configs, depths, slots = _switches(staged, ref_c, ref_d, ref_c, ref_d)
+    values = measure(configs, depths)
+    if flops_metric not in values:
+        raise ValueError(f"no `flops` table given and the evaluator returns no {flops_metric!r}; got {sorted(values)}")
+    deltas = _deltas(staged, values[flops_metric], slots)
+    base = float(values[flops_metric][0])
+    return BilinearTable(staged, base, -deltas.block, -deltas.depth, name="flops", unit="",
+                         metadata={"estimator": "switches around the reference"})
+
+
+def _switches(staged: StagedSpace, host_c: np.ndarray, host_d: np.ndarray, ref_c: np.ndarray, ref_d: np.ndarray):
+    """Archs of ``host`` with one node switched to each option, and with the reference option.
+
+    Returns ``(configs (N, S, D), depths (N, S), slots)``: row 0 is the host itself, ``slots`` lists
+    ``(kind, s, b_or_None, option, row, reference_row)``.
+    """
+    blocks, depth_nodes = _nodes(staged)
+    rows_c, rows_d, slots = [host_c.copy()], [host_d.copy()], []
+
+    def add(c, d):
+        rows_c.append(c)
+        rows_d.append(d)
+        return len(rows_c) - 1
+
+    for s, b in blocks:
+        st = staged.stages[s]
+        c, d = host_c.copy(), host_d.copy()
+        if st.depths[d[s]] <= b:  # the block must run in its host
+            d[s] = next(j for j, v in enumerate(st.depths) if v > b)
+        rows = []
+        for opt in range(staged.num_configs):
+            cc = c.copy()
+            cc[s, b] = opt
+            rows.append(add(cc, d.copy()))
+        slots += [("block", s, b, opt, rows[opt], rows[ref_c[s, b]]) for opt in range(len(rows))]
+    for s in depth_nodes:
+        c, d = host_c.copy(), host_d.copy()
+        c[s] = ref_c[s]  # the stage's blocks at their reference configs: the depth term is the tail alone
+        rows = []
+        for j in range(len(staged.stages[s].depths)):
+            dd = d.copy()
+            dd[s] = j
+            rows.append(add(c.copy(), dd))
+        slots += [("depth", s, None, j, rows[j], rows[ref_d[s]]) for j in range(len(rows))]
+    return np.stack(rows_c), np.stack(rows_d), slots
+
+
+def _deltas(staged: StagedSpace, values: np.ndarray, slots) -> BilinearTable:
+    block = np.zeros((staged.num_stages, staged.max_blocks, staged.num_configs))
+    depth = np.zeros((staged.num_stages, staged.max_depth_options))
+    for kind, s, b, opt, row, ref_row in slots:
+        delta = values[ref_row] - values[row]
+        if kind == "block":
+            block[s, b, opt] = delta
+        else:
+            depth[s, opt] = delta
+    return BilinearTable(staged, 0.0, block, depth, name="delta")
+
+
+def _average_host(flops: BilinearTable) -> tuple[np.ndarray, np.ndarray]:
+    """``N^avg``: per node the option whose FLOPs are closest to the node's mean (first on ties)."""
+    staged = flops.staged
+    _, given_depth, _ = _stage_means(flops)
+    configs = np.argmin(np.abs(flops.block - flops.block.mean(-1, keepdims=True)), -1)
+    configs = np.where(staged.block_exists(), configs, -1)
+    depths = np.array([int(np.argmin(np.abs(g - g.mean()))) for g in given_depth], dtype=np.int64)
+    return configs, depths
+
+
+def _finish(staged, reference, measure, flops, deltas_by_metric, base, host, method, details) -> BlockPerformance:
+    deltas = {name: BilinearTable(staged, 0.0, d.block, d.depth, name=f"b_{name}") for name, d in deltas_by_metric.items()}
+    return BlockPerformance(staged=staged, reference=reference, base=base, deltas=deltas, flops=flops,
+                            host=host, evaluations=measure.count, method=method, details=details)
+
+
+def estimate_block_performance(
+    evaluator: Evaluator,
+    staged: StagedSpace,
+    flops: BilinearTable | None = None,
+    *,
+    reference: Mapping[str, Any] | str | None = None,
+    flops_metric: str = "flops",
+) -> BlockPerformance:
+    """MathNAS Algorithm 1: every node option switched into one host network ``N^avg``.
+
+    Args:
+        evaluator: ``archs -> {metric: (N,) values}``, with ``"accuracy"`` (see
+            :func:`supernet_evaluator`, :func:`tabular_evaluator`).
+        staged: the node structure (``StagedSpace.from_space(space)`` or :func:`nodes_as_stage`).
+        flops: the absolute FLOPs table; when ``None``, ``b^F`` is measured by switching every
+            node of ``Ñ`` (the evaluator must then return ``flops_metric``).
+        reference: ``Ñ``: an arch, ``"first"`` / ``"last"`` option of every decision, or ``None``
+            (the space's default arch). Its options get ``b = 0``.
+        flops_metric: the evaluator's FLOPs entry (used when ``flops`` is ``None``).
+
+    Returns:
+        A :class:`BlockPerformance` with ``b^X`` for every metric the evaluator returns, from
+        ``1 + Σ_nodes options`` distinct evaluations (plus the FLOPs switches when measured).
+    """
+    reference = _resolve_reference(staged, reference)
+    measure = _Measurements(evaluator, staged, reference)
+    ref_c, ref_d = staged.indices(reference)
+    flops = _flops_table(flops, measure, ref_c, ref_d, flops_metric)
+    host_c, host_d = _average_host(flops)
+    host_c = np.where(ref_c >= 0, host_c, -1)
+    configs, depths, slots = _switches(staged, host_c, host_d, ref_c, ref_d)
+    ref_row = len(depths)
+    values = measure(np.concatenate([configs, ref_c[None]]), np.concatenate([depths, ref_d[None]]))
+    deltas = {name: _deltas(staged, v, slots) for name, v in values.items()}
+    base = {name: float(v[ref_row]) for name, v in values.items()}
+    host = staged.to_arch(host_c, host_d, base=reference)
+    return _finish(staged, reference, measure, flops, deltas, base, host, "algorithm1", {"host": host})
+
+
+def estimate_block_performance_sampled(
+    evaluator: Evaluator,
+    staged: StagedSpace,
+    flops: BilinearTable | None = None,
+    *,
+    num_hosts: int | str = 10,
+    seed: int = 0,
+    reference: Mapping[str, Any] | str | None = None,
+    flops_metric: str = "flops",
+    max_hosts: int = 100_000,
+) -> BlockPerformance:
+    """MathNAS Eq. 3: ``b^X_ij`` averaged over host networks drawn uniformly (or all of them).
+
+    Args:
+        num_hosts: ``k`` random hosts (seeded by ``seed``), or ``"all"`` for every arch of the
+            space as a host (the full-sample definition; at most ``max_hosts``).
+        evaluator, staged, flops, reference, flops_metric: as in :func:`estimate_block_performance`.
+
+    Returns:
+        A :class:`BlockPerformance` (``host=None``; ``details["hosts"]`` is the number of hosts).
+    """
+    reference = _resolve_reference(staged, reference)
+    measure = _Measurements(evaluator, staged, reference)
+    ref_c, ref_d = staged.indices(reference)
+    flops = _flops_table(flops, measure, ref_c, ref_d, flops_metric)
+    if num_hosts == "all":
+        from lightning_nas.solvers.fractional import enumerate_indices
+
+        hosts_c, hosts_d = enumerate_indices(staged, limit=max_hosts)
+    elif isinstance(num_hosts, int) and not isinstance(num_hosts, bool) and num_hosts >= 1:
+        g = derive_generator(seed, 6)
+        hosts_c = torch.randint(staged.num_configs, (num_hosts, staged.num_stages, staged.max_blocks), generator=g).numpy()
+        hosts_d = np.stack([torch.randint(len(st.depths), (num_hosts,), generator=g).numpy() for st in staged.stages], 1)
+    else:
+        raise ValueError(f"`num_hosts` must be a positive int or 'all', got {num_hosts!r}")
+    hosts_c = np.where(ref_c >= 0, hosts_c, -1)
+    all_c, all_d, all_slots = [ref_c[None]], [ref_d[None]], []
+    offset = 1
+    for hc, hd in zip(hosts_c, hosts_d):
+        configs, depths, slots = _switches(staged, hc, hd, ref_c, ref_d)
+        all_c.append(configs)
+        all_d.append(depths)
+        all_slots.append([(k, s, b, o, row + offset, ref + offset) for k, s, b, o, row, ref in slots])
+        offset += len(depths)
+    values = measure(np.concatenate(all_c), np.concatenate(all_d))
+    deltas = {}
+    for name, v in values.items():
+        tables = [_deltas(staged, v, slots) for slots in all_slots]
+        deltas[name] = BilinearTable(staged, 0.0, np.mean([t.block for t in tables], 0), np.mean([t.depth for t in tables], 0))
+    base = {name: float(v[0]) for name, v in values.items()}
+    return _finish(staged, reference, measure, flops, deltas, base, None, "sampled",
+                   {"hosts": len(hosts_d), "seed": seed if num_hosts != "all" else None})
+
+
+# -- evaluators ---------------------------------------------------------------------------------------
+def supernet_evaluator(supernet, held_out: Iterable[Any], *, tables: Mapping[str, BilinearTable] | None = None,
+                       **measure_options: Any) -> Evaluator:
+    """An evaluator measuring one-shot top-1 accuracy (fraction) with the supernet's shared weights.
+
+    Args:
+        supernet: a trained :class:`~lightning_nas.Supernet`.
+        held_out: validation batches (re-iterated for every call; each batch runs every arch).
+        tables: extra additive metrics by name (e.g. ``{"latency": latency_table}``), predicted from the tables.
+        measure_options: ``batch_to_xy``, ``forward``, ``model`` of
+            :func:`~lightning_nas.estimators.ranking.measure_subnet_accuracies`.
+    """
+    from lightning_nas.estimators.ranking import measure_subnet_accuracies
+
+    tables = dict(tables or {})
+
+    def evaluate(archs):
+        out = {"accuracy": measure_subnet_accuracies(supernet, archs, held_out, **measure_options)}
+        out.update({name: t.predict_many(archs) for name, t in tables.items()})
+        return out
+
+    return evaluate
+
+
+def tabular_evaluator(benchmark, columns: Mapping[str, str]) -> Evaluator:
+    """An evaluator of table look-ups: ``columns`` maps a metric (``"accuracy"``, ``"flops"``,
+    ``"latency"``...) to a column of a :class:`~lightning_nas.evaluators.tabular.TabularBenchmark`.
+
+    Raises:
+        ValueError: no ``"accuracy"`` entry; KeyError: an unknown column (naming the columns there are).
+    """
+    if "accuracy" not in columns:
+        raise ValueError(f"`columns` must map 'accuracy' to a column, got {dict(columns)}")
+    data = {metric: benchmark.column(col) for metric, col in columns.items()}
+
+    def evaluate(archs):
+        rows = np.array([benchmark.index(a) for a in archs], dtype=np.int64)
+        return {metric: values[rows] for metric, values in data.items()}
+
+    return evaluate
