@@ -1,0 +1,276 @@
+"""``DartsSearch`` and ``DrNASSearch``: differentiable architecture search as Lightning callbacks.
+
+The weights are trained by the user's own ``training_step`` and optimiser, untouched. Before every
+training batch the callback takes one step on the architecture parameters α with its own Adam
+optimiser on a batch of a held-out split (DARTS: the α step comes first), so the two alternate as in
+DARTS's bilevel optimisation. α lives in a relaxation object outside the LightningModule, so the
+user's optimiser never sees it; α and its optimiser state are saved in the callback's
+``state_dict`` (a resumed run continues the same α trajectory), and under DDP α's gradient is
+averaged over ranks so every rank holds the same α.
+
+Example::
+
+    search = DartsSearch(arch_split, order=2, monitor="val_acc")
+    pl.Trainer(max_epochs=50, callbacks=[search]).fit(model, train_loader, val_loader)
+    arch = search.select()                      # magnitude selection (argmax α)
+    subnet = model.net.export(arch)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch.utils.data import Dataset, default_collate
+
+from lightning_nas.differentiable.bilevel import LossFn, arch_gradient, cross_entropy_loss
+from lightning_nas.differentiable.relaxation import DirichletRelaxation, SoftmaxRelaxation
+from lightning_nas.differentiable.selection import magnitude_selection
+from lightning_nas.seeding import derive_generator
+from lightning_nas.supernet import Supernet, find_supernet
+
+__all__ = ["DartsSearch", "DrNASSearch"]
+
+# derive_generator stream of the architecture batches.
+_ARCH_BATCHES = 2
+
+
+class DartsSearch(Callback):
+    """DARTS: softmax-relaxed supernet, α by Adam on held-out batches, first or second order.
+
+    Args:
+        arch_data: the held-out split α is trained on (a map-style ``Dataset``; DARTS: half of
+            the training set). Batches are drawn without replacement, reshuffled every pass,
+            as a pure function of ``(seed, step)``; under DDP each rank takes its own batch.
+        batch_size: examples per α step.
+        order: 1 (first order) or 2 (unrolled, finite-difference Hessian-vector product).
+        lr, betas, weight_decay: α's Adam (DARTS: 3e-4, (0.5, 0.999), 1e-3).
+        init_std: α starts as ``init_std · N(0, 1)``.
+        unrolled_lr: ξ of the second-order virtual step (default: the user's optimiser's current lr).
+        loss_fn: ``loss_fn(pl_module, batch) -> Tensor`` (default: cross entropy of
+            ``pl_module(batch[0])`` against ``batch[1]``).
+        start_epoch: α steps begin at this epoch (warm-up of the weights before).
+        seed: seed of α's initialisation and of the batch order.
+        monitor: a logged metric (say ``"val_acc"``) to record next to α every epoch, for the
+            skip-gap diagnostic.
+        log_alpha: log every label's mixing weights each epoch (``alpha/{label}/{op}``).
+        supernet: dotted attribute path of the supernet when the module has several.
+
+    Attributes:
+        relaxation: the installed relaxation (after ``setup``).
+        history: per epoch ``{"epoch", "weights": {label: [...]}, "metric"}``.
+    """
+
+    def __init__(
+        self,
+        arch_data: Dataset,
+        *,
+        batch_size: int = 64,
+        order: int = 1,
+        lr: float = 3e-4,
+        betas: tuple[float, float] = (0.5, 0.999),
+        weight_decay: float = 1e-3,
+        init_std: float = 1e-3,
+        unrolled_lr: float | None = None,
+        loss_fn: LossFn | None = None,
+        start_epoch: int = 0,
+        seed: int = 0,
+        monitor: str | None = None,
+        log_alpha: bool = True,
+        supernet: str | None = None,
+    ) -> None:
+        if not hasattr(arch_data, "__getitem__") or not hasattr(arch_data, "__len__") or len(arch_data) == 0:
+            raise MisconfigurationException(f"`arch_data` must be a non-empty map-style Dataset, got {type(arch_data).__name__}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise MisconfigurationException(f"`batch_size` must be a positive int, got {batch_size!r}")
+        if order not in (1, 2):
+            raise MisconfigurationException(f"`order` must be 1 or 2, got {order!r}")
+        for name, value in (("lr", lr), ("weight_decay", weight_decay), ("init_std", init_std)):
+            if not isinstance(value, (int, float)) or value < 0:
+                raise MisconfigurationException(f"`{name}` must be a non-negative float, got {value!r}")
+        if unrolled_lr is not None and not unrolled_lr >= 0:
+            raise MisconfigurationException(f"`unrolled_lr` must be a non-negative float or None, got {unrolled_lr!r}")
+        if not isinstance(start_epoch, int) or start_epoch < 0:
+            raise MisconfigurationException(f"`start_epoch` must be a non-negative int, got {start_epoch!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise MisconfigurationException(f"`seed` must be a non-negative int, got {seed!r}")
+        self.arch_data = arch_data
+        self.batch_size = min(batch_size, len(arch_data))
+        self.order = order
+        self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
+        self.init_std = init_std
+        self.unrolled_lr = unrolled_lr
+        self.loss_fn = loss_fn or cross_entropy_loss
+        self.start_epoch = start_epoch
+        self.seed = seed
+        self.monitor = monitor
+        self.log_alpha = log_alpha
+        self.supernet_path = supernet
+        self.steps = 0  # α steps taken (restored on resume; indexes the batch stream)
+        self.history: list[dict[str, Any]] = []
+        self.relaxation: SoftmaxRelaxation | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._supernet: Supernet | None = None
+        self._pending: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(supernet=self.supernet_path, seed=self.seed)
+
+    # -- construction ------------------------------------------------------------------------
+    def make_relaxation(self, supernet: Supernet) -> SoftmaxRelaxation:
+        """The relaxation this method searches with (DARTS: softmax)."""
+        return SoftmaxRelaxation(supernet, init_std=self.init_std, seed=self.seed)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        try:
+            supernet = find_supernet(pl_module, self.supernet_path)
+        except (ValueError, AttributeError) as err:
+            raise MisconfigurationException(f"{type(self).__name__}: {err}") from err
+        if self.relaxation is None or self._supernet is not supernet:
+            self._supernet = supernet
+            self.relaxation = self.make_relaxation(supernet)
+            self.optimizer = torch.optim.Adam(
+                self.relaxation.alpha, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay
+            )
+        self.relaxation.to(pl_module.device).install()
+        if self._pending is not None:
+            self._load(self._pending)
+            self._pending = None
+
+    # -- hooks -------------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.current_epoch >= self.start_epoch:
+            self._arch_step(trainer, pl_module, batch)
+        # The user's weight step sees α as a constant.
+        self.relaxation.arch_grad = False
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.relaxation.arch_grad = True
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        weights = self.relaxation.probabilities()
+        metric = trainer.callback_metrics.get(self.monitor) if self.monitor else None
+        self.history.append(
+            {"epoch": trainer.current_epoch, "weights": weights, "metric": None if metric is None else float(metric)}
+        )
+        if self.log_alpha:
+            pl_module.log_dict(
+                {f"alpha/{label}/{op}": w for label, ws in weights.items() for op, w in zip(self.relaxation.ops(label), ws)},
+                on_epoch=True, on_step=False, sync_dist=False,
+            )
+
+    # -- the α step --------------------------------------------------------------------------
+    def arch_batch(self, step: int, rank: int = 0, world_size: int = 1) -> Any:
+        """The held-out batch of α step ``step`` on ``rank`` (collated, on the CPU)."""
+        n = len(self.arch_data)
+        per_pass = max(1, n // self.batch_size)
+        slot = step * world_size + rank
+        order = torch.randperm(n, generator=derive_generator(self.seed, _ARCH_BATCHES, slot // per_pass))
+        start = (slot % per_pass) * self.batch_size
+        return default_collate([self.arch_data[int(i)] for i in order[start : start + self.batch_size]])
+
+    def _arch_step(self, trainer: Trainer, pl_module: LightningModule, batch: Any) -> None:
+        val_batch = move_data_to_device(self.arch_batch(self.steps, trainer.global_rank, trainer.world_size), pl_module.device)
+        unrolled_lr = None
+        if self.order == 2:
+            unrolled_lr = self.unrolled_lr if self.unrolled_lr is not None else float(trainer.optimizers[0].param_groups[0]["lr"])
+        grads = arch_gradient(
+            self.loss_fn, pl_module, self.relaxation, val_batch,
+            train_batch=batch if self.order == 2 else None, unrolled_lr=unrolled_lr,
+        )
+        if trainer.world_size > 1:
+            flat = trainer.strategy.reduce(torch.cat([g.flatten() for g in grads]), reduce_op="mean")
+            grads = list(torch.split(flat, [g.numel() for g in grads]))
+        self.optimizer.zero_grad(set_to_none=True)
+        for alpha, grad in zip(self.relaxation.alpha, grads):
+            alpha.grad = grad.view_as(alpha).detach().clone()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+
+    # -- results -----------------------------------------------------------------------------
+    def select(self, exclude: Sequence[Any] = ("none",)) -> dict[str, Any]:
+        """Magnitude selection: the arch of largest expected weights (see :func:`magnitude_selection`)."""
+        if self.relaxation is None:
+            raise RuntimeError(f"{type(self).__name__}.select() needs a fitted search (no relaxation yet)")
+        return magnitude_selection(self.relaxation, exclude=exclude)
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self.relaxation is None:
+            return {"seed": self.seed, "steps": self.steps, "history": self.history}
+        return {
+            "seed": self.seed,
+            "steps": self.steps,
+            "history": self.history,
+            "relaxation": {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in self.relaxation.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("seed", self.seed) != self.seed:
+            rank_zero_warn(f"{type(self).__name__}: resuming with the checkpoint's seed {state_dict['seed']} instead of {self.seed}")
+            self.seed = state_dict["seed"]
+        if self.relaxation is None:
+            self._pending = state_dict  # applied in setup, once the supernet is known
+        else:
+            self._load(state_dict)
+
+    def _load(self, state: Mapping[str, Any]) -> None:
+        self.steps = int(state.get("steps", 0))
+        self.history = list(state.get("history", []))
+        if "relaxation" in state:
+            self.relaxation.load_state_dict(state["relaxation"])
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+class DrNASSearch(DartsSearch):
+    """DrNAS: Dirichlet-relaxed DARTS with an anchor toward the uniform prior and optional progressive pruning.
+
+    Takes :class:`DartsSearch`'s arguments (first order; the L2 anchor is an explicit loss term,
+    so ``weight_decay`` defaults to 0), plus:
+
+    Args:
+        anchor: ``"kl"`` or ``"l2"`` (see :class:`~lightning_nas.differentiable.DirichletRelaxation`).
+        anchor_weight: λ (DrNAS: 1e-3).
+        prune_at: ``{epoch: ops_kept}``: at the start of each listed epoch keep only that many
+            operations per edge, by Dirichlet mean (DrNAS progressive: ``{25: 4}`` on DARTS).
+    """
+
+    def __init__(
+        self,
+        arch_data: Dataset,
+        *,
+        anchor: str | None = "kl",
+        anchor_weight: float = 1e-3,
+        prune_at: Mapping[int, int] | None = None,
+        weight_decay: float = 0.0,
+        order: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        if anchor not in ("kl", "l2", None):
+            raise MisconfigurationException(f"`anchor` must be 'kl', 'l2' or None, got {anchor!r}")
+        if not isinstance(anchor_weight, (int, float)) or anchor_weight < 0:
+            raise MisconfigurationException(f"`anchor_weight` must be a non-negative float, got {anchor_weight!r}")
+        prune_at = dict(prune_at or {})
+        for epoch, keep in prune_at.items():
+            if not isinstance(epoch, int) or epoch < 0 or not isinstance(keep, int) or keep < 1:
+                raise MisconfigurationException(f"`prune_at` maps epochs (ints >= 0) to ops kept (ints >= 1), got {prune_at!r}")
+        super().__init__(arch_data, weight_decay=weight_decay, order=order, **kwargs)
+        self.anchor, self.anchor_weight, self.prune_at = anchor, anchor_weight, prune_at
+
+    def make_relaxation(self, supernet: Supernet) -> SoftmaxRelaxation:
+        return DirichletRelaxation(
+            supernet, anchor=self.anchor, anchor_weight=self.anchor_weight, init_std=self.init_std, seed=self.seed
+        )
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        keep = self.prune_at.get(trainer.current_epoch)
+        if keep is not None:
+            self.relaxation.prune(keep)

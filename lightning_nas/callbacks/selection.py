@@ -1,0 +1,192 @@
+"""``PerturbationSelection``: DARTS-PT architecture selection during a tuning phase of ``Trainer.fit``.
+
+Runs next to a :class:`~lightning_nas.callbacks.darts.DartsSearch` (or ``DrNASSearch``) on a trained
+supernet. Every ``interval`` epochs it makes one decision (thesis Algorithm 1): first the
+operation of every edge, in a seeded random order (mask each operation, measure held-out accuracy,
+keep the operation whose removal hurts most, discretise the edge), then the inputs of every cell
+node (remove the edge whose removal leaves the highest accuracy until ``n_chosen`` remain). The
+weights and α keep training in between (the fine-tuning). Plan ``interval · (decisions − 1) + 1``
+epochs (:meth:`PerturbationSelection.epochs_needed`); decisions still open when fitting ends are
+made then, without fine-tuning, with a warning.
+
+Example::
+
+    search = DartsSearch(arch_split)
+    pt = PerturbationSelection(search, arch_split, interval=5, start_epoch=50)
+    pl.Trainer(max_epochs=50 + pt.epochs_needed(model.net), callbacks=[search, pt]).fit(model, loader)
+    subnet = model.net.export(pt.arch)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch.utils.data import Dataset, default_collate
+
+from lightning_nas.callbacks.darts import DartsSearch
+from lightning_nas.differentiable.selection import (
+    AccuracyFn,
+    count_correct,
+    magnitude_selection,
+    select_inputs_by_perturbation,
+    select_op_by_perturbation,
+    supernet_accuracy,
+)
+from lightning_nas.nn.input_choice import InputChoice
+from lightning_nas.nn.op_choice import OpChoice
+from lightning_nas.seeding import derive_generator
+from lightning_nas.supernet import Supernet
+
+__all__ = ["PerturbationSelection"]
+
+
+class PerturbationSelection(Callback):
+    """DARTS-PT: perturbation-based operation and topology selection, one decision every ``interval`` epochs.
+
+    Args:
+        search: the search callback whose relaxation is selected from (also passed to the Trainer).
+        data: held-out split the accuracy is measured on (one pass, in order, train-mode BatchNorm).
+        interval: fine-tuning epochs between decisions (thesis: 5).
+        start_epoch: epoch of the first decision (the supernet's pre-training ends before it).
+        batch_size: evaluation batch size.
+        num_batches: measure on at most this many batches (default: the whole split).
+        topology: also select the inputs of DARTS cell nodes (after all operations).
+        accuracy_fn: ``accuracy_fn(pl_module, batch) -> (correct, count)``.
+        seed: seed of the edge order.
+
+    Attributes:
+        decisions: one record per decision: ``{"epoch", "label", "scores", "chosen"}``.
+    """
+
+    def __init__(
+        self,
+        search: DartsSearch,
+        data: Dataset,
+        *,
+        interval: int = 5,
+        start_epoch: int = 0,
+        batch_size: int = 64,
+        num_batches: int | None = None,
+        topology: bool = True,
+        accuracy_fn: AccuracyFn | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(search, DartsSearch):
+            raise MisconfigurationException(f"`search` must be a DartsSearch (or DrNASSearch) callback, got {type(search).__name__}")
+        if not hasattr(data, "__getitem__") or not hasattr(data, "__len__") or len(data) == 0:
+            raise MisconfigurationException(f"`data` must be a non-empty map-style Dataset, got {type(data).__name__}")
+        for name, value in (("interval", interval), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise MisconfigurationException(f"`{name}` must be a positive int, got {value!r}")
+        if not isinstance(start_epoch, int) or start_epoch < 0:
+            raise MisconfigurationException(f"`start_epoch` must be a non-negative int, got {start_epoch!r}")
+        if num_batches is not None and (not isinstance(num_batches, int) or num_batches < 1):
+            raise MisconfigurationException(f"`num_batches` must be a positive int or None, got {num_batches!r}")
+        if not isinstance(seed, int) or seed < 0:
+            raise MisconfigurationException(f"`seed` must be a non-negative int, got {seed!r}")
+        self.search = search
+        self.data = data
+        self.interval = interval
+        self.start_epoch = start_epoch
+        self.batch_size = batch_size
+        self.num_batches = num_batches
+        self.topology = topology
+        self.accuracy_fn = accuracy_fn or count_correct
+        self.seed = seed
+        self.decisions: list[dict[str, Any]] = []
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(seed=self.seed, start_epoch=self.start_epoch)
+
+    # -- plan --------------------------------------------------------------------------------
+    def plan(self, supernet: Supernet) -> list[tuple[str, str]]:
+        """The decisions in order: ``("op", label)`` in seeded random order, then ``("inputs", label)``."""
+        op_labels = list(dict.fromkeys(m.label for m in supernet.mutables() if isinstance(m, OpChoice)))
+        order = torch.randperm(len(op_labels), generator=derive_generator(self.seed)).tolist()
+        steps = [("op", op_labels[k]) for k in order]
+        if self.topology:
+            seen = []
+            for m in supernet.mutables():
+                if isinstance(m, InputChoice) and m.n_candidates > m.n_chosen and m.label not in seen:
+                    seen.append(m.label)
+            steps += [("inputs", label) for label in seen]
+        return steps
+
+    def epochs_needed(self, supernet: Supernet) -> int:
+        """Epochs from ``start_epoch`` to the last decision plus its fine-tuning: ``interval · (decisions − 1) + 1``."""
+        return self.interval * (len(self.plan(supernet)) - 1) + 1
+
+    @property
+    def arch(self) -> dict[str, Any]:
+        """The selected architecture (decided edges as chosen; undecided ones by magnitude)."""
+        return magnitude_selection(self.search.relaxation)
+
+    @property
+    def done(self) -> bool:
+        return self.search.relaxation is not None and len(self.decisions) >= len(self.plan(self.search.relaxation.supernet))
+
+    # -- hooks -------------------------------------------------------------------------------
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.search not in trainer.callbacks:
+            raise MisconfigurationException("PerturbationSelection: pass its `search` callback to the same Trainer")
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if epoch >= self.start_epoch and (epoch - self.start_epoch) % self.interval == 0 and not self.done:
+            self._decide(trainer, pl_module)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        remaining = len(self.plan(self.search.relaxation.supernet)) - len(self.decisions)
+        if remaining > 0 and trainer.current_epoch >= self.start_epoch:
+            rank_zero_warn(
+                f"PerturbationSelection: {remaining} decisions were still open when fitting ended; made now without "
+                f"fine-tuning (plan {self.epochs_needed(self.search.relaxation.supernet)} epochs from start_epoch)"
+            )
+            while not self.done:
+                self._decide(trainer, pl_module)
+
+    # -- decisions ---------------------------------------------------------------------------
+    def _batches(self, device: torch.device):
+        n = len(self.data)
+        limit = n if self.num_batches is None else min(n, self.num_batches * self.batch_size)
+        for start in range(0, limit, self.batch_size):
+            batch = default_collate([self.data[i] for i in range(start, min(start + self.batch_size, limit))])
+            yield move_data_to_device(batch, device)
+
+    def _evaluate(self, trainer: Trainer, pl_module: LightningModule) -> float:
+        accuracy = supernet_accuracy(pl_module, self._batches(pl_module.device), self.accuracy_fn)
+        if trainer.world_size > 1:  # ranks agree on every decision
+            accuracy = float(trainer.strategy.reduce(torch.tensor(accuracy, device=pl_module.device), reduce_op="mean"))
+        return accuracy
+
+    def _decide(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        relaxation = self.search.relaxation
+        kind, label = self.plan(relaxation.supernet)[len(self.decisions)]
+        was_training = pl_module.training
+        pl_module.train()  # DARTS-PT measures with batch statistics
+        try:
+            evaluate = lambda: self._evaluate(trainer, pl_module)  # noqa: E731
+            if kind == "op":
+                chosen, scores = select_op_by_perturbation(relaxation, label, evaluate)
+                scores = {str(k): v for k, v in scores.items()}
+            else:
+                n_chosen = next(m.n_chosen for m in relaxation.supernet.mutables() if isinstance(m, InputChoice) and m.label == label)
+                chosen, rounds = select_inputs_by_perturbation(relaxation, label, n_chosen, evaluate)
+                chosen, scores = list(chosen), [{str(k): v for k, v in r.items()} for r in rounds]
+        finally:
+            pl_module.train(was_training)
+        self.decisions.append({"epoch": trainer.current_epoch, "kind": kind, "label": label, "scores": scores, "chosen": chosen})
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "decisions": self.decisions}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seed = state_dict.get("seed", self.seed)
+        self.decisions = list(state_dict.get("decisions", []))
