@@ -1,7 +1,9 @@
 """Black-box search strategies behind one ask/tell interface, a driver with budgets, and storage."""
 
 from lightning_nas.strategies.base import Constraint, Observation, Proposal, Strategy
+from lightning_nas.strategies.bo import ACQUISITIONS, BayesianOptimization, acquisition
 from lightning_nas.strategies.driver import Budget, EvaluationError, run_search
+from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble, masked_huber
 from lightning_nas.strategies.evolution import RegularizedEvolution
 from lightning_nas.strategies.layernas import LayerNAS, cost_bucket
 from lightning_nas.strategies.random_search import RandomSearch
@@ -9,8 +11,11 @@ from lightning_nas.strategies.results import SearchResults, pareto_mask
 from lightning_nas.strategies.storage import MemoryStorage, SQLiteStorage, Storage
 
 __all__ = [
+    "ACQUISITIONS",
+    "BayesianOptimization",
     "Budget",
     "Constraint",
+    "DeepEnsemble",
     "EvaluationError",
     "LayerNAS",
     "MemoryStorage",
@@ -23,6 +28,9 @@ __all__ = [
     "Storage",
     "Strategy",
     "pareto_mask",
+    "acquisition",
     "cost_bucket",
+    "fit_ensemble",
+    "masked_huber",
     "run_search",
 ]

@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_nas.strategies.bo import BayesianOptimization, acquisition
+from lightning_nas.strategies.driver import Budget, run_search
+from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble, masked_huber
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic import SyntheticEvaluator, synthetic_space  # noqa: E402
+
+torch.set_num_threads(1)
+FAST = dict(members=4, trunk=(32, 32), branch=32, steps=60, batch_size=4, initial=4)
+
+
+def bo(seed: int = 0, **kwargs) -> BayesianOptimization:
+    return BayesianOptimization(synthetic_space(), seed=seed, **{**FAST, **kwargs})
+
+
+def search(strategy, evaluations: int, budget: Budget | None = None):
+    return run_search(strategy, SyntheticEvaluator(), objective="accuracy", budget=budget or Budget(evaluations=evaluations))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.floats(-5, 5), min_size=3, max_size=3), min_size=2, max_size=6), st.floats(-5, 5))
+def test_mc_acquisitions_equal_their_definitions(rows: list[list[float]], best: float) -> None:
+    predictions = torch.tensor(rows, dtype=torch.float64)  # (M members, C candidates)
+    members, candidates = predictions.shape
+    pi = acquisition(predictions, best, "pi")
+    ei = acquisition(predictions, best, "ei")
+    ucb = acquisition(predictions, best, "ucb", ucb_beta=2.0)
+    for c in range(candidates):
+        column = [rows[m][c] for m in range(members)]
+        assert pi[c] == pytest.approx(sum(v > best for v in column) / members)
+        assert ei[c] == pytest.approx(sum(max(v - best, 0.0) for v in column) / members)
+        mean = sum(column) / members
+        std = (sum((v - mean) ** 2 for v in column) / members) ** 0.5
+        assert ucb[c] == pytest.approx(mean + 2.0 * std)
+    with pytest.raises(ValueError, match="`acquisition` must be one of"):
+        acquisition(predictions, best, "thompson")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_masked_huber_is_huber_on_observed_entries(data: st.DataObject) -> None:
+    members, batch, targets = 2, data.draw(st.integers(1, 5)), data.draw(st.integers(1, 3))
+    flat = members * batch * targets
+    pred = torch.tensor(data.draw(st.lists(st.floats(-3, 3), min_size=flat, max_size=flat))).reshape(members, batch, targets)
+    values = data.draw(st.lists(st.one_of(st.floats(-3, 3), st.just(float("nan"))), min_size=flat, max_size=flat))
+    target = torch.tensor(values).reshape(members, batch, targets)
+    expected = 0.0
+    for m in range(members):
+        for t in range(targets):
+            seen = ~torch.isnan(target[m, :, t])
+            if seen.any():
+                expected += float(F.huber_loss(pred[m, seen, t], target[m, seen, t]))
+    assert float(masked_huber(pred, target)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_ensemble_shapes_members_differ_and_fit_reduces_error() -> None:
+    torch.manual_seed(0)
+    model = DeepEnsemble(8, 2, members=3, trunk=(16,), branch=8, seed=0)
+    x = torch.randn(40, 8)
+    assert model(x).shape == (3, 40, 2)
+    assert not torch.allclose(model(x)[0], model(x)[1])
+    y = torch.stack([x[:, 0] * 3 + 1, torch.full((40,), float("nan"))], dim=1)  # second head never observed
+    model.set_standardisation(y)
+    before = float(((model.predict(x, 0) - y[:, 0]) ** 2).mean())
+    fit_ensemble(model, x, y, steps=150, lr=1e-2, batch_size=16, seed=0)
+    after = float(((model.predict(x, 0) - y[:, 0]) ** 2).mean())
+    assert after < 0.2 * before
+    with pytest.raises(ValueError, match="`targets` must have shape"):
+        fit_ensemble(model, x, y[:, :1], steps=1)
+
+
+def test_finds_the_optimum_and_reproduces() -> None:
+    evaluator = SyntheticEvaluator()
+    first = search(bo(0), 60)
+    assert first.best().value == pytest.approx(evaluator.optimum())
+    again = search(bo(0), 60)
+    assert [r.arch for r in again.done] == [r.arch for r in first.done]
+    assert len({tuple(r.arch.values()) for r in first.done}) == 60  # nothing proposed twice
+
+
+@pytest.mark.parametrize("kind", ["ei", "ucb"])
+def test_other_acquisitions_run(kind: str) -> None:
+    results = search(bo(1, acquisition=kind), 40)
+    assert results.best().value > sorted(SyntheticEvaluator().accuracy(a) for a in SyntheticEvaluator().all_archs())[-20]
+
+
+def test_pretraining_on_zero_cost_metrics() -> None:
+    evaluator = SyntheticEvaluator()
+    strategy = bo(0, cost_model=evaluator.costs, pretrain_metrics=["cost"], pretrain_archs=256, pretrain_steps=100)
+    results = search(strategy, 40)
+    assert strategy._pretrained is not None
+    # The pretrained trunk predicts the metric it was trained on (rank correlation with the truth).
+    model = strategy._new_model(0)
+    model.load_state_dict(strategy._pretrained)
+    archs = evaluator.all_archs()
+    pred = model.predict(strategy._encode(archs), 0).mean(0)
+    truth = torch.tensor([evaluator.costs(a)["cost"] for a in archs])
+    rank = lambda v: v.argsort().argsort().double()  # noqa: E731
+    assert torch.corrcoef(torch.stack([rank(pred), rank(truth)]))[0, 1] > 0.8
+    assert len(results) == 40
+    with pytest.raises(ValueError, match="needs a `cost_model`"):
+        bo(0, pretrain_metrics=["cost"])
+
+
+def test_multi_fidelity_schedule_and_equivalent_budget() -> None:
+    strategy = bo(0, fidelities=(2.5, 10.0), p=3, q=2, f=2, initial=3)
+    results = search(strategy, 0, Budget(equivalent_evaluations=8.0))
+    fids = [r.fidelity for r in results.done]
+    # iteration 0: 3 random low; iteration 1 (f-th): 3 low + 2 high; iteration 2: 3 low; iteration 3: 3 low + 2 high ...
+    assert fids[:3] == [2.5] * 3 and sorted(fids[3:8]) == [2.5] * 3 + [10.0] * 2 and fids[8:11] == [2.5] * 3
+    assert results.equivalent_evaluations >= 8.0 and results.equivalent_evaluations < 8.0 + 1.0
+    assert results.best().fidelity == 10.0
+
+
+def test_state_survives_pickling_without_the_surrogate(tmp_path: Path) -> None:
+    evaluator = SyntheticEvaluator()
+    straight = search(bo(2, cost_model=evaluator.costs, pretrain_metrics=["cost"], pretrain_archs=64,
+                         pretrain_steps=30), 24)
+    db = tmp_path / "bo.db"
+    make = lambda: bo(2, cost_model=evaluator.costs, pretrain_metrics=["cost"], pretrain_archs=64,  # noqa: E731
+                      pretrain_steps=30)
+    run_search(make(), evaluator, objective="accuracy", budget=Budget(evaluations=10), storage=db)
+    resumed = run_search(make(), evaluator, objective="accuracy", budget=Budget(evaluations=24), storage=db)
+    assert [r.arch for r in resumed.done] == [r.arch for r in straight.done]
+    assert "_pretrained" not in pickle.loads(pickle.dumps(make().state_dict()))
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="`acquisition` must be one of"):
+        bo(acquisition="thompson")
+    with pytest.raises(ValueError, match="`members` must be an int >= 2"):
+        bo(members=1)
+    with pytest.raises(ValueError, match="`fidelities` must be"):
+        bo(fidelities=(10.0, 2.0))
