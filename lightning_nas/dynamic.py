@@ -1,0 +1,296 @@
+"""MathNAS's dynamic network: re-solve for a new latency (or energy) budget at run time and swap only
+the blocks that change, in place, between two forward passes.
+
+A :class:`DynamicNetwork` holds a few Pareto-optimal configurations per block position (MathNAS keeps
+5 per node: ``5^m`` networks on the device), each exported once from the supernet as a plain
+module. :meth:`DynamicNetwork.set_budget` solves the search over those blocks exactly (the
+linear-fractional program of Eq. 5/6 for a :class:`~lightning_nas.estimators.block_performance.BlockPerformance`,
+the MILP for an additive :class:`~lightning_nas.bilinear.BilinearTable`) and then replaces only the
+changed modules of the running network. Solve time and switch time are reported separately.
+
+Blocks are found through the supernet: a stage with a depth decision is a
+:class:`~lightning_nas.nn.DepthChoice` (its exported form is an ``nn.Sequential`` whose items are
+swapped, appended or deleted), a block of a fixed-depth stage with one label is an
+:class:`~lightning_nas.nn.OpChoice` (its exported candidate is swapped by attribute). A block's
+module must depend on its own labels only (widths between blocks fixed), as in the MobileNet,
+BINAS and NB201-style spaces.
+
+Example::
+
+    dynamic = DynamicNetwork(supernet, perf, latency_table, {"latency": 12.0})
+    logits = dynamic(x)
+    report = dynamic.set_budget({"latency": 8.0})      # re-solve, swap changed blocks only
+    report.solve_seconds, report.switch_seconds, report.changed
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from lightning_nas.bilinear import BilinearTable
+from lightning_nas.estimators.block_performance import BlockPerformance
+from lightning_nas.nn.depth_choice import DepthChoice
+from lightning_nas.nn.export import export_subnet
+from lightning_nas.nn.op_choice import OpChoice
+from lightning_nas.solvers.milp import dominated_configs
+from lightning_nas.solvers.problem import Limit, SearchResult
+from lightning_nas.spaces.staged import Stage, StagedSpace
+from lightning_nas.supernet import Supernet
+
+__all__ = ["DynamicNetwork", "SwitchReport", "pareto_blocks"]
+
+
+@dataclass
+class SwitchReport:
+    """What one budget change did.
+
+    Attributes:
+        arch: the new arch.
+        changed: ``(stage, block)`` positions whose module was replaced, added or removed.
+        solve_seconds: wall time of the search (model building included).
+        switch_seconds: wall time of swapping the modules.
+        result: the search result (predicted objective and resources).
+    """
+
+    arch: dict[str, Any]
+    changed: list[tuple[int, int]]
+    solve_seconds: float
+    switch_seconds: float
+    result: SearchResult
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def pareto_blocks(criteria: list[tuple[np.ndarray, int]], k: int) -> np.ndarray:
+    """``(S, D, k)`` config indices to keep per block position: Pareto-optimal first.
+
+    Args:
+        criteria: ``(block (S, D, C), direction)`` per table, ``+1`` larger is better, ``-1`` smaller.
+        k: configs per position (at most ``C``).
+
+    Configs are ranked by how many others dominate them (0 on the Pareto front); when the front
+    has more than ``k`` configs, ``k`` are taken evenly spread along the first criterion.
+    """
+    values = np.stack([d * blk for blk, d in criteria])  # larger is better for all
+    T, S, D, C = values.shape
+    if not 1 <= k <= C:
+        raise ValueError(f"`blocks_per_node` must be in [1, {C}] (the configurations per block), got {k}")
+    diff = values[..., :, None] - values[..., None, :]  # [.., a, b] = v[a] - v[b]
+    dominates = (diff >= 0).all(0) & (diff > 0).any(0)  # (S, D, a, b): a dominates b
+    counts = dominates.sum(-2)  # (S, D, C): how many dominate b
+    keep = np.zeros((S, D, k), dtype=np.int64)
+    for s in range(S):
+        for b in range(D):
+            front = np.flatnonzero(counts[s, b] == 0)
+            if len(front) > k:
+                front = front[np.argsort(values[0, s, b, front], kind="stable")]
+                chosen = front[np.round(np.linspace(0, len(front) - 1, k)).astype(int)]
+            else:
+                order = np.lexsort((np.arange(C), counts[s, b]))
+                chosen = order[:k]
+            keep[s, b] = np.sort(chosen)
+    return keep
+
+
+def _key(s: int, b: int, c: int) -> str:
+    return f"stage{s}_block{b}_config{c}"
+
+
+def _restricted_space(staged: StagedSpace, keep: np.ndarray) -> StagedSpace:
+    stages = []
+    for s, st in enumerate(staged.stages):
+        configs = tuple(tuple(st.configs[b][c] for c in keep[s, b]) for b in range(st.num_blocks))
+        stages.append(Stage(st.depth_label, st.depths, st.block_labels, configs))
+    return StagedSpace(staged.space, stages)
+
+
+def _restrict(table: BilinearTable, staged: StagedSpace, keep: np.ndarray) -> BilinearTable:
+    block = np.take_along_axis(table.block, keep, -1)
+    return BilinearTable(staged, table.constant, block, table.depth, name=table.name, unit=table.unit)
+
+
+class DynamicNetwork(nn.Module):
+    """A plain exported subnet that re-solves and swaps blocks when its budget changes.
+
+    Args:
+        supernet: the trained supernet (only read; blocks are exported copies).
+        objective: a :class:`BlockPerformance` (Eq. 5, solved as the fractional program) or an
+            additive accuracy :class:`BilinearTable` (solved as the MILP).
+        resources: the budgeted tables (latency, energy...) on the same node structure.
+        budget: ``{resource name: upper bound}``; resources not named are unbounded.
+        blocks_per_node: configurations kept per block position (MathNAS: 5).
+        solver: Pyomo solver name.
+        method: fractional method (``"charnes_cooper"``/``"dinkelbach"``) for a ``BlockPerformance``.
+
+    Attributes:
+        network: the running exported module; ``forward`` calls it.
+        held: every held block module (``ModuleDict``, so ``.to()`` and ``.eval()`` reach them).
+        arch: the active arch.
+        staged: the restricted node structure (``blocks_per_node`` configs per block).
+        num_networks: how many archs the held blocks can form.
+    """
+
+    def __init__(self, supernet: Supernet, objective: BlockPerformance | BilinearTable,
+                 resources: BilinearTable | Sequence[BilinearTable], budget: Mapping[str, float] | None = None, *,
+                 blocks_per_node: int = 5, solver: str = "appsi_highs", method: str = "charnes_cooper") -> None:
+        super().__init__()
+        if not isinstance(supernet, Supernet):
+            raise ValueError(f"`supernet` must be a lightning_nas.Supernet, got {type(supernet).__name__}")
+        if isinstance(objective, BlockPerformance):
+            full = objective.staged
+            accuracy = objective.numerator()
+            criteria = [(-accuracy.block, +1)]
+        elif isinstance(objective, BilinearTable):
+            full = objective.staged
+            criteria = [(objective.block, +1)]
+        else:
+            raise ValueError(f"`objective` must be a BlockPerformance or a BilinearTable, got {type(objective).__name__}")
+        resources = [resources] if isinstance(resources, BilinearTable) else list(resources)
+        if not resources or not all(isinstance(r, BilinearTable) for r in resources):
+            raise ValueError("`resources` must be one BilinearTable or a non-empty list of them (latency, energy, ...)")
+        self._keep = pareto_blocks(criteria + [(r.block, -1) for r in resources], int(blocks_per_node))
+        self.staged = _restricted_space(full, self._keep)
+        self._objective = objective
+        self._resources = {r.name: _restrict(r, self.staged, self._keep) for r in resources}
+        self.solver, self.method = solver, method
+        self._slots = self._find_slots(supernet)
+        reference = objective.reference if isinstance(objective, BlockPerformance) else supernet.space.default()
+        # A base arch inside the held blocks (free labels from the reference).
+        zeros = np.zeros((self.staged.num_stages, self.staged.max_blocks), dtype=np.int64)
+        self._base = self.staged.to_arch(zeros, zeros[:, 0], base=reference)
+        # The blocks held on the device: one exported module per kept configuration.
+        self.held = nn.ModuleDict()
+        for s, st in enumerate(self.staged.stages):
+            for b, labels in enumerate(st.block_labels):
+                if b >= max(st.depths):
+                    continue
+                for i, values in enumerate(st.configs[b]):
+                    arch = {**self._base, **dict(zip(labels, values))}
+                    self.held[_key(s, b, i)] = export_subnet(self._slots[s][b][0], supernet.space.validate(arch))
+        self.num_networks = int(np.prod([sum(len(st.configs[0]) ** d for d in st.depths) for st in self.staged.stages]))
+        self._budget: dict[str, float] = {}
+        result, solve_seconds = self._solve(budget or {})
+        self.arch = result.arch
+        configs, depths = self.staged.indices(self.arch)
+        self.network = supernet.export(self.arch)
+        self._configs, self._depths = configs.copy(), depths.copy()
+        # Start from the held modules, so that a switch replaces exactly the positions it reports.
+        self._place(configs, depths, force=True)
+        self.initial_solve_seconds = solve_seconds
+
+    # -- structure ---------------------------------------------------------------------------------
+    def _find_slots(self, supernet: Supernet) -> list[list[tuple[nn.Module, str, str]]]:
+        """Per stage and block: ``(supernet module, path of its container, key)``."""
+        paths = {id(m): p for p, m in supernet.module.named_modules()}
+        depth_choices = {m.label: m for m in supernet.module.modules() if isinstance(m, DepthChoice)}
+        op_choices = {m.label: m for m in supernet.module.modules() if isinstance(m, OpChoice)}
+        slots = []
+        for s, st in enumerate(self.staged.stages):
+            if st.depth_label is not None:
+                dc = depth_choices.get(st.depth_label)
+                if dc is None:
+                    raise ValueError(f"stage {s}: no DepthChoice with label {st.depth_label!r} in the supernet")
+                slots.append([(block, paths[id(dc)], str(b)) for b, block in enumerate(dc.blocks)])
+                continue
+            row = []
+            for b, labels in enumerate(st.block_labels):
+                op = op_choices.get(labels[0]) if len(labels) == 1 else None
+                if op is None:
+                    raise ValueError(
+                        f"stage {s} block {b} ({list(labels)}): a fixed-depth block must be one OpChoice to be swapped; "
+                        "give the stage a DepthChoice or make the node an OpChoice"
+                    )
+                parent, _, key = paths[id(op)].rpartition(".")
+                row.append((op, parent, key))
+            slots.append(row)
+        return slots
+
+    def _container(self, s: int, b: int) -> tuple[nn.Module, str]:
+        _, parent, key = self._slots[s][b]
+        return (self.network.get_submodule(parent) if parent else self.network), key
+
+    # -- search and switching ------------------------------------------------------------------------
+    def _solve(self, budget: Mapping[str, float]) -> tuple[SearchResult, float]:
+        unknown = sorted(set(budget) - set(self._resources))
+        if unknown:
+            raise ValueError(f"`budget` names unknown resources {unknown}; budgeted resources: {sorted(self._resources)}")
+        limits = [Limit(self._resources[name], upper=float(value)) for name, value in budget.items()]
+        start = time.perf_counter()
+        if isinstance(self._objective, BlockPerformance):
+            from lightning_nas.solvers.fractional import solve_fractional
+
+            perf = self._objective
+            result = solve_fractional(_restrict(perf.numerator(), self.staged, self._keep),
+                                      _restrict(perf.flops, self.staged, self._keep), limits,
+                                      constant=perf.base["accuracy"], method=self.method, solver=self.solver, base=self._base)
+        else:
+            from lightning_nas.solvers.search import search_constrained
+
+            result = search_constrained(_restrict(self._objective, self.staged, self._keep), limits, solver=self.solver, base=self._base)
+        self._budget = dict(budget)
+        return result, time.perf_counter() - start
+
+    def _place(self, configs: np.ndarray, depths: np.ndarray, force: bool = False) -> list[tuple[int, int]]:
+        changed = []
+        for s, st in enumerate(self.staged.stages):
+            if st.depth_label is None:
+                for b in range(st.num_blocks):
+                    new = self.held[_key(s, b, int(configs[s, b]))]
+                    container, key = self._container(s, b)
+                    if force or getattr(container, key) is not new:
+                        setattr(container, key, new)
+                        changed.append((s, b))
+                continue
+            container, _ = self._container(s, 0)
+            depth = st.depths[int(depths[s])]
+            for b in range(depth):
+                new = self.held[_key(s, b, int(configs[s, b]))]
+                if b < len(container):
+                    if force or container[b] is not new:
+                        container[b] = new
+                        changed.append((s, b))
+                else:
+                    container.append(new)
+                    changed.append((s, b))
+            if len(container) > depth:
+                changed += [(s, b) for b in range(depth, len(container))]
+                del container[depth:]
+        return changed
+
+    def set_budget(self, budget: Mapping[str, float], resources: BilinearTable | Sequence[BilinearTable] | None = None) -> SwitchReport:
+        """Re-solve for ``budget`` (``{resource: upper}``) and swap the changed blocks in place.
+
+        Args:
+            budget: the new upper bounds; resources not named are unbounded.
+            resources: updated tables (e.g. re-measured block latencies) replacing those of the
+                same name; same node structure as at construction.
+
+        Raises:
+            InfeasibleError: no network of the held blocks meets the budget (the smallest
+                achievable value is in the message); the running network is left unchanged.
+        """
+        if resources is not None:
+            for table in [resources] if isinstance(resources, BilinearTable) else resources:
+                if table.name not in self._resources:
+                    raise ValueError(f"`resources` table {table.name!r} was not budgeted at construction: {sorted(self._resources)}")
+                self._resources[table.name] = _restrict(table, self.staged, self._keep)
+        result, solve_seconds = self._solve(budget)
+        configs, depths = self.staged.indices(result.arch)
+        start = time.perf_counter()
+        changed = self._place(configs, depths)
+        switch_seconds = time.perf_counter() - start
+        self.arch, self._configs, self._depths = result.arch, configs, depths
+        return SwitchReport(arch=result.arch, changed=changed, solve_seconds=solve_seconds,
+                            switch_seconds=switch_seconds, result=result)
+
+    @property
+    def budget(self) -> dict[str, float]:
+        return dict(self._budget)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.network(*args, **kwargs)
