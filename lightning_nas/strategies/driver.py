@@ -1,8 +1,10 @@
 """The search driver: runs a strategy against an evaluator under a budget, storing everything.
 
 An *evaluator* is a picklable callable ``evaluator(arch, fidelity) -> {metric: float}`` with a
-``full_fidelity`` attribute (epochs of one full evaluation) and optionally ``report_only`` (names of
-metrics kept in the results but never shown to the strategy, e.g. test accuracy).
+``full_fidelity`` attribute (epochs of one full evaluation), optionally ``report_only`` (names of
+metrics kept in the results but never shown to the strategy, e.g. test accuracy) and ``resumes``
+(true when evaluating an arch again at a higher fidelity continues its earlier training, so only the
+extra epochs are charged — what successive halving relies on).
 
 Evaluations run on any :class:`concurrent.futures.Executor`: inline with ``n_workers=1`` (the
 default), a local process pool with ``n_workers > 1``, or one the caller passes (e.g. Dask
@@ -12,6 +14,7 @@ in flight and asks for a new proposal as soon as one finishes (asynchronous sear
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -134,7 +137,11 @@ def run_search(strategy: Strategy, evaluator: Callable[[dict[str, Any], float], 
     start = time.perf_counter()
     records = {r.number: r for r in storage.trials()}
     spent_eval = sum(1 for r in records.values() if r.state == DONE)
-    spent_equiv = sum(r.fidelity / full for r in records.values() if r.state == DONE)
+    spent_equiv = sum(r.epochs / full for r in records.values() if r.state == DONE)
+    resumes = bool(getattr(evaluator, "resumes", False))
+    trained: dict[str, float] = {}  # arch (JSON) -> highest fidelity asked: where a resumed run starts
+    for r in records.values():
+        trained[_key(r.arch)] = max(trained.get(_key(r.arch), 0.0), r.fidelity)
     next_number = max(records, default=-1) + 1
     # Trials asked before a kill (or that failed) and never finished: evaluate them first, in order.
     backlog = [r for r in records.values() if r.state in (PENDING, FAILED)]
@@ -151,7 +158,7 @@ def run_search(strategy: Strategy, evaluator: Callable[[dict[str, Any], float], 
 
     def can_ask() -> bool:
         n_in = len(inflight)
-        cost_in = sum(r.fidelity / full for r in inflight.values())
+        cost_in = sum(r.epochs / full for r in inflight.values())
         return not (
             (budget.evaluations is not None and spent_eval + n_in >= budget.evaluations)
             or (budget.equivalent_evaluations is not None and spent_equiv + cost_in >= budget.equivalent_evaluations)
@@ -176,7 +183,11 @@ def run_search(strategy: Strategy, evaluator: Callable[[dict[str, Any], float], 
                 new = []
                 for p in proposals[:room]:
                     fidelity = full if p.fidelity is None else float(p.fidelity)
-                    new.append(TrialRecord(next_number, strategy.space.validate(p.arch), fidelity))
+                    arch = strategy.space.validate(p.arch)
+                    before = trained.get(_key(arch), 0.0)
+                    epochs = max(fidelity - before, 0.0) if resumes else fidelity
+                    trained[_key(arch)] = max(before, fidelity)
+                    new.append(TrialRecord(next_number, arch, fidelity, epochs))
                     next_number += 1
                 storage.add_trials(new, strategy.state_dict())
                 for r in new:
@@ -204,7 +215,7 @@ def run_search(strategy: Strategy, evaluator: Callable[[dict[str, Any], float], 
                                           {k: v for k, v in metrics.items() if k not in report_only}))
                 storage.finish_trial(record, strategy.state_dict(), elapsed())
                 spent_eval += 1
-                spent_equiv += record.fidelity / full
+                spent_equiv += record.epochs / full
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix({objective: f"{raw:.4g}"})
@@ -219,6 +230,10 @@ def run_search(strategy: Strategy, evaluator: Callable[[dict[str, Any], float], 
     if best is not None:
         log.info("search done: %d trials, best %s=%.4g", len(results), objective, best.metrics[objective])
     return results
+
+
+def _key(arch: Mapping[str, Any]) -> str:
+    return json.dumps(arch, sort_keys=True)
 
 
 def _progress_bar(budget: Budget, initial: int):

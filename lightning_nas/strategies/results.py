@@ -53,15 +53,15 @@ class SearchResults:
 
     @property
     def equivalent_evaluations(self) -> float:
-        """Epochs spent on finished trials divided by the epochs of one full evaluation."""
-        return float(sum(r.fidelity for r in self.done) / self.full_fidelity)
+        """Epochs charged to finished trials divided by the epochs of one full evaluation."""
+        return float(sum(r.epochs for r in self.done) / self.full_fidelity)
 
     def rows(self) -> list[dict[str, Any]]:
         """One flat dict per finished trial (``number``, ``fidelity``, the arch's labels, every metric,
         ``feasible``, ``violation``, ``seconds``, ``equivalent_evaluations`` so far): ``pd.DataFrame(rows)``."""
         out, spent = [], 0.0
         for r in self.done:
-            spent += r.fidelity / self.full_fidelity
+            spent += r.epochs / self.full_fidelity
             row = {"number": r.number, "fidelity": r.fidelity, **r.arch, **r.metrics}
             row.update(feasible=bool(r.violation <= 0.0), violation=r.violation, seconds=r.seconds,
                        equivalent_evaluations=spent)

@@ -26,11 +26,17 @@ PENDING, DONE, FAILED = "pending", "done", "failed"
 
 @dataclass
 class TrialRecord:
-    """One trial as stored: ``state`` is ``"pending"``, ``"done"`` or ``"failed"``."""
+    """One trial as stored.
+
+    ``state`` is ``"pending"``, ``"done"`` or ``"failed"``; ``epochs`` is what the trial is charged (its
+    fidelity, or only the epochs beyond an earlier run of the same arch when the evaluator resumes
+    training); ``value`` is the objective, larger is better (negated when minimised).
+    """
 
     number: int
     arch: dict[str, Any]
     fidelity: float
+    epochs: float
     state: str = PENDING
     value: float | None = None
     violation: float | None = None
@@ -105,7 +111,7 @@ class SQLiteStorage(Storage):
                 self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
                 self._db.execute(
                     "CREATE TABLE IF NOT EXISTS trials (number INTEGER PRIMARY KEY, arch TEXT NOT NULL, "
-                    "fidelity REAL NOT NULL, state TEXT NOT NULL, value REAL, violation REAL, metrics TEXT, "
+                    "fidelity REAL NOT NULL, epochs REAL NOT NULL, state TEXT NOT NULL, value REAL, violation REAL, metrics TEXT, "
                     "seconds REAL, error TEXT)"
                 )
                 self._db.execute("CREATE TABLE IF NOT EXISTS strategy (id INTEGER PRIMARY KEY CHECK (id = 0), "
@@ -130,10 +136,10 @@ class SQLiteStorage(Storage):
 
     def _load(self) -> None:
         self._meta = {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
-        for row in self._db.execute("SELECT number, arch, fidelity, state, value, violation, metrics, seconds, "
+        for row in self._db.execute("SELECT number, arch, fidelity, epochs, state, value, violation, metrics, seconds, "
                                     "error FROM trials"):
-            number, arch, fidelity, state, value, violation, metrics, seconds, error = row
-            self._trials[number] = TrialRecord(number, json.loads(arch), fidelity, state, value,
+            number, arch, fidelity, epochs, state, value, violation, metrics, seconds, error = row
+            self._trials[number] = TrialRecord(number, json.loads(arch), fidelity, epochs, state, value,
                                                violation, json.loads(metrics or "{}"), seconds, error)
         row = self._db.execute("SELECT state FROM strategy WHERE id = 0").fetchone()
         self._strategy = None if row is None else bytes(row[0])
@@ -148,8 +154,8 @@ class SQLiteStorage(Storage):
         super().add_trials(records, strategy_state)
         with self._transaction():
             self._db.executemany(
-                "INSERT INTO trials (number, arch, fidelity, state) VALUES (?, ?, ?, ?)",
-                [(r.number, json.dumps(r.arch), r.fidelity, r.state) for r in records],
+                "INSERT INTO trials (number, arch, fidelity, epochs, state) VALUES (?, ?, ?, ?, ?)",
+                [(r.number, json.dumps(r.arch), r.fidelity, r.epochs, r.state) for r in records],
             )
             self._save_strategy()
 

@@ -209,3 +209,30 @@ def test_kill_9_and_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     straight = run_search(evolution(), SyntheticEvaluator(), objective="accuracy", budget=Budget(evaluations=budget))
     assert [r.arch for r in resumed] == [r.arch for r in straight.done]
     assert len({tuple(r.arch.values()) for r in resumed}) == budget  # no arch evaluated twice
+
+
+class Ladder(Strategy):
+    """Proposes one arch at fidelities 2.5, 5 and 10, then another arch at 10."""
+
+    def __init__(self, space) -> None:
+        super().__init__(space)
+        arch = {label: 1 for label in space.labels}
+        self.plan = [Proposal(arch, 2.5), Proposal(arch, 5.0), Proposal(arch, 10.0), Proposal(self.random_arch(), 10.0)]
+
+    def ask(self, n: int = 1) -> list[Proposal]:
+        out, self.plan = self.plan[:n], self.plan[n:]
+        return out
+
+
+class Resuming(SyntheticEvaluator):
+    resumes = True
+
+
+@pytest.mark.parametrize(("evaluator", "charged"), [(SyntheticEvaluator(), [2.5, 5.0, 10.0, 10.0]),
+                                                     (Resuming(), [2.5, 2.5, 5.0, 10.0])])
+def test_resumed_training_is_charged_only_the_extra_epochs(evaluator, charged, tmp_path: Path) -> None:
+    results = run_search(Ladder(synthetic_space()), evaluator, objective="accuracy", budget=Budget(evaluations=10),
+                         storage=tmp_path / "s.db")
+    assert [r.epochs for r in results.done] == charged
+    assert results.equivalent_evaluations == pytest.approx(sum(charged) / 10.0)
+    assert [r.epochs for r in SQLiteStorage(tmp_path / "s.db").trials()] == charged
