@@ -1,12 +1,13 @@
 """Black-box search strategies behind one ask/tell interface, a driver with budgets, and storage."""
 
 from lightning_nas.strategies.base import Constraint, Observation, Proposal, Strategy
-from lightning_nas.strategies.bo import ACQUISITIONS, BayesianOptimization, acquisition
+from lightning_nas.strategies.bo import ACQUISITIONS, BayesianOptimization, acquisition, one_hot
 from lightning_nas.strategies.driver import Budget, EvaluationError, run_search
 from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble, masked_huber
 from lightning_nas.strategies.evolution import RegularizedEvolution
 from lightning_nas.strategies.layernas import LayerNAS, cost_bucket
 from lightning_nas.strategies.random_search import RandomSearch
+from lightning_nas.strategies.rank_nosh import RankNOSH, pairwise_ranking_loss
 from lightning_nas.strategies.results import SearchResults, pareto_mask
 from lightning_nas.strategies.storage import MemoryStorage, SQLiteStorage, Storage
 
@@ -22,6 +23,7 @@ __all__ = [
     "Observation",
     "Proposal",
     "RandomSearch",
+    "RankNOSH",
     "RegularizedEvolution",
     "SQLiteStorage",
     "SearchResults",
@@ -32,5 +34,7 @@ __all__ = [
     "cost_bucket",
     "fit_ensemble",
     "masked_huber",
+    "one_hot",
+    "pairwise_ranking_loss",
     "run_search",
 ]

@@ -29,17 +29,18 @@ Batch-synchronous: a new batch is computed once every proposal of the previous o
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from lightning_nas.seeding import derive_seed
+from lightning_nas.spaces.search_space import SearchSpace
 from lightning_nas.strategies.base import Observation, Proposal, Strategy, arch_key
 from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble
 
-__all__ = ["ACQUISITIONS", "BayesianOptimization", "acquisition"]
+__all__ = ["ACQUISITIONS", "BayesianOptimization", "acquisition", "one_hot"]
 
 ACQUISITIONS = ("pi", "ei", "ucb")
 
@@ -62,6 +63,19 @@ def acquisition(predictions: torch.Tensor, best: float, kind: str = "pi", ucb_be
     if kind == "ucb":
         return predictions.mean(0) + ucb_beta * predictions.std(0, unbiased=False)
     raise ValueError(f"`acquisition` must be one of {ACQUISITIONS}, got {kind!r}")
+
+
+def one_hot(space: SearchSpace, archs: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+    """:meth:`SearchSpace.encode_many`, vectorised for large candidate sets: ``float32 (N, encoding_size)``.
+
+    ``archs`` must be valid archs of ``space`` in canonical form (as proposals and enumerations are).
+    """
+    offsets = np.cumsum([0] + [len(d.values) for d in space])
+    index = np.array([[d.values.index(a[d.label]) for d in space] for a in archs], dtype=np.int64)
+    x = np.zeros((len(archs), int(offsets[-1])), dtype=np.float32)
+    if len(archs):
+        x[np.arange(len(archs))[:, None], index + offsets[:-1]] = 1.0
+    return torch.from_numpy(x)
 
 
 class BayesianOptimization(Strategy):
@@ -122,7 +136,6 @@ class BayesianOptimization(Strategy):
         self.fit_seconds: list[float] = []
         # Rebuilt on demand, not stored (see config_attributes).
         self._pretrained: dict[str, torch.Tensor] | None = None
-        self._offsets = np.cumsum([0] + [len(d.values) for d in space])
 
     config_attributes = Strategy.config_attributes + ("_pretrained",)
 
@@ -157,7 +170,7 @@ class BayesianOptimization(Strategy):
             pool = self._pool(fidelity)
             if not pool or count == 0:
                 continue
-            x = self._encode(pool)
+            x = one_hot(self.space, pool)
             predictions = model.predict(x, head)
             scores = acquisition(predictions, best, self.kind, self.ucb_beta)
             mean = predictions.mean(0).double()
@@ -201,20 +214,12 @@ class BayesianOptimization(Strategy):
                 pool[key] = arch
         return list(pool.values())
 
-    def _encode(self, archs: Sequence[dict[str, Any]]) -> torch.Tensor:
-        """One-hot encodings ``(N, encoding_size)``, as :meth:`SearchSpace.encode` but vectorised."""
-        index = np.array([[d.values.index(a[d.label]) for d in self.space] for a in archs], dtype=np.int64)
-        x = np.zeros((len(archs), int(self._offsets[-1])), dtype=np.float32)
-        if len(archs):
-            x[np.arange(len(archs))[:, None], index + self._offsets[:-1]] = 1.0
-        return torch.from_numpy(x)
-
     # -- the surrogate -------------------------------------------------------------------------
     def _heads(self) -> int:
         return len(self.pretrain_metrics) + (1 if self.fidelities is None else 2)
 
     def _new_model(self, seed: int) -> DeepEnsemble:
-        return DeepEnsemble(int(self._offsets[-1]), self._heads(), members=self.members, trunk=self.trunk,
+        return DeepEnsemble(self.space.encoding_size, self._heads(), members=self.members, trunk=self.trunk,
                             branch=self.branch, seed=seed)
 
     def _pretrain(self) -> dict[str, torch.Tensor]:
@@ -227,7 +232,7 @@ class BayesianOptimization(Strategy):
             else:
                 archs = [{d.label: d.values[int(rng.integers(len(d.values)))] for d in self.space}
                          for _ in range(self.pretrain_archs)]
-            x = self._encode(archs)
+            x = one_hot(self.space, archs)
             y = torch.full((len(archs), self._heads()), float("nan"))
             for i, arch in enumerate(archs):
                 costs = self.cost_model(arch)
@@ -245,7 +250,7 @@ class BayesianOptimization(Strategy):
         if self.pretrain_metrics:
             model.load_state_dict(self._pretrain())
         n_metrics = len(self.pretrain_metrics)
-        x = self._encode([o.arch for o in self.history])
+        x = one_hot(self.space, [o.arch for o in self.history])
         y = torch.full((len(self.history), self._heads()), float("nan"))
         for i, o in enumerate(self.history):
             y[i, n_metrics + self._fidelity_head(o.fidelity)] = o.value

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_nas.strategies.bo import BayesianOptimization, acquisition
+from lightning_nas.strategies.bo import BayesianOptimization, acquisition, one_hot
 from lightning_nas.strategies.driver import Budget, run_search
 from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble, masked_huber
 
@@ -105,7 +105,7 @@ def test_pretraining_on_zero_cost_metrics() -> None:
     model = strategy._new_model(0)
     model.load_state_dict(strategy._pretrained)
     archs = evaluator.all_archs()
-    pred = model.predict(strategy._encode(archs), 0).mean(0)
+    pred = model.predict(one_hot(strategy.space, archs), 0).mean(0)
     truth = torch.tensor([evaluator.costs(a)["cost"] for a in archs])
     rank = lambda v: v.argsort().argsort().double()  # noqa: E731
     assert torch.corrcoef(torch.stack([rank(pred), rank(truth)]))[0, 1] > 0.8
@@ -144,3 +144,10 @@ def test_bad_arguments() -> None:
         bo(members=1)
     with pytest.raises(ValueError, match="`fidelities` must be"):
         bo(fidelities=(10.0, 2.0))
+
+
+def test_one_hot_equals_search_space_encoding() -> None:
+    space = synthetic_space(3, 5)
+    archs = space.sample_many(20, seed=0)
+    assert torch.equal(one_hot(space, archs), space.encode_many(archs))
+    assert one_hot(space, []).shape == (0, space.encoding_size)

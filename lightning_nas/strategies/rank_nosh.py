@@ -1,0 +1,192 @@
+"""RANK-NOSH: a pairwise-ranking predictor driving non-uniform successive halving.
+
+Accuracies after different numbers of epochs are not comparable, so the predictor learns a *ranking*:
+an MLP score ``s(x)`` trained with the logistic pairwise loss ``softplus(−(s(a) − s(b)))`` on pairs
+of archs evaluated at the *same* fidelity, ``a`` the better of the two (RankNet). Every round:
+
+1. the predictor is refitted on all pairs;
+2. ``new_per_round`` new candidates enter the lowest level, the best-scored unevaluated archs
+   (uniform draws in the first round);
+3. the pyramid is restored: level ``k + 1`` may hold ``⌈|level k| / eta⌉`` archs; the free places go to
+   the paused archs of level ``k`` with the highest predicted score, whose training is *resumed* up to
+   the next level's epochs. Nothing is discarded: a paused arch is promoted in a later round when the
+   predictor (which improves as results arrive) ranks it higher.
+
+The thesis (Wang, 2021) states only the principles (pyramid, resume, pairwise ranking loss); the rest
+is ours: the RankNet loss on same-fidelity pairs, the ``⌈n/eta⌉`` pyramid with promotion by predicted
+score, an ensemble-averaged score (``members`` MLPs, the same batched network as the BO surrogate),
+and candidates taken from the whole space when it has at most ``candidates`` archs (sampled plus
+mutations of the best otherwise). Zero-cost proxies are not used to seed the pool. With an evaluator
+that resumes training (``resumes = True``) a promotion is charged only its extra epochs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lightning_nas.seeding import derive_seed
+from lightning_nas.strategies.base import Observation, Proposal, Strategy, arch_key
+from lightning_nas.strategies.bo import one_hot
+from lightning_nas.strategies.ensemble import DeepEnsemble
+
+__all__ = ["RankNOSH", "pairwise_ranking_loss"]
+
+
+def pairwise_ranking_loss(scores: torch.Tensor, better: torch.Tensor, worse: torch.Tensor) -> torch.Tensor:
+    """Mean RankNet loss ``softplus(−(s[better] − s[worse]))`` over pairs.
+
+    Args:
+        scores: ``(..., N)`` scores of N archs (leading dims, e.g. ensemble members, are averaged).
+        better, worse: ``(P,)`` indices: arch ``better[i]`` measured above arch ``worse[i]``.
+    """
+    return F.softplus(-(scores[..., better] - scores[..., worse])).mean()
+
+
+class RankNOSH(Strategy):
+    """Ranking-predictor-guided non-uniform successive halving (see the module docstring).
+
+    Args:
+        space, seed, constraints, cost_model: see :class:`~lightning_nas.strategies.base.Strategy`.
+        levels: ascending fidelities (epochs) of the pyramid, e.g. ``(12, 200)`` on NAS-Bench-201.
+        eta: ratio of sizes between consecutive levels.
+        new_per_round: new candidates entering the lowest level each round.
+        candidates: enumerate the space when it has at most this many archs, else sample this many.
+        members, trunk, branch: the score network (an ensemble whose scores are averaged).
+        steps, lr, pairs_per_step: predictor training per round.
+    """
+
+    def __init__(self, space, *, seed: int = 0, constraints=(), cost_model=None, levels: Sequence[float] = (12, 200),
+                 eta: float = 3.0, new_per_round: int = 8, candidates: int = 20_000, members: int = 3,
+                 trunk: Sequence[int] = (64, 64), branch: int = 32, steps: int = 150, lr: float = 5e-3,
+                 pairs_per_step: int = 64) -> None:
+        super().__init__(space, seed=seed, constraints=constraints, cost_model=cost_model)
+        levels = tuple(float(x) for x in levels)
+        if not levels or any(b <= a for a, b in zip(levels, levels[1:])) or levels[0] <= 0:
+            raise ValueError(f"`levels` must be positive, strictly ascending fidelities, got {levels!r}")
+        if not (isinstance(eta, (int, float)) and eta > 1):
+            raise ValueError(f"`eta` must be a number > 1, got {eta!r}")
+        for name, value in (("new_per_round", new_per_round), ("candidates", candidates), ("members", members),
+                            ("steps", steps), ("pairs_per_step", pairs_per_step)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
+        self.levels, self.eta, self.new_per_round, self.candidates = levels, float(eta), new_per_round, candidates
+        self.members, self.trunk, self.branch = members, tuple(trunk), branch
+        self.steps, self.lr, self.pairs_per_step = steps, lr, pairs_per_step
+        self.round = 0
+        self.queue: list[Proposal] = []
+        self.pending = 0
+        self.level_of: dict[tuple, int] = {}  # arch key -> highest level asked
+        self.archs: dict[tuple, dict[str, Any]] = {}
+        self.fit_seconds: list[float] = []
+
+    # -- ask / tell ----------------------------------------------------------------------------
+    def ask(self, n: int = 1) -> list[Proposal]:
+        if not self.queue and self.pending == 0:
+            self.queue = self._next_round()
+            self.round += 1
+        out, self.queue = self.queue[:n], self.queue[n:]
+        self.pending += len(out)
+        return out
+
+    def tell(self, observation: Observation) -> None:
+        super().tell(observation)
+        self.pending -= 1
+
+    # -- one round -----------------------------------------------------------------------------
+    def _next_round(self) -> list[Proposal]:
+        score = self._fit() if self.history else None
+        batch: list[Proposal] = []
+        pool = [a for a in self._pool() if arch_key(a) not in self.level_of]
+        if pool:
+            if score is None:
+                chosen = [pool[int(i)] for i in self.rng.permutation(len(pool))[: self.new_per_round]]
+            else:
+                s = score(pool)
+                if self.constraints:
+                    s = np.where([self.predicted_violation(a) <= 0.0 for a in pool], s, s - 1e9)
+                chosen = [pool[int(i)] for i in np.argsort(-s, kind="stable")[: self.new_per_round]]
+            batch += [self._propose(a, 0) for a in chosen]
+        # Restore the pyramid, counting this round's entries.
+        for k in range(len(self.levels) - 1):
+            at_k = [key for key, lvl in self.level_of.items() if lvl >= k]
+            above = sum(1 for lvl in self.level_of.values() if lvl >= k + 1)
+            free = math.ceil(len(at_k) / self.eta) - above
+            paused = [key for key, lvl in self.level_of.items() if lvl == k and self._measured(key, k)]
+            if free <= 0 or not paused:
+                continue
+            if score is None:
+                values = np.array([self._value(key, k) for key in paused])
+            else:
+                values = score([self.archs[key] for key in paused])
+            for i in np.argsort(-values, kind="stable")[:free]:
+                batch.append(self._propose(self.archs[paused[int(i)]], k + 1))
+        return batch
+
+    def _propose(self, arch: dict[str, Any], level: int) -> Proposal:
+        key = arch_key(arch)
+        self.level_of[key] = level
+        self.archs[key] = dict(arch)
+        return Proposal(dict(arch), self.levels[level])
+
+    def _measured(self, key: tuple, level: int) -> bool:
+        return any(arch_key(o.arch) == key and o.fidelity == self.levels[level] for o in self.history)
+
+    def _value(self, key: tuple, level: int) -> float:
+        return max(o.value for o in self.history if arch_key(o.arch) == key and o.fidelity == self.levels[level])
+
+    def _pool(self) -> list[dict[str, Any]]:
+        if self.space.size <= self.candidates:
+            return list(self.space.enumerate())
+        best = sorted(self.history, key=lambda o: o.value, reverse=True)[:10]
+        return [self.mutate(best[i % len(best)].arch) if best and i % 2 else self.random_arch()
+                for i in range(self.candidates)]
+
+    # -- the ranking predictor -----------------------------------------------------------------
+    def _pairs(self) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor]:
+        archs: dict[tuple, int] = {}
+        ordered: list[dict[str, Any]] = []
+        better, worse = [], []
+        for fidelity in self.levels:
+            at = [o for o in self.history if o.fidelity == fidelity]
+            for o in at:
+                if arch_key(o.arch) not in archs:
+                    archs[arch_key(o.arch)] = len(ordered)
+                    ordered.append(o.arch)
+            for a in at:
+                for b in at:
+                    if a.value > b.value:
+                        better.append(archs[arch_key(a.arch)])
+                        worse.append(archs[arch_key(b.arch)])
+        return ordered, torch.tensor(better, dtype=torch.long), torch.tensor(worse, dtype=torch.long)
+
+    def _fit(self):
+        """Train the score network on same-fidelity pairs; returns ``score(archs) -> np.ndarray``."""
+        start = time.perf_counter()
+        archs, better, worse = self._pairs()
+        model = DeepEnsemble(self.space.encoding_size, 1, members=self.members, trunk=self.trunk, branch=self.branch,
+                             seed=derive_seed(self.seed, 6, self.round))
+        x = one_hot(self.space, archs)
+        if len(better):
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, 7, self.round))
+            optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
+            model.train()
+            for _ in range(self.steps):
+                pick = torch.randint(len(better), (self.pairs_per_step,), generator=generator)
+                loss = pairwise_ranking_loss(model(x)[..., 0], better[pick], worse[pick])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        model.eval()
+        self.fit_seconds.append(time.perf_counter() - start)
+
+        def score(candidates: Sequence[dict[str, Any]]) -> np.ndarray:
+            return model.predict(one_hot(self.space, candidates), 0).mean(0).double().numpy()
+
+        return score
