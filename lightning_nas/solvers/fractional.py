@@ -131,13 +131,22 @@ class CharnesCooperModel(MilpModel):
         self.n_unit = max(max(n_extremes), 1e-300)
         scaled_num = _scaled(num, 1.0 / self.n_unit)
         scaled_den = _scaled(den, 1.0 / self.d_unit)
-        m.z = pyo.Var(bounds=(self.d_unit / fractional.d_max, 1.0))
+        z_lo = self.d_unit / fractional.d_max
+        m.z = pyo.Var(bounds=(z_lo, 1.0))
         m.y = pyo.Var(m.W, bounds=(0.0, 1.0))
         m.u = pyo.Var(m.Bt, bounds=(0.0, 1.0))
         # y = z·w and u = z·β exactly: each is 0 where its binary is 0 (bound 1/D_min = 1 ≥ z) and
         # the homogenised choice equations below force the one nonzero entry to equal z.
         m.y_le_w = pyo.Constraint(m.W, rule=lambda m, s, b, c: m.y[s, b, c] <= m.w[s, b, c])
         m.u_le_beta = pyo.Constraint(m.Bt, rule=lambda m, s, j: m.u[s, j] <= m.beta[s, j])
+        # The other McCormick inequalities of y = z·w (z in [z_lo, 1]): implied for binary w by the
+        # equations below, but they tighten the LP relaxation the branch and bound works on.
+        m.y_ge = pyo.Constraint(m.W, rule=lambda m, s, b, c: m.y[s, b, c] >= z_lo * m.w[s, b, c])
+        m.y_ge_z = pyo.Constraint(m.W, rule=lambda m, s, b, c: m.y[s, b, c] >= m.z - (1 - m.w[s, b, c]))
+        m.y_le_z = pyo.Constraint(m.W, rule=lambda m, s, b, c: m.y[s, b, c] <= m.z - z_lo * (1 - m.w[s, b, c]))
+        m.u_ge = pyo.Constraint(m.Bt, rule=lambda m, s, j: m.u[s, j] >= z_lo * m.beta[s, j])
+        m.u_ge_z = pyo.Constraint(m.Bt, rule=lambda m, s, j: m.u[s, j] >= m.z - (1 - m.beta[s, j]))
+        m.u_le_z = pyo.Constraint(m.Bt, rule=lambda m, s, j: m.u[s, j] <= m.z - z_lo * (1 - m.beta[s, j]))
         m.one_depth_z = pyo.Constraint(
             pyo.Set(initialize=idx.free_stages, ordered=True),
             rule=lambda m, s: pyo.quicksum(m.u[s, j] for j in range(p.num_depths[s])) == m.z,
