@@ -1,4 +1,4 @@
-"""Figures for a search: BINAS-style contribution heatmaps and accuracy-vs-latency Pareto plots (PNG)."""
+"""Figures for a search (PNG): BINAS-style contribution heatmaps, accuracy-vs-latency Pareto plots, α trajectories and the skip-gap diagnostic."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.io import atomic_write_bytes
 
-__all__ = ["plot_contributions", "plot_pareto"]
+__all__ = ["plot_alpha_trajectories", "plot_contributions", "plot_pareto", "plot_skip_gap"]
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -90,5 +90,72 @@ def plot_pareto(
     ax.set_xlabel(x_label)
     ax.set_ylabel(y_label)
     ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_alpha_trajectories(
+    history: Sequence[Mapping[str, object]], path: str | Path, *, labels: Sequence[str] | None = None, columns: int = 3
+) -> Path:
+    """One panel per edge: every operation's expected weight (softmax α or Dirichlet mean) per epoch.
+
+    Args:
+        history: a search callback's ``history`` (``[{"epoch", "weights": {label: {op: w}}}, ...]``).
+        labels: the edges to draw (default: all, in order).
+        columns: panels per row.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        raise ValueError("`history` is empty: fit the search for at least one epoch first")
+    labels = list(labels or history[0]["weights"])
+    rows = -(-len(labels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.6 * rows), squeeze=False, sharex=True, sharey=True)
+    epochs = [h["epoch"] for h in history]
+    for ax, label in zip(axes.flat, labels):
+        for op in history[0]["weights"][label]:
+            ax.plot(epochs, [h["weights"][label][op] for h in history], label=op)
+        ax.set_title(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(labels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.supxlabel("epoch")
+    fig.supylabel("mixing weight")
+    return _save(fig, path)
+
+
+def plot_skip_gap(
+    history: Sequence[Mapping[str, object]],
+    path: str | Path,
+    *,
+    metric_label: str = "supernet validation accuracy",
+    skip: str = "skip_connect",
+    conv: Sequence[str] | None = None,
+) -> Path:
+    """The thesis's Fig. 2.3: mean(w_skip − w_conv) against the supernet's validation accuracy, one point per epoch.
+
+    ``history`` needs each entry's ``"metric"`` (the search callback's ``monitor``); ``skip`` and
+    ``conv`` name the operations compared (see :func:`~lightning_nas.differentiable.diagnostics.skip_gap`).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lightning_nas.differentiable.diagnostics import CONV_OPS, skip_gap
+
+    conv = CONV_OPS if conv is None else conv
+    points = [(h["metric"], skip_gap(h["weights"], skip=skip, conv=conv), h["epoch"]) for h in history if h.get("metric") is not None]
+    if not points:
+        raise ValueError("`history` has no metric values: pass `monitor=` to the search callback")
+    fig, ax = plt.subplots(figsize=(5, 3.8))
+    scatter = ax.scatter([p[0] for p in points], [p[1] for p in points], c=[p[2] for p in points], cmap="viridis")
+    fig.colorbar(scatter, ax=ax, label="epoch")
+    ax.set_xlabel(metric_label)
+    ax.set_ylabel("mean(w_skip − w_conv)")
     ax.grid(alpha=0.3)
     return _save(fig, path)

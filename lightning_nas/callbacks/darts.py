@@ -63,7 +63,8 @@ class DartsSearch(Callback):
 
     Attributes:
         relaxation: the installed relaxation (after ``setup``).
-        history: per epoch ``{"epoch", "weights": {label: [...]}, "metric"}``.
+        history: per epoch ``{"epoch", "weights": {label: {op: expected weight}}, "metric"}`` (the
+            weights are softmax(α), or the Dirichlet mean for DrNAS; ``metric`` is ``monitor``'s value).
     """
 
     def __init__(
@@ -154,14 +155,16 @@ class DartsSearch(Callback):
         self.relaxation.arch_grad = True
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        weights = self.relaxation.probabilities()
+        weights = {
+            label: dict(zip(map(str, self.relaxation.ops(label)), ws)) for label, ws in self.relaxation.probabilities().items()
+        }
         metric = trainer.callback_metrics.get(self.monitor) if self.monitor else None
         self.history.append(
             {"epoch": trainer.current_epoch, "weights": weights, "metric": None if metric is None else float(metric)}
         )
         if self.log_alpha:
             pl_module.log_dict(
-                {f"alpha/{label}/{op}": w for label, ws in weights.items() for op, w in zip(self.relaxation.ops(label), ws)},
+                {f"alpha/{label}/{op}": w for label, ops in weights.items() for op, w in ops.items()},
                 on_epoch=True, on_step=False, sync_dist=False,
             )
 
