@@ -83,7 +83,8 @@ def _timed_call(evaluator: Callable, arch: dict[str, Any], fidelity: float) -> t
 
 def run_search(strategy: Strategy, evaluator: Callable[[dict[str, Any], float], Mapping[str, float]], *,
                objective: str, budget: Budget, maximize: bool = True, storage: Storage | str | os.PathLike | None = None,
-               executor: Executor | None = None, n_workers: int = 1, progress: bool = False) -> SearchResults:
+               executor: Executor | None = None, n_workers: int = 1, progress: bool = False,
+               stop_when: Callable[[TrialRecord], bool] | None = None) -> SearchResults:
     """Run ``strategy`` against ``evaluator`` until ``budget`` is spent or the strategy has nothing left.
 
     Args:
@@ -99,6 +100,8 @@ def run_search(strategy: Strategy, evaluator: Callable[[dict[str, Any], float], 
             pool of ``n_workers`` (created and shut down here). A given executor is not shut down.
         n_workers: evaluations kept in flight.
         progress: show a progress bar (tqdm) over the evaluation budget.
+        stop_when: called with each finished trial; once it returns true no more proposals are asked
+            (those in flight still finish), e.g. ``lambda t: t.metrics["valid_accuracy"] >= 94``.
 
     Returns:
         The :class:`SearchResults` of every trial in the storage (resumed ones included).
@@ -151,7 +154,7 @@ def run_search(strategy: Strategy, evaluator: Callable[[dict[str, Any], float], 
         executor = _InlineExecutor() if n_workers == 1 else ProcessPoolExecutor(max_workers=n_workers)
     bar = _progress_bar(budget, spent_eval) if progress else None
     inflight: dict[Future, TrialRecord] = {}
-    exhausted = False
+    exhausted = stop_when is not None and any(stop_when(r) for r in records.values() if r.state == DONE)
 
     def elapsed() -> float:
         return elapsed0 + time.perf_counter() - start
@@ -216,6 +219,7 @@ def run_search(strategy: Strategy, evaluator: Callable[[dict[str, Any], float], 
                 storage.finish_trial(record, strategy.state_dict(), elapsed())
                 spent_eval += 1
                 spent_equiv += record.epochs / full
+                exhausted = exhausted or (stop_when is not None and bool(stop_when(record)))
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix({objective: f"{raw:.4g}"})

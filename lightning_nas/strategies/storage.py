@@ -46,12 +46,16 @@ class TrialRecord:
 
 
 class Storage:
-    """In-memory storage; the base of :class:`SQLiteStorage`, which adds the file."""
+    """In-memory storage; the base of :class:`SQLiteStorage`, which adds the file.
+
+    In memory the strategy state is kept by reference (nothing can be killed and resumed there, and
+    pickling it after every result would make long searches quadratic).
+    """
 
     def __init__(self) -> None:
         self._trials: dict[int, TrialRecord] = {}
         self._meta: dict[str, Any] = {}
-        self._strategy: bytes | None = None
+        self._strategy: Any | None = None
 
     # -- what the driver calls -----------------------------------------------------------------
     def meta(self) -> dict[str, Any]:
@@ -67,7 +71,7 @@ class Storage:
 
     def strategy_state(self) -> Any | None:
         """The last strategy state stored, or ``None`` for a new search."""
-        return None if self._strategy is None else pickle.loads(self._strategy)
+        return self._strategy
 
     def add_trials(self, records: list[TrialRecord], strategy_state: Any) -> None:
         """Store new pending trials together with the strategy state after the ask."""
@@ -75,13 +79,13 @@ class Storage:
             if r.number in self._trials:
                 raise ValueError(f"trial number {r.number} is already stored")
             self._trials[r.number] = r
-        self._strategy = pickle.dumps(strategy_state)
+        self._strategy = strategy_state
 
     def finish_trial(self, record: TrialRecord, strategy_state: Any | None, elapsed: float) -> None:
         """Store a finished (or failed) trial, the strategy state after its tell and the elapsed time."""
         self._trials[record.number] = record
         if strategy_state is not None:
-            self._strategy = pickle.dumps(strategy_state)
+            self._strategy = strategy_state
         self._meta["elapsed"] = elapsed
 
     def close(self) -> None:
@@ -142,7 +146,7 @@ class SQLiteStorage(Storage):
             self._trials[number] = TrialRecord(number, json.loads(arch), fidelity, epochs, state, value,
                                                violation, json.loads(metrics or "{}"), seconds, error)
         row = self._db.execute("SELECT state FROM strategy WHERE id = 0").fetchone()
-        self._strategy = None if row is None else bytes(row[0])
+        self._strategy = None if row is None else pickle.loads(bytes(row[0]))
 
     def set_meta(self, **values: Any) -> None:
         super().set_meta(**values)
@@ -173,7 +177,7 @@ class SQLiteStorage(Storage):
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('elapsed', ?)", (json.dumps(elapsed),))
 
     def _save_strategy(self) -> None:
-        self._db.execute("INSERT OR REPLACE INTO strategy VALUES (0, ?)", (self._strategy,))
+        self._db.execute("INSERT OR REPLACE INTO strategy VALUES (0, ?)", (pickle.dumps(self._strategy),))
 
     def close(self) -> None:
         self._db.close()

@@ -236,3 +236,12 @@ def test_resumed_training_is_charged_only_the_extra_epochs(evaluator, charged, t
     assert [r.epochs for r in results.done] == charged
     assert results.equivalent_evaluations == pytest.approx(sum(charged) / 10.0)
     assert [r.epochs for r in SQLiteStorage(tmp_path / "s.db").trials()] == charged
+
+
+def test_stop_when_ends_the_search_after_the_trigger() -> None:
+    evaluator = SyntheticEvaluator()
+    target = sorted(evaluator.accuracy(a) for a in evaluator.all_archs())[-30]
+    results = run_search(RandomSearch(synthetic_space(), seed=0), evaluator, objective="accuracy",
+                         budget=Budget(evaluations=256), stop_when=lambda t: t.metrics["accuracy"] >= target)
+    assert results.done[-1].metrics["accuracy"] >= target
+    assert all(r.metrics["accuracy"] < target for r in results.done[:-1])
