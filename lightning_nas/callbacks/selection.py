@@ -60,7 +60,9 @@ class PerturbationSelection(Callback):
         seed: seed of the edge order.
 
     Attributes:
-        decisions: one record per decision: ``{"epoch", "label", "scores", "chosen"}``.
+        decisions: one record per decision: ``{"epoch", "kind", "labels", "scores": {label: ...},
+            "chosen": {label: ...}}`` (op scores: accuracy with that op masked; input scores: per
+            removal round, accuracy without that input).
     """
 
     def __init__(
@@ -105,17 +107,21 @@ class PerturbationSelection(Callback):
         return self._generate_state_key(seed=self.seed, start_epoch=self.start_epoch)
 
     # -- plan --------------------------------------------------------------------------------
-    def plan(self, supernet: Supernet) -> list[tuple[str, str]]:
-        """The decisions in order: ``("op", label)`` in seeded random order, then ``("inputs", label)``."""
+    def plan(self, supernet: Supernet) -> list[tuple[str, tuple[str, ...]]]:
+        """The decisions in order: ``("op", labels)`` in seeded random order, then ``("inputs", labels)``.
+
+        One decision covers the labels that differ only by their ``normal.``/``reduce.`` prefix (a
+        DARTS projection decides an edge of both cell kinds at once); other labels are alone.
+        """
         op_labels = list(dict.fromkeys(m.label for m in supernet.mutables() if isinstance(m, OpChoice)))
-        order = torch.randperm(len(op_labels), generator=derive_generator(self.seed)).tolist()
-        steps = [("op", op_labels[k]) for k in order]
+        input_labels = list(
+            dict.fromkeys(m.label for m in supernet.mutables() if isinstance(m, InputChoice) and m.n_candidates > m.n_chosen)
+        )
+        op_groups = _group_cell_kinds(op_labels)
+        order = torch.randperm(len(op_groups), generator=derive_generator(self.seed)).tolist()
+        steps = [("op", op_groups[k]) for k in order]
         if self.topology:
-            seen = []
-            for m in supernet.mutables():
-                if isinstance(m, InputChoice) and m.n_candidates > m.n_chosen and m.label not in seen:
-                    seen.append(m.label)
-            steps += [("inputs", label) for label in seen]
+            steps += [("inputs", group) for group in _group_cell_kinds(input_labels)]
         return steps
 
     def epochs_needed(self, supernet: Supernet) -> int:
@@ -167,21 +173,27 @@ class PerturbationSelection(Callback):
 
     def _decide(self, trainer: Trainer, pl_module: LightningModule) -> None:
         relaxation = self.search.relaxation
-        kind, label = self.plan(relaxation.supernet)[len(self.decisions)]
+        kind, labels = self.plan(relaxation.supernet)[len(self.decisions)]
         was_training = pl_module.training
         pl_module.train()  # DARTS-PT measures with batch statistics
+        evaluate = lambda: self._evaluate(trainer, pl_module)  # noqa: E731
+        record: dict[str, Any] = {"epoch": trainer.current_epoch, "kind": kind, "labels": list(labels), "scores": {}, "chosen": {}}
         try:
-            evaluate = lambda: self._evaluate(trainer, pl_module)  # noqa: E731
-            if kind == "op":
-                chosen, scores = select_op_by_perturbation(relaxation, label, evaluate)
-                scores = {str(k): v for k, v in scores.items()}
-            else:
-                n_chosen = next(m.n_chosen for m in relaxation.supernet.mutables() if isinstance(m, InputChoice) and m.label == label)
-                chosen, rounds = select_inputs_by_perturbation(relaxation, label, n_chosen, evaluate)
-                chosen, scores = list(chosen), [{str(k): v for k, v in r.items()} for r in rounds]
+            for label in labels:
+                if kind == "op":
+                    chosen, scores = select_op_by_perturbation(relaxation, label, evaluate)
+                    record["scores"][label] = {str(k): v for k, v in scores.items()}
+                    record["chosen"][label] = chosen
+                else:
+                    n_chosen = next(
+                        m.n_chosen for m in relaxation.supernet.mutables() if isinstance(m, InputChoice) and m.label == label
+                    )
+                    chosen, rounds = select_inputs_by_perturbation(relaxation, label, n_chosen, evaluate)
+                    record["scores"][label] = [{str(k): v for k, v in r.items()} for r in rounds]
+                    record["chosen"][label] = list(chosen)
         finally:
             pl_module.train(was_training)
-        self.decisions.append({"epoch": trainer.current_epoch, "kind": kind, "label": label, "scores": scores, "chosen": chosen})
+        self.decisions.append(record)
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -190,3 +202,12 @@ class PerturbationSelection(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.seed = state_dict.get("seed", self.seed)
         self.decisions = list(state_dict.get("decisions", []))
+
+
+def _group_cell_kinds(labels: list[str]) -> list[tuple[str, ...]]:
+    """Labels grouped by what follows a ``normal.``/``reduce.`` prefix, in first-seen order."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        head, _, rest = label.partition(".")
+        groups.setdefault(rest if head in ("normal", "reduce") and rest else label, []).append(label)
+    return [tuple(group) for group in groups.values()]

@@ -87,7 +87,8 @@ def test_pt_picks_the_strongest_op_where_alpha_prefers_the_other(gap, seed):
     assert pt.arch == {"e1": "shift", "e2": "skip"}
     assert [d["epoch"] for d in pt.decisions] == [0, 1] and pt.done
     for d in pt.decisions:  # masking the chosen op costs the most accuracy
-        assert d["scores"][d["chosen"]] == min(d["scores"].values())
+        (label,) = d["labels"]
+        assert d["scores"][label][d["chosen"][label]] == min(d["scores"][label].values())
     exported = model.net.export(pt.arch)
     x, y = split.tensors
     assert bool((exported(x).argmax(-1) == y).all())
@@ -113,3 +114,16 @@ def test_bad_arguments_are_named():
     trainer = pl.Trainer(max_epochs=1, callbacks=[pt], logger=False, enable_checkpointing=False, enable_progress_bar=False)
     with pytest.raises(MisconfigurationException, match="same Trainer"):
         trainer.fit(Model(), DataLoader(split, batch_size=32))
+
+
+def test_darts_plan_pairs_normal_and_reduce_cells():
+    from lightning_nas.spaces.darts import darts_supernet
+
+    net = darts_supernet(channels=2, layers=3)
+    pt = PerturbationSelection(DartsSearch(data(0)), data(0), interval=5)
+    plan = pt.plan(net)
+    assert [kind for kind, _ in plan] == ["op"] * 14 + ["inputs"] * 3
+    assert all(labels == (f"normal.{labels[0][7:]}", f"reduce.{labels[0][7:]}") for _, labels in plan)
+    assert plan[-3:] == [("inputs", (f"normal.node_{j}", f"reduce.node_{j}")) for j in (3, 4, 5)]
+    assert pt.epochs_needed(net) == 5 * 16 + 1  # as in DARTS-PT's public code: 81 epochs
+    assert plan == PerturbationSelection(DartsSearch(data(0)), data(0)).plan(net)  # seeded order
