@@ -1,7 +1,8 @@
 """Black-box search strategies behind one ask/tell interface, a driver with budgets, and storage."""
 
 from lightning_nas.strategies.base import Constraint, Observation, Proposal, Strategy
-from lightning_nas.strategies.bo import ACQUISITIONS, BayesianOptimization, acquisition, one_hot
+from lightning_nas.strategies.bo import ACQUISITIONS, BayesianOptimization, acquisition
+from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.driver import Budget, EvaluationError, run_search
 from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble, masked_huber
 from lightning_nas.strategies.evolution import RegularizedEvolution
@@ -15,6 +16,7 @@ __all__ = [
     "ACQUISITIONS",
     "BayesianOptimization",
     "Budget",
+    "CandidatePool",
     "Constraint",
     "DeepEnsemble",
     "EvaluationError",

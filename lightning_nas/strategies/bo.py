@@ -29,18 +29,18 @@ Batch-synchronous: a new batch is computed once every proposal of the previous o
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from lightning_nas.seeding import derive_seed
-from lightning_nas.spaces.search_space import SearchSpace
 from lightning_nas.strategies.base import Observation, Proposal, Strategy, arch_key
+from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble
 
-__all__ = ["ACQUISITIONS", "BayesianOptimization", "acquisition", "one_hot"]
+__all__ = ["ACQUISITIONS", "BayesianOptimization", "acquisition"]
 
 ACQUISITIONS = ("pi", "ei", "ucb")
 
@@ -63,19 +63,6 @@ def acquisition(predictions: torch.Tensor, best: float, kind: str = "pi", ucb_be
     if kind == "ucb":
         return predictions.mean(0) + ucb_beta * predictions.std(0, unbiased=False)
     raise ValueError(f"`acquisition` must be one of {ACQUISITIONS}, got {kind!r}")
-
-
-def one_hot(space: SearchSpace, archs: Sequence[Mapping[str, Any]]) -> torch.Tensor:
-    """:meth:`SearchSpace.encode_many`, vectorised for large candidate sets: ``float32 (N, encoding_size)``.
-
-    ``archs`` must be valid archs of ``space`` in canonical form (as proposals and enumerations are).
-    """
-    offsets = np.cumsum([0] + [len(d.values) for d in space])
-    index = np.array([[d.values.index(a[d.label]) for d in space] for a in archs], dtype=np.int64)
-    x = np.zeros((len(archs), int(offsets[-1])), dtype=np.float32)
-    if len(archs):
-        x[np.arange(len(archs))[:, None], index + offsets[:-1]] = 1.0
-    return torch.from_numpy(x)
 
 
 class BayesianOptimization(Strategy):
@@ -136,8 +123,9 @@ class BayesianOptimization(Strategy):
         self.fit_seconds: list[float] = []
         # Rebuilt on demand, not stored (see config_attributes).
         self._pretrained: dict[str, torch.Tensor] | None = None
+        self._candidates = CandidatePool(space, candidates)
 
-    config_attributes = Strategy.config_attributes + ("_pretrained",)
+    config_attributes = Strategy.config_attributes + ("_pretrained", "_candidates")
 
     # -- ask / tell ----------------------------------------------------------------------------
     def ask(self, n: int = 1) -> list[Proposal]:
@@ -167,10 +155,9 @@ class BayesianOptimization(Strategy):
         model, head, best = self._fit()
         batch = []
         for fidelity, count in plan:
-            pool = self._pool(fidelity)
+            pool, x = self._pool(fidelity)
             if not pool or count == 0:
                 continue
-            x = one_hot(self.space, pool)
             predictions = model.predict(x, head)
             scores = acquisition(predictions, best, self.kind, self.ucb_beta)
             mean = predictions.mean(0).double()
@@ -198,21 +185,11 @@ class BayesianOptimization(Strategy):
         self.proposed.add((arch_key(arch), fidelity))
         return Proposal(arch, fidelity)
 
-    def _pool(self, fidelity: float | None) -> list[dict[str, Any]]:
+    def _pool(self, fidelity: float | None) -> tuple[list[dict[str, Any]], torch.Tensor]:
         """Candidates not yet proposed at ``fidelity`` (nor, for a low fidelity, at the high one)."""
         blocked = {k for k, f in self.proposed if f == fidelity or (self.fidelities and f == self.fidelities[1])}
-        if self.space.size <= self.candidates:
-            return [a for a in self.space.enumerate() if arch_key(a) not in blocked]
-        pool: dict[tuple, dict[str, Any]] = {}
-        ranked = sorted(self.history, key=lambda o: o.value, reverse=True)[:10]
-        for i in range(self.candidates * 2):
-            if len(pool) >= self.candidates:
-                break
-            arch = self.mutate(ranked[i % len(ranked)].arch) if ranked and i % 2 else self.random_arch()
-            key = arch_key(arch)
-            if key not in blocked:
-                pool[key] = arch
-        return list(pool.values())
+        parents = [o.arch for o in sorted(self.history, key=lambda o: o.value, reverse=True)[:10]]
+        return self._candidates(self, blocked, parents)
 
     # -- the surrogate -------------------------------------------------------------------------
     def _heads(self) -> int:

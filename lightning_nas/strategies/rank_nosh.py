@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from lightning_nas.seeding import derive_seed
 from lightning_nas.strategies.base import Observation, Proposal, Strategy, arch_key
-from lightning_nas.strategies.bo import one_hot
+from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.ensemble import DeepEnsemble
 
 __all__ = ["RankNOSH", "pairwise_ranking_loss"]
@@ -85,6 +85,10 @@ class RankNOSH(Strategy):
         self.level_of: dict[tuple, int] = {}  # arch key -> highest level asked
         self.archs: dict[tuple, dict[str, Any]] = {}
         self.fit_seconds: list[float] = []
+        self._candidates = CandidatePool(space, candidates)
+
+    #: Besides the base's: the candidate cache (rebuilt on demand).
+    config_attributes = Strategy.config_attributes + ("_candidates",)
 
     # -- ask / tell ----------------------------------------------------------------------------
     def ask(self, n: int = 1) -> list[Proposal]:
@@ -103,7 +107,7 @@ class RankNOSH(Strategy):
     def _next_round(self) -> list[Proposal]:
         score = self._fit() if self.history else None
         batch: list[Proposal] = []
-        pool = [a for a in self._pool() if arch_key(a) not in self.level_of]
+        pool = self._pool()
         if pool:
             if score is None:
                 chosen = [pool[int(i)] for i in self.rng.permutation(len(pool))[: self.new_per_round]]
@@ -142,11 +146,8 @@ class RankNOSH(Strategy):
         return max(o.value for o in self.history if arch_key(o.arch) == key and o.fidelity == self.levels[level])
 
     def _pool(self) -> list[dict[str, Any]]:
-        if self.space.size <= self.candidates:
-            return list(self.space.enumerate())
-        best = sorted(self.history, key=lambda o: o.value, reverse=True)[:10]
-        return [self.mutate(best[i % len(best)].arch) if best and i % 2 else self.random_arch()
-                for i in range(self.candidates)]
+        parents = [o.arch for o in sorted(self.history, key=lambda o: o.value, reverse=True)[:10]]
+        return self._candidates(self, self.level_of.keys(), parents)[0]
 
     # -- the ranking predictor -----------------------------------------------------------------
     def _pairs(self) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor]:

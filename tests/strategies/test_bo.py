@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_nas.strategies.bo import BayesianOptimization, acquisition, one_hot
+from lightning_nas.strategies.bo import BayesianOptimization, acquisition
+from lightning_nas.strategies.candidates import one_hot
 from lightning_nas.strategies.driver import Budget, run_search
 from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble, masked_huber
 
