@@ -174,8 +174,9 @@ class PerturbationSelection(Callback):
     def _decide(self, trainer: Trainer, pl_module: LightningModule) -> None:
         relaxation = self.search.relaxation
         kind, labels = self.plan(relaxation.supernet)[len(self.decisions)]
-        was_training = pl_module.training
+        was_training, was_sampling = pl_module.training, relaxation.sampling
         pl_module.train()  # DARTS-PT measures with batch statistics
+        relaxation.sampling = False  # and with the mean weights (no Dirichlet draws)
         evaluate = lambda: self._evaluate(trainer, pl_module)  # noqa: E731
         record: dict[str, Any] = {"epoch": trainer.current_epoch, "kind": kind, "labels": list(labels), "scores": {}, "chosen": {}}
         try:
@@ -193,6 +194,7 @@ class PerturbationSelection(Callback):
                     record["chosen"][label] = list(chosen)
         finally:
             pl_module.train(was_training)
+            relaxation.sampling = was_sampling
         self.decisions.append(record)
 
     # -- state -------------------------------------------------------------------------------

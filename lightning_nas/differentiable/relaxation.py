@@ -86,6 +86,7 @@ class SoftmaxRelaxation(nn.Module):
         self.fixed: dict[str, Any] = {}
         self.fixed_inputs: dict[str, tuple[int, ...]] = {}
         self.arch_grad = True
+        self.sampling = True  # DrNAS: draw θ in training mode (off: mix with the mean, e.g. while measuring)
         self._cache: dict[str, Tensor] | None = None
         self._handles: list[Any] = []
 
@@ -281,7 +282,8 @@ class DirichletRelaxation(SoftmaxRelaxation):
 
     In training mode each forward pass draws one θ per label (shared by every module with that
     label) with ``rsample`` so gradients reach α; the draw is a pure function of ``(seed, draw
-    count)`` (counted in the state). In eval mode the weights are the mean ``β / Σβ``.
+    count)`` (counted in the state). In eval mode, or with ``sampling = False`` (how DARTS-PT
+    measures), the weights are the mean ``β / Σβ``.
 
     Args:
         supernet: the supernet to relax.
@@ -311,13 +313,13 @@ class DirichletRelaxation(SoftmaxRelaxation):
 
     def _begin_forward(self) -> None:
         super()._begin_forward()
-        if self.supernet.training:
+        if self.supernet.training and self.sampling:
             self.draws += 1
 
     def distribution_weights(self, label: str) -> Tensor:
         available = self._available(label)
         beta = self.concentration(label)
-        if self.supernet.training:
+        if self.supernet.training and self.sampling:
             # Drawn on the CPU under a derived seed: reproducible on any device and after resume.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derive_seed(self.seed, _DIRICHLET, self.draws, self._index[label]))

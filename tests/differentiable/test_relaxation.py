@@ -102,8 +102,13 @@ def test_dirichlet_draws_are_seeded_differentiable_and_the_mean_in_eval():
     torch.testing.assert_close(again.supernet(x), outs[0])  # same seed, same first draw
     outs[0].sum().backward()
     assert float(relaxation.alpha_of("op").grad.abs().sum()) > 0  # rsample: the gradient reaches α
-    net.eval()
     beta = nn.functional.elu(relaxation.alpha_of("op")) + 1
+    relaxation.sampling = False  # training mode, mean weights (how PT measures)
+    draws = relaxation.draws
+    torch.testing.assert_close(net(x), net(x))
+    assert relaxation.draws == draws
+    relaxation.sampling = True
+    net.eval()
     relaxation._begin_forward()
     torch.testing.assert_close(relaxation.mixing_weights("op"), beta / beta.sum())
 

@@ -32,6 +32,7 @@ def test_decisions_of_the_search_network():
     assert all(net.space[label].values == DARTS_OPS for label in edges)
     assert net.space["normal.node_4"].values == ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
     assert "none" in darts_supernet(ops=DARTS_OPS_WITH_NONE, channels=4, layers=3).space["reduce.edge_5_4"].values
+    assert create_space("darts", channels=4, layers=3).space.labels == net.space.labels
 
 
 def test_reduction_cells_at_one_and_two_thirds():
