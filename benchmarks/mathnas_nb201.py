@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> dict:
 
     perf = estimates["Algorithm 1 (N^avg host)"]
     flops_error = float(np.abs(perf.flops.predict_indices(configs, depths) - bench.column(args.flops)).max())
+    # How additive the tabulated resources are: MAPE of X(Ñ) − Σ b^X over all cells, per estimator.
+    mape = {(name, r): float(np.mean(np.abs(est.table(r).predict_indices(configs, depths) / bench.column(columns[r]) - 1)) * 100)
+            for name, est in estimates.items() for r in ("latency", "energy")}
     searches = []
     for resource in (None, "flops", "latency", "energy"):
         limits, bound = [], None
@@ -103,7 +106,7 @@ def run(args: argparse.Namespace) -> dict:
         })
         print(searches[-1], flush=True)
     return {"estimates": estimates, "ranking": ranking, "searches": searches, "estimate_seconds": estimate_seconds,
-            "flops_error": flops_error, "rows": len(archs)}
+            "flops_error": flops_error, "rows": len(archs), "mape": mape}
 
 
 def report(args: argparse.Namespace, results: dict, command: str) -> str:
@@ -133,6 +136,9 @@ def report(args: argparse.Namespace, results: dict, command: str) -> str:
             f"{r['valid']['spearman_rho']:.3f} | {r['valid']['kendall_tau']:.3f} | {r['test']['spearman_rho']:.3f} | "
             f"{r['test']['kendall_tau']:.3f} | {r['rmse']:.2f} |"
         )
+    lines += ["", "Additive resource predictions `X(Ñ) − Σ b^X` against the table (MAPE over all cells): " + "; ".join(
+        f"{name}: latency {results['mape'][name, 'latency']:.1f} %, energy {results['mape'][name, 'energy']:.1f} %"
+        for name in results["estimates"]) + "."]
     lines += [
         "",
         "Search with the Algorithm 1 estimate (Eq. 5 objective as a 0-1 linear-fractional program, Charnes–Cooper MILP; "

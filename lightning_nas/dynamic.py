@@ -125,7 +125,7 @@ class DynamicNetwork(nn.Module):
         budget: ``{resource name: upper bound}``; resources not named are unbounded.
         blocks_per_node: configurations kept per block position (MathNAS: 5).
         solver: Pyomo solver name.
-        method: fractional method (``"charnes_cooper"``/``"dinkelbach"``) for a ``BlockPerformance``.
+        method: fractional method (``"dinkelbach"`` or ``"charnes_cooper"``) for a ``BlockPerformance``.
 
     Attributes:
         network: the running exported module; ``forward`` calls it.
@@ -137,7 +137,7 @@ class DynamicNetwork(nn.Module):
 
     def __init__(self, supernet: Supernet, objective: BlockPerformance | BilinearTable,
                  resources: BilinearTable | Sequence[BilinearTable], budget: Mapping[str, float] | None = None, *,
-                 blocks_per_node: int = 5, solver: str = "appsi_highs", method: str = "charnes_cooper") -> None:
+                 blocks_per_node: int = 5, solver: str = "appsi_highs", method: str = "dinkelbach") -> None:
         super().__init__()
         if not isinstance(supernet, Supernet):
             raise ValueError(f"`supernet` must be a lightning_nas.Supernet, got {type(supernet).__name__}")

@@ -196,8 +196,8 @@ class BlockPerformance:
                method: str | None = None, solver: str = "appsi_highs", **options: Any):
         """The arch maximising the predicted ``metric`` under ``limits``, exactly.
 
-        ``law="reciprocal"`` solves the linear-fractional program (``method`` ``"charnes_cooper"``
-        (default), ``"dinkelbach"`` or ``"brute_force"``); ``law="additive"`` the MILP of
+        ``law="reciprocal"`` solves the linear-fractional program (``method`` ``"dinkelbach"``
+        (default), ``"charnes_cooper"`` or ``"brute_force"``); ``law="additive"`` the MILP of
         :func:`~lightning_nas.solvers.search_constrained` (``method`` ``"milp"`` by default).
         Returns a :class:`~lightning_nas.solvers.SearchResult` whose ``objective`` is the prediction.
         """
@@ -210,7 +210,7 @@ class BlockPerformance:
         from lightning_nas.solvers.fractional import solve_fractional
 
         return solve_fractional(self.numerator(metric), self.flops, limits, constant=self.base[metric],
-                                method=method or "charnes_cooper", solver=solver, base=self.reference, **options)
+                                method=method or "dinkelbach", solver=solver, base=self.reference, **options)
 
 
 def _check_law(law: str) -> None:

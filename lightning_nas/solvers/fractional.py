@@ -135,16 +135,18 @@ class CharnesCooperModel(MilpModel):
         m.z = pyo.Var(bounds=(z_lo, 1.0))
         m.y = pyo.Var(m.W, bounds=(0.0, 1.0))
         m.u = pyo.Var(m.Bt, bounds=(0.0, 1.0))
-        # y = z·w and u = z·β exactly: each is 0 where its binary is 0 (bound 1/D_min = 1 ≥ z) and
-        # the homogenised choice equations below force the one nonzero entry to equal z.
-        m.y_le_w = pyo.Constraint(m.W, rule=lambda m, s, b, c: m.y[s, b, c] <= m.w[s, b, c])
-        m.u_le_beta = pyo.Constraint(m.Bt, rule=lambda m, s, j: m.u[s, j] <= m.beta[s, j])
-        # The other McCormick inequalities of y = z·w (z in [z_lo, 1]): implied for binary w by the
-        # equations below, but they tighten the LP relaxation the branch and bound works on.
-        m.y_ge = pyo.Constraint(m.W, rule=lambda m, s, b, c: m.y[s, b, c] >= z_lo * m.w[s, b, c])
+        # y = z·w and u = z·β exactly: each is 0 where its binary is 0 and the homogenised choice
+        # equations below force the one nonzero entry to equal z. All four McCormick inequalities,
+        # with per-option bounds on z (an arch that uses an option has D within that option's own
+        # range), are implied for binaries but tighten the LP relaxation the branch and bound uses.
+        y_lo, y_hi, u_lo, u_hi = _option_bounds(den, fractional.d_min, fractional.d_max)
+        y_lo, y_hi, u_lo, u_hi = (self.d_unit / a for a in (y_hi, y_lo, u_hi, u_lo))  # D range -> z range
+        m.y_le_w = pyo.Constraint(m.W, rule=lambda m, s, b, c: m.y[s, b, c] <= y_hi[s, b, c] * m.w[s, b, c])
+        m.y_ge_w = pyo.Constraint(m.W, rule=lambda m, s, b, c: m.y[s, b, c] >= y_lo[s, b, c] * m.w[s, b, c])
         m.y_ge_z = pyo.Constraint(m.W, rule=lambda m, s, b, c: m.y[s, b, c] >= m.z - (1 - m.w[s, b, c]))
         m.y_le_z = pyo.Constraint(m.W, rule=lambda m, s, b, c: m.y[s, b, c] <= m.z - z_lo * (1 - m.w[s, b, c]))
-        m.u_ge = pyo.Constraint(m.Bt, rule=lambda m, s, j: m.u[s, j] >= z_lo * m.beta[s, j])
+        m.u_le_beta = pyo.Constraint(m.Bt, rule=lambda m, s, j: m.u[s, j] <= u_hi[s, j] * m.beta[s, j])
+        m.u_ge_beta = pyo.Constraint(m.Bt, rule=lambda m, s, j: m.u[s, j] >= u_lo[s, j] * m.beta[s, j])
         m.u_ge_z = pyo.Constraint(m.Bt, rule=lambda m, s, j: m.u[s, j] >= m.z - (1 - m.beta[s, j]))
         m.u_le_z = pyo.Constraint(m.Bt, rule=lambda m, s, j: m.u[s, j] <= m.z - z_lo * (1 - m.beta[s, j]))
         m.one_depth_z = pyo.Constraint(
@@ -173,6 +175,27 @@ class CharnesCooperModel(MilpModel):
     def unscale(self, value: float | None) -> float | None:
         """A scaled ratio (``value`` or ``bound`` of :meth:`solve`) in the units of ``N / D``."""
         return None if value is None else value * self.n_unit / self.d_unit
+
+
+def _option_bounds(den: BilinearTable, d_min: float, d_max: float):
+    """Smallest and largest ``D`` over the archs that use each option: ``(S, D, C)`` for block
+    configs (when the block runs) and ``(S, nd)`` for depth options.
+
+    Swapping one block's config for its cheapest (dearest) one, or one stage for its cheapest
+    (dearest) depth and configs, gives another arch, so ``D`` of an arch using an option is at least
+    ``D_min`` plus that option's excess over the cheapest alternative (likewise at most).
+    """
+    block = den.block
+    lo_block = d_min + (block - block.min(-1, keepdims=True))
+    hi_block = d_max - (block.max(-1, keepdims=True) - block)
+    lo_depth = np.full(den.depth.shape, d_min)
+    hi_depth = np.full(den.depth.shape, d_max)
+    for s, st in enumerate(den.staged.stages):
+        cheapest = np.array([den.depth[s, j] + block[s, :d].min(-1).sum() for j, d in enumerate(st.depths)])
+        dearest = np.array([den.depth[s, j] + block[s, :d].max(-1).sum() for j, d in enumerate(st.depths)])
+        lo_depth[s, : len(st.depths)] = d_min + cheapest - cheapest.min()
+        hi_depth[s, : len(st.depths)] = d_max - (dearest.max() - dearest)
+    return lo_block, hi_block, lo_depth, hi_depth
 
 
 def _scaled(table: BilinearTable, factor: float) -> BilinearTable:
@@ -222,7 +245,7 @@ def solve_fractional(
     *,
     constant: float = 0.0,
     scale: float = 1.0,
-    method: str = "charnes_cooper",
+    method: str = "dinkelbach",
     solver: str = "appsi_highs",
     base: Mapping[str, Any] | None = None,
     time_limit: float | None = None,
@@ -233,7 +256,9 @@ def solve_fractional(
 
     Args:
         numerator, denominator, limits, constant, scale, base: see :class:`FractionalProblem`.
-        method: ``"charnes_cooper"`` (one MILP), ``"dinkelbach"`` (a few MILPs) or ``"brute_force"``.
+        method: ``"dinkelbach"`` (default: a few MILPs with the strong relaxation of the plain
+            problem), ``"charnes_cooper"`` (one MILP; its LP relaxation is weak, so HiGHS needs many
+            more nodes: 10-100× slower in ``benchmarks/mathnas_solve_time.py``) or ``"brute_force"``.
         solver: Pyomo solver name (any installed MILP solver).
         time_limit: per-MILP time limit in seconds (the result is then ``"feasible"``).
         tol: Dinkelbach stops when the ratio improves by less than ``tol · max(1, |ratio|)``.

@@ -52,7 +52,7 @@ def test_charnes_cooper_and_dinkelbach_equal_brute_force(inst, seed, q, n_limits
 
 def test_dinkelbach_iterates_to_the_charnes_cooper_bound(inst):
     _, staged, penalty, flops, (lat, _), _ = fractional_instance(inst, 7)
-    cc = solve_fractional(penalty, flops, Limit(lat, upper=lat.extreme(largest=True)[0]))
+    cc = solve_fractional(penalty, flops, Limit(lat, upper=lat.extreme(largest=True)[0]), method="charnes_cooper")
     dk = solve_fractional(penalty, flops, Limit(lat, upper=lat.extreme(largest=True)[0]), method="dinkelbach")
     assert dk.details["iterations"] >= 2  # λ = 0 is never the optimum's certificate
     assert np.all(np.diff(dk.details["ratios"]) <= 1e-12)  # Dinkelbach's ratios never increase
