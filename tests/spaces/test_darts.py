@@ -124,3 +124,12 @@ def test_bad_arguments_are_named():
         darts_arch(DARTS_V2._replace(normal=[("skip_connect", 0), ("skip_connect", 0)] + DARTS_V2.normal[2:]))
     with pytest.raises(ValueError, match="missing"):
         darts_genotype({"normal.node_2": (0, 1)})
+
+
+def test_sampled_cells_profile_end_to_end():
+    from lightning_nas.profiling import ProfileSettings
+    from lightning_nas.profiling.tables import time_archs
+
+    net = darts_supernet(channels=4, layers=3)
+    (result,) = time_archs(net, [net.space.sample(0)], ProfileSettings(input_size=(3, 16, 16), repeats=5, warmup=1, rounds=1))
+    assert result.median_ms > 0

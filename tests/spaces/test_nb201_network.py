@@ -83,3 +83,13 @@ def test_bad_arguments_name_the_argument():
         nb201_supernet(channels=0)
     with pytest.raises(ValueError, match="`ops`"):
         nb201_supernet(ops=["nor_conv_5x5"])
+
+
+def test_sampled_cells_profile_end_to_end():
+    from lightning_nas.profiling import ProfileSettings
+    from lightning_nas.profiling.tables import time_archs
+
+    net = nb201_supernet(channels=4, cells_per_stage=1)
+    archs = [dict.fromkeys(NB201_LABELS, "none"), dict.fromkeys(NB201_LABELS, "nor_conv_3x3")]
+    light, heavy = time_archs(net, archs, ProfileSettings(input_size=(3, 16, 16), repeats=10, warmup=2, rounds=2))
+    assert 0 < light.median_ms and 0 < heavy.median_ms
