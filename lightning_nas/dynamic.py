@@ -173,15 +173,15 @@ class DynamicNetwork(nn.Module):
                     arch = {**self._base, **dict(zip(labels, values))}
                     self.held[_key(s, b, i)] = export_subnet(self._slots[s][b][0], supernet.space.validate(arch))
         self.num_networks = int(np.prod([sum(len(st.configs[0]) ** d for d in st.depths) for st in self.staged.stages]))
-        self._budget: dict[str, float] = {}
-        result, solve_seconds = self._solve(budget or {})
+        result = self.solve(budget or {})
+        self._budget = dict(budget or {})
         self.arch = result.arch
         configs, depths = self.staged.indices(self.arch)
         self.network = supernet.export(self.arch)
         self._configs, self._depths = configs.copy(), depths.copy()
         # Start from the held modules, so that a switch replaces exactly the positions it reports.
         self._place(configs, depths, force=True)
-        self.initial_solve_seconds = solve_seconds
+        self.initial_solve_seconds = result.solve_seconds
 
     # -- structure ---------------------------------------------------------------------------------
     def _find_slots(self, supernet: Supernet) -> list[list[tuple[nn.Module, str, str]]]:
@@ -215,7 +215,12 @@ class DynamicNetwork(nn.Module):
         return (self.network.get_submodule(parent) if parent else self.network), key
 
     # -- search and switching ------------------------------------------------------------------------
-    def _solve(self, budget: Mapping[str, float]) -> tuple[SearchResult, float]:
+    def solve(self, budget: Mapping[str, float], *, method: str | None = None, **options: Any) -> SearchResult:
+        """The best arch of the held blocks under ``budget``, without switching to it.
+
+        ``method`` overrides the fractional method for this call; ``options`` go to the solver
+        (``time_limit``...). ``result.solve_seconds`` is the wall time of the search.
+        """
         unknown = sorted(set(budget) - set(self._resources))
         if unknown:
             raise ValueError(f"`budget` names unknown resources {unknown}; budgeted resources: {sorted(self._resources)}")
@@ -227,13 +232,20 @@ class DynamicNetwork(nn.Module):
             perf = self._objective
             result = solve_fractional(_restrict(perf.numerator(), self.staged, self._keep),
                                       _restrict(perf.flops, self.staged, self._keep), limits,
-                                      constant=perf.base["accuracy"], method=self.method, solver=self.solver, base=self._base)
+                                      constant=perf.base["accuracy"], method=method or self.method, solver=self.solver,
+                                      base=self._base, **options)
         else:
             from lightning_nas.solvers.search import search_constrained
 
-            result = search_constrained(_restrict(self._objective, self.staged, self._keep), limits, solver=self.solver, base=self._base)
-        self._budget = dict(budget)
-        return result, time.perf_counter() - start
+            result = search_constrained(_restrict(self._objective, self.staged, self._keep), limits, solver=self.solver,
+                                        base=self._base, **options)
+        result.solve_seconds = time.perf_counter() - start
+        return result
+
+    @property
+    def resources(self) -> dict[str, BilinearTable]:
+        """The budgeted tables over the held blocks (:attr:`staged`)."""
+        return dict(self._resources)
 
     def _place(self, configs: np.ndarray, depths: np.ndarray, force: bool = False) -> list[tuple[int, int]]:
         changed = []
@@ -279,13 +291,14 @@ class DynamicNetwork(nn.Module):
                 if table.name not in self._resources:
                     raise ValueError(f"`resources` table {table.name!r} was not budgeted at construction: {sorted(self._resources)}")
                 self._resources[table.name] = _restrict(table, self.staged, self._keep)
-        result, solve_seconds = self._solve(budget)
+        result = self.solve(budget)
+        self._budget = dict(budget)
         configs, depths = self.staged.indices(result.arch)
         start = time.perf_counter()
         changed = self._place(configs, depths)
         switch_seconds = time.perf_counter() - start
         self.arch, self._configs, self._depths = result.arch, configs, depths
-        return SwitchReport(arch=result.arch, changed=changed, solve_seconds=solve_seconds,
+        return SwitchReport(arch=result.arch, changed=changed, solve_seconds=result.solve_seconds,
                             switch_seconds=switch_seconds, result=result)
 
     @property
