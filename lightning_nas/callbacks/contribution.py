@@ -12,7 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lightning_nas.bilinear import BilinearTable
-from lightning_nas.estimators.contributions import METHODS, ContributionAccumulator, estimate_contributions
+from lightning_nas.estimators.contributions import METHODS, SHRINKAGE, ContributionAccumulator, estimate_contributions
 from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet, find_supernet
 
@@ -43,6 +43,8 @@ class ContributionEstimation(Callback):
         passes: passes over the held-out data (one-pass, default 1) or per conditional (paper,
             default 10).
         seed: the architecture-sampling seed.
+        shrinkage: ``"none"`` (BINAS) or ``"empirical_bayes"`` (each gain pulled toward its group by
+            its sampling noise; see :class:`~lightning_nas.estimators.ContributionAccumulator`).
         path: JSON file for the latest table (overwritten atomically at each estimate).
         supernet: dotted attribute path of the supernet in the LightningModule, when it has several.
         batch_to_xy: ``batch -> (inputs, labels)``; default ``(batch[0], batch[1])``.
@@ -62,6 +64,7 @@ class ContributionEstimation(Callback):
         method: str = "one_pass",
         passes: int | None = None,
         seed: int = 0,
+        shrinkage: str = "none",
         path: str | Path | None = None,
         supernet: str | None = None,
         batch_to_xy: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
@@ -79,6 +82,8 @@ class ContributionEstimation(Callback):
             raise ValueError(f"`passes` must be a positive int or None (method default), got {passes!r}")
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"`seed` must be a non-negative int, got {seed!r}")
+        if shrinkage not in SHRINKAGE:
+            raise ValueError(f"`shrinkage` must be one of {SHRINKAGE}, got {shrinkage!r}")
         if every_n_epochs is None and not at_end:
             raise ValueError("`every_n_epochs=None` with `at_end=False` would never estimate; set one of them")
         self.held_out = held_out
@@ -87,6 +92,7 @@ class ContributionEstimation(Callback):
         self.method = method
         self.passes = passes
         self.seed = seed
+        self.shrinkage = shrinkage
         self.path = Path(path) if path is not None else None
         self.supernet_path = supernet
         self.batch_to_xy = batch_to_xy
@@ -135,7 +141,9 @@ class ContributionEstimation(Callback):
         if self._supernet is None:
             self.setup(trainer, pl_module, "fit")
         forward = self.forward
-        accumulator = ContributionAccumulator(self._staged, metadata={"epoch": trainer.current_epoch, "global_step": trainer.global_step})
+        accumulator = ContributionAccumulator(
+            self._staged, metadata={"epoch": trainer.current_epoch, "global_step": trainer.global_step}, shrinkage=self.shrinkage
+        )
         table = estimate_contributions(
             self._supernet, self.held_out, method=self.method, passes=self.passes, seed=self.seed,
             batch_to_xy=self.batch_to_xy, forward=(lambda x: forward(pl_module, x)) if forward else pl_module,

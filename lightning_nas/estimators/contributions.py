@@ -69,6 +69,7 @@ __all__ = [
     "evaluation_mode",
     "paper_protocol_conditionals",
     "paper_protocol_passes",
+    "shrink_gains",
     "to_vector_form",
     "top1_correct",
 ]
@@ -76,6 +77,7 @@ __all__ = [
 CONFIG_ONLY = -1  # conditioning_depths: the block's gain conditions on its configuration only
 NEVER_ACTIVE = -2  # conditioning_depths: no block there, or one that runs at no depth
 METHODS = ("one_pass", "paper")
+SHRINKAGE = ("none", "empirical_bayes")
 ABLATIONS = ("full", "q_beta", "Q", "q_alpha")
 
 RULE = (
@@ -219,17 +221,26 @@ class ContributionAccumulator(Metric):
     Args:
         staged: the structure the indices refer to.
         metadata: facts copied into the table's metadata (method, passes, seed, ...).
+        shrinkage: ``"none"`` (BINAS: raw differences of means) or ``"empirical_bayes"``: each gain
+            pulled toward its group by its sampling noise (:func:`shrink_gains`). A search maximises a
+            sum of gains, so it picks the ones whose noise happens to be positive (the winner's curse);
+            shrinking removes most of that optimism when there are few records per conditional.
     """
 
     full_state_update = False
     is_differentiable = False
     higher_is_better = None
 
-    def __init__(self, staged: StagedSpace, *, metadata: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, staged: StagedSpace, *, metadata: Mapping[str, Any] | None = None, shrinkage: str = "none", **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if not isinstance(staged, StagedSpace):
             raise ValueError(f"`staged` must be a StagedSpace, got {type(staged).__name__}")
+        if shrinkage not in SHRINKAGE:
+            raise ValueError(f"`shrinkage` must be one of {SHRINKAGE}, got {shrinkage!r}")
         self.staged = staged
+        self.shrinkage = shrinkage
         self.metadata = dict(metadata or {})
         self._mode: str | None = None
         S, D, C, nd = staged.num_stages, staged.max_blocks, staged.num_configs, staged.max_depth_options
@@ -345,8 +356,11 @@ class ContributionAccumulator(Metric):
         block_needed = np.broadcast_to((self._cond.numpy() != NEVER_ACTIVE)[..., None], block_count.shape)
         depth_missing = depth_needed & (depth_count <= 0)
         block_missing = block_needed & (block_count <= 0)
-        depth_gain = np.where(depth_needed & ~depth_missing, depth_mean - base, 0.0)
-        block_gain = np.where(block_needed & ~block_missing, block_mean - base, 0.0)
+        depth_valid, block_valid = depth_needed & ~depth_missing, block_needed & ~block_missing
+        depth_gain = np.where(depth_valid, depth_mean - base, 0.0)
+        block_gain = np.where(block_valid, block_mean - base, 0.0)
+        if self.shrinkage == "empirical_bayes":
+            depth_gain, block_gain = self._shrink(base, depth_gain, depth_count, depth_valid, block_gain, block_count, block_valid)
         missing = {"depth": np.argwhere(depth_missing).tolist(), "block": np.argwhere(block_missing).tolist()}
         if missing["depth"] or missing["block"]:
             rank_zero_warn(
@@ -365,8 +379,27 @@ class ContributionAccumulator(Metric):
                 "block": int(block_count[block_needed].min()) if block_needed.any() else None,
             },
             "missing": missing,
+            "shrinkage": self.shrinkage,
         }
         return BilinearTable(self.staged, base, block_gain, depth_gain, name="accuracy", unit="fraction", metadata=metadata)
+
+    def _shrink(self, base, depth_gain, depth_count, depth_valid, block_gain, block_count, block_valid):
+        # Sampling variance of a gain Δ = mean_cond − mean_base, with the pooled Bernoulli variance
+        # p(1−p) (an upper bound for fractional `correct`). One-pass: the conditional's records are a
+        # subset of the base's, so var = σ²(1/n_c − 1/n_0); paper protocol: separate evaluations,
+        # var = σ²(1/n_c + 1/n_0) (common random numbers make it somewhat smaller: conservative).
+        sigma2 = max(base * (1.0 - base), 1e-12)
+        n0 = float(self.base_count)
+        sign = -1.0 if self._mode == "one_pass" else 1.0
+        with np.errstate(divide="ignore"):
+            depth_var = sigma2 * np.maximum(1.0 / depth_count + sign / n0, 0.0)
+            block_var = sigma2 * np.maximum(1.0 / block_count + sign / n0, 0.0)
+        # Depth gains: one pooled group shrunk toward 0 (few options per stage). Block gains: each
+        # (stage, position) row toward its own mean, which carries the depth condition all its
+        # configurations share.
+        depth_gain = shrink_gains(depth_gain.reshape(1, -1), depth_var.reshape(1, -1), depth_valid.reshape(1, -1), center=False)
+        block_gain = shrink_gains(block_gain, block_var, block_valid, center=True)
+        return depth_gain.reshape(depth_count.shape), block_gain
 
     # -- checks ------------------------------------------------------------------------------
     def _check_correct(self, correct: Tensor) -> Tensor:
@@ -394,6 +427,41 @@ class ContributionAccumulator(Metric):
         if n and ((depths < 0) | (depths >= nd.to(device))).any():
             raise ValueError(f"`depths` must lie in [0, number of depth options of the stage) = {nd.tolist()}")
         return configs, depths, correct
+
+
+def shrink_gains(gains: np.ndarray, variances: np.ndarray, valid: np.ndarray, *, center: bool) -> np.ndarray:
+    """Empirical-Bayes (normal–normal) shrinkage of noisy gains, row by row along the last axis.
+
+    Within a row the true gains are modelled as ``N(m, τ²)`` and each estimate as the truth plus
+    ``N(0, variance)`` noise; ``m`` is the row's mean (``center=True``) or 0, and ``τ²`` the
+    method-of-moments estimate ``max(0, mean((g − m)²) − mean(variance))``. Each valid gain becomes
+    its posterior mean ``m + (g − m)·τ²/(τ² + variance)``: noise-dominated rows collapse to ``m``,
+    precisely measured gains barely move.
+
+    Args:
+        gains: ``(..., K)`` estimated gains.
+        variances: ``(..., K)`` their sampling variances (≥ 0).
+        valid: ``(..., K)`` bool, entries that are estimates (others are returned unchanged).
+        center: shrink toward the row mean instead of 0.
+
+    Returns:
+        An array shaped like ``gains``.
+    """
+    gains, variances, valid = np.asarray(gains, float), np.asarray(variances, float), np.asarray(valid, bool)
+    if not gains.shape == variances.shape == valid.shape:
+        raise ValueError(f"`gains`, `variances` and `valid` must have one shape, got {gains.shape}, {variances.shape}, {valid.shape}")
+    if (variances[valid] < 0).any() or not np.isfinite(variances[valid]).all():
+        raise ValueError("`variances` must be finite and non-negative at every valid entry")
+    out = gains.copy()
+    flat_g, flat_v, flat_ok, flat_out = (a.reshape(-1, gains.shape[-1]) for a in (gains, variances, valid, out))
+    for g, v, ok, row in zip(flat_g, flat_v, flat_ok, flat_out):
+        if not ok.any():
+            continue
+        m = float(np.average(g[ok])) if center else 0.0
+        tau2 = max(float(np.mean((g[ok] - m) ** 2) - np.mean(v[ok])), 0.0)
+        factor = np.divide(tau2, tau2 + v[ok], out=np.ones(int(ok.sum())), where=(tau2 + v[ok]) > 0)
+        row[ok] = m + (g[ok] - m) * factor
+    return flat_out.reshape(gains.shape)
 
 
 # -- vector form and ablations -------------------------------------------------------------------
@@ -515,6 +583,7 @@ def estimate_contributions(
     world_size: int = 1,
     accumulator: ContributionAccumulator | None = None,
     staged: StagedSpace | None = None,
+    shrinkage: str = "none",
 ) -> BilinearTable:
     """Estimate the accuracy table of ``supernet`` on ``held_out`` (see the module docstring).
 
@@ -538,6 +607,8 @@ def estimate_contributions(
         accumulator: accumulate into this (fresh) metric, e.g. one living on the right device for
             DDP; a new one is made otherwise.
         staged: the staged view of ``supernet.space`` (inferred from labels by default).
+        shrinkage: ``"none"`` or ``"empirical_bayes"`` (see :class:`ContributionAccumulator`); a
+            given ``accumulator`` keeps its own setting.
 
     Returns:
         The :class:`~lightning_nas.bilinear.BilinearTable` (``name="accuracy"``). Its metadata has
@@ -559,7 +630,7 @@ def estimate_contributions(
     conditionals = paper_protocol_conditionals(staged) if method == "paper" else None
     fixed = [indexer.fixed(c) for c in conditionals] if conditionals else None
     if accumulator is None:
-        accumulator = ContributionAccumulator(staged)
+        accumulator = ContributionAccumulator(staged, shrinkage=shrinkage)
     accumulator.to(_device_of(model))
     accumulator.metadata.update(
         method=method, passes=passes, seed=seed, world_size=world_size,
