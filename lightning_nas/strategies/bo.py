@@ -148,7 +148,7 @@ class BayesianOptimization(Strategy):
             plan = [(None, self.batch_size)]
         else:
             plan = [(low, self.p)]
-            if self.iteration % self.f == self.f - 1 or (self.iteration == 0 and self.p == 0):
+            if self.iteration % self.f == self.f - 1:
                 plan.append((high, self.q))
         if self.iteration == 0 or not self.history:
             return self._random_batch([(low, self.initial)])
