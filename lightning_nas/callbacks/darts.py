@@ -43,6 +43,9 @@ _ARCH_BATCHES = 2
 class DartsSearch(Callback):
     """DARTS: softmax-relaxed supernet, α by Adam on held-out batches, first or second order.
 
+    One α step is taken per training batch (per micro-batch under gradient accumulation), on
+    the unwrapped LightningModule (never through the DDP wrapper; α's gradient is reduced here).
+
     Args:
         arch_data: the held-out split α is trained on (a map-style ``Dataset``; DARTS: half of
             the training set). Batches are drawn without replacement, reshuffled every pass,
