@@ -179,12 +179,15 @@ def run_search(strategy: Strategy, evaluator: Callable[[dict[str, Any], float], 
                 room = n_workers - len(inflight)
                 if budget.evaluations is not None:
                     room = min(room, budget.evaluations - spent_eval - len(inflight))
-                proposals = strategy.ask(room)
+                proposals = list(strategy.ask(room))
+                if len(proposals) > room:
+                    raise ValueError(f"{type(strategy).__name__}.ask({room}) returned {len(proposals)} proposals; "
+                                     f"a strategy may return at most the number asked for")
                 if not proposals:
                     exhausted = not inflight  # nothing in flight and nothing proposed: the strategy is done
                     break
                 new = []
-                for p in proposals[:room]:
+                for p in proposals:
                     fidelity = full if p.fidelity is None else float(p.fidelity)
                     arch = strategy.space.validate(p.arch)
                     before = trained.get(_key(arch), 0.0)

@@ -245,3 +245,45 @@ def test_stop_when_ends_the_search_after_the_trigger() -> None:
                          budget=Budget(evaluations=256), stop_when=lambda t: t.metrics["accuracy"] >= target)
     assert results.done[-1].metrics["accuracy"] >= target
     assert all(r.metrics["accuracy"] < target for r in results.done[:-1])
+
+
+def _all_strategies():
+    from lightning_nas.strategies.bo import BayesianOptimization
+    from lightning_nas.strategies.layernas import LayerNAS
+    from lightning_nas.strategies.rank_nosh import RankNOSH
+
+    small = dict(members=2, trunk=(16,), branch=8, steps=20)
+    costs = SyntheticEvaluator().costs
+    return {
+        "random": lambda: RandomSearch(synthetic_space(), seed=5),
+        "evolution": lambda: evolution(5),
+        "layernas": lambda: LayerNAS(synthetic_space(), seed=5, cost_model=costs, cost="cost", buckets=3, per_bucket=1),
+        "bo": lambda: BayesianOptimization(synthetic_space(), seed=5, batch_size=3, initial=3, **small),
+        "rank_nosh": lambda: RankNOSH(synthetic_space(), seed=5, levels=(2.5, 10.0), new_per_round=3, **small),
+    }
+
+
+@pytest.mark.parametrize("name", ["random", "evolution", "layernas", "bo", "rank_nosh"])
+def test_every_strategy_resumes_from_sqlite_exactly(name: str, tmp_path: Path) -> None:
+    make = _all_strategies()[name]
+    evaluator = SyntheticEvaluator()
+    straight = run_search(make(), evaluator, objective="accuracy", budget=Budget(evaluations=14))
+    db = tmp_path / f"{name}.db"
+    run_search(make(), evaluator, objective="accuracy", budget=Budget(evaluations=7), storage=db)
+    resumed = run_search(make(), evaluator, objective="accuracy", budget=Budget(evaluations=14), storage=db)
+    assert [(r.arch, r.fidelity) for r in resumed.done] == [(r.arch, r.fidelity) for r in straight.done]
+
+
+class Greedy(Strategy):
+    def ask(self, n: int = 1) -> list[Proposal]:
+        return [Proposal(self.random_arch()) for _ in range(n + 1)]
+
+
+def test_a_strategy_returning_too_many_proposals_is_an_error() -> None:
+    with pytest.raises(ValueError, match=r"Greedy.ask\(1\) returned 2 proposals"):
+        run_search(Greedy(synthetic_space()), SyntheticEvaluator(), objective="accuracy", budget=Budget(evaluations=3))
+
+
+def test_progress_bar(capsys) -> None:
+    run_search(evolution(), SyntheticEvaluator(), objective="accuracy", budget=Budget(evaluations=5), progress=True)
+    assert "5/5" in capsys.readouterr().err
