@@ -10,7 +10,7 @@ from lightning_nas.strategies.layernas import LayerNAS, cost_bucket
 from lightning_nas.strategies.random_search import RandomSearch
 from lightning_nas.strategies.rank_nosh import RankNOSH, pairwise_ranking_loss
 from lightning_nas.strategies.results import SearchResults, pareto_mask
-from lightning_nas.strategies.storage import MemoryStorage, SQLiteStorage, Storage
+from lightning_nas.strategies.storage import SQLiteStorage, Storage, TrialRecord
 
 __all__ = [
     "ACQUISITIONS",
@@ -21,7 +21,6 @@ __all__ = [
     "DeepEnsemble",
     "EvaluationError",
     "LayerNAS",
-    "MemoryStorage",
     "Observation",
     "Proposal",
     "RandomSearch",
@@ -31,12 +30,13 @@ __all__ = [
     "SearchResults",
     "Storage",
     "Strategy",
-    "pareto_mask",
+    "TrialRecord",
     "acquisition",
     "cost_bucket",
     "fit_ensemble",
     "masked_huber",
     "one_hot",
     "pairwise_ranking_loss",
+    "pareto_mask",
     "run_search",
 ]

@@ -4,7 +4,7 @@
 is one transaction that also stores the strategy's pickled state, so after ``kill -9`` at any point
 the file holds a consistent pair (trials, strategy state): the search resumes with no result lost,
 and the proposals that were in flight (asked, no result) are evaluated again, as they never finished.
-:class:`MemoryStorage` has the same interface for runs that need no persistence (benchmarks).
+:class:`Storage` itself keeps a search in memory, for runs that need no persistence (benchmarks).
 
 The strategy state is pickled: open only storage files you trust, as with any pickle.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MemoryStorage", "SQLiteStorage", "Storage", "TrialRecord"]
+__all__ = ["SQLiteStorage", "Storage", "TrialRecord"]
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
 
@@ -91,8 +91,6 @@ class Storage:
     def close(self) -> None:
         pass
 
-
-MemoryStorage = Storage
 
 
 class SQLiteStorage(Storage):
