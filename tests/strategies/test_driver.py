@@ -102,8 +102,14 @@ def test_pareto_front_of_results() -> None:
     front = results.pareto_front(["cost"])
     assert front and all(a.metrics["cost"] <= b.metrics["cost"] for a, b in zip(front, front[1:]))
     assert all(a.value < b.value for a, b in zip(front, front[1:]))  # more cost only for more accuracy
+    def dominates(a, b) -> bool:
+        no_worse = a.value >= b.value and a.metrics["cost"] <= b.metrics["cost"]
+        return no_worse and (a.value > b.value or a.metrics["cost"] < b.metrics["cost"])
+
+    on_front = {f.number for f in front}
     for r in results.done:
-        assert not any(f.value > r.value and f.metrics["cost"] < r.metrics["cost"] for f in front) or r not in front
+        dominated = any(dominates(o, r) for o in results.done)
+        assert (r.number in on_front) == (not dominated)
     with pytest.raises(KeyError, match="not among the metrics"):
         results.pareto_front(["latency"])
 
