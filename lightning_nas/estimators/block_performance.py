@@ -40,14 +40,17 @@ Example::
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from lightning_nas.bilinear import BilinearTable, _structure
+from lightning_nas.io import atomic_write_json
 from lightning_nas.seeding import derive_generator
 from lightning_nas.spaces.search_space import SearchSpace
 from lightning_nas.spaces.staged import Stage, StagedSpace
@@ -66,6 +69,8 @@ __all__ = [
 ]
 
 LAWS = ("reciprocal", "additive")
+FORMAT = "lightning_nas.block_performance"
+VERSION = 1
 
 #: ``archs -> {metric: (N,) values}``; must return ``"accuracy"`` (and ``"flops"`` when no FLOPs table is given).
 Evaluator = Callable[[Sequence[Mapping[str, Any]]], Mapping[str, Any]]
@@ -211,6 +216,44 @@ class BlockPerformance:
 
         return solve_fractional(self.numerator(metric), self.flops, limits, constant=self.base[metric],
                                 method=method or "dinkelbach", solver=solver, base=self.reference, **options)
+
+
+    # -- persistence -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable, versioned description (tables with their structure, for checking on load)."""
+        from lightning_nas.solvers.problem import _jsonable
+
+        return {
+            "format": FORMAT, "version": VERSION, "method": self.method, "reference": _jsonable(self.reference),
+            "host": _jsonable(self.host), "base": dict(self.base), "evaluations": self.evaluations,
+            "deltas": {name: t.to_dict() for name, t in self.deltas.items()}, "flops": self.flops.to_dict(),
+            "details": _jsonable(self.details),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write to ``path`` as JSON, atomically (an existing file is replaced only once complete)."""
+        return atomic_write_json(Path(path), self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], staged: StagedSpace) -> "BlockPerformance":
+        """Rebuild from :meth:`to_dict`; ``staged`` must have the node structure it was made for."""
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a block-performance file (format {data.get('format')!r}, expected {FORMAT!r})")
+        if data.get("version") != VERSION:
+            raise ValueError(f"block-performance version {data.get('version')!r} is not supported (this library reads {VERSION})")
+        space = staged.space
+        return cls(
+            staged=staged, reference=space.validate(data["reference"]), base={k: float(v) for k, v in data["base"].items()},
+            deltas={name: BilinearTable.from_dict(t, staged) for name, t in data["deltas"].items()},
+            flops=BilinearTable.from_dict(data["flops"], staged),
+            host=None if data["host"] is None else space.validate(data["host"]), evaluations=int(data["evaluations"]),
+            method=data["method"], details=dict(data.get("details") or {}),
+        )
+
+    @classmethod
+    def load(cls, path: str | Path, staged: StagedSpace) -> "BlockPerformance":
+        """Read a file written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text()), staged)
 
 
 def _check_law(law: str) -> None:

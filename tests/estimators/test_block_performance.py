@@ -235,3 +235,55 @@ def test_bad_inputs_are_named():
         estimate_block_performance(lambda archs: {"accuracy": np.full(len(archs), np.nan)}, staged, flops)
     with pytest.raises(ValueError, match="not decisions of the space"):
         nodes_as_stage(staged.space, ["nope"])
+
+
+def test_callback_estimates_at_train_end_and_round_trips(oracle, tmp_path):
+    import lightning.pytorch as pl
+
+    from lightning_nas.callbacks.block_performance import BlockPerformanceEstimation
+    from lightning_nas.estimators.block_performance import BlockPerformance
+
+    staged = oracle.staged
+    rng = np.random.default_rng(3)
+    shape = (staged.num_stages, staged.max_blocks, staged.num_configs)
+    truth = BilinearTable(staged, 0.5, rng.normal(0, 0.03, shape), rng.normal(0, 0.03, (staged.num_stages, staged.max_depth_options)))
+    oracle.net.truth = truth.predict_indices
+    n = 400
+    loader = DataLoader(TensorDataset(((torch.arange(n) + 0.5) / n)[:, None], torch.ones(n, dtype=torch.long)), batch_size=200)
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net, self.w = oracle.supernet, torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, _):
+            return (self.w**2).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD([self.w], lr=0.1)
+
+    flops = BilinearTable(staged, 10.0, rng.uniform(1, 5, shape), name="flops")
+    callback = BlockPerformanceEstimation(loader, flops, path=tmp_path / "perf.json")
+    try:
+        pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, callbacks=[callback]).fit(Module(), loader)
+    finally:
+        oracle.net.truth = oracle.truth
+    configs, depths = enumerate_indices(staged)
+    predicted = callback.performance.predictor(law="additive").predict_indices(configs, depths)
+    assert np.abs(predicted - truth.predict_indices(configs, depths)).max() < 0.05
+    loaded = BlockPerformance.load(tmp_path / "perf.json", staged)
+    assert np.array_equal(loaded.deltas["accuracy"].block, callback.performance.deltas["accuracy"].block)
+    assert loaded.reference == callback.performance.reference and loaded.host == callback.performance.host
+    restored = BlockPerformanceEstimation(loader, flops)
+    restored.load_state_dict(callback.state_dict())
+    restored._staged = staged
+    assert np.array_equal(restored.performance.predictor().predict_indices(configs, depths),
+                          callback.performance.predictor().predict_indices(configs, depths))
+    with pytest.raises(ValueError, match="`flops` must be a FLOPs BilinearTable or an input size"):
+        BlockPerformanceEstimation(loader, "big")
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        BlockPerformanceEstimation(loader, flops, method="greedy")

@@ -1,0 +1,136 @@
+"""``BlockPerformanceEstimation``: MathNAS block performances of the supernet when training ends."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from lightning_nas.bilinear import BilinearTable
+from lightning_nas.estimators.block_performance import (
+    BlockPerformance,
+    estimate_block_performance,
+    estimate_block_performance_sampled,
+    supernet_evaluator,
+)
+from lightning_nas.spaces.staged import StagedSpace
+from lightning_nas.supernet import Supernet, find_supernet
+
+__all__ = ["BlockPerformanceEstimation"]
+
+METHODS = ("algorithm1", "sampled")
+
+
+class BlockPerformanceEstimation(Callback):
+    """Estimates MathNAS block performances (``b^A`` of every block config and depth) on a held-out split.
+
+    When training ends, every subnet the estimator needs is evaluated with the supernet's shared
+    weights on ``held_out`` (eval mode, one arch at a time, through your LightningModule's
+    ``forward``). The result, a :class:`~lightning_nas.estimators.block_performance.BlockPerformance`,
+    is kept as :attr:`performance`, written to ``path`` (atomically, by global rank 0) and carried in
+    the callback's ``state_dict`` so that a resumed run keeps it. Every DDP rank runs the same
+    deterministic evaluation, so all ranks hold the same result.
+
+    Args:
+        held_out: validation batches (not shuffled).
+        flops: the FLOPs table of the supernet (e.g. ``build_flops_table(supernet, (3, 32, 32))``),
+            or ``(C, H, W)`` to build it at the end of training.
+        method: ``"algorithm1"`` (one host, ``O(m·n)`` evaluations) or ``"sampled"`` (Eq. 3).
+        num_hosts: hosts of the sampled estimator.
+        seed: seed of the sampled hosts.
+        reference: ``Ñ`` (an arch, ``"first"``, ``"last"``, or ``None`` for the default arch).
+        tables: extra additive metrics ``{name: table}`` (latency, energy) to estimate alongside.
+        path: JSON file for the result.
+        supernet: dotted attribute path of the supernet in the LightningModule, when it has several.
+        batch_to_xy: ``batch -> (inputs, labels)``; default ``(batch[0], batch[1])``.
+
+    Attributes:
+        performance: the latest result (``None`` before the first estimate).
+    """
+
+    def __init__(
+        self,
+        held_out: Iterable[Any],
+        flops: BilinearTable | Sequence[int],
+        *,
+        method: str = "algorithm1",
+        num_hosts: int = 5,
+        seed: int = 0,
+        reference: Mapping[str, Any] | str | None = None,
+        tables: Mapping[str, BilinearTable] | None = None,
+        path: str | Path | None = None,
+        supernet: str | None = None,
+        batch_to_xy: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
+    ) -> None:
+        if held_out is None or not hasattr(held_out, "__iter__"):
+            raise ValueError(f"`held_out` must be an iterable of batches (a DataLoader), got {type(held_out).__name__}")
+        if not isinstance(flops, BilinearTable) and not (
+            isinstance(flops, Sequence) and flops and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in flops)
+        ):
+            raise ValueError(f"`flops` must be a FLOPs BilinearTable or an input size (C, H, W) of positive ints, got {flops!r}")
+        if method not in METHODS:
+            raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+        if not isinstance(num_hosts, int) or isinstance(num_hosts, bool) or num_hosts < 1:
+            raise ValueError(f"`num_hosts` must be a positive int, got {num_hosts!r}")
+        self.held_out, self.flops, self.method = held_out, flops, method
+        self.num_hosts, self.seed, self.reference = num_hosts, seed, reference
+        self.tables = dict(tables or {})
+        self.path = Path(path) if path is not None else None
+        self.supernet_path = supernet
+        self.batch_to_xy = batch_to_xy
+        self._performance: BlockPerformance | None = None
+        self._pending: dict[str, Any] | None = None  # a checkpoint's result, until the space is known
+        self._staged: StagedSpace | None = None
+        self._supernet: Supernet | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(method=self.method, seed=self.seed, supernet=self.supernet_path)
+
+    @property
+    def performance(self) -> BlockPerformance | None:
+        """The latest block performances, or ``None`` before the first estimate."""
+        if self._pending is not None and self._staged is not None:
+            self._performance = BlockPerformance.from_dict(self._pending, self._staged)
+            self._pending = None
+        return self._performance
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._supernet = find_supernet(pl_module, self.supernet_path)
+        self._staged = StagedSpace.from_space(self._supernet.space)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.estimate(pl_module, is_global_zero=trainer.is_global_zero)
+
+    def estimate(self, pl_module: LightningModule, *, is_global_zero: bool = True) -> BlockPerformance:
+        """Estimate now (the hook calls this at the end of training)."""
+        if self._supernet is None:
+            self.setup(None, pl_module, "fit")  # type: ignore[arg-type]
+        flops = self.flops
+        if not isinstance(flops, BilinearTable):
+            from lightning_nas.profiling.tables import build_flops_table
+
+            flops = build_flops_table(self._supernet, tuple(flops))
+        options = {"batch_to_xy": self.batch_to_xy} if self.batch_to_xy is not None else {}
+        evaluate = supernet_evaluator(self._supernet, self.held_out, tables=self.tables, forward=pl_module, model=pl_module, **options)
+        if self.method == "algorithm1":
+            result = estimate_block_performance(evaluate, self._staged, flops, reference=self.reference)
+        else:
+            result = estimate_block_performance_sampled(evaluate, self._staged, flops, num_hosts=self.num_hosts,
+                                                        seed=self.seed, reference=self.reference)
+        self._performance, self._pending = result, None
+        if self.path is not None and is_global_zero:
+            result.save(self.path)
+        return result
+
+    def state_dict(self) -> dict[str, Any]:
+        performance = self.performance
+        return {"method": self.method, "seed": self.seed,
+                "performance": None if performance is None else performance.to_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = state_dict.get("performance")
+        self._performance = None
