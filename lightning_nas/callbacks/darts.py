@@ -55,6 +55,8 @@ class DartsSearch(Callback):
         lr, betas, weight_decay: α's Adam (DARTS: 3e-4, (0.5, 0.999), 1e-3).
         init_std: α starts as ``init_std · N(0, 1)``.
         unrolled_lr: ξ of the second-order virtual step (default: the user's optimiser's current lr).
+            With a ``torch.optim.SGD`` the virtual step is the one SGD would take (its momentum
+            buffer and weight decay, as DARTS); any other optimiser gets a plain gradient step.
         loss_fn: ``loss_fn(pl_module, batch) -> Tensor`` (default: cross entropy of
             ``pl_module(batch[0])`` against ``batch[1]``).
         start_epoch: α steps begin at this epoch (warm-up of the weights before).
@@ -183,12 +185,20 @@ class DartsSearch(Callback):
 
     def _arch_step(self, trainer: Trainer, pl_module: LightningModule, batch: Any) -> None:
         val_batch = move_data_to_device(self.arch_batch(self.steps, trainer.global_rank, trainer.world_size), pl_module.device)
-        unrolled_lr = None
+        unrolled_lr, optimizer = None, None
         if self.order == 2:
-            unrolled_lr = self.unrolled_lr if self.unrolled_lr is not None else float(trainer.optimizers[0].param_groups[0]["lr"])
+            user_optimizer = trainer.optimizers[0]
+            unrolled_lr = self.unrolled_lr if self.unrolled_lr is not None else float(user_optimizer.param_groups[0]["lr"])
+            if isinstance(user_optimizer, torch.optim.SGD):
+                optimizer = user_optimizer  # the virtual step is SGD's, momentum and weight decay included (DARTS)
+            elif self.steps == 0:
+                rank_zero_warn(
+                    f"{type(self).__name__}: second order unrolls a plain gradient step; the weights' optimiser "
+                    f"{type(user_optimizer).__name__} is not torch.optim.SGD, so its momentum and weight decay are left out"
+                )
         grads = arch_gradient(
             self.loss_fn, pl_module, self.relaxation, val_batch,
-            train_batch=batch if self.order == 2 else None, unrolled_lr=unrolled_lr,
+            train_batch=batch if self.order == 2 else None, unrolled_lr=unrolled_lr, optimizer=optimizer,
         )
         if trainer.world_size > 1:
             flat = trainer.strategy.reduce(torch.cat([g.flatten() for g in grads]), reduce_op="mean")

@@ -35,7 +35,7 @@ from lightning_nas.differentiable.selection import (
     magnitude_selection,
     select_inputs_by_perturbation,
     select_op_by_perturbation,
-    supernet_accuracy,
+    supernet_correct,
 )
 from lightning_nas.nn.input_choice import InputChoice
 from lightning_nas.nn.op_choice import OpChoice
@@ -50,7 +50,8 @@ class PerturbationSelection(Callback):
 
     Args:
         search: the search callback whose relaxation is selected from (also passed to the Trainer).
-        data: held-out split the accuracy is measured on (one pass, in order, train-mode BatchNorm).
+        data: held-out split the accuracy is measured on (one pass, in order, train-mode BatchNorm;
+            under DDP each rank measures every ``world_size``-th batch and the counts are summed).
         interval: fine-tuning epochs between decisions (thesis: 5).
         start_epoch: epoch of the first decision (the supernet's pre-training ends before it).
         batch_size: evaluation batch size.
@@ -158,18 +159,26 @@ class PerturbationSelection(Callback):
                 self._decide(trainer, pl_module)
 
     # -- decisions ---------------------------------------------------------------------------
-    def _batches(self, device: torch.device):
+    def _batches(self, device: torch.device, rank: int = 0, world_size: int = 1):
+        """This rank's evaluation batches: batch ``k`` of the (limited) split goes to rank ``k mod world_size``."""
         n = len(self.data)
         limit = n if self.num_batches is None else min(n, self.num_batches * self.batch_size)
-        for start in range(0, limit, self.batch_size):
-            batch = default_collate([self.data[i] for i in range(start, min(start + self.batch_size, limit))])
-            yield move_data_to_device(batch, device)
+        for k, start in enumerate(range(0, limit, self.batch_size)):
+            if k % world_size == rank:
+                batch = default_collate([self.data[i] for i in range(start, min(start + self.batch_size, limit))])
+                yield move_data_to_device(batch, device)
 
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule) -> float:
-        accuracy = supernet_accuracy(pl_module, self._batches(pl_module.device), self.accuracy_fn)
-        if trainer.world_size > 1:  # ranks agree on every decision
-            accuracy = float(trainer.strategy.reduce(torch.tensor(accuracy, device=pl_module.device), reduce_op="mean"))
-        return accuracy
+        batches = self._batches(pl_module.device, trainer.global_rank, trainer.world_size)
+        correct, total = supernet_correct(pl_module, batches, self.accuracy_fn)
+        if trainer.world_size > 1:  # each rank measured its shard; every rank gets the same sums, so ranks decide alike
+            sums = trainer.strategy.reduce(
+                torch.tensor([correct, total], dtype=torch.float64, device=pl_module.device), reduce_op="sum"
+            )
+            correct, total = float(sums[0]), float(sums[1])
+        if total == 0:
+            raise ValueError("PerturbationSelection: `data` gave no examples to measure the accuracy on")
+        return correct / total
 
     def _decide(self, trainer: Trainer, pl_module: LightningModule) -> None:
         relaxation = self.search.relaxation

@@ -15,6 +15,7 @@ from lightning_nas.differentiable.selection import (
     select_inputs_by_perturbation,
     select_op_by_perturbation,
     supernet_accuracy,
+    supernet_correct,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "select_op_by_perturbation",
     "skip_gap",
     "supernet_accuracy",
+    "supernet_correct",
 ]

@@ -211,6 +211,20 @@ class SoftmaxRelaxation(nn.Module):
         """Extra architecture loss (none for DARTS): a 0-dim tensor."""
         return self.alpha[0].new_zeros(())
 
+    def last_draw(self) -> int:
+        """Index of the random mixing weights of the latest forward pass (softmax: deterministic, 0)."""
+        return 0
+
+    @contextlib.contextmanager
+    def replaying(self, draw: int) -> Iterator[None]:
+        """Inside, forward passes mix with the weights of draw ``draw`` again (softmax: nothing to replay).
+
+        Second order differentiates one training loss at ``w`` and ``w ± εv``; with a sampled
+        relaxation the three evaluations must share their mixing weights, or the finite difference
+        measures the sampling noise divided by ``2ε``.
+        """
+        yield
+
     # -- selection edits ---------------------------------------------------------------------
     def fix(self, label: str, op: Any) -> None:
         """Discretise ``label`` to ``op``: its mixing weight becomes exactly 1, the others 0."""
@@ -305,7 +319,9 @@ class DirichletRelaxation(SoftmaxRelaxation):
         self.anchor = anchor
         self.anchor_weight = float(anchor_weight)
         self.seed = seed
-        self.draws = 0
+        self.draws = 0  # training-mode forward passes that drew θ (the draw index of the next one is draws + 1)
+        self._draw = 0  # the draw the current forward pass mixes with
+        self._replay: int | None = None
 
     def concentration(self, label: str) -> Tensor:
         """``β = ELU(α) + 1`` of the available operations, ``(n_available,)``."""
@@ -314,16 +330,28 @@ class DirichletRelaxation(SoftmaxRelaxation):
     def _begin_forward(self) -> None:
         super()._begin_forward()
         if self.supernet.training and self.sampling:
-            self.draws += 1
+            if self._replay is None:
+                self.draws += 1
+            self._draw = self.draws if self._replay is None else self._replay
+
+    def last_draw(self) -> int:
+        return self._draw
+
+    @contextlib.contextmanager
+    def replaying(self, draw: int) -> Iterator[None]:
+        if not isinstance(draw, int) or not 0 <= draw <= self.draws:
+            raise ValueError(f"`draw` must be an int in [0, {self.draws}] (a draw already made), got {draw!r}")
+        previous, self._replay = self._replay, draw
+        try:
+            yield
+        finally:
+            self._replay = previous
 
     def distribution_weights(self, label: str) -> Tensor:
         available = self._available(label)
         beta = self.concentration(label)
         if self.supernet.training and self.sampling:
-            # Drawn on the CPU under a derived seed: reproducible on any device and after resume.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(derive_seed(self.seed, _DIRICHLET, self.draws, self._index[label]))
-                theta = torch.distributions.Dirichlet(beta.cpu()).rsample().to(beta)
+            theta = _seeded_dirichlet(beta, derive_seed(self.seed, _DIRICHLET, self._draw, self._index[label]))
         else:
             theta = beta / beta.sum()
         return beta.new_zeros(available.shape).masked_scatter(available, theta)
@@ -353,3 +381,17 @@ class DirichletRelaxation(SoftmaxRelaxation):
     def set_extra_state(self, state: dict[str, Any]) -> None:
         super().set_extra_state(state)
         self.draws = int(state.get("draws", 0))
+        self._draw = self.draws
+
+
+def _seeded_dirichlet(beta: Tensor, seed: int) -> Tensor:
+    """One reparameterised draw ``θ ~ Dir(β)`` (``rsample``: gradients reach β), a pure function of ``seed``.
+
+    Drawn on the CPU, so the draw is the same on any device. Only the CPU generator is reseeded
+    (``torch.manual_seed`` would also reseed every CUDA generator, changing the user's dropout
+    masks), and ``fork_rng`` gives it back its state afterwards.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        theta = torch.distributions.Dirichlet(beta.cpu()).rsample()
+    return theta.to(beta)

@@ -29,6 +29,7 @@ __all__ = [
     "select_inputs_by_perturbation",
     "select_op_by_perturbation",
     "supernet_accuracy",
+    "supernet_correct",
 ]
 
 #: ``accuracy_fn(model, batch) -> (correct, count)`` of one batch.
@@ -41,11 +42,12 @@ def count_correct(model: nn.Module, batch: Any) -> tuple[Tensor, int]:
     return (model(inputs).argmax(-1) == targets).sum(), int(targets.shape[0])
 
 
-def supernet_accuracy(model: nn.Module, batches: Iterable[Any], accuracy_fn: AccuracyFn = count_correct) -> float:
-    """Accuracy of ``model`` over ``batches`` in its current mode, without gradients.
+def supernet_correct(model: nn.Module, batches: Iterable[Any], accuracy_fn: AccuracyFn = count_correct) -> tuple[float, int]:
+    """``(correct, count)`` of ``model`` over ``batches`` in its current mode, without gradients.
 
     Running BatchNorm statistics are restored afterwards (DARTS-PT evaluates in train mode, with
-    batch statistics, which would otherwise drift during the measurements).
+    batch statistics, which would otherwise drift during the measurements). Counts, not a ratio,
+    so shards measured on different ranks add up exactly.
     """
     correct, total = 0.0, 0
     with torch.no_grad(), preserved_buffers(model):
@@ -53,6 +55,12 @@ def supernet_accuracy(model: nn.Module, batches: Iterable[Any], accuracy_fn: Acc
             c, n = accuracy_fn(model, batch)
             correct += float(c)
             total += n
+    return correct, total
+
+
+def supernet_accuracy(model: nn.Module, batches: Iterable[Any], accuracy_fn: AccuracyFn = count_correct) -> float:
+    """Accuracy of ``model`` over ``batches`` (see :func:`supernet_correct`)."""
+    correct, total = supernet_correct(model, batches, accuracy_fn)
     if total == 0:
         raise ValueError("`batches` is empty: nothing to measure the accuracy on")
     return correct / total

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from lightning_nas.nn.choice import Mutable
 from lightning_nas.nn.input_choice import InputChoice
 from lightning_nas.nn.op_choice import OpChoice
+from lightning_nas.seeding import derive_generator, derive_seed
 from lightning_nas.spaces.registry import register_space
 from lightning_nas.supernet import Supernet
 
@@ -61,6 +62,7 @@ __all__ = [
     "darts_genotype",
     "darts_supernet",
     "robustness_supernet",
+    "seed_noise",
 ]
 
 #: DARTS's search operations (public code: no ``none``).
@@ -126,15 +128,37 @@ class Zero(nn.Module):
 
 
 class Noise(nn.Module):
-    """S4's ``noise`` operation: standard normal noise of the (strided) input's shape (torch's RNG)."""
+    """S4's ``noise`` operation: standard normal noise of the (strided) input's shape.
 
-    def __init__(self, stride: int = 1) -> None:
+    Call ``k`` draws from ``derive_generator(seed, k)`` on the CPU, so the noise is the same on any
+    device and never touches torch's global RNG; the call count is a buffer, so a checkpoint
+    resumes the same noise sequence. The networks give each ``Noise`` its own seed
+    (:func:`seed_noise`).
+
+    Args:
+        stride: spatial stride (2 on a reduction cell's input edges).
+        seed: seed of the noise stream.
+    """
+
+    def __init__(self, stride: int = 1, seed: int = 0) -> None:
         super().__init__()
         self.stride = stride
+        self.seed = seed
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
 
     def forward(self, x: Tensor) -> Tensor:
-        shaped = x if self.stride == 1 else x[:, :, :: self.stride, :: self.stride]
-        return torch.randn_like(shaped)
+        shape = x[:, :, :: self.stride, :: self.stride].shape
+        noise = torch.randn(shape, generator=derive_generator(self.seed, int(self.calls)), dtype=x.dtype)
+        self.calls += 1
+        return noise.to(x.device)
+
+
+def seed_noise(module: nn.Module, seed: int) -> None:
+    """Give every :class:`Noise` in ``module`` its own stream: the ``k``-th (module order) gets ``derive_seed(seed, k)``."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"`noise_seed` must be a non-negative int, got {seed!r}")
+    for k, noise in enumerate(m for m in module.modules() if isinstance(m, Noise)):
+        noise.seed = derive_seed(seed, k)
 
 
 class FactorizedReduce(nn.Module):
@@ -373,6 +397,7 @@ class DartsSearchNetwork(nn.Module):
         in_chans: image channels.
         stem_multiplier: the stem outputs ``stem_multiplier * C`` channels.
         affine: affine BatchNorm in the cells.
+        noise_seed: seed of the ``noise`` operations' streams (S4; see :func:`seed_noise`).
 
     Shapes: ``(B, in_chans, H, W) -> (B, num_classes)``.
     """
@@ -387,6 +412,7 @@ class DartsSearchNetwork(nn.Module):
         in_chans: int = 3,
         stem_multiplier: int = 3,
         affine: bool = False,
+        noise_seed: int = 0,
     ) -> None:
         super().__init__()
         _check_sizes(channels=channels, layers=layers, num_classes=num_classes, in_chans=in_chans, stem_multiplier=stem_multiplier)
@@ -405,6 +431,7 @@ class DartsSearchNetwork(nn.Module):
         self.cells = nn.ModuleList(cells)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_p, num_classes)
+        seed_noise(self, noise_seed)
 
     def forward(self, x: Tensor) -> Tensor:
         s0 = s1 = self.stem(x)
@@ -433,6 +460,7 @@ def darts_supernet(
     layers: int = 8,
     num_classes: int = 10,
     in_chans: int = 3,
+    noise_seed: int = 0,
 ) -> Supernet:
     """The DARTS search supernet: ``ops`` on all 14 edges of both cell kinds (default: 7 ops, no ``none``).
 
@@ -441,7 +469,9 @@ def darts_supernet(
     """
     ops = _check_ops(ops, "`ops`")
     return Supernet(
-        DartsSearchNetwork(lambda kind, j, i: ops, channels=channels, layers=layers, num_classes=num_classes, in_chans=in_chans)
+        DartsSearchNetwork(
+            lambda kind, j, i: ops, channels=channels, layers=layers, num_classes=num_classes, in_chans=in_chans, noise_seed=noise_seed
+        )
     )
 
 
@@ -454,11 +484,13 @@ def robustness_supernet(
     layers: int = 8,
     num_classes: int = 10,
     in_chans: int = 3,
+    noise_seed: int = 0,
 ) -> Supernet:
     """One of the robustness spaces S1–S4 (Zela et al., as in the thesis) on the DARTS search network.
 
     ``"s2"``: {skip_connect, sep_conv_3x3}; ``"s3"``: adds ``none``; ``"s4"``: {noise, sep_conv_3x3},
-    on every edge. ``"s1"`` has its own pair of operations on each edge: pass them as ``edge_ops``,
+    on every edge (``noise_seed`` seeds the noise, see :func:`seed_noise`). ``"s1"`` has its own
+    pair of operations on each edge: pass them as ``edge_ops``,
     ``{"normal.edge_2_0": ("sep_conv_3x3", "skip_connect"), ...}`` for all 28 edge labels (S1 is
     derived from a DARTS run's two strongest ops per edge, so it is data, not a fixed rule).
 
@@ -483,7 +515,9 @@ def robustness_supernet(
     else:
         raise ValueError(f"`space` must be one of ['s1', 's2', 's3', 's4'], got {space!r}")
     return Supernet(
-        DartsSearchNetwork(choose, channels=channels, layers=layers, num_classes=num_classes, in_chans=in_chans)
+        DartsSearchNetwork(
+            choose, channels=channels, layers=layers, num_classes=num_classes, in_chans=in_chans, noise_seed=noise_seed
+        )
     )
 
 
@@ -519,14 +553,14 @@ class DartsNetwork(nn.Module):
         genotype: the cells; sources index the cell's nodes (0, 1: inputs; 2–5: intermediates).
         channels: initial channels (36 in DARTS's evaluation).
         layers: cells (20 in DARTS's evaluation); reductions at 1/3 and 2/3.
-        num_classes, in_chans, stem_multiplier: as in :class:`DartsSearchNetwork`.
+        num_classes, in_chans, stem_multiplier, noise_seed: as in :class:`DartsSearchNetwork`.
 
     Shapes: ``(B, in_chans, H, W) -> (B, num_classes)``.
     """
 
     def __init__(
         self, genotype: Genotype, *, channels: int = 36, layers: int = 20, num_classes: int = 10, in_chans: int = 3,
-        stem_multiplier: int = 3,
+        stem_multiplier: int = 3, noise_seed: int = 0,
     ) -> None:
         super().__init__()
         _check_sizes(channels=channels, layers=layers, num_classes=num_classes, in_chans=in_chans, stem_multiplier=stem_multiplier)
@@ -549,6 +583,7 @@ class DartsNetwork(nn.Module):
         self.cells = nn.ModuleList(cells)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_p, num_classes)
+        seed_noise(self, noise_seed)
 
     def forward(self, x: Tensor) -> Tensor:
         s0 = s1 = self.stem(x)

@@ -105,3 +105,15 @@ def test_bad_arguments_are_named():
         DrNASSearch(tiny_data(), prune_at={3: 0})
     with pytest.raises(RuntimeError, match="fitted"):
         DartsSearch(tiny_data()).select()
+
+
+class AdamSearch(TinySearch):
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+def test_second_order_warns_when_the_users_optimiser_is_not_sgd():
+    search = DartsSearch(tiny_data(48, seed=1), batch_size=8, order=2)
+    with pytest.warns(UserWarning, match="not torch.optim.SGD"):
+        trainer([search], 1).fit(AdamSearch(), DataLoader(tiny_data(16), batch_size=16))
+    assert search.steps == 1

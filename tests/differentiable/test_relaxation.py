@@ -141,3 +141,36 @@ def test_prune_keeps_the_largest_means():
     assert float(relaxation.mixing_weights("op")[1]) == 0.0
     with pytest.raises(ValueError, match="`keep`"):
         relaxation.prune(0)
+
+
+def test_dirichlet_draws_leave_the_users_random_streams_alone(monkeypatch):
+    """torch.manual_seed would reseed every CUDA generator (the user's dropout masks on a GPU)."""
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    relaxation = DirichletRelaxation(shared_net(), seed=2, init_std=0.5).install()
+    relaxation.supernet.train()
+    x = torch.randn(5, 4)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    reseeded.clear()
+    relaxation.supernet(x)
+    assert reseeded == []
+    assert torch.equal(torch.rand(3), expected)  # the CPU stream continues as if no draw happened
+
+
+def test_dirichlet_replaying_mixes_with_an_earlier_draw():
+    relaxation = DirichletRelaxation(shared_net(), seed=4, init_std=0.5).install()
+    net = relaxation.supernet.train()
+    x = torch.randn(5, 4)
+    first = net(x)
+    k = relaxation.last_draw()
+    assert not torch.allclose(net(x), first)
+    draws = relaxation.draws
+    with relaxation.replaying(k):
+        torch.testing.assert_close(net(x), first)
+        torch.testing.assert_close(net(x), first)
+    assert relaxation.draws == draws  # replays do not advance the stream
+    with pytest.raises(ValueError, match="`draw`"):
+        with relaxation.replaying(draws + 1):
+            pass

@@ -115,6 +115,29 @@ def test_s1_takes_its_pair_per_edge_and_noise_is_noise():
     assert noise.shape == (2, 3, 4, 4) and noise.std() > 0.5
 
 
+def test_noise_is_seeded_resumable_and_leaves_torchs_rng_alone():
+    x = torch.zeros(2, 3, 8, 8)
+    torch.manual_seed(0)
+    expected = torch.rand(2)
+    torch.manual_seed(0)
+    a, b = Noise(seed=7), Noise(seed=7)
+    first = [a(x) for _ in range(3)]
+    assert torch.equal(torch.rand(2), expected)  # the global stream is untouched
+    assert all(torch.equal(f, b(x)) for f in first)  # same seed, same sequence
+    assert not torch.equal(first[0], first[1])  # a new draw per call
+    resumed = Noise(seed=7)
+    resumed.load_state_dict(Noise(seed=7).state_dict() | {"calls": torch.tensor(2)})
+    assert torch.equal(resumed(x), first[2])  # the call count is in the state dict
+    # Every noise op of an S4 network has its own stream, fixed by noise_seed.
+    net, again = (robustness_supernet("s4", channels=2, layers=3, noise_seed=3) for _ in range(2))
+    seeds = [m.seed for m in net.modules() if isinstance(m, Noise)]
+    assert len(seeds) == len(set(seeds)) == 2 * 14 + 14  # normal + 2 reduction cells (one 14-edge cell each)
+    assert seeds == [m.seed for m in again.modules() if isinstance(m, Noise)]
+    assert seeds != [m.seed for m in robustness_supernet("s4", channels=2, layers=3, noise_seed=4).modules() if isinstance(m, Noise)]
+    with pytest.raises(ValueError, match="`noise_seed`"):
+        robustness_supernet("s4", channels=2, layers=3, noise_seed=-1)
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="`ops`"):
         darts_supernet(ops=("sep_conv_7x7",))
