@@ -38,7 +38,6 @@ from lightning_nas.estimators.block_performance import BlockPerformance
 from lightning_nas.nn.depth_choice import DepthChoice
 from lightning_nas.nn.export import export_subnet
 from lightning_nas.nn.op_choice import OpChoice
-from lightning_nas.solvers.milp import dominated_configs
 from lightning_nas.solvers.problem import Limit, SearchResult
 from lightning_nas.spaces.staged import Stage, StagedSpace
 from lightning_nas.supernet import Supernet
