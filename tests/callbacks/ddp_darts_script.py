@@ -1,4 +1,5 @@
-"""Run by test_darts_ddp.py: 2-process CPU DDP (gloo) DARTS search; each rank writes its α and first α batch."""
+"""Run by test_darts_ddp.py: 2-process CPU DDP (gloo) DARTS search with DARTS-PT selection; each rank writes
+its α, first α batch and PT decisions."""
 
 from __future__ import annotations
 
@@ -15,11 +16,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 from darts_models import TinySearch, tiny_data  # noqa: E402
 
 from lightning_nas.callbacks.darts import DartsSearch, DrNASSearch  # noqa: E402
+from lightning_nas.callbacks.selection import PerturbationSelection  # noqa: E402
+from lightning_nas.differentiable.selection import count_correct  # noqa: E402
+
+MEASURED: list[int] = []  # examples this rank's PT evaluations saw, per batch
+
+
+def counting_correct(model, batch):
+    MEASURED.append(int(batch[1].shape[0]))
+    return count_correct(model, batch)
 
 
 class Record(pl.Callback):
-    def __init__(self, search: DartsSearch) -> None:
-        self.search = search
+    def __init__(self, search: DartsSearch, pt: PerturbationSelection) -> None:
+        self.search, self.pt = search, pt
 
     def on_train_end(self, trainer, pl_module):
         path = os.path.join(sys.argv[1], f"rank{trainer.global_rank}.json")
@@ -31,6 +41,9 @@ class Record(pl.Callback):
                     "steps": self.search.steps,
                     "first_batch": first.tolist(),
                     "world_size": trainer.world_size,
+                    "decisions": self.pt.decisions,
+                    "measured": sum(MEASURED),
+                    "arch": {k: str(v) for k, v in self.pt.arch.items()},
                 },
                 f,
             )
@@ -41,8 +54,10 @@ def main() -> None:
     search = (
         DrNASSearch(arch, batch_size=8, lr=0.05) if sys.argv[2] == "drnas" else DartsSearch(arch, batch_size=8, lr=0.05, order=int(sys.argv[2]))
     )
+    # Both op decisions (epochs 0 and 1) are measured on held-out shards, one per rank.
+    pt = PerturbationSelection(search, arch, interval=1, start_epoch=0, batch_size=8, accuracy_fn=counting_correct)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, callbacks=[search, Record(search)], logger=False,
+        accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, callbacks=[search, pt, Record(search, pt)], logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )
     trainer.fit(TinySearch(), DataLoader(tiny_data(), batch_size=8))

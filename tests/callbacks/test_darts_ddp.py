@@ -1,4 +1,5 @@
-"""DartsSearch under real 2-process CPU DDP (gloo): α gradients are averaged, so both ranks hold the same α."""
+"""DartsSearch + PerturbationSelection under real 2-process CPU DDP (gloo): α gradients are averaged and PT's
+held-out counts summed, so both ranks hold the same α and make the same decisions."""
 
 from __future__ import annotations
 
@@ -25,3 +26,9 @@ def test_ddp_ranks_hold_identical_alpha(tmp_path, method):
     assert ranks[0]["first_batch"] != ranks[1]["first_batch"]  # each rank measures its own held-out batch
     assert ranks[0]["alpha"] == ranks[1]["alpha"]
     assert max(abs(v) for a in ranks[0]["alpha"] for v in a) > 0.05
+    decisions = [r["decisions"] for r in ranks]
+    assert [d["labels"] for d in decisions[0]] in ([["op1"], ["op2"]], [["op2"], ["op1"]])
+    assert decisions[0] == decisions[1] and ranks[0]["arch"] == ranks[1]["arch"]
+    # 6 masked evaluations (3 ops on each of 2 edges); each rank measured half of the 48-example split.
+    assert ranks[0]["measured"] == ranks[1]["measured"] == 6 * 24
+    assert all(round(v * 48, 6).is_integer() for d in decisions[0] for s in d["scores"].values() for v in s.values())
