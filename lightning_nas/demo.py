@@ -145,7 +145,9 @@ def run_demo(
     run_dir = next_version_dir(out)
     supernet = binas_supernet("tiny", num_classes=num_classes)
     model = SupernetClassifier(supernet, num_classes, lr=0.1, epochs=epochs)
-    estimation = ContributionEstimation(held_out, method="one_pass", passes=estimation_passes, seed=seed, path=run_dir / "accuracy_table.json")
+    estimation = ContributionEstimation(
+        held_out, method="one_pass", passes=estimation_passes, seed=seed, shrinkage="empirical_bayes", path=run_dir / "accuracy_table.json"
+    )
     profiler = LatencyProfiler(out / "latency_table.json", input_size=(3, image_size, image_size), repeats=profile_repeats, seed=seed)
     sampling = UniformSampling(seed, per_sample=True, eval_arch="per_sample")
     trainer = _trainer(epochs, run_dir, "supernet", [sampling, estimation, profiler], progress)
