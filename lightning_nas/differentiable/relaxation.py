@@ -301,15 +301,16 @@ class DirichletRelaxation(SoftmaxRelaxation):
 
     Args:
         supernet: the supernet to relax.
-        anchor: ``"kl"`` (``Σ KL(Dir(β) ‖ Dir(1))``) or ``"l2"`` (``Σ ‖β − 1‖²``), the regulariser
-            pulling β toward the uniform prior; ``None`` for none.
+        anchor: ``"l2"`` (``½ Σ ‖β − 1‖²``: its gradient ``(β − 1)·ELU'(α)`` is ``α`` for ``α ≥ 0``,
+            the Adam weight decay on α that DrNAS's code uses) or ``"kl"`` (``Σ KL(Dir(β) ‖ Dir(1))``),
+            the regulariser pulling β toward the uniform prior; ``None`` for none.
         anchor_weight: its weight λ (DrNAS: 1e-3).
         init_std: α starts as ``init_std · N(0, 1)``.
         seed: seed of α's initialisation and of the draws.
     """
 
     def __init__(
-        self, supernet: Supernet, *, anchor: str | None = "kl", anchor_weight: float = 1e-3, init_std: float = 1e-3, seed: int = 0
+        self, supernet: Supernet, *, anchor: str | None = "l2", anchor_weight: float = 1e-3, init_std: float = 1e-3, seed: int = 0
     ) -> None:
         super().__init__(supernet, init_std=init_std, seed=seed)
         if anchor not in ("kl", "l2", None):
@@ -372,7 +373,7 @@ class DirichletRelaxation(SoftmaxRelaxation):
                 prior = torch.distributions.Dirichlet(torch.ones_like(beta))
                 total = total + torch.distributions.kl_divergence(torch.distributions.Dirichlet(beta), prior)
             else:
-                total = total + ((beta - 1.0) ** 2).sum()
+                total = total + 0.5 * ((beta - 1.0) ** 2).sum()
         return self.anchor_weight * total
 
     def get_extra_state(self) -> dict[str, Any]:

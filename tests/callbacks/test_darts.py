@@ -117,3 +117,9 @@ def test_second_order_warns_when_the_users_optimiser_is_not_sgd():
     with pytest.warns(UserWarning, match="not torch.optim.SGD"):
         trainer([search], 1).fit(AdamSearch(), DataLoader(tiny_data(16), batch_size=16))
     assert search.steps == 1
+
+
+def test_drnas_defaults_are_drnas_own():
+    search = DrNASSearch(tiny_data())
+    assert (search.lr, search.betas, search.weight_decay, search.order) == (6e-4, (0.5, 0.999), 0.0, 1)
+    assert (search.anchor, search.anchor_weight) == ("l2", 1e-3)

@@ -125,7 +125,9 @@ def test_dirichlet_anchor_is_zero_at_the_prior_and_pulls_toward_it(anchor):
     assert grad[0] > 0 and grad[1] < 0 and grad[2] > 0  # gradient descent moves α back toward 0 (β toward 1)
     if anchor == "l2":
         beta = nn.functional.elu(torch.tensor([1.0, -0.5, 0.2])) + 1
-        assert float(value) == pytest.approx(float(((beta - 1) ** 2).sum()), rel=1e-6)
+        assert float(value) == pytest.approx(float(0.5 * ((beta - 1) ** 2).sum()), rel=1e-6)
+        # For α >= 0 the anchor's gradient is α itself: DrNAS's Adam weight decay on α.
+        assert float(grad[0]) == pytest.approx(1.0) and float(grad[2]) == pytest.approx(0.2)
 
 
 def test_prune_keeps_the_largest_means():
