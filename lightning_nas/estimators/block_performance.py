@@ -417,6 +417,13 @@ def _average_host(flops: BilinearTable) -> tuple[np.ndarray, np.ndarray]:
 
 def _finish(staged, reference, measure, flops, deltas_by_metric, base, host, method, details) -> BlockPerformance:
     deltas = {name: BilinearTable(staged, 0.0, d.block, d.depth, name=f"b_{name}") for name, d in deltas_by_metric.items()}
+    if "flops" not in deltas:
+        # b^F from the FLOPs table itself: FLOPs add over blocks, so every host gives the same deltas.
+        ref_c, ref_d = staged.indices(reference)
+        configs, depths, slots = _switches(staged, ref_c, ref_d, ref_c, ref_d)
+        d = _deltas(staged, flops.predict_indices(configs, depths), slots)
+        deltas["flops"] = BilinearTable(staged, 0.0, d.block, d.depth, name="b_flops")
+        base = {**base, "flops": float(flops.predict_indices(ref_c, ref_d))}
     return BlockPerformance(staged=staged, reference=reference, base=base, deltas=deltas, flops=flops,
                             host=host, evaluations=measure.count, method=method, details=details)
 

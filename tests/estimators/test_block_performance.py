@@ -287,3 +287,14 @@ def test_callback_estimates_at_train_end_and_round_trips(oracle, tmp_path):
         BlockPerformanceEstimation(loader, "big")
     with pytest.raises(ValueError, match="`method` must be one of"):
         BlockPerformanceEstimation(loader, flops, method="greedy")
+
+
+def test_flops_deltas_follow_the_sign_convention():
+    rng = np.random.default_rng(6)
+    staged = random_space(rng)
+    acc, _, flops = random_tables(staged, rng)
+    perf = estimate_block_performance(table_evaluator({"accuracy": acc}), staged, flops, reference="first")
+    configs, depths = enumerate_indices(staged)
+    # b^F = F(Ñ-switch) bookkeeping: F(N) = F(Ñ) − Σ b^F, exactly (FLOPs add over blocks).
+    assert np.allclose(perf.table("flops").predict_indices(configs, depths), flops.predict_indices(configs, depths))
+    assert perf.base["flops"] == pytest.approx(flops.predict(perf.reference))
