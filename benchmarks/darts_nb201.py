@@ -6,7 +6,7 @@ Per seed:
   magnitude selection gives the **DARTS** cell; the same fit then continues as the DARTS-PT tuning
   phase (:class:`PerturbationSelection`, one decision every ``--pt-interval`` epochs, α and weights
   still training), giving the **DARTS+PT** cell from the same supernet, as in the thesis;
-* one DrNAS search fit (:class:`DrNASSearch`, KL anchor) of ``--search-epochs`` epochs, argmax of
+* one DrNAS search fit (:class:`DrNASSearch`, L2 anchor, the same α lr) of ``--search-epochs`` epochs, argmax of
   the Dirichlet mean (**DrNAS** cell).
 
 Each found cell is retrained from scratch briefly (``--retrain-epochs``) as a plain exported
@@ -131,19 +131,20 @@ def search_darts_pt(args, seed, splits) -> dict[str, Any]:
         model, DataLoader(train, batch_size=args.batch_size, shuffle=True), DataLoader(test, batch_size=512)
     )
     total = time.perf_counter() - start
-    gap = skip_gap(search.history[args.search_epochs - 1]["weights"])
-    return {"DARTS": (snapshot.arch, gap), "DARTS+PT": (pt.arch, None), "seconds": total}
+    return {"DARTS": (snapshot.arch, search.history[args.search_epochs - 1]["weights"]), "DARTS+PT": (pt.arch, None), "seconds": total}
 
 
 def search_drnas(args, seed, splits) -> dict[str, Any]:
     train, arch, test = splits
     model = Classifier(supernet(args, seed), args.lr, args.search_epochs)
-    search = DrNASSearch(arch, batch_size=args.batch_size, lr=args.alpha_lr, seed=seed, monitor="val_acc", log_alpha=False)
+    search = DrNASSearch(
+        arch, batch_size=args.batch_size, lr=args.alpha_lr, seed=seed, monitor="val_acc", log_alpha=False
+    )
     pl.seed_everything(seed, workers=True, verbose=False)
     trainer(args.search_epochs, [search]).fit(
         model, DataLoader(train, batch_size=args.batch_size, shuffle=True), DataLoader(test, batch_size=512)
     )
-    return {"DrNAS": (search.select(), skip_gap(search.history[-1]["weights"]))}
+    return {"DrNAS": (search.select(), search.history[-1]["weights"])}
 
 
 def retrain(args, seed, arch, splits) -> float:
@@ -213,12 +214,15 @@ def main() -> None:
     for seed in args.seeds:
         found = {**search_darts_pt(args, seed, splits), **search_drnas(args, seed, splits)}
         for method in ("DARTS", "DrNAS", "DARTS+PT"):
-            arch, gap = found[method]
+            arch, weights = found[method]
             text = nb201_string(arch)
             skips = sum(arch[label] == "skip_connect" for label in NB201_LABELS) / len(NB201_LABELS)
             accuracy = retrain(args, seed, arch, splits)
             entry = table.get(text)
-            rows.append({"method": method, "seed": seed, "arch": text, "skip": skips, "gap": gap, "acc": accuracy,
+            diagnostics = None if weights is None else (
+                skip_gap(weights), skip_gap(weights, skip="avg_pool_3x3"), statistics.mean(max(w.values()) for w in weights.values())
+            )
+            rows.append({"method": method, "seed": seed, "arch": text, "skip": skips, "diag": diagnostics, "acc": accuracy,
                          "nb201": float(entry["c10_test_200"]) if entry else None})
             print(f"seed {seed} {method:9s} {text} skip {skips:.2f} retrained {accuracy:.3f} NB201 {rows[-1]['nb201']}", flush=True)
     times = search_cost(args, splits)
@@ -237,18 +241,21 @@ def main() -> None:
         f"`nb201_supernet(channels={args.channels}, cells_per_stage={args.cells})` (NB201: 16, 5). Weights: SGD lr {args.lr}, "
         f"momentum 0.9, wd 3e-4, cosine; α: Adam lr {args.alpha_lr} (DARTS's 3e-4 barely moves α in this few steps), betas (0.5, 0.999).",
         f"- DARTS: first order, {args.search_epochs} epochs, magnitude selection (argmax α without `none`). DARTS+PT: the same fit "
-        f"continued with PT (one edge every {args.pt_interval} epochs, 6 edges). DrNAS: KL anchor 1e-3, {args.search_epochs} epochs. "
+        f"continued with PT (one edge every {args.pt_interval} epochs, 6 edges). DrNAS: L2 anchor 1e-3 (DrNAS's default), the same α lr and "
+        f"{args.search_epochs} epochs. "
         f"Found cells retrained from scratch {args.retrain_epochs} epochs on weights+α splits, tested on the test split.",
         "- NB201 column: the found cell's tabulated CIFAR-10 test accuracy (200 epochs, `c10_test_200` of `nb201_cifar10.csv`). "
-        f"The table's optimum is {NB201_OPTIMUM}. Skip gap: mean(w_skip − mean w_conv) at the end of the search (thesis Fig. 2.3).",
+        f"The table's optimum is {NB201_OPTIMUM}. At the end of the search (mixing weights: softmax α, Dirichlet mean for DrNAS): "
+        "skip gap = mean(w_skip − mean w_conv) (thesis Fig. 2.3), pool gap = the same for `avg_pool_3x3`, peak = mean over "
+        "edges of the largest weight (0.20 is uniform over the 5 ops: how far α moved from its prior).",
         "",
-        "| method | seed | found cell (NB201 string) | skip fraction | skip gap | retrained test acc (digits) | NB201 CIFAR-10 test acc |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| method | seed | found cell (NB201 string) | skip fraction | skip gap | pool gap | peak | retrained test acc (digits) | NB201 CIFAR-10 test acc |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        gap = "" if r["gap"] is None else f"{r['gap']:+.3f}"
+        diag = " | | " if r["diag"] is None else "{:+.3f} | {:+.3f} | {:.3f}".format(*r["diag"])
         nb = "not in table" if r["nb201"] is None else f"{r['nb201']:.2f}"
-        lines.append(f"| {r['method']} | {r['seed']} | `{r['arch']}` | {r['skip']:.2f} | {gap} | {r['acc']:.3f} | {nb} |")
+        lines.append(f"| {r['method']} | {r['seed']} | `{r['arch']}` | {r['skip']:.2f} | {diag} | {r['acc']:.3f} | {nb} |")
     lines += ["", "| method | mean skip fraction | mean retrained acc (digits) | mean NB201 CIFAR-10 test acc | claimed NB201 CIFAR-10 test acc |",
               "|---|---:|---:|---:|---|"]
     for method in ("DARTS", "DrNAS", "DARTS+PT"):
