@@ -25,6 +25,7 @@ Data: digits (1,797 8×8 images upsampled to ``--image-size``, 1 channel), split
 Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/darts_nb201.py      # ~5 min on 1 core; rewrites its section of RESULTS.md
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/darts_nb201.py --trace drnas --search-epochs 30   # α trajectory, CSV
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from lightning_nas.callbacks.darts import DartsSearch, DrNASSearch
 from lightning_nas.callbacks.selection import PerturbationSelection
 from lightning_nas.data import digits_dataset, split_dataset, to_tensors
 from lightning_nas.differentiable.diagnostics import skip_gap
-from lightning_nas.spaces.nb201 import NB201_LABELS, nb201_string, nb201_supernet
+from lightning_nas.spaces.nb201 import NB201_LABELS, NB201_OPS, nb201_string, nb201_supernet
 
 BEGIN, END = "<!-- benchmarks/darts_nb201.py: begin -->", "<!-- benchmarks/darts_nb201.py: end -->"
 # Literature values on NB201 CIFAR-10 test accuracy (DrNAS's public README; NB201 optimum; the thesis shows DARTS-PT only as a plot).
@@ -134,17 +135,31 @@ def search_darts_pt(args, seed, splits) -> dict[str, Any]:
     return {"DARTS": (snapshot.arch, search.history[args.search_epochs - 1]["weights"]), "DARTS+PT": (pt.arch, None), "seconds": total}
 
 
-def search_drnas(args, seed, splits) -> dict[str, Any]:
+def search_drnas(args, seed, splits, method: type[DartsSearch] = DrNASSearch) -> dict[str, Any]:
     train, arch, test = splits
     model = Classifier(supernet(args, seed), args.lr, args.search_epochs)
-    search = DrNASSearch(
-        arch, batch_size=args.batch_size, lr=args.alpha_lr, seed=seed, monitor="val_acc", log_alpha=False
-    )
+    search = method(arch, batch_size=args.batch_size, lr=args.alpha_lr, seed=seed, monitor="val_acc", log_alpha=False)
     pl.seed_everything(seed, workers=True, verbose=False)
     trainer(args.search_epochs, [search]).fit(
         model, DataLoader(train, batch_size=args.batch_size, shuffle=True), DataLoader(test, batch_size=512)
     )
-    return {"DrNAS": (search.select(), search.history[-1]["weights"])}
+    return {"DrNAS": (search.select(), search.history[-1]["weights"]), "history": search.history}
+
+
+def trace(args, splits, table) -> None:
+    """``--trace``: per epoch, each op's mixing weight averaged over the 6 edges and the magnitude-selected cell
+    (its NB201 CIFAR-10 test accuracy), for DrNAS or DARTS alone; printed as CSV, RESULTS.md untouched."""
+    method = {"drnas": DrNASSearch, "darts": DartsSearch}[args.trace]
+    print("method,seed,epoch,supernet_val_acc," + ",".join(NB201_OPS) + ",peak,cell,nb201_c10_test", flush=True)
+    for seed in args.seeds:
+        for entry in search_drnas(args, seed, splits, method)["history"]:
+            weights = entry["weights"]
+            mean = [statistics.mean(w[op] for w in weights.values()) for op in NB201_OPS]
+            peak = statistics.mean(max(w.values()) for w in weights.values())
+            cell = nb201_string({label: max((o for o in w if o != "none"), key=w.get) for label, w in weights.items()})
+            nb = table.get(cell, {}).get("c10_test_200", "")
+            print(f"{args.trace},{seed},{entry['epoch']},{entry['metric']:.3f}," + ",".join(f"{m:.4f}" for m in mean)
+                  + f",{peak:.4f},{cell},{nb}", flush=True)
 
 
 def retrain(args, seed, arch, splits) -> float:
@@ -199,8 +214,13 @@ def main() -> None:
     parser.add_argument("--timing-epochs", type=int, default=3)
     parser.add_argument("--nb201-table", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/nb201/nb201_cifar10.csv")
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    parser.add_argument("--trace", choices=["drnas", "darts"], help="only trace this method's mixing weights per epoch (CSV on stdout)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.trace:
+        ds, _ = to_tensors(digits_dataset(), args.image_size, channels=1)
+        trace(args, split_dataset(ds, (0.4, 0.4, 0.2), seed=0), nb201_table(args.nb201_table))
+        return
     if not args.nb201_table.exists():
         parser.error(f"--nb201-table {args.nb201_table} does not exist")
     command = "OMP_NUM_THREADS=1 .venv/bin/python " + shlex.join(["benchmarks/darts_nb201.py", *sys.argv[1:]])
