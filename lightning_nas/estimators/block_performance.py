@@ -68,7 +68,7 @@ __all__ = [
     "tabular_evaluator",
 ]
 
-LAWS = ("reciprocal", "additive")
+LAWS = ("reciprocal", "reciprocal_mean", "additive")
 FORMAT = "lightning_nas.block_performance"
 VERSION = 1
 
@@ -186,22 +186,28 @@ class BlockPerformance:
         return BilinearTable(self.staged, self.base[metric], -d.block, -d.depth, name=name or metric, unit=unit,
                              metadata={"estimator": f"mathnas-{self.method}"})
 
-    def numerator(self, metric: str = "accuracy") -> BilinearTable:
-        """Eq. 5's numerator ``Σ b^A_ij F̄_ij`` as a table (over ``F(N)`` it is the accuracy lost against ``Ñ``)."""
+    def numerator(self, metric: str = "accuracy", law: str = "reciprocal") -> BilinearTable:
+        """The penalty whose ratio to ``F(N)`` is the accuracy lost against ``Ñ``, as a table:
+        ``Σ b^A_ij F̄_ij`` (Eq. 5, ``law="reciprocal"``) or ``F̄ · Σ b^A_ij`` (Eq. 6, ``"reciprocal_mean"``)."""
         self._check_metric(metric)
-        _, fb, fd = mean_flops(self.flops)
+        if law not in LAWS[:2]:
+            raise ValueError(f"`law` must be one of {LAWS[:2]} for a fractional numerator, got {law!r}")
+        total, fb, fd = mean_flops(self.flops)
+        if law == "reciprocal_mean":
+            fb, fd = total, total
         d = self.deltas[metric]
         return BilinearTable(self.staged, 0.0, d.block * fb, d.depth * fd, name=f"{metric}_penalty")
 
     def predictor(self, metric: str = "accuracy", law: str = "reciprocal") -> "MathNASPredictor":
-        """Eq. 5 (``law="reciprocal"``) or the plain additive predictor of ``metric``."""
+        """Eq. 5 (``law="reciprocal"``), Eq. 6's form with the space's mean FLOPs (``"reciprocal_mean"``)
+        or the plain additive predictor of ``metric``."""
         return MathNASPredictor(self, metric, law)
 
     def search(self, limits: Any = (), *, metric: str = "accuracy", law: str = "reciprocal",
                method: str | None = None, solver: str = "appsi_highs", **options: Any):
         """The arch maximising the predicted ``metric`` under ``limits``, exactly.
 
-        ``law="reciprocal"`` solves the linear-fractional program (``method`` ``"dinkelbach"``
+        ``law="reciprocal"`` (Eq. 5) or ``"reciprocal_mean"`` (Eq. 6) solves the linear-fractional program (``method`` ``"dinkelbach"``
         (default), ``"charnes_cooper"`` or ``"brute_force"``); ``law="additive"`` the MILP of
         :func:`~lightning_nas.solvers.search_constrained` (``method`` ``"milp"`` by default).
         Returns a :class:`~lightning_nas.solvers.SearchResult` whose ``objective`` is the prediction.
@@ -214,7 +220,7 @@ class BlockPerformance:
                                       base=self.reference, **options)
         from lightning_nas.solvers.fractional import solve_fractional
 
-        return solve_fractional(self.numerator(metric), self.flops, limits, constant=self.base[metric],
+        return solve_fractional(self.numerator(metric, law), self.flops, limits, constant=self.base[metric],
                                 method=method or "dinkelbach", solver=solver, base=self.reference, **options)
 
 
@@ -267,7 +273,8 @@ class MathNASPredictor:
     Args:
         performance: the estimated block performances.
         metric: which metric.
-        law: ``"reciprocal"`` (``X(Ñ) − Σ b^X F̄_ij / F(N)``) or ``"additive"`` (``X(Ñ) − Σ b^X``).
+        law: ``"reciprocal"`` (Eq. 5: ``X(Ñ) − Σ b^X F̄_ij / F(N)``), ``"reciprocal_mean"`` (Eq. 6:
+            ``X(Ñ) − F̄ Σ b^X / F(N)``) or ``"additive"`` (``X(Ñ) − Σ b^X``).
     """
 
     def __init__(self, performance: BlockPerformance, metric: str = "accuracy", law: str = "reciprocal") -> None:
@@ -275,7 +282,7 @@ class MathNASPredictor:
         performance._check_metric(metric)
         self.performance, self.metric, self.law = performance, metric, law
         self._additive = performance.table(metric)
-        self._numerator = performance.numerator(metric) if law == "reciprocal" else None
+        self._numerator = None if law == "additive" else performance.numerator(metric, law)
 
     def predict_indices(self, configs: np.ndarray, depths: np.ndarray) -> np.ndarray:
         """``(...)`` predictions for ``(..., S, D)`` configs and ``(..., S)`` depth indices."""

@@ -29,17 +29,20 @@ from lightning_nas.spaces.nb201 import nb201_all_archs, nb201_search_space
 from lightning_nas.spaces.staged import StagedSpace
 
 
-def random_space(rng):
-    """2-3 stages of 1-3 blocks with 2-4 configs and random depth options (some fixed)."""
-    num_configs = int(rng.integers(2, 5))
-    decisions = []
-    for s in range(int(rng.integers(2, 4))):
-        n = int(rng.integers(1, 4))
-        decisions += [Decision(f"stage{s}.block{b}.op", tuple(f"o{c}" for c in range(num_configs)), "o0") for b in range(n)]
-        depths = tuple(d for d in range(1, n + 1) if rng.random() < 0.7) or (n,)
-        if len(depths) > 1:
-            decisions.append(Decision(f"stage{s}.depth", depths, depths[-1]))
-    return StagedSpace.from_space(SearchSpace(decisions))
+def random_space(rng, max_archs=5000):
+    """2-3 stages of 1-3 blocks with 2-4 configs and random depth options (some fixed), at most ``max_archs`` archs."""
+    while True:
+        num_configs = int(rng.integers(2, 5))
+        decisions = []
+        for s in range(int(rng.integers(2, 4))):
+            n = int(rng.integers(1, 4))
+            decisions += [Decision(f"stage{s}.block{b}.op", tuple(f"o{c}" for c in range(num_configs)), "o0") for b in range(n)]
+            depths = tuple(d for d in range(1, n + 1) if rng.random() < 0.7) or (n,)
+            if len(depths) > 1:
+                decisions.append(Decision(f"stage{s}.depth", depths, depths[-1]))
+        space = SearchSpace(decisions)
+        if space.size <= max_archs:
+            return StagedSpace.from_space(space)
 
 
 def random_tables(staged, rng):
@@ -157,7 +160,7 @@ def test_search_maximises_the_predictor_exactly():
     latency = perf.table("latency", unit="ms")
     bound = float(np.median(latency.predict_indices(configs, depths)))
     ok = latency.predict_indices(configs, depths) <= bound
-    for law in ("reciprocal", "additive"):
+    for law in ("reciprocal", "reciprocal_mean", "additive"):
         best = perf.predictor(law=law).predict_indices(configs, depths)[ok].max()
         result = perf.search(Limit(latency, upper=bound), law=law)
         assert result.feasible and result.objective == pytest.approx(best, abs=1e-9)
@@ -287,6 +290,19 @@ def test_callback_estimates_at_train_end_and_round_trips(oracle, tmp_path):
         BlockPerformanceEstimation(loader, "big")
     with pytest.raises(ValueError, match="`method` must be one of"):
         BlockPerformanceEstimation(loader, flops, method="greedy")
+
+
+def test_eq6_form_uses_the_space_mean_flops():
+    rng = np.random.default_rng(8)
+    staged = random_space(rng)
+    acc, _, flops = random_tables(staged, rng)
+    perf = estimate_block_performance(table_evaluator({"accuracy": acc}), staged, flops)
+    configs, depths = enumerate_indices(staged)
+    total, _, _ = mean_flops(flops)
+    expected = perf.base["accuracy"] - total * perf.deltas["accuracy"].predict_indices(configs, depths) / flops.predict_indices(configs, depths)
+    assert np.allclose(perf.predictor(law="reciprocal_mean").predict_indices(configs, depths), expected)
+    with pytest.raises(ValueError, match="for a fractional numerator"):
+        perf.numerator(law="additive")
 
 
 def test_flops_deltas_follow_the_sign_convention():
