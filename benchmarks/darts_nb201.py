@@ -138,7 +138,10 @@ def search_darts_pt(args, seed, splits) -> dict[str, Any]:
 def search_drnas(args, seed, splits, method: type[DartsSearch] = DrNASSearch) -> dict[str, Any]:
     train, arch, test = splits
     model = Classifier(supernet(args, seed), args.lr, args.search_epochs)
-    search = method(arch, batch_size=args.batch_size, lr=args.alpha_lr, seed=seed, monitor="val_acc", log_alpha=False)
+    search = method(
+        arch, batch_size=args.batch_size, lr=args.alpha_lr, start_epoch=args.drnas_start_epoch, seed=seed, monitor="val_acc",
+        log_alpha=False,
+    )
     pl.seed_everything(seed, workers=True, verbose=False)
     trainer(args.search_epochs, [search]).fit(
         model, DataLoader(train, batch_size=args.batch_size, shuffle=True), DataLoader(test, batch_size=512)
@@ -215,6 +218,7 @@ def main() -> None:
     parser.add_argument("--nb201-table", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/nb201/nb201_cifar10.csv")
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     parser.add_argument("--trace", choices=["drnas", "darts"], help="only trace this method's mixing weights per epoch (CSV on stdout)")
+    parser.add_argument("--drnas-start-epoch", type=int, default=0, help="DrNAS's α steps begin at this epoch (weights warm up before)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.trace:
