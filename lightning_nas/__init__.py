@@ -17,6 +17,7 @@ from lightning_nas.nn import (
     recalibrate_batch_norm,
 )
 from lightning_nas.bilinear import BilinearTable
+from lightning_nas.dynamic import DynamicNetwork, SwitchReport
 from lightning_nas.solvers import InfeasibleError, Limit, SearchResult, pareto_sweep, search_constrained
 from lightning_nas.spaces import SearchSpace
 from lightning_nas.spaces.staged import StagedSpace
@@ -26,6 +27,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BilinearTable",
+    "DynamicNetwork",
+    "SwitchReport",
     "InfeasibleError",
     "Limit",
     "SearchResult",

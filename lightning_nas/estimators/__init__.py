@@ -1,4 +1,16 @@
-"""Accuracy estimators: BINAS's bilinear contribution table, learned baselines and ranking reports."""
+"""Accuracy estimators: BINAS's bilinear contribution table, MathNAS's block performances, learned
+baselines and ranking reports."""
+
+from lightning_nas.estimators.block_performance import (
+    BlockPerformance,
+    MathNASPredictor,
+    estimate_block_performance,
+    estimate_block_performance_sampled,
+    mean_flops,
+    nodes_as_stage,
+    supernet_evaluator,
+    tabular_evaluator,
+)
 
 from lightning_nas.estimators.contributions import (
     Conditional,
@@ -11,6 +23,7 @@ from lightning_nas.estimators.contributions import (
     estimate_paper_protocol,
     paper_protocol_conditionals,
     paper_protocol_passes,
+    shrink_gains,
     to_vector_form,
     top1_correct,
 )
@@ -26,6 +39,8 @@ from lightning_nas.estimators.regression import BilinearRegression, QuadraticReg
 
 __all__ = [
     "BilinearRegression",
+    "BlockPerformance",
+    "MathNASPredictor",
     "Conditional",
     "ContributionAccumulator",
     "QuadraticRegression",
@@ -33,17 +48,24 @@ __all__ = [
     "ablate",
     "bilinear_features",
     "conditioning_depths",
+    "estimate_block_performance",
+    "estimate_block_performance_sampled",
     "estimate_contributions",
     "estimate_one_pass",
     "estimate_paper_protocol",
     "kendall_tau",
+    "mean_flops",
     "measure_subnet_accuracies",
+    "nodes_as_stage",
     "paper_protocol_conditionals",
     "paper_protocol_passes",
     "quadratic_features",
     "rank_correlations",
     "ranking_report",
+    "shrink_gains",
     "spearman_rho",
+    "supernet_evaluator",
+    "tabular_evaluator",
     "table2_predictors",
     "to_vector_form",
     "top1_correct",

@@ -1,7 +1,8 @@
 """Mathematical-programming layer: Pyomo formulations solved by any installed backend, and the
-constrained architecture search built on them (exact MILP, MIQCP, BCFW, evolution)."""
+constrained architecture search built on them (exact MILP, MIQCP, BCFW, evolution) and MathNAS's 0-1 linear-fractional program."""
 
 from lightning_nas.solvers.backends import KNOWN_SOLVERS, available_solvers, get_solver
+from lightning_nas.solvers.fractional import FRACTIONAL_METHODS, CharnesCooperModel, FractionalProblem, solve_fractional
 from lightning_nas.solvers.problem import (
     FEASIBILITY_TOL,
     ConstrainedProblem,
@@ -14,6 +15,9 @@ from lightning_nas.solvers.search import METHODS, pareto_sweep, search_constrain
 
 __all__ = [
     "FEASIBILITY_TOL",
+    "FRACTIONAL_METHODS",
+    "CharnesCooperModel",
+    "FractionalProblem",
     "KNOWN_SOLVERS",
     "METHODS",
     "ConstrainedProblem",
@@ -25,4 +29,5 @@ __all__ = [
     "get_solver",
     "pareto_sweep",
     "search_constrained",
+    "solve_fractional",
 ]
