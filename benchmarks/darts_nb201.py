@@ -6,7 +6,8 @@ Per seed:
   magnitude selection gives the **DARTS** cell; the same fit then continues as the DARTS-PT tuning
   phase (:class:`PerturbationSelection`, one decision every ``--pt-interval`` epochs, α and weights
   still training), giving the **DARTS+PT** cell from the same supernet, as in the thesis;
-* one DrNAS search fit (:class:`DrNASSearch`, L2 anchor, the same α lr) of ``--search-epochs`` epochs, argmax of
+* one DrNAS search fit (:class:`DrNASSearch`, L2 anchor, the same α lr): ``--drnas-start-epoch`` epochs of
+  weights only (DrNAS's warm-up), then ``--search-epochs`` epochs with α steps, argmax of
   the Dirichlet mean (**DrNAS** cell).
 
 Each found cell is retrained from scratch briefly (``--retrain-epochs``) as a plain exported
@@ -136,14 +137,16 @@ def search_darts_pt(args, seed, splits) -> dict[str, Any]:
 
 
 def search_drnas(args, seed, splits, method: type[DartsSearch] = DrNASSearch) -> dict[str, Any]:
+    """``--drnas-start-epoch`` warm-up epochs of weights only, then ``--search-epochs`` epochs with α steps."""
     train, arch, test = splits
-    model = Classifier(supernet(args, seed), args.lr, args.search_epochs)
+    epochs = args.drnas_start_epoch + args.search_epochs
+    model = Classifier(supernet(args, seed), args.lr, epochs)
     search = method(
         arch, batch_size=args.batch_size, lr=args.alpha_lr, start_epoch=args.drnas_start_epoch, seed=seed, monitor="val_acc",
         log_alpha=False,
     )
     pl.seed_everything(seed, workers=True, verbose=False)
-    trainer(args.search_epochs, [search]).fit(
+    trainer(epochs, [search]).fit(
         model, DataLoader(train, batch_size=args.batch_size, shuffle=True), DataLoader(test, batch_size=512)
     )
     return {"DrNAS": (search.select(), search.history[-1]["weights"]), "history": search.history}
@@ -218,7 +221,10 @@ def main() -> None:
     parser.add_argument("--nb201-table", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/nb201/nb201_cifar10.csv")
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     parser.add_argument("--trace", choices=["drnas", "darts"], help="only trace this method's mixing weights per epoch (CSV on stdout)")
-    parser.add_argument("--drnas-start-epoch", type=int, default=0, help="DrNAS's α steps begin at this epoch (weights warm up before)")
+    parser.add_argument(
+        "--drnas-start-epoch", type=int, default=10,
+        help="DrNAS trains the weights alone this many epochs before its --search-epochs of α steps (DrNAS's DARTS-space warm-up)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.trace:
@@ -265,8 +271,9 @@ def main() -> None:
         f"`nb201_supernet(channels={args.channels}, cells_per_stage={args.cells})` (NB201: 16, 5). Weights: SGD lr {args.lr}, "
         f"momentum 0.9, wd 3e-4, cosine; α: Adam lr {args.alpha_lr} (DARTS's 3e-4 barely moves α in this few steps), betas (0.5, 0.999).",
         f"- DARTS: first order, {args.search_epochs} epochs, magnitude selection (argmax α without `none`). DARTS+PT: the same fit "
-        f"continued with PT (one edge every {args.pt_interval} epochs, 6 edges). DrNAS: L2 anchor 1e-3 (DrNAS's default), the same α lr and "
-        f"{args.search_epochs} epochs. "
+        f"continued with PT (one edge every {args.pt_interval} epochs, 6 edges). DrNAS: L2 anchor 1e-3 (DrNAS's default), the same α lr, "
+        f"{args.drnas_start_epoch} warm-up epochs of weights only (DrNAS's DARTS-space recipe starts α at epoch 10), then "
+        f"{args.search_epochs} epochs with α steps (as many α steps as DARTS). "
         f"Found cells retrained from scratch {args.retrain_epochs} epochs on weights+α splits, tested on the test split.",
         "- NB201 column: the found cell's tabulated CIFAR-10 test accuracy (200 epochs, `c10_test_200` of `nb201_cifar10.csv`). "
         f"The table's optimum is {NB201_OPTIMUM}. At the end of the search (mixing weights: softmax α, Dirichlet mean for DrNAS): "
