@@ -21,3 +21,14 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     subnet = scope["subnet"]
     assert isinstance(subnet, nn.Sequential)
     assert subnet(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("heading", ["## Differentiable NAS", "## MathNAS"])
+def test_readme_section_examples_run(tmp_path, monkeypatch, heading):
+    monkeypatch.chdir(tmp_path)
+    text = README.read_text()
+    section = text[text.index(heading):]
+    section = section[: section.index("\n## ", 1)]
+    block = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    exec(compile(block, str(README), "exec"), {})

@@ -28,6 +28,7 @@ from lightning_nas.spaces.darts import (  # isort: skip
     darts_genotype,
     darts_supernet,
     robustness_supernet,
+    seed_noise,
 )
 
 __all__ = [
@@ -68,4 +69,5 @@ __all__ = [
     "nb201_supernet",
     "register_space",
     "robustness_supernet",
+    "seed_noise",
 ]
