@@ -208,7 +208,8 @@ def test_kill_9_and_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
     killed_at = _done_count(db)
     assert 8 <= killed_at < budget
-    subprocess.run([*script, str(budget), "0"], env=env, check=True, timeout=60)
+    # Resume here (same strategy and evaluator as the script builds): one subprocess start is enough.
+    run_search(evolution(), SyntheticEvaluator(), objective="accuracy", budget=Budget(evaluations=budget), storage=db)
     resumed = SQLiteStorage(db).trials()
     assert [r.number for r in resumed] == list(range(budget))
     assert all(r.state == "done" for r in resumed)
