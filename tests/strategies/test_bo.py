@@ -152,3 +152,20 @@ def test_one_hot_equals_search_space_encoding() -> None:
     archs = space.sample_many(20, seed=0)
     assert torch.equal(one_hot(space, archs), space.encode_many(archs))
     assert one_hot(space, []).shape == (0, space.encoding_size)
+
+
+def test_sampled_candidates_for_spaces_larger_than_the_limit() -> None:
+    from lightning_nas.strategies.base import arch_key
+    from lightning_nas.strategies.candidates import CandidatePool
+
+    strategy = bo(0, candidates=40)
+    pool = CandidatePool(strategy.space, 40)
+    assert not pool.enumerable
+    parents = [{label: 3 for label in strategy.space.labels}]
+    exclude = {arch_key(parents[0])}
+    archs, x = pool(strategy, exclude, parents)
+    assert 0 < len(archs) <= 40 and x.shape == (len(archs), strategy.space.encoding_size)
+    assert len({arch_key(a) for a in archs}) == len(archs) and not exclude & {arch_key(a) for a in archs}
+    assert any(sum(v != 3 for v in a.values()) == 1 for a in archs)  # mutations of the parent are in the pool
+    results = search(strategy, 30)
+    assert len({tuple(r.arch.values()) for r in results.done}) == 30
