@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from lightning_nas.solvers.problem import ConstrainedProblem, SearchFailedError, SearchResult
+from lightning_nas.strategies.base import rank_key  # Deb's feasibility rules, shared with the black-box strategies
 
 __all__ = ["solve_evolution"]
 
@@ -27,14 +28,6 @@ __all__ = ["solve_evolution"]
 def _key(obj: np.ndarray, viol: np.ndarray) -> np.ndarray:
     """A score where larger is better, by Deb's rules (feasible first, then objective / -violation)."""
     return np.where(viol <= 0.0, obj, -np.inf)
-
-
-def _better(obj_a, viol_a, obj_b, viol_b) -> bool:
-    if viol_a <= 0.0 and viol_b <= 0.0:
-        return obj_a > obj_b
-    if viol_a <= 0.0 or viol_b <= 0.0:
-        return viol_a <= 0.0
-    return viol_a < viol_b
 
 
 def solve_evolution(problem: ConstrainedProblem, *, seed: int = 0, population: int = 50, sample: int = 10,
@@ -88,7 +81,7 @@ def solve_evolution(problem: ConstrainedProblem, *, seed: int = 0, population: i
         members = rng.choice(len(pop_c), size=sample, replace=False)
         parent = members[0]
         for m in members[1:]:
-            if _better(pop_obj[m], pop_viol[m], pop_obj[parent], pop_viol[parent]):
+            if rank_key(pop_obj[m], pop_viol[m]) > rank_key(pop_obj[parent], pop_viol[parent]):
                 parent = m
         child_c, child_d = pop_c[parent].copy(), pop_d[parent].copy()
         # Genes that change the child: depths with options, and configs of blocks that run.
