@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
 import platform
 import shlex
@@ -45,6 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from results_file import write_section  # benchmarks/ is the script's directory
+from supernet_training import train_per_example
 from lightning_nas.estimators import (
     BilinearRegression,
     ContributionAccumulator,
@@ -55,7 +55,7 @@ from lightning_nas.estimators import (
     rank_correlations,
     table2_predictors,
 )
-from lightning_nas.seeding import derive_generator, derive_seed
+from lightning_nas.seeding import derive_seed
 from lightning_nas.spaces import binas_supernet, mobilenet_supernet
 from lightning_nas.spaces.staged import StagedSpace
 
@@ -90,21 +90,7 @@ def train_supernet(args: argparse.Namespace, train: DataLoader) -> tuple[nn.Modu
     """SPOS training with one uniform architecture per example; returns the supernet and seconds."""
     torch.manual_seed(args.seed)
     supernet = SUPERNETS[args.space][1](args.classes)
-    optimizer = torch.optim.SGD(supernet.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=4e-5)
-    steps = args.epochs * len(train)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
-    supernet.train()
-    started, step = time.perf_counter(), 0
-    for _ in range(args.epochs):
-        for x, y in train:
-            supernet.activate_indices(supernet.space.sample_indices(len(y), derive_generator(args.seed, 0, step)))
-            loss = nn.functional.cross_entropy(supernet(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-    return supernet, time.perf_counter() - started
+    return supernet, train_per_example(supernet, train, epochs=args.epochs, lr=args.lr, seed=args.seed)
 
 
 def accumulate(supernet, held_out, staged, method: str, checkpoints: list[int], seed: int, shrinkage: str = "none") -> list[dict]:

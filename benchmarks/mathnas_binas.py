@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
 import platform
 import shlex
@@ -35,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from results_file import write_section  # benchmarks/ is the script's directory
+from supernet_training import train_per_example
 from lightning_nas.data import load_image_dataset, split_dataset, to_tensors
 from lightning_nas.estimators import estimate_contributions, measure_subnet_accuracies, rank_correlations
 from lightning_nas.estimators.block_performance import (
@@ -43,7 +43,7 @@ from lightning_nas.estimators.block_performance import (
     supernet_evaluator,
 )
 from lightning_nas.profiling.tables import build_flops_table
-from lightning_nas.seeding import derive_generator, derive_seed
+from lightning_nas.seeding import derive_seed
 from lightning_nas.spaces import binas_supernet
 from lightning_nas.spaces.staged import StagedSpace
 
@@ -54,21 +54,8 @@ def train(args: argparse.Namespace, loader: DataLoader, num_classes: int) -> tup
     """Per-example uniform sampling (what ``UniformSampling(per_sample=True)`` does in a Trainer), SGD, cosine."""
     torch.manual_seed(args.seed)
     supernet = binas_supernet("tiny", num_classes=num_classes)
-    optimizer = torch.optim.SGD(supernet.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=4e-5)
-    steps = args.epochs * len(loader)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
-    supernet.train()
-    started, step = time.perf_counter(), 0
-    for _ in range(args.epochs):
-        for x, y in loader:
-            supernet.activate_indices(supernet.space.sample_indices(len(y), derive_generator(args.seed, 0, step)))
-            loss = nn.functional.cross_entropy(supernet(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-    return supernet.eval(), time.perf_counter() - started
+    seconds = train_per_example(supernet, loader, epochs=args.epochs, lr=0.1, seed=args.seed)
+    return supernet.eval(), seconds
 
 
 def run(args: argparse.Namespace) -> dict:
