@@ -23,7 +23,7 @@ def _fraction(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lightning_nas import profile_cli
+    from lightning_nas import profile_cli, search_cli
 
     parser = argparse.ArgumentParser(prog="lightning-nas", description="Neural architecture search on PyTorch Lightning.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -40,8 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="runs/demo", help="runs go to OUT/version_N (never overwritten)")
     demo.add_argument("--no-progress", action="store_true")
     profile = profile_cli.add_arguments(commands.add_parser("profile", help="build a latency/FLOPs/params table on this device without training"))
+    search = search_cli.add_arguments(commands.add_parser("search", help="black-box search on a tabular benchmark (NB201 CSV), resumable"))
     args = parser.parse_args(argv)
 
+    if args.command == "search":
+        try:
+            return search_cli.run(args)
+        except (ValueError, KeyError, FileNotFoundError) as err:
+            search.error(str(err))
     if args.command == "profile":
         import logging
 
