@@ -169,3 +169,33 @@ def test_sampled_candidates_for_spaces_larger_than_the_limit() -> None:
     assert any(sum(v != 3 for v in a.values()) == 1 for a in archs)  # mutations of the parent are in the pool
     results = search(strategy, 30)
     assert len({tuple(r.arch.values()) for r in results.done}) == 30
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=1, max_size=40))
+def test_normal_scores_are_monotone_tie_aware_and_standard(values: list[float]) -> None:
+    from lightning_nas.strategies.bo import normal_scores
+
+    scores = normal_scores(torch.tensor(values, dtype=torch.float64))
+    for i, a in enumerate(values):
+        for j, b in enumerate(values):
+            if a < b:
+                assert scores[i] < scores[j]
+            elif a == b:
+                assert scores[i] == scores[j]
+    if len(set(values)) == len(values):  # no ties: the symmetric normal quantiles of (k + 0.5) / N
+        expected = torch.special.ndtri((torch.arange(len(values), dtype=torch.float64) + 0.5) / len(values))
+        assert torch.allclose(scores.sort().values.double(), expected, atol=1e-5)
+
+
+def test_rank_targets_and_warm_start_find_the_optimum_and_resume(tmp_path: Path) -> None:
+    evaluator = SyntheticEvaluator()
+    make = lambda: bo(3, targets="rank", warm_start=True, steps=30)  # noqa: E731
+    straight = search(make(), 60)
+    assert straight.best().value == pytest.approx(evaluator.optimum())
+    db = tmp_path / "warm.db"
+    run_search(make(), evaluator, objective="accuracy", budget=Budget(evaluations=13), storage=db)
+    resumed = run_search(make(), evaluator, objective="accuracy", budget=Budget(evaluations=60), storage=db)
+    assert [r.arch for r in resumed.done] == [r.arch for r in straight.done]  # the warm weights are in the state
+    with pytest.raises(ValueError, match="`targets` must be one of"):
+        bo(targets="log")
