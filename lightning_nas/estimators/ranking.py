@@ -91,6 +91,8 @@ def measure_subnet_accuracies(
     batch_to_xy: Callable[[Any], tuple[Any, Tensor]] | None = None,
     forward: Callable[[Any], Tensor] | None = None,
     model: nn.Module | None = None,
+    calibration_batches: Iterable[Any] | None = None,
+    num_calibration_batches: int | None = None,
 ) -> np.ndarray:
     """``(N,)`` one-shot top-1 accuracy (fraction) of each arch: the supernet's weights, eval mode,
     every held-out batch run with that single arch active.
@@ -98,6 +100,13 @@ def measure_subnet_accuracies(
     ``batch_to_xy``, ``forward`` and ``model`` as in
     :func:`~lightning_nas.estimators.estimate_contributions`. Each batch is loaded once and run
     through every arch.
+
+    With ``calibration_batches`` (training batches, as for :meth:`Supernet.export`), every arch is
+    measured the SPOS / Once-for-All way: BatchNorm statistics re-estimated for that arch alone
+    (:func:`~lightning_nas.nn.recalibrate_batch_norm`, at most ``num_calibration_batches``) before
+    its held-out pass, so the number equals the accuracy of its exported, recalibrated subnet.
+    Statistics inherited from per-example training are a mixture over architectures, and a single
+    subnet's activations can be far from it; the supernet's own statistics are restored afterwards.
     """
     batch_to_xy = batch_to_xy or default_batch_to_xy
     forward = forward or supernet
@@ -107,6 +116,9 @@ def measure_subnet_accuracies(
         raise ValueError("`archs` must list at least one architecture")
     correct, total = np.zeros(len(archs)), 0
     device = _device_of(model)
+    if calibration_batches is not None:
+        return _measure_recalibrated(supernet, archs, held_out, batch_to_xy, forward, model, calibration_batches,
+                                     num_calibration_batches)
     with evaluation_mode(model, supernet):
         for batch in held_out:
             x, y = batch_to_xy(batch)
@@ -118,6 +130,37 @@ def measure_subnet_accuracies(
     if total == 0:
         raise ValueError("`held_out` yielded no examples")
     return correct / total
+
+
+def _measure_recalibrated(supernet, archs, held_out, batch_to_xy, forward, model, calibration, num_calibration) -> np.ndarray:
+    from lightning_nas.nn.calibration import recalibrate_batch_norm
+
+    device = _device_of(model)
+    saved = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    buffers = dict(model.named_buffers())
+
+    def calibration_forward(module: nn.Module, batch: Any) -> Any:
+        return forward(move_data_to_device(batch_to_xy(batch)[0], device))
+
+    accuracies = np.zeros(len(archs))
+    with evaluation_mode(model, supernet):
+        try:
+            for k, arch in enumerate(archs):
+                supernet.activate(arch)
+                recalibrate_batch_norm(model, calibration, num_batches=num_calibration, forward=calibration_forward)
+                correct = total = 0
+                for batch in held_out:
+                    x, y = batch_to_xy(batch)
+                    x, y = move_data_to_device(x, device), move_data_to_device(y, device)
+                    correct += int(top1_correct(forward(x), y).sum())
+                    total += int(torch.as_tensor(y).shape[0])
+                if total == 0:
+                    raise ValueError("`held_out` yielded no examples")
+                accuracies[k] = correct / total
+        finally:
+            for name, value in saved.items():
+                buffers[name].copy_(value)
+    return accuracies
 
 
 def table2_predictors(table: BilinearTable) -> dict[str, BilinearTable]:

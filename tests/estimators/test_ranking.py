@@ -81,3 +81,35 @@ def test_ranking_report_of_the_estimate_and_its_ablations(oracle):
     assert report["bilinear_regression"]["kendall_tau"] > 0.6
     with pytest.raises(ValueError, match="accuracies"):
         ranking_report({"full": table}, archs, truth[:-1])
+
+
+def test_recalibrated_one_shot_accuracy_equals_the_recalibrated_exported_subnet():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_nas.spaces import mobilenet_supernet
+
+    torch.manual_seed(0)
+    supernet = mobilenet_supernet(num_classes=4, stem_channels=8, head_channels=16)
+    x, y = torch.randn(96, 3, 16, 16), torch.randint(0, 4, (96,))
+    # Per-example training steps leave mixture statistics, as real supernet training does.
+    supernet.train()
+    optimizer = torch.optim.SGD(supernet.parameters(), lr=0.05)
+    for step in range(3):
+        supernet.activate_indices(supernet.space.sample_indices(96, seed=step))
+        torch.nn.functional.cross_entropy(supernet(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    calibration = DataLoader(TensorDataset(x[:64], y[:64]), batch_size=32)
+    held_out = DataLoader(TensorDataset(x[64:] + 0.5, y[64:]), batch_size=16)
+    buffers = {k: v.clone() for k, v in supernet.named_buffers()}
+    archs = supernet.space.sample_many(4, seed=3)
+    measured = measure_subnet_accuracies(supernet, archs, held_out, calibration_batches=calibration)
+    for name, value in supernet.named_buffers():
+        assert torch.equal(value, buffers[name]), name  # the supernet's statistics are restored
+    for arch, accuracy in zip(archs, measured):
+        subnet = supernet.export(arch, calibration_batches=calibration).eval()
+        with torch.no_grad():
+            expected = torch.cat([(subnet(xb).argmax(1) == yb) for xb, yb in held_out]).float().mean().item()
+        assert accuracy == pytest.approx(expected, abs=1 / 32 + 1e-9)  # at most one near-tie flips
+    plain = measure_subnet_accuracies(supernet, archs, held_out)
+    assert not np.allclose(plain, measured)  # the inherited statistics do give other numbers here
