@@ -1,7 +1,7 @@
 """Black-box search strategies behind one ask/tell interface, a driver with budgets, and storage."""
 
 from lightning_nas.strategies.base import Constraint, Observation, Proposal, Strategy
-from lightning_nas.strategies.bo import ACQUISITIONS, BayesianOptimization, acquisition
+from lightning_nas.strategies.bo import ACQUISITIONS, TARGET_SCALES, BayesianOptimization, acquisition, normal_scores
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.driver import Budget, EvaluationError, run_search
 from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble, masked_huber
@@ -30,11 +30,13 @@ __all__ = [
     "SearchResults",
     "Storage",
     "Strategy",
+    "TARGET_SCALES",
     "TrialRecord",
     "acquisition",
     "cost_bucket",
     "fit_ensemble",
     "masked_huber",
+    "normal_scores",
     "one_hot",
     "pairwise_ranking_loss",
     "pareto_mask",
