@@ -1,6 +1,6 @@
 """Black-box search strategies behind one ask/tell interface, a driver with budgets, and storage."""
 
-from lightning_nas.strategies.base import Constraint, Observation, Proposal, Strategy
+from lightning_nas.strategies.base import BatchStrategy, Constraint, Observation, Proposal, Strategy
 from lightning_nas.strategies.bo import ACQUISITIONS, TARGET_SCALES, BayesianOptimization, acquisition, normal_scores
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.driver import Budget, EvaluationError, run_search
@@ -14,6 +14,7 @@ from lightning_nas.strategies.storage import SQLiteStorage, Storage, TrialRecord
 
 __all__ = [
     "ACQUISITIONS",
+    "BatchStrategy",
     "BayesianOptimization",
     "Budget",
     "CandidatePool",

@@ -28,7 +28,7 @@ import numpy as np
 
 from lightning_nas.spaces.search_space import SearchSpace
 
-__all__ = ["Constraint", "Observation", "Proposal", "Strategy", "arch_key", "rank_key", "total_violation"]
+__all__ = ["BatchStrategy", "Constraint", "Observation", "Proposal", "Strategy", "arch_key", "rank_key", "total_violation"]
 
 
 def arch_key(arch: Mapping[str, Any]) -> tuple:
@@ -200,3 +200,32 @@ class Strategy(ABC):
             return None
         top = max(o.fidelity for o in self.history)
         return max((o for o in self.history if o.fidelity == top), key=lambda o: rank_key(o.value, o.violation))
+
+
+class BatchStrategy(Strategy):
+    """A strategy that plans one batch at a time (a BO iteration, a successive-halving round) and
+    plans the next only when every proposal of the last has been told, so that
+    :meth:`_next_batch` always sees all results. :attr:`batches` counts the batches planned.
+    """
+
+    def __init__(self, space: SearchSpace, **kwargs: Any) -> None:
+        super().__init__(space, **kwargs)
+        self.batches = 0
+        self.queue: list[Proposal] = []
+        self.pending = 0
+
+    def ask(self, n: int = 1) -> list[Proposal]:
+        if not self.queue and self.pending == 0:
+            self.queue = self._next_batch()
+            self.batches += 1
+        out, self.queue = self.queue[:n], self.queue[n:]
+        self.pending += len(out)
+        return out
+
+    def tell(self, observation: Observation) -> None:
+        super().tell(observation)
+        self.pending -= 1
+
+    @abstractmethod
+    def _next_batch(self) -> list[Proposal]:
+        """The next batch of proposals (empty: nothing left to propose)."""

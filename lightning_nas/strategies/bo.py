@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from lightning_nas.seeding import derive_seed
-from lightning_nas.strategies.base import Observation, Proposal, Strategy, arch_key
+from lightning_nas.strategies.base import BatchStrategy, Proposal, arch_key
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble
 
@@ -104,7 +104,7 @@ def acquisition(predictions: torch.Tensor, best: float, kind: str = "pi", ucb_be
     raise ValueError(f"`acquisition` must be one of {ACQUISITIONS}, got {kind!r}")
 
 
-class BayesianOptimization(Strategy):
+class BayesianOptimization(BatchStrategy):
     """BO with a deep-ensemble surrogate (see the module docstring).
 
     Args:
@@ -161,10 +161,7 @@ class BayesianOptimization(Strategy):
         self.pretrain_archs, self.pretrain_steps, self.pretrain_lr = pretrain_archs, pretrain_steps, pretrain_lr
         self.fidelities = None if fidelities is None else (float(fidelities[0]), float(fidelities[1]))
         self.p, self.q, self.f = p, q, f
-        # Search state.
-        self.iteration = 0
-        self.queue: list[Proposal] = []
-        self.pending = 0
+        # Search state (the iteration count is BatchStrategy's `batches`).
         self.proposed: set[tuple] = set()  # (arch key, fidelity) asked so far
         self.fit_seconds: list[float] = []
         self._warm: dict[str, torch.Tensor] | None = None  # the last refit's weights (warm_start)
@@ -172,20 +169,7 @@ class BayesianOptimization(Strategy):
         self._pretrained: dict[str, torch.Tensor] | None = None
         self._candidates = CandidatePool(space, candidates)
 
-    config_attributes = Strategy.config_attributes + ("_pretrained", "_candidates")
-
-    # -- ask / tell ----------------------------------------------------------------------------
-    def ask(self, n: int = 1) -> list[Proposal]:
-        if not self.queue and self.pending == 0:
-            self.queue = self._next_batch()
-            self.iteration += 1
-        out, self.queue = self.queue[:n], self.queue[n:]
-        self.pending += len(out)
-        return out
-
-    def tell(self, observation: Observation) -> None:
-        super().tell(observation)
-        self.pending -= 1
+    config_attributes = BatchStrategy.config_attributes + ("_pretrained", "_candidates")
 
     # -- one iteration -------------------------------------------------------------------------
     def _next_batch(self) -> list[Proposal]:
@@ -195,9 +179,9 @@ class BayesianOptimization(Strategy):
             plan = [(None, self.batch_size)]
         else:
             plan = [(low, self.p)]
-            if self.iteration % self.f == self.f - 1:
+            if self.batches % self.f == self.f - 1:
                 plan.append((high, self.q))
-        if self.iteration == 0 or not self.history:
+        if self.batches == 0 or not self.history:
             return self._random_batch([(low, self.initial)])
         model, head, best = self._fit()
         batch = []
@@ -270,7 +254,7 @@ class BayesianOptimization(Strategy):
     def _fit(self) -> tuple[DeepEnsemble, int, float]:
         """Refit on every result; returns the model, the head that drives the acquisition and its best value."""
         start = time.perf_counter()
-        model = self._new_model(derive_seed(self.seed, 4, self.iteration))
+        model = self._new_model(derive_seed(self.seed, 4, self.batches))
         if self.warm_start and self._warm is not None:
             model.load_state_dict(self._warm)
         elif self.pretrain_metrics:
@@ -290,7 +274,7 @@ class BayesianOptimization(Strategy):
         model.set_standardisation(y)
         model.target_mean[:n_metrics], model.target_std[:n_metrics] = mean[:n_metrics], std[:n_metrics]
         fit_ensemble(model, x, y, steps=self.steps, lr=self.lr, batch_size=self.minibatch,
-                     seed=derive_seed(self.seed, 5, self.iteration))
+                     seed=derive_seed(self.seed, 5, self.batches))
         if self.warm_start:
             self._warm = {k: v.clone() for k, v in model.state_dict().items()}
         head = n_metrics

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_nas.seeding import derive_seed
-from lightning_nas.strategies.base import Observation, Proposal, Strategy, arch_key
+from lightning_nas.strategies.base import BatchStrategy, Proposal, arch_key
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.ensemble import DeepEnsemble
 
@@ -49,7 +49,7 @@ def pairwise_ranking_loss(scores: torch.Tensor, better: torch.Tensor, worse: tor
     return F.softplus(-(scores[..., better] - scores[..., worse])).mean()
 
 
-class RankNOSH(Strategy):
+class RankNOSH(BatchStrategy):
     """Ranking-predictor-guided non-uniform successive halving (see the module docstring).
 
     Args:
@@ -79,32 +79,16 @@ class RankNOSH(Strategy):
         self.levels, self.eta, self.new_per_round, self.candidates = levels, float(eta), new_per_round, candidates
         self.members, self.trunk, self.branch = members, tuple(trunk), branch
         self.steps, self.lr, self.pairs_per_step = steps, lr, pairs_per_step
-        self.round = 0
-        self.queue: list[Proposal] = []
-        self.pending = 0
         self.level_of: dict[tuple, int] = {}  # arch key -> highest level asked
         self.archs: dict[tuple, dict[str, Any]] = {}
         self.fit_seconds: list[float] = []
         self._candidates = CandidatePool(space, candidates)
 
     #: Besides the base's: the candidate cache (rebuilt on demand).
-    config_attributes = Strategy.config_attributes + ("_candidates",)
-
-    # -- ask / tell ----------------------------------------------------------------------------
-    def ask(self, n: int = 1) -> list[Proposal]:
-        if not self.queue and self.pending == 0:
-            self.queue = self._next_round()
-            self.round += 1
-        out, self.queue = self.queue[:n], self.queue[n:]
-        self.pending += len(out)
-        return out
-
-    def tell(self, observation: Observation) -> None:
-        super().tell(observation)
-        self.pending -= 1
+    config_attributes = BatchStrategy.config_attributes + ("_candidates",)
 
     # -- one round -----------------------------------------------------------------------------
-    def _next_round(self) -> list[Proposal]:
+    def _next_batch(self) -> list[Proposal]:
         score = self._fit() if self.history else None
         batch: list[Proposal] = []
         pool = self._pool()
@@ -172,10 +156,10 @@ class RankNOSH(Strategy):
         start = time.perf_counter()
         archs, better, worse = self._pairs()
         model = DeepEnsemble(self.space.encoding_size, 1, members=self.members, trunk=self.trunk, branch=self.branch,
-                             seed=derive_seed(self.seed, 6, self.round))
+                             seed=derive_seed(self.seed, 6, self.batches))
         x = one_hot(self.space, archs)
         if len(better):
-            generator = torch.Generator().manual_seed(derive_seed(self.seed, 7, self.round))
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, 7, self.batches))
             optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
             model.train()
             for _ in range(self.steps):
