@@ -24,8 +24,6 @@ import argparse
 import datetime
 import os
 import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from results_file import write_section  # benchmarks/ is the script's directory
+from results_file import publish  # benchmarks/ is the script's directory
 from supernet_training import train_per_example
 from lightning_nas.data import load_image_dataset, split_dataset, to_tensors
 from lightning_nas.estimators import estimate_contributions, measure_subnet_accuracies, rank_correlations
@@ -141,15 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if min(args.epochs, args.subnets, args.hosts) < 1:
         parser.error("--epochs, --subnets and --hosts must be positive")
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/mathnas_binas.py", *(sys.argv[1:] if argv is None else argv)])
-    started = time.perf_counter()
-    results = run(args)
-    section = report(args, results, command)
-    print(section)
-    print(f"({time.perf_counter() - started:.0f} s)")
-    if not args.no_write:
-        write_section(args.out, section, BEGIN, END)
-        print(f"wrote {args.out}")
+    publish("mathnas_binas.py", argv, args.out, not args.no_write, lambda command: report(args, run(args), command), BEGIN, END)
 
 
 if __name__ == "__main__":

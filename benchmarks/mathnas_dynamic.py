@@ -27,16 +27,14 @@ import argparse
 import datetime
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from results_file import write_section  # benchmarks/ is the script's directory
+from results_file import publish  # benchmarks/ is the script's directory
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.dynamic import DynamicNetwork
 from lightning_nas.estimators.block_performance import estimate_block_performance
@@ -150,15 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if min(args.image_size, args.switches, args.profile_repeats) < 1:
         parser.error("--image-size, --switches and --profile-repeats must be positive")
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/mathnas_dynamic.py", *(sys.argv[1:] if argv is None else argv)])
-    started = time.perf_counter()
-    results = run(args)
-    section = report(args, results, command)
-    print(section)
-    print(f"({time.perf_counter() - started:.0f} s)")
-    if not args.no_write:
-        write_section(args.out, section, BEGIN, END)
-        print(f"wrote {args.out}")
+    publish("mathnas_dynamic.py", argv, args.out, not args.no_write, lambda command: report(args, run(args), command), BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -25,15 +25,12 @@ import argparse
 import datetime
 import os
 import platform
-import shlex
 import statistics
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from results_file import write_section  # benchmarks/ is the script's directory
+from results_file import publish  # benchmarks/ is the script's directory
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.estimators.block_performance import mean_flops
 from lightning_nas.solvers import Limit
@@ -163,15 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.repeats < 1 or min(args.cell_sizes + args.staged_sizes) < 1:
         parser.error("--repeats and sizes must be positive")
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/mathnas_solve_time.py", *(sys.argv[1:] if argv is None else argv)])
-    started = time.perf_counter()
-    rows = run(args)
-    section = report(args, rows, command)
-    print(section)
-    print(f"({time.perf_counter() - started:.0f} s)")
-    if not args.no_write:
-        write_section(args.out, section, BEGIN, END)
-        print(f"wrote {args.out}")
+    publish("mathnas_solve_time.py", argv, args.out, not args.no_write, lambda command: report(args, run(args), command), BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lightning_nas.io import atomic_write_text
 
-__all__ = ["write_section"]
+__all__ = ["publish", "write_section"]
 
 
 def write_section(path: Path, section: str, begin: str, end: str) -> None:
@@ -22,3 +26,17 @@ def write_section(path: Path, section: str, begin: str, end: str) -> None:
     else:
         new = old.rstrip("\n") + "\n\n" + section
     atomic_write_text(path, new)
+
+
+def publish(script: str, argv: Sequence[str] | None, out: Path, write: bool, produce: Callable[[str], str],
+            begin: str, end: str) -> None:
+    """Run ``produce(command) -> section`` (``command``: how this run was invoked), print the section
+    and the seconds it took, and write it into ``out`` when ``write``."""
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+    started = time.perf_counter()
+    section = produce(command)
+    print(section)
+    print(f"({time.perf_counter() - started:.0f} s)")
+    if write:
+        write_section(out, section, begin, end)
+        print(f"wrote {out}")
