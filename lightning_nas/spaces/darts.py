@@ -386,6 +386,35 @@ class DartsCell(nn.Module):
         return torch.cat(states[2:], dim=1)
 
 
+def _build_cell_stack(net: nn.Module, make_cell, channels: int, layers: int, num_classes: int, in_chans: int,
+                      stem_multiplier: int) -> None:
+    """DARTS's macro structure on ``net``: a ``stem_multiplier·C`` conv stem, ``layers`` cells from
+    ``make_cell(c_pp, c_p, c, reduction, reduction_prev) -> (cell, out_channels)`` with channels doubled
+    at the reductions (1/3 and 2/3 of the depth), global pooling and a linear classifier."""
+    c_curr = stem_multiplier * channels
+    net.stem = nn.Sequential(nn.Conv2d(in_chans, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
+    c_pp, c_p, c_curr = c_curr, c_curr, channels
+    cells, reduction_prev = [], False
+    for index in range(layers):
+        reduction = index in _reduction_positions(layers)
+        c_curr = c_curr * 2 if reduction else c_curr
+        cell, out_channels = make_cell(c_pp, c_p, c_curr, reduction, reduction_prev)
+        cells.append(cell)
+        reduction_prev = reduction
+        c_pp, c_p = c_p, out_channels
+    net.cells = nn.ModuleList(cells)
+    net.global_pooling = nn.AdaptiveAvgPool2d(1)
+    net.classifier = nn.Linear(c_p, num_classes)
+
+
+def _cell_stack_forward(self: nn.Module, x: Tensor) -> Tensor:
+    """``(B, in_chans, H, W) -> (B, num_classes)``: each cell takes the two previous states."""
+    s0 = s1 = self.stem(x)
+    for cell in self.cells:
+        s0, s1 = s1, cell(s0, s1)
+    return self.classifier(self.global_pooling(s1).flatten(1))
+
+
 class DartsSearchNetwork(nn.Module):
     """The DARTS search network: 3C stem, ``layers`` cells (reductions at 1/3 and 2/3), linear head.
 
@@ -416,28 +445,14 @@ class DartsSearchNetwork(nn.Module):
     ) -> None:
         super().__init__()
         _check_sizes(channels=channels, layers=layers, num_classes=num_classes, in_chans=in_chans, stem_multiplier=stem_multiplier)
-        c_curr = stem_multiplier * channels
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
-        c_pp, c_p, c_curr = c_curr, c_curr, channels
-        cells, reduction_prev = [], False
-        for index in range(layers):
-            reduction = index in _reduction_positions(layers)
-            c_curr = c_curr * 2 if reduction else c_curr
-            cells.append(
-                DartsCell(c_pp, c_p, c_curr, reduction=reduction, reduction_prev=reduction_prev, edge_ops=edge_ops, affine=affine)
-            )
-            reduction_prev = reduction
-            c_pp, c_p = c_p, 4 * c_curr
-        self.cells = nn.ModuleList(cells)
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c_p, num_classes)
+        def make_cell(c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool) -> tuple[nn.Module, int]:
+            cell = DartsCell(c_pp, c_p, c, reduction=reduction, reduction_prev=reduction_prev, edge_ops=edge_ops, affine=affine)
+            return cell, 4 * c
+
+        _build_cell_stack(self, make_cell, channels, layers, num_classes, in_chans, stem_multiplier)
         seed_noise(self, noise_seed)
 
-    def forward(self, x: Tensor) -> Tensor:
-        s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1)
-        return self.classifier(self.global_pooling(s1).flatten(1))
+    forward = _cell_stack_forward
 
 
 def _reduction_positions(layers: int) -> set[int]:
@@ -569,24 +584,11 @@ class DartsNetwork(nn.Module):
             for op, _ in getattr(genotype, kind):
                 if op not in OPS:
                     raise ValueError(f"genotype.{kind} uses unknown operation {op!r}; known: {sorted(OPS)}")
-        c_curr = stem_multiplier * channels
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr))
-        c_pp, c_p, c_curr = c_curr, c_curr, channels
-        cells, reduction_prev = [], False
-        for index in range(layers):
-            reduction = index in _reduction_positions(layers)
-            c_curr = c_curr * 2 if reduction else c_curr
+        def make_cell(c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool) -> tuple[nn.Module, int]:
             pairs, concat = (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
-            cells.append(_GenotypeCell(pairs, concat, c_pp, c_p, c_curr, reduction=reduction, reduction_prev=reduction_prev))
-            reduction_prev = reduction
-            c_pp, c_p = c_p, len(concat) * c_curr
-        self.cells = nn.ModuleList(cells)
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c_p, num_classes)
+            return _GenotypeCell(pairs, concat, c_pp, c_p, c, reduction=reduction, reduction_prev=reduction_prev), len(concat) * c
+
+        _build_cell_stack(self, make_cell, channels, layers, num_classes, in_chans, stem_multiplier)
         seed_noise(self, noise_seed)
 
-    def forward(self, x: Tensor) -> Tensor:
-        s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1)
-        return self.classifier(self.global_pooling(s1).flatten(1))
+    forward = _cell_stack_forward
