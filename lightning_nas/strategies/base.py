@@ -166,6 +166,21 @@ class Strategy(ABC):
         costs = self.cost_model(arch)
         return float(sum(c.violation(costs) for c in self.constraints if c.metric in costs))
 
+    def steered_draw(self, draw: Callable[[], dict[str, Any]], seen: set[tuple], tries: int) -> dict[str, Any] | None:
+        """Up to ``tries`` calls of ``draw()``: the first unseen arch the cost model predicts to meet the
+        constraints, else the unseen one predicted to violate them least (``None``: every draw was seen)."""
+        best, best_violation = None, float("inf")
+        for _ in range(tries):
+            arch = draw()
+            if arch_key(arch) in seen:
+                continue
+            violation = self.predicted_violation(arch)
+            if violation <= 0.0:
+                return arch
+            if violation < best_violation:
+                best, best_violation = arch, violation
+        return best
+
     def random_arch(self) -> dict[str, Any]:
         """A uniformly random arch of the space, drawn from :attr:`rng`."""
         return {d.label: d.values[int(self.rng.integers(len(d.values)))] for d in self.space}

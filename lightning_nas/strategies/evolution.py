@@ -62,16 +62,7 @@ class RegularizedEvolution(Strategy):
         return out
 
     def _candidate(self, draw) -> dict[str, Any]:
-        best, best_violation = None, float("inf")
-        for _ in range(self.max_tries):
-            arch = draw()
-            if arch_key(arch) in self.seen:
-                continue
-            violation = self.predicted_violation(arch)
-            if violation <= 0.0:
-                return arch
-            if violation < best_violation:
-                best, best_violation = arch, violation
+        best = self.steered_draw(draw, self.seen, self.max_tries)
         if best is not None:
             return best
         # Every mutation tried was already proposed: an unseen random arch keeps the search moving.

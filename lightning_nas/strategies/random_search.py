@@ -42,16 +42,7 @@ class RandomSearch(Strategy):
     def _draw(self) -> dict[str, Any] | None:
         if len(self.seen) >= self.space.size:
             return None
-        best, best_violation = None, float("inf")
-        for _ in range(self.max_tries):
-            arch = self.random_arch()
-            if arch_key(arch) in self.seen:
-                continue
-            violation = self.predicted_violation(arch)
-            if violation <= 0.0:
-                return arch
-            if violation < best_violation:
-                best, best_violation = arch, violation
+        best = self.steered_draw(self.random_arch, self.seen, self.max_tries)
         if best is None and self.space.size <= 100_000:
             # A nearly exhausted small space: take an unseen arch directly rather than fail to find one.
             unseen = [a for a in self.space.enumerate() if arch_key(a) not in self.seen]
