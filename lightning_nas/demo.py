@@ -26,12 +26,14 @@ from torch.utils.data import DataLoader
 
 from lightning_nas.callbacks import ContributionEstimation, LatencyProfiler, UniformSampling
 from lightning_nas.data import gratings_dataset, load_image_dataset, split_dataset, to_tensors
+from lightning_nas.distillation import inplace_distillation_loss
 from lightning_nas.estimators import measure_subnet_accuracies, ranking_report, table2_predictors
 from lightning_nas.io import atomic_save, atomic_write_json, next_version_dir
 from lightning_nas.plots import plot_contributions, plot_pareto
 from lightning_nas.profiling import check_latency
 from lightning_nas.solvers import Limit, search_constrained
 from lightning_nas.spaces import binas_supernet
+from lightning_nas.supernet import Supernet
 
 __all__ = ["SupernetClassifier", "accuracy", "format_summary", "gratings_dataset", "run_demo"]
 
@@ -39,13 +41,21 @@ __all__ = ["SupernetClassifier", "accuracy", "format_summary", "gratings_dataset
 class SupernetClassifier(pl.LightningModule):
     """An ordinary classification LightningModule around any network (a supernet or a subnet).
 
-    Nothing here knows about NAS: callbacks activate subnets from outside.
+    Nothing here knows about NAS: callbacks activate subnets from outside. With ``distill=True``
+    (a :class:`~lightning_nas.Supernet` only) each step adds in-place distillation from the
+    largest subnet (:func:`~lightning_nas.distillation.inplace_distillation_loss`), BINAS's
+    recipe; the logged training accuracy is then the sampled subnets'.
     """
 
-    def __init__(self, supernet: nn.Module, num_classes: int, *, lr: float = 0.1, weight_decay: float = 4e-5, epochs: int = 1) -> None:
+    def __init__(
+        self, supernet: nn.Module, num_classes: int, *, lr: float = 0.1, weight_decay: float = 4e-5, epochs: int = 1,
+        distill: bool = False,
+    ) -> None:
         super().__init__()
+        if distill and not isinstance(supernet, Supernet):
+            raise ValueError(f"`distill=True` needs a lightning_nas.Supernet to take the teacher from, got {type(supernet).__name__}")
         self.supernet = supernet
-        self.lr, self.weight_decay, self.epochs = lr, weight_decay, epochs
+        self.lr, self.weight_decay, self.epochs, self.distill = lr, weight_decay, epochs, distill
         self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
 
@@ -54,8 +64,11 @@ class SupernetClassifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
-        loss = nn.functional.cross_entropy(logits, y)
+        if self.distill:
+            loss, logits = inplace_distillation_loss(self.supernet, x, y)
+        else:
+            logits = self(x)
+            loss = nn.functional.cross_entropy(logits, y)
         self.train_acc(logits, y)
         self.log_dict({"train_loss": loss, "train_acc": self.train_acc}, on_step=False, on_epoch=True, batch_size=len(y))
         return loss

@@ -89,11 +89,13 @@ class ElasticBatchNorm2d(Mutable):
         shift = -mean * scale if bias is None else bias - mean * scale
         y = torch.addcmul((shift * mask)[:, :, None, None], x, scale[None, :, None, None])
         if running_mean is not None and factor:
+            # Through ``.data``, as nn.BatchNorm2d's own update: an earlier full-width forward of this
+            # step (e.g. in-place distillation's teacher) saved these buffers for its backward.
             with torch.no_grad():
                 used = mask.sum(0) > 0
                 unbiased = var * count / (count - 1).clamp_min(1)
-                running_mean.copy_(torch.where(used, running_mean.lerp(mean, factor), running_mean))
-                running_var.copy_(torch.where(used, running_var.lerp(unbiased, factor), running_var))
+                running_mean.data.copy_(torch.where(used, running_mean.lerp(mean, factor), running_mean))
+                running_var.data.copy_(torch.where(used, running_var.lerp(unbiased, factor), running_var))
         return y
 
     def freeze(self, arch: dict[str, Any], export_child) -> nn.BatchNorm2d:

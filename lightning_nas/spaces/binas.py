@@ -226,8 +226,9 @@ def grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor
                 if factor and bn.running_mean is not None:
                     seen = count[g] > 0
                     rm, rv = bn.running_mean[:c], bn.running_var[:c]
-                    rm.copy_(torch.where(seen, rm.lerp(mean[g], factor), rm))
-                    rv.copy_(torch.where(seen, rv.lerp(unbiased[g], factor), rv))
+                    # ``.data``: see ElasticBatchNorm2d (an earlier forward may have saved these buffers).
+                    rm.data.copy_(torch.where(seen, rm.lerp(mean[g], factor), rm))
+                    rv.data.copy_(torch.where(seen, rv.lerp(unbiased[g], factor), rv))
     return _GroupedBatchNormFunction.apply(x, weight, bias, use_mean, invstd, group, mask, flags, count)
 
 
