@@ -45,6 +45,9 @@ class ContributionEstimation(Callback):
         seed: the architecture-sampling seed.
         shrinkage: ``"none"`` (BINAS) or ``"empirical_bayes"`` (each gain pulled toward its group by
             its sampling noise; see :class:`~lightning_nas.estimators.ContributionAccumulator`).
+        paired: one-pass with ``passes >= 2`` only: centre each record on its example's other passes
+            (see :func:`~lightning_nas.estimators.estimate_contributions`): same records, same expected
+            gains, far less noise.
         path: JSON file for the latest table (overwritten atomically at each estimate).
         supernet: dotted attribute path of the supernet in the LightningModule, when it has several.
         batch_to_xy: ``batch -> (inputs, labels)``; default ``(batch[0], batch[1])``.
@@ -65,6 +68,7 @@ class ContributionEstimation(Callback):
         passes: int | None = None,
         seed: int = 0,
         shrinkage: str = "none",
+        paired: bool = False,
         path: str | Path | None = None,
         supernet: str | None = None,
         batch_to_xy: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
@@ -84,6 +88,10 @@ class ContributionEstimation(Callback):
             raise ValueError(f"`seed` must be a non-negative int, got {seed!r}")
         if shrinkage not in SHRINKAGE:
             raise ValueError(f"`shrinkage` must be one of {SHRINKAGE}, got {shrinkage!r}")
+        if not isinstance(paired, bool):
+            raise ValueError(f"`paired` must be a bool, got {paired!r}")
+        if paired and (method != "one_pass" or (passes or 1) < 2):
+            raise ValueError(f"`paired=True` needs method='one_pass' and passes >= 2, got method={method!r}, passes={passes!r}")
         if every_n_epochs is None and not at_end:
             raise ValueError("`every_n_epochs=None` with `at_end=False` would never estimate; set one of them")
         self.held_out = held_out
@@ -93,6 +101,7 @@ class ContributionEstimation(Callback):
         self.passes = passes
         self.seed = seed
         self.shrinkage = shrinkage
+        self.paired = paired
         self.path = Path(path) if path is not None else None
         self.supernet_path = supernet
         self.batch_to_xy = batch_to_xy
@@ -148,7 +157,7 @@ class ContributionEstimation(Callback):
             self._supernet, self.held_out, method=self.method, passes=self.passes, seed=self.seed,
             batch_to_xy=self.batch_to_xy, forward=(lambda x: forward(pl_module, x)) if forward else pl_module,
             model=pl_module, rank=trainer.global_rank, world_size=trainer.world_size, accumulator=accumulator,
-            staged=self._staged,
+            staged=self._staged, paired=self.paired,
         )
         self._table, self._pending, self._last_step = table, None, trainer.global_step
         self.history.append({

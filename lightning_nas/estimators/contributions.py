@@ -250,6 +250,7 @@ class ContributionAccumulator(Metric):
             self.add_state(f"{name}_correct", torch.zeros(shape, dtype=f64), dist_reduce_fx="sum")
         self.add_state("examples", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self.add_state("batches", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        self.add_state("residual_sq", torch.zeros((), dtype=f64), dist_reduce_fx="sum")  # paired records only
         self._cond = torch.as_tensor(conditioning_depths(staged))
         self._nd = torch.tensor([len(st.depths) for st in staged.stages])
 
@@ -278,7 +279,7 @@ class ContributionAccumulator(Metric):
 
     def update(
         self, configs: Tensor | None = None, depths: Tensor | None = None, correct: Tensor | None = None,
-        *, conditional: "Conditional | None" = None,
+        *, conditional: "Conditional | None" = None, paired: bool = False,
     ) -> None:
         """Add one-pass records: per example its architecture and whether it was right.
 
@@ -288,25 +289,71 @@ class ContributionAccumulator(Metric):
             correct: ``(N,)`` bool or float in [0, 1] (1 = top-1 correct).
             conditional: instead of ``configs`` and ``depths``, the conditional these examples were
                 evaluated under (paper protocol; see :meth:`update_conditional`).
+            paired: the records are ``P`` draws for the same examples (see :meth:`update_paired`).
         """
         if correct is None:
             raise ValueError("`correct` is required: one bool or float in [0, 1] per example")
         if conditional is not None:
             self._update_conditional(conditional, correct)
             return
+        if paired:
+            self._update_paired(configs, depths, correct)
+            return
         configs, depths, correct = self._check(configs, depths, correct)
         self._set_mode("one_pass")
+        self._add_records(configs, depths, correct, correct)
+
+    def update_paired(self, configs: Tensor, depths: Tensor, correct: Tensor) -> None:
+        """Add one-pass records of the same examples under ``P >= 2`` independent draws.
+
+        Each record counts towards the conditionals with its correctness *centred on its example*:
+        minus the mean of the same example's other ``P − 1`` records (whose architectures are
+        independent of it). Its expectation under a conditional is still ``Δ`` (the leave-one-out
+        mean estimates the example's accuracy over uniform architectures), but the variance of
+        which examples happened to land in the conditional, most of a plain estimate's noise, is
+        gone: what remains is how much an example's outcome depends on the architecture. The
+        truth a ranking is measured against runs every subnet on the same examples, and so does
+        this estimate, in effect. ``E[Acc]`` is the plain mean. Do not mix with :meth:`update`.
+
+        Args:
+            configs: ``(P, N, S, D)`` long: per draw and example, config index per block.
+            depths: ``(P, N, S)`` long.
+            correct: ``(P, N)`` bool or float in [0, 1].
+        """
+        self.update(configs, depths, correct, paired=True)
+
+    def _update_paired(self, configs: Tensor, depths: Tensor, correct: Tensor) -> None:
+        correct = torch.as_tensor(correct)
+        if correct.dim() != 2 or correct.shape[0] < 2:
+            raise ValueError(f"`correct` must have shape (P, N) with P >= 2 draws per example, got {tuple(correct.shape)}")
+        draws, n = correct.shape
+        configs, depths = torch.as_tensor(configs), torch.as_tensor(depths)
+        if configs.shape[:2] != (draws, n) or depths.shape[:2] != (draws, n):
+            raise ValueError(
+                f"`configs` and `depths` must start with (P, N) = ({draws}, {n}) like `correct`, got "
+                f"{tuple(configs.shape)} and {tuple(depths.shape)}"
+            )
+        configs, depths, flat = self._check(configs.flatten(0, 1), depths.flatten(0, 1), correct.flatten())
+        self._set_mode("one_pass_paired")
+        correct = flat.view(draws, n)
+        others = (correct.sum(0, keepdim=True) - correct) / (draws - 1)
+        residual = (correct - others).flatten()
+        self.residual_sq += (residual * residual).sum()
+        self._add_records(configs, depths, flat, residual)
+
+    def _add_records(self, configs: Tensor, depths: Tensor, correct: Tensor, value: Tensor) -> None:
+        # ``correct`` feeds E[Acc]; ``value`` (``correct`` itself, or its paired residual) the conditionals.
         n = correct.shape[0]
         self.base_count += n
         self.base_correct += correct.sum()
         depth_hot = nn.functional.one_hot(depths, self.staged.max_depth_options).to(torch.float64)  # (N, S, nd)
         self.depth_count += depth_hot.sum(0)
-        self.depth_correct += torch.einsum("nsj,n->sj", depth_hot, correct)
+        self.depth_correct += torch.einsum("nsj,n->sj", depth_hot, value)
         cond = self._cond.to(configs.device)
         satisfied = (cond == CONFIG_ONLY) | ((cond >= 0) & (depths[:, :, None] == cond))  # (N, S, D)
         config_hot = nn.functional.one_hot(configs.clamp(min=0), self.staged.num_configs).to(torch.float64) * satisfied[..., None]
         self.block_count += config_hot.sum(0)
-        self.block_correct += torch.einsum("nsdc,n->sdc", config_hot, correct)
+        self.block_correct += torch.einsum("nsdc,n->sdc", config_hot, value)
         self.examples += n
         self.batches += 1
 
@@ -357,8 +404,10 @@ class ContributionAccumulator(Metric):
         depth_missing = depth_needed & (depth_count <= 0)
         block_missing = block_needed & (block_count <= 0)
         depth_valid, block_valid = depth_needed & ~depth_missing, block_needed & ~block_missing
-        depth_gain = np.where(depth_valid, depth_mean - base, 0.0)
-        block_gain = np.where(block_valid, block_mean - base, 0.0)
+        # Paired residuals sum to 0 over all records: their conditional means are the gains.
+        offset = 0.0 if self._mode == "one_pass_paired" else base
+        depth_gain = np.where(depth_valid, depth_mean - offset, 0.0)
+        block_gain = np.where(block_valid, block_mean - offset, 0.0)
         if self.shrinkage == "empirical_bayes":
             depth_gain, block_gain = self._shrink(base, depth_gain, depth_count, depth_valid, block_gain, block_count, block_valid)
         missing = {"depth": np.argwhere(depth_missing).tolist(), "block": np.argwhere(block_missing).tolist()}
@@ -388,9 +437,10 @@ class ContributionAccumulator(Metric):
         # p(1−p) (an upper bound for fractional `correct`). One-pass: the conditional's records are a
         # subset of the base's, so var = σ²(1/n_c − 1/n_0); paper protocol: separate evaluations,
         # var = σ²(1/n_c + 1/n_0) (common random numbers make it somewhat smaller: conservative).
-        sigma2 = max(base * (1.0 - base), 1e-12)
         n0 = float(self.base_count)
-        sign = -1.0 if self._mode == "one_pass" else 1.0
+        # Paired records: the residuals' own variance (what is left once each example is centred).
+        sigma2 = max(float(self.residual_sq) / n0 if self._mode == "one_pass_paired" else base * (1.0 - base), 1e-12)
+        sign = 1.0 if self._mode == "paper" else -1.0
         with np.errstate(divide="ignore"):
             depth_var = sigma2 * np.maximum(1.0 / depth_count + sign / n0, 0.0)
             block_var = sigma2 * np.maximum(1.0 / block_count + sign / n0, 0.0)
@@ -584,6 +634,7 @@ def estimate_contributions(
     accumulator: ContributionAccumulator | None = None,
     staged: StagedSpace | None = None,
     shrinkage: str = "none",
+    paired: bool = False,
 ) -> BilinearTable:
     """Estimate the accuracy table of ``supernet`` on ``held_out`` (see the module docstring).
 
@@ -609,6 +660,10 @@ def estimate_contributions(
         staged: the staged view of ``supernet.space`` (inferred from labels by default).
         shrinkage: ``"none"`` or ``"empirical_bayes"`` (see :class:`ContributionAccumulator`); a
             given ``accumulator`` keeps its own setting.
+        paired: one-pass only, ``passes >= 2``: centre each record on its example's other passes
+            (:meth:`ContributionAccumulator.update_paired`): the same records, the same expected
+            gains, much less noise from which examples fall in which conditional. Each batch then
+            runs its ``passes`` draws back to back (the draws themselves are unchanged).
 
     Returns:
         The :class:`~lightning_nas.bilinear.BilinearTable` (``name="accuracy"``). Its metadata has
@@ -621,6 +676,10 @@ def estimate_contributions(
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
     passes = _positive_int(passes if passes is not None else (1 if method == "one_pass" else 10), "passes")
+    if not isinstance(paired, bool):
+        raise ValueError(f"`paired` must be a bool, got {paired!r}")
+    if paired and (method != "one_pass" or passes < 2):
+        raise ValueError(f"`paired=True` needs method='one_pass' and passes >= 2, got method={method!r}, passes={passes}")
     _check_common(seed, rank, world_size)
     staged = staged if staged is not None else StagedSpace.from_space(supernet.space)
     batch_to_xy = batch_to_xy or default_batch_to_xy
@@ -633,13 +692,16 @@ def estimate_contributions(
         accumulator = ContributionAccumulator(staged, shrinkage=shrinkage)
     accumulator.to(_device_of(model))
     accumulator.metadata.update(
-        method=method, passes=passes, seed=seed, world_size=world_size,
+        method=method, passes=passes, seed=seed, world_size=world_size, paired=paired,
         conditionals=len(conditionals) if conditionals else None,
         data_passes=passes * (len(conditionals) if conditionals else 1),
     )
     space = supernet.space
     device = _device_of(model)
     with evaluation_mode(model, supernet):
+        if paired:
+            _accumulate_paired(supernet, held_out, accumulator, indexer, passes, seed, rank, world_size, batch_to_xy, forward, device)
+            return accumulator.compute()
         for p in range(passes):
             for i, batch in _shard(held_out, rank, world_size):
                 x, y = batch_to_xy(batch)
@@ -655,6 +717,23 @@ def estimate_contributions(
                     supernet.activate_indices({**draw, **{lab: torch.full((n,), v) for lab, v in fix.items()}})
                     accumulator.update_conditional(conditional, top1_correct(forward(x), y))
     return accumulator.compute()
+
+
+def _accumulate_paired(supernet, held_out, accumulator, indexer, passes, seed, rank, world_size, batch_to_xy, forward, device) -> None:
+    # The draws of the unpaired loop (derive_generator(seed, p, i)), batch by batch instead of pass by pass.
+    for i, batch in _shard(held_out, rank, world_size):
+        x, y = batch_to_xy(batch)
+        x, y = move_data_to_device(x, device), move_data_to_device(y, device)
+        n = int(torch.as_tensor(y).shape[0])
+        configs, depths, correct = [], [], []
+        for p in range(passes):
+            draw = supernet.space.sample_indices(n, derive_generator(seed, p, i))
+            supernet.activate_indices(draw)
+            correct.append(top1_correct(forward(x), y))
+            c, d = indexer.to_staged(draw)
+            configs.append(c)
+            depths.append(d)
+        accumulator.update_paired(torch.stack(configs), torch.stack(depths), torch.stack(correct))
 
 
 def estimate_one_pass(supernet: Supernet, held_out: Iterable[Any], *, passes: int = 1, seed: int = 0, **kwargs: Any) -> BilinearTable:

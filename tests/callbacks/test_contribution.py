@@ -97,6 +97,19 @@ def test_estimates_during_training_saves_logs_and_matches_direct_estimate(tmp_pa
     assert table.metadata["epoch"] == 0 and table.metadata["method"] == "one_pass"
 
 
+def test_paired_estimate_at_end_matches_direct_estimate(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    train, val, held_out = loaders()
+    model = tiny_model()
+    callback = ContributionEstimation(held_out, passes=3, paired=True, seed=5, shrinkage="empirical_bayes")
+    trainer(tmp_path, [UniformSampling(0, per_sample=True), callback]).fit(model, train, val)
+    table = callback.accuracy_model
+    direct = estimate_contributions(model.supernet, held_out, passes=3, seed=5, paired=True, shrinkage="empirical_bayes")
+    assert table.metadata["paired"] and table.metadata["examples"] == 3 * 96
+    assert direct.constant == table.constant and np.array_equal(direct.block, table.block)
+    assert np.array_equal(direct.depth, table.depth)
+
+
 def test_paper_protocol_at_end_and_resume_keeps_the_table(tmp_path):
     pl.seed_everything(0, verbose=False)
     train, val, held_out = loaders()
@@ -136,6 +149,9 @@ def test_bad_arguments_are_rejected():
         ({"seed": -1}, "seed"),
         ({"every_n_epochs": None, "at_end": False}, "never"),
         ({"at_end": "yes"}, "at_end"),
+        ({"paired": True}, "paired"),  # one pass: nothing to pair with
+        ({"paired": True, "passes": 2, "method": "paper"}, "paired"),
+        ({"paired": "yes"}, "paired"),
     ]:
         with pytest.raises(ValueError, match=name):
             ContributionEstimation(held_out, **kwargs)
