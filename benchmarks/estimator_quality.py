@@ -1,6 +1,7 @@
 """Ranking quality of the bilinear accuracy estimator: one-pass vs BINAS's paper protocol (CPU).
 
-A small MobileNet-like supernet is trained with per-example uniform sampling (the BINAS scheme) on
+A small MobileNet-like supernet is trained with per-example uniform sampling and in-place
+distillation from the largest subnet (BINAS's recipe; ``--no-distill`` trains on the labels only) on
 the synthetic gratings task. Its one-shot accuracy is then *measured* for ``--subnets`` uniformly
 sampled subnets on the held-out split (each subnet runs the whole split: the ground truth), and
 predicted by accuracy tables estimated on the same split:
@@ -71,8 +72,8 @@ SUPERNETS = {
 }
 
 
-def markers(space: str) -> tuple[str, str]:
-    name = "benchmarks/estimator_quality.py" + ("" if space == "mobilenet" else f" --space {space}")
+def markers(space: str, distill: bool = True) -> tuple[str, str]:
+    name = "benchmarks/estimator_quality.py" + ("" if space == "mobilenet" else f" --space {space}") + ("" if distill else " --no-distill")
     return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
 
 
@@ -87,14 +88,27 @@ def parse_ints(text: str) -> list[int]:
 
 
 def train_supernet(args: argparse.Namespace, train: DataLoader) -> tuple[nn.Module, float]:
-    """SPOS training with one uniform architecture per example; returns the supernet and seconds."""
+    """One uniform architecture per example (+ in-place distillation); returns the supernet and seconds."""
     torch.manual_seed(args.seed)
     supernet = SUPERNETS[args.space][1](args.classes)
-    return supernet, train_per_example(supernet, train, epochs=args.epochs, lr=args.lr, seed=args.seed)
+    return supernet, train_per_example(supernet, train, epochs=args.epochs, lr=args.lr, seed=args.seed, distill=args.distill)
 
 
-def accumulate(supernet, held_out, staged, method: str, checkpoints: list[int], seed: int, shrinkage: str = "none") -> list[dict]:
-    """Estimate pass by pass, merging; a table (and its cost) at each checkpoint."""
+def accumulate(supernet, held_out, staged, method: str, checkpoints: list[int], seed: int, shrinkage: str = "none",
+               paired: bool = False) -> list[dict]:
+    """Estimate pass by pass, merging; a table (and its cost) at each checkpoint.
+
+    Paired estimates centre records across passes, so each checkpoint (of at least 2 passes) is
+    its own estimate with that many passes.
+    """
+    if paired:
+        rows = []
+        for passes in (p for p in checkpoints if p >= 2):
+            started = time.perf_counter()
+            table = estimate_contributions(supernet, held_out, method=method, passes=passes, seed=seed, staged=staged,
+                                           shrinkage=shrinkage, paired=True)
+            rows.append({"passes": passes, "examples": table.metadata["examples"], "seconds": time.perf_counter() - started, "table": table})
+        return rows
     running = ContributionAccumulator(staged, shrinkage=shrinkage)
     rows, seconds = [], 0.0
     for p in range(max(checkpoints)):
@@ -128,15 +142,17 @@ def run(args: argparse.Namespace) -> dict:
 
     results = {"train_seconds": train_seconds, "measure_seconds": measure_seconds, "test_acc": test_acc, "estimators": {}}
     conditionals = len(paper_protocol_conditionals(staged))
-    runs = (("one_pass", "none", args.one_pass_passes, 3), ("one_pass", "empirical_bayes", args.one_pass_passes, 3),
-            ("paper", "none", args.paper_passes, 4))
-    for method, shrinkage, checkpoints, seed_key in runs:
-        # The shrunk one-pass rows use the same seed, hence the same records, as the plain ones.
-        rows = accumulate(supernet, held_out, staged, method, checkpoints, derive_seed(args.seed, seed_key), shrinkage)
+    runs = (("one_pass", "none", False, args.one_pass_passes, 3), ("one_pass", "empirical_bayes", False, args.one_pass_passes, 3),
+            ("one_pass", "none", True, args.one_pass_passes, 5), ("one_pass", "empirical_bayes", True, args.one_pass_passes, 5),
+            ("paper", "none", False, args.paper_passes, 4))
+    for method, shrinkage, paired, checkpoints, seed_key in runs:
+        # The shrunk rows use the same seed, hence the same records, as the unshrunk ones.
+        rows = accumulate(supernet, held_out, staged, method, checkpoints, derive_seed(args.seed, seed_key), shrinkage, paired)
         for row in rows:
             row["data_passes"] = row["passes"] * (conditionals if method == "paper" else 1)
             row["ranking"] = {name: rank_correlations(t.predict_many(test_archs), test_acc) for name, t in table2_predictors(row["table"]).items()}
-        results["estimators"][method if shrinkage == "none" else f"{method}+{shrinkage}"] = rows
+        key = method + ("+paired" if paired else "") + ("" if shrinkage == "none" else f"+{shrinkage}")
+        results["estimators"][key] = rows
     baselines = {}
     for name, model in (("bilinear regression", BilinearRegression(staged)), ("quadratic regression", QuadraticRegression(staged, ridge=args.ridge))):
         model.fit(fit_archs, fit_acc)
@@ -171,7 +187,7 @@ def report(args: argparse.Namespace, results: dict, command: str) -> str:
     test_acc = results["test_acc"]
     conditionals = results["conditionals"]
     paper_ref = max(args.paper_passes) * conditionals
-    begin, end = markers(args.space)
+    begin, end = markers(args.space, args.distill)
     lines = [
         begin,
         "## Accuracy estimator: ranking quality, one-pass vs paper protocol (CPU)",
@@ -183,7 +199,8 @@ def report(args: argparse.Namespace, results: dict, command: str) -> str:
         f"- Supernet: `{SUPERNETS[args.space][0].format(classes=args.classes)}` ({results['space_size']:,} archs; "
         f"{results['structure']}), trained {args.epochs} epochs (lr {args.lr}) "
         f"on {args.train} gratings images ({args.image_size}×{args.image_size}, {args.classes} classes, noise {args.noise}) "
-        f"with one uniform arch per example: {results['train_seconds']:.0f} s",
+        f"with one uniform arch per example{', distilled in place from the largest subnet' if args.distill else ' (no distillation)'}: "
+        f"{results['train_seconds']:.0f} s",
         f"- Ground truth: one-shot top-1 of {args.subnets} uniformly sampled subnets, each run on the whole held-out split "
         f"({args.held_out} images; the estimators use the same split): mean {test_acc.mean():.3f}, "
         f"std {test_acc.std():.3f}, range {test_acc.min():.3f}–{test_acc.max():.3f}",
@@ -197,7 +214,8 @@ def report(args: argparse.Namespace, results: dict, command: str) -> str:
         for row in rows:
             r = row["ranking"]
             per_cond = row["passes"] if method == "paper" else "—"
-            label = {"one_pass": "one-pass", "paper": "paper protocol", "one_pass+empirical_bayes": "one-pass, shrunk"}[method]
+            label = {"one_pass": "one-pass", "paper": "paper protocol", "one_pass+empirical_bayes": "one-pass, shrunk",
+                     "one_pass+paired": "one-pass, paired", "one_pass+paired+empirical_bayes": "one-pass, paired, shrunk"}[method]
             lines.append(
                 f"| {label} | {per_cond} | {row['data_passes']} | "
                 f"{row['examples']:,} | {row['seconds']:.1f} | {r['full']['kendall_tau']:.3f} | {r['full']['spearman_rho']:.3f} | "
@@ -206,22 +224,20 @@ def report(args: argparse.Namespace, results: dict, command: str) -> str:
     for name, r in results["baselines"].items():
         lines.append(f"| {name} (fit on {args.fit_subnets} measured subnets) | — | {args.fit_subnets} | "
                      f"{args.fit_subnets * args.held_out:,} | — | {r['kendall_tau']:.3f} | {r['spearman_rho']:.3f} | — | — |")
-    budget = [row for key in ("one_pass", "one_pass+empirical_bayes") for row in results["estimators"][key]
-              if row["data_passes"] <= TARGET_RATIO * paper_ref]
-    best = max(budget, key=lambda row: (row["data_passes"], row["ranking"]["full"]["kendall_tau"])) if budget else None
     paper_best = max(results["estimators"]["paper"], key=lambda row: row["data_passes"])
-    lines += ["", "| check | measured | target | |", "|---|---:|---:|---|"]
-    if best is not None:
-        tau = best["ranking"]["full"]["kendall_tau"]
-        lines.append(
-            f"| one-pass τ at ≤ 1/20 of the paper protocol's {paper_ref} data passes ({best['data_passes']} passes) | "
-            f"{tau:.3f} | ≥ {TARGET_TAU:.2f} | {'met' if tau >= TARGET_TAU else 'MISSED'} |"
-        )
-        lines.append(
-            f"| same, relative to the paper protocol's own τ ({paper_best['ranking']['full']['kendall_tau']:.3f} with "
-            f"{paper_best['data_passes']} passes) | {tau - paper_best['ranking']['full']['kendall_tau']:+.3f} | ≥ 0 | "
-            f"{'met' if tau >= paper_best['ranking']['full']['kendall_tau'] else 'MISSED'} |"
-        )
+    paper_tau = paper_best["ranking"]["full"]["kendall_tau"]
+    lines += ["", f"Targets, for each one-pass variant at ≤ 1/20 of the paper protocol's {paper_ref} data passes "
+              f"(paper protocol: τ {paper_tau:.3f} with {paper_best['data_passes']} passes):", "",
+              "| one-pass variant | data passes | τ | τ ≥ 0.84 | τ − paper protocol's | ≥ 0 |", "|---|---:|---:|---|---:|---|"]
+    for key, rows in results["estimators"].items():
+        budget = [row for row in rows if row["data_passes"] <= TARGET_RATIO * paper_ref]
+        if not key.startswith("one_pass") or not budget:
+            continue
+        row = max(budget, key=lambda r: r["data_passes"])
+        tau = row["ranking"]["full"]["kendall_tau"]
+        lines.append(f"| {key.replace('one_pass', 'one-pass').replace('+', ', ').replace('empirical_bayes', 'shrunk')} | "
+                     f"{row['data_passes']} | {tau:.3f} | {'met' if tau >= TARGET_TAU else 'MISSED'} | {tau - paper_tau:+.3f} | "
+                     f"{'met' if tau >= paper_tau else 'MISSED'} |")
     if "recalibrated" in results:
         recal = results["recalibrated"]
         lines += ["", f"Against one-shot accuracy with BatchNorm recalibrated per subnet ({args.calibration_batches} training batches; "
@@ -239,12 +255,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--space", choices=sorted(SUPERNETS), default="mobilenet")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--train", type=int, default=2048, help="training images")
-    parser.add_argument("--held-out", type=int, default=2048, help="held-out images (estimation and ground truth)")
+    parser.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True,
+                        help="in-place distillation from the largest subnet while training the supernet (BINAS's recipe)")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--train", type=int, default=8192, help="training images")
+    parser.add_argument("--held-out", type=int, default=4096, help="held-out images (estimation and ground truth)")
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--classes", type=int, default=16)
-    parser.add_argument("--noise", type=float, default=1.2)
+    parser.add_argument("--classes", type=int, default=32)
+    parser.add_argument("--noise", type=float, default=2.0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--subnets", type=int, default=200, help="held-out subnets ranked (ground truth)")
@@ -267,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     print(section)
     print(f"total {time.perf_counter() - started:.0f} s")
     if not args.no_write:
-        write_section(args.out, section, *markers(args.space))
+        write_section(args.out, section, *markers(args.space, args.distill))
         print(f"wrote {args.out}")
 
 

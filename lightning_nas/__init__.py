@@ -17,6 +17,7 @@ from lightning_nas.nn import (
     recalibrate_batch_norm,
 )
 from lightning_nas.bilinear import BilinearTable
+from lightning_nas.distillation import inplace_distillation_loss
 from lightning_nas.dynamic import DynamicNetwork, SwitchReport
 from lightning_nas.solvers import InfeasibleError, Limit, SearchResult, pareto_sweep, search_constrained
 from lightning_nas.spaces import SearchSpace
@@ -46,6 +47,7 @@ __all__ = [
     "SearchSpace",
     "Supernet",
     "find_supernet",
+    "inplace_distillation_loss",
     "mutate",
     "recalibrate_batch_norm",
 ]

@@ -2,7 +2,7 @@
 
 ``lightning-nas demo`` trains a small BINAS supernet on scikit-learn's handwritten digits
 (upsampled to 32×32, shipped inside the package, so it runs offline) with one uniformly sampled
-subnet per image; the :class:`~lightning_nas.callbacks.ContributionEstimation` callback estimates
+subnet per image, distilled in place from the largest subnet (BINAS's recipe); the :class:`~lightning_nas.callbacks.ContributionEstimation` callback estimates
 the bilinear accuracy model on a held-out split and the
 :class:`~lightning_nas.callbacks.LatencyProfiler` callback builds this CPU's latency table. It
 then solves the exact MILP for three latency targets, exports each subnet, measures its latency
@@ -134,7 +134,7 @@ def run_demo(
         max_examples: use at most this many examples (tests, quick looks).
         target_fractions: latency targets, as fractions of the way from the smallest to the
             largest latency the table allows.
-        estimation_passes: passes of the one-pass estimator over the held-out split.
+        estimation_passes: passes of the one-pass estimator over the held-out split (paired when >= 2).
         num_ranked: random subnets whose measured one-shot accuracy checks the estimator's ranking.
         profile_repeats: timed calls per latency measurement.
         progress: show progress bars.
@@ -157,9 +157,10 @@ def run_demo(
     out = Path(out)
     run_dir = next_version_dir(out)
     supernet = binas_supernet("tiny", num_classes=num_classes)
-    model = SupernetClassifier(supernet, num_classes, lr=0.1, epochs=epochs)
+    model = SupernetClassifier(supernet, num_classes, lr=0.1, epochs=epochs, distill=True)
     estimation = ContributionEstimation(
-        held_out, method="one_pass", passes=estimation_passes, seed=seed, shrinkage="empirical_bayes", path=run_dir / "accuracy_table.json"
+        held_out, method="one_pass", passes=estimation_passes, seed=seed, shrinkage="empirical_bayes",
+        paired=estimation_passes >= 2, path=run_dir / "accuracy_table.json",
     )
     profiler = LatencyProfiler(out / "latency_table.json", input_size=(3, image_size, image_size), repeats=profile_repeats, seed=seed)
     sampling = UniformSampling(seed, per_sample=True, eval_arch="per_sample")
