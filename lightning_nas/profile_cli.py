@@ -73,8 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="per-entry statistic of the repeats; min is steadier on a machine shared with other jobs",
     )
     parser.add_argument(
-        "--pin-malloc", action="store_true",
-        help="pin glibc malloc's thresholds first (recommended for large inputs such as 224x224; see pin_malloc_thresholds)",
+        "--pin-malloc", action=argparse.BooleanOptionalAction, default=True,
+        help="pin glibc malloc's thresholds first (this process only profiles; without it 224x224 tables are "
+             "not additive: see pin_malloc_thresholds and benchmarks/RESULTS.md)",
     )
     parser.add_argument("--calibration-archs", type=_positive, default=10, help="random subnets timed to estimate the fixed part")
     parser.add_argument("--seed", type=_non_negative, default=0)

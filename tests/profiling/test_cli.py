@@ -22,6 +22,8 @@ def test_profile_builds_reuses_and_checks(tmp_path, capsys):
     assert "check on 3 random subnets: MAPE" in text
     data = json.loads(out.read_text())
     assert data["name"] == "latency" and data["metadata"]["settings"]["input_size"] == [3, 16, 16]
+    assert add_arguments(argparse.ArgumentParser()).parse_args(argv).pin_malloc  # a profiling process: pinned by default
+    assert not add_arguments(argparse.ArgumentParser()).parse_args(argv + ["--no-pin-malloc"]).pin_malloc
     assert json.loads((tmp_path / "table.flops.json").read_text())["unit"] == "MFLOPs"
     assert json.loads((tmp_path / "table.params.json").read_text())["unit"] == "params"
     before = out.read_text()
