@@ -252,14 +252,15 @@ def test_two_halves_merged_equal_one_instance(oracle, seed, cut):
     assert np.array_equal(merged.depth, single.depth) and merged.metadata["missing"] == single.metadata["missing"]
 
 
-@pytest.mark.parametrize("method", ["one_pass", "paper"])
-def test_sharded_ranks_give_the_single_process_result(oracle, method):
+@pytest.mark.parametrize("method, paired", [("one_pass", False), ("paper", False), ("one_pass", True)])
+def test_sharded_ranks_give_the_single_process_result(oracle, method, paired):
     loader = oracle.loader(700, 100)  # 7 batches: uneven shards
-    single = estimate_contributions(oracle.supernet, loader, method=method, passes=2, seed=4)
+    single = estimate_contributions(oracle.supernet, loader, method=method, passes=2, seed=4, paired=paired)
     ranks = []
     for rank in range(3):
         acc = ContributionAccumulator(oracle.staged)
-        estimate_contributions(oracle.supernet, loader, method=method, passes=2, seed=4, rank=rank, world_size=3, accumulator=acc)
+        estimate_contributions(oracle.supernet, loader, method=method, passes=2, seed=4, rank=rank, world_size=3, accumulator=acc,
+                               paired=paired)
         ranks.append(acc)
     for other in ranks[1:]:
         ranks[0].merge_state(other)

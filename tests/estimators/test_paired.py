@@ -57,22 +57,6 @@ def test_architecture_independent_outcomes_give_exactly_zero_gains(oracle, seed,
     assert np.all(table.block == 0) and np.all(table.depth == 0)
 
 
-def test_sharded_ranks_give_the_single_process_result(oracle):
-    loader = oracle.loader(700, 100)
-    single = estimate_contributions(oracle.supernet, loader, passes=3, seed=4, paired=True)
-    ranks = []
-    for rank in range(3):
-        acc = ContributionAccumulator(oracle.staged)
-        estimate_contributions(oracle.supernet, loader, passes=3, seed=4, rank=rank, world_size=3, accumulator=acc, paired=True)
-        ranks.append(acc)
-    for other in ranks[1:]:
-        ranks[0].merge_state(other)
-    merged = ranks[0].compute()
-    assert merged.constant == pytest.approx(single.constant, abs=1e-15)
-    np.testing.assert_allclose(merged.block, single.block, atol=1e-15)
-    np.testing.assert_allclose(merged.depth, single.depth, atol=1e-15)
-
-
 def test_shrinkage_uses_the_residual_variance(oracle):
     loader = oracle.loader(2000, 500)
     raw = estimate_one_pass(oracle.supernet, loader, passes=3, seed=1, paired=True)
