@@ -12,7 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lightning_nas.bilinear import BilinearTable
-from lightning_nas.estimators.contributions import METHODS, SHRINKAGE, ContributionAccumulator, estimate_contributions
+from lightning_nas.estimators.contributions import METHODS, SHRINKAGE, ContributionAccumulator, check_paired, estimate_contributions
 from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet, find_supernet
 
@@ -47,7 +47,7 @@ class ContributionEstimation(Callback):
             its sampling noise; see :class:`~lightning_nas.estimators.ContributionAccumulator`).
         paired: one-pass with ``passes >= 2`` only: centre each record on its example's other passes
             (see :func:`~lightning_nas.estimators.estimate_contributions`): same records, same expected
-            gains, far less noise.
+            gains, less noise.
         path: JSON file for the latest table (overwritten atomically at each estimate).
         supernet: dotted attribute path of the supernet in the LightningModule, when it has several.
         batch_to_xy: ``batch -> (inputs, labels)``; default ``(batch[0], batch[1])``.
@@ -88,10 +88,7 @@ class ContributionEstimation(Callback):
             raise ValueError(f"`seed` must be a non-negative int, got {seed!r}")
         if shrinkage not in SHRINKAGE:
             raise ValueError(f"`shrinkage` must be one of {SHRINKAGE}, got {shrinkage!r}")
-        if not isinstance(paired, bool):
-            raise ValueError(f"`paired` must be a bool, got {paired!r}")
-        if paired and (method != "one_pass" or (passes or 1) < 2):
-            raise ValueError(f"`paired=True` needs method='one_pass' and passes >= 2, got method={method!r}, passes={passes!r}")
+        check_paired(paired, method, passes)
         if every_n_epochs is None and not at_end:
             raise ValueError("`every_n_epochs=None` with `at_end=False` would never estimate; set one of them")
         self.held_out = held_out

@@ -108,10 +108,10 @@ def test_enumerate_indices_lists_each_distinct_arch_once(inst):
 
 
 def _active(staged, arch, label):
-    for st in staged.stages:
-        for b, labels in enumerate(st.block_labels):
+    for stage in staged.stages:
+        for b, labels in enumerate(stage.block_labels):
             if label in labels:
-                depth = st.depths[-1] if st.depth_label is None else arch[st.depth_label]
+                depth = stage.depths[-1] if stage.depth_label is None else arch[stage.depth_label]
                 return b < depth
     return True
 
