@@ -674,8 +674,7 @@ def estimate_contributions(
             given ``accumulator`` keeps its own setting.
         paired: one-pass only, ``passes >= 2``: centre each record on its example's other passes
             (:meth:`ContributionAccumulator.update_paired`): the same records, the same expected
-            gains, much less noise from which examples fall in which conditional. Each batch then
-            runs its ``passes`` draws back to back (the draws themselves are unchanged).
+            gains, much less noise from which examples fall in which conditional.
 
     Returns:
         The :class:`~lightning_nas.bilinear.BilinearTable` (``name="accuracy"``). Its metadata has
@@ -708,41 +707,28 @@ def estimate_contributions(
     space = supernet.space
     device = _device_of(model)
     with evaluation_mode(model, supernet):
-        if paired:
-            _accumulate_paired(supernet, held_out, accumulator, indexer, passes, seed, rank, world_size, batch_to_xy, forward, device)
-            return accumulator.compute()
-        for p in range(passes):
-            for i, batch in _shard(held_out, rank, world_size):
-                x, y = batch_to_xy(batch)
-                x, y = move_data_to_device(x, device), move_data_to_device(y, device)
-                n = int(torch.as_tensor(y).shape[0])
+        # Batch by batch, all passes of a batch back to back: the held-out data is read once, and
+        # paired records need every pass of an example together. Draws depend on (seed, p, i) only.
+        for i, batch in _shard(held_out, rank, world_size):
+            x, y = batch_to_xy(batch)
+            x, y = move_data_to_device(x, device), move_data_to_device(y, device)
+            n = int(torch.as_tensor(y).shape[0])
+            records = []  # one-pass: (configs, depths, correct) per pass
+            for p in range(passes):
                 draw = space.sample_indices(n, derive_generator(seed, p, i))
                 if conditionals is None:
                     supernet.activate_indices(draw)
-                    correct = top1_correct(forward(x), y)
-                    accumulator.update(*indexer.to_staged(draw), correct)
+                    records.append((*indexer.to_staged(draw), top1_correct(forward(x), y)))
                     continue
                 for conditional, fix in zip(conditionals, fixed):
                     supernet.activate_indices({**draw, **{lab: torch.full((n,), v) for lab, v in fix.items()}})
                     accumulator.update_conditional(conditional, top1_correct(forward(x), y))
+            if paired:
+                accumulator.update_paired(*(torch.stack(column) for column in zip(*records)))
+            else:
+                for record in records:
+                    accumulator.update(*record)
     return accumulator.compute()
-
-
-def _accumulate_paired(supernet, held_out, accumulator, indexer, passes, seed, rank, world_size, batch_to_xy, forward, device) -> None:
-    # The draws of the unpaired loop (derive_generator(seed, p, i)), batch by batch instead of pass by pass.
-    for i, batch in _shard(held_out, rank, world_size):
-        x, y = batch_to_xy(batch)
-        x, y = move_data_to_device(x, device), move_data_to_device(y, device)
-        n = int(torch.as_tensor(y).shape[0])
-        configs, depths, correct = [], [], []
-        for p in range(passes):
-            draw = supernet.space.sample_indices(n, derive_generator(seed, p, i))
-            supernet.activate_indices(draw)
-            correct.append(top1_correct(forward(x), y))
-            c, d = indexer.to_staged(draw)
-            configs.append(c)
-            depths.append(d)
-        accumulator.update_paired(torch.stack(configs), torch.stack(depths), torch.stack(correct))
 
 
 def estimate_one_pass(supernet: Supernet, held_out: Iterable[Any], *, passes: int = 1, seed: int = 0, **kwargs: Any) -> BilinearTable:
