@@ -12,7 +12,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lightning_nas.bilinear import BilinearTable
-from lightning_nas.estimators.contributions import METHODS, SHRINKAGE, ContributionAccumulator, check_paired, estimate_contributions
+from lightning_nas.estimators.contributions import (
+    METHODS, SHRINKAGE, ContributionAccumulator, check_paired, check_score, estimate_contributions, score_name,
+)
 from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet, find_supernet
 
@@ -48,6 +50,8 @@ class ContributionEstimation(Callback):
         paired: one-pass with ``passes >= 2`` only: centre each record on its example's other passes
             (see :func:`~lightning_nas.estimators.estimate_contributions`): same records, same expected
             gains, less noise.
+        score: ``(logits, labels) -> (N,)`` in [0, 1], the per-example outcome; default top-1
+            correctness (:class:`~lightning_nas.estimators.SmoothedTop1` is less noisy).
         path: JSON file for the latest table (overwritten atomically at each estimate).
         supernet: dotted attribute path of the supernet in the LightningModule, when it has several.
         batch_to_xy: ``batch -> (inputs, labels)``; default ``(batch[0], batch[1])``.
@@ -69,6 +73,7 @@ class ContributionEstimation(Callback):
         seed: int = 0,
         shrinkage: str = "none",
         paired: bool = False,
+        score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         path: str | Path | None = None,
         supernet: str | None = None,
         batch_to_xy: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
@@ -89,6 +94,7 @@ class ContributionEstimation(Callback):
         if shrinkage not in SHRINKAGE:
             raise ValueError(f"`shrinkage` must be one of {SHRINKAGE}, got {shrinkage!r}")
         check_paired(paired, method, passes)
+        score = check_score(score)
         if every_n_epochs is None and not at_end:
             raise ValueError("`every_n_epochs=None` with `at_end=False` would never estimate; set one of them")
         self.held_out = held_out
@@ -99,6 +105,7 @@ class ContributionEstimation(Callback):
         self.seed = seed
         self.shrinkage = shrinkage
         self.paired = paired
+        self.score = score
         self.path = Path(path) if path is not None else None
         self.supernet_path = supernet
         self.batch_to_xy = batch_to_xy
@@ -154,7 +161,7 @@ class ContributionEstimation(Callback):
             self._supernet, self.held_out, method=self.method, passes=self.passes, seed=self.seed,
             batch_to_xy=self.batch_to_xy, forward=(lambda x: forward(pl_module, x)) if forward else pl_module,
             model=pl_module, rank=trainer.global_rank, world_size=trainer.world_size, accumulator=accumulator,
-            staged=self._staged, paired=self.paired,
+            staged=self._staged, paired=self.paired, score=self.score,
         )
         self._table, self._pending, self._last_step = table, None, trainer.global_step
         self.history.append({
@@ -172,6 +179,7 @@ class ContributionEstimation(Callback):
             "method": self.method,
             "seed": self.seed,
             "passes": self.passes,
+            "score": score_name(self.score),
             "history": list(self.history),
             "last_step": self._last_step,
             "accuracy_model": table.to_dict() if table is not None else self._pending,
@@ -180,6 +188,9 @@ class ContributionEstimation(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("seed", self.seed) != self.seed:
             rank_zero_warn(f"ContributionEstimation: the checkpoint used seed {state_dict['seed']}, this run uses {self.seed}")
+        if state_dict.get("score", score_name(self.score)) != score_name(self.score):
+            rank_zero_warn(f"ContributionEstimation: the checkpoint's table scored examples with {state_dict['score']}, "
+                           f"this run uses {score_name(self.score)}")
         self.history = list(state_dict.get("history", []))
         self._last_step = state_dict.get("last_step")
         self._table, self._pending = None, state_dict.get("accuracy_model")

@@ -15,6 +15,7 @@ from lightning_nas.estimators.block_performance import (
 from lightning_nas.estimators.contributions import (
     Conditional,
     ContributionAccumulator,
+    SmoothedTop1,
     StagedIndexer,
     ablate,
     conditioning_depths,
@@ -43,6 +44,7 @@ __all__ = [
     "MathNASPredictor",
     "Conditional",
     "ContributionAccumulator",
+    "SmoothedTop1",
     "QuadraticRegression",
     "StagedIndexer",
     "ablate",

@@ -31,7 +31,8 @@ Two estimators produce the same table:
   the held-out data) per conditional with the conditioned decisions fixed for every example.
 
 With ``paired=True`` the one-pass records of each example are centred on its other passes
-(:meth:`ContributionAccumulator.update_paired`): same expectation, less noise.
+(:meth:`ContributionAccumulator.update_paired`): same expectation, less noise. ``score=`` swaps the
+per-example outcome, e.g. :class:`SmoothedTop1` for top-1 correctness smoothed by the logit margin.
 
 Both accumulate in :class:`ContributionAccumulator`, a ``torchmetrics.Metric`` whose sum-reduced
 states make a DDP run give the result of a single process.
@@ -62,9 +63,11 @@ __all__ = [
     "METHODS",
     "Conditional",
     "ContributionAccumulator",
+    "SmoothedTop1",
     "StagedIndexer",
     "ablate",
     "check_paired",
+    "check_score",
     "conditioning_depths",
     "default_batch_to_xy",
     "estimate_contributions",
@@ -73,6 +76,7 @@ __all__ = [
     "evaluation_mode",
     "paper_protocol_conditionals",
     "paper_protocol_passes",
+    "score_name",
     "shrink_gains",
     "to_vector_form",
     "top1_correct",
@@ -462,7 +466,7 @@ class ContributionAccumulator(Metric):
             raise ValueError(f"`correct` must be 1-D (one entry per example), got shape {tuple(correct.shape)}")
         correct = correct.to(device=self.base_count.device, dtype=torch.float64)
         if correct.numel() and (correct.min() < 0 or correct.max() > 1):
-            raise ValueError("`correct` must be bool or lie in [0, 1]")
+            raise ValueError(f"`correct` (the per-example score) must be bool or lie in [0, 1], got values in [{float(correct.min()):g}, {float(correct.max()):g}]")
         return correct
 
     def _check(self, configs: Tensor, depths: Tensor, correct: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -578,14 +582,53 @@ def default_batch_to_xy(batch: Any) -> tuple[Any, Tensor]:
         ) from None
 
 
-def top1_correct(logits: Tensor, target: Tensor) -> Tensor:
-    """``(N,)`` bool: whether the arg-max of ``logits (N, K)`` equals the class index ``target (N,)``."""
+def _check_logits(logits: Tensor, target: Tensor) -> Tensor:
+    # Shared by the per-example scores: logits (N, K), class indices (N,) on the logits' device.
     if not isinstance(logits, Tensor) or logits.dim() != 2:
         raise ValueError(f"the forward function must return logits of shape (N, num_classes), got {getattr(logits, 'shape', type(logits))}")
     target = torch.as_tensor(target, device=logits.device)
     if target.shape != logits.shape[:1]:
         raise ValueError(f"labels must have shape (N,) = {tuple(logits.shape[:1])} (class indices), got {tuple(target.shape)}")
+    return target
+
+
+def top1_correct(logits: Tensor, target: Tensor) -> Tensor:
+    """``(N,)`` bool: whether the arg-max of ``logits (N, K)`` equals the class index ``target (N,)``."""
+    target = _check_logits(logits, target)
     return logits.argmax(-1) == target
+
+
+class SmoothedTop1:
+    """Top-1 correctness smoothed by the logit margin, a per-example score for the estimators.
+
+    ``sigmoid((z_y − max_{k≠y} z_k) / temperature)`` for logits ``z (N, K)`` and class index ``y``:
+    ``(N,)`` floats in (0, 1) that tend to :func:`top1_correct` as ``temperature → 0``. An example
+    whose margin is within a few ``temperature`` of zero counts fractionally, so a subnet that moves
+    it toward or away from the decision boundary gets partial credit instead of a rare 0/1 flip:
+    the estimate of top-1 contributions is slightly biased and much less noisy. ``temperature`` is
+    in logit units (0.25 measured best on the gratings benchmark; see ``benchmarks/RESULTS.md``).
+    """
+
+    def __init__(self, temperature: float = 0.25) -> None:
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < float("inf"):
+            raise ValueError(f"`temperature` must be a positive finite number (logit units), got {temperature!r}")
+        self.temperature = float(temperature)
+
+    def __call__(self, logits: Tensor, target: Tensor) -> Tensor:
+        target = _check_logits(logits, target)
+        if logits.shape[1] < 2:
+            raise ValueError(f"SmoothedTop1 needs at least 2 classes, got logits of shape {tuple(logits.shape)}")
+        true = logits.gather(1, target[:, None])
+        others = logits.scatter(1, target[:, None], float("-inf")).amax(1, keepdim=True)
+        return torch.sigmoid((true - others)[:, 0].double() / self.temperature)
+
+    def __repr__(self) -> str:
+        return f"SmoothedTop1(temperature={self.temperature:g})"
+
+
+def score_name(score: Callable[[Tensor, Tensor], Tensor]) -> str:
+    """How a per-example score is recorded in a table's metadata (its ``repr`` or function name)."""
+    return getattr(score, "__name__", None) or repr(score)
 
 
 @contextlib.contextmanager
@@ -615,6 +658,15 @@ def check_paired(paired: Any, method: str, passes: int | None) -> None:
         raise ValueError(f"`paired` must be a bool, got {paired!r}")
     if paired and (method != "one_pass" or (passes or 1) < 2):
         raise ValueError(f"`paired=True` needs method='one_pass' and passes >= 2, got method={method!r}, passes={passes!r}")
+
+
+def check_score(score: Any) -> Callable[[Tensor, Tensor], Tensor]:
+    """``score`` itself, :func:`top1_correct` for ``None``; ``ValueError`` unless callable."""
+    if score is None:
+        return top1_correct
+    if not callable(score):
+        raise ValueError(f"`score` must be a callable (logits (N, K), labels (N,)) -> (N,) in [0, 1], e.g. SmoothedTop1(), got {score!r}")
+    return score
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -647,6 +699,7 @@ def estimate_contributions(
     staged: StagedSpace | None = None,
     shrinkage: str = "none",
     paired: bool = False,
+    score: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> BilinearTable:
     """Estimate the accuracy table of ``supernet`` on ``held_out`` (see the module docstring).
 
@@ -675,12 +728,15 @@ def estimate_contributions(
         paired: one-pass only, ``passes >= 2``: centre each record on its example's other passes
             (:meth:`ContributionAccumulator.update_paired`): the same records, the same expected
             gains, much less noise from which examples fall in which conditional.
+        score: ``(logits (N, K), labels (N,)) -> (N,)`` bool or float in [0, 1], the per-example
+            outcome whose contributions are estimated; default :func:`top1_correct`.
+            :class:`SmoothedTop1` trades a little bias for less noise.
 
     Returns:
         The :class:`~lightning_nas.bilinear.BilinearTable` (``name="accuracy"``). Its metadata has
         ``method``, ``passes`` (per conditional), ``data_passes`` (passes over the held-out data in
         total), ``conditionals``, ``examples`` (forward passes of single examples, all ranks),
-        ``batches``, ``seed`` and ``missing`` conditionals.
+        ``batches``, ``seed``, ``score`` (:func:`score_name`) and ``missing`` conditionals.
     """
     if not isinstance(supernet, Supernet):
         raise ValueError(f"`supernet` must be a lightning_nas.Supernet, got {type(supernet).__name__}")
@@ -689,6 +745,7 @@ def estimate_contributions(
     passes = _positive_int(passes if passes is not None else (1 if method == "one_pass" else 10), "passes")
     check_paired(paired, method, passes)
     _check_common(seed, rank, world_size)
+    score = check_score(score)
     staged = staged if staged is not None else StagedSpace.from_space(supernet.space)
     batch_to_xy = batch_to_xy or default_batch_to_xy
     forward = forward or supernet
@@ -700,7 +757,7 @@ def estimate_contributions(
         accumulator = ContributionAccumulator(staged, shrinkage=shrinkage)
     accumulator.to(_device_of(model))
     accumulator.metadata.update(
-        method=method, passes=passes, seed=seed, world_size=world_size, paired=paired,
+        method=method, passes=passes, seed=seed, world_size=world_size, paired=paired, score=score_name(score),
         conditionals=len(conditionals) if conditionals else None,
         data_passes=passes * (len(conditionals) if conditionals else 1),
     )
@@ -718,11 +775,11 @@ def estimate_contributions(
                 draw = space.sample_indices(n, derive_generator(seed, p, i))
                 if conditionals is None:
                     supernet.activate_indices(draw)
-                    records.append((*indexer.to_staged(draw), top1_correct(forward(x), y)))
+                    records.append((*indexer.to_staged(draw), score(forward(x), y)))
                     continue
                 for conditional, fix in zip(conditionals, fixed):
                     supernet.activate_indices({**draw, **{lab: torch.full((n,), v) for lab, v in fix.items()}})
-                    accumulator.update_conditional(conditional, top1_correct(forward(x), y))
+                    accumulator.update_conditional(conditional, score(forward(x), y))
             if paired:
                 accumulator.update_paired(*(torch.stack(column) for column in zip(*records)))
             else:

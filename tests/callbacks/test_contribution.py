@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.callbacks import UniformSampling
 from lightning_nas.callbacks.contribution import ContributionEstimation
-from lightning_nas.estimators import estimate_contributions
+from lightning_nas.estimators import SmoothedTop1, estimate_contributions
 from lightning_nas.spaces import mobilenet_supernet
 from lightning_nas.spaces.staged import StagedSpace
 
@@ -101,11 +101,13 @@ def test_paired_estimate_at_end_matches_direct_estimate(tmp_path):
     pl.seed_everything(0, verbose=False)
     train, val, held_out = loaders()
     model = tiny_model()
-    callback = ContributionEstimation(held_out, passes=3, paired=True, seed=5, shrinkage="empirical_bayes")
+    callback = ContributionEstimation(held_out, passes=3, paired=True, seed=5, shrinkage="empirical_bayes", score=SmoothedTop1(0.5))
     trainer(tmp_path, [UniformSampling(0, per_sample=True), callback]).fit(model, train, val)
     table = callback.accuracy_model
-    direct = estimate_contributions(model.supernet, held_out, passes=3, seed=5, paired=True, shrinkage="empirical_bayes")
+    direct = estimate_contributions(model.supernet, held_out, passes=3, seed=5, paired=True, shrinkage="empirical_bayes",
+                                    score=SmoothedTop1(0.5))
     assert table.metadata["paired"] and table.metadata["examples"] == 3 * 96
+    assert table.metadata["score"] == callback.state_dict()["score"] == "SmoothedTop1(temperature=0.5)"
     assert direct.constant == table.constant and np.array_equal(direct.block, table.block)
     assert np.array_equal(direct.depth, table.depth)
 
@@ -152,6 +154,7 @@ def test_bad_arguments_are_rejected():
         ({"paired": True}, "paired"),  # one pass: nothing to pair with
         ({"paired": True, "passes": 2, "method": "paper"}, "paired"),
         ({"paired": "yes"}, "paired"),
+        ({"score": "smoothed"}, "score"),
     ]:
         with pytest.raises(ValueError, match=name):
             ContributionEstimation(held_out, **kwargs)
