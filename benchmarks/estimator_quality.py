@@ -7,7 +7,9 @@ sampled subnets on the held-out split (each subnet runs the whole split: the gro
 predicted by accuracy tables estimated on the same split:
 
 * **one-pass**: every conditional from one stream of per-example records, after 1, 2, ... passes;
-  also with empirical-Bayes shrinkage of the gains (``shrinkage="empirical_bayes"``, same records);
+  also with empirical-Bayes shrinkage of the gains (``shrinkage="empirical_bayes"``, same records),
+  paired (each record centred on its example's other passes), and paired with the records scored by
+  margin-smoothed top-1 (``SmoothedTop1(--smoothing-temperature)``, same draws as paired);
 * **paper protocol**: one dedicated evaluation per conditional (43 for this space), after 1, 2, ...
   passes per conditional (BINAS: 10);
 * **regression baselines** (BINAS §5.2): bilinear least squares and ridge quadratic regression
@@ -50,6 +52,7 @@ from lightning_nas.estimators import (
     BilinearRegression,
     ContributionAccumulator,
     QuadraticRegression,
+    SmoothedTop1,
     estimate_contributions,
     measure_subnet_accuracies,
     paper_protocol_conditionals,
@@ -95,7 +98,7 @@ def train_supernet(args: argparse.Namespace, train: DataLoader) -> tuple[nn.Modu
 
 
 def accumulate(supernet, held_out, staged, method: str, checkpoints: list[int], seed: int, shrinkage: str = "none",
-               paired: bool = False) -> list[dict]:
+               paired: bool = False, score=None) -> list[dict]:
     """Estimate pass by pass, merging; a table (and its cost) at each checkpoint.
 
     Paired estimates centre records across passes, so each checkpoint (of at least 2 passes) is
@@ -106,7 +109,7 @@ def accumulate(supernet, held_out, staged, method: str, checkpoints: list[int], 
         for passes in (p for p in checkpoints if p >= 2):
             started = time.perf_counter()
             table = estimate_contributions(supernet, held_out, method=method, passes=passes, seed=seed, staged=staged,
-                                           shrinkage=shrinkage, paired=True)
+                                           shrinkage=shrinkage, paired=True, score=score)
             rows.append({"passes": passes, "examples": table.metadata["examples"], "seconds": time.perf_counter() - started, "table": table})
         return rows
     running = ContributionAccumulator(staged, shrinkage=shrinkage)
@@ -114,7 +117,8 @@ def accumulate(supernet, held_out, staged, method: str, checkpoints: list[int], 
     for p in range(max(checkpoints)):
         single = ContributionAccumulator(staged)
         started = time.perf_counter()
-        estimate_contributions(supernet, held_out, method=method, passes=1, seed=derive_seed(seed, p), accumulator=single, staged=staged)
+        estimate_contributions(supernet, held_out, method=method, passes=1, seed=derive_seed(seed, p), accumulator=single, staged=staged,
+                               score=score)
         seconds += time.perf_counter() - started
         running.merge_state(single)
         if p + 1 in checkpoints:
@@ -142,16 +146,17 @@ def run(args: argparse.Namespace) -> dict:
 
     results = {"train_seconds": train_seconds, "measure_seconds": measure_seconds, "test_acc": test_acc, "estimators": {}}
     conditionals = len(paper_protocol_conditionals(staged))
-    runs = (("one_pass", "none", False, args.one_pass_passes, 3), ("one_pass", "empirical_bayes", False, args.one_pass_passes, 3),
-            ("one_pass", "none", True, args.one_pass_passes, 5), ("one_pass", "empirical_bayes", True, args.one_pass_passes, 5),
-            ("paper", "none", False, args.paper_passes, 4))
-    for method, shrinkage, paired, checkpoints, seed_key in runs:
-        # The shrunk rows use the same seed, hence the same records, as the unshrunk ones.
-        rows = accumulate(supernet, held_out, staged, method, checkpoints, derive_seed(args.seed, seed_key), shrinkage, paired)
+    smoothed = SmoothedTop1(args.smoothing_temperature)
+    runs = (("one_pass", "none", False, None, args.one_pass_passes, 3), ("one_pass", "empirical_bayes", False, None, args.one_pass_passes, 3),
+            ("one_pass", "none", True, None, args.one_pass_passes, 5), ("one_pass", "empirical_bayes", True, None, args.one_pass_passes, 5),
+            ("one_pass", "none", True, smoothed, args.one_pass_passes, 5), ("paper", "none", False, None, args.paper_passes, 4))
+    for method, shrinkage, paired, score, checkpoints, seed_key in runs:
+        # Rows with the same seed key draw the same architectures: shrunk or smoothed vs plain.
+        rows = accumulate(supernet, held_out, staged, method, checkpoints, derive_seed(args.seed, seed_key), shrinkage, paired, score)
         for row in rows:
             row["data_passes"] = row["passes"] * (conditionals if method == "paper" else 1)
             row["ranking"] = {name: rank_correlations(t.predict_many(test_archs), test_acc) for name, t in table2_predictors(row["table"]).items()}
-        key = method + ("+paired" if paired else "") + ("" if shrinkage == "none" else f"+{shrinkage}")
+        key = method + ("+paired" if paired else "") + ("" if shrinkage == "none" else f"+{shrinkage}") + ("+smoothed" if score is not None else "")
         results["estimators"][key] = rows
     baselines = {}
     for name, model in (("bilinear regression", BilinearRegression(staged)), ("quadratic regression", QuadraticRegression(staged, ridge=args.ridge))):
@@ -215,7 +220,8 @@ def report(args: argparse.Namespace, results: dict, command: str) -> str:
             r = row["ranking"]
             per_cond = row["passes"] if method == "paper" else "—"
             label = {"one_pass": "one-pass", "paper": "paper protocol", "one_pass+empirical_bayes": "one-pass, shrunk",
-                     "one_pass+paired": "one-pass, paired", "one_pass+paired+empirical_bayes": "one-pass, paired, shrunk"}[method]
+                     "one_pass+paired": "one-pass, paired", "one_pass+paired+empirical_bayes": "one-pass, paired, shrunk",
+                     "one_pass+paired+smoothed": f"one-pass, paired, smoothed top-1 (T={args.smoothing_temperature:g})"}[method]
             lines.append(
                 f"| {label} | {per_cond} | {row['data_passes']} | "
                 f"{row['examples']:,} | {row['seconds']:.1f} | {r['full']['kendall_tau']:.3f} | {r['full']['spearman_rho']:.3f} | "
@@ -269,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fit-subnets", type=int, default=200, help="measured subnets the regression baselines are fit on")
     parser.add_argument("--ridge", type=float, default=1e-2, help="ridge penalty of the quadratic baseline")
     parser.add_argument("--one-pass-passes", type=parse_ints, default=parse_ints("1,2,5,10,21"))
+    parser.add_argument("--smoothing-temperature", type=float, default=0.25,
+                        help="SmoothedTop1 temperature (logit units) of the smoothed one-pass rows")
     parser.add_argument("--paper-passes", type=parse_ints, default=parse_ints("1,2,5,10"))
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--calibration-batches", type=int, default=8,
