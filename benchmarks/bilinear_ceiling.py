@@ -24,13 +24,12 @@ import datetime
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from estimator_quality import SUPERNETS, train_supernet  # benchmarks/ is the script's directory
+from estimator_quality import SUPERNETS, add_recipe_arguments, train_supernet  # benchmarks/ is the script's directory
 from results_file import publish
 from lightning_nas.data import gratings_dataset
 from lightning_nas.estimators import BilinearRegression, measure_subnet_accuracies, rank_correlations
@@ -105,23 +104,9 @@ def report(args: argparse.Namespace, results: dict, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--space", choices=sorted(SUPERNETS), default="mobilenet")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--train", type=int, default=8192, help="training images")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--classes", type=int, default=32)
-    parser.add_argument("--noise", type=float, default=2.0)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--subnets", type=int, default=200, help="test subnets ranked")
-    parser.add_argument("--fit-subnets", type=int, default=200, help="subnets the least-squares fit sees")
+    add_recipe_arguments(parser)
     parser.add_argument("--chunk", type=int, default=2048, help="held-out images per chunk (the smallest split)")
     parser.add_argument("--chunks", type=int, default=8, help="disjoint chunks; splits of 1, 2, 4, ... chunks are compared")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
-    parser.add_argument("--no-write", action="store_true", help="print the section without writing --out")
     args = parser.parse_args(argv)
     if min(args.epochs, args.train, args.subnets, args.fit_subnets, args.chunk, args.chunks, args.threads) < 1:
         parser.error("--epochs, --train, --subnets, --fit-subnets, --chunk, --chunks and --threads must be positive")

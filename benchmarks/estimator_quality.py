@@ -90,6 +90,27 @@ def parse_ints(text: str) -> list[int]:
     return values
 
 
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The supernet, task and subnet-sample arguments :func:`train_supernet` and :func:`run` read (also
+    ``bilinear_ceiling.py``'s, so that the same arguments give the same supernet and subnets)."""
+    parser.add_argument("--space", choices=sorted(SUPERNETS), default="mobilenet")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True,
+                        help="in-place distillation from the largest subnet while training the supernet (BINAS's recipe)")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--train", type=int, default=8192, help="training images")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--classes", type=int, default=32)
+    parser.add_argument("--noise", type=float, default=2.0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--subnets", type=int, default=200, help="held-out subnets ranked (ground truth)")
+    parser.add_argument("--fit-subnets", type=int, default=200, help="measured subnets the regression baselines are fit on")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
+    parser.add_argument("--no-write", action="store_true", help="print the section without writing --out")
+
+
 def train_supernet(args: argparse.Namespace, train: DataLoader) -> tuple[nn.Module, float]:
     """One uniform architecture per example (+ in-place distillation); returns the supernet and seconds."""
     torch.manual_seed(args.seed)
@@ -259,30 +280,15 @@ def report(args: argparse.Namespace, results: dict, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--space", choices=sorted(SUPERNETS), default="mobilenet")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--distill", action=argparse.BooleanOptionalAction, default=True,
-                        help="in-place distillation from the largest subnet while training the supernet (BINAS's recipe)")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--train", type=int, default=8192, help="training images")
+    add_recipe_arguments(parser)
     parser.add_argument("--held-out", type=int, default=4096, help="held-out images (estimation and ground truth)")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--classes", type=int, default=32)
-    parser.add_argument("--noise", type=float, default=2.0)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--subnets", type=int, default=200, help="held-out subnets ranked (ground truth)")
-    parser.add_argument("--fit-subnets", type=int, default=200, help="measured subnets the regression baselines are fit on")
     parser.add_argument("--ridge", type=float, default=1e-2, help="ridge penalty of the quadratic baseline")
     parser.add_argument("--one-pass-passes", type=parse_ints, default=parse_ints("1,2,5,10,21"))
     parser.add_argument("--smoothing-temperature", type=float, default=0.25,
                         help="SmoothedTop1 temperature (logit units) of the smoothed one-pass rows")
     parser.add_argument("--paper-passes", type=parse_ints, default=parse_ints("1,2,5,10"))
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--calibration-batches", type=int, default=8,
                         help="also measure the test subnets with BatchNorm recalibrated on this many training batches (0: skip)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
-    parser.add_argument("--no-write", action="store_true", help="print the section without writing --out")
     args = parser.parse_args(argv)
     if min(args.epochs, args.train, args.held_out, args.subnets, args.fit_subnets, args.threads) < 1:
         parser.error("--epochs, --train, --held-out, --subnets, --fit-subnets and --threads must be positive")
