@@ -29,11 +29,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from estimator_quality import SUPERNETS, add_recipe_arguments, train_supernet  # benchmarks/ is the script's directory
+from estimator_quality import SUPERNETS, add_recipe_arguments, ranked_subnets, task_data, train_supernet  # benchmarks/ is the script's directory
 from results_file import publish
 from lightning_nas.data import gratings_dataset
 from lightning_nas.estimators import BilinearRegression, measure_subnet_accuracies, rank_correlations
-from lightning_nas.seeding import derive_seed
 from lightning_nas.spaces.staged import StagedSpace
 
 MARKERS = ("<!-- benchmarks/bilinear_ceiling.py: begin -->", "<!-- benchmarks/bilinear_ceiling.py: end -->")
@@ -41,15 +40,11 @@ MARKERS = ("<!-- benchmarks/bilinear_ceiling.py: begin -->", "<!-- benchmarks/bi
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    data = {"num_classes": args.classes, "noise": args.noise, "image_size": args.image_size}
-    train = DataLoader(gratings_dataset(args.train, seed=args.seed, **data), batch_size=args.batch_size, shuffle=True,
-                       generator=torch.Generator().manual_seed(args.seed))
-    supernet, train_seconds = train_supernet(args, train)
+    supernet, _, train_seconds = train_supernet(args)
     staged = StagedSpace.from_space(supernet.space)
     # The estimator benchmark's test and fit subnets; a held-out set it never saw (seed + 101).
-    test = supernet.space.sample_many(args.subnets, seed=derive_seed(args.seed, 1))
-    fit = supernet.space.sample_many(args.fit_subnets, seed=derive_seed(args.seed, 2))
-    held_out = gratings_dataset(args.chunk * args.chunks, seed=args.seed + 101, **data)
+    test, fit = ranked_subnets(supernet.space, args)
+    held_out = gratings_dataset(args.chunk * args.chunks, seed=args.seed + 101, **task_data(args))
     started = time.perf_counter()
     chunks = np.stack([  # (chunks, subnets) top-1 per disjoint chunk
         measure_subnet_accuracies(supernet, test + fit, DataLoader(Subset(held_out, range(c * args.chunk, (c + 1) * args.chunk)), batch_size=512))

@@ -111,11 +111,24 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-write", action="store_true", help="print the section without writing --out")
 
 
-def train_supernet(args: argparse.Namespace, train: DataLoader) -> tuple[nn.Module, float]:
-    """One uniform architecture per example (+ in-place distillation); returns the supernet and seconds."""
+def task_data(args: argparse.Namespace) -> dict:
+    """The gratings task's keyword arguments (``gratings_dataset(n, seed=..., **task_data(args))``)."""
+    return {"num_classes": args.classes, "noise": args.noise, "image_size": args.image_size}
+
+
+def train_supernet(args: argparse.Namespace) -> tuple[nn.Module, DataLoader, float]:
+    """One uniform architecture per example (+ in-place distillation) on ``--train`` images; returns the
+    supernet, its training loader and the seconds taken."""
+    train = DataLoader(gratings_dataset(args.train, seed=args.seed, **task_data(args)), batch_size=args.batch_size, shuffle=True,
+                       generator=torch.Generator().manual_seed(args.seed))
     torch.manual_seed(args.seed)
     supernet = SUPERNETS[args.space][1](args.classes)
-    return supernet, train_per_example(supernet, train, epochs=args.epochs, lr=args.lr, seed=args.seed, distill=args.distill)
+    return supernet, train, train_per_example(supernet, train, epochs=args.epochs, lr=args.lr, seed=args.seed, distill=args.distill)
+
+
+def ranked_subnets(space, args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    """The ``--subnets`` test subnets ranked and the ``--fit-subnets`` subnets regressions are fit on."""
+    return space.sample_many(args.subnets, seed=derive_seed(args.seed, 1)), space.sample_many(args.fit_subnets, seed=derive_seed(args.seed, 2))
 
 
 def accumulate(supernet, held_out, staged, method: str, checkpoints: list[int], seed: int, shrinkage: str = "none",
@@ -150,16 +163,12 @@ def accumulate(supernet, held_out, staged, method: str, checkpoints: list[int], 
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    data = {"num_classes": args.classes, "noise": args.noise, "image_size": args.image_size}
-    train = DataLoader(gratings_dataset(args.train, seed=args.seed, **data), batch_size=args.batch_size, shuffle=True,
-                       generator=torch.Generator().manual_seed(args.seed))
-    held_out = DataLoader(gratings_dataset(args.held_out, seed=args.seed + 1, **data), batch_size=256)
-    supernet, train_seconds = train_supernet(args, train)
+    held_out = DataLoader(gratings_dataset(args.held_out, seed=args.seed + 1, **task_data(args)), batch_size=256)
+    supernet, train, train_seconds = train_supernet(args)
     staged = StagedSpace.from_space(supernet.space)
     space = supernet.space
 
-    test_archs = space.sample_many(args.subnets, seed=derive_seed(args.seed, 1))
-    fit_archs = space.sample_many(args.fit_subnets, seed=derive_seed(args.seed, 2))
+    test_archs, fit_archs = ranked_subnets(space, args)
     started = time.perf_counter()
     measured = measure_subnet_accuracies(supernet, test_archs + fit_archs, held_out)
     measure_seconds = time.perf_counter() - started

@@ -188,9 +188,9 @@ class ContributionEstimation(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("seed", self.seed) != self.seed:
             rank_zero_warn(f"ContributionEstimation: the checkpoint used seed {state_dict['seed']}, this run uses {self.seed}")
-        if state_dict.get("score", score_name(self.score)) != score_name(self.score):
-            rank_zero_warn(f"ContributionEstimation: the checkpoint's table scored examples with {state_dict['score']}, "
-                           f"this run uses {score_name(self.score)}")
+        score = score_name(self.score)
+        if state_dict.get("score", score) != score:
+            rank_zero_warn(f"ContributionEstimation: the checkpoint's table scored examples with {state_dict['score']}, this run uses {score}")
         self.history = list(state_dict.get("history", []))
         self._last_step = state_dict.get("last_step")
         self._table, self._pending = None, state_dict.get("accuracy_model")

@@ -1,4 +1,3 @@
-
 import pytest
 
 from lightning_nas.spaces.nb201 import (
