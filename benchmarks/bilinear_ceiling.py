@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import time
 
 import numpy as np
@@ -30,12 +28,14 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from estimator_quality import SUPERNETS, add_recipe_arguments, ranked_subnets, task_data, train_supernet  # benchmarks/ is the script's directory
-from results_file import publish
+from results_file import device_title, machine, marker_suffix, publish
 from lightning_nas.data import gratings_dataset
 from lightning_nas.estimators import BilinearRegression, measure_subnet_accuracies, rank_correlations
 from lightning_nas.spaces.staged import StagedSpace
 
-MARKERS = ("<!-- benchmarks/bilinear_ceiling.py: begin -->", "<!-- benchmarks/bilinear_ceiling.py: end -->")
+def markers(device: str = "cpu") -> tuple[str, str]:
+    name = "benchmarks/bilinear_ceiling.py" + marker_suffix(device)
+    return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> dict:
     held_out = gratings_dataset(args.chunk * args.chunks, seed=args.seed + 101, **task_data(args))
     started = time.perf_counter()
     chunks = np.stack([  # (chunks, subnets) top-1 per disjoint chunk
-        measure_subnet_accuracies(supernet, test + fit, DataLoader(Subset(held_out, range(c * args.chunk, (c + 1) * args.chunk)), batch_size=512))
+        measure_subnet_accuracies(supernet, test + fit, DataLoader(Subset(held_out, range(c * args.chunk, (c + 1) * args.chunk)), batch_size=args.eval_batch_size))
         for c in range(args.chunks)
     ])
     measure_seconds = time.perf_counter() - started
@@ -70,13 +70,13 @@ def run(args: argparse.Namespace) -> dict:
 
 def report(args: argparse.Namespace, results: dict, command: str) -> str:
     truth = results["truth"]
+    begin, end = markers(args.device)
     lines = [
-        MARKERS[0],
-        "## How bilinear is the one-shot accuracy? The ceiling of any bilinear estimator (CPU)",
+        begin,
+        f"## How bilinear is the one-shot accuracy? The ceiling of any bilinear estimator ({device_title(args.device)})",
         "",
         f"- Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- Machine: {platform.processor() or platform.machine()} ({platform.platform()}), {os.cpu_count()} CPUs visible, "
-        f"torch {torch.__version__}, {args.threads} torch thread(s)",
+        f"- Machine: {machine(args.device, args.threads)}",
         f"- Command: `{command}`",
         f"- Supernet: `{SUPERNETS[args.space][0].format(classes=args.classes)}`, trained as `estimator_quality.py` trains it "
         f"with the same arguments ({args.epochs} epochs on {args.train} gratings images, {args.classes} classes, noise {args.noise}, "
@@ -93,7 +93,7 @@ def report(args: argparse.Namespace, results: dict, command: str) -> str:
         agreement = "—" if row["agreement"] is None else f"{row['agreement']:.3f}"
         lines.append(f"| {row['images']} | {row['splits']} | {np.mean(taus):.3f} | {min(taus):.3f}–{max(taus):.3f} | "
                      f"{agreement} | {row['std']:.4f} |")
-    lines.append(MARKERS[1])
+    lines.append(end)
     return "\n".join(lines) + "\n"
 
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if min(args.epochs, args.train, args.subnets, args.fit_subnets, args.chunk, args.chunks, args.threads) < 1:
         parser.error("--epochs, --train, --subnets, --fit-subnets, --chunk, --chunks and --threads must be positive")
-    publish("bilinear_ceiling.py", argv, args.out, not args.no_write, lambda command: report(args, run(args), command), *MARKERS)
+    publish("bilinear_ceiling.py", argv, args.out, not args.no_write, lambda command: report(args, run(args), command), *markers(args.device))
 
 
 if __name__ == "__main__":

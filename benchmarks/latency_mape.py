@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from results_file import write_section  # benchmarks/ is the script's directory
+from results_file import device_title, machine, marker_suffix, write_section  # benchmarks/ is the script's directory
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.profiling import ProfileSettings, build_latency_table, cpu_model, mape, time_archs
 from lightning_nas.profiling.report import CHECK_STREAM
@@ -47,7 +47,11 @@ from lightning_nas.seeding import derive_seed
 from lightning_nas.spaces import create_space
 
 TARGET = 5.0
-BEGIN, END = "<!-- benchmarks/latency_mape.py: begin -->", "<!-- benchmarks/latency_mape.py: end -->"
+
+
+def markers(device: str = "cpu") -> tuple[str, str]:
+    name = "benchmarks/latency_mape.py" + marker_suffix(device)
+    return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
 
 
 def cases(skip_imagenet: bool) -> list[tuple[str, str, dict, int]]:
@@ -73,8 +77,8 @@ def min_table(table: BilinearTable) -> BilinearTable:
 def run_case(label: str, name: str, kwargs: dict, image_size: int, malloc: str, args: argparse.Namespace) -> dict:
     supernet = create_space(name, **kwargs)
     settings = ProfileSettings(
-        input_size=(3, image_size, image_size), batch_size=1, threads=args.threads, repeats=args.repeats, warmup=args.warmup,
-        pin_malloc=malloc == "pinned",
+        input_size=(3, image_size, image_size), batch_size=args.batch_size, threads=args.threads, repeats=args.repeats,
+        warmup=args.warmup, pin_malloc=malloc == "pinned", device=args.device,
     )
     label = f"{label}, malloc {malloc}"
     print(f"[{label}] building the table ({settings.repeats} repeats, {settings.threads} thread)", flush=True)
@@ -100,15 +104,17 @@ def run_case(label: str, name: str, kwargs: dict, image_size: int, malloc: str, 
 
 def report(results: list[dict], args: argparse.Namespace, command: str) -> str:
     first = results[0]["table"].metadata
+    cpu = torch.device(args.device).type == "cpu"
+    begin, end = markers(args.device)
+    host = f"{cpu_model()} ({platform.machine()}, {platform.platform()}), {os.cpu_count()} CPUs visible, torch {torch.__version__}"
     lines = [
-        BEGIN,
-        "## Latency lookup table vs end-to-end latency (CPU)",
+        begin,
+        f"## Latency lookup table vs end-to-end latency ({device_title(args.device)})",
         "",
         f"- Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- Machine: {cpu_model()} ({platform.machine()}, {platform.platform()}), {os.cpu_count()} CPUs visible, "
-        f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} at the end",
+        f"- Machine: {host if cpu else machine(args.device)}, load average {os.getloadavg()[0]:.1f} at the end",
         f"- Command: `{command}`",
-        f"- Settings: batch 1, {args.threads} thread, float32, eval mode, inference mode; {args.warmup} warm-up + "
+        f"- Settings: batch {args.batch_size}, {args.threads} thread, float32, eval mode, inference mode; {args.warmup} warm-up + "
         f"{args.repeats} timed calls per measurement; {args.calibration_archs} calibration subnets for the fixed part; "
         f"{args.num_archs} other random subnets checked (seed {args.seed}); device `{first['device']['device_name']}`",
         "- Prediction: `table.predict(arch)` = fixed part + Σ active blocks' isolated times (BINAS Eq. 5); measured: the "
@@ -127,7 +133,7 @@ def report(results: list[dict], args: argparse.Namespace, command: str) -> str:
                 f"{stat} | {s['constant']:.3f} | {s['measured'][0]:.3f}–{s['measured'][1]:.3f} | {s['mape']:.2f} | {s['max']:.2f} | "
                 f"{s['bias']:+.2f} | ≤ {TARGET:.0f} %: {'met' if s['mape'] <= TARGET else 'MISSED'} |"
             )
-    lines += [
+    lines += [] if not cpu else [
         "",
         "The machine these numbers come from may be shared with other jobs (see the load average): then a varying share "
         "of timed calls is slowed down, which the median absorbs only partly; the `min` rows show the table's accuracy "
@@ -144,8 +150,8 @@ def report(results: list[dict], args: argparse.Namespace, command: str) -> str:
         "a 224² subnet (about 20 MB of weights) they stream from memory, whose bandwidth other jobs on a shared machine "
         "also use. Per-block timing inside whole subnets (forward hooks) would capture that; rerun on a dedicated machine "
         "first.",
-        END,
     ]
+    lines.append(end)
     return "\n".join(lines) + "\n"
 
 
@@ -155,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=100, help="timed calls per measurement")
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls before them")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (CUDA: timed with events)")
+    parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--num-archs", type=int, default=30, help="random subnets checked (at least 30)")
     parser.add_argument("--calibration-archs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     section = report(results, args, command)
     print(section)
     if not args.no_write:
-        write_section(args.out, section, BEGIN, END)
+        write_section(args.out, section, *markers(args.device))
         print(f"wrote {args.out}")
 
 

@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
+
 from lightning_nas.io import atomic_write_text
 
-__all__ = ["publish", "write_section"]
+__all__ = ["device_title", "machine", "marker_suffix", "publish", "write_section"]
+
+
+def machine(device: str = "cpu", threads: int | None = None) -> str:
+    """What the ``- Machine:`` line of a section says: the host, torch, the torch threads and, for a
+    CUDA ``device``, the GPU, its memory and the CUDA version torch was built with."""
+    host = f"{platform.processor() or platform.machine()} ({platform.platform()}), {os.cpu_count()} CPUs visible, torch {torch.__version__}"
+    if threads is not None:
+        host += f", {threads} torch thread(s)"
+    if torch.device(device).type != "cuda":
+        return host
+    props = torch.cuda.get_device_properties(torch.device(device))
+    return f"{props.name} ({props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}); host {host}"
+
+
+def device_title(device: str = "cpu") -> str:
+    """``CPU`` or the GPU's name, for section titles."""
+    return torch.cuda.get_device_name(torch.device(device)) if torch.device(device).type == "cuda" else "CPU"
+
+
+def marker_suffix(device: str = "cpu") -> str:
+    """What a non-CPU run adds to its section markers, so GPU figures sit beside the CPU ones."""
+    return "" if torch.device(device).type == "cpu" else f" --device {torch.device(device).type}"
 
 
 def write_section(path: Path, section: str, begin: str, end: str) -> None:

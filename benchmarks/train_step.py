@@ -1,4 +1,4 @@
-"""CPU training-step time of a supernet against its exported static subnets.
+"""Training-step time of a supernet against its exported static subnets (CPU, or GPU with ``--device cuda``).
 
 ``--space mobilenet`` (default) times ``mobilenet_supernet()``; ``--space binas`` times
 ``binas_supernet(preset="tiny")`` (the BINAS space: expansion, kernel, SE and depth decisions).
@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -43,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from results_file import write_section  # benchmarks/ is the script's directory
+from results_file import device_title, machine, marker_suffix, write_section  # benchmarks/ is the script's directory
 from lightning_nas.spaces import binas_supernet, mobilenet_supernet
 
 TARGET_AB, TARGET_CD = 1.10, 1.5
@@ -60,9 +58,10 @@ NAMES = {
 }
 
 
-def markers(breakdown: bool, space: str = "mobilenet") -> tuple[str, str]:
-    """Delimiters of this script's section of the results file (one section per space and mode)."""
-    name = "benchmarks/train_step.py" + ("" if space == "mobilenet" else f" --space {space}") + (" --breakdown" if breakdown else "")
+def markers(breakdown: bool, space: str = "mobilenet", device: str = "cpu") -> tuple[str, str]:
+    """Delimiters of this script's section of the results file (one section per space, mode and device type)."""
+    name = ("benchmarks/train_step.py" + ("" if space == "mobilenet" else f" --space {space}") + (" --breakdown" if breakdown else "")
+            + marker_suffix(device))
     return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
 
 
@@ -85,16 +84,16 @@ def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, before: Callab
 def build(args: argparse.Namespace) -> dict[str, Callable[[int], None]]:
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g)
-    y = torch.randint(0, 10, (args.batch_size,), generator=g)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=g).to(args.device)
+    y = torch.randint(0, 10, (args.batch_size,), generator=g).to(args.device)
 
     builder = SPACES[args.space][0]
-    fixed = builder()
+    fixed = builder().to(args.device)
     largest = fixed.space.largest()
     fixed.activate(largest)
-    exported = fixed.export(largest)
-    heaviest = fixed.export(largest)
-    per_example = builder()
+    exported = fixed.export(largest).to(args.device)
+    heaviest = fixed.export(largest).to(args.device)
+    per_example = builder().to(args.device)
     per_example.load_state_dict(fixed.state_dict())
 
     space, full = per_example.space, per_example.space.indices(largest)
@@ -129,6 +128,8 @@ def measure(steps: dict[str, Callable[[int], None]], args: argparse.Namespace) -
     times: dict[str, list[float]] = {k: [] for k in steps}
     rounds: list[dict[str, float]] = []
     counter = 0
+    # CUDA runs asynchronously: a step's time is only known once the device has finished it.
+    sync = (lambda: torch.cuda.synchronize(args.device)) if torch.device(args.device).type == "cuda" else (lambda: None)
     for r in range(args.repeats):
         medians = {}
         for key, step in steps.items():
@@ -137,8 +138,10 @@ def measure(steps: dict[str, Callable[[int], None]], args: argparse.Namespace) -
                 counter += 1
             these = []
             for _ in range(args.steps):
+                sync()
                 start = time.perf_counter()
                 step(counter)
+                sync()
                 these.append(time.perf_counter() - start)
                 counter += 1
             times[key] += these
@@ -162,17 +165,16 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list
     for key in med:
         if key.startswith("c-"):
             names[key] = f"per-example, only the `*.{key[2:]}` decisions sampled (others largest)"
-    begin, end = markers(args.breakdown, args.space)
+    begin, end = markers(args.breakdown, args.space, args.device)
     title = "per-example overhead breakdown" if args.breakdown else "supernet vs exported subnet"
     if args.space != "mobilenet":
         title += f", {args.space} space"
     lines = [
         begin,
-        f"## Training-step time: {title} (CPU)",
+        f"## Training-step time: {title} ({device_title(args.device)})",
         "",
         f"- Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- Machine: {platform.processor() or platform.machine()} ({platform.platform()}), "
-        f"{os.cpu_count()} CPUs visible, torch {torch.__version__}, {args.threads} torch threads",
+        f"- Machine: {machine(args.device, args.threads)}",
         f"- Command: `{command}`",
         f"- Model: {SPACES[args.space][1]}, batch {args.batch_size} × 3 × {args.image_size} × {args.image_size}, "
         f"SGD (momentum 0.9), same batch every step",
@@ -207,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     parser.add_argument(
         "--breakdown", action="store_true",
@@ -224,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     section = report(args, times, rounds, command)
     print(section)
     if not args.no_write:
-        write_section(args.out, section, *markers(args.breakdown, args.space))
+        write_section(args.out, section, *markers(args.breakdown, args.space, args.device))
         print(f"wrote {args.out}")
 
 
