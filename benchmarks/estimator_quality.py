@@ -149,7 +149,7 @@ def accumulate(supernet, held_out, staged, method: str, checkpoints: list[int], 
                                            shrinkage=shrinkage, paired=True, score=score)
             rows.append({"passes": passes, "examples": table.metadata["examples"], "seconds": time.perf_counter() - started, "table": table})
         return rows
-    running = ContributionAccumulator(staged, shrinkage=shrinkage)
+    running = ContributionAccumulator(staged, shrinkage=shrinkage).to(next(supernet.parameters()).device)
     rows, seconds = [], 0.0
     for p in range(max(checkpoints)):
         single = ContributionAccumulator(staged)

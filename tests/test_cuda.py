@@ -52,6 +52,9 @@ class Classifier(pl.LightningModule):
         super().__init__()
         self.supernet = supernet
 
+    def forward(self, x):
+        return self.supernet(x)
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         return torch.nn.functional.cross_entropy(self.supernet(x), y)
