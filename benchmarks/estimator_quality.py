@@ -166,7 +166,9 @@ def accumulate(supernet, held_out, staged, method: str, checkpoints: list[int], 
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    held_out = DataLoader(gratings_dataset(args.held_out, seed=args.seed + 1, **task_data(args)), batch_size=args.eval_batch_size)
+    # Collated once and kept on the device: hundreds of passes would otherwise re-collate every batch.
+    held_out = [(x.to(args.device), y.to(args.device))
+                for x, y in DataLoader(gratings_dataset(args.held_out, seed=args.seed + 1, **task_data(args)), batch_size=args.eval_batch_size)]
     supernet, train, train_seconds = train_supernet(args)
     staged = StagedSpace.from_space(supernet.space)
     space = supernet.space
@@ -176,6 +178,9 @@ def run(args: argparse.Namespace) -> dict:
     measured = measure_subnet_accuracies(supernet, test_archs + fit_archs, held_out)
     measure_seconds = time.perf_counter() - started
     test_acc, fit_acc = measured[: args.subnets], measured[args.subnets :]
+    # Progress, so that a run stopped at a time limit still tells how far it got.
+    print(f"trained in {train_seconds:.0f} s; {len(measured)} subnets measured in {measure_seconds:.0f} s: "
+          f"test mean {test_acc.mean():.3f}, std {test_acc.std():.3f}", flush=True)
 
     results = {"train_seconds": train_seconds, "measure_seconds": measure_seconds, "test_acc": test_acc, "estimators": {}}
     conditionals = len(paper_protocol_conditionals(staged))
@@ -191,6 +196,8 @@ def run(args: argparse.Namespace) -> dict:
             row["ranking"] = {name: rank_correlations(t.predict_many(test_archs), test_acc) for name, t in table2_predictors(row["table"]).items()}
         key = method + ("+paired" if paired else "") + ("" if shrinkage == "none" else f"+{shrinkage}") + ("+smoothed" if score is not None else "")
         results["estimators"][key] = rows
+        print(f"{key}: " + ", ".join(f"{row['data_passes']} passes τ {row['ranking']['full']['kendall_tau']:.3f} ({row['seconds']:.0f} s)"
+                                     for row in rows), flush=True)
     baselines = {}
     for name, model in (("bilinear regression", BilinearRegression(staged)), ("quadratic regression", QuadraticRegression(staged, ridge=args.ridge))):
         model.fit(fit_archs, fit_acc)

@@ -108,13 +108,15 @@ class Supernet(nn.Module):
         device = self._device()
         checked, batch = {}, None
         for decision in self.space:
-            idx = torch.as_tensor(indices[decision.label]).long().to(device)
+            # Checked where the indices are (usually the CPU, where they are drawn), then moved: checking
+            # them on a GPU would stall it twice per decision.
+            idx = torch.as_tensor(indices[decision.label]).long()
             if idx.dim() != 1 or (batch is not None and idx.shape[0] != batch):
                 raise ValueError(f"`indices[{decision.label!r}]` must be a 1-D tensor of one index per example, got shape {tuple(idx.shape)}")
             batch = idx.shape[0]
             if batch and (int(idx.min()) < 0 or int(idx.max()) >= len(decision.values)):
                 raise ValueError(f"`indices[{decision.label!r}]` must lie in [0, {len(decision.values)}), got {idx.tolist()!r}")
-            checked[decision.label] = idx
+            checked[decision.label] = idx.to(device)
         self.context.values = None
         self.context.indices = checked
         self.context.rows = None

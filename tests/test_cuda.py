@@ -47,6 +47,13 @@ def test_per_example_forward_and_export_on_cuda_match_cpu():
         torch.testing.assert_close(subnet.eval()(x.cuda()), supernet(x.cuda()), atol=1e-5, rtol=1e-4)
 
 
+class RecordDevice(pl.Callback):
+    """The module's device when training ends (the Trainer moves it back to the CPU at teardown)."""
+
+    def on_train_end(self, trainer, pl_module):
+        self.device = pl_module.device
+
+
 class Classifier(pl.LightningModule):
     def __init__(self, supernet):
         super().__init__()
@@ -72,17 +79,18 @@ def test_trainer_on_gpu_with_the_callbacks_matches_a_cpu_estimate(tmp_path):
     held_out = DataLoader(prototype_dataset(96, seed=2), batch_size=32)
     estimation = ContributionEstimation(held_out, seed=3)
     profiler = LatencyProfiler(tmp_path / "latency.json", device="cuda", batch_size=8, repeats=5, warmup=2, calibration_archs=3)
+    recorder = RecordDevice()
     trainer = pl.Trainer(max_epochs=1, accelerator="gpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                         callbacks=[UniformSampling(0, per_sample=True), estimation, profiler])
+                         callbacks=[UniformSampling(0, per_sample=True), estimation, profiler, recorder])
     model = Classifier(supernet)
     trainer.fit(model, train)
-    assert next(model.parameters()).is_cuda
+    assert recorder.device.type == "cuda"
     assert profiler.latency_table.metadata["device"]["device_type"] == "cuda"
     assert np.isfinite(profiler.latency_table.block).all() and profiler.latency_table.metadata["measurements"] > 0
 
     on_gpu = estimation.accuracy_model
-    on_cpu = estimate_contributions(model.supernet.cpu(), held_out, seed=3)
+    on_cpu = estimate_contributions(model.supernet.cpu(), held_out, seed=3)  # the Trainer left it on the CPU anyway
     assert on_gpu.metadata["examples"] == on_cpu.metadata["examples"] == 96
     # Same draws, same weights: only a near-tie whose argmax flips between the devices may differ.
     assert on_gpu.constant == pytest.approx(on_cpu.constant, abs=2 / 96)
