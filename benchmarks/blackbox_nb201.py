@@ -25,9 +25,7 @@ import argparse
 import datetime
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -36,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from results_file import write_section  # benchmarks/ is the script's directory
+from results_file import command_line, write_section  # benchmarks/ is the script's directory
 from lightning_nas.evaluators.tabular import TabularBenchmark, TabularEvaluator
 from lightning_nas.spaces.nb201 import nb201_search_space
 from lightning_nas.strategies.base import Constraint, Strategy
@@ -272,8 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     torch.set_num_threads(1)
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/blackbox_nb201.py",
-                                                 *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("blackbox_nb201.py", argv)
     start = time.perf_counter()
     bench = TabularBenchmark.from_csv(args.table)
     evaluator = TabularEvaluator(bench)

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -45,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from results_file import device_title, machine, marker_suffix, write_section  # benchmarks/ is the script's directory
+from results_file import command_line, device_title, machine, marker_suffix, write_section  # benchmarks/ is the script's directory
 from supernet_training import train_per_example
 from lightning_nas.estimators import (
     BilinearRegression,
@@ -310,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if min(args.epochs, args.train, args.held_out, args.subnets, args.fit_subnets, args.threads, args.eval_batch_size) < 1:
         parser.error("--epochs, --train, --held-out, --subnets, --fit-subnets, --threads and --eval-batch-size must be positive")
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/estimator_quality.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("estimator_quality.py", argv)
     started = time.perf_counter()
     results = run(args)
     section = report(args, results, command)

@@ -31,15 +31,13 @@ import argparse
 import datetime
 import os
 import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from results_file import device_title, machine, marker_suffix, write_section  # benchmarks/ is the script's directory
+from results_file import command_line, device_title, machine, marker_suffix, write_section  # benchmarks/ is the script's directory
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.profiling import ProfileSettings, build_latency_table, cpu_model, mape, time_archs
 from lightning_nas.profiling.report import CHECK_STREAM
@@ -176,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.num_archs < 30:
         parser.error("--num-archs must be at least 30")
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/latency_mape.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("latency_mape.py", argv)
     conditions = [c.strip() for c in args.malloc.split(",") if c.strip()]
     if not conditions or any(c not in ("default", "pinned") for c in conditions) or conditions == ["pinned", "default"]:
         parser.error("--malloc must list default and/or pinned, default first (pinning cannot be undone)")

@@ -14,7 +14,15 @@ import torch
 
 from lightning_nas.io import atomic_write_text
 
-__all__ = ["device_title", "machine", "marker_suffix", "publish", "write_section"]
+__all__ = ["command_line", "device_title", "machine", "marker_suffix", "publish", "write_section"]
+
+
+def command_line(script: str, argv: Sequence[str] | None = None) -> str:
+    """How this run was invoked, for the ``- Command:`` line: ``.venv/bin/python benchmarks/<script> ...``
+    under the project's environment, else the interpreter's name (``python3 ...`` on a machine with its own)."""
+    venv = Path(__file__).resolve().parent.parent / ".venv"
+    python = ".venv/bin/python" if Path(sys.prefix).resolve() == venv.resolve() else Path(sys.executable).name
+    return " ".join(shlex.quote(a) for a in [python, f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
 
 
 def machine(device: str = "cpu", threads: int | None = None) -> str:
@@ -58,7 +66,7 @@ def publish(script: str, argv: Sequence[str] | None, out: Path, write: bool, pro
             begin: str, end: str) -> None:
     """Run ``produce(command) -> section`` (``command``: how this run was invoked), print the section
     and the seconds it took, and write it into ``out`` when ``write``."""
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line(script, argv)
     started = time.perf_counter()
     section = produce(command)
     print(section)

@@ -27,15 +27,13 @@ import argparse
 import datetime
 import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from results_file import write_section  # benchmarks/ is the script's directory
+from results_file import command_line, write_section  # benchmarks/ is the script's directory
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.solvers import Limit, SearchFailedError, search_constrained
 from lightning_nas.spaces import Decision, SearchSpace
@@ -195,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--repeats must be at least 5")
     if any(s < 1 for s in args.stages):
         parser.error("--stages must be positive")
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/solve_time.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("solve_time.py", argv)
     start = time.perf_counter()
     rows = run(args)
     section = report(args, rows, command)

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from results_file import device_title, machine, marker_suffix, write_section  # benchmarks/ is the script's directory
+from results_file import command_line, device_title, machine, marker_suffix, write_section  # benchmarks/ is the script's directory
 from lightning_nas.spaces import binas_supernet, mobilenet_supernet
 
 TARGET_AB, TARGET_CD = 1.10, 1.5
@@ -222,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.repeats < 1 or args.warmup < 0 or args.batch_size < 1:
         parser.error("--repeats and --batch-size must be positive, --warmup non-negative")
     torch.set_num_threads(args.threads)
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/train_step.py", *(sys.argv[1:] if argv is None else argv)])
+    command = command_line("train_step.py", argv)
     times, rounds = measure(build(args), args)
     section = report(args, times, rounds, command)
     print(section)
