@@ -62,4 +62,5 @@ EOF
 )
 echo "epochs: ${epochs:-probe failed, using 8}" | tee -a "$log"
 step $((total_seconds - SECONDS - 5)) "$py" benchmarks/estimator_quality.py "${recipe[@]}" --epochs "${epochs:-8}" \
-    --one-pass-passes 1,2,5,10,20,40,77 --paper-passes 1,2 --calibration-batches 0 --out "$out/RESULTS.md"
+    --one-pass-passes 5,20,77 --paper-passes 1 --estimators one_pass,one_pass+paired+smoothed,paper --calibration-batches 0 \
+    --out "$out/RESULTS.md"
