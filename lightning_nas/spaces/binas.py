@@ -107,15 +107,21 @@ def _average_factor(bn: nn.BatchNorm2d) -> float:
     return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
 
 
+def _prefix(t: Tensor | None, *sizes: int) -> Tensor | None:
+    """``t[:sizes[0], :sizes[1], ...]``, or ``t`` itself when those are its sizes: a full-size slice
+    would still cost a view forward and a zero-filled copy backward at every step (the largest
+    subnet, the in-place distillation teacher, is all full sizes)."""
+    if t is None or tuple(t.shape[: len(sizes)]) == sizes:
+        return t
+    return t[tuple(slice(size) for size in sizes)]
+
+
 def _batch_norm(x: Tensor, bn: nn.BatchNorm2d) -> Tensor:
     """``bn`` applied to ``x`` whose channels are the first ``x.shape[1]`` of ``bn``'s (exactly as
     an ``nn.BatchNorm2d`` of that width holding ``bn``'s prefix would compute, running stats included)."""
     c = x.shape[1]
     batch_stats = bn.training or not bn.track_running_stats
-    rm = bn.running_mean[:c] if bn.running_mean is not None else None
-    rv = bn.running_var[:c] if bn.running_var is not None else None
-    w = bn.weight[:c] if bn.weight is not None else None
-    b = bn.bias[:c] if bn.bias is not None else None
+    rm, rv, w, b = (_prefix(t, c) for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias))
     return F.batch_norm(x, rm, rv, w, b, batch_stats, _average_factor(bn), bn.eps)
 
 
@@ -370,15 +376,15 @@ class BinasBlock(Mutable):
     # -- scalar mode: one configuration for all rows --------------------------------------------
     def _run_config(self, x: Tensor, ratio: int, kernel: int, se: int) -> Tensor:
         h, rd = self.hidden[ratio], self.se_hidden[ratio]
-        y = self.act(_batch_norm(F.conv2d(x, self.conv_pw.weight[:h]), self.bn_pw))
+        y = self.act(_batch_norm(F.conv2d(x, _prefix(self.conv_pw.weight, h)), self.bn_pw))
         dw = self.conv_dw[kernel]
-        y = F.conv2d(y, dw.weight[:h], None, dw.stride, dw.padding, 1, h)
+        y = F.conv2d(y, _prefix(dw.weight, h), None, dw.stride, dw.padding, 1, h)
         y = self.act(_batch_norm(y, self.bn_dw[kernel]))
         if se:
             s = y.mean((2, 3), keepdim=True)
-            s = F.relu(F.conv2d(s, self.se_reduce.weight[:rd, :h], self.se_reduce.bias[:rd]))
-            y = y * F.hardsigmoid(F.conv2d(s, self.se_expand.weight[:h, :rd], self.se_expand.bias[:h]))
-        return _batch_norm(F.conv2d(y, self.conv_pwl.weight[:, :h]), self.bn_pwl[2 * ratio + se])
+            s = F.relu(F.conv2d(s, _prefix(self.se_reduce.weight, rd, h), _prefix(self.se_reduce.bias, rd)))
+            y = y * F.hardsigmoid(F.conv2d(s, _prefix(self.se_expand.weight, h, rd), _prefix(self.se_expand.bias, h)))
+        return _batch_norm(F.conv2d(y, _prefix(self.conv_pwl.weight, self.out_channels, h)), self.bn_pwl[2 * ratio + se])
 
     # -- per-example mode ---------------------------------------------------------------------
     def _widths(self, device: torch.device) -> tuple[Tensor, Tensor]:
