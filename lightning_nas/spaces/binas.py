@@ -198,8 +198,8 @@ def grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor
     n, c = x.shape[:2]
     if group is None and len(norms) != 1:
         raise ValueError(f"`group` is required with {len(norms)} norms")
-    weight = torch.stack([bn.weight[:c] for bn in norms])  # (G, C)
-    bias = torch.stack([bn.bias[:c] for bn in norms])
+    weight = torch.stack([_prefix(bn.weight, c) for bn in norms])  # (G, C)
+    bias = torch.stack([_prefix(bn.bias, c) for bn in norms])
     batch_stats = [bn.training or not bn.track_running_stats for bn in norms]
     with torch.no_grad():
         pixels = x.shape[2] * x.shape[3]
@@ -214,8 +214,8 @@ def grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor
         if all(batch_stats):
             use_mean, use_var = mean, var
         else:
-            running_mean = torch.stack([bn.running_mean[:c] for bn in norms])
-            running_var = torch.stack([bn.running_var[:c] for bn in norms])
+            running_mean = torch.stack([_prefix(bn.running_mean, c) for bn in norms])
+            running_var = torch.stack([_prefix(bn.running_var, c) for bn in norms])
             pick = torch.tensor(batch_stats, device=x.device)[:, None]
             use_mean = torch.where(pick, mean, running_mean) if any(batch_stats) else running_mean
             use_var = torch.where(pick, var, running_var) if any(batch_stats) else running_var
@@ -231,7 +231,7 @@ def grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor
                 factor = _average_factor(bn)
                 if factor and bn.running_mean is not None:
                     seen = count[g] > 0
-                    rm, rv = bn.running_mean[:c], bn.running_var[:c]
+                    rm, rv = _prefix(bn.running_mean, c), _prefix(bn.running_var, c)
                     # ``.data``: see ElasticBatchNorm2d (an earlier forward may have saved these buffers).
                     rm.data.copy_(torch.where(seen, rm.lerp(mean[g], factor), rm))
                     rv.data.copy_(torch.where(seen, rv.lerp(unbiased[g], factor), rv))
@@ -398,12 +398,12 @@ class BinasBlock(Mutable):
         narrow, wide = (int(v) for v in torch.aminmax(hidden))
         # (n, wide) channels each row uses; None when all rows use them all.
         mask = None if narrow == wide else (torch.arange(wide, device=x.device) < hidden.to(x.device)[:, None]).to(x.dtype)
-        y = self.act(grouped_batch_norm(F.conv2d(x, self.conv_pw.weight[:wide]), [self.bn_pw], None, mask))
+        y = self.act(grouped_batch_norm(F.conv2d(x, _prefix(self.conv_pw.weight, wide)), [self.bn_pw], None, mask))
         y = self._depthwise(y, kernel, wide)
         y = self.act(grouped_batch_norm(y, self.bn_dw, kernel.to(x.device), mask))
         if bool(se.any()):
             y = self._squeeze_excite(y, se.to(x.device), se_hidden_of.index_select(0, ratio).to(x.device))
-        z = F.conv2d(y, self.conv_pwl.weight[:, :wide])
+        z = F.conv2d(y, _prefix(self.conv_pwl.weight, self.out_channels, wide))
         return grouped_batch_norm(z, self.bn_pwl, (2 * ratio + se).to(x.device))
 
     def _depthwise(self, y: Tensor, kernel: Tensor, wide: int) -> Tensor:
@@ -414,7 +414,7 @@ class BinasBlock(Mutable):
             dw = self.conv_dw[k]
             rows = y if len(groups) == 1 else take_rows([y], positions)[0]
             # Bias-free depthwise filters keep each row's zeroed channels at zero.
-            outputs.append(F.conv2d(rows, dw.weight[:wide], None, dw.stride, dw.padding, 1, wide))
+            outputs.append(F.conv2d(rows, _prefix(dw.weight, wide), None, dw.stride, dw.padding, 1, wide))
         return outputs[0] if len(outputs) == 1 else reassemble(outputs, order)
 
     def _squeeze_excite(self, y: Tensor, se: Tensor, reduced: Tensor) -> Tensor:
