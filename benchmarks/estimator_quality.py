@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from results_file import command_line, device_title, machine, marker_suffix, write_section  # benchmarks/ is the script's directory
+from results_file import device_title, machine, marker_suffix, publish  # benchmarks/ is the script's directory
 from supernet_training import train_per_example
 from lightning_nas.estimators import (
     BilinearRegression,
@@ -318,15 +318,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--estimators must list some of {', '.join(ESTIMATORS)}; got {unknown or 'none'}")
     if min(args.epochs, args.train, args.held_out, args.subnets, args.fit_subnets, args.threads, args.eval_batch_size) < 1:
         parser.error("--epochs, --train, --held-out, --subnets, --fit-subnets, --threads and --eval-batch-size must be positive")
-    command = command_line("estimator_quality.py", argv)
-    started = time.perf_counter()
-    results = run(args)
-    section = report(args, results, command)
-    print(section)
-    print(f"total {time.perf_counter() - started:.0f} s")
-    if not args.no_write:
-        write_section(args.out, section, *markers(args.space, args.distill, args.device))
-        print(f"wrote {args.out}")
+    publish("estimator_quality.py", argv, args.out, not args.no_write, lambda command: report(args, run(args), command),
+            *markers(args.space, args.distill, args.device))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from results_file import command_line, device_title, machine, marker_suffix, write_section  # benchmarks/ is the script's directory
+from results_file import device_title, machine, marker_suffix, publish  # benchmarks/ is the script's directory
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.profiling import ProfileSettings, build_latency_table, cpu_model, mape, time_archs
 from lightning_nas.profiling.report import CHECK_STREAM
@@ -174,16 +174,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.num_archs < 30:
         parser.error("--num-archs must be at least 30")
-    command = command_line("latency_mape.py", argv)
     conditions = [c.strip() for c in args.malloc.split(",") if c.strip()]
     if not conditions or any(c not in ("default", "pinned") for c in conditions) or conditions == ["pinned", "default"]:
         parser.error("--malloc must list default and/or pinned, default first (pinning cannot be undone)")
-    results = [run_case(*case, malloc, args) for malloc in conditions for case in cases(args.skip_imagenet)]
-    section = report(results, args, command)
-    print(section)
-    if not args.no_write:
-        write_section(args.out, section, *markers(args.device))
-        print(f"wrote {args.out}")
+    publish("latency_mape.py", argv, args.out, not args.no_write,
+            lambda command: report([run_case(*case, malloc, args) for malloc in conditions for case in cases(args.skip_imagenet)], args, command),
+            *markers(args.device))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ step 150 "$py" benchmarks/latency_mape.py --device cuda --malloc default --out "
 recipe=(--space binas --device cuda --threads 8 --train 32768 --batch-size 512 --lr 0.4 --held-out 8192 --eval-batch-size 4096)
 epochs=$(timeout 120 "$py" - "$train_seconds" <<'EOF' 2>>"$log"
 import sys, time, torch
-sys.path.insert(0, "benchmarks")
 from lightning_nas.distillation import inplace_distillation_loss
 from lightning_nas.spaces import binas_supernet
 # Seconds per training step of the recipe above (batch 512, per-example archs, distillation).

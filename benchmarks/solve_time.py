@@ -28,12 +28,11 @@ import datetime
 import os
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
-from results_file import command_line, write_section  # benchmarks/ is the script's directory
+from results_file import publish  # benchmarks/ is the script's directory
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.solvers import Limit, SearchFailedError, search_constrained
 from lightning_nas.spaces import Decision, SearchSpace
@@ -193,15 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--repeats must be at least 5")
     if any(s < 1 for s in args.stages):
         parser.error("--stages must be positive")
-    command = command_line("solve_time.py", argv)
-    start = time.perf_counter()
-    rows = run(args)
-    section = report(args, rows, command)
-    print(section)
-    print(f"({time.perf_counter() - start:.0f} s)")
-    if not args.no_write:
-        write_section(args.out, section, BEGIN, END)
-        print(f"wrote {args.out}")
+    publish("solve_time.py", argv, args.out, not args.no_write, lambda command: report(args, run(args), command), BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from results_file import command_line, device_title, machine, marker_suffix, write_section  # benchmarks/ is the script's directory
+from results_file import device_title, machine, marker_suffix, publish  # benchmarks/ is the script's directory
 from lightning_nas.spaces import binas_supernet, mobilenet_supernet
 
 TARGET_AB, TARGET_CD = 1.10, 1.5
@@ -220,13 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.repeats < 1 or args.warmup < 0 or args.batch_size < 1:
         parser.error("--repeats and --batch-size must be positive, --warmup non-negative")
     torch.set_num_threads(args.threads)
-    command = command_line("train_step.py", argv)
-    times, rounds = measure(build(args), args)
-    section = report(args, times, rounds, command)
-    print(section)
-    if not args.no_write:
-        write_section(args.out, section, *markers(args.breakdown, args.space, args.device))
-        print(f"wrote {args.out}")
+    publish("train_step.py", argv, args.out, not args.no_write, lambda command: report(args, *measure(build(args), args), command),
+            *markers(args.breakdown, args.space, args.device))
 
 
 if __name__ == "__main__":
