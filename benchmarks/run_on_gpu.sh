@@ -2,17 +2,19 @@
 # The GPU checks and benchmarks in one run, for a CUDA machine whose python3 already has torch,
 # lightning, torchmetrics and scipy (no install step: such machines are often offline).
 #
-#   bash benchmarks/run_on_gpu.sh OUT_DIR [TRAIN_SECONDS] [TOTAL_SECONDS]
+#   [GPU_STEPS="tests train_step ..."] bash benchmarks/run_on_gpu.sh OUT_DIR [TRAIN_SECONDS] [TOTAL_SECONDS]
 #
 # Writes OUT_DIR/RESULTS.md (benchmarks/RESULTS.md with the GPU sections added or replaced; splice
-# those into benchmarks/RESULTS.md) and OUT_DIR/gpu.log. Every step has its own time limit and a
-# failed step does not stop the later ones; the estimator benchmark comes last, gets its training
-# epochs from a measured step time, so that its training takes about TRAIN_SECONDS (default 150),
-# and whatever is left of TOTAL_SECONDS (default 540) as its limit.
+# those into benchmarks/RESULTS.md) and OUT_DIR/gpu.log. GPU_STEPS picks the steps (default all:
+# env tests train_step latency estimator). Every step has its own time limit and a failed step does
+# not stop the later ones; the estimator benchmark comes last, gets its training epochs from a
+# measured step time, so that its training takes about TRAIN_SECONDS (default 150), and whatever is
+# left of TOTAL_SECONDS (default 540) as its limit.
 set -u
 out=${1:?usage: run_on_gpu.sh OUT_DIR [TRAIN_SECONDS] [TOTAL_SECONDS]}
 train_seconds=${2:-150}
 total_seconds=${3:-540}
+steps=" ${GPU_STEPS:-env tests train_step latency estimator} "
 mkdir -p "$out"
 cp benchmarks/RESULTS.md "$out/RESULTS.md"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -24,29 +26,43 @@ step() {  # step SECONDS COMMAND...: run with a time limit, log it, keep going o
     timeout "$limit" "$@" 2>&1 | tee -a "$log"
     echo "=== exit ${PIPESTATUS[0]}" | tee -a "$log"
 }
+wanted() { [[ $steps == *" $1 "* ]]; }
 
-step 30 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-step 60 "$py" -c "import torch, lightning, torchmetrics, scipy; print(torch.__version__, torch.version.cuda, lightning.__version__, torchmetrics.__version__, torch.cuda.get_device_name())"
-step 150 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/profiling/test_timing.py
-step 90 "$py" benchmarks/train_step.py --device cuda --repeats 3 --out "$out/RESULTS.md"
-step 120 "$py" benchmarks/train_step.py --device cuda --space binas --repeats 3 --out "$out/RESULTS.md"
-step 150 "$py" benchmarks/latency_mape.py --device cuda --malloc default --out "$out/RESULTS.md"
+if wanted env; then
+    step 30 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    step 60 "$py" -c "import torch, lightning, torchmetrics, scipy; print(torch.__version__, torch.version.cuda, lightning.__version__, torchmetrics.__version__, torch.cuda.get_device_name())"
+fi
+if wanted tests; then
+    step 150 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/profiling/test_timing.py
+fi
+if wanted train_step; then
+    step 90 "$py" benchmarks/train_step.py --device cuda --repeats 3 --out "$out/RESULTS.md"
+    step 90 "$py" benchmarks/train_step.py --device cuda --space binas --repeats 3 --out "$out/RESULTS.md"
+    step 90 "$py" benchmarks/train_step.py --device cuda --space binas --batch-size 512 --repeats 3 --out "$out/RESULTS.md"
+    step 120 "$py" benchmarks/train_step.py --device cuda --space binas-imagenet --repeats 3 --out "$out/RESULTS.md"
+fi
+if wanted latency; then
+    step 150 "$py" benchmarks/latency_mape.py --device cuda --malloc default --out "$out/RESULTS.md"
+fi
+wanted estimator || exit 0
 
-# The BINAS tiny preset, trained on the GPU: too slow to train on 2 CPU cores (RESULTS.md notes).
-recipe=(--space binas --device cuda --threads 8 --train 32768 --batch-size 512 --lr 0.4 --held-out 8192 --eval-batch-size 4096)
-epochs=$(timeout 120 "$py" - "$train_seconds" <<'EOF' 2>>"$log"
+# The default space with 4× the CPU section's training images at batch 256, and the epochs that fit
+# TRAIN_SECONDS: more supernet training than 2 CPU cores allow (RESULTS.md notes).
+recipe=(--device cuda --threads 8 --train 32768 --batch-size 256 --lr 0.2 --held-out 8192 --eval-batch-size 4096)
+epochs=$(timeout 120 "$py" - "$train_seconds" <<'PROBE' 2>>"$log"
 import sys, time, torch
+sys.path.insert(0, "benchmarks")
+from estimator_quality import SUPERNETS
 from lightning_nas.distillation import inplace_distillation_loss
-from lightning_nas.spaces import binas_supernet
-# Seconds per training step of the recipe above (batch 512, per-example archs, distillation).
-supernet = binas_supernet(preset="tiny", num_classes=32).cuda()
+# Seconds per training step of the recipe above (batch 256, per-example archs, distillation).
+supernet = SUPERNETS["mobilenet"][1](32).cuda()
 optimizer = torch.optim.SGD(supernet.parameters(), lr=0.1, momentum=0.9)
-x, y = torch.randn(512, 3, 32, 32, device="cuda"), torch.randint(0, 32, (512,), device="cuda")
+x, y = torch.randn(256, 3, 32, 32, device="cuda"), torch.randint(0, 32, (256,), device="cuda")
 times = []
 for i in range(13):
     torch.cuda.synchronize()
     started = time.perf_counter()
-    supernet.activate_indices(supernet.space.sample_indices(512, seed=i))
+    supernet.activate_indices(supernet.space.sample_indices(256, seed=i))
     loss, _ = inplace_distillation_loss(supernet, x, y)
     optimizer.zero_grad()
     loss.backward()
@@ -54,12 +70,12 @@ for i in range(13):
     torch.cuda.synchronize()
     times.append(time.perf_counter() - started)
 step = sorted(times[3:])[5]
-epochs = max(4, min(24, int(float(sys.argv[1]) / (step * 32768 / 512))))
+epochs = max(4, min(48, int(float(sys.argv[1]) / (step * 32768 / 256))))
 print(f"training step {step * 1e3:.0f} ms -> {epochs} epochs", file=sys.stderr)
 print(epochs)
-EOF
+PROBE
 )
 echo "epochs: ${epochs:-probe failed, using 8}" | tee -a "$log"
 step $((total_seconds - SECONDS - 5)) "$py" benchmarks/estimator_quality.py "${recipe[@]}" --epochs "${epochs:-8}" \
-    --one-pass-passes 5,20,77 --paper-passes 1 --estimators one_pass,one_pass+paired+smoothed,paper --calibration-batches 0 \
+    --paper-passes 1,10 --estimators one_pass,one_pass+paired,one_pass+paired+smoothed,paper --calibration-batches 0 \
     --out "$out/RESULTS.md"

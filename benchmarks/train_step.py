@@ -1,7 +1,8 @@
 """Training-step time of a supernet against its exported static subnets (CPU, or GPU with ``--device cuda``).
 
 ``--space mobilenet`` (default) times ``mobilenet_supernet()``; ``--space binas`` times
-``binas_supernet(preset="tiny")`` (the BINAS space: expansion, kernel, SE and depth decisions).
+``binas_supernet(preset="tiny")`` (the BINAS space: expansion, kernel, SE and depth decisions) at
+32×32; ``--space binas-imagenet`` times the paper's ImageNet backbone, ``binas_supernet()``, at 224×224.
 
 Four configurations, measured interleaved in rounds (a, b, c, d, a, b, ...) so that machine noise
 hits all of them alike:
@@ -47,7 +48,10 @@ TARGET_AB, TARGET_CD = 1.10, 1.5
 SPACES = {
     "mobilenet": (mobilenet_supernet, "`mobilenet_supernet()` defaults", ("expand", "kernel", "depth")),
     "binas": (lambda: binas_supernet(preset="tiny"), '`binas_supernet(preset="tiny")`', ("expand", "kernel", "se", "depth")),
+    # The paper's ImageNet backbone at its own input size (224×224 unless --image-size says otherwise).
+    "binas-imagenet": (binas_supernet, "`binas_supernet()` (the ImageNet preset)", ("expand", "kernel", "se", "depth")),
 }
+IMAGE_SIZES = {"binas-imagenet": 224}  # default --image-size per space (else 32)
 NAMES = {
     "a": "supernet, largest arch active",
     "b": "exported largest arch",
@@ -56,10 +60,10 @@ NAMES = {
 }
 
 
-def markers(breakdown: bool, space: str = "mobilenet", device: str = "cpu") -> tuple[str, str]:
-    """Delimiters of this script's section of the results file (one section per space, mode and device type)."""
+def markers(breakdown: bool, space: str = "mobilenet", device: str = "cpu", batch_size: int = 64) -> tuple[str, str]:
+    """Delimiters of this script's section of the results file (one section per space, mode, batch size and device type)."""
     name = ("benchmarks/train_step.py" + ("" if space == "mobilenet" else f" --space {space}") + (" --breakdown" if breakdown else "")
-            + marker_suffix(device))
+            + ("" if batch_size == 64 else f" --batch-size {batch_size}") + marker_suffix(device))
     return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
 
 
@@ -163,7 +167,7 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list
     for key in med:
         if key.startswith("c-"):
             names[key] = f"per-example, only the `*.{key[2:]}` decisions sampled (others largest)"
-    begin, end = markers(args.breakdown, args.space, args.device)
+    begin, end = markers(args.breakdown, args.space, args.device, args.batch_size)
     title = "per-example overhead breakdown" if args.breakdown else "supernet vs exported subnet"
     if args.space != "mobilenet":
         title += f", {args.space} space"
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration and round")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=None, help="input side in pixels (default 224 for binas-imagenet, else 32)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
@@ -215,13 +219,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-write", action="store_true", help="print the section without writing --out")
     args = parser.parse_args(argv)
+    if args.image_size is None:
+        args.image_size = IMAGE_SIZES.get(args.space, 32)
     if args.steps < 30:
         parser.error("--steps must be at least 30")
     if args.repeats < 1 or args.warmup < 0 or args.batch_size < 1:
         parser.error("--repeats and --batch-size must be positive, --warmup non-negative")
     torch.set_num_threads(args.threads)
     publish("train_step.py", argv, args.out, not args.no_write, lambda command: report(args, *measure(build(args), args), command),
-            *markers(args.breakdown, args.space, args.device))
+            *markers(args.breakdown, args.space, args.device, args.batch_size))
 
 
 if __name__ == "__main__":

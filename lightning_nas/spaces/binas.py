@@ -133,19 +133,22 @@ class _GroupedBatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, invstd, group, mask, batch_stats, count):
+    def forward(ctx, x, weight, bias, mean, invstd, group, mask, count, batch_stats):
         # weight, bias, mean, invstd, count: (G, C); group: (n,) or None; mask: (n, C) or None;
-        # batch_stats: (G, 1) bool, whether the group's statistics are the batch's (so depend on x).
+        # batch_stats: whether each group's statistics are the batch's (so depend on x): a bool for
+        # all groups, else a (G, 1) bool tensor.
         scale = weight * invstd
         shift = bias - mean * scale
-        row_scale, row_shift = _rows(scale, group, mask, x.shape[0]), _rows(shift, group, mask, x.shape[0])
-        ctx.save_for_backward(x, weight, mean, invstd, group, mask, batch_stats, count)
-        return torch.addcmul(row_shift[:, :, None, None], x, row_scale[:, :, None, None])
+        row_scale, row_shift = _rows(torch.stack((scale, shift)), group, mask, x.shape[0])
+        ctx.save_for_backward(x, weight, mean, invstd, group, mask, count, batch_stats if isinstance(batch_stats, Tensor) else None)
+        ctx.batch_stats = batch_stats if not isinstance(batch_stats, Tensor) else None
+        return torch.addcmul(row_shift, x, row_scale)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, weight, mean, invstd, group, mask, batch_stats, count = ctx.saved_tensors
+        x, weight, mean, invstd, group, mask, count, flags = ctx.saved_tensors
+        batch_stats = ctx.batch_stats if flags is None else flags
         n = x.shape[0]
         dy_sum = dy.sum((2, 3))  # (n, C)
         dy_x = (dy * x).sum((2, 3))
@@ -159,20 +162,26 @@ class _GroupedBatchNormFunction(torch.autograd.Function):
         sum_dy_xhat = (sum_dy_x - mean * sum_dy) * invstd
         d_weight, d_bias = sum_dy_xhat, sum_dy
         scale = weight * invstd
+        if batch_stats is False:
+            row_scale = _rows(scale[None], group, mask, n)[0]
+            return dy * row_scale, d_weight, d_bias, None, None, None, None, None, None
         # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) for batch statistics, scale * dy otherwise.
         safe = count.clamp_min(1)
-        k_x = torch.where(batch_stats, scale * invstd * sum_dy_xhat / safe, torch.zeros_like(scale))
-        k_0 = torch.where(batch_stats, k_x * mean - scale * sum_dy / safe, torch.zeros_like(scale))
-        dx = torch.addcmul(_rows(k_0, group, mask, n)[:, :, None, None], dy, _rows(scale, group, mask, n)[:, :, None, None])
-        if bool(batch_stats.any()):
-            dx = dx.addcmul_(x, _rows(-k_x, group, mask, n)[:, :, None, None])
-        return dx, d_weight, d_bias, None, None, None, None, None, None
+        k_x = scale * invstd * sum_dy_xhat / safe
+        k_0 = k_x * mean - scale * sum_dy / safe
+        if batch_stats is not True:
+            k_x, k_0 = k_x * batch_stats, k_0 * batch_stats
+        row_k0, row_scale, row_kx = _rows(torch.stack((k_0, scale, -k_x)), group, mask, n)
+        return torch.addcmul(row_k0, dy, row_scale).addcmul_(x, row_kx), d_weight, d_bias, None, None, None, None, None, None
 
 
 def _rows(per_group: Tensor, group: Tensor | None, mask: Tensor | None, n: int) -> Tensor:
-    """``(G, C)`` coefficients to ``(n, C)`` per row (zero where ``mask`` is 0)."""
-    rows = per_group.index_select(0, group) if group is not None else per_group.expand(n, -1)
-    return rows * mask if mask is not None else rows
+    """``(K, G, C)`` coefficients to ``(K, n, C, 1, 1)`` per row (zero where ``mask`` is 0)."""
+    k, _, c = per_group.shape
+    rows = per_group.index_select(1, group) if group is not None else per_group.expand(k, n, c)
+    if mask is not None:
+        rows = rows * mask
+    return rows.reshape(k, n, c, 1, 1)
 
 
 def grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
@@ -184,7 +193,8 @@ def grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor
     and only those norms and channels update their running statistics (and only norms that some
     row uses count the batch in ``num_batches_tracked``). Two reductions over ``x`` give the
     statistics of all norms and one pass the output (backward: two reductions and two passes); no
-    gathers.
+    gathers, no host synchronisation, and a fixed number of operator calls whatever the number of
+    norms (each call costs a GPU launch).
 
     Args:
         x: ``(n, C, H, W)``; ``C`` is at most each norm's ``num_features`` (channel prefixes are used).
@@ -198,44 +208,62 @@ def grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor
     n, c = x.shape[:2]
     if group is None and len(norms) != 1:
         raise ValueError(f"`group` is required with {len(norms)} norms")
-    weight = torch.stack([_prefix(bn.weight, c) for bn in norms])  # (G, C)
-    bias = torch.stack([_prefix(bn.bias, c) for bn in norms])
+    weight, bias = (_stack([_prefix(getattr(bn, name), c) for bn in norms]) for name in ("weight", "bias"))  # (G, C)
     batch_stats = [bn.training or not bn.track_running_stats for bn in norms]
+    updates = [bn.training and bn.track_running_stats for bn in norms]
     with torch.no_grad():
         pixels = x.shape[2] * x.shape[3]
-        used = mask if mask is not None else x.new_ones(n, c)
         onehot = None if group is None else F.one_hot(group, len(norms)).to(x.dtype)  # (n, G)
         group_sum = (lambda t: t.sum(0, keepdim=True)) if onehot is None else (lambda t: onehot.T @ t)  # (n, C) -> (G, C)
-        count = group_sum(used) * pixels
+        count = group_sum(mask if mask is not None else x.new_ones(n, c)) * pixels
         safe = count.clamp_min(1)
         if any(batch_stats):
-            mean = group_sum(x.sum((2, 3)) * used) / safe
-            var = (group_sum((x * x).sum((2, 3)) * used) / safe - mean * mean).clamp_min(0)
+            sums, squares = x.sum((2, 3)), (x * x).sum((2, 3))
+            if mask is not None:
+                sums, squares = sums * mask, squares * mask
+            mean = group_sum(sums) / safe
+            var = (group_sum(squares) / safe - mean * mean).clamp_min(0)
         if all(batch_stats):
-            use_mean, use_var = mean, var
+            use_mean, use_var, flags = mean, var, True
         else:
-            running_mean = torch.stack([_prefix(bn.running_mean, c) for bn in norms])
-            running_var = torch.stack([_prefix(bn.running_var, c) for bn in norms])
-            pick = torch.tensor(batch_stats, device=x.device)[:, None]
-            use_mean = torch.where(pick, mean, running_mean) if any(batch_stats) else running_mean
-            use_var = torch.where(pick, var, running_var) if any(batch_stats) else running_var
-        eps = x.new_tensor([bn.eps for bn in norms])[:, None]
-        invstd = torch.rsqrt(use_var + eps)
-        flags = torch.tensor(batch_stats, device=x.device)[:, None]
-        if any(batch_stats):
-            group_rows = [n] if group is None else torch.bincount(group, minlength=len(norms)).tolist()
-            unbiased = var * count / (count - 1).clamp_min(1)
-            for g, bn in enumerate(norms):
-                if not group_rows[g] or not batch_stats[g]:
-                    continue
-                factor = _average_factor(bn)
-                if factor and bn.running_mean is not None:
-                    seen = count[g] > 0
-                    rm, rv = _prefix(bn.running_mean, c), _prefix(bn.running_var, c)
-                    # ``.data``: see ElasticBatchNorm2d (an earlier forward may have saved these buffers).
-                    rm.data.copy_(torch.where(seen, rm.lerp(mean[g], factor), rm))
-                    rv.data.copy_(torch.where(seen, rv.lerp(unbiased[g], factor), rv))
-    return _GroupedBatchNormFunction.apply(x, weight, bias, use_mean, invstd, group, mask, flags, count)
+            running_mean = _stack([_prefix(bn.running_mean, c) for bn in norms])
+            running_var = _stack([_prefix(bn.running_var, c) for bn in norms])
+            if any(batch_stats):
+                flags = torch.tensor(batch_stats, device=x.device)[:, None]
+                use_mean, use_var = torch.where(flags, mean, running_mean), torch.where(flags, var, running_var)
+            else:
+                use_mean, use_var, flags = running_mean, running_var, False
+        eps = {bn.eps for bn in norms}
+        invstd = torch.rsqrt(use_var + (eps.pop() if len(eps) == 1 else x.new_tensor([bn.eps for bn in norms])[:, None]))
+        if any(updates):
+            _update_running_stats([bn for bn, u in zip(norms, updates) if u], [g for g, u in enumerate(updates) if u], mean, var, count, c)
+    return _GroupedBatchNormFunction.apply(x, weight, bias, use_mean, invstd, group, mask, count, flags)
+
+
+def _stack(tensors: list[Tensor]) -> Tensor:
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
+
+
+def _update_running_stats(norms: list[nn.BatchNorm2d], groups: list[int], mean: Tensor, var: Tensor, count: Tensor, c: int) -> None:
+    """Move the running statistics of ``norms`` (rows ``groups`` of the ``(G, C)`` batch statistics)
+    toward the batch's where they saw data, as ``nn.BatchNorm2d`` does; count the batch for the norms
+    that some row used. A fixed handful of calls for all norms (``_foreach`` ops)."""
+    if len(groups) != count.shape[0]:
+        index = torch.tensor(groups, device=count.device)
+        mean, var, count = mean.index_select(0, index), var.index_select(0, index), count.index_select(0, index)
+    seen = count > 0  # (G, C)
+    torch._foreach_add_([bn.num_batches_tracked for bn in norms], list(seen.any(1).unbind()))
+    momenta = {bn.momentum for bn in norms}
+    if None in momenta or len(momenta) > 1:  # cumulative averages (momentum None) weigh by 1 / batches seen
+        factor = torch.stack([1.0 / bn.num_batches_tracked if bn.momentum is None else count.new_tensor(bn.momentum) for bn in norms])
+        weights = torch.where(seen, factor.to(count.dtype)[:, None], 0.0)
+    else:
+        weights = seen.to(count.dtype) * momenta.pop()
+    unbiased = var * count / (count - 1).clamp_min(1)
+    weights = list(weights.unbind())
+    # ``.data``: see ElasticBatchNorm2d (an earlier forward may have saved these buffers).
+    for name, batch in (("running_mean", mean), ("running_var", unbiased)):
+        torch._foreach_lerp_([_prefix(getattr(bn, name).data, c) for bn in norms], list(batch.unbind()), weights)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -384,13 +384,14 @@ def test_expansion_batch_norm_statistics_use_only_the_rows_of_each_channel():
     n=st.integers(1, 9),
     groups=st.integers(1, 4),
     masked=st.booleans(),
-    train=st.booleans(),
+    training=st.integers(0, 15),
     momentum=st.sampled_from([0.1, None]),
 )
-def test_grouped_batch_norm_matches_batch_norm_on_each_groups_rows(seed, n, groups, masked, train, momentum):
+def test_grouped_batch_norm_matches_batch_norm_on_each_groups_rows(seed, n, groups, masked, training, momentum):
     g = torch.Generator().manual_seed(seed)
     c, h, w = 5, 3, 2
-    norms = [nn.BatchNorm2d(c + 2, momentum=momentum).train(train) for _ in range(groups)]
+    # Norm k trains when bit k of ``training`` is set: all, none or some of them.
+    norms = [nn.BatchNorm2d(c + 2, momentum=momentum).train(bool(training >> k & 1)) for k in range(groups)]
     with torch.no_grad():
         for bn in norms:
             bn.weight.uniform_(0.5, 1.5, generator=g)
@@ -412,7 +413,7 @@ def test_grouped_batch_norm_matches_batch_norm_on_each_groups_rows(seed, n, grou
                 continue
             col = width - 1
             sub = x[rows][:, col : col + 1]
-            bn = nn.BatchNorm2d(1, momentum=momentum).train(train)
+            bn = nn.BatchNorm2d(1, momentum=momentum).train(norms[k].training)
             with torch.no_grad():
                 for name in ("weight", "bias", "running_mean", "running_var"):
                     getattr(bn, name).copy_(getattr(ref, name)[col : col + 1])
@@ -424,7 +425,7 @@ def test_grouped_batch_norm_matches_batch_norm_on_each_groups_rows(seed, n, grou
         first_unused = int(widths[group == k].max()) if bool((group == k).any()) else 0
         for name in ("running_mean", "running_var"):
             assert torch.equal(getattr(norms[k], name)[first_unused:], getattr(references[k], name)[first_unused:])
-        expected_tracked = references[k].num_batches_tracked + int(train and bool((group == k).any()))
+        expected_tracked = references[k].num_batches_tracked + int(norms[k].training and bool((group == k).any()))
         assert norms[k].num_batches_tracked.item() == expected_tracked
     assert torch.equal(out * (1 - mask[:, :, None, None]), torch.zeros_like(out))
 
@@ -449,11 +450,11 @@ def _reference_grouped_norm(x, norms, group, mask):
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 6), train=st.booleans())
-def test_grouped_batch_norm_gradients_match_autograd(seed, n, train):
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 6), training=st.integers(0, 7))
+def test_grouped_batch_norm_gradients_match_autograd(seed, n, training):
     g = torch.Generator().manual_seed(seed)
     groups, c = 3, 4
-    norms = [nn.BatchNorm2d(c + 1).double().train(train) for _ in range(groups)]
+    norms = [nn.BatchNorm2d(c + 1).double().train(bool(training >> k & 1)) for k in range(groups)]
     with torch.no_grad():
         for bn in norms:
             for name, (lo, hi) in dict(weight=(0.5, 1.5), bias=(-1, 1), running_mean=(-1, 1), running_var=(0.5, 2)).items():
