@@ -171,6 +171,8 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list
     title = "per-example overhead breakdown" if args.breakdown else "supernet vs exported subnet"
     if args.space != "mobilenet":
         title += f", {args.space} space"
+    if args.batch_size != 64:
+        title += f", batch {args.batch_size}"
     lines = [
         begin,
         f"## Training-step time: {title} ({device_title(args.device)})",
