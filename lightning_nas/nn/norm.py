@@ -80,21 +80,25 @@ class ElasticBatchNorm2d(Mutable):
         # Each channel's statistics over the rows that use it: what those rows' subnets would see.
         # ``x`` is already zero past each row's width (fit_channels), so plain sums are masked sums;
         # the sum-of-squares form needs three passes over ``x`` instead of seven.
-        count = (mask.sum(0) * x.shape[2] * x.shape[3]).clamp_min(1)  # (C,)
-        mean = x.sum((0, 2, 3)) / count
-        var = ((x * x).sum((0, 2, 3)) / count - mean * mean).clamp_min(0)
+        # Statistics in at least float32, as F.batch_norm keeps them for half-precision inputs (mixed
+        # precision): a float16 element count overflows past 65,504.
+        stat = torch.promote_types(x.dtype, torch.float32)
+        xs = x if x.dtype == stat else x.to(stat)
+        count = (mask.to(stat).sum(0) * x.shape[2] * x.shape[3]).clamp_min(1)  # (C,)
+        mean = xs.sum((0, 2, 3)) / count
+        var = ((xs * xs).sum((0, 2, 3)) / count - mean * mean).clamp_min(0)
         scale = torch.rsqrt(var + self.eps)
         if weight is not None:
             scale = scale * weight
         shift = -mean * scale if bias is None else bias - mean * scale
-        y = torch.addcmul((shift * mask)[:, :, None, None], x, scale[None, :, None, None])
+        y = torch.addcmul((shift * mask)[:, :, None, None], xs, scale[None, :, None, None]).to(x.dtype)
         if running_mean is not None and factor:
             # Through ``.data``, as nn.BatchNorm2d's own update: an earlier full-width forward of this
             # step (e.g. in-place distillation's teacher) saved these buffers for its backward.
             with torch.no_grad():
                 used = mask.sum(0) > 0
-                unbiased = var * count / (count - 1).clamp_min(1)
-                running_mean.data.copy_(torch.where(used, running_mean.lerp(mean, factor), running_mean))
+                unbiased = (var * count / (count - 1).clamp_min(1)).to(running_var.dtype)
+                running_mean.data.copy_(torch.where(used, running_mean.lerp(mean.to(running_mean.dtype), factor), running_mean))
                 running_var.data.copy_(torch.where(used, running_var.lerp(unbiased, factor), running_var))
         return y
 

@@ -139,7 +139,7 @@ class _GroupedBatchNormFunction(torch.autograd.Function):
         # all groups, else a (G, 1) bool tensor.
         scale = weight * invstd
         shift = bias - mean * scale
-        row_scale, row_shift = _rows(torch.stack((scale, shift)), group, mask, x.shape[0])
+        row_scale, row_shift = _rows(torch.stack((scale, shift)), group, mask, x.shape[0]).to(x.dtype)
         ctx.save_for_backward(x, weight, mean, invstd, group, mask, count, batch_stats if isinstance(batch_stats, Tensor) else None)
         ctx.batch_stats = batch_stats if not isinstance(batch_stats, Tensor) else None
         return torch.addcmul(row_shift, x, row_scale)
@@ -149,21 +149,21 @@ class _GroupedBatchNormFunction(torch.autograd.Function):
     def backward(ctx, dy):
         x, weight, mean, invstd, group, mask, count, flags = ctx.saved_tensors
         batch_stats = ctx.batch_stats if flags is None else flags
-        n = x.shape[0]
-        dy_sum = dy.sum((2, 3))  # (n, C)
-        dy_x = (dy * x).sum((2, 3))
+        n, stat = x.shape[0], mean.dtype  # reductions in the statistics' precision (float32 for half inputs)
+        dy_sum = dy.sum((2, 3), dtype=stat)  # (n, C)
+        dy_x = (dy * x).sum((2, 3), dtype=stat)
         if mask is not None:
             dy_sum, dy_x = dy_sum * mask, dy_x * mask
         if group is None:
             sum_dy, sum_dy_x = dy_sum.sum(0, keepdim=True), dy_x.sum(0, keepdim=True)
         else:
-            onehot = F.one_hot(group, weight.shape[0]).to(dy.dtype)
+            onehot = F.one_hot(group, weight.shape[0]).to(stat)
             sum_dy, sum_dy_x = onehot.T @ dy_sum, onehot.T @ dy_x  # (G, C)
         sum_dy_xhat = (sum_dy_x - mean * sum_dy) * invstd
-        d_weight, d_bias = sum_dy_xhat, sum_dy
+        d_weight, d_bias = sum_dy_xhat.to(weight.dtype), sum_dy.to(weight.dtype)
         scale = weight * invstd
         if batch_stats is False:
-            row_scale = _rows(scale[None], group, mask, n)[0]
+            row_scale = _rows(scale[None], group, mask, n)[0].to(x.dtype)
             return dy * row_scale, d_weight, d_bias, None, None, None, None, None, None
         # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) for batch statistics, scale * dy otherwise.
         safe = count.clamp_min(1)
@@ -171,7 +171,7 @@ class _GroupedBatchNormFunction(torch.autograd.Function):
         k_0 = k_x * mean - scale * sum_dy / safe
         if batch_stats is not True:
             k_x, k_0 = k_x * batch_stats, k_0 * batch_stats
-        row_k0, row_scale, row_kx = _rows(torch.stack((k_0, scale, -k_x)), group, mask, n)
+        row_k0, row_scale, row_kx = _rows(torch.stack((k_0, scale, -k_x)), group, mask, n).to(x.dtype)
         return torch.addcmul(row_k0, dy, row_scale).addcmul_(x, row_kx), d_weight, d_bias, None, None, None, None, None, None
 
 
@@ -202,32 +202,43 @@ def grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor
         group: ``LongTensor (n,)`` in ``[0, len(norms))``; ``None`` when there is one norm.
         mask: ``(n, C)`` of 0/1 (same dtype as ``x``): the channels each row uses; ``None`` for all.
 
+    Statistics are taken in at least float32 and outside autocast (as ``F.batch_norm`` keeps them for
+    half-precision inputs: a half-precision element count overflows past 65,504), so mixed-precision
+    training works; the output has ``x``'s dtype.
+
     Returns:
         ``(n, C, H, W)``, zero where ``mask`` is 0 (whatever ``x`` holds there).
     """
-    n, c = x.shape[:2]
     if group is None and len(norms) != 1:
         raise ValueError(f"`group` is required with {len(norms)} norms")
+    with torch.autocast(x.device.type, enabled=False):
+        return _grouped_batch_norm(x, norms, group, mask)
+
+
+def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor | None, mask: Tensor | None) -> Tensor:
+    n, c = x.shape[:2]
+    stat = torch.promote_types(x.dtype, torch.float32)
     weight, bias = (_stack([_prefix(getattr(bn, name), c) for bn in norms]) for name in ("weight", "bias"))  # (G, C)
     batch_stats = [bn.training or not bn.track_running_stats for bn in norms]
     updates = [bn.training and bn.track_running_stats for bn in norms]
     with torch.no_grad():
         pixels = x.shape[2] * x.shape[3]
-        onehot = None if group is None else F.one_hot(group, len(norms)).to(x.dtype)  # (n, G)
+        onehot = None if group is None else F.one_hot(group, len(norms)).to(stat)  # (n, G)
         group_sum = (lambda t: t.sum(0, keepdim=True)) if onehot is None else (lambda t: onehot.T @ t)  # (n, C) -> (G, C)
-        count = group_sum(mask if mask is not None else x.new_ones(n, c)) * pixels
+        used = mask.to(stat) if mask is not None else None
+        count = group_sum(used if used is not None else x.new_ones(n, c, dtype=stat)) * pixels
         safe = count.clamp_min(1)
         if any(batch_stats):
-            sums, squares = x.sum((2, 3)), (x * x).sum((2, 3))
-            if mask is not None:
-                sums, squares = sums * mask, squares * mask
+            sums, squares = x.sum((2, 3), dtype=stat), torch.linalg.vector_norm(x, 2, (2, 3), dtype=stat).square()
+            if used is not None:
+                sums, squares = sums * used, squares * used
             mean = group_sum(sums) / safe
             var = (group_sum(squares) / safe - mean * mean).clamp_min(0)
         if all(batch_stats):
             use_mean, use_var, flags = mean, var, True
         else:
-            running_mean = _stack([_prefix(bn.running_mean, c) for bn in norms])
-            running_var = _stack([_prefix(bn.running_var, c) for bn in norms])
+            running_mean = _stack([_prefix(bn.running_mean, c) for bn in norms]).to(stat)
+            running_var = _stack([_prefix(bn.running_var, c) for bn in norms]).to(stat)
             if any(batch_stats):
                 flags = torch.tensor(batch_stats, device=x.device)[:, None]
                 use_mean, use_var = torch.where(flags, mean, running_mean), torch.where(flags, var, running_var)
@@ -260,10 +271,11 @@ def _update_running_stats(norms: list[nn.BatchNorm2d], groups: list[int], mean: 
     else:
         weights = seen.to(count.dtype) * momenta.pop()
     unbiased = var * count / (count - 1).clamp_min(1)
-    weights = list(weights.unbind())
+    dtype = norms[0].running_mean.dtype
+    weights = list(weights.to(dtype).unbind())
     # ``.data``: see ElasticBatchNorm2d (an earlier forward may have saved these buffers).
     for name, batch in (("running_mean", mean), ("running_var", unbiased)):
-        torch._foreach_lerp_([_prefix(getattr(bn, name).data, c) for bn in norms], list(batch.unbind()), weights)
+        torch._foreach_lerp_([_prefix(getattr(bn, name).data, c) for bn in norms], list(batch.to(dtype).unbind()), weights)
 
 
 # ---------------------------------------------------------------------------------------------

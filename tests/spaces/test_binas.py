@@ -472,3 +472,32 @@ def test_grouped_batch_norm_gradients_match_autograd(seed, n, training):
     torch.testing.assert_close(got, expected)
     for a, b in zip(grads, expected_grads):
         torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b)
+
+
+# -- mixed precision ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_grouped_batch_norm_on_half_precision_inputs_matches_float32(dtype):
+    # 20 rows of 64×64 pixels: 81,920 elements per channel, past float16's largest value (65,504), so
+    # statistics counted in the input's precision would overflow.
+    g = torch.Generator().manual_seed(0)
+    n, c = 20, 4
+    x = torch.randn(n, c, 64, 64, generator=g) * 3 + 1
+    group = torch.randint(0, 2, (n,), generator=g)
+    mask = (torch.arange(c) < torch.randint(1, c + 1, (n,), generator=g)[:, None]).float()
+    full = [nn.BatchNorm2d(c) for _ in range(2)]
+    half = copy.deepcopy(full)
+    upstream = torch.randn(n, c, 64, 64, generator=g)
+    x32, x16 = x.clone().requires_grad_(), x.to(dtype).requires_grad_()
+    expected = grouped_batch_norm(x32, full, group, mask)
+    got = grouped_batch_norm(x16, half, group, mask.to(dtype))
+    assert got.dtype == dtype
+    (expected * upstream).sum().backward()
+    (got.float() * upstream).sum().backward()
+    tol = 2e-2 if dtype == torch.float16 else 1e-1
+    torch.testing.assert_close(got.float(), expected, atol=tol, rtol=0)
+    torch.testing.assert_close(x16.grad.float(), x32.grad, atol=tol, rtol=tol)
+    for a, b in zip(half, full):
+        torch.testing.assert_close(a.running_mean, b.running_mean, atol=1e-3, rtol=1e-2)
+        torch.testing.assert_close(a.running_var, b.running_var, atol=1e-3, rtol=1e-2)
+        torch.testing.assert_close(a.weight.grad, b.weight.grad, atol=tol * 64, rtol=tol)
+
