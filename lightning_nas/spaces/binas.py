@@ -139,7 +139,7 @@ class _GroupedBatchNormFunction(torch.autograd.Function):
         # all groups, else a (G, 1) bool tensor.
         scale = weight * invstd
         shift = bias - mean * scale
-        row_scale, row_shift = _rows(torch.stack((scale, shift)), group, mask, x.shape[0]).to(x.dtype)
+        row_scale, row_shift = _cast(_rows(torch.stack((scale, shift)), group, mask, x.shape[0]), x.dtype)
         ctx.save_for_backward(x, weight, mean, invstd, group, mask, count, batch_stats if isinstance(batch_stats, Tensor) else None)
         ctx.batch_stats = batch_stats if not isinstance(batch_stats, Tensor) else None
         return torch.addcmul(row_shift, x, row_scale)
@@ -160,10 +160,10 @@ class _GroupedBatchNormFunction(torch.autograd.Function):
             onehot = F.one_hot(group, weight.shape[0]).to(stat)
             sum_dy, sum_dy_x = onehot.T @ dy_sum, onehot.T @ dy_x  # (G, C)
         sum_dy_xhat = (sum_dy_x - mean * sum_dy) * invstd
-        d_weight, d_bias = sum_dy_xhat.to(weight.dtype), sum_dy.to(weight.dtype)
+        d_weight, d_bias = _cast(sum_dy_xhat, weight.dtype), _cast(sum_dy, weight.dtype)
         scale = weight * invstd
         if batch_stats is False:
-            row_scale = _rows(scale[None], group, mask, n)[0].to(x.dtype)
+            row_scale = _cast(_rows(scale[None], group, mask, n)[0], x.dtype)
             return dy * row_scale, d_weight, d_bias, None, None, None, None, None, None
         # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) for batch statistics, scale * dy otherwise.
         safe = count.clamp_min(1)
@@ -171,7 +171,7 @@ class _GroupedBatchNormFunction(torch.autograd.Function):
         k_0 = k_x * mean - scale * sum_dy / safe
         if batch_stats is not True:
             k_x, k_0 = k_x * batch_stats, k_0 * batch_stats
-        row_k0, row_scale, row_kx = _rows(torch.stack((k_0, scale, -k_x)), group, mask, n).to(x.dtype)
+        row_k0, row_scale, row_kx = _cast(_rows(torch.stack((k_0, scale, -k_x)), group, mask, n), x.dtype)
         return torch.addcmul(row_k0, dy, row_scale).addcmul_(x, row_kx), d_weight, d_bias, None, None, None, None, None, None
 
 
@@ -225,7 +225,7 @@ def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tenso
         pixels = x.shape[2] * x.shape[3]
         onehot = None if group is None else F.one_hot(group, len(norms)).to(stat)  # (n, G)
         group_sum = (lambda t: t.sum(0, keepdim=True)) if onehot is None else (lambda t: onehot.T @ t)  # (n, C) -> (G, C)
-        used = mask.to(stat) if mask is not None else None
+        used = _cast(mask, stat) if mask is not None else None
         count = group_sum(used if used is not None else x.new_ones(n, c, dtype=stat)) * pixels
         safe = count.clamp_min(1)
         if any(batch_stats):
@@ -237,8 +237,8 @@ def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tenso
         if all(batch_stats):
             use_mean, use_var, flags = mean, var, True
         else:
-            running_mean = _stack([_prefix(bn.running_mean, c) for bn in norms]).to(stat)
-            running_var = _stack([_prefix(bn.running_var, c) for bn in norms]).to(stat)
+            running_mean = _cast(_stack([_prefix(bn.running_mean, c) for bn in norms]), stat)
+            running_var = _cast(_stack([_prefix(bn.running_var, c) for bn in norms]), stat)
             if any(batch_stats):
                 flags = torch.tensor(batch_stats, device=x.device)[:, None]
                 use_mean, use_var = torch.where(flags, mean, running_mean), torch.where(flags, var, running_var)
@@ -249,6 +249,11 @@ def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tenso
         if any(updates):
             _update_running_stats([bn for bn, u in zip(norms, updates) if u], [g for g, u in enumerate(updates) if u], mean, var, count, c)
     return _GroupedBatchNormFunction.apply(x, weight, bias, use_mean, invstd, group, mask, count, flags)
+
+
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` without a dispatched call when it is already ``dtype`` (the usual float32 case)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _stack(tensors: list[Tensor]) -> Tensor:
@@ -272,10 +277,10 @@ def _update_running_stats(norms: list[nn.BatchNorm2d], groups: list[int], mean: 
         weights = seen.to(count.dtype) * momenta.pop()
     unbiased = var * count / (count - 1).clamp_min(1)
     dtype = norms[0].running_mean.dtype
-    weights = list(weights.to(dtype).unbind())
+    weights = list(_cast(weights, dtype).unbind())
     # ``.data``: see ElasticBatchNorm2d (an earlier forward may have saved these buffers).
     for name, batch in (("running_mean", mean), ("running_var", unbiased)):
-        torch._foreach_lerp_([_prefix(getattr(bn, name).data, c) for bn in norms], list(batch.to(dtype).unbind()), weights)
+        torch._foreach_lerp_([_prefix(getattr(bn, name).data, c) for bn in norms], list(_cast(batch, dtype).unbind()), weights)
 
 
 # ---------------------------------------------------------------------------------------------
