@@ -133,21 +133,22 @@ class _GroupedBatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, invstd, group, mask, count, batch_stats):
-        # weight, bias, mean, invstd, count: (G, C); group: (n,) or None; mask: (n, C) or None;
+    def forward(ctx, x, weight, bias, mean, invstd, group, onehot, mask, count, batch_stats):
+        # weight, bias, mean, invstd, count: (G, C); group: (n,) or None, onehot: (n, G) or None (its
+        # one-hot form, in the statistics' dtype); mask: (n, C) or None;
         # batch_stats: whether each group's statistics are the batch's (so depend on x): a bool for
         # all groups, else a (G, 1) bool tensor.
         scale = weight * invstd
         shift = bias - mean * scale
         row_scale, row_shift = _cast(_rows(torch.stack((scale, shift)), group, mask, x.shape[0]), x.dtype)
-        ctx.save_for_backward(x, weight, mean, invstd, group, mask, count, batch_stats if isinstance(batch_stats, Tensor) else None)
+        ctx.save_for_backward(x, weight, mean, invstd, group, onehot, mask, count, batch_stats if isinstance(batch_stats, Tensor) else None)
         ctx.batch_stats = batch_stats if not isinstance(batch_stats, Tensor) else None
         return torch.addcmul(row_shift, x, row_scale)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, weight, mean, invstd, group, mask, count, flags = ctx.saved_tensors
+        x, weight, mean, invstd, group, onehot, mask, count, flags = ctx.saved_tensors
         batch_stats = ctx.batch_stats if flags is None else flags
         n, stat = x.shape[0], mean.dtype  # reductions in the statistics' precision (float32 for half inputs)
         dy_sum = dy.sum((2, 3), dtype=stat)  # (n, C)
@@ -157,14 +158,13 @@ class _GroupedBatchNormFunction(torch.autograd.Function):
         if group is None:
             sum_dy, sum_dy_x = dy_sum.sum(0, keepdim=True), dy_x.sum(0, keepdim=True)
         else:
-            onehot = F.one_hot(group, weight.shape[0]).to(stat)
             sum_dy, sum_dy_x = onehot.T @ dy_sum, onehot.T @ dy_x  # (G, C)
         sum_dy_xhat = (sum_dy_x - mean * sum_dy) * invstd
         d_weight, d_bias = _cast(sum_dy_xhat, weight.dtype), _cast(sum_dy, weight.dtype)
         scale = weight * invstd
         if batch_stats is False:
             row_scale = _cast(_rows(scale[None], group, mask, n)[0], x.dtype)
-            return dy * row_scale, d_weight, d_bias, None, None, None, None, None, None
+            return dy * row_scale, d_weight, d_bias, None, None, None, None, None, None, None
         # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) for batch statistics, scale * dy otherwise.
         safe = count.clamp_min(1)
         k_x = scale * invstd * sum_dy_xhat / safe
@@ -172,7 +172,7 @@ class _GroupedBatchNormFunction(torch.autograd.Function):
         if batch_stats is not True:
             k_x, k_0 = k_x * batch_stats, k_0 * batch_stats
         row_k0, row_scale, row_kx = _cast(_rows(torch.stack((k_0, scale, -k_x)), group, mask, n), x.dtype)
-        return torch.addcmul(row_k0, dy, row_scale).addcmul_(x, row_kx), d_weight, d_bias, None, None, None, None, None, None
+        return torch.addcmul(row_k0, dy, row_scale).addcmul_(x, row_kx), d_weight, d_bias, None, None, None, None, None, None, None
 
 
 def _rows(per_group: Tensor, group: Tensor | None, mask: Tensor | None, n: int) -> Tensor:
@@ -223,7 +223,7 @@ def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tenso
     updates = [bn.training and bn.track_running_stats for bn in norms]
     with torch.no_grad():
         pixels = x.shape[2] * x.shape[3]
-        onehot = None if group is None else F.one_hot(group, len(norms)).to(stat)  # (n, G)
+        onehot = None if group is None else _one_hot(group, len(norms), stat)  # (n, G)
         group_sum = (lambda t: t.sum(0, keepdim=True)) if onehot is None else (lambda t: onehot.T @ t)  # (n, C) -> (G, C)
         used = _cast(mask, stat) if mask is not None else None
         count = group_sum(used if used is not None else x.new_ones(n, c, dtype=stat)) * pixels
@@ -248,7 +248,12 @@ def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tenso
         invstd = torch.rsqrt(use_var + (eps.pop() if len(eps) == 1 else x.new_tensor([bn.eps for bn in norms])[:, None]))
         if any(updates):
             _update_running_stats([bn for bn, u in zip(norms, updates) if u], [g for g, u in enumerate(updates) if u], mean, var, count, c)
-    return _GroupedBatchNormFunction.apply(x, weight, bias, use_mean, invstd, group, mask, count, flags)
+    return _GroupedBatchNormFunction.apply(x, weight, bias, use_mean, invstd, group, onehot, mask, count, flags)
+
+
+def _one_hot(group: Tensor, groups: int, dtype: torch.dtype) -> Tensor:
+    """``F.one_hot(group, groups)`` as ``dtype``, without its range check (a host read: a GPU sync)."""
+    return (group[:, None] == torch.arange(groups, device=group.device)).to(dtype)
 
 
 def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
