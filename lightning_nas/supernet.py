@@ -87,7 +87,7 @@ class Supernet(nn.Module):
         """
         if isinstance(arch, Mapping):
             self.context.values = self.space.validate(arch)
-            self.context.indices = None
+            self.context.indices = self.context.bounds = None
             self.context.rows = None
             return
         archs = list(arch)
@@ -106,7 +106,7 @@ class Supernet(nn.Module):
         if missing or unknown:
             raise ValueError(f"`indices` must have exactly the labels {self.space.labels!r}; missing {missing!r}, unknown {unknown!r}")
         device = self._device()
-        checked, batch = {}, None
+        checked, bounds, batch = {}, {}, None
         for decision in self.space:
             # Checked where the indices are (usually the CPU, where they are drawn), then moved: checking
             # them on a GPU would stall it twice per decision.
@@ -114,11 +114,15 @@ class Supernet(nn.Module):
             if idx.dim() != 1 or (batch is not None and idx.shape[0] != batch):
                 raise ValueError(f"`indices[{decision.label!r}]` must be a 1-D tensor of one index per example, got shape {tuple(idx.shape)}")
             batch = idx.shape[0]
-            if batch and (int(idx.min()) < 0 or int(idx.max()) >= len(decision.values)):
-                raise ValueError(f"`indices[{decision.label!r}]` must lie in [0, {len(decision.values)}), got {idx.tolist()!r}")
+            if batch:
+                lo, hi = (int(v) for v in torch.aminmax(idx))
+                if lo < 0 or hi >= len(decision.values):
+                    raise ValueError(f"`indices[{decision.label!r}]` must lie in [0, {len(decision.values)}), got {idx.tolist()!r}")
+                bounds[decision.label] = (lo, hi)
             checked[decision.label] = idx.to(device)
         self.context.values = None
         self.context.indices = checked
+        self.context.bounds = bounds if batch else None
         self.context.rows = None
 
     @property
@@ -138,12 +142,12 @@ class Supernet(nn.Module):
     @contextlib.contextmanager
     def activated(self, arch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Iterator["Supernet"]:
         """Context manager: ``arch`` is active inside, the previous state is restored on exit."""
-        saved = (self.context.values, self.context.indices)
+        saved = (self.context.values, self.context.indices, self.context.bounds)
         self.activate(arch)
         try:
             yield self
         finally:
-            self.context.values, self.context.indices = saved
+            self.context.values, self.context.indices, self.context.bounds = saved
             self.context.rows = None
 
     # -- export ------------------------------------------------------------------------------

@@ -45,12 +45,16 @@ class ArchContext:
         indices: per-example mode, ``{label: LongTensor (B,)}`` of candidate indices; else ``None``.
         rows: positions (into the full batch) of the examples the running sub-module sees, or
             ``None`` for the whole batch.
+        bounds: per-example mode, ``{label: (lowest, highest)}`` candidate index over the whole batch,
+            read once on the host at activation so that mutables need not read them back from a GPU
+            (a synchronisation each); ``None`` when unknown.
     """
 
     def __init__(self) -> None:
         self.values: dict[str, Any] | None = {}
         self.indices: dict[str, Tensor] | None = None
         self.rows: Tensor | None = None
+        self.bounds: dict[str, tuple[int, int]] | None = None
 
     @contextlib.contextmanager
     def route(self, positions: Tensor) -> Iterator[None]:
@@ -149,14 +153,26 @@ class Choice(nn.Module):
 
     def uniform_index(self) -> int | None:
         """Index of the active value when all visible rows agree (or in scalar mode), else ``None``."""
-        idx = self.example_indices()
-        if idx is None:
+        ctx = self._context
+        if ctx is None or ctx.indices is None:
             return self.index_of(self.value)
-        if idx.numel() == 0:
-            return 0
-        lo, hi = torch.aminmax(idx)
-        lo, hi = int(lo), int(hi)
+        bounds = self.index_bounds()
+        if bounds is None:
+            idx = self.example_indices()
+            if idx.numel() == 0:
+                return 0
+            bounds = tuple(int(v) for v in torch.aminmax(idx))
+        lo, hi = bounds
         return lo if lo == hi else None
+
+    def index_bounds(self) -> tuple[int, int] | None:
+        """``(lowest, highest)`` candidate index of the visible rows in per-example mode, known on the
+        host without reading the indices (a GPU sync); ``None`` in scalar mode or when not known (rows
+        routed to a sub-module, or indices activated without bounds)."""
+        ctx = self._context
+        if ctx is None or ctx.indices is None or ctx.rows is not None or ctx.bounds is None:
+            return None
+        return ctx.bounds.get(self.label)
 
     def values_tensor(self, device: torch.device) -> Tensor:
         """The (numeric) candidate values as a ``LongTensor (n_values,)`` on ``device``, cached."""

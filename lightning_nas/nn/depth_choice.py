@@ -53,24 +53,28 @@ class DepthChoice(Mutable):
             return x
         if x.shape[0] != indices.shape[0]:
             raise ValueError(f"per-example mode: input batch size {x.shape[0]} != {indices.shape[0]} active architectures")
-        table = torch.tensor(self.choice.values, device=indices.device)
-        depth = table.index_select(0, indices)  # (n,) depth of each example
+        depth = self.choice.values_tensor(indices.device).index_select(0, indices)  # (n,) depth of each example
+        bounds = self.choice.index_bounds()  # known on the host: no GPU read for the shallowest and deepest
+        shallowest, deepest = (self.choice.values[b] for b in bounds) if bounds else (0, int(depth.max()))
         context = self.choice._context
-        rows = torch.arange(x.shape[0], device=indices.device)  # rows still running, as positions
+        everyone = torch.arange(x.shape[0], device=indices.device)
+        rows = None  # positions of the rows still running; None while that is all of them (no routing)
         outputs, output_rows = [], []
-        done = depth == 0
-        if bool(done.any()):
-            outputs.append(x[done.to(x.device)])
-            output_rows.append(rows[done])
-            rows, x = rows[~done], x[(~done).to(x.device)]
-        for i in range(int(depth.max())):
-            with context.route(rows):
+        for i in range(deepest):
+            if i >= shallowest:  # rows of depth i stop before block i
+                done = (depth if rows is None else depth.index_select(0, rows)) == i
+                if bool(done.any()):
+                    running = everyone if rows is None else rows
+                    outputs.append(x[done.to(x.device)])
+                    output_rows.append(running[done])
+                    rows, x = running[~done], x[(~done).to(x.device)]
+            if rows is None:
                 x = self.blocks[i](x)
-            done = depth.index_select(0, rows) == i + 1
-            if bool(done.any()):
-                outputs.append(x[done.to(x.device)])
-                output_rows.append(rows[done])
-                rows, x = rows[~done], x[(~done).to(x.device)]
+            else:
+                with context.route(rows):
+                    x = self.blocks[i](x)
+        outputs.append(x)
+        output_rows.append(everyone if rows is None else rows)
         return reassemble(outputs, torch.cat(output_rows))
 
     def freeze(self, arch: dict[str, Any], export_child) -> nn.Module:

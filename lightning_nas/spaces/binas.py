@@ -445,14 +445,22 @@ class BinasBlock(Mutable):
     def _run_rows(self, x: Tensor, ratio: Tensor, kernel: Tensor, se: Tensor) -> Tensor:
         hidden_of, se_hidden_of = self._widths(ratio.device)
         hidden = hidden_of.index_select(0, ratio)  # (n,) expanded width of each row
-        narrow, wide = (int(v) for v in torch.aminmax(hidden))
+        bounds = self.expand.index_bounds()
+        if bounds is None:
+            narrow, wide = (int(v) for v in torch.aminmax(hidden))
+            se_width = None
+        else:  # from the host, no GPU read; a ratio inside the bounds but unused only widens (exactly: zero channels)
+            present = range(bounds[0], bounds[1] + 1)
+            narrow, wide = min(self.hidden[r] for r in present), max(self.hidden[r] for r in present)
+            se_width = max(self.se_hidden[r] for r in present)
         # (n, wide) channels each row uses; None when all rows use them all.
         mask = None if narrow == wide else (torch.arange(wide, device=x.device) < hidden.to(x.device)[:, None]).to(x.dtype)
         y = self.act(grouped_batch_norm(F.conv2d(x, _prefix(self.conv_pw.weight, wide)), [self.bn_pw], None, mask))
         y = self._depthwise(y, kernel, wide)
         y = self.act(grouped_batch_norm(y, self.bn_dw, kernel.to(x.device), mask))
-        if bool(se.any()):
-            y = self._squeeze_excite(y, se.to(x.device), se_hidden_of.index_select(0, ratio).to(x.device))
+        se_bounds = self.se.index_bounds()
+        if (se_bounds[1] == 1) if se_bounds else bool(se.any()):
+            y = self._squeeze_excite(y, se.to(x.device), se_hidden_of.index_select(0, ratio).to(x.device), se_width)
         z = F.conv2d(y, _prefix(self.conv_pwl.weight, self.out_channels, wide))
         return grouped_batch_norm(z, self.bn_pwl, (2 * ratio + se).to(x.device))
 
@@ -467,10 +475,11 @@ class BinasBlock(Mutable):
             outputs.append(F.conv2d(rows, _prefix(dw.weight, wide), None, dw.stride, dw.padding, 1, wide))
         return outputs[0] if len(outputs) == 1 else reassemble(outputs, order)
 
-    def _squeeze_excite(self, y: Tensor, se: Tensor, reduced: Tensor) -> Tensor:
-        """SE on the rows with ``se`` on (gate 1 elsewhere), each at its own reduce width."""
+    def _squeeze_excite(self, y: Tensor, se: Tensor, reduced: Tensor, width: int | None) -> Tensor:
+        """SE on the rows with ``se`` on (gate 1 elsewhere), each at its own reduce width (``width``:
+        at least the widest, or ``None`` to read it from ``reduced``)."""
         wide = y.shape[1]
-        width = int(reduced.max())
+        width = int(reduced.max()) if width is None else width
         s = y.mean((2, 3))  # (n, wide)
         r_mask = (torch.arange(width, device=y.device) < reduced[:, None]).to(y.dtype)
         r = F.relu(F.linear(s, self.se_reduce.weight[:width, :wide, 0, 0], self.se_reduce.bias[:width])) * r_mask

@@ -265,3 +265,16 @@ def test_export_passes_torch_export(all_mutables_supernet):
     program = torch.export.export(exported, (x,))
     with net.activated(arch):
         torch.testing.assert_close(program.module()(x), net(x), atol=1e-5, rtol=1e-5)
+
+
+@FIXTURE_OK
+@given(seed=st.integers(0, 2**31 - 1))
+def test_host_index_bounds_change_nothing(all_mutables_supernet, seed):
+    # The bounds read at activation spare mutables their GPU reads; without them they read the indices.
+    net = all_mutables_supernet.eval()
+    net.activate_indices(net.space.sample_indices(6, seed))
+    assert net.context.bounds is not None
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+    with_bounds = net(x)
+    net.context.bounds = None
+    torch.testing.assert_close(net(x), with_bounds, atol=0, rtol=0)

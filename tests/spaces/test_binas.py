@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_nas import Supernet
 from lightning_nas.nn import Choice, DepthChoice, FixedValue, Mutable, export_subnet
@@ -501,3 +502,46 @@ def test_grouped_batch_norm_on_half_precision_inputs_matches_float32(dtype):
         torch.testing.assert_close(a.running_var, b.running_var, atol=1e-3, rtol=1e-2)
         torch.testing.assert_close(a.weight.grad, b.weight.grad, atol=tol * 64, rtol=tol)
 
+
+
+# -- host reads (each one a GPU synchronisation) ------------------------------------------------
+class _HostReads(TorchDispatchMode):
+    """Counts the operator calls that read a tensor's value back to the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_per_example_block_and_grouped_batch_norm_read_nothing_back():
+    # With the batch's index bounds known from activation, an unrouted block decides its widths, SE and
+    # norms on the host: no GPU sync in its forward or backward (the kernel grouping reads counts as a list).
+    torch.manual_seed(0)
+    block = BinasBlock(8, 8, 1, prefix="b").train()
+    net = Supernet(block)
+    x = _input(16, 0, size=6, chans=8).requires_grad_()
+    net.activate_indices(net.space.sample_indices(16, seed=0))
+    reads = _HostReads()
+    with reads:
+        block(x).square().sum().backward()
+    assert reads.count == 0
+    norms = [nn.BatchNorm2d(8) for _ in range(3)]
+    group = torch.tensor([0, 2, 2, 1, 0])
+    with reads:
+        grouped_batch_norm(x[:5], norms, group, (torch.arange(8) < torch.tensor([3, 8, 5, 8, 1])[:, None]).float()).sum().backward()
+    assert reads.count == 0
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1))
+def test_host_index_bounds_change_nothing(tiny, seed):
+    tiny.eval()
+    tiny.activate_indices(tiny.space.sample_indices(6, seed))
+    x = _input(6, seed, size=32)
+    with_bounds = tiny(x)
+    tiny.context.bounds = None
+    torch.testing.assert_close(tiny(x), with_bounds, atol=1e-6, rtol=1e-6)
