@@ -229,7 +229,8 @@ def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tenso
         count = group_sum(used if used is not None else x.new_ones(n, c, dtype=stat)) * pixels
         safe = count.clamp_min(1)
         if any(batch_stats):
-            sums, squares = x.sum((2, 3), dtype=stat), torch.linalg.vector_norm(x, 2, (2, 3), dtype=stat).square()
+            wide_x = _cast(x, stat)  # a float32 copy for half inputs only: their squares overflow past 256
+            sums, squares = wide_x.sum((2, 3)), (wide_x * wide_x).sum((2, 3))
             if used is not None:
                 sums, squares = sums * used, squares * used
             mean = group_sum(sums) / safe
