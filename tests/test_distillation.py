@@ -90,47 +90,40 @@ def test_bad_arguments_are_named():
         SupernetClassifier(nn.Linear(2, 2), 2, distill=True)
 
 
-def test_trainer_with_per_example_sampling_and_distillation_learns():
+def _largest_subnet_loss_before_and_after_training(precision: str, batch_statistics: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest subnet's loss on the training data before and after a short Trainer run with
+    per-example sampling and distillation (running statistics, or the data's own with ``batch_statistics``)."""
     torch.manual_seed(0)
     supernet = SUPERNETS["binas"]()
     x = torch.randn(64, 3, 16, 16)
     y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
     loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
     model = SupernetClassifier(supernet, 4, lr=0.1, epochs=12, distill=True)
-    trainer = pl.Trainer(max_epochs=12, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[UniformSampling(0, per_sample=True)])
-    with torch.no_grad():
-        supernet.eval()
+    trainer = pl.Trainer(max_epochs=12, accelerator="cpu", precision=precision, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[UniformSampling(0, per_sample=True)])
+
+    def largest_loss() -> torch.Tensor:
         supernet.activate(supernet.space.largest())
-        before = nn.functional.cross_entropy(supernet(x), y)
+        # A copy in training mode leaves the supernet's running statistics alone.
+        net = copy.deepcopy(supernet).train() if batch_statistics else supernet.eval()
+        with torch.no_grad():
+            return nn.functional.cross_entropy(net(x), y)
+
+    before = largest_loss()
     supernet.train()
     trainer.fit(model, loader)
-    with torch.no_grad():
-        supernet.eval()
-        supernet.activate(supernet.space.largest())
-        after = nn.functional.cross_entropy(supernet(x), y)
+    after = largest_loss()
+    assert all(bool(torch.isfinite(b).all()) for b in supernet.buffers() if b.is_floating_point())
+    return before, after
+
+
+def test_trainer_with_per_example_sampling_and_distillation_learns():
+    before, after = _largest_subnet_loss_before_and_after_training("32-true", batch_statistics=False)
     assert after < 0.6 * before, (before, after)
 
 
 def test_trainer_under_bf16_mixed_precision_learns():
     # Lightning's autocast with per-example sampling and distillation. Judged with batch statistics: after
     # 48 steps the running statistics of this tiny run lag far behind the weights in float32 as well.
-    torch.manual_seed(0)
-    supernet = SUPERNETS["binas"]()
-    x = torch.randn(64, 3, 16, 16)
-    y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
-    loader = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
-    model = SupernetClassifier(supernet, 4, lr=0.1, epochs=12, distill=True)
-    trainer = pl.Trainer(max_epochs=12, accelerator="cpu", precision="bf16-mixed", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[UniformSampling(0, per_sample=True)])
-
-    def largest_loss() -> torch.Tensor:
-        supernet.activate(supernet.space.largest())
-        with torch.no_grad():
-            return nn.functional.cross_entropy(copy.deepcopy(supernet).train()(x), y)
-
-    before = largest_loss()
-    trainer.fit(model, loader)
-    after = largest_loss()
+    before, after = _largest_subnet_loss_before_and_after_training("bf16-mixed", batch_statistics=True)
     assert after < 0.6 * before, (before, after)
-    assert all(bool(torch.isfinite(b).all()) for b in supernet.buffers() if b.is_floating_point())
