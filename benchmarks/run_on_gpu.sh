@@ -41,6 +41,7 @@ if wanted train_step; then
     step 90 "$py" benchmarks/train_step.py --device cuda --space binas --batch-size 512 --repeats 3 --out "$out/RESULTS.md"
     step 120 "$py" benchmarks/train_step.py --device cuda --space binas-imagenet --repeats 3 --out "$out/RESULTS.md"
     # Where the arithmetic hides the per-example path's extra operator calls (RESULTS.md GPU notes).
+    step 150 "$py" benchmarks/train_step.py --device cuda --space binas-imagenet --batch-size 256 --repeats 2 --warmup 2 --out "$out/RESULTS.md"
     step 180 "$py" benchmarks/train_step.py --device cuda --space binas-imagenet --batch-size 512 --repeats 2 --warmup 2 --out "$out/RESULTS.md"
 fi
 if wanted latency; then
