@@ -38,6 +38,13 @@ def active_size(spec: int | Choice, device: torch.device) -> tuple[int, Tensor |
     if indices is None:
         return spec.value, None
     sizes = spec.values_tensor(indices.device).index_select(0, indices)
+    bounds = spec.index_bounds()  # read on the host at activation: no GPU sync
+    if bounds is not None:
+        ends, between = (spec.values[bounds[0]], spec.values[bounds[1]]), spec.values[bounds[0] : bounds[1] + 1]
+        if bounds[0] == bounds[1]:
+            return spec.values[bounds[0]], None
+        if max(between) in ends:  # the largest size lies at a present index (always for sorted candidates)
+            return max(between), sizes.to(device)
     lo, hi = torch.aminmax(sizes)
     lo, hi = int(lo), int(hi)
     if lo == hi:

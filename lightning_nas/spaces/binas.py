@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice, Mutable
 from lightning_nas.nn.depth_choice import DepthChoice
+from lightning_nas.nn.elastic_size import prefix, size_mask
 from lightning_nas.nn.routing import group_rows, reassemble, take_rows
 from lightning_nas.spaces.mobilenet import make_divisible
 from lightning_nas.spaces.registry import register_space
@@ -107,21 +108,12 @@ def _average_factor(bn: nn.BatchNorm2d) -> float:
     return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
 
 
-def _prefix(t: Tensor | None, *sizes: int) -> Tensor | None:
-    """``t[:sizes[0], :sizes[1], ...]``, or ``t`` itself when those are its sizes: a full-size slice
-    would still cost a view forward and a zero-filled copy backward at every step (the largest
-    subnet, the in-place distillation teacher, is all full sizes)."""
-    if t is None or tuple(t.shape[: len(sizes)]) == sizes:
-        return t
-    return t[tuple(slice(size) for size in sizes)]
-
-
 def _batch_norm(x: Tensor, bn: nn.BatchNorm2d) -> Tensor:
     """``bn`` applied to ``x`` whose channels are the first ``x.shape[1]`` of ``bn``'s (exactly as
     an ``nn.BatchNorm2d`` of that width holding ``bn``'s prefix would compute, running stats included)."""
     c = x.shape[1]
     batch_stats = bn.training or not bn.track_running_stats
-    rm, rv, w, b = (_prefix(t, c) for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias))
+    rm, rv, w, b = (prefix(t, c) for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias))
     return F.batch_norm(x, rm, rv, w, b, batch_stats, _average_factor(bn), bn.eps)
 
 
@@ -218,7 +210,7 @@ def grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor
 def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor | None, mask: Tensor | None) -> Tensor:
     n, c = x.shape[:2]
     stat = torch.promote_types(x.dtype, torch.float32)
-    weight, bias = (_stack([_prefix(getattr(bn, name), c) for bn in norms]) for name in ("weight", "bias"))  # (G, C)
+    weight, bias = (_stack([prefix(getattr(bn, name), c) for bn in norms]) for name in ("weight", "bias"))  # (G, C)
     batch_stats = [bn.training or not bn.track_running_stats for bn in norms]
     updates = [bn.training and bn.track_running_stats for bn in norms]
     with torch.no_grad():
@@ -238,8 +230,8 @@ def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tenso
         if all(batch_stats):
             use_mean, use_var, flags = mean, var, True
         else:
-            running_mean = _cast(_stack([_prefix(bn.running_mean, c) for bn in norms]), stat)
-            running_var = _cast(_stack([_prefix(bn.running_var, c) for bn in norms]), stat)
+            running_mean = _cast(_stack([prefix(bn.running_mean, c) for bn in norms]), stat)
+            running_var = _cast(_stack([prefix(bn.running_var, c) for bn in norms]), stat)
             if any(batch_stats):
                 flags = torch.tensor(batch_stats, device=x.device)[:, None]
                 use_mean, use_var = torch.where(flags, mean, running_mean), torch.where(flags, var, running_var)
@@ -286,7 +278,7 @@ def _update_running_stats(norms: list[nn.BatchNorm2d], groups: list[int], mean: 
     weights = list(_cast(weights, dtype).unbind())
     # ``.data``: see ElasticBatchNorm2d (an earlier forward may have saved these buffers).
     for name, batch in (("running_mean", mean), ("running_var", unbiased)):
-        torch._foreach_lerp_([_prefix(getattr(bn, name).data, c) for bn in norms], list(_cast(batch, dtype).unbind()), weights)
+        torch._foreach_lerp_([prefix(getattr(bn, name).data, c) for bn in norms], list(_cast(batch, dtype).unbind()), weights)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,15 +419,15 @@ class BinasBlock(Mutable):
     # -- scalar mode: one configuration for all rows --------------------------------------------
     def _run_config(self, x: Tensor, ratio: int, kernel: int, se: int) -> Tensor:
         h, rd = self.hidden[ratio], self.se_hidden[ratio]
-        y = self.act(_batch_norm(F.conv2d(x, _prefix(self.conv_pw.weight, h)), self.bn_pw))
+        y = self.act(_batch_norm(F.conv2d(x, prefix(self.conv_pw.weight, h)), self.bn_pw))
         dw = self.conv_dw[kernel]
-        y = F.conv2d(y, _prefix(dw.weight, h), None, dw.stride, dw.padding, 1, h)
+        y = F.conv2d(y, prefix(dw.weight, h), None, dw.stride, dw.padding, 1, h)
         y = self.act(_batch_norm(y, self.bn_dw[kernel]))
         if se:
             s = y.mean((2, 3), keepdim=True)
-            s = F.relu(F.conv2d(s, _prefix(self.se_reduce.weight, rd, h), _prefix(self.se_reduce.bias, rd)))
-            y = y * F.hardsigmoid(F.conv2d(s, _prefix(self.se_expand.weight, h, rd), _prefix(self.se_expand.bias, h)))
-        return _batch_norm(F.conv2d(y, _prefix(self.conv_pwl.weight, self.out_channels, h)), self.bn_pwl[2 * ratio + se])
+            s = F.relu(F.conv2d(s, prefix(self.se_reduce.weight, rd, h), prefix(self.se_reduce.bias, rd)))
+            y = y * F.hardsigmoid(F.conv2d(s, prefix(self.se_expand.weight, h, rd), prefix(self.se_expand.bias, h)))
+        return _batch_norm(F.conv2d(y, prefix(self.conv_pwl.weight, self.out_channels, h)), self.bn_pwl[2 * ratio + se])
 
     # -- per-example mode ---------------------------------------------------------------------
     def _widths(self, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -455,14 +447,14 @@ class BinasBlock(Mutable):
             narrow, wide = min(self.hidden[r] for r in present), max(self.hidden[r] for r in present)
             se_width = max(self.se_hidden[r] for r in present)
         # (n, wide) channels each row uses; None when all rows use them all.
-        mask = None if narrow == wide else (torch.arange(wide, device=x.device) < hidden.to(x.device)[:, None]).to(x.dtype)
-        y = self.act(grouped_batch_norm(F.conv2d(x, _prefix(self.conv_pw.weight, wide)), [self.bn_pw], None, mask))
+        mask = None if narrow == wide else size_mask(hidden.to(x.device), wide, x.dtype)
+        y = self.act(grouped_batch_norm(F.conv2d(x, prefix(self.conv_pw.weight, wide)), [self.bn_pw], None, mask))
         y = self._depthwise(y, kernel, wide)
         y = self.act(grouped_batch_norm(y, self.bn_dw, kernel.to(x.device), mask))
         se_bounds = self.se.index_bounds()
         if (se_bounds[1] == 1) if se_bounds else bool(se.any()):
             y = self._squeeze_excite(y, se.to(x.device), se_hidden_of.index_select(0, ratio).to(x.device), se_width)
-        z = F.conv2d(y, _prefix(self.conv_pwl.weight, self.out_channels, wide))
+        z = F.conv2d(y, prefix(self.conv_pwl.weight, self.out_channels, wide))
         return grouped_batch_norm(z, self.bn_pwl, (2 * ratio + se).to(x.device))
 
     def _depthwise(self, y: Tensor, kernel: Tensor, wide: int) -> Tensor:
@@ -473,7 +465,7 @@ class BinasBlock(Mutable):
             dw = self.conv_dw[k]
             rows = y if len(groups) == 1 else take_rows([y], positions)[0]
             # Bias-free depthwise filters keep each row's zeroed channels at zero.
-            outputs.append(F.conv2d(rows, _prefix(dw.weight, wide), None, dw.stride, dw.padding, 1, wide))
+            outputs.append(F.conv2d(rows, prefix(dw.weight, wide), None, dw.stride, dw.padding, 1, wide))
         return outputs[0] if len(outputs) == 1 else reassemble(outputs, order)
 
     def _squeeze_excite(self, y: Tensor, se: Tensor, reduced: Tensor, width: int | None) -> Tensor:
@@ -482,7 +474,7 @@ class BinasBlock(Mutable):
         wide = y.shape[1]
         width = int(reduced.max()) if width is None else width
         s = y.mean((2, 3))  # (n, wide)
-        r_mask = (torch.arange(width, device=y.device) < reduced[:, None]).to(y.dtype)
+        r_mask = size_mask(reduced, width, y.dtype)
         r = F.relu(F.linear(s, self.se_reduce.weight[:width, :wide, 0, 0], self.se_reduce.bias[:width])) * r_mask
         gate = F.hardsigmoid(F.linear(r, self.se_expand.weight[:wide, :width, 0, 0], self.se_expand.bias[:wide]))
         gate = torch.where(se[:, None] > 0, gate, torch.ones_like(gate))
