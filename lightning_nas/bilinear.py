@@ -9,6 +9,11 @@ with ``d_s`` the depth of stage ``s`` and ``c_{s,b}`` the configuration of its b
 estimator fills ``depth`` with the gains ``Δ^s_b`` and ``block`` with ``Δ^s_{b,c}``; a latency
 table fills ``block`` with the measured block times and ``constant`` with the fixed parts. The
 solvers maximise one table subject to limits on others.
+
+A table may carry a *link*: ``link="log_error"`` says the additive form is the score
+``−log(1 − accuracy)`` (errors multiply across decisions), so :meth:`BilinearTable.predict` returns
+``1 − exp(−score)``. The link is increasing, so the solvers, which work on the additive form, find
+the same optimum as they would on the accuracy itself.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ import numpy as np
 from lightning_nas.io import atomic_write_json
 from lightning_nas.spaces.staged import StagedSpace
 
-__all__ = ["BilinearTable"]
+__all__ = ["LINKS", "BilinearTable"]
 
 FORMAT = "lightning_nas.bilinear_table"
-VERSION = 1
+VERSION = 2  # 2 added ``link``; version-1 files (no link) read as ``link="identity"``
+LINKS = ("identity", "log_error")
 
 
 class BilinearTable:
@@ -41,6 +47,8 @@ class BilinearTable:
         name: what it measures (``"accuracy"``, ``"latency"``, ``"flops"``).
         unit: its unit (``"fraction"``, ``"ms"``, ``"MFLOPs"``).
         metadata: JSON-serialisable facts about how it was made (device, passes, ...).
+        link: ``"identity"`` (the value is the additive form) or ``"log_error"`` (the additive form
+            is ``−log(1 − value)``: value = ``1 − exp(−additive)``; see the module docstring).
     """
 
     def __init__(
@@ -53,7 +61,10 @@ class BilinearTable:
         name: str = "value",
         unit: str = "",
         metadata: Mapping[str, Any] | None = None,
+        link: str = "identity",
     ) -> None:
+        if link not in LINKS:
+            raise ValueError(f"`link` must be one of {LINKS}, got {link!r}")
         shape = (staged.num_stages, staged.max_blocks, staged.num_configs)
         block = np.asarray(block, dtype=np.float64)
         if block.shape != shape:
@@ -69,12 +80,20 @@ class BilinearTable:
         self.constant = float(constant)
         self.block = np.where(exists, block, 0.0)
         self.depth = np.where(staged.depth_exists(), depth, 0.0)
-        self.name, self.unit = name, unit
+        self.name, self.unit, self.link = name, unit, link
         self.metadata = dict(metadata or {})
 
     # -- evaluation ----------------------------------------------------------------------------
+    def inverse_link(self, additive: Any) -> Any:
+        """The value of additive form(s) ``additive``: itself, or ``1 − exp(−additive)`` for ``"log_error"``."""
+        return additive if self.link == "identity" else -np.expm1(-np.asarray(additive, dtype=np.float64))
+
     def predict_indices(self, configs: np.ndarray, depths: np.ndarray) -> np.ndarray:
         """Values for index arrays ``(..., S, D)`` configs and ``(..., S)`` depth indices → ``(...)``."""
+        return self.inverse_link(self.additive_indices(configs, depths))
+
+    def additive_indices(self, configs: np.ndarray, depths: np.ndarray) -> np.ndarray:
+        """The additive form ``constant + Σ depth + Σ block`` (what the solvers optimise) → ``(...)``."""
         configs, depths = np.asarray(configs), np.asarray(depths)
         active = self.staged.active(depths) & (configs >= 0)
         per_block = np.take_along_axis(
@@ -93,10 +112,12 @@ class BilinearTable:
 
     __call__ = predict
 
-    def extreme(self, largest: bool = False) -> tuple[float, dict[str, Any]]:
+    def extreme(self, largest: bool = False, *, additive: bool = False) -> tuple[float, dict[str, Any]]:
         """The smallest (or largest) value any arch reaches, and an arch reaching it.
 
-        Stages are independent, so each picks its best depth with the best config per active block.
+        Stages are independent, so each picks its best depth with the best config per active block
+        (the link is increasing, so the additive form's extreme is the value's). ``additive=True``
+        returns the additive form's extreme value instead of the value's.
         """
         pick = np.max if largest else np.min
         arg = np.argmax if largest else np.argmin
@@ -107,7 +128,7 @@ class BilinearTable:
             options = [self.depth[s, j] + best_block[s, :d].sum() for j, d in enumerate(st.depths)]
             depths[s] = int(arg(options))
             total += float(options[depths[s]])
-        return total, self.staged.to_arch(configs, depths)
+        return float(total if additive else self.inverse_link(total)), self.staged.to_arch(configs, depths)
 
     # -- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -117,6 +138,7 @@ class BilinearTable:
             "version": VERSION,
             "name": self.name,
             "unit": self.unit,
+            "link": self.link,
             "constant": self.constant,
             "block": self.block.tolist(),
             "depth": self.depth.tolist(),
@@ -133,13 +155,13 @@ class BilinearTable:
         """Rebuild from :meth:`to_dict`; ``staged`` must have the structure it was made for."""
         if data.get("format") != FORMAT:
             raise ValueError(f"not a bilinear table (format {data.get('format')!r}, expected {FORMAT!r})")
-        if data.get("version") != VERSION:
-            raise ValueError(f"bilinear table version {data.get('version')!r} is not supported (this library reads {VERSION})")
+        if data.get("version") not in (1, VERSION):
+            raise ValueError(f"bilinear table version {data.get('version')!r} is not supported (this library reads 1 to {VERSION})")
         if data["structure"] != _structure(staged):
             raise ValueError(f"table {data.get('name')!r} was made for another space structure than {staged!r}")
         return cls(
             staged, data["constant"], np.array(data["block"]), np.array(data["depth"]),
-            name=data["name"], unit=data["unit"], metadata=data.get("metadata"),
+            name=data["name"], unit=data["unit"], metadata=data.get("metadata"), link=data.get("link", "identity"),
         )
 
     @classmethod
@@ -148,7 +170,8 @@ class BilinearTable:
         return cls.from_dict(json.loads(Path(path).read_text()), staged)
 
     def __repr__(self) -> str:
-        return f"BilinearTable(name={self.name!r}, unit={self.unit!r}, constant={self.constant:.4g}, staged={self.staged!r})"
+        link = "" if self.link == "identity" else f", link={self.link!r}"
+        return f"BilinearTable(name={self.name!r}, unit={self.unit!r}, constant={self.constant:.4g}{link}, staged={self.staged!r})"
 
 
 def _structure(staged: StagedSpace) -> list[dict[str, Any]]:

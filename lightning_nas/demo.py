@@ -221,7 +221,7 @@ def run_demo(
         "epochs": epochs,
         "train_seconds": round(train_seconds, 1),
         "one_shot_val_acc": float(trainer.callback_metrics["val_acc"]),
-        "expected_acc": accuracy_table.constant,
+        "expected_acc": accuracy_table.metadata["base_accuracy"],
         "latency_range_ms": [low, high],
         "latency_table": str(profiler.path),
         "ranking": {"num_subnets": num_ranked, **ranking},

@@ -110,7 +110,7 @@ def _restricted_space(staged: StagedSpace, keep: np.ndarray) -> StagedSpace:
 
 def _restrict(table: BilinearTable, staged: StagedSpace, keep: np.ndarray) -> BilinearTable:
     block = np.take_along_axis(table.block, keep, -1)
-    return BilinearTable(staged, table.constant, block, table.depth, name=table.name, unit=table.unit)
+    return BilinearTable(staged, table.constant, block, table.depth, name=table.name, unit=table.unit, link=table.link)
 
 
 class DynamicNetwork(nn.Module):

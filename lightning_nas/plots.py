@@ -23,12 +23,16 @@ def _save(fig, path: str | Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_contributions(table: BilinearTable, path: str | Path, *, scale: float = 100.0, unit: str = "pp") -> Path:
+def plot_contributions(table: BilinearTable, path: str | Path, *, scale: float | None = None, unit: str | None = None) -> Path:
     """Heatmaps of a table's block terms (one panel per stage: configs × block positions) and depth terms.
 
     For an accuracy table these are BINAS's Fig. 8: ``Δ^s_{b,c}`` per stage and block position and
-    ``Δ^s_b`` per depth, in percentage points with the default ``scale``.
+    ``Δ^s_b`` per depth, by default in percentage points (``scale=100``, ``unit="pp"``); a
+    ``link="log_error"`` table's terms are plotted as they are, in nats of ``−log(error)``.
     """
+    identity = table.link == "identity"
+    scale = (100.0 if identity else 1.0) if scale is None else scale
+    unit = ("pp" if identity else "nats of -log error") if unit is None else unit
     import matplotlib
 
     matplotlib.use("Agg")

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.estimators.contributions import (
-    METHODS, SHRINKAGE, ContributionAccumulator, check_paired, check_score, estimate_contributions, score_name,
+    METHODS, SHRINKAGE, check_estimator_options, check_paired, check_score, estimate_contributions, make_accumulator, score_name,
 )
 from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet, find_supernet
@@ -52,6 +52,12 @@ class ContributionEstimation(Callback):
             gains, less noise.
         score: ``(logits, labels) -> (N,)`` in [0, 1], the per-example outcome; default top-1
             correctness (:class:`~lightning_nas.estimators.SmoothedTop1` is less noisy).
+        fit: one-pass only: ``"means"`` (BINAS's conditional means) or ``"log_error"`` (the
+            multiplicative-error model with a difficulty per example, a ``link="log_error"`` table;
+            see :func:`~lightning_nas.estimators.estimate_contributions`).
+        allocation: with ``fit="log_error"``: ``"uniform"`` or ``"adaptive"`` (records spent on the
+            examples whose outcome varies).
+        pilot_passes: adaptive allocation's records per example before allocating.
         path: JSON file for the latest table (overwritten atomically at each estimate).
         supernet: dotted attribute path of the supernet in the LightningModule, when it has several.
         batch_to_xy: ``batch -> (inputs, labels)``; default ``(batch[0], batch[1])``.
@@ -74,6 +80,9 @@ class ContributionEstimation(Callback):
         shrinkage: str = "none",
         paired: bool = False,
         score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        fit: str = "means",
+        allocation: str = "uniform",
+        pilot_passes: int = 2,
         path: str | Path | None = None,
         supernet: str | None = None,
         batch_to_xy: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
@@ -94,6 +103,7 @@ class ContributionEstimation(Callback):
         if shrinkage not in SHRINKAGE:
             raise ValueError(f"`shrinkage` must be one of {SHRINKAGE}, got {shrinkage!r}")
         check_paired(paired, method, passes)
+        check_estimator_options(method, passes, paired, shrinkage, fit, allocation, pilot_passes)
         score = check_score(score)
         if every_n_epochs is None and not at_end:
             raise ValueError("`every_n_epochs=None` with `at_end=False` would never estimate; set one of them")
@@ -106,6 +116,7 @@ class ContributionEstimation(Callback):
         self.shrinkage = shrinkage
         self.paired = paired
         self.score = score
+        self.fit, self.allocation, self.pilot_passes = fit, allocation, pilot_passes
         self.path = Path(path) if path is not None else None
         self.supernet_path = supernet
         self.batch_to_xy = batch_to_xy
@@ -119,7 +130,9 @@ class ContributionEstimation(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(method=self.method, seed=self.seed, supernet=self.supernet_path)
+        # The fit joins the key only when it is not the default, so older checkpoints keep their key.
+        fit = {} if self.fit == "means" else {"fit": self.fit}
+        return self._generate_state_key(method=self.method, seed=self.seed, supernet=self.supernet_path, **fit)
 
     @property
     def accuracy_model(self) -> BilinearTable | None:
@@ -139,7 +152,7 @@ class ContributionEstimation(Callback):
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0:
             table = self._estimate(trainer, pl_module)
-            pl_module.log("contributions/expected_accuracy", table.constant, batch_size=1, sync_dist=False)
+            pl_module.log("contributions/expected_accuracy", table.metadata["base_accuracy"], batch_size=1, sync_dist=False)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.at_end or self._last_step == trainer.global_step:
@@ -147,26 +160,27 @@ class ContributionEstimation(Callback):
         table = self._estimate(trainer, pl_module)
         # pl_module.log is not available in on_train_end; loggers are (they log on rank 0 only).
         for logger in trainer.loggers:
-            logger.log_metrics({"contributions/expected_accuracy": table.constant}, step=trainer.global_step)
+            logger.log_metrics({"contributions/expected_accuracy": table.metadata["base_accuracy"]}, step=trainer.global_step)
 
     # -- estimation ----------------------------------------------------------------------------
     def _estimate(self, trainer: Trainer, pl_module: LightningModule) -> BilinearTable:
         if self._supernet is None:
             self.setup(trainer, pl_module, "fit")
         forward = self.forward
-        accumulator = ContributionAccumulator(
-            self._staged, metadata={"epoch": trainer.current_epoch, "global_step": trainer.global_step}, shrinkage=self.shrinkage
+        accumulator = make_accumulator(
+            self._staged, fit=self.fit, shrinkage=self.shrinkage, metadata={"epoch": trainer.current_epoch, "global_step": trainer.global_step}
         )
         table = estimate_contributions(
             self._supernet, self.held_out, method=self.method, passes=self.passes, seed=self.seed,
             batch_to_xy=self.batch_to_xy, forward=(lambda x: forward(pl_module, x)) if forward else pl_module,
             model=pl_module, rank=trainer.global_rank, world_size=trainer.world_size, accumulator=accumulator,
-            staged=self._staged, paired=self.paired, score=self.score,
+            staged=self._staged, paired=self.paired, score=self.score, fit=self.fit, allocation=self.allocation,
+            pilot_passes=self.pilot_passes,
         )
         self._table, self._pending, self._last_step = table, None, trainer.global_step
         self.history.append({
             "epoch": trainer.current_epoch, "global_step": trainer.global_step,
-            "expected_accuracy": table.constant, "examples": table.metadata["examples"],
+            "expected_accuracy": table.metadata["base_accuracy"], "examples": table.metadata["examples"],
         })
         if self.path is not None and trainer.is_global_zero:
             table.save(self.path)
@@ -180,6 +194,7 @@ class ContributionEstimation(Callback):
             "seed": self.seed,
             "passes": self.passes,
             "score": score_name(self.score),
+            "fit": self.fit,
             "history": list(self.history),
             "last_step": self._last_step,
             "accuracy_model": table.to_dict() if table is not None else self._pending,

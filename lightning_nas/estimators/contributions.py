@@ -48,17 +48,21 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.utilities import move_data_to_device
+from lightning.fabric.utilities.apply_func import apply_to_collection
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 
 from lightning_nas.bilinear import BilinearTable
+from lightning_nas.estimators.log_error import LogErrorAccumulator, allocate_records
 from lightning_nas.seeding import derive_generator
 from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet
 
 __all__ = [
+    "ALLOCATIONS",
     "CONFIG_ONLY",
+    "FITS",
     "NEVER_ACTIVE",
     "METHODS",
     "Conditional",
@@ -66,6 +70,7 @@ __all__ = [
     "SmoothedTop1",
     "StagedIndexer",
     "ablate",
+    "check_estimator_options",
     "check_paired",
     "check_score",
     "conditioning_depths",
@@ -74,6 +79,8 @@ __all__ = [
     "estimate_one_pass",
     "estimate_paper_protocol",
     "evaluation_mode",
+    "logit_margin",
+    "make_accumulator",
     "paper_protocol_conditionals",
     "paper_protocol_passes",
     "score_name",
@@ -85,7 +92,12 @@ __all__ = [
 CONFIG_ONLY = -1  # conditioning_depths: the block's gain conditions on its configuration only
 NEVER_ACTIVE = -2  # conditioning_depths: no block there, or one that runs at no depth
 METHODS = ("one_pass", "paper")
+FITS = ("means", "log_error")
+ALLOCATIONS = ("uniform", "adaptive")
 SHRINKAGE = ("none", "empirical_bayes")
+ALLOCATION_TEMPERATURE = 0.5  # logits: an example's pilot outcome spread is sqrt(q(1-q)), q = mean sigmoid(margin / this)
+MAX_RECORDS_FACTOR = 4  # adaptive allocation: no example gets more than this many times `passes` records
+_GROUP_STRIDE = 1 << 32  # record group (held-out example) id = batch index * stride + position in the batch
 ABLATIONS = ("full", "q_beta", "Q", "q_alpha")
 
 RULE = (
@@ -427,6 +439,7 @@ class ContributionAccumulator(Metric):
             )
         metadata = {
             **self.metadata,
+            "base_accuracy": base,
             "conditioning": RULE,
             "examples": int(self.examples),
             "batches": int(self.batches),
@@ -568,7 +581,7 @@ def ablate(table: BilinearTable, term: str) -> BilinearTable:
     elif term == "q_alpha":
         block[cond == CONFIG_ONLY] = 0.0
     metadata = {**table.metadata, "ablation": term}
-    return BilinearTable(table.staged, table.constant, block, depth, name=table.name, unit=table.unit, metadata=metadata)
+    return BilinearTable(table.staged, table.constant, block, depth, name=table.name, unit=table.unit, metadata=metadata, link=table.link)
 
 
 # -- evaluation core -----------------------------------------------------------------------------
@@ -598,6 +611,14 @@ def top1_correct(logits: Tensor, target: Tensor) -> Tensor:
     return logits.argmax(-1) == target
 
 
+def logit_margin(logits: Tensor, target: Tensor) -> Tensor:
+    """``(N,)``: the true class's logit minus the largest other one (> 0 exactly when top-1 is right)."""
+    target = _check_logits(logits, target)
+    true = logits.gather(1, target[:, None])
+    others = logits.scatter(1, target[:, None], float("-inf")).amax(1, keepdim=True)
+    return (true - others)[:, 0]
+
+
 class SmoothedTop1:
     """Top-1 correctness smoothed by the logit margin, a per-example score for the estimators.
 
@@ -620,9 +641,7 @@ class SmoothedTop1:
         target = _check_logits(logits, target)
         if logits.shape[1] < 2:
             raise ValueError(f"SmoothedTop1 needs at least 2 classes, got logits of shape {tuple(logits.shape)}")
-        true = logits.gather(1, target[:, None])
-        others = logits.scatter(1, target[:, None], float("-inf")).amax(1, keepdim=True)
-        return torch.sigmoid((true - others)[:, 0].double() / self.temperature)
+        return torch.sigmoid(logit_margin(logits, target).double() / self.temperature)
 
     def __repr__(self) -> str:
         return f"SmoothedTop1(temperature={self.temperature:g})"
@@ -702,6 +721,9 @@ def estimate_contributions(
     shrinkage: str = "none",
     paired: bool = False,
     score: Callable[[Tensor, Tensor], Tensor] | None = None,
+    fit: str = "means",
+    allocation: str = "uniform",
+    pilot_passes: int = 2,
 ) -> BilinearTable:
     """Estimate the accuracy table of ``supernet`` on ``held_out`` (see the module docstring).
 
@@ -733,6 +755,15 @@ def estimate_contributions(
         score: ``(logits (N, K), labels (N,)) -> (N,)`` bool or float in [0, 1], the per-example
             outcome whose contributions are estimated; default :func:`top1_correct`.
             :class:`SmoothedTop1` trades a little bias for less noise.
+        fit: one-pass only. ``"means"``: BINAS's conditional means (Eq. 3); ``"log_error"``: the
+            multiplicative-error model fit to the same kind of records with a difficulty per
+            example (:mod:`lightning_nas.estimators.log_error`; a ``link="log_error"`` table).
+        allocation: with ``fit="log_error"``. ``"uniform"``: every example ``passes`` records;
+            ``"adaptive"``: every example ``pilot_passes`` records, then the rest of the batch's
+            ``passes × n`` budget spread over its examples in proportion to how much their pilot
+            outcomes vary (:func:`~lightning_nas.estimators.log_error.allocate_records`), at most
+            ``4 × passes`` each. Examples every architecture gets right cost little.
+        pilot_passes: adaptive allocation's records per example before allocating (>= 2, <= passes).
 
     Returns:
         The :class:`~lightning_nas.bilinear.BilinearTable` (``name="accuracy"``). Its metadata has
@@ -746,6 +777,7 @@ def estimate_contributions(
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
     passes = _positive_int(passes if passes is not None else (1 if method == "one_pass" else 10), "passes")
     check_paired(paired, method, passes)
+    check_estimator_options(method, passes, paired, shrinkage, fit, allocation, pilot_passes)
     _check_common(seed, rank, world_size)
     score = check_score(score)
     staged = staged if staged is not None else StagedSpace.from_space(supernet.space)
@@ -756,12 +788,16 @@ def estimate_contributions(
     conditionals = paper_protocol_conditionals(staged) if method == "paper" else None
     fixed = [indexer.fixed(c) for c in conditionals] if conditionals else None
     if accumulator is None:
-        accumulator = ContributionAccumulator(staged, shrinkage=shrinkage)
-    accumulator.to(_device_of(model))
+        accumulator = make_accumulator(staged, fit=fit, shrinkage=shrinkage)
+    if not isinstance(accumulator, LogErrorAccumulator if fit == "log_error" else ContributionAccumulator):
+        raise ValueError(f"`accumulator` must be what make_accumulator(staged, fit={fit!r}) makes, got {type(accumulator).__name__}")
+    if fit == "means":
+        accumulator.to(_device_of(model))
     accumulator.metadata.update(
         method=method, passes=passes, seed=seed, world_size=world_size, paired=paired, score=score_name(score),
         conditionals=len(conditionals) if conditionals else None,
-        data_passes=passes * (len(conditionals) if conditionals else 1),
+        data_passes=passes * (len(conditionals) if conditionals else 1), fit=fit,
+        **({"allocation": allocation, "pilot_passes": pilot_passes if allocation == "adaptive" else None} if fit == "log_error" else {}),
     )
     space = supernet.space
     device = _device_of(model)
@@ -772,6 +808,9 @@ def estimate_contributions(
             x, y = batch_to_xy(batch)
             x, y = move_data_to_device(x, device), move_data_to_device(y, device)
             n = int(torch.as_tensor(y).shape[0])
+            if fit == "log_error":
+                _log_error_records(supernet, indexer, accumulator, forward, score, x, y, n, i, seed, passes, allocation, pilot_passes)
+                continue
             records = []  # one-pass: (configs, depths, correct) per pass
             for p in range(passes):
                 draw = space.sample_indices(n, derive_generator(seed, p, i))
@@ -788,6 +827,61 @@ def estimate_contributions(
                 for record in records:
                     accumulator.update(*record)
     return accumulator.compute()
+
+
+def _log_error_records(supernet, indexer, accumulator, forward, score, x, y, n, i, seed, passes, allocation, pilot_passes) -> None:
+    # One batch's records for the log-error fit; record p of an example is drawn with (seed, p, i)
+    # however many records the example gets, so the pilot equals the first passes of a uniform run.
+    groups = i * _GROUP_STRIDE + torch.arange(n)
+    pilot = passes if allocation == "uniform" else pilot_passes
+    margins = []
+    for p in range(pilot):
+        draw = supernet.space.sample_indices(n, derive_generator(seed, p, i))
+        supernet.activate_indices(draw)
+        logits = forward(x)
+        accumulator.update(*indexer.to_staged(draw), score(logits, y), groups)
+        margins.append(logit_margin(logits, y).detach().double().cpu())
+    if pilot == passes:
+        return
+    q = torch.sigmoid(torch.stack(margins) / ALLOCATION_TEMPERATURE).mean(0)
+    counts = allocate_records((q * (1 - q)).sqrt(), passes * n, pilot, MAX_RECORDS_FACTOR * passes)
+    for p in range(pilot, int(counts.max())):
+        rows = torch.nonzero(counts > p)[:, 0]
+        index = rows.to(y.device)
+        draw = supernet.space.sample_indices(len(rows), derive_generator(seed, p, i))
+        supernet.activate_indices(draw)
+        logits = forward(apply_to_collection(x, Tensor, lambda t: t[index]))
+        accumulator.update(*indexer.to_staged(draw), score(logits, y[index]), groups[rows])
+
+
+def make_accumulator(staged: StagedSpace, *, fit: str = "means", shrinkage: str = "none",
+                     metadata: Mapping[str, Any] | None = None) -> "ContributionAccumulator | LogErrorAccumulator":
+    """The metric :func:`estimate_contributions` accumulates into for ``fit`` (pass one for DDP or metadata)."""
+    if fit not in FITS:
+        raise ValueError(f"`fit` must be one of {FITS}, got {fit!r}")
+    if fit == "log_error":
+        return LogErrorAccumulator(staged, metadata=metadata)
+    return ContributionAccumulator(staged, metadata=metadata, shrinkage=shrinkage)
+
+
+def check_estimator_options(method: str, passes: int | None, paired: bool, shrinkage: str, fit: str, allocation: str,
+                            pilot_passes: int) -> None:
+    """Raise ``ValueError`` for a combination of estimator options that does not exist."""
+    if fit not in FITS:
+        raise ValueError(f"`fit` must be one of {FITS}, got {fit!r}")
+    if allocation not in ALLOCATIONS:
+        raise ValueError(f"`allocation` must be one of {ALLOCATIONS}, got {allocation!r}")
+    if fit == "log_error":
+        if method != "one_pass":
+            raise ValueError(f"`fit='log_error'` fits one-pass records; it needs method='one_pass', got {method!r}")
+        if paired or shrinkage != "none":
+            raise ValueError("`fit='log_error'` already centres each example (its difficulty is a parameter): "
+                             f"use paired=False and shrinkage='none', got paired={paired!r}, shrinkage={shrinkage!r}")
+    elif allocation != "uniform":
+        raise ValueError(f"`allocation={allocation!r}` needs fit='log_error' (the conditional means weigh every record alike)")
+    if allocation == "adaptive":
+        if not isinstance(pilot_passes, int) or isinstance(pilot_passes, bool) or not 2 <= pilot_passes <= (passes or 1):
+            raise ValueError(f"`pilot_passes` must be an int in [2, passes={passes}] for adaptive allocation, got {pilot_passes!r}")
 
 
 def estimate_one_pass(supernet: Supernet, held_out: Iterable[Any], *, passes: int = 1, seed: int = 0, **kwargs: Any) -> BilinearTable:

@@ -196,7 +196,7 @@ class MilpModel:
             m.obj = pyo.Objective(expr=_linear_expr(pyo, minimise, idx, m.w, m.beta, offset=False), sense=pyo.minimize)
         self.sense = "min" if minimise is not None else "max"
         table = problem.objective if minimise is None else minimise
-        self.default_abs_gap = 1e-9 * max(table.extreme(largest=True)[0] - table.extreme()[0], 1e-12)
+        self.default_abs_gap = 1e-9 * max(table.extreme(largest=True, additive=True)[0] - table.extreme(additive=True)[0], 1e-12)
         self._add_limits(pyo, m, problem.limits, lambda t: _linear_expr(pyo, t, idx, m.w, m.beta))
         self.build_seconds = time.perf_counter() - start
 

@@ -77,6 +77,9 @@ class Limit:
     def __post_init__(self) -> None:
         if not isinstance(self.table, BilinearTable):
             raise ValueError(f"`Limit.table` must be a BilinearTable, got {type(self.table).__name__}")
+        if self.table.link != "identity":
+            # The solvers bound the additive form; a linked table's bound would need the link applied first.
+            raise ValueError(f"`Limit.table` must be additive (link 'identity'); {self.table.name!r} has link {self.table.link!r}")
         for which in ("upper", "lower"):
             value = getattr(self, which)
             if value is None:

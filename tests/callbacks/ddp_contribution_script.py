@@ -8,7 +8,7 @@ import sys
 
 import lightning.pytorch as pl
 import torch
-from test_contribution import DATA, DDP_PASSES, gratings_dataset, tiny_model  # this script's directory is on sys.path
+from test_contribution import DATA, DDP_RUNS, gratings_dataset, tiny_model  # this script's directory is on sys.path
 from torch.utils.data import DataLoader
 
 from lightning_nas.callbacks import UniformSampling
@@ -25,7 +25,7 @@ def ddp_model():
 def main() -> None:
     out = sys.argv[1]
     held_out = DataLoader(gratings_dataset(70, seed=2, **DATA), batch_size=10)  # 7 batches: uneven shards
-    callbacks = {method: ContributionEstimation(held_out, method=method, passes=passes, seed=5) for method, passes in DDP_PASSES.items()}
+    callbacks = {name: ContributionEstimation(held_out, seed=5, **options) for name, options in DDP_RUNS.items()}
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true", max_epochs=1, limit_train_batches=2,
         callbacks=[UniformSampling(0, per_sample=True), *callbacks.values()], logger=False, enable_checkpointing=False,
@@ -34,7 +34,7 @@ def main() -> None:
     model = ddp_model()
     trainer.fit(model, DataLoader(gratings_dataset(64, seed=0, **DATA), batch_size=8))
     with open(os.path.join(out, f"rank{trainer.global_rank}.json"), "w") as f:
-        tables = {method: cb.accuracy_model.to_dict() for method, cb in callbacks.items()}
+        tables = {name: cb.accuracy_model.to_dict() for name, cb in callbacks.items()}
         json.dump({"tables": tables, "world_size": trainer.world_size}, f)
     if trainer.global_rank == 0:
         torch.save(model.state_dict(), os.path.join(out, "model.pt"))

@@ -22,7 +22,11 @@ from lightning_nas.spaces import mobilenet_supernet
 from lightning_nas.spaces.staged import StagedSpace
 
 DATA = {"num_classes": 4, "image_size": 16, "noise": 0.5}
-DDP_PASSES = {"one_pass": 2, "paper": 1}  # estimation passes per method in ddp_contribution_script.py
+DDP_RUNS = {  # the estimates ddp_contribution_script.py makes, by name
+    "one_pass": {"method": "one_pass", "passes": 2},
+    "paper": {"method": "paper", "passes": 1},
+    "log_error": {"method": "one_pass", "passes": 3, "fit": "log_error", "allocation": "adaptive"},
+}
 
 
 def gratings_dataset(n, *, num_classes, image_size, noise, seed):
@@ -112,6 +116,24 @@ def test_paired_estimate_at_end_matches_direct_estimate(tmp_path):
     assert np.array_equal(direct.depth, table.depth)
 
 
+def test_log_error_fit_at_end_matches_direct_estimate_beside_a_means_estimate(tmp_path):
+    pl.seed_everything(0, verbose=False)
+    train, val, held_out = loaders()
+    model = tiny_model()
+    means = ContributionEstimation(held_out, passes=2, seed=5)
+    log_error = ContributionEstimation(held_out, passes=4, seed=5, fit="log_error", allocation="adaptive", pilot_passes=2)
+    assert means.state_key != log_error.state_key  # both fit in one Trainer and one checkpoint
+    trainer(tmp_path, [UniformSampling(0, per_sample=True), means, log_error]).fit(model, train, val)
+    table = log_error.accuracy_model
+    direct = estimate_contributions(model.supernet, held_out, passes=4, seed=5, fit="log_error", allocation="adaptive")
+    assert table.link == "log_error" and table.metadata["allocation"] == "adaptive"
+    assert direct.constant == table.constant and np.array_equal(direct.block, table.block)
+    assert log_error.history[0]["expected_accuracy"] == table.metadata["base_accuracy"]
+    assert log_error.state_dict()["fit"] == "log_error" and log_error.state_dict()["accuracy_model"]["link"] == "log_error"
+    # The first two records of every example are the means estimate's draws: the same E[Acc].
+    assert table.metadata["base_accuracy"] == pytest.approx(means.accuracy_model.metadata["base_accuracy"], abs=0.1)
+
+
 def test_paper_protocol_at_end_and_resume_keeps_the_table(tmp_path):
     pl.seed_everything(0, verbose=False)
     train, val, held_out = loaders()
@@ -155,6 +177,8 @@ def test_bad_arguments_are_rejected():
         ({"paired": True, "passes": 2, "method": "paper"}, "paired"),
         ({"paired": "yes"}, "paired"),
         ({"score": "smoothed"}, "score"),
+        ({"fit": "log_error", "method": "paper"}, "method='one_pass'"),
+        ({"allocation": "adaptive"}, "needs fit='log_error'"),
     ]:
         with pytest.raises(ValueError, match=name):
             ContributionEstimation(held_out, **kwargs)
@@ -174,9 +198,9 @@ def test_ddp_ranks_share_the_single_process_estimate(tmp_path):
     model = tiny_model()
     model.load_state_dict(torch.load(tmp_path / "model.pt"))
     held_out = DataLoader(gratings_dataset(70, seed=2, **DATA), batch_size=10)
-    for method, passes in DDP_PASSES.items():
-        single = estimate_contributions(model.supernet, held_out, method=method, passes=passes, seed=5)
-        ddp = ranks[0]["tables"][method]
+    for name, options in DDP_RUNS.items():
+        single = estimate_contributions(model.supernet, held_out, seed=5, **options)
+        ddp = ranks[0]["tables"][name]
         assert ddp["metadata"]["examples"] == single.metadata["examples"] and ddp["metadata"]["world_size"] == 2
         assert ddp["constant"] == pytest.approx(single.constant, abs=1e-12)
         np.testing.assert_allclose(np.array(ddp["block"]), single.block, atol=1e-12)

@@ -81,6 +81,25 @@ def test_milp_equals_brute_force_with_two_limits(inst, seed, q1, q2, with_lower)
         assert result.resources["latency"] >= lower_lat
 
 
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), q=st.floats(0, 1))
+def test_log_error_objective_milp_equals_brute_force_over_predicted_accuracy(inst, seed, q):
+    space, staged, additive, (lat,), _ = inst.random_instance(seed)
+    # −log(error) gains around 3 nats (accuracy ≈ 0.95), spread like a fitted table's.
+    acc = BilinearTable(staged, 3.0, additive.block * 40, additive.depth * 40, name="accuracy", link="log_error")
+    archs, values = inst.enumerate_values(space, [additive, lat])
+    predicted = 1 - np.exp(-(3.0 + (values[:, 0] - additive.constant) * 40))
+    limit = inst.midpoint_limit(values[:, 1], q)
+    if limit is None:
+        return
+    result = search_constrained(acc, Limit(lat, upper=limit))
+    assert result.status == "optimal" and result.feasible
+    assert result.objective == pytest.approx(predicted[values[:, 1] <= limit].max(), abs=1e-12)
+    assert result.objective == pytest.approx(acc.predict(result.arch), abs=1e-15)
+    with pytest.raises(ValueError, match="link 'log_error'"):
+        Limit(acc, lower=0.9)  # a linked table cannot be a limit: the solvers bound the additive form
+
+
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), method=st.sampled_from(["milp", "bcfw", "evolution"]))
 def test_infeasible_single_limit_reports_the_smallest_achievable_value(inst, seed, method):

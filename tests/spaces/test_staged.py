@@ -118,3 +118,37 @@ def test_bad_shapes_and_structures():
     uneven = SearchSpace([Decision("stage0.block0.k", (3, 5), 3), Decision("stage1.block0.k", (3, 5, 7), 3)])
     with pytest.raises(ValueError, match="same number of configurations"):
         StagedSpace.from_space(uneven)
+
+
+# -- link="log_error": the additive form is −log(1 − value) ---------------------------------------
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), largest=st.booleans())
+def test_log_error_link_predicts_one_minus_exp_and_keeps_the_extreme_arch(seed, largest):
+    space = small_space(extra=False)
+    staged = StagedSpace.from_space(space)
+    additive = random_table(staged, seed)
+    linked = BilinearTable(staged, additive.constant, additive.block, additive.depth, link="log_error")
+    archs = list(space.enumerate())
+    np.testing.assert_allclose(linked.predict_many(archs), 1 - np.exp(-additive.predict_many(archs)), rtol=1e-12)
+    np.testing.assert_allclose(linked.additive_indices(*staged.indices_many(archs)), additive.predict_many(archs))
+    value, arch = linked.extreme(largest=largest)
+    values = linked.predict_many(archs)
+    assert value == pytest.approx(values.max() if largest else values.min(), rel=1e-12)
+    assert linked(arch) == pytest.approx(value, rel=1e-12)
+    assert linked.extreme(largest=largest, additive=True)[0] == pytest.approx(additive.extreme(largest=largest)[0])
+
+
+def test_link_round_trips_and_version_1_files_read_as_identity(tmp_path):
+    staged = StagedSpace.from_space(small_space())
+    base = random_table(staged, 1)
+    linked = BilinearTable(staged, base.constant, base.block, base.depth, name="accuracy", link="log_error")
+    loaded = BilinearTable.load(linked.save(tmp_path / "t.json"), staged)
+    assert loaded.link == "log_error" and "link='log_error'" in repr(loaded)
+    arch = staged.space.sample(3)
+    assert loaded(arch) == linked(arch)
+    old = base.to_dict()
+    old["version"] = 1
+    del old["link"]
+    assert BilinearTable.from_dict(old, staged).link == "identity"
+    with pytest.raises(ValueError, match="`link` must be one of"):
+        BilinearTable(staged, 0.0, base.block, link="logit")
