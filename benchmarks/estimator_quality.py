@@ -10,6 +10,9 @@ predicted by accuracy tables estimated on the same split:
   also with empirical-Bayes shrinkage of the gains (``shrinkage="empirical_bayes"``, same records),
   paired (each record centred on its example's other passes), and paired with the records scored by
   margin-smoothed top-1 (``SmoothedTop1(--smoothing-temperature)``, same draws as paired);
+* **one-pass, log-error fit** (``fit="log_error"``): the same records as the paired rows fit as a
+  multiplicative-error model with a difficulty per example; and with ``allocation="adaptive"``
+  (the same budget of forward passes, spent on the examples whose first two outcomes vary);
 * **paper protocol**: one dedicated evaluation per conditional (43 for this space), after 1, 2, ...
   passes per conditional (BINAS: 10);
 * **regression baselines** (BINAS §5.2): bilinear least squares and ridge quadratic regression
@@ -79,8 +82,23 @@ def markers(space: str, distill: bool = True, device: str = "cpu") -> tuple[str,
 
 
 TARGET_TAU, TARGET_RATIO = 0.84, 1 / 20
-ESTIMATORS = ("one_pass", "one_pass+empirical_bayes", "one_pass+paired", "one_pass+paired+empirical_bayes", "one_pass+paired+smoothed",
-              "paper")
+# Rows by name: estimate_contributions options, and a seed key (rows with the same key draw the same
+# architectures for the same example and pass: shrunk, smoothed or log-error fit vs plain).
+RUNS = {
+    "one_pass": {"seed_key": 3},
+    "one_pass+empirical_bayes": {"shrinkage": "empirical_bayes", "seed_key": 3},
+    "one_pass+paired": {"paired": True, "seed_key": 5},
+    "one_pass+paired+empirical_bayes": {"paired": True, "shrinkage": "empirical_bayes", "seed_key": 5},
+    "one_pass+paired+smoothed": {"paired": True, "score": "smoothed", "seed_key": 5},
+    "one_pass+log_error": {"fit": "log_error", "seed_key": 5},
+    "one_pass+log_error+adaptive": {"fit": "log_error", "allocation": "adaptive", "seed_key": 5},
+    "paper": {"method": "paper", "seed_key": 4},
+}
+ESTIMATORS = tuple(RUNS)
+LABELS = {"one_pass": "one-pass", "paper": "paper protocol", "one_pass+empirical_bayes": "one-pass, shrunk",
+          "one_pass+paired": "one-pass, paired", "one_pass+paired+empirical_bayes": "one-pass, paired, shrunk",
+          "one_pass+paired+smoothed": "one-pass, paired, smoothed top-1 (T={T:g})", "one_pass+log_error": "one-pass, log-error fit",
+          "one_pass+log_error+adaptive": "one-pass, log-error fit, adaptive allocation"}
 PAPER_PASSES = 10  # BINAS's paper protocol: 10 passes per conditional; the pass budget of the target is 1/20 of that
 
 
@@ -135,18 +153,19 @@ def ranked_subnets(space, args: argparse.Namespace) -> tuple[list[dict], list[di
 
 
 def accumulate(supernet, held_out, staged, method: str, checkpoints: list[int], seed: int, shrinkage: str = "none",
-               paired: bool = False, score=None) -> list[dict]:
+               paired: bool = False, score=None, fit: str = "means", allocation: str = "uniform") -> list[dict]:
     """Estimate pass by pass, merging; a table (and its cost) at each checkpoint.
 
-    Paired estimates centre records across passes, so each checkpoint (of at least 2 passes) is
-    its own estimate with that many passes.
+    Paired estimates centre records across passes and the log-error fit uses every record of an
+    example together, so for them each checkpoint (of at least 2 passes) is its own estimate with
+    that many passes.
     """
-    if paired:
+    if paired or fit == "log_error":
         rows = []
         for passes in (p for p in checkpoints if p >= 2):
             started = time.perf_counter()
             table = estimate_contributions(supernet, held_out, method=method, passes=passes, seed=seed, staged=staged,
-                                           shrinkage=shrinkage, paired=True, score=score)
+                                           shrinkage=shrinkage, paired=paired, score=score, fit=fit, allocation=allocation)
             rows.append({"passes": passes, "examples": table.metadata["examples"], "seconds": time.perf_counter() - started, "table": table})
         return rows
     running = ContributionAccumulator(staged, shrinkage=shrinkage).to(next(supernet.parameters()).device)
@@ -185,15 +204,13 @@ def run(args: argparse.Namespace) -> dict:
     results = {"train_seconds": train_seconds, "measure_seconds": measure_seconds, "test_acc": test_acc, "estimators": {}}
     conditionals = len(paper_protocol_conditionals(staged))
     smoothed = SmoothedTop1(args.smoothing_temperature)
-    runs = (("one_pass", "none", False, None, args.one_pass_passes, 3), ("one_pass", "empirical_bayes", False, None, args.one_pass_passes, 3),
-            ("one_pass", "none", True, None, args.one_pass_passes, 5), ("one_pass", "empirical_bayes", True, None, args.one_pass_passes, 5),
-            ("one_pass", "none", True, smoothed, args.one_pass_passes, 5), ("paper", "none", False, None, args.paper_passes, 4))
-    for method, shrinkage, paired, score, checkpoints, seed_key in runs:
-        key = method + ("+paired" if paired else "") + ("" if shrinkage == "none" else f"+{shrinkage}") + ("+smoothed" if score is not None else "")
-        if key not in args.estimators:
-            continue
-        # Rows with the same seed key draw the same architectures: shrunk or smoothed vs plain.
-        rows = accumulate(supernet, held_out, staged, method, checkpoints, derive_seed(args.seed, seed_key), shrinkage, paired, score)
+    for key in (k for k in RUNS if k in args.estimators):
+        options = dict(RUNS[key])
+        seed, method = derive_seed(args.seed, options.pop("seed_key")), options.pop("method", "one_pass")
+        if options.get("score") == "smoothed":
+            options["score"] = smoothed
+        checkpoints = args.paper_passes if method == "paper" else args.one_pass_passes
+        rows = accumulate(supernet, held_out, staged, method, checkpoints, seed, **options)
         for row in rows:
             row["data_passes"] = row["passes"] * (conditionals if method == "paper" else 1)
             row["ranking"] = {name: rank_correlations(t.predict_many(test_archs), test_acc) for name, t in table2_predictors(row["table"]).items()}
@@ -260,9 +277,7 @@ def report(args: argparse.Namespace, results: dict, command: str) -> str:
         for row in rows:
             r = row["ranking"]
             per_cond = row["passes"] if method == "paper" else "—"
-            label = {"one_pass": "one-pass", "paper": "paper protocol", "one_pass+empirical_bayes": "one-pass, shrunk",
-                     "one_pass+paired": "one-pass, paired", "one_pass+paired+empirical_bayes": "one-pass, paired, shrunk",
-                     "one_pass+paired+smoothed": f"one-pass, paired, smoothed top-1 (T={args.smoothing_temperature:g})"}[method]
+            label = LABELS[method].format(T=args.smoothing_temperature)
             lines.append(
                 f"| {label} | {per_cond} | {row['data_passes']} | "
                 f"{row['examples']:,} | {row['seconds']:.1f} | {r['full']['kendall_tau']:.3f} | {r['full']['spearman_rho']:.3f} | "
@@ -284,7 +299,7 @@ def report(args: argparse.Namespace, results: dict, command: str) -> str:
         row = max(budget, key=lambda r: r["data_passes"])
         tau = row["ranking"]["full"]["kendall_tau"]
         versus = "— | —" if paper_tau is None else f"{tau - paper_tau:+.3f} | {'met' if tau >= paper_tau else 'MISSED'}"
-        lines.append(f"| {key.replace('one_pass', 'one-pass').replace('+', ', ').replace('empirical_bayes', 'shrunk')} | "
+        lines.append(f"| {LABELS[key].split(' top-1')[0]} | "
                      f"{row['data_passes']} | {tau:.3f} | {'met' if tau >= TARGET_TAU else 'MISSED'} | {versus} |")
     if "recalibrated" in results:
         recal = results["recalibrated"]

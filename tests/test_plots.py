@@ -16,10 +16,12 @@ def test_contribution_heatmaps_and_pareto(tmp_path):
     rng = np.random.default_rng(0)
     table = BilinearTable(staged, 0.5, rng.normal(0, 0.01, (3, 2, 6)), rng.normal(0, 0.01, (3, 2)), name="accuracy")
     heat = plot_contributions(table, tmp_path / "heat.png")
+    linked = BilinearTable(staged, 3.0, table.block * 30, table.depth * 30, name="accuracy", link="log_error")
+    heat_log = plot_contributions(linked, tmp_path / "heat_log.png")  # terms in nats, not percentage points
     points = [{"predicted_x": 1.0, "predicted_y": 0.5, "measured_x": 1.1, "measured_y": 0.48, "target": 1.0},
               {"predicted_x": 2.0, "predicted_y": 0.6, "target": 2.0}]
     pareto = plot_pareto((rng.random(20), rng.random(20)), points, tmp_path / "pareto.png")
-    for path in (heat, pareto):
+    for path in (heat, heat_log, pareto):
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size[0] > 200
     assert not list(tmp_path.glob(".*.tmp"))

@@ -33,6 +33,9 @@ Two estimators produce the same table:
 With ``paired=True`` the one-pass records of each example are centred on its other passes
 (:meth:`ContributionAccumulator.update_paired`): same expectation, less noise. ``score=`` swaps the
 per-example outcome, e.g. :class:`SmoothedTop1` for top-1 correctness smoothed by the logit margin.
+With ``fit="log_error"`` the one-pass records are fit instead as a multiplicative-error model with
+a difficulty per example (:mod:`lightning_nas.estimators.log_error`), and ``allocation="adaptive"``
+spends the records on the examples whose outcome varies; the table has ``link="log_error"``.
 
 Both accumulate in :class:`ContributionAccumulator`, a ``torchmetrics.Metric`` whose sum-reduced
 states make a DDP run give the result of a single process.
@@ -95,7 +98,7 @@ METHODS = ("one_pass", "paper")
 FITS = ("means", "log_error")
 ALLOCATIONS = ("uniform", "adaptive")
 SHRINKAGE = ("none", "empirical_bayes")
-ALLOCATION_TEMPERATURE = 0.5  # logits: an example's pilot outcome spread is sqrt(q(1-q)), q = mean sigmoid(margin / this)
+ALLOCATION_TEMPERATURE = 0.25  # logits: an example's pilot outcome spread is sqrt(q(1-q)), q = mean sigmoid(margin / this)
 MAX_RECORDS_FACTOR = 4  # adaptive allocation: no example gets more than this many times `passes` records
 _GROUP_STRIDE = 1 << 32  # record group (held-out example) id = batch index * stride + position in the batch
 ABLATIONS = ("full", "q_beta", "Q", "q_alpha")

@@ -124,8 +124,8 @@ class LogErrorAccumulator(Metric):
 
 def _features(staged: StagedSpace, configs: np.ndarray, depths: np.ndarray) -> tuple[sparse.csr_matrix, np.ndarray, np.ndarray]:
     """One-hot design matrix of the additive form: ``(R, F)`` and the (s, j) / (s, b, c) each column is."""
-    S, D, C, nd = staged.num_stages, staged.max_blocks, staged.num_configs, staged.max_depth_options
-    depth_col = np.full((S, nd), -1)
+    S, D, C = staged.num_stages, staged.max_blocks, staged.num_configs
+    depth_col = np.full((S, staged.max_depth_options), -1)
     block_col = np.full((S, D, C), -1)
     f = 0
     for s, st in enumerate(staged.stages):
@@ -207,7 +207,6 @@ def fit_log_error_table(
 
     result = optimize.minimize(objective, np.zeros(f), jac=True, method="L-BFGS-B", options={"maxiter": 2000, "gtol": 1e-10, "ftol": 1e-14})
     theta = -result.x  # −log(error) gains: higher is better
-    S, D, C, nd = staged.num_stages, staged.max_blocks, staged.num_configs, staged.max_depth_options
     block = np.where(block_col >= 0, theta[np.maximum(block_col, 0)], 0.0)
     depth = np.where(depth_col >= 0, theta[np.maximum(depth_col, 0)], 0.0)
     block, depth = _centre(staged, block, depth)
