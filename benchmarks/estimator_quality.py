@@ -42,6 +42,7 @@ import datetime
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -221,6 +222,10 @@ def run(args: argparse.Namespace) -> dict:
     for name, model in (("bilinear regression", BilinearRegression(staged)), ("quadratic regression", QuadraticRegression(staged, ridge=args.ridge))):
         model.fit(fit_archs, fit_acc)
         baselines[name] = rank_correlations(model.predict_many(test_archs), test_acc)
+    # The same bilinear least squares on −log(error): how much more additive the errors are in that space.
+    log_error = BilinearRegression(staged)
+    log_error.fit(fit_archs, -np.log(np.clip(1 - fit_acc, 1e-6, None)))
+    baselines["bilinear regression of −log(error)"] = rank_correlations(log_error.predict_many(test_archs), test_acc)
     depths = sorted({len(st.depths) for st in staged.stages})
     structure = (f"{staged.num_stages} stages × up to {staged.max_blocks} blocks × {staged.num_configs} configs, "
                  f"{'/'.join(map(str, depths))} depth options per stage")
