@@ -763,9 +763,11 @@ def estimate_contributions(
             example (:mod:`lightning_nas.estimators.log_error`; a ``link="log_error"`` table).
         allocation: with ``fit="log_error"``. ``"uniform"``: every example ``passes`` records;
             ``"adaptive"``: every example ``pilot_passes`` records, then the rest of the batch's
-            ``passes × n`` budget spread over its examples in proportion to how much their pilot
-            outcomes vary (:func:`~lightning_nas.estimators.log_error.allocate_records`), at most
-            ``4 × passes`` each. Examples every architecture gets right cost little.
+            ``passes × n`` budget in two rounds (half, then the rest), each spread over the
+            examples in proportion to how much their outcomes so far vary
+            (:func:`~lightning_nas.estimators.log_error.allocate_records`; the spread of an
+            example is ``sqrt(q(1 − q))``, ``q`` the mean of ``sigmoid(margin / 0.25)`` over its
+            records), at most ``4 × passes`` each. Examples every architecture gets right cost little.
         pilot_passes: adaptive allocation's records per example before allocating (>= 2, <= passes).
 
     Returns:
@@ -833,28 +835,39 @@ def estimate_contributions(
 
 
 def _log_error_records(supernet, indexer, accumulator, forward, score, x, y, n, i, seed, passes, allocation, pilot_passes) -> None:
-    # One batch's records for the log-error fit; record p of an example is drawn with (seed, p, i)
+    # One batch's records for the log-error fit. Record p of an example is drawn with (seed, p, i)
     # however many records the example gets, so the pilot equals the first passes of a uniform run.
+    # Adaptive: after the pilot, half of the rest of the budget by the pilot's spreads, then the
+    # rest by the spreads of all records so far (better estimates where they matter most).
     groups = i * _GROUP_STRIDE + torch.arange(n)
-    pilot = passes if allocation == "uniform" else pilot_passes
-    margins = []
-    for p in range(pilot):
-        draw = supernet.space.sample_indices(n, derive_generator(seed, p, i))
-        supernet.activate_indices(draw)
-        logits = forward(x)
-        accumulator.update(*indexer.to_staged(draw), score(logits, y), groups)
-        margins.append(logit_margin(logits, y).detach().double().cpu())
-    if pilot == passes:
+    margins = torch.full((MAX_RECORDS_FACTOR * passes, n), float("nan"), dtype=torch.float64)
+    have = torch.zeros(n, dtype=torch.long)
+
+    def run_to(target: Tensor) -> None:
+        for p in range(int(have.min()), int(target.max())):
+            rows = torch.nonzero((have <= p) & (target > p))[:, 0]
+            if len(rows) == 0:
+                continue
+            index = rows.to(y.device)
+            draw = supernet.space.sample_indices(len(rows), derive_generator(seed, p, i))
+            supernet.activate_indices(draw)
+            logits = forward(x if len(rows) == n else apply_to_collection(x, Tensor, lambda t: t[index]))
+            target_y = y if len(rows) == n else y[index]
+            accumulator.update(*indexer.to_staged(draw), score(logits, target_y), groups[rows])
+            margins[p, rows] = logit_margin(logits, target_y).detach().double().cpu()
+        have.copy_(torch.maximum(have, target))
+
+    def spread() -> Tensor:
+        q = torch.sigmoid(margins / ALLOCATION_TEMPERATURE).nanmean(0)
+        return (q * (1 - q)).sqrt()
+
+    if allocation == "uniform":
+        run_to(torch.full((n,), passes))
         return
-    q = torch.sigmoid(torch.stack(margins) / ALLOCATION_TEMPERATURE).mean(0)
-    counts = allocate_records((q * (1 - q)).sqrt(), passes * n, pilot, MAX_RECORDS_FACTOR * passes)
-    for p in range(pilot, int(counts.max())):
-        rows = torch.nonzero(counts > p)[:, 0]
-        index = rows.to(y.device)
-        draw = supernet.space.sample_indices(len(rows), derive_generator(seed, p, i))
-        supernet.activate_indices(draw)
-        logits = forward(apply_to_collection(x, Tensor, lambda t: t[index]))
-        accumulator.update(*indexer.to_staged(draw), score(logits, y[index]), groups[rows])
+    cap = MAX_RECORDS_FACTOR * passes
+    run_to(torch.full((n,), pilot_passes))
+    run_to(allocate_records(spread(), (pilot_passes + passes) * n // 2, have, cap))
+    run_to(allocate_records(spread(), passes * n, have, cap))
 
 
 def make_accumulator(staged: StagedSpace, *, fit: str = "means", shrinkage: str = "none",

@@ -240,38 +240,38 @@ def _centre(staged: StagedSpace, block: np.ndarray, depth: np.ndarray) -> tuple[
     return block, depth
 
 
-def allocate_records(spread: Tensor, budget: int, minimum: int, maximum: int) -> Tensor:
+def allocate_records(spread: Tensor, budget: int, minimum: "int | Tensor", maximum: int) -> Tensor:
     """Records per example for a budget, proportional to how much its outcome varies (Neyman allocation).
+
+    Each example gets ``clamp(floor(λ · spread), minimum, maximum)`` records, with the largest ``λ``
+    that keeps the total within ``budget`` (found by bisection).
 
     Args:
         spread: ``(N,)`` non-negative, an estimate of each example's outcome standard deviation over
-            architectures (e.g. ``sqrt(q (1 − q))`` of its pilot records).
+            architectures (e.g. ``sqrt(q (1 − q))`` of its records so far).
         budget: total records for the ``N`` examples (forward passes of single examples).
-        minimum: records every example gets (the pilot).
-        maximum: records no example exceeds.
+        minimum: records every example keeps (an int, or ``(N,)`` for the records it already has).
+        maximum: records no example exceeds (an example already above it keeps what it has).
 
     Returns:
-        ``(N,)`` long, each in ``[minimum, maximum]``, summing to at most ``max(budget, N·minimum)``.
-        With no spread anywhere every example gets ``minimum``.
+        ``(N,)`` long, each in ``[minimum, max(minimum, maximum)]``, summing to at most
+        ``max(budget, Σ minimum)``; below the budget only by rounding (less than one record per
+        example) unless every example with a spread is at ``maximum``.
     """
     spread = torch.as_tensor(spread, dtype=torch.float64).clamp(min=0)
-    n = spread.shape[0]
-    count = torch.full((n,), minimum, dtype=torch.long)
-    extra = budget - n * minimum
-    if extra <= 0 or float(spread.sum()) <= 0:
-        return count
-    room = torch.full((n,), float(maximum - minimum), dtype=torch.float64)
-    share = torch.zeros(n, dtype=torch.float64)
-    open_ = spread > 0
-    left = float(extra)
-    # Water-filling: examples whose share would pass the cap take the cap; the rest share what is left.
-    while left > 1e-9 and bool(open_.any()):
-        proposal = left * spread * open_ / float((spread * open_).sum())
-        capped = open_ & (share + proposal >= room)
-        if not bool(capped.any()):
-            share += proposal
-            break
-        left -= float((room - share)[capped].sum())
-        share[capped] = room[capped]
-        open_ &= ~capped
-    return count + share.floor().long()
+    low = torch.broadcast_to(torch.as_tensor(minimum, dtype=torch.float64), spread.shape)
+    high = torch.maximum(low, torch.full_like(spread, float(maximum)))
+
+    def counts(lam: float) -> Tensor:
+        return torch.minimum(torch.maximum((lam * spread).floor(), low), high)
+
+    if float(low.sum()) >= budget or float(spread.sum()) <= 0:
+        return low.long()
+    top = 1.0
+    while float(counts(top).sum()) <= budget and bool((counts(top) < high)[spread > 0].any()):
+        top *= 2.0
+    bottom = 0.0
+    for _ in range(64):  # float64 bisection: λ to machine precision
+        middle = (bottom + top) / 2
+        bottom, top = (middle, top) if float(counts(middle).sum()) <= budget else (bottom, middle)
+    return counts(bottom).long()
