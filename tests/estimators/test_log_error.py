@@ -88,6 +88,17 @@ def test_allocation_respects_budget_bounds_and_order(spread, minimum, extra, bud
     assert bool((counts[order][1:] >= counts[order][:-1]).all() | (s[order][1:] == s[order][:-1]).any())
 
 
+@settings(max_examples=40, deadline=None)
+@given(data=st.lists(st.tuples(st.floats(0, 5), st.integers(0, 30)), min_size=1, max_size=30), maximum=st.integers(0, 40),
+       budget_per=st.floats(0, 40))
+def test_allocation_keeps_what_each_example_already_has(data, maximum, budget_per):
+    spread, have = torch.tensor([d[0] for d in data]), torch.tensor([d[1] for d in data])
+    budget = int(budget_per * len(data))
+    counts = allocate_records(spread, budget, have, maximum)
+    assert bool((counts >= have).all()) and bool((counts <= torch.clamp(have, min=maximum)).all())
+    assert int(counts.sum()) <= max(budget, int(have.sum()))
+
+
 def test_allocation_gives_zero_spread_examples_only_the_minimum():
     counts = allocate_records(torch.tensor([0.0, 0.0, 1.0, 3.0]), budget=4 * 6, minimum=2, maximum=20)
     assert counts.tolist()[:2] == [2, 2] and counts[3] > counts[2] > 2
