@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--max-examples", type=_positive, default=None, help="use at most this many examples")
     demo.add_argument("--targets", type=_fraction, nargs="+", default=[0.2, 0.5, 0.8],
                       help="latency targets as fractions of the table's latency range")
+    demo.add_argument("--estimator", choices=["means", "log_error"], default="means",
+                      help="accuracy table: BINAS's conditional means (paired, shrunk) or the log-error fit with adaptive allocation")
     demo.add_argument("--out", default="runs/demo", help="runs go to OUT/version_N (never overwritten)")
     demo.add_argument("--no-progress", action="store_true")
     profile = profile_cli.add_arguments(commands.add_parser("profile", help="build a latency/FLOPs/params table on this device without training"))
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_demo(
         dataset=args.dataset, split=args.split, epochs=args.epochs, finetune_epochs=args.finetune_epochs, seed=args.seed,
         out=args.out, image_size=args.image_size, max_examples=args.max_examples, target_fractions=tuple(args.targets),
-        progress=not args.no_progress,
+        estimator=args.estimator, progress=not args.no_progress,
     )
     print(format_summary(summary))
     return 0

@@ -115,6 +115,7 @@ def run_demo(
     max_examples: int | None = None,
     target_fractions: Sequence[float] = (0.2, 0.5, 0.8),
     estimation_passes: int = 100,
+    estimator: str = "means",
     num_ranked: int = 40,
     profile_repeats: int = 50,
     progress: bool = True,
@@ -134,7 +135,11 @@ def run_demo(
         max_examples: use at most this many examples (tests, quick looks).
         target_fractions: latency targets, as fractions of the way from the smallest to the
             largest latency the table allows.
-        estimation_passes: passes of the one-pass estimator over the held-out split (paired when >= 2).
+        estimation_passes: passes of the one-pass estimator over the held-out split (the budget of
+            forward passes: ``estimation_passes × held-out examples``).
+        estimator: ``"means"`` (BINAS's conditional means, paired when ``estimation_passes >= 2``,
+            empirical-Bayes shrinkage) or ``"log_error"`` (the multiplicative-error fit with adaptive
+            allocation; needs ``estimation_passes >= 2``).
         num_ranked: random subnets whose measured one-shot accuracy checks the estimator's ranking.
         profile_repeats: timed calls per latency measurement.
         progress: show progress bars.
@@ -142,6 +147,8 @@ def run_demo(
     Returns:
         The summary written to ``<run dir>/summary.json``.
     """
+    if estimator not in ("means", "log_error"):
+        raise ValueError(f"`estimator` must be 'means' or 'log_error', got {estimator!r}")
     started = time.perf_counter()
     pl.seed_everything(seed, workers=True, verbose=False)
     ds = load_image_dataset(dataset, split)
@@ -158,9 +165,10 @@ def run_demo(
     run_dir = next_version_dir(out)
     supernet = binas_supernet("tiny", num_classes=num_classes)
     model = SupernetClassifier(supernet, num_classes, lr=0.1, epochs=epochs, distill=True)
+    options = ({"shrinkage": "empirical_bayes", "paired": estimation_passes >= 2} if estimator == "means"
+               else {"fit": "log_error", "allocation": "adaptive"})
     estimation = ContributionEstimation(
-        held_out, method="one_pass", passes=estimation_passes, seed=seed, shrinkage="empirical_bayes",
-        paired=estimation_passes >= 2, path=run_dir / "accuracy_table.json",
+        held_out, method="one_pass", passes=estimation_passes, seed=seed, path=run_dir / "accuracy_table.json", **options,
     )
     profiler = LatencyProfiler(out / "latency_table.json", input_size=(3, image_size, image_size), repeats=profile_repeats, seed=seed)
     sampling = UniformSampling(seed, per_sample=True, eval_arch="per_sample")
@@ -222,6 +230,7 @@ def run_demo(
         "train_seconds": round(train_seconds, 1),
         "one_shot_val_acc": float(trainer.callback_metrics["val_acc"]),
         "expected_acc": accuracy_table.metadata["base_accuracy"],
+        "estimator": estimator,
         "latency_range_ms": [low, high],
         "latency_table": str(profiler.path),
         "ranking": {"num_subnets": num_ranked, **ranking},

@@ -37,6 +37,16 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(tmp_path):
     assert [r["arch"] for r in again["targets"]] == [r["arch"] for r in summary["targets"]]
 
 
+def test_demo_with_the_log_error_estimator(tmp_path):
+    summary = run_demo(out=tmp_path, estimator="log_error", **TINY)
+    table = json.loads((tmp_path / "version_0" / "accuracy_table.json").read_text())
+    assert table["link"] == "log_error" and table["metadata"]["allocation"] == "adaptive" and summary["estimator"] == "log_error"
+    assert all(r["status"] == "optimal" and 0.0 < r["predicted_acc"] < 1.0 for r in summary["targets"])
+    assert summary["targets"][1]["predicted_acc"] >= summary["targets"][0]["predicted_acc"] - 1e-12
+    with pytest.raises(ValueError, match="`estimator` must be"):
+        run_demo(out=tmp_path, estimator="ols", **TINY)
+
+
 def test_cli_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--epochs", "0"])
