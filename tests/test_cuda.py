@@ -96,6 +96,14 @@ def test_trainer_on_gpu_with_the_callbacks_matches_a_cpu_estimate(tmp_path):
     assert on_gpu.constant == pytest.approx(on_cpu.constant, abs=2 / 96)
     assert np.abs(on_gpu.block - on_cpu.block).max() <= 0.25
 
+    # The log-error fit keeps its records on the model's device (a DDP sync gathers them there).
+    log_cpu = estimate_contributions(model.supernet, held_out, passes=3, seed=3, fit="log_error", allocation="adaptive")
+    log_gpu = estimate_contributions(model.supernet.cuda(), held_out, passes=3, seed=3, fit="log_error", allocation="adaptive")
+    assert log_gpu.link == "log_error" and log_gpu.metadata["held_out_examples"] == 96
+    assert abs(log_gpu.metadata["examples"] - log_cpu.metadata["examples"]) <= 96  # margins decide the allocation
+    assert log_gpu.metadata["base_accuracy"] == pytest.approx(log_cpu.metadata["base_accuracy"], abs=0.1)
+    model.supernet.cpu()
+
     archs = model.supernet.space.sample_many(5, seed=1)
     on_cpu_acc = measure_subnet_accuracies(model.supernet, archs, held_out)
     on_gpu_acc = measure_subnet_accuracies(model.supernet.cuda(), archs, held_out)

@@ -796,8 +796,7 @@ def estimate_contributions(
         accumulator = make_accumulator(staged, fit=fit, shrinkage=shrinkage)
     if not isinstance(accumulator, LogErrorAccumulator if fit == "log_error" else ContributionAccumulator):
         raise ValueError(f"`accumulator` must be what make_accumulator(staged, fit={fit!r}) makes, got {type(accumulator).__name__}")
-    if fit == "means":
-        accumulator.to(_device_of(model))
+    accumulator.to(_device_of(model))
     accumulator.metadata.update(
         method=method, passes=passes, seed=seed, world_size=world_size, paired=paired, score=score_name(score),
         conditionals=len(conditionals) if conditionals else None,

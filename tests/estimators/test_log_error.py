@@ -30,7 +30,7 @@ def synthetic_records(oracle, seed, examples, records, scale=0.25):
     staged, ex = oracle.staged, oracle.exact
     block = rng.normal(0, scale, (staged.num_stages, staged.max_blocks, staged.num_configs))
     depth = rng.normal(0, scale, (staged.num_stages, staged.max_depth_options))
-    lam = rng.uniform(0.02, 0.15, examples) * (rng.random(examples) < 0.6)  # 40 % of examples never wrong
+    lam = rng.uniform(0.02, 0.08, examples) * (rng.random(examples) < 0.6)  # 40 % never wrong; rare errors (Poisson regime)
     pick = rng.integers(0, len(ex["p"]), (examples, records))
     configs, depths = ex["configs"][pick].reshape(-1, *ex["configs"].shape[1:]), ex["depths"][pick].reshape(-1, ex["depths"].shape[1])
     g = additive_over(staged, configs, depths, block, depth)
@@ -43,14 +43,14 @@ def synthetic_records(oracle, seed, examples, records, scale=0.25):
 @settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 10_000))
 def test_fit_recovers_known_multiplicative_gains(oracle, seed):
-    configs, depths, correct, groups, (block, depth) = synthetic_records(oracle, seed, examples=4000, records=16)
+    configs, depths, correct, groups, (block, depth) = synthetic_records(oracle, seed, examples=8000, records=20)
     table = fit_log_error_table(oracle.staged, configs, depths, correct, groups)
     ex = oracle.exact
     truth = additive_over(oracle.staged, ex["configs"], ex["depths"], block, depth)
     fitted = table.additive_indices(ex["configs"], ex["depths"])
     # Identified up to a constant: compare centred additive forms over every arch of the space.
     truth, fitted = truth - truth.mean(), fitted - fitted.mean()
-    # 20 seeds of this size: correlation ≥ 0.971, slope 0.95–1.05.
+    # 20 seeds of this size: correlation ≥ 0.970, slope 0.97–1.04.
     assert np.corrcoef(fitted, truth)[0, 1] > 0.95 and 0.85 < np.polyfit(truth, fitted, 1)[0] < 1.15
     assert table.link == "log_error" and table.metadata["fit"]["converged"]
 
