@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--max-examples", type=_positive, default=None, help="use at most this many examples")
     demo.add_argument("--targets", type=_fraction, nargs="+", default=[0.2, 0.5, 0.8],
                       help="latency targets as fractions of the table's latency range")
-    demo.add_argument("--estimator", choices=["means", "log_error"], default="means",
-                      help="accuracy table: BINAS's conditional means (paired, shrunk) or the log-error fit with adaptive allocation")
+    demo.add_argument("--estimator", choices=["log_error", "means"], default="log_error",
+                      help="accuracy table: the log-error fit with adaptive allocation, or BINAS's conditional means (paired, shrunk)")
     demo.add_argument("--out", default="runs/demo", help="runs go to OUT/version_N (never overwritten)")
     demo.add_argument("--no-progress", action="store_true")
     profile = profile_cli.add_arguments(commands.add_parser("profile", help="build a latency/FLOPs/params table on this device without training"))

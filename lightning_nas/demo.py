@@ -115,7 +115,7 @@ def run_demo(
     max_examples: int | None = None,
     target_fractions: Sequence[float] = (0.2, 0.5, 0.8),
     estimation_passes: int = 100,
-    estimator: str = "means",
+    estimator: str = "log_error",
     num_ranked: int = 40,
     profile_repeats: int = 50,
     progress: bool = True,
@@ -137,9 +137,9 @@ def run_demo(
             largest latency the table allows.
         estimation_passes: passes of the one-pass estimator over the held-out split (the budget of
             forward passes: ``estimation_passes × held-out examples``).
-        estimator: ``"means"`` (BINAS's conditional means, paired when ``estimation_passes >= 2``,
-            empirical-Bayes shrinkage) or ``"log_error"`` (the multiplicative-error fit with adaptive
-            allocation; needs ``estimation_passes >= 2``).
+        estimator: ``"log_error"`` (the multiplicative-error fit with adaptive allocation; needs
+            ``estimation_passes >= 2``) or ``"means"`` (BINAS's conditional means, paired when
+            ``estimation_passes >= 2``, empirical-Bayes shrinkage).
         num_ranked: random subnets whose measured one-shot accuracy checks the estimator's ranking.
         profile_repeats: timed calls per latency measurement.
         progress: show progress bars.

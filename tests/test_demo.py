@@ -16,6 +16,7 @@ TINY = dict(dataset="digits", epochs=1, finetune_epochs=1, max_examples=160, est
 def test_demo_pipeline_writes_everything_and_meets_the_budgets(tmp_path):
     summary = run_demo(out=tmp_path, **TINY)
     run = tmp_path / "version_0"
+    assert json.loads((run / "accuracy_table.json").read_text())["link"] == "log_error"  # the default estimator
     assert json.loads((run / "summary.json").read_text())["targets"] == json.loads(json.dumps(summary["targets"]))
     for name in ("pareto.png", "contributions.png", "accuracy_table.json", "arch_0.json", "subnet_1.pt"):
         assert (run / name).stat().st_size > 0
@@ -37,11 +38,11 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(tmp_path):
     assert [r["arch"] for r in again["targets"]] == [r["arch"] for r in summary["targets"]]
 
 
-def test_demo_with_the_log_error_estimator(tmp_path):
-    summary = run_demo(out=tmp_path, estimator="log_error", **TINY)
+def test_demo_with_the_conditional_means_estimator(tmp_path):
+    summary = run_demo(out=tmp_path, estimator="means", **TINY)
     table = json.loads((tmp_path / "version_0" / "accuracy_table.json").read_text())
-    assert table["link"] == "log_error" and table["metadata"]["allocation"] == "adaptive" and summary["estimator"] == "log_error"
-    assert all(r["status"] == "optimal" and 0.0 < r["predicted_acc"] < 1.0 for r in summary["targets"])
+    assert table["link"] == "identity" and table["metadata"]["shrinkage"] == "empirical_bayes" and summary["estimator"] == "means"
+    assert all(r["status"] == "optimal" for r in summary["targets"])
     assert summary["targets"][1]["predicted_acc"] >= summary["targets"][0]["predicted_acc"] - 1e-12
     with pytest.raises(ValueError, match="`estimator` must be"):
         run_demo(out=tmp_path, estimator="ols", **TINY)
