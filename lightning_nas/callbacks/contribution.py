@@ -28,7 +28,9 @@ class ContributionEstimation(Callback):
     ``constant = E[Acc]``, ``depth = Δ^s_b``, ``block = Δ^s_{b,c}``; see
     :mod:`lightning_nas.estimators.contributions`) kept as :attr:`accuracy_model`, optionally written
     to ``path`` (atomically, by global rank 0) and carried in the callback's ``state_dict`` so that
-    a resumed run keeps it. ``E[Acc]`` is logged as ``"contributions/expected_accuracy"``.
+    a resumed run keeps it. With ``fit="log_error"`` the table is the multiplicative-error model
+    (``link="log_error"``: gains in ``−log(error)``). ``E[Acc]`` (``metadata["base_accuracy"]``) is
+    logged as ``"contributions/expected_accuracy"``.
 
     Under DDP every rank evaluates the held-out batches ``i`` with ``i % world_size == rank`` and the
     sums are reduced across ranks, so all ranks get the single-process result: the per-example
