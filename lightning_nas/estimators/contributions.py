@@ -57,7 +57,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 
 from lightning_nas.bilinear import BilinearTable
-from lightning_nas.estimators.log_error import LogErrorAccumulator, allocate_records
+from lightning_nas.estimators.log_error import LogErrorAccumulator, allocate_records, check_correct, check_records
 from lightning_nas.seeding import derive_generator
 from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet
@@ -477,30 +477,10 @@ class ContributionAccumulator(Metric):
 
     # -- checks ------------------------------------------------------------------------------
     def _check_correct(self, correct: Tensor) -> Tensor:
-        correct = torch.as_tensor(correct)
-        if correct.dim() != 1:
-            raise ValueError(f"`correct` must be 1-D (one entry per example), got shape {tuple(correct.shape)}")
-        correct = correct.to(device=self.base_count.device, dtype=torch.float64)
-        if correct.numel() and (correct.min() < 0 or correct.max() > 1):
-            raise ValueError(f"`correct` (the per-example score) must be bool or lie in [0, 1], got values in [{float(correct.min()):g}, {float(correct.max()):g}]")
-        return correct
+        return check_correct(correct, self.base_count.device)
 
     def _check(self, configs: Tensor, depths: Tensor, correct: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        S, D, C, nd = self.staged.num_stages, self.staged.max_blocks, self.staged.num_configs, self._nd
-        correct = self._check_correct(correct)
-        device = self.base_count.device
-        configs, depths = torch.as_tensor(configs).long().to(device), torch.as_tensor(depths).long().to(device)
-        n = correct.shape[0]
-        if configs.shape != (n, S, D):
-            raise ValueError(f"`configs` must have shape (N, S, D) = ({n}, {S}, {D}), got {tuple(configs.shape)}")
-        if depths.shape != (n, S):
-            raise ValueError(f"`depths` must have shape (N, S) = ({n}, {S}), got {tuple(depths.shape)}")
-        exists = torch.as_tensor(self.staged.block_exists(), device=device)
-        if n and ((configs >= C) | (exists & (configs < 0))).any():
-            raise ValueError(f"`configs` must lie in [0, {C}) at every existing block position")
-        if n and ((depths < 0) | (depths >= nd.to(device))).any():
-            raise ValueError(f"`depths` must lie in [0, number of depth options of the stage) = {nd.tolist()}")
-        return configs, depths, correct
+        return check_records(self.staged, configs, depths, correct, self.base_count.device)
 
 
 def shrink_gains(gains: np.ndarray, variances: np.ndarray, valid: np.ndarray, *, center: bool) -> np.ndarray:

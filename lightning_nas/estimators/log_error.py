@@ -41,9 +41,42 @@ from torchmetrics.utilities import dim_zero_cat
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.spaces.staged import StagedSpace
 
-__all__ = ["LogErrorAccumulator", "allocate_records", "fit_log_error_table"]
+__all__ = ["LogErrorAccumulator", "allocate_records", "check_correct", "check_records", "fit_log_error_table"]
 
 RIDGE = 1e-4  # per informative example; only pins down the directions the one-hot features leave free
+
+
+def check_correct(correct: Tensor, device: torch.device) -> Tensor:
+    """``correct`` as float64 on ``device``; ``ValueError`` unless 1-D with values in [0, 1]."""
+    correct = torch.as_tensor(correct)
+    if correct.dim() != 1:
+        raise ValueError(f"`correct` must be 1-D (one entry per example), got shape {tuple(correct.shape)}")
+    correct = correct.detach().to(device=device, dtype=torch.float64)
+    if correct.numel() and (correct.min() < 0 or correct.max() > 1):
+        raise ValueError(f"`correct` must be bool or lie in [0, 1]; got a per-example score outside [0, 1]: values in "
+                         f"[{float(correct.min()):g}, {float(correct.max()):g}]")
+    return correct
+
+
+def check_records(staged: StagedSpace, configs: Tensor, depths: Tensor, correct: Tensor,
+                  device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """One-pass records on ``device``: ``configs (N, S, D)`` and ``depths (N, S)`` long, ``correct (N,)``
+    float64; ``ValueError`` naming the argument when a shape or an index is out of range."""
+    S, D, C = staged.num_stages, staged.max_blocks, staged.num_configs
+    nd = torch.tensor([len(st.depths) for st in staged.stages], device=device)
+    correct = check_correct(correct, device)
+    configs, depths = torch.as_tensor(configs).long().to(device), torch.as_tensor(depths).long().to(device)
+    n = correct.shape[0]
+    if configs.shape != (n, S, D):
+        raise ValueError(f"`configs` must have shape (N, S, D) = ({n}, {S}, {D}), got {tuple(configs.shape)}")
+    if depths.shape != (n, S):
+        raise ValueError(f"`depths` must have shape (N, S) = ({n}, {S}), got {tuple(depths.shape)}")
+    exists = torch.as_tensor(staged.block_exists(), device=device)
+    if n and ((configs >= C) | (exists & (configs < 0))).any():
+        raise ValueError(f"`configs` must lie in [0, {C}) at every existing block position")
+    if n and ((depths < 0) | (depths >= nd)).any():
+        raise ValueError(f"`depths` must lie in [0, number of depth options of the stage) = {nd.tolist()}")
+    return configs, depths, correct
 
 
 class LogErrorAccumulator(Metric):
@@ -76,39 +109,22 @@ class LogErrorAccumulator(Metric):
         for name in ("groups", "configs", "depths", "correct"):
             self.add_state(name, [], dist_reduce_fx="cat")
         self.add_state("batches", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self._nd = torch.tensor([len(st.depths) for st in staged.stages])
         self._index_dtype = torch.int8 if max(staged.num_configs, staged.max_depth_options) < 128 else torch.int32
 
     def update(self, configs: Tensor, depths: Tensor, correct: Tensor, groups: Tensor) -> None:
         """Add records: ``configs (N, S, D)``, ``depths (N, S)`` long, ``correct (N,)`` bool or float
         in [0, 1], and ``groups (N,)`` int64 naming each record's held-out example."""
-        S, D, C = self.staged.num_stages, self.staged.max_blocks, self.staged.num_configs
-        correct = torch.as_tensor(correct)
-        if correct.dim() != 1:
-            raise ValueError(f"`correct` must be 1-D (one entry per record), got shape {tuple(correct.shape)}")
-        n = correct.shape[0]
-        correct = correct.detach().to(torch.float64).cpu()
-        if n and (correct.min() < 0 or correct.max() > 1):
-            raise ValueError(f"`correct` must be bool or lie in [0, 1], got values in [{float(correct.min()):g}, {float(correct.max()):g}]")
-        configs, depths = torch.as_tensor(configs).long().cpu(), torch.as_tensor(depths).long().cpu()
-        groups = torch.as_tensor(groups).long().cpu()
-        if configs.shape != (n, S, D):
-            raise ValueError(f"`configs` must have shape (N, S, D) = ({n}, {S}, {D}), got {tuple(configs.shape)}")
-        if depths.shape != (n, S):
-            raise ValueError(f"`depths` must have shape (N, S) = ({n}, {S}), got {tuple(depths.shape)}")
-        if groups.shape != (n,):
-            raise ValueError(f"`groups` must have shape (N,) = ({n},), one example id per record, got {tuple(groups.shape)}")
-        exists = torch.as_tensor(self.staged.block_exists())
-        if n and ((configs >= C) | (exists & (configs < 0))).any():
-            raise ValueError(f"`configs` must lie in [0, {C}) at every existing block position")
-        if n and ((depths < 0) | (depths >= self._nd)).any():
-            raise ValueError(f"`depths` must lie in [0, number of depth options of the stage) = {self._nd.tolist()}")
         # On the metric's device, since a DDP sync gathers them with the process group's backend (NCCL
         # needs CUDA tensors); small index types keep millions of records cheap (gloo cannot gather int16).
-        self.groups.append(groups.to(self.device))
-        self.configs.append(configs.to(self.device, self._index_dtype))
-        self.depths.append(depths.to(self.device, self._index_dtype))
-        self.correct.append(correct.to(self.device))
+        configs, depths, correct = check_records(self.staged, configs, depths, correct, self.device)
+        groups = torch.as_tensor(groups).long().to(self.device)
+        n = correct.shape[0]
+        if groups.shape != (n,):
+            raise ValueError(f"`groups` must have shape (N,) = ({n},), one example id per record, got {tuple(groups.shape)}")
+        self.groups.append(groups)
+        self.configs.append(configs.to(self._index_dtype))
+        self.depths.append(depths.to(self._index_dtype))
+        self.correct.append(correct)
         self.batches += 1
 
     def merge_state(self, incoming_state: "dict[str, Any] | Metric") -> None:
