@@ -13,8 +13,10 @@ from lightning_nas.nn import (
     ElasticLinear,
     InputChoice,
     OpChoice,
+    elastic_kernel,
     mutate,
     recalibrate_batch_norm,
+    rules,
 )
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.distillation import inplace_distillation_loss
@@ -48,6 +50,8 @@ __all__ = [
     "Supernet",
     "find_supernet",
     "inplace_distillation_loss",
+    "elastic_kernel",
     "mutate",
     "recalibrate_batch_norm",
+    "rules",
 ]

@@ -7,8 +7,11 @@ from lightning_nas.nn.depth_choice import DepthChoice
 from lightning_nas.nn.export import export_subnet
 from lightning_nas.nn.input_choice import InputChoice
 from lightning_nas.nn.linear import ElasticLinear
-from lightning_nas.nn.mutate import elastic_kernel, mutate
+from lightning_nas.nn.mutate import Replacement, mutate
 from lightning_nas.nn.norm import ElasticBatchNorm2d, ElasticLayerNorm
+from lightning_nas.nn.norm_act import ElasticBatchNormAct2d
+from lightning_nas.nn import rules
+from lightning_nas.nn.rules import elastic_kernel
 from lightning_nas.nn.op_choice import OpChoice
 from lightning_nas.nn.static import FixedValue, SumInputs
 
@@ -17,6 +20,7 @@ __all__ = [
     "Choice",
     "DepthChoice",
     "ElasticBatchNorm2d",
+    "ElasticBatchNormAct2d",
     "ElasticConv2d",
     "ElasticLayerNorm",
     "ElasticLinear",
@@ -24,9 +28,11 @@ __all__ = [
     "InputChoice",
     "Mutable",
     "OpChoice",
+    "Replacement",
     "SumInputs",
     "elastic_kernel",
     "export_subnet",
     "mutate",
     "recalibrate_batch_norm",
+    "rules",
 ]

@@ -3,9 +3,10 @@
 ``mutate`` edits a model *instance* (a timm model, a torchvision model, your own ``nn.Module``)
 without touching its class: chosen sub-modules become :class:`~lightning_nas.nn.OpChoice` between
 the original and user-given alternatives, and *rules* swap matching layers for elastic ones (see
-:func:`elastic_kernel`). The original weights are kept (shared, not copied) as the default and
-largest candidate of every decision, so right after ``Supernet(mutate(model, ...))`` the supernet
-computes exactly what ``model`` computed::
+:mod:`lightning_nas.nn.rules`: elastic kernels, hidden widths, squeeze-excitation on/off, elastic
+depth, and the ``"binas"`` preset that applies them all). The original weights are kept as the
+default and largest candidate of every decision, so right after ``Supernet(mutate(model, ...))``
+the supernet computes exactly what ``model`` computed::
 
     net = timm.create_model("mobilenetv3_small_050")
     supernet = Supernet(mutate(
@@ -13,23 +14,43 @@ computes exactly what ``model`` computed::
         ops={"blocks.2.1": [nn.Identity()]},
         rules=[elastic_kernel([3, 5], where=lambda path, m: m.groups > 1)],
     ))
+    supernet = Supernet(mutate(timm.create_model("efficientnet_b0"), preset="binas"))
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch import nn
 
 from lightning_nas.nn.choice import Choice, Mutable
-from lightning_nas.nn.conv import ElasticConv2d
 from lightning_nas.nn.op_choice import OpChoice
 
-__all__ = ["mutate", "elastic_kernel"]
+__all__ = ["Replacement", "Rule", "mutate"]
+
+logger = logging.getLogger(__name__)
 
 Rule = Callable[[str, nn.Module], "nn.Module | None"]
+
+
+class Replacement(NamedTuple):
+    """One module ``mutate`` replaced (see its ``report`` argument).
+
+    Attributes:
+        path: the path the rule was given (``label_prefix`` included; a module kept inside a
+            replacement, such as a block moved into a ``DepthChoice``, keeps its original path).
+        rule: the rule's ``repr``.
+        before: class name of the module replaced.
+        after: class name of its replacement.
+    """
+
+    path: str
+    rule: str
+    before: str
+    after: str
 
 _ORIGINAL = "original"
 
@@ -38,7 +59,7 @@ def _describe(obj: Any) -> str:
     return getattr(obj, "__qualname__", None) or repr(obj)
 
 
-def _match_training(new: nn.Module, old: nn.Module) -> None:
+def match_training(new: nn.Module, old: nn.Module) -> None:
     """Give the modules of ``new`` that are not part of ``old`` the training mode of ``old``.
 
     Modules taken over from ``old`` keep their own mode (a frozen BatchNorm stays in eval mode).
@@ -122,7 +143,7 @@ def _apply_ops(model: nn.Module, ops: Mapping[str, Any], label_prefix: str, undo
             if any(id(m) in ancestors for m in alt.modules()):
                 raise ValueError(f"an alternative of `ops[{path!r}]` contains a module enclosing {path!r}; that would make a cycle")
         op = OpChoice(candidates, label=label_prefix + path, default=_ORIGINAL if isinstance(candidates, dict) else 0)
-        _match_training(op, original)
+        match_training(op, original)
         planned.append((parent, name, original, op, path))
     made: dict[int, tuple[OpChoice, str]] = {}
     for parent, name, original, op, path in planned:
@@ -132,14 +153,28 @@ def _apply_ops(model: nn.Module, ops: Mapping[str, Any], label_prefix: str, undo
     return made
 
 
-def _plan_rules(model: nn.Module, rules: Sequence[Rule], made: dict[int, tuple[OpChoice, str]], label_prefix: str) -> list[Edit]:
-    """Walk the tree once; the replacements (first non-``None`` rule answer per plain module) to make."""
+def _plan_rules(
+    model: nn.Module,
+    rules: Sequence[Rule],
+    made: dict[int, tuple[OpChoice, str]],
+    label_prefix: str,
+    original_paths: dict[int, str],
+) -> tuple[list[Edit], list[Replacement], list[int]]:
+    """Walk the tree once; the replacements (first non-``None`` rule answer per module) to make.
+
+    Returns ``(edits, replacements, matches)`` with ``matches[i]`` the number of modules rule ``i``
+    replaced. Modules a rule creates are walked too (a block rule's new layers meet the kernel rule,
+    a depth rule's blocks meet the block rule); modules of the original model keep their original
+    paths wherever a replacement put them.
+    """
     replaced: dict[int, nn.Module] = {}  # shared modules get one shared replacement
     visited: set[int] = set()
     edits: list[Edit] = []
+    replacements: list[Replacement] = []
+    matches = [0] * len(rules)
 
     def rewrite(path: str, module: nn.Module) -> nn.Module | None:
-        for rule in rules:
+        for i, rule in enumerate(rules):
             new = rule(label_prefix + path, module)
             if new is None or new is module:
                 continue
@@ -148,13 +183,23 @@ def _plan_rules(model: nn.Module, rules: Sequence[Rule], made: dict[int, tuple[O
                     f"rule {_describe(rule)} returned a {type(new).__name__} for {path!r}; a rule must return an "
                     "nn.Module (the replacement) or None (leave the module as it is)"
                 )
-            _match_training(new, module)
+            if not getattr(rule, "sets_training_mode", False):
+                match_training(new, module)
+            matches[i] += 1
+            replacements.append(Replacement(label_prefix + path, _describe(rule), type(module).__name__, type(new).__name__))
             return new
         return None
 
-    def slot(parent: nn.Module, name: str, path: str) -> None:
+    def slot(parent: nn.Module, name: str, path: str, wrapped: frozenset[int]) -> None:
         child = parent._modules[name]
         if child is None:
+            return
+        if id(child) in wrapped:
+            # The module a replacement wraps (an OpChoice around it, say): its children are walked,
+            # it is not offered to the rules again (the rule would wrap it forever).
+            if id(child) not in visited:
+                visited.add(id(child))
+                walk(child, path, wrapped)
             return
         if id(child) in replaced:
             edits.append((parent, name, replaced[id(child)]))
@@ -165,25 +210,30 @@ def _plan_rules(model: nn.Module, rules: Sequence[Rule], made: dict[int, tuple[O
             if id(child) not in visited:
                 visited.add(id(child))
                 key = _ORIGINAL if isinstance(child.candidates, nn.ModuleDict) else "0"
-                slot(child.candidates, key, path)
+                slot(child.candidates, key, path, wrapped)
             return
-        if isinstance(child, (Mutable, Choice)):
-            return  # already searchable: its decisions are the user's
+        if isinstance(child, Choice):
+            return
+        if isinstance(child, Mutable) and id(child) in original_paths:
+            return  # already searchable in the user's model: its decisions are the user's
         new = rewrite(path, child)
         if new is not None:
             replaced[id(child)] = new
             edits.append((parent, name, new))
+            walk(new, path, wrapped | {id(child)})
             return
         if id(child) not in visited:
             visited.add(id(child))
-            walk(child, path)
+            walk(child, path, wrapped)
 
-    def walk(module: nn.Module, path: str) -> None:
+    def walk(module: nn.Module, path: str, wrapped: frozenset[int]) -> None:
         for name in list(module._modules):
-            slot(module, name, f"{path}.{name}" if path else name)
+            child = module._modules[name]
+            child_path = original_paths.get(id(child)) or (f"{path}.{name}" if path else name)
+            slot(module, name, child_path, wrapped)
 
-    walk(model, "")
-    return edits
+    walk(model, "", frozenset())
+    return edits, replacements, matches
 
 
 def mutate(
@@ -191,7 +241,10 @@ def mutate(
     *,
     ops: Mapping[str, Sequence[nn.Module] | Mapping[str, nn.Module]] | None = None,
     rules: Sequence[Rule] = (),
+    preset: str | None = None,
     label_prefix: str = "",
+    strict: bool = True,
+    report: list[Replacement] | None = None,
 ) -> nn.Module:
     """Turn ``model`` into a supernet-ready module tree, in place, keeping its weights as the default.
 
@@ -206,27 +259,43 @@ def mutate(
        label=label_prefix + path)`` (or ``OpChoice({"original": original, **alternatives}, ...)``
        for a dict) whose default is the original. Paths nested in other ``ops`` paths are applied
        first, so both decisions exist (the inner one inside the outer one's original).
-    2. ``rules``: the tree is walked once, parents before children, and each plain sub-module (not
-       the root) is offered to the rules in order; the first that returns a module other than the
-       one it got replaces it, and its sub-tree is not walked further. The rules are called as
+    2. ``rules`` (after the ``preset``'s rule, if any): the tree is walked once, parents before
+       children, and each sub-module (not the root) is offered to the rules in order; the first
+       that returns a module other than the one it got replaces it. The rules are called as
        ``rule(label_prefix + path, module)`` where ``path`` is the module's dotted path in the
        original model (inside an ``OpChoice`` made by step 1 the original candidate keeps its
        original path; the alternatives are not walked), so a rule can label its choices with the
-       path it receives. Modules that are already lightning_nas mutables or choices are not walked.
-       A module reachable from several places is rewritten once and the replacement is shared.
+       path it receives. The walk then goes on inside the replacement: modules of the original
+       model that the replacement kept (the blocks a depth rule put in a ``DepthChoice``) are
+       offered under their original paths, new modules a rule made (the elastic convolutions of a
+       block rule) under their path in the replacement, the module a replacement wraps is not
+       offered again. Modules of the original model that are already lightning_nas mutables or
+       choices are not walked. A module reachable from several places is rewritten once and the
+       replacement is shared.
 
     New modules take the training mode of the module they replace (modules carried over from it
-    keep their own), so mutating a model in eval mode keeps it in eval mode. When an error is
-    raised the model is left as it was.
+    keep their own; a rule with ``sets_training_mode = True`` sets the modes of its new modules
+    itself), so mutating a model in eval mode keeps it in eval mode. When an error is raised the
+    model is left as it was: rules build replacements (with new tensors where weights must change,
+    e.g. reordered channels) and nothing is swapped in before every rule has succeeded.
 
     Args:
         model: the model instance to edit; it is returned.
         ops: ``{path: alternatives}``, ``path`` as in ``model.named_modules()`` (e.g.
             ``"blocks.2.1"``), ``alternatives`` a non-empty list of modules or dict of named
             modules taking the same inputs as the original and giving outputs of the same shape.
-        rules: callables ``rule(path, module) -> nn.Module | None``; see :func:`elastic_kernel`.
+        rules: callables ``rule(path, module) -> nn.Module | None``; see
+            :mod:`lightning_nas.nn.rules`.
+        preset: the name of a ready-made rule applied before ``rules``: ``"binas"``
+            (:func:`lightning_nas.nn.rules.binas` with its defaults). Call the preset function
+            yourself to change its options: ``rules=[rules.binas(min_depth=2)]``.
         label_prefix: prepended verbatim to every label and to the path given to rules (use
             ``"backbone."`` to get ``"backbone.blocks.2.1"``), to keep two mutated models apart.
+        strict: raise when a rule (or the preset) replaced no module at all, rather than
+            silently doing nothing; ``False`` allows it.
+        report: if given, a list that gets one :class:`Replacement` per module replaced by a rule.
+            A one-line summary is also logged (``logging``, level INFO, logger
+            ``lightning_nas.nn.mutate``).
 
     Returns:
         ``model`` itself, edited.
@@ -235,10 +304,13 @@ def mutate(
         ValueError: ``model`` is not an ``nn.Module`` (or is already a ``Supernet``); an ``ops``
             path is the root ``""`` or not a sub-module (the message suggests close names); an
             ``ops`` entry has no alternatives or a non-module one; a rule returns something that
-            is neither ``None`` nor an ``nn.Module``.
+            is neither ``None`` nor an ``nn.Module``; a rule cannot handle a module it matches (the
+            message names the module's path and why); ``strict`` and a rule matched nothing; an
+            unknown ``preset``.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"`model` must be an nn.Module instance, got {type(model).__name__}")
+    from lightning_nas.nn.rules import PRESETS  # local: the rules module imports this one
     from lightning_nas.supernet import Supernet  # local: the supernet module imports this package
 
     if isinstance(model, Supernet):
@@ -252,79 +324,37 @@ def mutate(
     for rule in rules:
         if not callable(rule):
             raise ValueError(f"every rule must be callable as rule(path, module) -> nn.Module | None, got {rule!r}")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown `preset` {preset!r}; known presets: {sorted(PRESETS)!r}")
+        rules = [PRESETS[preset](), *rules]
+    if report is not None and not isinstance(report, list):
+        raise ValueError(f"`report` must be a list to append to, or None, got {type(report).__name__}")
+    original_paths = {id(m): path for path, m in model.named_modules() if path}
     undo: list[Edit] = []
     try:
         made = _apply_ops(model, {} if ops is None else ops, label_prefix, undo)
-        edits = _plan_rules(model, list(rules), made, label_prefix) if rules else []
+        edits, replacements, matches = _plan_rules(model, list(rules), made, label_prefix, original_paths) if rules else ([], [], [])
+        if strict:
+            for rule, count in zip(rules, matches):
+                if not count:
+                    explain = getattr(rule, "explain_no_match", None)
+                    why = f": {explain(model)}" if explain is not None else ""
+                    raise ValueError(
+                        f"rule {_describe(rule)} matched no module of {type(model).__name__}{why}; "
+                        "pass strict=False to allow a rule that matches nothing"
+                    )
     except BaseException:
         for parent, name, original in reversed(undo):  # leave the model as it was
             setattr(parent, name, original)
         raise
     for parent, name, new in edits:
         setattr(parent, name, new)
+    if report is not None:
+        report.extend(replacements)
+    if rules:
+        logger.info(
+            "mutate(%s): %d modules replaced (%s)", type(model).__name__, len(replacements),
+            ", ".join(f"{_describe(rule)}: {count}" for rule, count in zip(rules, matches)),
+        )
     return model
-
-
-class _ElasticKernel:
-    """The rule made by :func:`elastic_kernel` (a class for a readable ``repr`` in errors)."""
-
-    def __init__(self, kernel_sizes: tuple[int, ...], where: Callable[[str, nn.Module], bool] | None) -> None:
-        self.kernel_sizes = kernel_sizes
-        self.where = where
-
-    def __call__(self, path: str, module: nn.Module) -> ElasticConv2d | None:
-        if type(module) is not nn.Conv2d:
-            return None
-        conv = module
-        k = conv.kernel_size[0]
-        if (
-            conv.kernel_size[0] != conv.kernel_size[1]
-            or k % 2 == 0
-            or conv.padding_mode != "zeros"
-            or isinstance(conv.padding, str)
-            or conv.dilation[0] != conv.dilation[1]
-            or not conv.padding[0] == conv.padding[1] == conv.dilation[0] * (k - 1) // 2
-        ):
-            return None  # no symmetric 'same' padding: smaller kernels would change the output size
-        if conv.groups != 1 and not conv.groups == conv.in_channels == conv.out_channels:
-            return None  # grouped (not depthwise) convolutions have no elastic form
-        candidates = sorted({s for s in self.kernel_sizes if s <= k} | {k})
-        if len(candidates) < 2:
-            return None
-        if self.where is not None and not self.where(path, conv):
-            return None
-        return ElasticConv2d.from_conv(conv, kernel_size=Choice(candidates, label=f"{path}.kernel_size", default=k))
-
-    def __repr__(self) -> str:
-        return f"elastic_kernel({list(self.kernel_sizes)!r}{'' if self.where is None else ', where=...'})"
-
-
-def elastic_kernel(kernel_sizes: Sequence[int], *, where: Callable[[str, nn.Module], bool] | None = None) -> Rule:
-    """A :func:`mutate` rule making the kernel size of plain ``nn.Conv2d`` layers elastic.
-
-    A convolution qualifies when it is exactly an ``nn.Conv2d`` (subclasses such as timm's
-    ``Conv2dSame`` compute differently and are skipped), its kernel ``K × K`` is square and odd, its
-    padding is the symmetric "same" padding ``dilation * (K - 1) // 2`` (so every candidate keeps
-    the output size), it is not grouped (or is depthwise), and ``where`` accepts it. It becomes
-    ``ElasticConv2d.from_conv(conv, kernel_size=Choice(candidates, label=path + ".kernel_size",
-    default=K))`` with ``candidates`` the sizes of ``kernel_sizes`` up to ``K`` plus ``K`` itself
-    (smaller kernels are centre crops of the original ``K × K`` weight, which is shared, not copied).
-    A convolution with a single candidate (a 1×1 one, say) is left alone.
-
-    Args:
-        kernel_sizes: candidate kernel sizes, positive odd ints.
-        where: optional filter ``where(path, conv) -> bool`` called on qualifying convolutions with
-            the path given to the rule (``label_prefix`` included), e.g. depthwise only:
-            ``lambda path, m: m.groups > 1``.
-
-    Returns:
-        The rule ``rule(path, module) -> ElasticConv2d | None`` to pass in ``mutate(rules=[...])``.
-    """
-    if isinstance(kernel_sizes, (str, bytes)) or not isinstance(kernel_sizes, Sequence) or not kernel_sizes:
-        raise ValueError(f"`kernel_sizes` must be a non-empty list of positive odd ints, got {kernel_sizes!r}")
-    for k in kernel_sizes:
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k % 2 == 0:
-            raise ValueError(f"`kernel_sizes` must hold positive odd ints (centre crops need odd kernels), got {k!r}")
-    if where is not None and not callable(where):
-        raise ValueError(f"`where` must be callable(path, module) -> bool or None, got {where!r}")
-    return _ElasticKernel(tuple(sorted(set(kernel_sizes))), where)

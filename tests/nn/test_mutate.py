@@ -164,7 +164,8 @@ def test_first_rule_wins_and_rules_get_prefixed_paths():
         return nn.GELU() if isinstance(module, nn.ReLU) else None
 
     model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU(), nn.Linear(2, 2)))
-    mutate(model, rules=[record, relu_to_gelu, lambda p, m: nn.Tanh() if isinstance(m, nn.ReLU) else None], label_prefix="net.")
+    # strict=False: `record` and the Tanh rule never replace anything, on purpose.
+    mutate(model, rules=[record, relu_to_gelu, lambda p, m: nn.Tanh() if isinstance(m, nn.ReLU) else None], label_prefix="net.", strict=False)
     assert seen == ["net.0", "net.1", "net.1.0", "net.1.1"]
     assert isinstance(model[1][0], nn.GELU)
 
@@ -236,7 +237,8 @@ def test_default_arch_reproduces_random_conv_stacks(layers, c_in, seed):
         c = c_out
     model = nn.Sequential(*modules).eval()
     reference = copy.deepcopy(model)
-    supernet = ln.Supernet(mutate(model, rules=[elastic_kernel([1, 3, 5, 7])])).eval()
+    # strict=False: a stack without 'same' padding has nothing to make elastic.
+    supernet = ln.Supernet(mutate(model, rules=[elastic_kernel([1, 3, 5, 7])], strict=False)).eval()
     assert len(supernet.space) == sum(same for *_, same, _ in layers)
     size = 3  # the input size giving a 3x3 output, worked back through the layers
     for k, _, stride, dilation, same, _ in reversed(layers):
@@ -275,5 +277,7 @@ def test_from_conv_keeps_even_kernels_and_rejects_asymmetric_layers():
         with pytest.raises(ValueError, match="symmetric"):
             ElasticConv2d.from_conv(bad)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=(1, 0)), nn.Conv2d(4, 4, 4, padding=1))
-    mutate(model, rules=[elastic_kernel([1, 3])])
+    with pytest.raises(ValueError, match=r"elastic_kernel\(\[1, 3\]\) matched no module of Sequential: it has no plain square"):
+        mutate(model, rules=[elastic_kernel([1, 3])])  # nothing qualifies: an error, not a silent no-op
+    mutate(model, rules=[elastic_kernel([1, 3])], strict=False)
     assert type(model[0]) is nn.Conv2d and type(model[1]) is nn.Conv2d
