@@ -37,9 +37,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.nn.blocks import BlockLayout, block_family, block_layout, squeeze_excite_convs
-from lightning_nas.nn.choice import Choice
+from lightning_nas.nn.choice import Choice, Mutable
 from lightning_nas.nn.conv import ElasticConv2d
 from lightning_nas.nn.depth_choice import DepthChoice
+from lightning_nas.nn.elastic_size import fit_channels
 from lightning_nas.nn.mutate import Rule, match_training
 from lightning_nas.nn.norm import ElasticBatchNorm2d
 from lightning_nas.nn.norm_act import ElasticBatchNormAct2d, _batch_norm_act_type
@@ -455,6 +456,27 @@ def elastic_expansion(
 # -- squeeze-excitation on/off -----------------------------------------------------------------------
 
 
+class _FitChannels(Mutable):
+    """Runs ``module`` on its input narrowed to the active ``width``; exports as ``module`` itself.
+
+    When an ``OpChoice`` routes some of the rows to ``module``, an input of elastic width can be
+    wider than the widest of those rows (it was computed for all of them). Elastic layers narrow
+    such inputs themselves; a plain module such as a squeeze-excitation (``x * gate(...)``, the
+    gate computed by its elastic convs at the narrower width) cannot.
+    """
+
+    def __init__(self, module: nn.Module, width: Choice) -> None:
+        super().__init__()
+        self.module = module
+        self.width = width
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(fit_channels(x, self.width, 1, type(self.module).__name__))
+
+    def freeze(self, arch: dict[str, Any], export_child) -> nn.Module:
+        return export_child(self.module)
+
+
 class _SqueezeExciteChoice:
     """The rule made by :func:`squeeze_excite_choice`."""
 
@@ -464,11 +486,16 @@ class _SqueezeExciteChoice:
         self.where = where
 
     def __call__(self, path: str, module: nn.Module) -> OpChoice | None:
-        if squeeze_excite_convs(module) is None:
+        convs = squeeze_excite_convs(module)
+        if convs is None:
             return None
         if self.where is not None and not self.where(path, module):
             return None
-        op = OpChoice({"original": module, "none": nn.Identity()}, label=path, default="original")
+        se = module
+        reduce = getattr(module, convs[0])
+        if isinstance(reduce, ElasticConv2d) and isinstance(reduce.in_channels, Choice):  # inside an elastic-width block
+            se = _FitChannels(module, reduce.in_channels)
+        op = OpChoice({"original": se, "none": nn.Identity()}, label=path, default="original")
         match_training(op, module)
         return op
 
