@@ -41,7 +41,7 @@ def markers(device: str = "cpu") -> tuple[str, str]:
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     supernet, _, train_seconds = train_supernet(args)
-    staged = StagedSpace.from_space(supernet.space)
+    staged = StagedSpace.of(supernet)
     # The estimator benchmark's test and fit subnets; a held-out set it never saw (seed + 101).
     test, fit = ranked_subnets(supernet.space, args)
     held_out = gratings_dataset(args.chunk * args.chunks, seed=args.seed + 101, **task_data(args))

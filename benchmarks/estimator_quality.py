@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> dict:
     held_out = [(x.to(args.device), y.to(args.device))
                 for x, y in DataLoader(gratings_dataset(args.held_out, seed=args.seed + 1, **task_data(args)), batch_size=args.eval_batch_size)]
     supernet, train, train_seconds = train_supernet(args)
-    staged = StagedSpace.from_space(supernet.space)
+    staged = StagedSpace.of(supernet)
     space = supernet.space
 
     test_archs, fit_archs = ranked_subnets(space, args)

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> dict:
     loader = DataLoader(train_set, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(args.seed))
     held_out = DataLoader(held_set, batch_size=256)
     supernet, train_seconds = train(args, loader, num_classes)
-    staged = StagedSpace.from_space(supernet.space)
+    staged = StagedSpace.of(supernet)
     archs = supernet.space.sample_many(args.subnets, seed=derive_seed(args.seed, 1))
     started = time.perf_counter()
     measured = measure_subnet_accuracies(supernet, archs, held_out)

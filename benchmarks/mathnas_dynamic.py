@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     supernet = mobilenet_supernet(num_classes=100, stages=STAGES, expand_ratios=(3, 4, 6), kernel_sizes=(3, 5, 7),
                                   head_channels=256, activation="hswish").eval()
-    staged = StagedSpace.from_space(supernet.space)
+    staged = StagedSpace.of(supernet)
     size = (3, args.image_size, args.image_size)
     started = time.perf_counter()
     flops = build_flops_table(supernet, size)

@@ -73,7 +73,7 @@ class BilinearTable:
         depth = np.zeros(depth_shape) if depth is None else np.asarray(depth, dtype=np.float64)
         if depth.shape != depth_shape:
             raise ValueError(f"`depth` must have shape (S, max_depth_options) = {depth_shape}, got {depth.shape}")
-        exists = staged.block_exists()[..., None].repeat(staged.num_configs, -1)
+        exists = staged.config_exists()
         if not np.isfinite(block[exists]).all() or not np.isfinite(depth[staged.depth_exists()]).all():
             raise ValueError(f"table {name!r} has non-finite entries")
         self.staged = staged
@@ -115,20 +115,30 @@ class BilinearTable:
     def extreme(self, largest: bool = False, *, additive: bool = False) -> tuple[float, dict[str, Any]]:
         """The smallest (or largest) value any arch reaches, and an arch reaching it.
 
-        Stages are independent, so each picks its best depth with the best config per active block
-        (the link is increasing, so the additive form's extreme is the value's). ``additive=True``
-        returns the additive form's extreme value instead of the value's.
+        Stages are independent once the shared decisions are fixed, so for each joint value of
+        the shared decisions (none in most spaces) each stage picks its best depth with the best
+        consistent config per active block (the link is increasing, so the additive form's
+        extreme is the value's). ``additive=True`` returns the additive form's extreme value
+        instead of the value's.
         """
         pick = np.max if largest else np.min
         arg = np.argmax if largest else np.argmin
-        configs = arg(self.block, -1)
-        best_block = pick(self.block, -1)  # (S, D)
-        total, depths = self.constant, np.zeros(self.staged.num_stages, dtype=np.int64)
-        for s, st in enumerate(self.staged.stages):
-            options = [self.depth[s, j] + best_block[s, :d].sum() for j, d in enumerate(st.depths)]
-            depths[s] = int(arg(options))
-            total += float(options[depths[s]])
-        return float(total if additive else self.inverse_link(total)), self.staged.to_arch(configs, depths)
+        worst = -np.inf if largest else np.inf
+        staged = self.staged
+        best: tuple[float, np.ndarray, np.ndarray] | None = None
+        for assignment in staged.shared_assignments():
+            block = np.where(staged.consistent_with(assignment), self.block, worst)
+            configs = arg(block, -1)
+            best_block = pick(block, -1)  # (S, D)
+            total, depths = self.constant, np.zeros(staged.num_stages, dtype=np.int64)
+            for s, st in enumerate(staged.stages):
+                options = [self.depth[s, j] + best_block[s, :d].sum() for j, d in enumerate(st.depths)]
+                depths[s] = int(arg(options))
+                total += float(options[depths[s]])
+            if best is None or (total > best[0] if largest else total < best[0]):
+                best = (total, configs, depths)
+        total, configs, depths = best
+        return float(total if additive else self.inverse_link(total)), staged.to_arch(configs, depths)
 
     # -- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -65,12 +65,14 @@ class SwitchReport:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def pareto_blocks(criteria: list[tuple[np.ndarray, int]], k: int) -> np.ndarray:
+def pareto_blocks(criteria: list[tuple[np.ndarray, int]], k: int, exists: np.ndarray | None = None) -> np.ndarray:
     """``(S, D, k)`` config indices to keep per block position: Pareto-optimal first.
 
     Args:
         criteria: ``(block (S, D, C), direction)`` per table, ``+1`` larger is better, ``-1`` smaller.
         k: configs per position (at most ``C``).
+        exists: ``(S, D, C)`` bool, the configs each block has (default: all ``C``); a block with
+            fewer than ``k`` keeps all of them, its row padded by repeating the last one.
 
     Configs are ranked by how many others dominate them (0 on the Pareto front); when the front
     has more than ``k`` configs, ``k`` are taken evenly spread along the first criterion.
@@ -79,20 +81,23 @@ def pareto_blocks(criteria: list[tuple[np.ndarray, int]], k: int) -> np.ndarray:
     T, S, D, C = values.shape
     if not 1 <= k <= C:
         raise ValueError(f"`blocks_per_node` must be in [1, {C}] (the configurations per block), got {k}")
+    exists = np.ones((S, D, C), dtype=bool) if exists is None else exists
     diff = values[..., :, None] - values[..., None, :]  # [.., a, b] = v[a] - v[b]
-    dominates = (diff >= 0).all(0) & (diff > 0).any(0)  # (S, D, a, b): a dominates b
-    counts = dominates.sum(-2)  # (S, D, C): how many dominate b
+    dominates = (diff >= 0).all(0) & (diff > 0).any(0) & exists[..., :, None]  # (S, D, a, b): a dominates b
+    counts = np.where(exists, dominates.sum(-2), C + 1)  # (S, D, C): how many dominate b; absent configs last
     keep = np.zeros((S, D, k), dtype=np.int64)
     for s in range(S):
         for b in range(D):
-            front = np.flatnonzero(counts[s, b] == 0)
-            if len(front) > k:
+            n = min(k, max(int(exists[s, b].sum()), 1))
+            front = np.flatnonzero((counts[s, b] == 0) & exists[s, b])
+            if len(front) > n:
                 front = front[np.argsort(values[0, s, b, front], kind="stable")]
-                chosen = front[np.round(np.linspace(0, len(front) - 1, k)).astype(int)]
+                chosen = front[np.round(np.linspace(0, len(front) - 1, n)).astype(int)]
             else:
                 order = np.lexsort((np.arange(C), counts[s, b]))
-                chosen = order[:k]
-            keep[s, b] = np.sort(chosen)
+                chosen = order[:n]
+            chosen = np.sort(chosen)
+            keep[s, b] = np.concatenate([chosen, np.full(k - n, chosen[-1])])
     return keep
 
 
@@ -103,8 +108,9 @@ def _key(s: int, b: int, c: int) -> str:
 def _restricted_space(staged: StagedSpace, keep: np.ndarray) -> StagedSpace:
     stages = []
     for s, st in enumerate(staged.stages):
-        configs = tuple(tuple(st.configs[b][c] for c in keep[s, b]) for b in range(st.num_blocks))
-        stages.append(Stage(st.depth_label, st.depths, st.block_labels, configs))
+        # dict.fromkeys: a block with fewer configs than kept slots repeats its last one.
+        configs = tuple(tuple(dict.fromkeys(st.configs[b][c] for c in keep[s, b])) for b in range(st.num_blocks))
+        stages.append(Stage(st.depth_label, st.depths, st.block_labels, configs, st.paths))
     return StagedSpace(staged.space, stages)
 
 
@@ -152,7 +158,12 @@ class DynamicNetwork(nn.Module):
         resources = [resources] if isinstance(resources, BilinearTable) else list(resources)
         if not resources or not all(isinstance(r, BilinearTable) for r in resources):
             raise ValueError("`resources` must be one BilinearTable or a non-empty list of them (latency, energy, ...)")
-        self._keep = pareto_blocks(criteria + [(r.block, -1) for r in resources], int(blocks_per_node))
+        if full.shared_labels:
+            raise ValueError(
+                f"DynamicNetwork swaps one block's module at a time, but decisions {full.shared_labels!r} are read by several "
+                "blocks, so one block cannot change alone; give each block its own decisions"
+            )
+        self._keep = pareto_blocks(criteria + [(r.block, -1) for r in resources], int(blocks_per_node), full.config_exists())
         self.staged = _restricted_space(full, self._keep)
         self._objective = objective
         self._resources = {r.name: _restrict(r, self.staged, self._keep) for r in resources}
@@ -171,7 +182,7 @@ class DynamicNetwork(nn.Module):
                 for i, values in enumerate(st.configs[b]):
                     arch = {**self._base, **dict(zip(labels, values))}
                     self.held[_key(s, b, i)] = export_subnet(self._slots[s][b][0], supernet.space.validate(arch))
-        self.num_networks = int(np.prod([sum(len(st.configs[0]) ** d for d in st.depths) for st in self.staged.stages]))
+        self.num_networks = int(np.prod([sum(np.prod([len(c) for c in st.configs[:d]]) for d in st.depths) for st in self.staged.stages]))
         result = self.solve(budget or {})
         self._budget = dict(budget or {})
         self.arch = result.arch
@@ -190,6 +201,15 @@ class DynamicNetwork(nn.Module):
         op_choices = {m.label: m for m in supernet.module.modules() if isinstance(m, OpChoice)}
         slots = []
         for s, st in enumerate(self.staged.stages):
+            if st.paths:  # read from the supernet's modules: a block's container is its parent module
+                row = []
+                for b, path in enumerate(st.paths):
+                    parent, _, key = path.rpartition(".")
+                    if st.depth_label is not None:
+                        parent = parent.rpartition(".")[0]  # <DepthChoice>.blocks.<b>: exported as a Sequential
+                    row.append((supernet.module.get_submodule(path), parent, key))
+                slots.append(row)
+                continue
             if st.depth_label is not None:
                 dc = depth_choices.get(st.depth_label)
                 if dc is None:

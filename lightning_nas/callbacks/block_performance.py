@@ -100,7 +100,7 @@ class BlockPerformanceEstimation(Callback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._supernet = find_supernet(pl_module, self.supernet_path)
-        self._staged = StagedSpace.from_space(self._supernet.space)
+        self._staged = StagedSpace.of(self._supernet)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.estimate(pl_module, is_global_zero=trainer.is_global_zero)

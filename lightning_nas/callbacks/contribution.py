@@ -147,7 +147,7 @@ class ContributionEstimation(Callback):
     # -- hooks -------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._supernet = find_supernet(pl_module, self.supernet_path)
-        self._staged = StagedSpace.from_space(self._supernet.space)
+        self._staged = StagedSpace.of(self._supernet)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.every_n_epochs is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:

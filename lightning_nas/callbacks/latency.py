@@ -155,7 +155,7 @@ class LatencyProfiler(Callback):
         if failure is not None:
             raise failure
         if not trainer.is_global_zero:
-            table = BilinearTable.load(self.path, StagedSpace.from_space(supernet.space))
+            table = BilinearTable.load(self.path, StagedSpace.of(supernet))
             reasons = stale_reasons(table.metadata, supernet, settings)
             if reasons:
                 raise RuntimeError(f"LatencyProfiler: the table rank 0 left at {self.path} does not apply here: {'; '.join(reasons)}")

@@ -112,7 +112,8 @@ def _stage_means(flops: BilinearTable) -> tuple[np.ndarray, list[np.ndarray], li
     """Per stage: the mean FLOPs ``E_s``, ``E_s | depth j`` and ``E_s | block b has config c (and runs)``,
     under independent uniform choices."""
     staged = flops.staged
-    block_mean = flops.block.mean(-1)  # (S, D)
+    counts = np.maximum(staged.config_counts(), 1)
+    block_mean = np.where(staged.config_exists(), flops.block, 0.0).sum(-1) / counts  # (S, D), over each block's own configs
     means, given_depth, given_block = [], [], []
     for s, st in enumerate(staged.stages):
         per_depth = np.array([flops.depth[s, j] + block_mean[s, :d].sum() for j, d in enumerate(st.depths)])
@@ -308,6 +309,11 @@ class _Measurements:
     def __init__(self, evaluator: Evaluator, staged: StagedSpace, reference: Mapping[str, Any]) -> None:
         if not callable(evaluator):
             raise ValueError(f"`evaluator` must be callable (archs -> {{metric: values}}), got {type(evaluator).__name__}")
+        if staged.shared_labels:
+            raise ValueError(
+                f"MathNAS switches one node at a time, but decisions {staged.shared_labels!r} are read by several blocks, "
+                "so a block cannot be switched alone; give each block its own decisions (or search with the BINAS tables)"
+            )
         self.evaluator, self.staged, self.reference = evaluator, staged, dict(reference)
         self.count = 0
 
@@ -383,7 +389,7 @@ def _switches(staged: StagedSpace, host_c: np.ndarray, host_d: np.ndarray, ref_c
         if st.depths[d[s]] <= b:  # the block must run in its host
             d[s] = next(j for j, v in enumerate(st.depths) if v > b)
         rows = []
-        for opt in range(staged.num_configs):
+        for opt in range(len(st.configs[b])):
             cc = c.copy()
             cc[s, b] = opt
             rows.append(add(cc, d.copy()))
@@ -416,7 +422,8 @@ def _average_host(flops: BilinearTable) -> tuple[np.ndarray, np.ndarray]:
     """``N^avg``: per node the option whose FLOPs are closest to the node's mean (first on ties)."""
     staged = flops.staged
     _, given_depth, _ = _stage_means(flops)
-    configs = np.argmin(np.abs(flops.block - flops.block.mean(-1, keepdims=True)), -1)
+    mean = np.where(staged.config_exists(), flops.block, 0.0).sum(-1, keepdims=True) / np.maximum(staged.config_counts(), 1)[..., None]
+    configs = np.argmin(np.where(staged.config_exists(), np.abs(flops.block - mean), np.inf), -1)
     configs = np.where(staged.block_exists(), configs, -1)
     depths = np.array([int(np.argmin(np.abs(g - g.mean()))) for g in given_depth], dtype=np.int64)
     return configs, depths
@@ -505,7 +512,8 @@ def estimate_block_performance_sampled(
         hosts_c, hosts_d = enumerate_indices(staged, limit=max_hosts)
     elif isinstance(num_hosts, int) and not isinstance(num_hosts, bool) and num_hosts >= 1:
         g = derive_generator(seed, 6)
-        hosts_c = torch.randint(staged.num_configs, (num_hosts, staged.num_stages, staged.max_blocks), generator=g).numpy()
+        uniform = torch.rand((num_hosts, staged.num_stages, staged.max_blocks), generator=g, dtype=torch.float64).numpy()
+        hosts_c = (uniform * np.maximum(staged.config_counts(), 1)).astype(np.int64)
         hosts_d = np.stack([torch.randint(len(st.depths), (num_hosts,), generator=g).numpy() for st in staged.stages], 1)
     else:
         raise ValueError(f"`num_hosts` must be a positive int or 'all', got {num_hosts!r}")

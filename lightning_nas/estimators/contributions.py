@@ -133,6 +133,13 @@ def conditioning_depths(staged: StagedSpace) -> np.ndarray:
     return out
 
 
+def own_configs(own: Tensor, configs: Tensor) -> Tensor:
+    """``configs (..., S, D)`` mapped to the configs whose accuracy gain they take (``own (S, D, C)``,
+    :meth:`~lightning_nas.spaces.staged.StagedSpace.own_configs`); -1 entries stay -1."""
+    picked = own.expand(*configs.shape, own.shape[-1]).gather(-1, configs.clamp(min=0)[..., None])[..., 0]
+    return torch.where(configs >= 0, picked, configs)
+
+
 class StagedIndexer:
     """Converts between per-label candidate indices (``SearchSpace.sample_indices``) and staged indices.
 
@@ -182,8 +189,13 @@ class StagedIndexer:
         space, st = self.staged.space, self.staged.stages[conditional.stage] if conditional.stage is not None else None
         out: dict[str, int] = {}
         if conditional.block is not None:
+            # Only the decisions the block owns: a shared decision owned elsewhere stays random.
+            unit = (conditional.stage, conditional.block)
             values = st.configs[conditional.block][conditional.config]
-            out.update({lab: space[lab].index(v) for lab, v in zip(st.block_labels[conditional.block], values)})
+            out.update({
+                lab: space[lab].index(v) for lab, v in zip(st.block_labels[conditional.block], values)
+                if self.staged.owner.get(lab, unit) == unit
+            })
         if conditional.depth is not None and st.depth_label is not None:
             out[st.depth_label] = space[st.depth_label].index(st.depths[conditional.depth])
         return out
@@ -216,6 +228,7 @@ def paper_protocol_conditionals(staged: StagedSpace) -> list[Conditional]:
     ``1 + 5 × (3 + 4 × 12) = 256``.
     """
     cond = conditioning_depths(staged)
+    own = staged.own_configs()
     out = [Conditional()]
     for s, st in enumerate(staged.stages):
         if len(st.depths) > 1:
@@ -223,7 +236,8 @@ def paper_protocol_conditionals(staged: StagedSpace) -> list[Conditional]:
         for b in range(st.num_blocks):
             if cond[s, b] != NEVER_ACTIVE:
                 depth = None if cond[s, b] == CONFIG_ONLY else int(cond[s, b])
-                out += [Conditional(s, depth, b, c) for c in range(staged.num_configs)]
+                # One conditional per value of the decisions the block owns (see StagedSpace.own_configs).
+                out += [Conditional(s, depth, b, c) for c in range(len(st.configs[b])) if own[s, b, c] == c]
     return out
 
 
@@ -276,6 +290,7 @@ class ContributionAccumulator(Metric):
         self.add_state("residual_sq", torch.zeros((), dtype=f64), dist_reduce_fx="sum")  # paired records only
         self._cond = torch.as_tensor(conditioning_depths(staged))
         self._nd = torch.tensor([len(st.depths) for st in staged.stages])
+        self._own = torch.as_tensor(staged.own_configs())
 
     def _set_mode(self, mode: str) -> None:
         if self._mode not in (None, mode):
@@ -373,6 +388,7 @@ class ContributionAccumulator(Metric):
         self.depth_count += depth_hot.sum(0)
         self.depth_correct += torch.einsum("nsj,n->sj", depth_hot, value)
         cond = self._cond.to(configs.device)
+        configs = own_configs(self._own.to(configs.device), configs)
         satisfied = (cond == CONFIG_ONLY) | ((cond >= 0) & (depths[:, :, None] == cond))  # (N, S, D)
         config_hot = nn.functional.one_hot(configs.clamp(min=0), self.staged.num_configs).to(torch.float64) * satisfied[..., None]
         self.block_count += config_hot.sum(0)
@@ -423,7 +439,9 @@ class ContributionAccumulator(Metric):
         nd = self._nd.numpy()
         # Single-option stages: conditioning on the depth is conditioning on nothing.
         depth_needed = self.staged.depth_exists() & (nd[:, None] > 1)
-        block_needed = np.broadcast_to((self._cond.numpy() != NEVER_ACTIVE)[..., None], block_count.shape)
+        own = self._own.numpy()
+        # Configs whose gain is another config's (shared decisions owned by another block) are filled in below.
+        block_needed = (self._cond.numpy() != NEVER_ACTIVE)[..., None] & (own == np.arange(own.shape[-1])) & self.staged.config_exists()
         depth_missing = depth_needed & (depth_count <= 0)
         block_missing = block_needed & (block_count <= 0)
         depth_valid, block_valid = depth_needed & ~depth_missing, block_needed & ~block_missing
@@ -433,6 +451,7 @@ class ContributionAccumulator(Metric):
         block_gain = np.where(block_valid, block_mean - offset, 0.0)
         if self.shrinkage == "empirical_bayes":
             depth_gain, block_gain = self._shrink(base, depth_gain, depth_count, depth_valid, block_gain, block_count, block_valid)
+        block_gain = np.where(self.staged.config_exists(), np.take_along_axis(block_gain, own, -1), 0.0)
         missing = {"depth": np.argwhere(depth_missing).tolist(), "block": np.argwhere(block_missing).tolist()}
         if missing["depth"] or missing["block"]:
             rank_zero_warn(
@@ -765,7 +784,7 @@ def estimate_contributions(
     check_estimator_options(method, passes, paired, shrinkage, fit, allocation, pilot_passes)
     _check_common(seed, rank, world_size)
     score = check_score(score)
-    staged = staged if staged is not None else StagedSpace.from_space(supernet.space)
+    staged = staged if staged is not None else StagedSpace.of(supernet)
     batch_to_xy = batch_to_xy or default_batch_to_xy
     forward = forward or supernet
     model = model if model is not None else supernet

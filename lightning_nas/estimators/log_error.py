@@ -72,8 +72,9 @@ def check_records(staged: StagedSpace, configs: Tensor, depths: Tensor, correct:
     if depths.shape != (n, S):
         raise ValueError(f"`depths` must have shape (N, S) = ({n}, {S}), got {tuple(depths.shape)}")
     exists = torch.as_tensor(staged.block_exists(), device=device)
-    if n and ((configs >= C) | (exists & (configs < 0))).any():
-        raise ValueError(f"`configs` must lie in [0, {C}) at every existing block position")
+    counts = torch.as_tensor(staged.config_counts(), device=device)
+    if n and ((configs >= counts.clamp(min=1)) | (exists & (configs < 0))).any():
+        raise ValueError(f"`configs` must lie in [0, number of configurations of the block) at every existing block position (at most {C})")
     if n and ((depths < 0) | (depths >= nd)).any():
         raise ValueError(f"`depths` must lie in [0, number of depth options of the stage) = {nd.tolist()}")
     return configs, depths, correct
@@ -208,6 +209,11 @@ def fit_log_error_table(
         raise ValueError("every record is right: the log-error model needs some errors (use the conditional-means estimator)")
     informative = (errors_per_example > 0) & (counts >= 2)
     keep = informative[group]
+    # A block's gain depends only on the decisions it owns (StagedSpace.own_configs): fit those,
+    # then give every config the gain of its own config.
+    own = staged.own_configs()
+    S, D = staged.num_stages, staged.max_blocks
+    configs = np.where(configs >= 0, own[np.arange(S)[:, None], np.arange(D)[None, :], np.maximum(configs, 0)], -1)
     X, depth_col, block_col = _features(staged, configs[keep], depths[keep])
     e, g = error[keep], np.unique(group[keep], return_inverse=True)[1]
     m = int(informative.sum())
@@ -229,13 +235,15 @@ def fit_log_error_table(
     result = optimize.minimize(objective, np.zeros(f), jac=True, method="L-BFGS-B", options={"maxiter": 2000, "gtol": 1e-10, "ftol": 1e-14})
     theta = -result.x  # −log(error) gains: higher is better
     block = np.where(block_col >= 0, theta[np.maximum(block_col, 0)], 0.0)
+    block = np.where(staged.config_exists(), np.take_along_axis(block, own, -1), 0.0)
     depth = np.where(depth_col >= 0, theta[np.maximum(depth_col, 0)], 0.0)
     block, depth = _centre(staged, block, depth)
-    # E_a[exp(−g(a))] factorises over stages under uniform sampling: match the mean error.
+    # E_a[exp(−g(a))] factorises over stages under uniform sampling (each decision's gain sits in
+    # one block): match the mean error.
     log_mean = 0.0
     for s, st in enumerate(staged.stages):
-        per_block = np.log(np.mean(np.exp(-block[s]), -1))  # (D,) log E_c exp(−block)
-        options = [-depth[s, j] + per_block[:d].sum() for j, d in enumerate(st.depths)]
+        per_block = [np.log(np.mean(np.exp(-block[s, b, : len(c)]))) for b, c in enumerate(st.configs)]  # log E_c exp(−block)
+        options = [-depth[s, j] + sum(per_block[:d]) for j, d in enumerate(st.depths)]
         log_mean += float(np.logaddexp.reduce(options) - np.log(len(options)))
     constant = -np.log(base_error) + log_mean
     metadata = {
@@ -252,8 +260,9 @@ def _centre(staged: StagedSpace, block: np.ndarray, depth: np.ndarray) -> tuple[
     block, depth = block.copy(), depth.copy()
     for s, st in enumerate(staged.stages):
         for b in range(min(st.num_blocks, max(st.depths))):
-            mean = block[s, b].mean()
-            block[s, b] -= mean
+            count = len(st.configs[b])
+            mean = block[s, b, :count].mean()
+            block[s, b, :count] -= mean
             for j, d in enumerate(st.depths):
                 if d > b:
                     depth[s, j] += mean

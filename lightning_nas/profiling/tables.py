@@ -5,14 +5,16 @@ an arch that sets its configuration) and measured on an input of the shape it re
 network; the parts outside the searchable blocks (stem, head, fixed layers) form the table's
 ``constant``. ``table.predict(arch)`` is then ``LAT(arch)`` of BINAS Eq. 5 (plus that constant).
 
-How the pieces are found, generically for any space ``StagedSpace.from_space`` understands:
+How the pieces are found, for any supernet (:meth:`StagedSpace.from_supernet`):
 
-* stage ``s`` is the :class:`~lightning_nas.nn.DepthChoice` whose label is the stage's depth
-  label; its ``blocks[b]`` is block ``b``;
-* each block's input and output shapes are captured with forward hooks during one run of the
-  largest arch (and checked against the smallest one: the profiler assumes a block's input shape
-  does not depend on the arch, true when only hidden widths, kernels and depths are searched);
-* blocks whose exported module and shapes are identical (BINAS: blocks 2-4 of a stage) share one
+* a unit is a block of a :class:`~lightning_nas.nn.DepthChoice` or an outermost module that reads
+  decisions outside every DepthChoice (a stem conv reading its kernel, a head reading a width);
+  its table is over the joint values of the decisions it reads, so a width shared by many layers
+  is charged to every unit it changes;
+* each unit's input and output shapes are captured with forward hooks under the largest and the
+  smallest arch; a unit whose shapes change (one reading the width of the layer before it) is
+  captured once per configuration;
+* units whose exported module and shapes are identical (BINAS: blocks 2-4 of a stage) share one
   measurement; the key is the exported module's ``repr`` plus its input and output shapes.
 
 The fixed part of the latency cannot be isolated generically (a stem and head are whatever
@@ -57,6 +59,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_nas.bilinear import BilinearTable
+from lightning_nas.nn.choice import Choice
 from lightning_nas.nn.depth_choice import DepthChoice
 from lightning_nas.nn.export import export_subnet
 from lightning_nas.profiling.timing import ProfileSettings, TimingResult, device_info, time_modules
@@ -88,7 +91,7 @@ PROFILER_VERSION = 1
 CALIBRATION_STREAM = 0
 
 Shape = tuple[int, ...]
-BlockShapes = list[list[tuple[Shape, Shape]]]  # [stage][block] -> (input shape, output shape)
+BlockShapes = list[list[list[tuple[Shape, Shape] | None]]]  # [stage][block][config] -> (input shape, output shape)
 Progress = Callable[[str], None] | None
 
 
@@ -108,18 +111,39 @@ def _check_supernet(supernet: Any) -> Supernet:
     return supernet
 
 
-def stage_blocks(supernet: Supernet, staged: StagedSpace | None = None) -> list[list[nn.Module]]:
-    """Block modules per stage: ``[stage][block]``, from each stage's ``DepthChoice``.
+def stage_blocks(supernet: Supernet, staged: StagedSpace | None = None) -> list[list[nn.Module | None]]:
+    """The module of every unit: ``[stage][block]`` (``None`` for a shared decision's own unit,
+    which has no module and costs nothing by itself).
+
+    Structures read from the supernet (:meth:`StagedSpace.from_supernet`) carry each unit's module
+    path; label-inferred ones find a stage's blocks through the ``DepthChoice`` with its depth label.
 
     Raises:
-        ValueError: when a stage has no depth decision or no ``DepthChoice`` with its label, or the
-            ``DepthChoice`` has another number of blocks than the stage.
+        ValueError: a unit that is a bare decision read by a module holding a DepthChoice (its
+            effect on latency cannot be isolated); for a label-inferred structure, a stage without
+            a depth decision or ``DepthChoice``, or with another number of blocks.
     """
     _check_supernet(supernet)
-    staged = staged or StagedSpace.from_space(supernet.space)
-    by_label = {m.label: m for m in supernet.module.modules() if isinstance(m, DepthChoice)}
-    out = []
+    staged = staged or StagedSpace.of(supernet)
+    by_label = None
+    out: list[list[nn.Module | None]] = []
     for s, stage in enumerate(staged.stages):
+        if stage.paths:
+            row: list[nn.Module | None] = []
+            for path in stage.paths:
+                module = None if path is None else supernet.module.get_submodule(path)
+                if isinstance(module, Choice):
+                    owner = path.rpartition(".")[0] or "<root>"
+                    raise ValueError(
+                        f"decision {module.label!r} is read directly by the module {owner!r}, which also holds a DepthChoice: "
+                        "its effect on latency cannot be isolated into a unit of its own; move the layers that read it "
+                        "into a sub-module (or out of the module holding the DepthChoice)"
+                    )
+                row.append(module)
+            out.append(row)
+            continue
+        if by_label is None:
+            by_label = {m.label: m for m in supernet.module.modules() if isinstance(m, DepthChoice)}
         if stage.depth_label is None:
             raise ValueError(f"stage {s} has no depth decision; the profiler finds a stage's blocks through its DepthChoice")
         depth_choice = by_label.get(stage.depth_label)
@@ -133,16 +157,20 @@ def stage_blocks(supernet: Supernet, staged: StagedSpace | None = None) -> list[
     return out
 
 
-def _capture(supernet: Supernet, blocks: list[list[nn.Module]], arch: Mapping[str, Any], input_shape: Shape) -> dict[tuple[int, int], tuple[Shape, Shape]]:
+def _capture(supernet: Supernet, units: list[list[nn.Module | None]], arch: Mapping[str, Any], input_shape: Shape,
+             only: set[tuple[int, int]] | None = None) -> dict[tuple[int, int], tuple[Shape, Shape]]:
     seen: dict[tuple[int, int], tuple[Shape, Shape]] = {}
     handles = []
-    for s, row in enumerate(blocks):
-        for b, block in enumerate(row):
+    for s, row in enumerate(units):
+        for b, unit in enumerate(row):
+            if unit is None or (only is not None and (s, b) not in only):
+                continue
+
             def hook(module, args, output, key=(s, b)):
                 if not args or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
-                    raise ValueError(f"block {key} must take and return one tensor to be profiled")
+                    raise ValueError(f"unit {key} ({type(module).__name__}) must take and return one tensor to be profiled")
                 seen[key] = (tuple(args[0].shape), tuple(output.shape))
-            handles.append(block.register_forward_hook(hook))
+            handles.append(unit.register_forward_hook(hook))
     try:
         x = torch.zeros(input_shape)
         with supernet.activated(arch), torch.inference_mode():
@@ -155,43 +183,72 @@ def _capture(supernet: Supernet, blocks: list[list[nn.Module]], arch: Mapping[st
 
 @keep_rng_state()
 def block_shapes(supernet: Supernet, input_shape: Sequence[int], staged: StagedSpace | None = None) -> BlockShapes:
-    """Input and output shape of every block, ``[stage][block] -> (in_shape, out_shape)``.
+    """Input and output shape of every unit under each of its configurations,
+    ``[stage][block][config] -> (in_shape, out_shape)`` (``None`` for units without a module).
 
     Runs a CPU copy of the supernet in eval mode on zeros of ``input_shape`` (batch included)
-    under the largest arch, with forward hooks; the smallest arch is run too, to check that the
-    shapes do not depend on the arch.
+    with forward hooks, under the largest and the smallest arch. A unit whose shapes agree under
+    both has them under every configuration; the others (a unit reading the width of the layer
+    before it, say) are captured once per configuration, under the largest arch with the unit's
+    decisions set, and checked against the smallest arch.
 
     Raises:
-        ValueError: when a block's shapes differ between the two archs, or a block never runs.
+        ValueError: when a unit never runs under the largest arch, or its shapes depend on
+            decisions it does not read.
     """
     _check_supernet(supernet)
-    staged = staged or StagedSpace.from_space(supernet.space)
+    staged = staged or StagedSpace.of(supernet)
     work = copy.deepcopy(supernet).cpu().float().eval()
-    blocks = stage_blocks(work, staged)
+    units = stage_blocks(work, staged)
     shape = tuple(int(v) for v in input_shape)
-    largest = _capture(work, blocks, work.space.largest(), shape)
-    smallest = _capture(work, blocks, work.space.smallest(), shape)
-    for key, shapes in smallest.items():
-        if largest.get(key) != shapes:
-            raise ValueError(
-                f"block (stage {key[0]}, block {key[1]}) sees shapes {largest.get(key)} under the largest arch but {shapes} under "
-                "the smallest: the profiler needs block input shapes that do not depend on the arch"
-            )
-    missing = [(s, b) for s, row in enumerate(blocks) for b in range(len(row)) if (s, b) not in largest]
+    largest_arch, smallest_arch = work.space.largest(), work.space.smallest()
+    largest = _capture(work, units, largest_arch, shape)
+    smallest = _capture(work, units, smallest_arch, shape)
+    missing = [(s, b) for s, row in enumerate(units) for b, unit in enumerate(row) if unit is not None and (s, b) not in largest]
     if missing:
         raise ValueError(f"blocks {missing} did not run under the largest arch; cannot capture their input shapes")
-    return [[largest[(s, b)] for b in range(len(row))] for s, row in enumerate(blocks)]
+    out: BlockShapes = []
+    by_arch: dict[str, dict[tuple[int, int], tuple[Shape, Shape]]] = {}
+    for s, (stage, row) in enumerate(zip(staged.stages, units)):
+        out.append([])
+        for b, unit in enumerate(row):
+            configs = stage.configs[b]
+            if unit is None:
+                out[s].append([None] * len(configs))
+                continue
+            if largest[s, b] == smallest.get((s, b)):
+                out[s].append([largest[s, b]] * len(configs))
+                continue
+            per_config = []
+            for values in configs:
+                arch = {**largest_arch, **dict(zip(stage.block_labels[b], values))}
+                key = json.dumps(arch, sort_keys=True, default=str)
+                if key not in by_arch:
+                    by_arch[key] = _capture(work, units, arch, shape)
+                per_config.append(by_arch[key][s, b])
+            small = tuple(smallest_arch[lab] for lab in stage.block_labels[b])
+            if (s, b) in smallest and per_config[configs.index(small)] != smallest[s, b]:
+                raise ValueError(
+                    f"unit {stage.paths[b] if stage.paths else (s, b)!r} sees shapes {smallest[s, b]} under the smallest arch but "
+                    f"{per_config[configs.index(small)]} under the largest arch with the same values of the decisions it reads "
+                    f"({list(stage.block_labels[b])}): its shapes depend on decisions it does not read, so its latency cannot be tabulated; "
+                    "put it in one module with the layer whose width it receives (e.g. nn.Sequential(layer, it)), so that they form one unit"
+                )
+            out[s].append(per_config)
+    return out
 
 
 def _block_exports(supernet: Supernet, staged: StagedSpace, base: Mapping[str, Any]) -> Iterator[tuple[int, int, int, nn.Module]]:
-    """``(stage, block, config, exported block)`` for every block configuration."""
-    blocks = stage_blocks(supernet, staged)
+    """``(stage, block, config, exported unit)`` for every configuration of every unit with a module."""
+    units = stage_blocks(supernet, staged)
     for s, stage in enumerate(staged.stages):
         for b, labels in enumerate(stage.block_labels):
+            if units[s][b] is None:
+                continue
             for c, values in enumerate(stage.configs[b]):
                 arch = dict(base)
                 arch.update(zip(labels, values))
-                yield s, b, c, export_subnet(blocks[s][b], arch)
+                yield s, b, c, export_subnet(units[s][b], arch)
 
 
 def model_signature(supernet: Supernet) -> str:
@@ -235,7 +292,7 @@ def build_params_table(supernet: Supernet, *, base: Mapping[str, Any] | None = N
         non-block decisions equal ``base``'s.
     """
     _check_supernet(supernet)
-    staged = StagedSpace.from_space(supernet.space)
+    staged = StagedSpace.of(supernet)
     base = supernet.space.validate(base) if base is not None else supernet.space.largest()
     block = np.zeros((staged.num_stages, staged.max_blocks, staged.num_configs))
     for s, b, c, module in _block_exports(supernet, staged, base):
@@ -263,13 +320,13 @@ def build_flops_table(supernet: Supernet, input_size: Sequence[int], *, base: Ma
         base: arch giving the labels outside the blocks (default: the largest).
     """
     _check_supernet(supernet)
-    staged = StagedSpace.from_space(supernet.space)
+    staged = StagedSpace.of(supernet)
     base = supernet.space.validate(base) if base is not None else supernet.space.largest()
     shape = (1, *_input_size(input_size))
     shapes = block_shapes(supernet, shape, staged)
     block = np.zeros((staged.num_stages, staged.max_blocks, staged.num_configs))
     for s, b, c, module in _block_exports(supernet, staged, base):
-        block[s, b, c] = _flops(module, shapes[s][b][0]) / 1e6
+        block[s, b, c] = _flops(module, shapes[s][b][c][0]) / 1e6
     probe = BilinearTable(staged, 0.0, block, name="flops")
     constant = _flops(supernet.export(base), shape) / 1e6 - probe.predict(base)
     return BilinearTable(
@@ -331,7 +388,7 @@ def build_latency_table(
     if not isinstance(calibration_archs, int) or isinstance(calibration_archs, bool) or calibration_archs < 1:
         raise ValueError(f"`calibration_archs` must be an int >= 1, got {calibration_archs!r}")
     started = time.perf_counter()
-    staged = StagedSpace.from_space(supernet.space)
+    staged = StagedSpace.of(supernet)
     base = supernet.space.validate(base) if base is not None else supernet.space.largest()
     shapes = block_shapes(supernet, settings.batch_shape, staged)
     full = (staged.num_stages, staged.max_blocks, staged.num_configs)
@@ -339,7 +396,7 @@ def build_latency_table(
     # Identical blocks (same exported layers, same shapes) share one measurement.
     keys, unique = np.empty(full, dtype=object), {}
     for s, b, c, module in _block_exports(supernet, staged, base):
-        in_shape, out_shape = shapes[s][b]
+        in_shape, out_shape = shapes[s][b][c]
         key = f"{module!r}|in={in_shape}|out={out_shape}"
         keys[s, b, c] = key
         unique.setdefault(key, (module, in_shape))
@@ -347,7 +404,7 @@ def build_latency_table(
     calibration = [(supernet.export(arch), settings.batch_shape) for arch in archs]
     if progress is not None:
         progress(
-            f"timing {len(unique)} distinct blocks for {int(staged.block_exists().sum()) * staged.num_configs} entries "
+            f"timing {len(unique)} distinct blocks for {int(staged.config_exists().sum())} entries "
             f"and {calibration_archs} calibration subnets, in {settings.rounds} interleaved rounds"
         )
     # Blocks and calibration subnets share the rounds, so the fixed part is estimated under the
@@ -355,12 +412,10 @@ def build_latency_table(
     timed = time_modules(list(unique.values()) + calibration, settings, seed=seed)
     results, timings = dict(zip(unique, timed[: len(unique)])), timed[len(unique) :]
     del calibration
-    for index in zip(*np.nonzero(staged.block_exists())):
-        for c in range(staged.num_configs):
-            result = results[keys[index][c]]
-            at = (*index, c)
-            value[at] = result.value(settings.statistic)
-            median[at], fastest[at], p10[at], p90[at] = result.median_ms, result.min_ms, result.p10_ms, result.p90_ms
+    for at in zip(*np.nonzero(keys != None)):  # noqa: E711 (an object array; units without a module stay 0 ms)
+        result = results[keys[at]]
+        value[at] = result.value(settings.statistic)
+        median[at], fastest[at], p10[at], p90[at] = result.median_ms, result.min_ms, result.p10_ms, result.p90_ms
     blocks_only = BilinearTable(staged, 0.0, value, name="latency")
     residuals = np.array([t.value(settings.statistic) for t in timings]) - blocks_only.predict_many(archs)
     constant = float(np.median(residuals))
@@ -376,7 +431,7 @@ def build_latency_table(
         "build_seconds": round(time.perf_counter() - started, 3),
         "seed": seed,
         "base_arch": base,
-        "entries": int(staged.block_exists().sum() * staged.num_configs),
+        "entries": int(staged.config_exists().sum()),
         "measurements": len(unique),
         "spread": {"median": median.tolist(), "min": fastest.tolist(), "p10": p10.tolist(), "p90": p90.tolist()},
         "constant_estimate": {
@@ -475,7 +530,7 @@ def load_or_build(
         reasons.append("no table file yet")
     else:
         try:
-            table = BilinearTable.load(path, StagedSpace.from_space(supernet.space))
+            table = BilinearTable.load(path, StagedSpace.of(supernet))
         except (ValueError, KeyError, TypeError, json.JSONDecodeError, OSError) as err:
             reasons.append(f"cannot read it ({err})")
         else:

@@ -81,8 +81,9 @@ class _Relaxation:
 
 
 def _block_lp(coef: np.ndarray, const: np.ndarray, groups: list[list[int]], n: int, problem: ConstrainedProblem,
-              ) -> tuple[np.ndarray | None, bool]:
-    """Solve one BCFW step over flat variables (``coef`` ``(T, n)``; ``groups`` index lists summing to 1).
+              absent: np.ndarray | None = None) -> tuple[np.ndarray | None, bool]:
+    """Solve one BCFW step over flat variables (``coef`` ``(T, n)``; ``groups`` index lists summing to 1;
+    ``absent`` ``(n,)`` bool: variables held at 0, configs a block does not have).
 
     Returns ``(x, hard)``: the vertex and whether the limits held; ``(None, False)`` if HiGHS fails.
     """
@@ -101,8 +102,9 @@ def _block_lp(coef: np.ndarray, const: np.ndarray, groups: list[list[int]], n: i
     a_ub = np.array(rows) / scale[:, None] if rows else None
     b_ub = np.array(rhs) / scale if rows else None
     objective_range = np.ptp(coef[0]) if np.ptp(coef[0]) > 1e-12 else 1.0
+    bounds = [(0, 0) if out else (0, None) for out in (np.zeros(n, dtype=bool) if absent is None else absent)]
     res = linprog(-coef[0] / objective_range, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=np.ones(len(groups)),
-                  bounds=(0, None), method="highs-ds")
+                  bounds=bounds, method="highs-ds")
     if res.status == 0:
         return np.clip(res.x, 0.0, None), True
     if res.status != 2 or a_ub is None:
@@ -112,7 +114,7 @@ def _block_lp(coef: np.ndarray, const: np.ndarray, groups: list[list[int]], n: i
     c = np.concatenate([np.zeros(n), np.ones(m)])
     a_ub2 = np.hstack([a_ub, -np.eye(m)])
     a_eq2 = np.hstack([a_eq, np.zeros((len(groups), m))])
-    res = linprog(c, A_ub=a_ub2, b_ub=b_ub, A_eq=a_eq2, b_eq=np.ones(len(groups)), bounds=(0, None), method="highs-ds")
+    res = linprog(c, A_ub=a_ub2, b_ub=b_ub, A_eq=a_eq2, b_eq=np.ones(len(groups)), bounds=bounds + [(0, None)] * m, method="highs-ds")
     if res.status != 0:
         return None, False
     return np.clip(res.x[:n], 0.0, None), False
@@ -164,6 +166,8 @@ def solve_bcfw(problem: ConstrainedProblem, *, seed: int = 0, p: float = 0.5, ma
 
     a_idx = np.array([s * rel.D * rel.C + b * rel.C for s, b in rel.alpha_groups], dtype=np.int64)
     alpha_groups = [list(range(i * rel.C, (i + 1) * rel.C)) for i in range(len(rel.alpha_groups))]
+    exists = problem.staged.config_exists()
+    absent = np.concatenate([~exists[s, b] for s, b in rel.alpha_groups]) if rel.alpha_groups else np.zeros(0, dtype=bool)
     beta_sizes = [int(problem.num_depths[s]) for s in rel.beta_groups]
     beta_groups, offset = [], 0
     for size in beta_sizes:
@@ -181,7 +185,7 @@ def solve_bcfw(problem: ConstrainedProblem, *, seed: int = 0, p: float = 0.5, ma
         if update_alpha:
             coef, const = rel.alpha_coefficients(beta)
             flat = np.stack([coef[t].reshape(-1)[a_idx[:, None] + np.arange(rel.C)].reshape(-1) for t in range(len(coef))])
-            x, _ = _block_lp(flat, const, alpha_groups, flat.shape[1], problem)
+            x, _ = _block_lp(flat, const, alpha_groups, flat.shape[1], problem, absent)
             lps += 1
             candidate = alpha.copy()
             if x is not None:

@@ -55,13 +55,14 @@ def solve_evolution(problem: ConstrainedProblem, *, seed: int = 0, population: i
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     st = problem.staged
-    S, D, C = st.num_stages, st.max_blocks, st.num_configs
+    S, D = st.num_stages, st.max_blocks
     num_depths = problem.num_depths
 
     # Initial population: informed starts, then uniform draws in index space.
     seeds_c, seeds_d = problem.extreme_starts()
     n_random = max(population - len(seeds_c), 0)
-    rand_c = np.where(problem.can_be_active, rng.integers(0, C, size=(n_random, S, D)), problem.base_configs)
+    counts = np.maximum(st.config_counts(), 1)  # (S, D); blocks have different numbers of configs
+    rand_c = np.where(problem.can_be_active, (rng.random((n_random, S, D)) * counts).astype(np.int64), problem.base_configs)
     rand_d = np.floor(rng.random((n_random, S)) * num_depths).astype(np.int64)
     pop_c = np.concatenate([seeds_c, rand_c])[:population]
     pop_d = np.concatenate([seeds_d, rand_d])[:population]
@@ -85,8 +86,8 @@ def solve_evolution(problem: ConstrainedProblem, *, seed: int = 0, population: i
                 parent = m
         child_c, child_d = pop_c[parent].copy(), pop_d[parent].copy()
         # Genes that change the child: depths with options, and configs of blocks that run.
-        active = problem.staged.active(child_d) & problem.can_be_active
-        block_genes = np.argwhere(active) if C > 1 else np.zeros((0, 2), dtype=np.int64)
+        active = problem.staged.active(child_d) & problem.can_be_active & (counts > 1)
+        block_genes = np.argwhere(active)
         n_genes = len(depth_genes) + len(block_genes)
         if n_genes:
             g = int(rng.integers(n_genes))
@@ -95,7 +96,7 @@ def solve_evolution(problem: ConstrainedProblem, *, seed: int = 0, population: i
                 child_d[s] = (child_d[s] + 1 + rng.integers(num_depths[s] - 1)) % num_depths[s]
             else:
                 s, b = block_genes[g - len(depth_genes)]
-                child_c[s, b] = (child_c[s, b] + 1 + rng.integers(C - 1)) % C
+                child_c[s, b] = (child_c[s, b] + 1 + rng.integers(counts[s, b] - 1)) % counts[s, b]
         c_obj, c_res = problem.evaluate(child_c, child_d)
         c_viol = float(problem.violation(c_res))
         evaluations += 1

@@ -185,14 +185,22 @@ def _option_bounds(den: BilinearTable, d_min: float, d_max: float):
     (dearest) depth and configs, gives another arch, so ``D`` of an arch using an option is at least
     ``D_min`` plus that option's excess over the cheapest alternative (likewise at most).
     """
-    block = den.block
-    lo_block = d_min + (block - block.min(-1, keepdims=True))
-    hi_block = d_max - (block.max(-1, keepdims=True) - block)
+    staged = den.staged
     lo_depth = np.full(den.depth.shape, d_min)
     hi_depth = np.full(den.depth.shape, d_max)
-    for s, st in enumerate(den.staged.stages):
-        cheapest = np.array([den.depth[s, j] + block[s, :d].min(-1).sum() for j, d in enumerate(st.depths)])
-        dearest = np.array([den.depth[s, j] + block[s, :d].max(-1).sum() for j, d in enumerate(st.depths)])
+    if staged.shared_labels:
+        # Swapping one block's config would change the blocks that share its decisions: keep the global range.
+        return np.full(den.block.shape, d_min), np.full(den.block.shape, d_max), lo_depth, hi_depth
+    exists = staged.config_exists()
+    block = den.block
+    cheapest_block = np.where(exists, block, np.inf).min(-1, keepdims=True)
+    dearest_block = np.where(exists, block, -np.inf).max(-1, keepdims=True)
+    lo_block = d_min + (block - cheapest_block)
+    hi_block = d_max - (dearest_block - block)
+    lo_block, hi_block = np.where(exists, lo_block, d_min), np.where(exists, hi_block, d_max)
+    for s, st in enumerate(staged.stages):
+        cheapest = np.array([den.depth[s, j] + cheapest_block[s, :d].sum() for j, d in enumerate(st.depths)])
+        dearest = np.array([den.depth[s, j] + dearest_block[s, :d].sum() for j, d in enumerate(st.depths)])
         lo_depth[s, : len(st.depths)] = d_min + cheapest - cheapest.min()
         hi_depth[s, : len(st.depths)] = d_max - (dearest.max() - dearest)
     return lo_block, hi_block, lo_depth, hi_depth
@@ -211,7 +219,8 @@ def _combined(num: BilinearTable, den: BilinearTable, lam: float) -> BilinearTab
 def enumerate_indices(staged, limit: int = 2_000_000) -> tuple[np.ndarray, np.ndarray]:
     """Every distinct arch of a staged space as index arrays ``(N, S, D)`` configs, ``(N, S)`` depths.
 
-    Blocks past a stage's depth get config 0 (they do not run), so no arch appears twice.
+    Blocks past a stage's depth get config 0 (they do not run), so no arch appears twice; with
+    shared decisions only the index arrays whose running blocks agree on them are kept.
 
     Raises:
         ValueError: when there are more than ``limit`` archs.
@@ -220,7 +229,7 @@ def enumerate_indices(staged, limit: int = 2_000_000) -> tuple[np.ndarray, np.nd
     for st in staged.stages:
         options = []
         for j, d in enumerate(st.depths):
-            for combo in itertools.product(range(staged.num_configs), repeat=d):
+            for combo in itertools.product(*(range(len(c)) for c in st.configs[:d])):
                 row = np.zeros(staged.max_blocks, dtype=np.int64)
                 row[:d] = combo
                 row[st.num_blocks:] = -1
@@ -235,6 +244,9 @@ def enumerate_indices(staged, limit: int = 2_000_000) -> tuple[np.ndarray, np.nd
     depth_of = [np.array([j for _, j in o]) for o in per_stage]
     configs = np.stack([rows[s][picks[:, s]] for s in range(len(per_stage))], 1)
     depths = np.stack([depth_of[s][picks[:, s]] for s in range(len(per_stage))], 1)
+    if staged.shared_labels:
+        keep = staged.consistent(configs, depths)
+        configs, depths = configs[keep], depths[keep]
     return configs, depths
 
 

@@ -75,16 +75,22 @@ def gap_options(solver: str, rel_gap: float, abs_gap: float) -> dict[str, float]
     return {}
 
 
-def dominated_configs(criteria: list[tuple[np.ndarray, int]]) -> np.ndarray:
-    """``(S, D, C)`` bool: configs another config of the same block position beats or ties on every table.
+def dominated_configs(criteria: list[tuple[np.ndarray, int]], exists: np.ndarray | None = None,
+                      groups: np.ndarray | None = None) -> np.ndarray:
+    """``(S, D, C)`` bool: configs another config of the same block position beats or ties on every
+    table, and configs that do not exist.
 
     Args:
         criteria: ``(block (S, D, C), direction)`` per table: ``+1`` larger is better, ``-1``
             smaller is better, ``0`` must be equal (a resource with both bounds).
+        exists: ``(S, D, C)`` bool, the configs that exist (default: all).
+        groups: ``(S, D, C)`` int; a config only competes with configs of its own group (the
+            ones with the same values of the shared decisions, see
+            :meth:`~lightning_nas.spaces.staged.StagedSpace.shared_groups`).
 
     A dominated config can be swapped for its dominator in any arch without losing feasibility or
-    objective (tables are additive and both configs run under the same depths), so removing it is
-    exact. Of several identical configs the first is kept.
+    objective (tables are additive, both configs run under the same depths and set the shared
+    decisions alike), so removing it is exact. Of several identical configs the first is kept.
     """
     values = np.stack([d * blk if d else blk for blk, d in criteria])  # (T, S, D, C)
     signs = np.array([d for _, d in criteria])[:, None, None, None, None]
@@ -95,21 +101,28 @@ def dominated_configs(criteria: list[tuple[np.ndarray, int]]) -> np.ndarray:
     C = values.shape[-1]
     earlier = np.tri(C, k=-1, dtype=bool).T  # [c', c]: c' < c
     beats = geq & (gt | earlier) & ~np.eye(C, dtype=bool)
-    return beats.any(-2)
+    if exists is None:
+        exists = np.ones(values.shape[1:], dtype=bool)
+    beats &= exists[..., :, None]  # only real configs dominate
+    if groups is not None:
+        beats &= groups[..., :, None] == groups[..., None, :]
+    return beats.any(-2) | ~exists
 
 
 class _Index:
     """Variable index sets of a problem's structure (shared by the MILP and MIQCP builders).
 
     With ``criteria`` (see :func:`dominated_configs`) only the configs no other config dominates
-    get variables.
+    get variables. ``links`` ties the blocks reading a shared decision to its one-hot value
+    variables: ``(decision k, stage, block, value v, configs of that block with value v)``.
     """
 
     def __init__(self, problem: ConstrainedProblem, criteria: list[tuple[np.ndarray, int]] | None = None) -> None:
         st = problem.staged
         self.C = st.num_configs
         self.blocks = [(s, b) for s in range(st.num_stages) for b in range(st.max_blocks) if problem.can_be_active[s, b]]
-        dominated = dominated_configs(criteria) if criteria else np.zeros((st.num_stages, st.max_blocks, self.C), dtype=bool)
+        exists = st.config_exists()
+        dominated = dominated_configs(criteria, exists, st.shared_groups()) if criteria else ~exists
         self.configs = {(s, b): [c for c in range(self.C) if not dominated[s, b, c]] for s, b in self.blocks}
         self.w = [(s, b, c) for s, b in self.blocks for c in self.configs[s, b]]
         self.free_stages = [s for s in range(st.num_stages) if problem.num_depths[s] > 1]
@@ -123,6 +136,39 @@ class _Index:
                 self.reach[s, b] = [(s, j) for j in range(problem.num_depths[s]) if problem.depth_values[s, j] > b]
         # Depth terms of single-option stages are constants.
         self.fixed_depth = [s for s in range(st.num_stages) if problem.num_depths[s] == 1]
+        self.shared = [(label, len(st.space[label].values)) for label in st.shared_labels]
+        self.x = [(k, v) for k, (_, n) in enumerate(self.shared) for v in range(n)]
+        self.links: list[tuple[int, int, int, int, list[int]]] = []
+        for k, (label, n) in enumerate(self.shared):
+            decision = st.space[label]
+            for s, b in st.readers[label]:
+                if (s, b) not in self.configs:
+                    continue  # never runs
+                pos = st.stages[s].block_labels[b].index(label)
+                configs = st.stages[s].configs[b]
+                for v in range(n):
+                    kept = [c for c in self.configs[s, b] if decision.index(configs[c][pos]) == v]
+                    self.links.append((k, s, b, v, kept))
+
+    def add_shared(self, pyo, m, onehot, running: bool) -> None:
+        """One value per shared decision, and every block reading it configured with that value.
+
+        ``onehot`` are the per-block config variables; ``running``: they sum to 1 only when the
+        block runs (``w``), so the link is ``<=``; otherwise (``α``) it is ``==``.
+        """
+        m.X = pyo.Set(initialize=self.x, dimen=2, ordered=True)
+        m.x = pyo.Var(m.X, within=pyo.Binary)
+        m.one_value = pyo.Constraint(
+            pyo.Set(initialize=range(len(self.shared)), ordered=True),
+            rule=lambda m, k: pyo.quicksum(m.x[k, v] for v in range(self.shared[k][1])) == 1,
+        )
+
+        def link(m, i):
+            k, s, b, v, kept = self.links[i]
+            total = pyo.quicksum(onehot[s, b, c] for c in kept)
+            return total <= m.x[k, v] if running else total == m.x[k, v]
+
+        m.shared_link = pyo.Constraint(pyo.Set(initialize=range(len(self.links)), ordered=True), rule=link)
 
 
 def _linear_expr(pyo, table, idx: _Index, w, beta, offset: bool = True):
@@ -186,6 +232,8 @@ class MilpModel:
             return pyo.quicksum(m.w[s, b, c] for c in idx.configs[s, b]) == rhs
 
         m.block_active = pyo.Constraint(pyo.Set(initialize=idx.blocks, dimen=2, ordered=True), rule=active)
+        if idx.shared:
+            idx.add_shared(pyo, m, m.w if formulation == "compact" else m.alpha, running=formulation == "compact")
         # The constant stays out of the objective so that the solver's relative gap measures
         # the part the choice controls.
         if minimise is None:
@@ -195,6 +243,7 @@ class MilpModel:
             self.offset = minimise.constant + sum(minimise.depth[s, 0] for s in idx.fixed_depth)
             m.obj = pyo.Objective(expr=_linear_expr(pyo, minimise, idx, m.w, m.beta, offset=False), sense=pyo.minimize)
         self.sense = "min" if minimise is not None else "max"
+        self._minimise = minimise
         table = problem.objective if minimise is None else minimise
         self.default_abs_gap = 1e-9 * max(table.extreme(largest=True, additive=True)[0] - table.extreme(additive=True)[0], 1e-12)
         self._add_limits(pyo, m, problem.limits, lambda t: _linear_expr(pyo, t, idx, m.w, m.beta))
@@ -237,6 +286,8 @@ class MilpModel:
         pyo = _pyo()
         from pyomo.opt import TerminationCondition as TC
 
+        if not (self.idx.w or self.idx.beta or self.idx.x):
+            return self._solve_without_choices()
         # A fresh solver object each time: HiGHS 1.16 re-solving a MIP after a bound change (what
         # a persistent appsi solver does) reports the new optimum's value with the previous
         # solution's columns. Rebuilding costs a few milliseconds.
@@ -273,6 +324,18 @@ class MilpModel:
         status = "optimal" if tc == TC.optimal else "feasible"
         return {"status": status, "configs": configs, "depths": depths, "value": value, "bound": bound,
                 "gap": gap, "solver_seconds": seconds, "termination": str(tc)}
+
+    def _solve_without_choices(self) -> dict[str, Any]:
+        # Nothing runs that could change (e.g. only depth-0 stages): solvers reject empty models.
+        p = self.problem
+        configs, depths = p.base_configs.copy(), np.zeros(p.staged.num_stages, dtype=np.int64)
+        _, resources = p.evaluate(p.complete_configs(configs), depths)
+        if not p.feasible(resources):
+            return {"status": "infeasible", "solver_seconds": 0.0, "termination": "no choices"}
+        table = p.objective if self.sense == "max" else self._minimise
+        value = float(table.additive_indices(p.complete_configs(configs), depths))
+        return {"status": "optimal", "configs": configs, "depths": depths, "value": value, "bound": value,
+                "gap": 0.0, "solver_seconds": 0.0, "termination": "no choices"}
 
     def _decode(self) -> tuple[np.ndarray, np.ndarray]:
         p, idx, m = self.problem, self.idx, self.model
@@ -378,7 +441,9 @@ def build_miqcp(problem: ConstrainedProblem):
     m.alpha = pyo.Var(m.W, within=pyo.Binary)
     m.beta = pyo.Var(m.Bt, within=pyo.Binary)
     blocks = pyo.Set(initialize=idx.blocks, dimen=2, ordered=True)
-    m.one_config = pyo.Constraint(blocks, rule=lambda m, s, b: pyo.quicksum(m.alpha[s, b, c] for c in range(idx.C)) == 1)
+    m.one_config = pyo.Constraint(blocks, rule=lambda m, s, b: pyo.quicksum(m.alpha[s, b, c] for c in idx.configs[s, b]) == 1)
+    if idx.shared:
+        idx.add_shared(pyo, m, m.alpha, running=False)
     m.one_depth = pyo.Constraint(
         pyo.Set(initialize=idx.free_stages, ordered=True),
         rule=lambda m, s: pyo.quicksum(m.beta[s, j] for j in range(problem.num_depths[s])) == 1,
@@ -389,7 +454,7 @@ def build_miqcp(problem: ConstrainedProblem):
         terms = [table.depth[s, j] * m.beta[s, j] for (s, j) in idx.beta]
         for s, b in idx.blocks:
             reach = idx.reach[s, b]
-            linear = pyo.quicksum(table.block[s, b, c] * m.alpha[s, b, c] for c in range(idx.C))
+            linear = pyo.quicksum(table.block[s, b, c] * m.alpha[s, b, c] for c in idx.configs[s, b])
             terms.append(linear if reach is None else linear * pyo.quicksum(m.beta[k] for k in reach))
         return const + pyo.quicksum(terms)
 
@@ -460,7 +525,8 @@ def solve_miqcp(problem: ConstrainedProblem, *, solver: str, time_limit: float |
     for s in idx.free_stages:
         depths[s] = int(np.argmax([model.beta[s, j].value or 0.0 for j in range(problem.num_depths[s])]))
     for s, b in idx.blocks:
-        configs[s, b] = int(np.argmax([model.alpha[s, b, c].value or 0.0 for c in range(idx.C)]))
+        kept = idx.configs[s, b]
+        configs[s, b] = kept[int(np.argmax([model.alpha[s, b, c].value or 0.0 for c in kept]))]
     bound = results.problem.upper_bound
     value = float(pyo.value(model.obj))
     gap = None if bound is None or not np.isfinite(bound) else abs(float(bound) - value) / max(abs(value), 1e-12)

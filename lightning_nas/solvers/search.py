@@ -85,6 +85,11 @@ def _dispatch(problem: ConstrainedProblem, method: str, solver: str, seed: int, 
         raise ValueError(f"unknown option(s) {unknown} for method={method!r}; allowed: {sorted(allowed)}")
     if method in ("bcfw", "evolution") and time_limit is not None:
         raise ValueError(f"`time_limit` applies to the solver methods (milp, miqcp), not to method={method!r}")
+    if method in ("bcfw", "evolution") and problem.staged.shared_labels:
+        raise ValueError(
+            f"method={method!r} changes one block at a time, which cannot keep the decisions several blocks share "
+            f"({problem.staged.shared_labels!r}) consistent; use method='milp' (exact, links the shared decisions)"
+        )
     # A single bound beyond reach is found exactly and cheaply, whatever the method.
     problem.check_each_limit()
     if method == "milp":

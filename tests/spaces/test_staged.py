@@ -118,9 +118,12 @@ def test_bad_shapes_and_structures():
         BilinearTable(staged, 0.0, np.full((2, 3, 3), np.nan))
     with pytest.raises(ValueError, match="no label of the space matches"):
         StagedSpace.from_space(SearchSpace([Decision("x", (1, 2), 1)]))
-    uneven = SearchSpace([Decision("stage0.block0.k", (3, 5), 3), Decision("stage1.block0.k", (3, 5, 7), 3)])
-    with pytest.raises(ValueError, match="same number of configurations"):
-        StagedSpace.from_space(uneven)
+    # Blocks with different numbers of configurations: padded, and the padding is not a configuration.
+    uneven = StagedSpace.from_space(SearchSpace([Decision("stage0.block0.k", (3, 5), 3), Decision("stage1.block0.k", (3, 5, 7), 3)]))
+    assert uneven.num_configs == 3 and uneven.config_exists()[:, 0].tolist() == [[True, True, False], [True, True, True]]
+    table = BilinearTable(uneven, 0.0, np.array([[[1.0, 2.0, np.nan]], [[0.5, 0.25, 3.0]]]))
+    assert table.block[0, 0, 2] == 0.0 and table.extreme() == (1.25, {"stage0.block0.k": 3, "stage1.block0.k": 5})
+    assert table.extreme(largest=True)[0] == 5.0
 
 
 # -- link="log_error": the additive form is −log(1 − value) ---------------------------------------

@@ -1,0 +1,138 @@
+"""Any model, end to end: hand-written supernets with free labels through the whole pipeline.
+
+Train with per-example sampling, estimate the accuracy table, profile latency, FLOPs and params,
+solve under a latency limit, sweep a Pareto front, export; MathNAS's block performances, the
+fractional solve and the dynamic network on a model without shared decisions.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import lightning_nas as ln
+from lightning_nas.callbacks import ContributionEstimation, LatencyProfiler, UniformSampling
+from lightning_nas.profiling import build_flops_table, build_params_table
+from lightning_nas.solvers import Limit, pareto_sweep, search_constrained
+from lightning_nas.spaces.staged import StagedSpace
+
+
+class ResidualMLP(nn.Module):
+    """A residual MLP block whose hidden width is its own decision."""
+
+    def __init__(self, width: int, hidden: ln.Choice) -> None:
+        super().__init__()
+        self.up, self.act, self.down = ln.ElasticLinear(width, hidden), nn.ReLU(), ln.ElasticLinear(hidden, width)
+
+    def forward(self, x):
+        return x + self.down(self.act(self.up(x)))
+
+
+def mlp_supernet(shared: bool) -> ln.Supernet:
+    """Input projection, a DepthChoice of residual blocks, a head with a searchable activation.
+
+    ``shared``: one hidden-width decision read by every block and a projection width read by two
+    layers (decisions shared by several units); otherwise each block has its own hidden width,
+    with 2 or 3 candidates, and the projection is fixed.
+    """
+    common = ln.Choice([8, 16, 32], "hidden")
+    proj = ln.Choice([16, 32], "proj") if shared else 32  # shared: read by two layers
+    blocks = [ResidualMLP(32, common if shared else ln.Choice([8, 16, 32][: 2 + (b % 2)], f"hidden{b}")) for b in range(3)]
+    return ln.Supernet(nn.Sequential(
+        nn.Flatten(), ln.ElasticLinear(48, proj), nn.ReLU(), ln.ElasticLinear(proj, 32),
+        ln.DepthChoice(blocks, [1, 2, 3], "blocks"),
+        # One module: the activation and the layer after it form one unit.
+        nn.Sequential(ln.OpChoice({"relu": nn.ReLU(), "tanh": nn.Tanh()}, "head_act"), ln.ElasticLinear(32, 4))))
+
+
+class Classifier(pl.LightningModule):
+    def __init__(self, net) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, _):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def data(n: int, seed: int) -> DataLoader:
+    prototypes = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(4, (n,), generator=g)
+    return DataLoader(TensorDataset(prototypes[y] + 0.7 * torch.randn(n, 3, 4, 4, generator=g), y), batch_size=32)
+
+
+def run_pipeline(supernet: ln.Supernet, tmp_path, fit: str):
+    estimate = ContributionEstimation(data(96, 2), passes=4, fit=fit, **({"allocation": "adaptive"} if fit == "log_error" else {}))
+    profile = LatencyProfiler(tmp_path / "latency.json", input_size=(3, 4, 4), repeats=5, warmup=1, calibration_archs=3)
+    pl.Trainer(max_epochs=2, callbacks=[UniformSampling(seed=0, per_sample=True), estimate, profile], logger=False,
+               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+               default_root_dir=tmp_path).fit(Classifier(supernet), data(128, 0))
+    return estimate.accuracy_model, profile.latency_table
+
+
+@pytest.mark.parametrize(("make", "fit"), [(lambda: mlp_supernet(shared=True), "log_error"), (lambda: mlp_supernet(shared=False), "means")])
+def test_hand_written_mlp_runs_the_whole_pipeline(make, fit, tmp_path):
+    torch.manual_seed(0)
+    supernet = make()
+    staged = StagedSpace.of(supernet)
+    assert staged.stages[0].depth_label == "blocks" and [len(c) for c in staged.stages[0].configs][:3] in ([3, 3, 3], [2, 3, 2])
+    accuracy, latency = run_pipeline(supernet, tmp_path, fit)
+    assert accuracy.staged.stages == staged.stages and latency.staged.stages == staged.stages
+    assert np.isfinite(accuracy.block).all() and latency.constant == latency.constant
+    # Exact solve under a latency limit: the brute-force optimum over the whole space.
+    archs = list(supernet.space.enumerate())
+    acc, lat = accuracy.predict_many(archs), latency.predict_many(archs)
+    limit = float(np.median(lat))
+    best = search_constrained(accuracy, Limit(latency, upper=limit))
+    assert best.status == "optimal" and best.resources["latency"] <= limit + 1e-7
+    assert accuracy.predict(best.arch) == pytest.approx(acc[lat <= limit + 1e-7].max(), abs=1e-9)
+    front = pareto_sweep(accuracy, latency, targets=list(np.quantile(lat, [0.2, 0.5, 0.9])))
+    predicted = [accuracy.predict(r.arch) for r in front]
+    assert predicted == sorted(predicted)
+    # FLOPs and params tables are exact for every arch, shared decisions included.
+    params, flops = build_params_table(supernet), build_flops_table(supernet, (3, 4, 4))
+    for arch in archs[:: max(1, len(archs) // 10)]:
+        subnet = supernet.export(arch)
+        assert params.predict(arch) == pytest.approx(sum(p.numel() for p in subnet.parameters()))
+    # The exported pick computes what the supernet computes with it active.
+    subnet = supernet.export(best.arch).eval()
+    supernet.eval()
+    x = next(iter(data(8, 3)))[0]
+    with supernet.activated(best.arch), torch.no_grad():
+        torch.testing.assert_close(subnet(x), supernet(x))
+    assert flops.predict(best.arch) > 0
+
+
+def test_mathnas_fractional_and_dynamic_network_on_a_hand_written_mlp(tmp_path):
+    from lightning_nas.dynamic import DynamicNetwork
+    from lightning_nas.estimators.block_performance import estimate_block_performance, supernet_evaluator
+    from lightning_nas.solvers.fractional import solve_fractional
+
+    torch.manual_seed(0)
+    supernet = mlp_supernet(shared=False)
+    _, latency = run_pipeline(supernet, tmp_path, "means")
+    staged = StagedSpace.of(supernet)
+    flops = build_flops_table(supernet, (3, 4, 4))
+    perf = estimate_block_performance(supernet_evaluator(supernet, data(64, 5)), staged, flops)
+    assert perf.deltas["accuracy"].block.shape == (2, 3, 3)
+    limit = float(np.median(latency.predict_many(list(supernet.space.enumerate()))))
+    exact = solve_fractional(perf.numerator(), perf.flops, Limit(latency, upper=limit), constant=perf.base["accuracy"])
+    brute = solve_fractional(perf.numerator(), perf.flops, Limit(latency, upper=limit), constant=perf.base["accuracy"], method="brute_force")
+    assert exact.objective == pytest.approx(brute.objective, rel=1e-6)
+    dynamic = DynamicNetwork(supernet, perf, latency, {"latency": limit}, blocks_per_node=2)
+    x = next(iter(data(8, 3)))[0]
+    report = dynamic.set_budget({"latency": float(dynamic.resources["latency"].extreme()[0]) + 1e-9})
+    assert dynamic.resources["latency"].predict(report.arch) <= float(dynamic.resources["latency"].extreme()[0]) + 1e-9
+    with torch.no_grad():
+        torch.testing.assert_close(dynamic.eval()(x), supernet.export(report.arch).eval()(x))
