@@ -190,16 +190,18 @@ def _plan_rules(
             return new
         return None
 
-    def slot(parent: nn.Module, name: str, path: str, wrapped: frozenset[int]) -> None:
+    def slot(parent: nn.Module, name: str, path: str, wrapped: frozenset[int], kinds: frozenset[type]) -> None:
         child = parent._modules[name]
         if child is None:
             return
-        if id(child) in wrapped:
-            # The module a replacement wraps (an OpChoice around it, say): its children are walked,
-            # it is not offered to the rules again (the rule would wrap it forever).
+        original = id(child) in original_paths
+        if id(child) in wrapped or (not original and type(child) in kinds):
+            # The module a replacement wraps (an OpChoice around it, say), or a new module of a type
+            # just replaced (a ReLU in the Sequential that replaced a ReLU): its children are walked,
+            # it is not offered to the rules (a rule would rewrite it again, forever).
             if id(child) not in visited:
                 visited.add(id(child))
-                walk(child, path, wrapped)
+                walk(child, path, wrapped, kinds)
             return
         if id(child) in replaced:
             edits.append((parent, name, replaced[id(child)]))
@@ -210,29 +212,29 @@ def _plan_rules(
             if id(child) not in visited:
                 visited.add(id(child))
                 key = _ORIGINAL if isinstance(child.candidates, nn.ModuleDict) else "0"
-                slot(child.candidates, key, path, wrapped)
+                slot(child.candidates, key, path, wrapped, kinds)
             return
         if isinstance(child, Choice):
             return
-        if isinstance(child, Mutable) and id(child) in original_paths:
+        if isinstance(child, Mutable) and original:
             return  # already searchable in the user's model: its decisions are the user's
         new = rewrite(path, child)
         if new is not None:
             replaced[id(child)] = new
             edits.append((parent, name, new))
-            walk(new, path, wrapped | {id(child)})
+            walk(new, path, wrapped | {id(child)}, kinds | {type(child)})
             return
         if id(child) not in visited:
             visited.add(id(child))
-            walk(child, path, wrapped)
+            walk(child, path, wrapped, kinds)
 
-    def walk(module: nn.Module, path: str, wrapped: frozenset[int]) -> None:
+    def walk(module: nn.Module, path: str, wrapped: frozenset[int], kinds: frozenset[type]) -> None:
         for name in list(module._modules):
             child = module._modules[name]
             child_path = original_paths.get(id(child)) or (f"{path}.{name}" if path else name)
-            slot(module, name, child_path, wrapped)
+            slot(module, name, child_path, wrapped, kinds)
 
-    walk(model, "", frozenset())
+    walk(model, "", frozenset(), frozenset())
     return edits, replacements, matches
 
 
@@ -268,8 +270,9 @@ def mutate(
        path it receives. The walk then goes on inside the replacement: modules of the original
        model that the replacement kept (the blocks a depth rule put in a ``DepthChoice``) are
        offered under their original paths, new modules a rule made (the elastic convolutions of a
-       block rule) under their path in the replacement, the module a replacement wraps is not
-       offered again. Modules of the original model that are already lightning_nas mutables or
+       block rule) under their path in the replacement; the module a replacement wraps, and new
+       modules of a type replaced on the way there, are not offered again (so a rule that wraps
+       a ReLU in a new ``Sequential(ReLU(), ...)`` does not recurse). Modules of the original model that are already lightning_nas mutables or
        choices are not walked. A module reachable from several places is rewritten once and the
        replacement is shared.
 

@@ -281,3 +281,26 @@ def test_from_conv_keeps_even_kernels_and_rejects_asymmetric_layers():
         mutate(model, rules=[elastic_kernel([1, 3])])  # nothing qualifies: an error, not a silent no-op
     mutate(model, rules=[elastic_kernel([1, 3])], strict=False)
     assert type(model[0]) is nn.Conv2d and type(model[1]) is nn.Conv2d
+
+
+def test_rules_walk_into_replacements_without_recursing():
+    # A rule wrapping ReLUs in a new Sequential holding a new ReLU: that ReLU is not offered again.
+    def wrap_relu(path, module):
+        return nn.Sequential(nn.ReLU(), nn.Dropout(0.0)) if isinstance(module, nn.ReLU) else None
+
+    # A rule keeping the original module inside its replacement: the kept module's children still
+    # meet the rules, under their original paths.
+    def optional_block(path, module):
+        return ln.OpChoice({"original": module, "skip": nn.Identity()}, label=path) if path == "1" else None
+
+    block = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.ReLU())
+    model = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), block)
+    report: list[ln.nn.Replacement] = []
+    mutate(model, rules=[optional_block, wrap_relu, elastic_kernel([1, 3])], report=report)
+    assert isinstance(model[1], OpChoice) and model[1].candidates["original"] is block
+    assert isinstance(block[0], ElasticConv2d) and isinstance(block[1], nn.Sequential) and type(block[1][0]) is nn.ReLU
+    assert [(r.path, r.before, r.after) for r in report] == [
+        ("0", "Conv2d", "ElasticConv2d"), ("1", "Sequential", "OpChoice"), ("1.0", "Conv2d", "ElasticConv2d"),
+        ("1.1", "ReLU", "Sequential"),
+    ]
+    assert sorted(ln.Supernet(model).space.labels) == ["0.kernel_size", "1", "1.0.kernel_size"]
