@@ -327,7 +327,12 @@ def _widen(block: nn.Module, path: str, layout: BlockLayout, width: Choice, reor
         if isinstance(layer, nn.BatchNorm2d):
             new[sub] = _elastic_norm(layer, f"{path}.{sub}", width)
             continue
-        problem = _conv_problem(layer) if isinstance(layer, nn.Conv2d) else f"is a {type(layer).__name__}, not an nn.Conv2d or a batch norm"
+        if isinstance(layer, nn.Conv2d):
+            problem = _conv_problem(layer)
+        elif isinstance(layer, Mutable):
+            problem = f"is already elastic ({type(layer).__name__}; was the model mutated before?)"
+        else:
+            problem = f"is a {type(layer).__name__}, not an nn.Conv2d or a batch norm"
         if problem is not None:
             raise ValueError(f"elastic_expansion: {path}.{sub!s} {problem}; the hidden width of {path!r} cannot be made elastic")
         spec = _conv_spec(layer)
@@ -355,7 +360,9 @@ def _hidden_size(block: nn.Module, path: str, layout: BlockLayout) -> int:
     sizes = {}
     for hidden in layout.hidden:
         writer = block.get_submodule(hidden.writers[0])
-        sizes[hidden.writers[0]] = writer.out_channels if isinstance(writer, nn.Conv2d) else writer.num_features
+        if isinstance(writer, Mutable):
+            raise ValueError(f"elastic_expansion: {path}.{hidden.writers[0]} is already elastic ({type(writer).__name__}; was the model mutated before?)")
+        sizes[hidden.writers[0]] = writer.out_channels
     if len(set(sizes.values())) != 1:
         raise ValueError(f"elastic_expansion: the hidden widths of {path!r} differ ({sizes}); one width decision cannot set them all")
     return next(iter(sizes.values()))
