@@ -82,7 +82,10 @@ def _no_lightning_nas_modules(module: nn.Module) -> bool:
     return not any(type(m).__module__.startswith("lightning_nas") for m in module.modules())
 
 
-X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+# Train mode normalises with batch statistics: the last stages (1x1 pixels at 32x32) would see two
+# values per channel, an ill-conditioned variance that amplifies float rounding. 64x64 gives 8.
+X_TRAIN = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
 
 
 # -- the preset on whole models ------------------------------------------------------------------------
@@ -105,9 +108,9 @@ def test_binas_preset_default_arch_is_the_original_in_eval_and_train_mode(name):
     reference.train()
     with torch.no_grad():
         torch.manual_seed(0)  # torchvision's classifier has dropout
-        expected = reference(X)
+        expected = reference(X_TRAIN)
         torch.manual_seed(0)
-        torch.testing.assert_close(supernet(X), expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(supernet(X_TRAIN), expected, atol=1e-4, rtol=1e-4)
     supernet.eval()
     reference.eval()
     with torch.no_grad():
@@ -122,7 +125,7 @@ def test_running_statistics_follow_the_original_after_a_train_step():
     supernet = ln.Supernet(mutate(model, rules=[rules.binas(reorder=False)])).train()
     reference.train()
     with torch.no_grad():
-        torch.testing.assert_close(supernet(X), reference(X), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(supernet(X_TRAIN), reference(X_TRAIN), atol=1e-4, rtol=1e-4)
     for m, r in pairs:
         torch.testing.assert_close(m.running_mean, r.running_mean, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(m.running_var, r.running_var, atol=1e-6, rtol=1e-5)
@@ -147,9 +150,9 @@ def test_export_equals_the_supernet_and_is_the_models_own_classes(name):
     exported.train()
     with torch.no_grad(), supernet.activated(arch):
         torch.manual_seed(0)  # torchvision's classifier has dropout
-        expected = supernet(X)
+        expected = supernet(X_TRAIN)
         torch.manual_seed(0)
-        torch.testing.assert_close(exported(X), expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(exported(X_TRAIN), expected, atol=1e-4, rtol=1e-4)
 
 
 def rules_block(module: nn.Module) -> bool:
@@ -172,7 +175,7 @@ def test_exported_subnets_pass_torch_export(name):
 def test_per_example_mode_gives_each_row_its_own_subnet(name):
     supernet = ln.Supernet(mutate(_model(name), preset="binas")).eval()
     archs = [supernet.space.smallest(), supernet.space.default()] + [supernet.space.sample(i) for i in range(4)]
-    x = torch.randn(len(archs), 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(len(archs), 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         with supernet.activated(archs):
             rows = supernet(x)
