@@ -136,3 +136,46 @@ def test_mathnas_fractional_and_dynamic_network_on_a_hand_written_mlp(tmp_path):
     assert dynamic.resources["latency"].predict(report.arch) <= float(dynamic.resources["latency"].extreme()[0]) + 1e-9
     with torch.no_grad():
         torch.testing.assert_close(dynamic.eval()(x), supernet.export(report.arch).eval()(x))
+
+
+# -- existing CNNs: the preset mutate, then the same pipeline -----------------------------------------
+def _model(name: str):
+    torch.manual_seed(0)
+    if name == "torchvision.mobilenet_v2":
+        import torchvision
+
+        return torchvision.models.mobilenet_v2(num_classes=4)
+    import timm
+
+    return timm.create_model(name, pretrained=False, num_classes=4)
+
+
+def _images(n: int, seed: int, size: int = 32) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(TensorDataset(torch.randn(n, 3, size, size, generator=g), torch.randint(4, (n,), generator=g)), batch_size=8)
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_large_100", "efficientnet_b0", "resnet18", "torchvision.mobilenet_v2"])
+def test_existing_cnn_runs_the_binas_pipeline(name, tmp_path):
+    supernet = ln.Supernet(ln.mutate(_model(name), preset="binas"))
+    staged = StagedSpace.of(supernet)
+    assert any(st.depth_label is not None for st in staged.stages)  # elastic depth became stages
+    estimate = ContributionEstimation(_images(16, 1), passes=2)
+    profile = LatencyProfiler(tmp_path / "latency.json", input_size=(3, 32, 32), repeats=2, warmup=1, calibration_archs=2)
+    pl.Trainer(max_steps=1, callbacks=[UniformSampling(seed=0, per_sample=True), estimate, profile], logger=False,
+               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+               default_root_dir=tmp_path).fit(Classifier(supernet), _images(16, 0))
+    accuracy, latency = estimate.accuracy_model, profile.latency_table
+    assert accuracy.staged.stages == staged.stages and latency.staged.stages == staged.stages
+    limit = float(np.median(latency.predict_many(supernet.space.sample_many(30, 1))))
+    best = search_constrained(accuracy, Limit(latency, upper=limit))
+    assert best.status == "optimal" and latency.predict(best.arch) <= limit + 1e-7
+    subnet = supernet.export(best.arch).eval()
+    assert type(subnet) is type(supernet.module)
+    assert not any(type(m).__module__.startswith("lightning_nas") for m in subnet.modules())
+    supernet.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with supernet.activated(best.arch), torch.no_grad():
+        torch.testing.assert_close(subnet(x), supernet(x))
+    exported = torch.export.export(subnet, (x,))
+    torch.testing.assert_close(exported.module()(x), subnet(x))

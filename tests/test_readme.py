@@ -24,7 +24,7 @@ def test_readme_example_runs(tmp_path, monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("heading", ["## Differentiable NAS", "## MathNAS"])
+@pytest.mark.parametrize("heading", ["## Differentiable NAS", "## MathNAS", "## Your own model"])
 def test_readme_section_examples_run(tmp_path, monkeypatch, heading):
     monkeypatch.chdir(tmp_path)
     text = README.read_text()

@@ -206,9 +206,10 @@ class StagedSpace:
           positions, and a block's configuration is the joint value of the decisions its modules
           read;
         * outside the DepthChoices, each outermost module that reads decisions and contains no
-          DepthChoice is an always-active unit (split into its children when it reads decisions
-          with more than ``max_unit_configs`` joint values); these units form a last stage
-          without a depth decision;
+          DepthChoice is an always-active unit; a container (``nn.Sequential``, ``ModuleList``,
+          ``ModuleDict``) whose children all read decisions (a stage of fixed depth) is split into
+          one unit per child, and so is a module whose decisions have more than
+          ``max_unit_configs`` joint values; these units form a last stage without a depth decision;
         * a ``Choice`` read directly by a module that also holds a DepthChoice is a unit of its
           own (its effect on latency cannot be isolated: the profiler refuses it);
         * every decision read by several units gets a unit of its own in that last stage (no
@@ -219,6 +220,8 @@ class StagedSpace:
                 (an ``OpChoice`` candidate, say), or a single module whose decisions have more
                 than ``max_unit_configs`` joint values — each naming the module path.
         """
+        from torch import nn
+
         from lightning_nas.nn.choice import Choice, Mutable
         from lightning_nas.nn.depth_choice import DepthChoice
 
@@ -264,7 +267,13 @@ class StagedSpace:
                 return
             if not holds_depth(module):
                 children = list(module.named_children())
-                if size(labels) <= max_unit_configs or not children or isinstance(module, Mutable):
+                # A chain of blocks that each read decisions (a stage of fixed depth) is one unit per
+                # block: smaller tables, and additive as a stage's blocks are. A container with
+                # layers that read nothing stays whole, so that their cost follows its decisions.
+                blocks = isinstance(module, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) and len(children) > 1 and all(
+                    labels_in(child) for _, child in children
+                )
+                if not blocks and (size(labels) <= max_unit_configs or not children or isinstance(module, Mutable)):
                     if size(labels) > max_unit_configs:
                         raise ValueError(
                             f"module {path or '<root>'!r} ({type(module).__name__}) reads decisions {list(labels)!r} with "
