@@ -41,15 +41,20 @@ def plot_contributions(table: BilinearTable, path: str | Path, *, scale: float |
     staged = table.staged
     n = staged.num_stages
     fig, axes = plt.subplots(1, n + 1, figsize=(2.2 * (n + 1) + 1.5, 0.32 * staged.num_configs + 2.0), squeeze=False)
-    values = table.block * scale
-    limit = float(np.abs(values[staged.block_exists()]).max()) or 1.0
-    names = [staged.config_name(0, 0, c) for c in range(staged.num_configs)]
+    exists = staged.config_exists()
+    values = np.where(exists, table.block * scale, np.nan)  # blocks with fewer configurations: blank cells
+    limit = float(np.nanmax(np.abs(values))) or 1.0
+    uniform = len({tuple(c) for st in staged.stages for c in st.configs}) == 1  # one set of names serves every panel
     for s, stage in enumerate(staged.stages):
         ax = axes[0, s]
         image = ax.imshow(values[s, : stage.num_blocks].T, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")
-        ax.set_title(f"stage {s}")
+        title = "always active" if stage.depth_label is None else stage.depth_label.removesuffix(".depth").replace("stage", "stage ")
+        ax.set_title(title, fontsize=8)
         ax.set_xticks(range(stage.num_blocks), [f"b{b}" for b in range(stage.num_blocks)])
-        ax.set_yticks(range(staged.num_configs), names if s == 0 else [""] * staged.num_configs, fontsize=7)
+        longest = max(range(stage.num_blocks), key=lambda b: len(stage.configs[b]))
+        names = [staged.config_name(s, longest, c) for c in range(len(stage.configs[longest]))]
+        names += [""] * (staged.num_configs - len(names))
+        ax.set_yticks(range(staged.num_configs), names if s == 0 or not uniform else [""] * staged.num_configs, fontsize=7)
     fig.colorbar(image, ax=axes[0, :n].tolist(), label=f"block {table.name} term ({unit})")
     ax = axes[0, n]
     depth = np.where(staged.depth_exists(), table.depth * scale, np.nan)

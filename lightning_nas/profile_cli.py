@@ -3,6 +3,7 @@
 Usage::
 
     lightning-nas profile --space mobilenet --out table.json --threads 1 --batch-size 1 --image-size 32 --check 30
+    lightning-nas profile --model mypackage.models:make_supernet --space-kwargs '{"width": 0.5}' --out table.json
     python -m lightning_nas.profile_cli --space binas --out binas_cpu.json --image-size 224
 
 The latency table goes to ``--out`` (reused when it already matches this machine and these
@@ -57,9 +58,16 @@ def _json_object(text: str) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``profile`` command's options to ``parser`` (a sub-parser of ``lightning-nas``)."""
-    parser.add_argument("--space", required=True, help="registered space name (lightning_nas.spaces.list_spaces()), e.g. mobilenet or binas")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--space", help="registered space name (lightning_nas.spaces.list_spaces()), e.g. mobilenet or binas")
+    which.add_argument(
+        "--model", metavar="MODULE:FACTORY",
+        help="your own supernet: FACTORY(**space_kwargs) in the importable MODULE returns a lightning_nas.Supernet "
+             "(or a module with lightning_nas choices, e.g. mutate(model, preset='binas'), which is wrapped in one); "
+             "this imports and runs your code",
+    )
     parser.add_argument("--out", required=True, type=Path, help="latency table JSON file")
-    parser.add_argument("--space-kwargs", type=_json_object, default={}, help="JSON object of keyword arguments for the space builder")
+    parser.add_argument("--space-kwargs", type=_json_object, default={}, help="JSON object of keyword arguments for the space builder or --model factory")
     parser.add_argument("--threads", type=_positive, default=1, help="CPU threads while timing")
     parser.add_argument("--batch-size", type=_positive, default=1)
     parser.add_argument("--image-size", type=_positive, default=32, help="input height and width")
@@ -101,11 +109,40 @@ def _create_space(name: str, kwargs: dict[str, Any]):
         raise ValueError(f"`--space-kwargs` {kwargs!r} do not fit the {name!r} builder: {err}") from err
 
 
+def _create_model(spec: str, kwargs: dict[str, Any]):
+    from torch import nn
+
+    from lightning_nas.supernet import Supernet
+
+    module_name, _, factory_name = spec.partition(":")
+    if not module_name or not factory_name:
+        raise ValueError(f"`--model` must be MODULE:FACTORY such as mypackage.models:make_supernet, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        raise ValueError(f"`--model` {spec!r}: cannot import {module_name!r} ({err}); is it on PYTHONPATH?") from err
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise ValueError(f"`--model` {spec!r}: {module_name} has no callable {factory_name!r}")
+    try:
+        made = factory(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"`--space-kwargs` {kwargs!r} do not fit {spec}: {err}") from err
+    if isinstance(made, Supernet):
+        return made
+    if isinstance(made, nn.Module):
+        return Supernet(made)
+    raise ValueError(f"`--model` {spec!r} returned a {type(made).__name__}, not a lightning_nas.Supernet or nn.Module")
+
+
 def run(args: argparse.Namespace) -> int:
     """Build (or reuse) the tables for ``args`` (see :func:`add_arguments`), print a summary; returns 0."""
     from lightning_nas.profiling import ProfileSettings, build_flops_table, build_params_table, check_latency, load_or_build
 
-    supernet = _create_space(args.space, dict(args.space_kwargs))
+    if args.model is not None:
+        supernet = _create_model(args.model, dict(args.space_kwargs))
+    else:
+        supernet = _create_space(args.space, dict(args.space_kwargs))
     in_chans = args.in_chans or int(args.space_kwargs.get("in_chans", 3))
     settings = ProfileSettings(
         input_size=(in_chans, args.image_size, args.image_size), batch_size=args.batch_size, threads=args.threads,
@@ -123,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     flops_path, params_path = flops.save(args.out.with_name(f"{stem}.flops.json")), params.save(args.out.with_name(f"{stem}.params.json"))
     meta = latency.metadata
     lines = [
-        f"space {args.space}: {latency.staged!r}",
+        f"{'model ' + args.model if args.model else 'space ' + args.space}: {latency.staged!r}",
         f"device {meta['device']['device_type']} ({meta['device']['device_name']}), torch {meta['device']['torch_version']}, "
         f"{settings.threads} thread(s), batch {settings.batch_size}, input {settings.input_size}, {settings.dtype}, "
         f"{settings.statistic} of {settings.repeats} repeats after {settings.warmup} warm-up calls",

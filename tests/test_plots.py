@@ -25,3 +25,17 @@ def test_contribution_heatmaps_and_pareto(tmp_path):
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size[0] > 200
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_contribution_heatmaps_of_a_structure_with_unequal_blocks(tmp_path):
+    from lightning_nas.spaces import Decision, SearchSpace
+
+    staged = StagedSpace.from_space(SearchSpace([
+        Decision("stage0.block0.k", (3, 5), 3), Decision("stage0.block1.k", (3, 5, 7), 3), Decision("stage0.depth", (1, 2), 2),
+        Decision("stage1.block0.e", (2, 4, 6, 8), 2),
+    ]))
+    rng = np.random.default_rng(0)
+    shape = (staged.num_stages, staged.max_blocks, staged.num_configs)
+    table = BilinearTable(staged, 0.5, rng.normal(0, 0.01, shape), rng.normal(0, 0.01, (staged.num_stages, staged.max_depth_options)))
+    with Image.open(plot_contributions(table, tmp_path / "heat.png")) as image:
+        assert image.format == "PNG" and image.size[0] > 200

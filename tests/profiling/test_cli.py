@@ -58,3 +58,30 @@ def test_add_arguments_and_run_plug_into_a_parent_cli(tmp_path, capsys):
     args = parser.parse_args(["profile", "--space", "mobilenet", "--out", str(tmp_path / "t.json"), "--space-kwargs", TINY,
                               "--image-size", "16", "--repeats", "3", "--warmup", "0", "--calibration-archs", "1"])
     assert run(args) == 0 and (tmp_path / "t.json").exists()
+
+
+MODEL_FACTORY = '''
+import timm
+import lightning_nas as ln
+
+
+def make(name="resnet18", num_classes=4):
+    return ln.mutate(timm.create_model(name, pretrained=False, num_classes=num_classes), preset="binas")
+'''
+
+
+def test_profile_takes_your_own_model(tmp_path, capsys, monkeypatch):
+    (tmp_path / "my_models.py").write_text(MODEL_FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "own.json"
+    argv = ["--model", "my_models:make", "--out", str(out), "--image-size", "32", "--repeats", "2", "--warmup", "1",
+            "--calibration-archs", "2", "--check", "2", "--no-pin-malloc"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "model my_models:make" in text and "check on 2 random subnets" in text
+    assert json.loads(out.read_text())["name"] == "latency"
+    for bad, message in ((["--model", "my_models"], "MODULE:FACTORY"), (["--model", "no_such_module:f"], "cannot import"),
+                         (["--model", "my_models:nothing"], "no callable"), (["--model", "my_models:make", "--space-kwargs", '{"x": 1}'], "do not fit")):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path / "t.json"), *bad])
+        assert message in capsys.readouterr().err
