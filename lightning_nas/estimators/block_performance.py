@@ -130,6 +130,9 @@ def _stage_means(flops: BilinearTable) -> tuple[np.ndarray, list[np.ndarray], li
 def mean_flops(flops: BilinearTable) -> tuple[float, np.ndarray, np.ndarray]:
     """``F̄`` and the per-option means ``F̄_ij`` of a FLOPs table, exactly, for uniform independent choices.
 
+    ``F̄`` is exact for any structure; with decisions shared by several blocks, ``F̄_ij`` treats the
+    blocks as independent (an approximation, as Eq. 5 itself is).
+
     Returns:
         ``(F̄, block (S, D, C), depth (S, max_depth_options))``: the mean FLOPs of the space, and of
         the networks in which block ``(s, b)`` runs with config ``c`` / stage ``s`` has depth option ``j``.
@@ -309,11 +312,6 @@ class _Measurements:
     def __init__(self, evaluator: Evaluator, staged: StagedSpace, reference: Mapping[str, Any]) -> None:
         if not callable(evaluator):
             raise ValueError(f"`evaluator` must be callable (archs -> {{metric: values}}), got {type(evaluator).__name__}")
-        if staged.shared_labels:
-            raise ValueError(
-                f"MathNAS switches one node at a time, but decisions {staged.shared_labels!r} are read by several blocks, "
-                "so a block cannot be switched alone; give each block its own decisions (or search with the BINAS tables)"
-            )
         self.evaluator, self.staged, self.reference = evaluator, staged, dict(reference)
         self.count = 0
 
@@ -383,20 +381,30 @@ def _switches(staged: StagedSpace, host_c: np.ndarray, host_d: np.ndarray, ref_c
         rows_d.append(d)
         return len(rows_c) - 1
 
+    own = staged.own_configs()
     for s, b in blocks:
         st = staged.stages[s]
         c, d = host_c.copy(), host_d.copy()
         if st.depths[d[s]] <= b:  # the block must run in its host
             d[s] = next(j for j, v in enumerate(st.depths) if v > b)
-        rows = []
-        for opt in range(len(st.configs[b])):
-            cc = c.copy()
-            cc[s, b] = opt
-            rows.append(add(cc, d.copy()))
-        slots += [("block", s, b, opt, rows[opt], rows[ref_c[s, b]]) for opt in range(len(rows))]
+        # A node's options are the values of the decisions it owns; a shared one changes in every
+        # block that reads it (the other blocks' configs follow), as the architecture does.
+        owned = staged.owned_labels(s, b)
+        options = [opt for opt in range(len(st.configs[b])) if own[s, b, opt] == opt]
+        rows = {}
+        for opt in options:
+            values = dict(zip(st.block_labels[b], st.configs[b][opt]))
+            rows[opt] = add(staged.set_values(c, {lab: values[lab] for lab in owned}), d.copy())
+        reference = own[s, b, ref_c[s, b]]
+        slots += [("block", s, b, opt, rows[opt], rows[reference]) for opt in options]
     for s in depth_nodes:
         c, d = host_c.copy(), host_d.copy()
-        c[s] = ref_c[s]  # the stage's blocks at their reference configs: the depth term is the tail alone
+        # The stage's blocks at their reference configs: the depth term is the tail alone.
+        st = staged.stages[s]
+        c = staged.set_values(c, {
+            lab: value for b in range(st.num_blocks) for lab, value in zip(st.block_labels[b], st.configs[b][ref_c[s, b]])
+            if lab in staged.owned_labels(s, b)
+        })
         rows = []
         for j in range(len(staged.stages[s].depths)):
             dd = d.copy()
@@ -415,6 +423,8 @@ def _deltas(staged: StagedSpace, values: np.ndarray, slots) -> BilinearTable:
             block[s, b, opt] = delta
         else:
             depth[s, opt] = delta
+    # Every config takes its own config's value: a shared decision's effect sits in its owner only.
+    block = np.where(staged.config_exists(), np.take_along_axis(block, staged.own_configs(), -1), 0.0)
     return BilinearTable(staged, 0.0, block, depth, name="delta")
 
 
@@ -471,7 +481,7 @@ def estimate_block_performance(
     ref_c, ref_d = staged.indices(reference)
     flops = _flops_table(flops, measure, ref_c, ref_d, flops_metric)
     host_c, host_d = _average_host(flops)
-    host_c = np.where(ref_c >= 0, host_c, -1)
+    host_c = staged.canonical(np.where(ref_c >= 0, host_c, -1))
     configs, depths, slots = _switches(staged, host_c, host_d, ref_c, ref_d)
     ref_row = len(depths)
     values = measure(np.concatenate([configs, ref_c[None]]), np.concatenate([depths, ref_d[None]]))
@@ -518,6 +528,8 @@ def estimate_block_performance_sampled(
     else:
         raise ValueError(f"`num_hosts` must be a positive int or 'all', got {num_hosts!r}")
     hosts_c = np.where(ref_c >= 0, hosts_c, -1)
+    if num_hosts != "all":  # independent draws per block: shared decisions take their owner's value
+        hosts_c = np.stack([staged.canonical(h) for h in hosts_c])
     all_c, all_d, all_slots = [ref_c[None]], [ref_d[None]], []
     offset = 1
     for hc, hd in zip(hosts_c, hosts_d):

@@ -451,6 +451,30 @@ class StagedSpace:
                 seen = np.where(seen < 0, value, seen)
         return ok
 
+    def owned_labels(self, stage: int, block: int) -> tuple[str, ...]:
+        """The decisions whose effect block ``(stage, block)`` carries: all it reads but the shared
+        decisions another block owns."""
+        return tuple(lab for lab in self.stages[stage].block_labels[block] if self.owner.get(lab, (stage, block)) == (stage, block))
+
+    def set_values(self, configs: np.ndarray, values: Mapping[str, Any]) -> np.ndarray:
+        """``(S, D)`` configs with the decisions ``values`` (label → value) set in every block that reads them."""
+        out = np.array(configs, copy=True)
+        for label, value in values.items():
+            for s, b in self.readers.get(label, ()):
+                st = self.stages[s]
+                current = list(st.configs[b][max(int(out[s, b]), 0)])
+                current[st.block_labels[b].index(label)] = value
+                out[s, b] = st.configs[b].index(tuple(current))
+        return out
+
+    def canonical(self, configs: np.ndarray) -> np.ndarray:
+        """``(S, D)`` configs made consistent: every shared decision takes its owner block's value."""
+        values = {}
+        for label, (s, b) in self.owner.items():
+            st = self.stages[s]
+            values[label] = st.configs[b][int(configs[s, b])][st.block_labels[b].index(label)]
+        return self.set_values(configs, values)
+
     # -- conversions -------------------------------------------------------------------------
     def indices(self, arch: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """``(configs, depths)``: ``(S, D)`` config index per block (-1 where no block) and
