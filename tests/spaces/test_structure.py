@@ -217,3 +217,58 @@ def test_unit_shapes_follow_the_decisions_they_read():
     assert [s[0] for s in shapes[1][1]] == [(1, 8, 8, 8), (1, 16, 8, 8), (1, 24, 8, 8)]  # the BN unit, per width
     assert shapes[0][0] == [((1, w, 8, 8), (1, w, 8, 8)) for w in (8, 16, 24)]
     torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("options", [{"method": "one_pass", "passes": 2}, {"method": "paper", "passes": 1},
+                                     {"method": "one_pass", "passes": 3, "fit": "log_error"}])
+def test_accuracy_gains_of_a_shared_decision_are_counted_once(options):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_nas.estimators import estimate_contributions
+    from lightning_nas.estimators.contributions import paper_protocol_conditionals
+
+    torch.manual_seed(0)
+    supernet = readme_supernet()
+    staged = StagedSpace.of(supernet)
+    g = torch.Generator().manual_seed(0)
+    held_out = DataLoader(TensorDataset(torch.randn(48, 3, 16, 16, generator=g), torch.randint(10, (48,), generator=g)), batch_size=16)
+    table = estimate_contributions(supernet, held_out, seed=0, **options)
+    own = staged.own_configs()
+    owner = staged.owner["width"]
+    for s, b in zip(*np.nonzero(staged.block_exists())):
+        count = len(staged.stages[s].configs[b])
+        # Every config carries its owned config's gain: blocks that read the width without owning it
+        # do not depend on it; the owner does.
+        np.testing.assert_array_equal(table.block[s, b, :count], table.block[s, b, own[s, b, :count]])
+        if (s, b) != owner and "width" in staged.stages[s].block_labels[b]:
+            assert len(set(own[s, b, :count].tolist())) == count // 3
+    if options["method"] == "paper":
+        # One conditional per owned value: the width's three in its owner only; a block that owns
+        # nothing has one (its presence), the stem 2 kernels, the op 2 candidates.
+        assert len(paper_protocol_conditionals(staged)) == 1 + 3 + (3 + 1 + 1) + (2 + 1 + 2 + 1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fractional_program_with_shared_decisions_equals_brute_force(seed):
+    from lightning_nas.solvers.fractional import solve_fractional
+
+    staged = StagedSpace.from_supernet(readme_supernet())
+    rng = np.random.default_rng(seed)
+    numerator, denominator, latency = (random_table(staged, rng, n) for n in ("penalty", "flops", "latency"))
+    denominator = BilinearTable(staged, 5.0, denominator.block, denominator.depth, name="flops")
+    limit = float(np.median(latency.predict_many(list(staged.space.enumerate()))))
+    exact = solve_fractional(numerator, denominator, Limit(latency, upper=limit), constant=1.0)
+    brute = solve_fractional(numerator, denominator, Limit(latency, upper=limit), constant=1.0, method="brute_force")
+    assert exact.objective == pytest.approx(brute.objective, rel=1e-7)
+    charnes = solve_fractional(numerator, denominator, Limit(latency, upper=limit), constant=1.0, method="charnes_cooper")
+    assert charnes.objective == pytest.approx(brute.objective, rel=1e-6)
+
+
+def test_tables_saved_for_the_label_structure_load_for_the_supernet(tmp_path):
+    supernet = binas_supernet("tiny", num_classes=10)
+    by_labels = StagedSpace.from_space(supernet.space)
+    rng = np.random.default_rng(0)
+    path = random_table(by_labels, rng, "latency").save(tmp_path / "latency.json")
+    loaded = BilinearTable.load(path, StagedSpace.of(supernet))
+    arch = supernet.space.sample(0)
+    assert loaded.predict(arch) == pytest.approx(BilinearTable.load(path, by_labels).predict(arch))
