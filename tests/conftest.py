@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 import lightning_nas as ln
+
+sys.path.insert(0, str(Path(__file__).parent / "nn"))
+from batch_norm import randomise_batch_norm  # noqa: E402
 
 
 class AllMutablesNet(nn.Module):
@@ -43,12 +49,5 @@ class AllMutablesNet(nn.Module):
 def all_mutables_supernet() -> ln.Supernet:
     torch.manual_seed(0)
     net = ln.Supernet(AllMutablesNet())
-    # Non-trivial BN statistics so eval mode exercises them.
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, ln.ElasticBatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
+    randomise_batch_norm(net)  # non-trivial BN statistics so eval mode exercises them
     return net

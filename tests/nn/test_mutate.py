@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -14,16 +16,8 @@ from torch import nn
 import lightning_nas as ln
 from lightning_nas.nn import ElasticConv2d, OpChoice, elastic_kernel, mutate
 
-
-def _randomise_batch_norm(model: nn.Module) -> None:
-    """Non-trivial BN statistics and affine parameters, so eval mode exercises them."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
+sys.path.insert(0, str(Path(__file__).parent))
+from batch_norm import randomise_batch_norm  # noqa: E402
 
 
 def _check_export(supernet: ln.Supernet, arch: dict, x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +34,7 @@ def _check_export(supernet: ln.Supernet, arch: dict, x: torch.Tensor) -> torch.T
 def test_timm_mobilenet_default_arch_is_the_original():
     torch.manual_seed(0)
     model = timm.create_model("mobilenetv3_small_050", pretrained=False).eval()
-    _randomise_batch_norm(model)
+    randomise_batch_norm(model)
     reference = copy.deepcopy(model)
     # blocks.2.1 is a stride-1 residual block (same input and output shape): Identity can stand in for it.
     assert model.get_submodule("blocks.2.1").has_skip
@@ -78,7 +72,7 @@ def test_small_cnn_default_arch_and_export():
         nn.Conv2d(6, 6, 1),  # 1x1: a single candidate, left alone
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4),
     ).eval()
-    _randomise_batch_norm(model)
+    randomise_batch_norm(model)
     reference = copy.deepcopy(model)
     mutate(model, ops={"8": {"hswish": nn.Hardswish(), "id": nn.Identity()}}, rules=[elastic_kernel([1, 3, 5])], label_prefix="cnn.")
     assert isinstance(model[0], ElasticConv2d) and isinstance(model[3], ElasticConv2d) and type(model[9]) is nn.Conv2d
@@ -251,7 +245,7 @@ def test_default_arch_reproduces_random_conv_stacks(layers, c_in, seed):
 def test_rule_replacements_take_the_training_mode_they_replace():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(5, 2)).eval()
-    _randomise_batch_norm(model)
+    randomise_batch_norm(model)
     reference = copy.deepcopy(model)
 
     def elastic_layers(path, module):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import sys
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -24,6 +26,9 @@ import lightning_nas as ln
 from lightning_nas import rules
 from lightning_nas.callbacks import UniformSampling
 from lightning_nas.nn import DepthChoice, ElasticBatchNormAct2d, ElasticConv2d, OpChoice, mutate
+
+sys.path.insert(0, str(Path(__file__).parent))
+from batch_norm import randomise_batch_norm  # noqa: E402
 
 MODELS = {
     "mobilenetv3_large_100": lambda: timm.create_model("mobilenetv3_large_100", pretrained=False),
@@ -48,23 +53,13 @@ EXPECTED_DECISIONS = {
 def _pristine(name: str) -> nn.Module:
     torch.manual_seed(0)
     model = MODELS[name]().eval()
-    _randomise_batch_norm(model)
+    randomise_batch_norm(model)
     return model
 
 
 def _model(name: str) -> nn.Module:
     """A fresh copy of the named model with random weights and non-trivial BN statistics."""
     return copy.deepcopy(_pristine(name))
-
-
-def _randomise_batch_norm(model: nn.Module) -> None:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
 
 
 def _kind(label: str) -> str:
@@ -236,7 +231,7 @@ BLOCK_NAMES = list(_blocks())
 def _block_model(name: str, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model = nn.Sequential(_blocks()[name]).eval()  # the root is never offered to rules: wrap the block
-    _randomise_batch_norm(model)  # also undoes zero-initialised last norms, which would hide the hidden width
+    randomise_batch_norm(model)  # also undoes zero-initialised last norms, which would hide the hidden width
     return model
 
 
