@@ -215,3 +215,25 @@ def _readme_layers():
                          "skip": nn.Identity()}, "op"),
             ln.DepthChoice([nn.Sequential(ln.ElasticConv2d(width, width, 3), nn.ReLU()) for _ in range(3)], [1, 2, 3], "depth"),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), ln.ElasticLinear(width, 10)]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_residual_stream_with_an_elastic_width_runs_per_example(seed):
+    """A width shared by the residual stream and a DepthChoice over its blocks: rows routed to the
+    deeper blocks are computed at the batch's width, so ``x + f(x)`` inside meets ``x`` from outside."""
+    torch.manual_seed(seed)
+    trunk = ln.Choice([8, 16, 32], "trunk")
+    supernet = ln.Supernet(nn.Sequential(
+        nn.Flatten(), ln.ElasticLinear(48, trunk), nn.ReLU(),
+        ln.DepthChoice([ResidualMLP(trunk, ln.Choice([8, 16], f"hidden{b}")) for b in range(3)], [0, 1, 2, 3], "blocks"),
+        nn.Sequential(ln.OpChoice({"relu": nn.ReLU(), "tanh": nn.Tanh()}, "head_act"), ln.ElasticLinear(trunk, 4))))
+    x = next(iter(data(32, seed)))[0]
+    archs = supernet.space.sample_many(32, seed)
+    for i, arch in enumerate(archs):  # the widest trunk only in rows that stop before the blocks
+        arch["blocks"], arch["trunk"] = (0, 32) if i % 2 else (arch["blocks"] or 1, [8, 16][i % 4 // 2])
+    supernet.activate(archs)
+    out = supernet(x)
+    out.square().sum().backward()  # and it trains
+    with torch.no_grad():
+        alone = torch.cat([supernet.export(arch)(x[i : i + 1]) for i, arch in enumerate(archs)])
+    torch.testing.assert_close(out.detach(), alone, rtol=1e-5, atol=1e-5)

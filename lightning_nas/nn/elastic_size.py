@@ -29,8 +29,9 @@ def active_size(spec: int | Choice, device: torch.device) -> tuple[int, Tensor |
         device: where the per-example sizes should live.
 
     Returns:
-        ``(size, per_example)``: in scalar mode (or when all visible rows agree) the active size and
-        ``None``; otherwise the largest size among the rows and a ``LongTensor (n,)`` of each row's size.
+        ``(size, per_example)``: in scalar mode (or when all rows agree) the active size and ``None``;
+        otherwise the largest size among the rows and a ``LongTensor (n,)`` of each visible row's
+        size. Rows routed to a sub-module are computed at the whole batch's largest size.
     """
     if not isinstance(spec, Choice):
         return spec, None
@@ -38,6 +39,16 @@ def active_size(spec: int | Choice, device: torch.device) -> tuple[int, Tensor |
     if indices is None:
         return spec.value, None
     sizes = spec.values_tensor(indices.device).index_select(0, indices)
+    context = spec._context
+    if context.rows is not None and context.bounds is not None and spec.label in context.bounds:
+        # Rows routed to a sub-module (a DepthChoice's deeper blocks, an OpChoice candidate): compute
+        # at the whole batch's largest size, the width this decision's tensors have outside, so that
+        # a residual sum inside (x + f(x)) meets them at one width. A row's extra channels stay zero,
+        # so this is exact; the bounds were read on the host at activation, so it reads nothing back.
+        lo, hi = context.bounds[spec.label]
+        if lo == hi:
+            return spec.values[lo], None
+        return max(spec.values[lo : hi + 1]), sizes.to(device)
     bounds = spec.index_bounds()  # read on the host at activation: no GPU sync
     if bounds is not None:
         ends, between = (spec.values[bounds[0]], spec.values[bounds[1]]), spec.values[bounds[0] : bounds[1] + 1]

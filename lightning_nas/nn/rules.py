@@ -40,7 +40,6 @@ from lightning_nas.nn.blocks import BlockLayout, block_family, block_layout, squ
 from lightning_nas.nn.choice import Choice, Mutable
 from lightning_nas.nn.conv import ElasticConv2d
 from lightning_nas.nn.depth_choice import DepthChoice
-from lightning_nas.nn.elastic_size import fit_channels
 from lightning_nas.nn.mutate import Rule, match_training
 from lightning_nas.nn.norm import ElasticBatchNorm2d
 from lightning_nas.nn.norm_act import ElasticBatchNormAct2d, _batch_norm_act_type
@@ -463,27 +462,6 @@ def elastic_expansion(
 # -- squeeze-excitation on/off -----------------------------------------------------------------------
 
 
-class _FitChannels(Mutable):
-    """Runs ``module`` on its input narrowed to the active ``width``; exports as ``module`` itself.
-
-    When an ``OpChoice`` routes some of the rows to ``module``, an input of elastic width can be
-    wider than the widest of those rows (it was computed for all of them). Elastic layers narrow
-    such inputs themselves; a plain module such as a squeeze-excitation (``x * gate(...)``, the
-    gate computed by its elastic convs at the narrower width) cannot.
-    """
-
-    def __init__(self, module: nn.Module, width: Choice) -> None:
-        super().__init__()
-        self.module = module
-        self.width = width
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.module(fit_channels(x, self.width, 1, type(self.module).__name__))
-
-    def freeze(self, arch: dict[str, Any], export_child) -> nn.Module:
-        return export_child(self.module)
-
-
 class _SqueezeExciteChoice:
     """The rule made by :func:`squeeze_excite_choice`."""
 
@@ -498,11 +476,7 @@ class _SqueezeExciteChoice:
             return None
         if self.where is not None and not self.where(path, module):
             return None
-        se = module
-        reduce = getattr(module, convs[0])
-        if isinstance(reduce, ElasticConv2d) and isinstance(reduce.in_channels, Choice):  # inside an elastic-width block
-            se = _FitChannels(module, reduce.in_channels)
-        op = OpChoice({"original": se, "none": nn.Identity()}, label=path, default="original")
+        op = OpChoice({"original": module, "none": nn.Identity()}, label=path, default="original")
         match_training(op, module)
         return op
 
