@@ -272,3 +272,12 @@ def test_tables_saved_for_the_label_structure_load_for_the_supernet(tmp_path):
     loaded = BilinearTable.load(path, StagedSpace.of(supernet))
     arch = supernet.space.sample(0)
     assert loaded.predict(arch) == pytest.approx(BilinearTable.load(path, by_labels).predict(arch))
+
+
+def test_depth_decisions_shared_or_read_elsewhere_are_clear_errors():
+    twice = ln.Supernet(nn.Sequential(ln.DepthChoice([nn.Identity()] * 2, [1, 2], "depth"), ln.DepthChoice([nn.Identity()] * 2, [1, 2], "depth")))
+    with pytest.raises(ValueError, match="shared by several DepthChoices"):
+        StagedSpace.from_supernet(twice)
+    read = ln.Supernet(nn.Sequential(ln.DepthChoice([nn.Identity()] * 2, [1, 2], "depth"), Reads([ln.Choice([1, 2], "depth")])))
+    with pytest.raises(ValueError, match="is the depth of stage 0 and is also read"):
+        StagedSpace.from_supernet(read)
