@@ -522,8 +522,12 @@ def estimate_block_performance_sampled(
         hosts_c, hosts_d = enumerate_indices(staged, limit=max_hosts)
     elif isinstance(num_hosts, int) and not isinstance(num_hosts, bool) and num_hosts >= 1:
         g = derive_generator(seed, 6)
-        uniform = torch.rand((num_hosts, staged.num_stages, staged.max_blocks), generator=g, dtype=torch.float64).numpy()
-        hosts_c = (uniform * np.maximum(staged.config_counts(), 1)).astype(np.int64)
+        counts = staged.config_counts()
+        if (counts[staged.block_exists()] == staged.num_configs).all():  # every block has C configs
+            hosts_c = torch.randint(staged.num_configs, (num_hosts, staged.num_stages, staged.max_blocks), generator=g).numpy()
+        else:
+            uniform = torch.rand((num_hosts, staged.num_stages, staged.max_blocks), generator=g, dtype=torch.float64).numpy()
+            hosts_c = (uniform * np.maximum(counts, 1)).astype(np.int64)
         hosts_d = np.stack([torch.randint(len(st.depths), (num_hosts,), generator=g).numpy() for st in staged.stages], 1)
     else:
         raise ValueError(f"`num_hosts` must be a positive int or 'all', got {num_hosts!r}")

@@ -61,8 +61,10 @@ def solve_evolution(problem: ConstrainedProblem, *, seed: int = 0, population: i
     # Initial population: informed starts, then uniform draws in index space.
     seeds_c, seeds_d = problem.extreme_starts()
     n_random = max(population - len(seeds_c), 0)
-    counts = np.maximum(st.config_counts(), 1)  # (S, D); blocks have different numbers of configs
-    rand_c = np.where(problem.can_be_active, (rng.random((n_random, S, D)) * counts).astype(np.int64), problem.base_configs)
+    counts = np.maximum(st.config_counts(), 1)  # (S, D); blocks may have different numbers of configs
+    # Missing positions draw from all C too: spaces whose blocks all have C configs keep their stream.
+    draw_high = np.where(st.block_exists(), counts, st.num_configs)
+    rand_c = np.where(problem.can_be_active, rng.integers(0, draw_high, size=(n_random, S, D)), problem.base_configs)
     rand_d = np.floor(rng.random((n_random, S)) * num_depths).astype(np.int64)
     pop_c = np.concatenate([seeds_c, rand_c])[:population]
     pop_d = np.concatenate([seeds_d, rand_d])[:population]

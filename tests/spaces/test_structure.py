@@ -281,3 +281,21 @@ def test_depth_decisions_shared_or_read_elsewhere_are_clear_errors():
     read = ln.Supernet(nn.Sequential(ln.DepthChoice([nn.Identity()] * 2, [1, 2], "depth"), Reads([ln.Choice([1, 2], "depth")])))
     with pytest.raises(ValueError, match="is the depth of stage 0 and is also read"):
         StagedSpace.from_supernet(read)
+
+
+@pytest.mark.parametrize("method", ["bcfw", "evolution"])
+def test_heuristics_pick_only_configurations_a_block_has(method):
+    # Blocks with 2, 3 and 4 configurations: padding entries must never be chosen (their table value is 0).
+    pool = {k: ln.Choice(list(range(k)), f"c{k}") for k in (2, 3, 4)}
+    supernet = ln.Supernet(nn.Sequential(ln.DepthChoice([Reads([pool[2]]), Reads([pool[3]]), Reads([pool[4]])], [1, 2, 3], "depth")))
+    staged = StagedSpace.from_supernet(supernet)
+    rng = np.random.default_rng(0)
+    accuracy, latency = random_table(staged, rng, "accuracy"), random_table(staged, rng, "latency")
+    accuracy = BilinearTable(staged, 0.0, -1.0 - accuracy.block, accuracy.depth, name="accuracy")  # padding (0) would win
+    limit = float(np.median(latency.predict_many(list(supernet.space.enumerate()))))
+    result = search_constrained(accuracy, Limit(latency, upper=limit), method=method, seed=0)
+    exact = search_constrained(accuracy, Limit(latency, upper=limit))
+    assert supernet.space.contains(result.arch)
+    configs, _ = staged.indices(result.arch)
+    assert (configs[staged.block_exists()] < staged.config_counts()[staged.block_exists()]).all()
+    assert result.objective <= exact.objective + 1e-9
