@@ -476,7 +476,8 @@ class _SqueezeExciteChoice:
             return None
         if self.where is not None and not self.where(path, module):
             return None
-        op = OpChoice({"original": module, "none": nn.Identity()}, label=path, default="original")
+        # "none" first: the space's largest() (the last candidate) is then the network with every SE.
+        op = OpChoice({"none": nn.Identity(), "original": module}, label=path, default="original")
         match_training(op, module)
         return op
 
@@ -491,8 +492,9 @@ def squeeze_excite_choice(*, where: Where | None = None) -> Rule:
     """A :func:`mutate` rule making each squeeze-excitation module optional.
 
     A timm ``SqueezeExcite`` (EfficientNet, MobileNetV3), timm ``SEModule`` (SE-ResNet) or
-    torchvision ``SqueezeExcitation`` becomes ``OpChoice({"original": se, "none": nn.Identity()},
-    label=path, default="original")``: a squeeze-excitation returns ``x * gate(...)``, so without
+    torchvision ``SqueezeExcitation`` becomes ``OpChoice({"none": nn.Identity(), "original": se},
+    label=path, default="original")`` (so ``space.largest()`` keeps every SE and ``smallest()``
+    none): a squeeze-excitation returns ``x * gate(...)``, so without
     it the block passes ``x`` on unchanged.
 
     Args:
