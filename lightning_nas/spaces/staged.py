@@ -224,7 +224,10 @@ class StagedSpace:
 
         from lightning_nas.nn.choice import Choice, Mutable
         from lightning_nas.nn.depth_choice import DepthChoice
+        from lightning_nas.supernet import Supernet
 
+        if not isinstance(supernet, Supernet):
+            raise ValueError(f"`supernet` must be a lightning_nas.Supernet, got {type(supernet).__name__}; wrap the model: Supernet(model)")
         space = supernet.space
         stages: list[Stage] = []
         fixed: list[tuple[str | None, tuple[str, ...]]] = []

@@ -171,6 +171,10 @@ def test_unsupported_structures_are_clear_errors():
     with pytest.raises(ValueError, match="400 joint values"):
         StagedSpace.from_supernet(big, max_unit_configs=100)
     assert StagedSpace.from_supernet(big).num_configs == 400
+    with pytest.raises(ValueError, match="must be a lightning_nas.Supernet"):
+        StagedSpace.from_supernet(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="expected a Supernet"):
+        StagedSpace.of(nn.Linear(2, 2))
     with pytest.raises(ValueError, match="no decisions"):
         StagedSpace.from_supernet(ln.Supernet(nn.Linear(2, 2)))
 
