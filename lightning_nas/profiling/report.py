@@ -4,6 +4,13 @@ BINAS predicts a subnet's latency as the sum of its blocks' isolated timings plu
 (Eq. 5). :func:`check_latency` measures random exported subnets end to end with the table's own
 settings and compares.
 
+A shared machine's speed drifts (10-20 % within a minute on a busy VM), so a check made minutes
+after the build mixes the table's error with the machine's. The table's calibration subnets are
+timed again in the same interleaved rounds as the checked ones: the median ratio of their time
+now to their time during the build is the machine's ``speed`` factor, and
+``LatencyCheck.mape_at_build_speed`` is the error once the predictions are scaled by it (the
+table's own error), next to the raw ``mape`` (what a budget set now would see).
+
 Example::
 
     check = check_latency(supernet, table, num_archs=30, seed=1)
@@ -19,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from lightning_nas.bilinear import BilinearTable
-from lightning_nas.profiling.tables import settings_of, time_archs
+from lightning_nas.profiling.tables import CALIBRATION_STREAM, settings_of, time_archs
 from lightning_nas.profiling.timing import ProfileSettings
 from lightning_nas.seeding import derive_seed
 from lightning_nas.supernet import Supernet
@@ -59,6 +66,9 @@ class LatencyCheck:
         predicted: ``(N,)`` table predictions, in the table's unit (ms).
         measured: ``(N,)`` end-to-end times (ms), the same statistic as the table's entries.
         p10, p90: ``(N,)`` spread of each measurement (ms).
+        speed: how much slower the machine ran during the check than during the table's build
+            (median over the re-timed calibration subnets of time now / time at build; 1.0 when
+            they were not re-timed).
     """
 
     archs: list[dict[str, Any]]
@@ -66,6 +76,7 @@ class LatencyCheck:
     measured: np.ndarray
     p10: np.ndarray
     p90: np.ndarray
+    speed: float = 1.0
 
     def __len__(self) -> int:
         return len(self.archs)
@@ -74,6 +85,12 @@ class LatencyCheck:
     def mape(self) -> float:
         """Mean absolute percentage error, in percent."""
         return mape(self.predicted, self.measured)
+
+    @property
+    def mape_at_build_speed(self) -> float:
+        """MAPE of the predictions scaled by ``speed``, in percent: the table's error with the
+        machine's drift between the build and the check taken out."""
+        return mape(self.speed * self.predicted, self.measured)
 
     @property
     def errors(self) -> np.ndarray:
@@ -88,6 +105,8 @@ class LatencyCheck:
     def to_dict(self) -> dict[str, Any]:
         return {
             "mape_percent": self.mape,
+            "speed": self.speed,
+            "mape_at_build_speed_percent": self.mape_at_build_speed,
             "max_abs_error_percent": float(np.abs(self.errors).max()),
             "archs": [
                 {"arch": a, "predicted_ms": float(p), "measured_ms": float(m), "p10_ms": float(lo), "p90_ms": float(hi)}
@@ -104,6 +123,7 @@ def check_latency(
     seed: int = 0,
     archs: Sequence[Mapping[str, Any]] | None = None,
     settings: ProfileSettings | None = None,
+    drift_reference: bool = True,
 ) -> LatencyCheck:
     """Time random exported subnets end to end and compare with ``table.predict``.
 
@@ -114,6 +134,9 @@ def check_latency(
         seed: their seed (drawn from another stream than the table's calibration archs).
         archs: explicit archs instead of random ones.
         settings: measurement settings (default: the table's own, from its metadata).
+        drift_reference: also time the table's calibration subnets again, in the same rounds, to
+            measure the machine's ``speed`` relative to the build (ignored for a table whose
+            metadata lacks them).
     """
     if archs is None:
         if not isinstance(num_archs, int) or isinstance(num_archs, bool) or num_archs < 1:
@@ -123,11 +146,38 @@ def check_latency(
     if not archs:
         raise ValueError("`archs` must hold at least one architecture")
     settings = settings or settings_of(table)
-    timings = time_archs(supernet, archs, settings, seed=seed)
+    reference = calibration_times(supernet, table, settings.statistic) if drift_reference else None
+    extra = [] if reference is None else reference[0]
+    # One call: the checked and the re-timed calibration subnets share the interleaved rounds.
+    timings = time_archs(supernet, list(archs) + extra, settings, seed=seed)
+    timings, again = timings[: len(archs)], timings[len(archs) :]
+    speed = 1.0
+    if reference is not None:
+        speed = float(np.median(np.array([t.value(settings.statistic) for t in again]) / reference[1]))
     return LatencyCheck(
         archs=archs,
         predicted=table.predict_many(archs),
         measured=np.array([t.value(settings.statistic) for t in timings]),
         p10=np.array([t.p10_ms for t in timings]),
         p90=np.array([t.p90_ms for t in timings]),
+        speed=speed,
     )
+
+
+def calibration_times(supernet: Supernet, table: BilinearTable, statistic: str) -> tuple[list[dict[str, Any]], np.ndarray] | None:
+    """The table's calibration archs and their end-to-end ``statistic`` (ms, ``(K,)``) as measured
+    during the build, recovered from the metadata; ``None`` for a table without them (one not
+    made by ``build_latency_table``)."""
+    meta = table.metadata or {}
+    try:
+        estimate = meta["constant_estimate"]
+        count, seed = int(estimate["calibration_archs"]), int(meta["seed"])
+        residuals = np.asarray(estimate["residuals_by_statistic_ms"][statistic], dtype=np.float64)
+        blocks = np.asarray(meta["spread"][statistic], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        return None
+    if residuals.shape != (count,) or blocks.shape != table.block.shape:
+        return None
+    archs = supernet.space.sample_many(count, derive_seed(seed, CALIBRATION_STREAM))
+    built = residuals + BilinearTable(table.staged, 0.0, blocks, name="latency").predict_many(archs)
+    return (archs, built) if (np.isfinite(built).all() and (built > 0).all()) else None

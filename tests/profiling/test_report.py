@@ -50,3 +50,30 @@ def test_check_latency_pairs(tiny, fast_settings):
     assert explicit.archs == [tiny.space.largest()]
     with pytest.raises(ValueError, match="`num_archs`"):
         check_latency(tiny, table, num_archs=0)
+
+
+def test_check_latency_measures_the_machine_speed_against_the_build(tiny, fast_settings):
+    from lightning_nas.profiling.report import calibration_times
+
+    table = build_latency_table(tiny, fast_settings, calibration_archs=3, seed=5)
+    archs, built = calibration_times(tiny, table, fast_settings.statistic)
+    # The archs are the build's calibration archs, and their times give back the table's constant.
+    assert archs == tiny.space.sample_many(3, derive_seed(5, CALIBRATION_STREAM))
+    assert np.median(built - (table.predict_many(archs) - table.constant)) == pytest.approx(table.constant)
+    # A table built on a machine twice as fast: its calibration subnets took half the time.
+    meta = {**table.metadata}
+    meta["spread"] = {k: (np.array(v) / 2).tolist() for k, v in meta["spread"].items()}
+    meta["constant_estimate"] = {**meta["constant_estimate"], "residuals_by_statistic_ms": {
+        k: (np.array(v) / 2).tolist() for k, v in meta["constant_estimate"]["residuals_by_statistic_ms"].items()}}
+    faster = type(table)(table.staged, table.constant / 2, table.block / 2, name="latency", unit="ms", metadata=meta)
+    np.testing.assert_allclose(calibration_times(tiny, faster, fast_settings.statistic)[1], built / 2)
+
+    check = check_latency(tiny, table, num_archs=3, seed=5)
+    assert np.isfinite(check.speed) and check.speed > 0
+    assert check.mape_at_build_speed == pytest.approx(mape(check.speed * check.predicted, check.measured))
+    assert check.to_dict()["speed"] == check.speed
+    assert check_latency(tiny, table, num_archs=2, seed=5, drift_reference=False).speed == 1.0
+    # A table without calibration metadata is checked without a reference.
+    bare = type(table)(table.staged, table.constant, table.block, name="latency", unit="ms", metadata={"settings": table.metadata["settings"]})
+    assert calibration_times(tiny, bare, fast_settings.statistic) is None
+    assert check_latency(tiny, bare, num_archs=2, seed=5).speed == 1.0
