@@ -459,7 +459,7 @@ def report(args: argparse.Namespace, lat: dict, step: dict, solve: dict, reorder
         "drifts between the build and the check; \"MAPE at build speed\" scales the predictions by that factor, which "
         "takes the drift out without looking at the checked subnets: it is the table's own error, and what the target "
         "judges. The raw MAPE is what a budget set now against a table built earlier would see. The last column fits one "
-        "factor to the checked subnets themselves (a lower bound on what any uniform rescaling can do).",
+        "factor to the checked subnets themselves (about the best any uniform rescaling can do).",
         "",
         f"Worst MAPE at build speed over the four table/measurement pairings: median {worst['median']:.2f} %, min "
         f"{worst['min']:.2f} % (same-condition pairs only: median {same['median']:.2f} %, min {same['min']:.2f} %; raw worst: "
