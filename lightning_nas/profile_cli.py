@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> int:
         errors = check.errors
         print(
             f"check on {len(check)} random subnets: MAPE {check.mape:.2f} %, max |error| {abs(errors).max():.2f} %, "
-            f"mean signed error {errors.mean():+.2f} %, measured {check.measured.min():.3f}-{check.measured.max():.3f} ms"
+            f"mean signed error {errors.mean():+.2f} %, measured {check.measured.min():.3f}-{check.measured.max():.3f} ms; "
+            f"machine {check.speed:.2f}x as slow as during the build, MAPE at build speed {check.mape_at_build_speed:.2f} %"
         )
     return 0
 

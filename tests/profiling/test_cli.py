@@ -19,7 +19,7 @@ def test_profile_builds_reuses_and_checks(tmp_path, capsys):
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "latency  [ms]" in text and "flops" in text and "params" in text
-    assert "check on 3 random subnets: MAPE" in text
+    assert "check on 3 random subnets: MAPE" in text and "MAPE at build speed" in text
     data = json.loads(out.read_text())
     assert data["name"] == "latency" and data["metadata"]["settings"]["input_size"] == [3, 16, 16]
     assert add_arguments(argparse.ArgumentParser()).parse_args(argv).pin_malloc  # a profiling process: pinned by default
