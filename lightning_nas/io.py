@@ -1,7 +1,9 @@
-"""Atomic file writes: a reader never sees a half-written file, and a crash never loses the old one."""
+"""Atomic file writes (a reader never sees a half-written file, and a crash never loses the old one) and
+JSON reads whose every failure names the file, what was wrong and what is expected."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -11,13 +13,38 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_save", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "next_version_dir"]
+__all__ = ["FileFormatError", "atomic_save", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+           "next_version_dir", "read_json"]
+
+
+class FileFormatError(ValueError):
+    """A file exists but does not hold what the library expects; the message names the file."""
+
+
+def _write_error(path: Path, err: OSError) -> OSError:
+    reason = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: f"no permission to write in {str(path.parent)!r}",
+        errno.EPERM: f"no permission to write in {str(path.parent)!r}",
+    }.get(err.errno, err.strerror or str(err))
+    # Same class (PermissionError, ...) so callers catching OSError subclasses keep working.
+    message = f"cannot write {str(path)!r}: {reason}; any previous file there is unchanged"
+    return type(err)(err.errno, message) if err.errno is not None else type(err)(message)
 
 
 def _atomic(path: str | os.PathLike, write) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"cannot write {str(path)!r}: it is a directory; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot write {str(path)!r}: a parent of it is a file, not a directory") from None
+    except OSError as err:
+        raise _write_error(path, err) from err
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -26,6 +53,9 @@ def _atomic(path: str | os.PathLike, write) -> Path:
         # mkstemp creates the file 0600: keep the replaced file's mode, else the umask default.
         os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, err) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -63,6 +93,48 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` atomically."""
     return _atomic(path, lambda f: torch.save(obj, f))
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file", *, expect: type = dict) -> Any:
+    """The JSON value in ``path``; every failure says which file, what was wrong and what ``what`` is.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, PermissionError: the file cannot be read (named).
+        FileFormatError (a ``ValueError``): not UTF-8, not JSON (truncated files say so), or the top
+            level is not an ``expect`` (a JSON object by default).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, f"{what} {str(path)!r} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{what} {str(path)!r} is a directory, not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot read {what} {str(path)!r}: {err.strerror or err}") from None
+    if not data.strip():
+        raise FileFormatError(f"{what} {str(path)!r} is empty; expected a JSON {_json_kind(expect)}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise FileFormatError(f"{what} {str(path)!r} is not UTF-8 text (byte {err.start} is {data[err.start]:#04x}); "
+                              f"expected a JSON {_json_kind(expect)} as this library writes it") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        truncated = err.pos >= len(text.rstrip())
+        raise FileFormatError(
+            f"{what} {str(path)!r} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+            + ("; the file looks truncated (was it copied or written completely?)" if truncated else "")
+        ) from None
+    if not isinstance(value, expect):
+        raise FileFormatError(f"{what} {str(path)!r} holds a JSON {_json_kind(type(value))}, expected a JSON {_json_kind(expect)}")
+    return value
+
+
+def _json_kind(kind: type) -> str:
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+            type(None): "null"}.get(kind, kind.__name__)
 
 
 def next_version_dir(root: str | os.PathLike) -> Path:
