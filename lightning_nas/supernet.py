@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import gc
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -10,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_nas.nn.calibration import recalibrate_batch_norm
-from lightning_nas.nn.choice import ArchContext, Choice, Mutable
+from lightning_nas.nn.choice import ArchContext, Choice, Mutable, candidate_key
 from lightning_nas.nn.export import export_subnet
 from lightning_nas.spaces.search_space import Decision, SearchSpace
 
@@ -20,9 +22,17 @@ __all__ = ["Supernet", "find_supernet"]
 _OWN_CHOICE = "choice"
 
 
+def _owner(choice: Choice) -> "Supernet | None":
+    """The live supernet whose context ``choice`` reads, if any."""
+    context = choice._context
+    owner = None if context is None or context.owner is None else context.owner()
+    return owner if owner is not None and owner.context is context else None
+
+
 def _discover(module: nn.Module) -> tuple[list[Choice], SearchSpace]:
     choices: list[Choice] = []
     decisions: dict[str, Decision] = {}
+    first_path: dict[str, str] = {}
     for path, m in module.named_modules(remove_duplicate=False):
         if isinstance(m, Supernet) and m is not module:
             raise ValueError(f"a Supernet cannot contain another Supernet (found at {path!r}); wrap the plain module once")
@@ -32,14 +42,29 @@ def _discover(module: nn.Module) -> tuple[list[Choice], SearchSpace]:
             owner, _, attr = path.rpartition(".")
             m.label = owner if attr == _OWN_CHOICE and owner else path
         if all(m is not c for c in choices):
+            if _owner(m) is not None:
+                gc.collect()  # a dropped supernet kept only by a reference cycle (a relaxation's hooks) is no owner
+            if _owner(m) is not None:
+                # One context per choice: a second supernet would take the choices over, and the first
+                # one's activate() would silently stop changing what its forward computes.
+                raise ValueError(
+                    f"the choice {m.label!r} at {path!r} already belongs to another Supernet; a module can be in one "
+                    "Supernet only: use that Supernet, or wrap a copy (copy.deepcopy(module))"
+                )
             choices.append(m)
         known = decisions.get(m.label)
         if known is None:
             decisions[m.label] = Decision(m.label, m.values, m.default)
-        elif known.values != m.values:
+            first_path[m.label] = path
+        elif [candidate_key(v) for v in known.values] != [candidate_key(v) for v in m.values]:
             raise ValueError(
-                f"label {m.label!r} is used with different candidate lists: {list(known.values)!r} and "
-                f"{list(m.values)!r} (at {path!r}); one label is one decision, so its candidates must match"
+                f"label {m.label!r} is used with different candidate lists: {list(known.values)!r} and {list(m.values)!r} "
+                f"(at {first_path[m.label]!r} and {path!r}); one label is one decision, so its candidates must match"
+            )
+        elif candidate_key(known.default) != candidate_key(m.default):
+            raise ValueError(
+                f"label {m.label!r} is used with different defaults: {known.default!r} (at {first_path[m.label]!r}) and "
+                f"{m.default!r} (at {path!r}); one label is one decision, so give every Choice of it the same `default`"
             )
     return choices, SearchSpace(list(decisions.values()))
 
@@ -67,12 +92,38 @@ class Supernet(nn.Module):
         self.module = module
         self._choices, self.space = _discover(module)
         object.__setattr__(self, "context", ArchContext())
+        self.context.owner = weakref.ref(self)
         for choice in self._choices:
             choice.attach(self.context)
         self.activate(self.space.default())
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A copy (copy.deepcopy, pickle) owns its copy of the context.
+        super().__setstate__(state)
+        if "context" in self.__dict__:
+            self.context.owner = weakref.ref(self)
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.context.indices is not None:
+            self._check_batch(args, kwargs)
         return self.module(*args, **kwargs)
+
+    def _check_batch(self, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Per-example mode: the batch entering the supernet must have one example per active architecture.
+
+        Checked here because inside, a wrong size either fails deep in torch or, when every example
+        runs the same subnet, silently runs the batch under archs meant for other examples.
+        """
+        tensor = _first_tensor((args, kwargs))
+        if tensor is None or not self.context.indices:
+            return
+        active = next(iter(self.context.indices.values())).shape[0]
+        if tensor.dim() == 0 or tensor.shape[0] != active:
+            raise ValueError(
+                f"per-example mode: {active} architectures are active, so the batch must have {active} examples "
+                f"(dimension 0), but the supernet's input has shape {tuple(tensor.shape)}; activate one architecture "
+                "per example of this batch (activate_indices(space.sample_indices(batch_size, seed)))"
+            )
 
     # -- activation --------------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -90,6 +141,8 @@ class Supernet(nn.Module):
             self.context.indices = self.context.bounds = None
             self.context.rows = None
             return
+        if isinstance(arch, (str, bytes)) or not isinstance(arch, Iterable):
+            raise ValueError(f"`arch` must be a dict {{label: value}} or a non-empty list of dicts (one per example), got {arch!r}")
         archs = list(arch)
         if not archs:
             raise ValueError("`arch` must be a dict or a non-empty list of dicts (one per example)")
@@ -101,6 +154,8 @@ class Supernet(nn.Module):
 
         This is the fast path for per-example sampling (see ``SearchSpace.sample_indices``).
         """
+        if not isinstance(indices, Mapping):
+            raise ValueError(f"`indices` must be a dict {{label: LongTensor (B,)}} of candidate indices, got {type(indices).__name__}")
         missing = [label for label in self.space.labels if label not in indices]
         unknown = [label for label in indices if label not in self.space._by_label]
         if missing or unknown:
@@ -110,7 +165,14 @@ class Supernet(nn.Module):
         for decision in self.space:
             # Checked where the indices are (usually the CPU, where they are drawn), then moved: checking
             # them on a GPU would stall it twice per decision.
-            idx = torch.as_tensor(indices[decision.label]).long()
+            try:
+                idx = torch.as_tensor(indices[decision.label])
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise ValueError(f"`indices[{decision.label!r}]` must be a 1-D integer tensor of candidate indices: {err}") from None
+            if idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
+                # .long() would truncate 1.7 to 1 and read True as 1: refuse rather than guess.
+                raise ValueError(f"`indices[{decision.label!r}]` must hold integer candidate indices, got dtype {idx.dtype}")
+            idx = idx.long()
             if idx.dim() != 1 or (batch is not None and idx.shape[0] != batch):
                 raise ValueError(f"`indices[{decision.label!r}]` must be a 1-D tensor of one index per example, got shape {tuple(idx.shape)}")
             batch = idx.shape[0]
@@ -184,6 +246,21 @@ class Supernet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"space={self.space!r}"
+
+
+def _first_tensor(value: Any) -> Tensor | None:
+    """The first tensor in a nested structure of arguments, or ``None``."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, Mapping):
+        value = value.values()
+    elif not isinstance(value, (list, tuple)):
+        return None
+    for item in value:
+        found = _first_tensor(item)
+        if found is not None:
+            return found
+    return None
 
 
 def find_supernet(root: nn.Module, attribute: str | None = None) -> Supernet:

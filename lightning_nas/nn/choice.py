@@ -14,13 +14,17 @@ the same label are one decision. The active value of every choice lives in one s
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
+import weakref
 from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ArchContext", "Choice", "Mutable", "canonical_value"]
+__all__ = ["ArchContext", "Choice", "Mutable", "candidate_key", "canonical_value", "non_finite_part"]
 
 
 def canonical_value(value: Any) -> Any:
@@ -28,6 +32,40 @@ def canonical_value(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(canonical_value(v) for v in value)
     return value
+
+
+class _Bool:
+    """Lookup key of a bool candidate: Python has ``True == 1``, but a decision must not take ``True`` for ``1``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _Bool and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash((_Bool, self.value))
+
+
+def candidate_key(value: Any) -> Any:
+    """The key candidates are looked up by: the canonical value, with bools kept apart from ints."""
+    value = canonical_value(value)
+    if isinstance(value, tuple):
+        return tuple(candidate_key(v) for v in value)
+    if isinstance(value, (bool, np.bool_)):
+        return _Bool(bool(value))
+    return value
+
+
+def non_finite_part(value: Any) -> Any:
+    """The first NaN or infinite number in a (nested) candidate value, or ``None``."""
+    if isinstance(value, (list, tuple)):
+        return next((bad for v in value if (bad := non_finite_part(v)) is not None), None)
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral) and not math.isfinite(value):
+        return value
+    return None
 
 
 def _json_value(value: Any) -> Any:
@@ -55,6 +93,12 @@ class ArchContext:
         self.indices: dict[str, Tensor] | None = None
         self.rows: Tensor | None = None
         self.bounds: dict[str, tuple[int, int]] | None = None
+        # The supernet this context belongs to (a weak reference: the supernet holds the context).
+        self.owner: weakref.ref | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A weak reference cannot be pickled, and a copy belongs to no supernet until one adopts it.
+        return {**self.__dict__, "owner": None}
 
     @contextlib.contextmanager
     def route(self, positions: Tensor) -> Iterator[None]:
@@ -92,17 +136,24 @@ class Choice(nn.Module):
         for v in canon:
             if not isinstance(v, Hashable):
                 raise ValueError(f"candidate {v!r} of choice {label!r} is not hashable; use ints, floats, strings or tuples")
+            bad = non_finite_part(v)
+            if bad is not None:
+                # NaN equals nothing, so a NaN candidate could never be chosen; infinities are not JSON.
+                raise ValueError(f"candidate {v!r} of choice {label!r} is not finite ({bad!r}); candidates must be finite numbers, strings, bools or tuples of those")
         if len(set(canon)) != len(canon):
-            raise ValueError(f"`values` of choice {label!r} has duplicates: {list(values)!r}")
+            raise ValueError(f"`values` of choice {label!r} has duplicates (1, 1.0 and True count as equal): {list(values)!r}")
         if label is not None and (not isinstance(label, str) or not label):
             raise ValueError(f"`label` must be a non-empty string or None, got {label!r}")
         self.values: tuple[Any, ...] = tuple(canon)
         self.label = label
-        default = canon[0] if default is None else canonical_value(default)
-        if default not in self.values:
-            raise ValueError(f"`default` of choice {label!r} must be one of {list(self.values)!r}, got {default!r}")
-        self.default = default
-        self._position = {v: i for i, v in enumerate(self.values)}
+        self._position = {candidate_key(v): i for i, v in enumerate(self.values)}
+        if default is None:
+            self.default = canon[0]
+        else:
+            try:
+                self.default = self.values[self._position[candidate_key(default)]]
+            except (KeyError, TypeError):
+                raise ValueError(f"`default` of choice {label!r} must be one of {list(map(_json_value, self.values))!r}, got {default!r}") from None
         # The context is shared with the supernet; keep it out of the module tree.
         object.__setattr__(self, "_context", None)
 
@@ -114,7 +165,7 @@ class Choice(nn.Module):
     def index_of(self, value: Any) -> int:
         """Position of ``value`` among the candidates. Raises ``ValueError`` naming the allowed values."""
         try:
-            return self._position[canonical_value(value)]
+            return self._position[candidate_key(value)]
         except (KeyError, TypeError):
             raise ValueError(
                 f"{value!r} is not a candidate of choice {self.label!r}; allowed values: {list(map(_json_value, self.values))!r}"

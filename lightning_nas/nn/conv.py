@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice, Mutable, largest, value_in
-from lightning_nas.nn.elastic_size import active_size, check_size_spec, fit_channels, prefix, size_mask
+from lightning_nas.nn.elastic_size import active_size, check_fixed, check_size_spec, fit_channels, prefix, size_mask
 from lightning_nas.nn.routing import route_examples
 
 __all__ = ["ElasticConv2d", "crop_kernel"]
@@ -64,6 +64,13 @@ class ElasticConv2d(Mutable):
         check_size_spec("in_channels", in_channels)
         check_size_spec("out_channels", out_channels)
         check_size_spec("kernel_size", kernel_size, odd=padding is None)
+        choosable = "in_channels, out_channels and kernel_size"
+        check_fixed("ElasticConv2d", "stride", stride, "pair>=1", choosable)
+        if padding is not None:
+            check_fixed("ElasticConv2d", "padding", padding, "int>=0", choosable)
+        check_fixed("ElasticConv2d", "dilation", dilation, "int>=1", choosable)
+        check_fixed("ElasticConv2d", "depthwise", depthwise, "bool", choosable)
+        check_fixed("ElasticConv2d", "bias", bias, "bool", choosable)
         if padding is not None and isinstance(kernel_size, Choice):
             raise ValueError("`padding` can only be fixed for a fixed kernel_size; use padding=None with a kernel Choice")
         if depthwise and out_channels is not in_channels and out_channels != in_channels:

@@ -9,7 +9,40 @@ from torch import Tensor
 
 from lightning_nas.nn.choice import Choice
 
-__all__ = ["active_size", "check_size_spec", "fit_channels", "prefix", "size_mask"]
+__all__ = ["active_size", "check_fixed", "check_size_spec", "fit_channels", "prefix", "size_mask"]
+
+
+def check_fixed(layer: str, name: str, value: Any, kind: str, choosable: str) -> None:
+    """Validate an argument that cannot be a decision.
+
+    Args:
+        layer: the layer's class name, for the message.
+        name: the argument.
+        value: its value.
+        kind: ``"bool"``, ``"int>=0"``, ``"int>=1"``, ``"pair>=1"`` (an int or a pair of ints >= 1),
+            ``"eps"`` (a finite float > 0) or ``"momentum"`` (``None`` or a float in [0, 1]).
+        choosable: which arguments of the layer may be a ``Choice``, for the message.
+    """
+    if isinstance(value, Choice):
+        raise ValueError(f"{layer}: `{name}` cannot be a Choice (got {value!r}); only {choosable} may be")
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    if kind == "bool":
+        ok, allowed = isinstance(value, bool), "a bool"
+    elif kind in ("int>=0", "int>=1"):
+        low = int(kind[-1])
+        ok, allowed = is_int(value) and value >= low, f"an int >= {low}"
+    elif kind == "pair>=1":
+        pair = value if isinstance(value, tuple) else (value, value)
+        ok, allowed = len(pair) == 2 and all(is_int(v) and v >= 1 for v in pair), "an int >= 1 or a pair of them"
+    elif kind == "eps":
+        ok, allowed = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf"), "a finite float > 0"
+    elif kind == "momentum":
+        ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1)
+        allowed = "None (cumulative average) or a float in [0, 1]"
+    else:  # pragma: no cover - a programming error
+        raise AssertionError(kind)
+    if not ok:
+        raise ValueError(f"{layer}: `{name}` must be {allowed}, got {value!r}")
 
 
 def check_size_spec(name: str, spec: Any, *, odd: bool = False) -> None:

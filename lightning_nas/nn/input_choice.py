@@ -32,9 +32,9 @@ class InputChoice(Mutable):
 
     def __init__(self, n_candidates: int, n_chosen: int = 1, label: str | None = None, *, default: Any = None) -> None:
         super().__init__()
-        if not isinstance(n_candidates, int) or n_candidates < 1:
+        if not isinstance(n_candidates, int) or isinstance(n_candidates, bool) or n_candidates < 1:
             raise ValueError(f"`n_candidates` must be a positive int, got {n_candidates!r}")
-        if not isinstance(n_chosen, int) or not 1 <= n_chosen <= n_candidates:
+        if not isinstance(n_chosen, int) or isinstance(n_chosen, bool) or not 1 <= n_chosen <= n_candidates:
             raise ValueError(f"`n_chosen` must be an int in [1, {n_candidates}], got {n_chosen!r}")
         self.n_candidates = n_candidates
         self.n_chosen = n_chosen

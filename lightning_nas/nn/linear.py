@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice, Mutable, largest, value_in
-from lightning_nas.nn.elastic_size import active_size, check_size_spec, fit_channels, prefix, size_mask
+from lightning_nas.nn.elastic_size import active_size, check_fixed, check_size_spec, fit_channels, prefix, size_mask
 
 __all__ = ["ElasticLinear"]
 
@@ -30,6 +30,7 @@ class ElasticLinear(Mutable):
         super().__init__()
         check_size_spec("in_features", in_features)
         check_size_spec("out_features", out_features)
+        check_fixed("ElasticLinear", "bias", bias, "bool", "in_features and out_features")
         self.in_features = in_features
         self.out_features = out_features
         self.weight = nn.Parameter(torch.empty(largest(out_features), largest(in_features)))

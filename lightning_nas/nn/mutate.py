@@ -107,10 +107,30 @@ def _candidates(path: str, original: nn.Module, alternatives: Any) -> Sequence[n
 Edit = tuple[nn.Module, str, nn.Module]  # (parent, attribute name, module now there)
 
 
-def _apply_ops(model: nn.Module, ops: Mapping[str, Any], label_prefix: str, undo: list[Edit]) -> dict[int, tuple[OpChoice, str]]:
+def _labelled_choices(model: nn.Module) -> dict[str, str]:
+    """``{label: path}`` of the labelled choices already in ``model`` (the first path of each label)."""
+    found: dict[str, str] = {}
+    for path, m in model.named_modules(remove_duplicate=False):
+        if isinstance(m, Choice) and m.label is not None:
+            found.setdefault(m.label, path)
+    return found
+
+
+def _label_taken(label: str, where: str, existing: dict[str, str]) -> ValueError:
+    return ValueError(
+        f"{where} would make a decision labelled {label!r}, but the model already has one at {existing[label]!r} "
+        "(from an earlier mutate call?); one label is one decision, so the two would be tied and the first one's "
+        "candidates lost. Give all alternatives of a path in one mutate call, or use another `label_prefix`"
+    )
+
+
+def _apply_ops(
+    model: nn.Module, ops: Mapping[str, Any], label_prefix: str, undo: list[Edit], existing: dict[str, str]
+) -> dict[int, tuple[OpChoice, str]]:
     """Replace every ``ops`` path by an ``OpChoice``; returns ``{id(op_choice): (op_choice, path)}``.
 
     Everything is checked before the first replacement; ``undo`` gets ``(parent, name, original)``.
+    ``existing`` (``{label: path}`` of the model's choices) must not hold a label made here.
     """
     if not isinstance(ops, Mapping):
         raise ValueError(f"`ops` must be a dict {{path: alternatives}} or None, got {type(ops).__name__}")
@@ -136,6 +156,8 @@ def _apply_ops(model: nn.Module, ops: Mapping[str, Any], label_prefix: str, undo
             raise ValueError(f"`ops` path {path!r} holds None, not a module")
         if isinstance(original, Choice):
             raise ValueError(f"`ops` path {path!r} is a Choice (a decision), not an operation to choose between")
+        if label_prefix + path in existing:
+            raise _label_taken(label_prefix + path, f"`ops[{path!r}]`", existing)
         candidates = _candidates(path, original, ops[path])
         alts = candidates.values() if isinstance(candidates, dict) else candidates
         ancestors = {id(model)} | {id(model.get_submodule(path[:i])) for i, ch in enumerate(path) if ch == "."}
@@ -238,6 +260,26 @@ def _plan_rules(
     return edits, replacements, matches
 
 
+def _check_rule_labels(
+    edits: list[Edit], replacements: list[Replacement], made: dict[int, tuple[OpChoice, str]],
+    existing: dict[str, str], original_paths: dict[int, str],
+) -> None:
+    """Refuse a rule-made decision whose label is already a decision of the model or of ``ops``."""
+    taken = dict(existing)
+    for op, path in made.values():
+        taken.setdefault(op.label, f"{path}.choice")
+    kept = {id(op.choice) for op, _ in made.values()}
+    seen: set[int] = set()
+    for _, _, new in edits:
+        for m in new.modules():
+            if not isinstance(m, Choice) or id(m) in seen or id(m) in kept or id(m) in original_paths:
+                continue
+            seen.add(id(m))
+            if m.label is not None and m.label in taken:
+                rule = next((r.rule for r in replacements if m.label.startswith(r.path)), "a rule")
+                raise _label_taken(m.label, f"rule {rule}", taken)
+
+
 def mutate(
     model: nn.Module,
     *,
@@ -306,7 +348,9 @@ def mutate(
     Raises:
         ValueError: ``model`` is not an ``nn.Module`` (or is already a ``Supernet``); an ``ops``
             path is the root ``""`` or not a sub-module (the message suggests close names); an
-            ``ops`` entry has no alternatives or a non-module one; a rule returns something that
+            ``ops`` entry has no alternatives or a non-module one; a decision made here (an ``ops``
+            path, a rule's choice) would take a label the model already has (``mutate`` applied twice
+            to one path); a rule returns something that
             is neither ``None`` nor an ``nn.Module``; a rule cannot handle a module it matches (the
             message names the module's path and why); ``strict`` and a rule matched nothing; an
             unknown ``preset``.
@@ -334,10 +378,12 @@ def mutate(
     if report is not None and not isinstance(report, list):
         raise ValueError(f"`report` must be a list to append to, or None, got {type(report).__name__}")
     original_paths = {id(m): path for path, m in model.named_modules() if path}
+    existing = _labelled_choices(model)
     undo: list[Edit] = []
     try:
-        made = _apply_ops(model, {} if ops is None else ops, label_prefix, undo)
+        made = _apply_ops(model, {} if ops is None else ops, label_prefix, undo, existing)
         edits, replacements, matches = _plan_rules(model, list(rules), made, label_prefix, original_paths) if rules else ([], [], [])
+        _check_rule_labels(edits, replacements, made, existing, original_paths)
         if strict:
             for rule, count in zip(rules, matches):
                 if not count:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice, Mutable, largest, value_in
-from lightning_nas.nn.elastic_size import active_size, check_size_spec, fit_channels, prefix, size_mask
+from lightning_nas.nn.elastic_size import active_size, check_fixed, check_size_spec, fit_channels, prefix, size_mask
 
 __all__ = ["ElasticBatchNorm2d", "ElasticLayerNorm"]
 
@@ -40,6 +40,11 @@ class ElasticBatchNorm2d(Mutable):
     ) -> None:
         super().__init__()
         check_size_spec("num_features", num_features)
+        layer = type(self).__name__
+        check_fixed(layer, "eps", eps, "eps", "num_features")
+        check_fixed(layer, "momentum", momentum, "momentum", "num_features")
+        check_fixed(layer, "affine", affine, "bool", "num_features")
+        check_fixed(layer, "track_running_stats", track_running_stats, "bool", "num_features")
         self.num_features = num_features
         self.eps = eps
         self.momentum = momentum
@@ -153,6 +158,8 @@ class ElasticLayerNorm(Mutable):
     def __init__(self, normalized_shape: int | Choice, eps: float = 1e-5, elementwise_affine: bool = True) -> None:
         super().__init__()
         check_size_spec("normalized_shape", normalized_shape)
+        check_fixed("ElasticLayerNorm", "eps", eps, "eps", "normalized_shape")
+        check_fixed("ElasticLayerNorm", "elementwise_affine", elementwise_affine, "bool", "normalized_shape")
         self.normalized_shape = normalized_shape
         self.eps = eps
         n = largest(normalized_shape)

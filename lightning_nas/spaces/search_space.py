@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_nas.nn.choice import canonical_value
+from lightning_nas.nn.choice import candidate_key, canonical_value
 
 __all__ = ["Decision", "SearchSpace", "make_generator"]
 
@@ -41,10 +42,11 @@ class Decision:
 
     def index(self, value: Any) -> int:
         """Position of ``value``; ``ValueError`` naming the label and the allowed values otherwise."""
-        canon = canonical_value(value)
+        key = candidate_key(value)
         try:
-            return self.values.index(canon)
-        except ValueError:
+            # By key, not ==: True == 1 in Python, but True is not the candidate 1.
+            return next(i for i, v in enumerate(self.values) if candidate_key(v) == key)
+        except (StopIteration, TypeError):
             raise ValueError(
                 f"architecture value {value!r} for label {self.label!r} is not a candidate; allowed values: "
                 f"{[_plain(v) for v in self.values]!r}"
@@ -52,6 +54,22 @@ class Decision:
 
     def is_numeric(self) -> bool:
         return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.values)
+
+
+def _check_count(n: Any) -> None:
+    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"`n` (the number of draws) must be a non-negative int, got {n!r}")
+
+
+def _candidate_index(index: Any, n_values: int, name: str) -> int:
+    """``index`` as an int in ``[0, n_values)``; a float, bool or out-of-range index is refused, not truncated or wrapped."""
+    if isinstance(index, Tensor):
+        if index.numel() != 1 or index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+            raise ValueError(f"`{name}` must be one integer candidate index, got a {index.dtype} tensor of shape {tuple(index.shape)}")
+        index = index.item()
+    if not isinstance(index, numbers.Integral) or isinstance(index, bool) or not 0 <= index < n_values:
+        raise ValueError(f"`{name}` must be an integer candidate index in [0, {n_values}), got {index!r}")
+    return int(index)
 
 
 def _plain(value: Any) -> Any:
@@ -157,11 +175,23 @@ class SearchSpace:
         return {d.label: d.index(arch[d.label]) for d in self.decisions}
 
     def from_indices(self, indices: Mapping[str, int]) -> dict[str, Any]:
-        """The architecture with the given candidate index per label."""
-        return {d.label: d.values[int(indices[d.label])] for d in self.decisions}
+        """The architecture with the given candidate index per label.
+
+        Raises:
+            ValueError: a label is missing, or an index is not an integer in ``[0, number of candidates)``.
+        """
+        if not isinstance(indices, Mapping):
+            raise ValueError(f"`indices` must be a dict {{label: candidate index}}, got {type(indices).__name__}")
+        arch = {}
+        for d in self.decisions:
+            if d.label not in indices:
+                raise ValueError(f"`indices` is missing label {d.label!r}; labels of this space: {self.labels!r}")
+            arch[d.label] = d.values[_candidate_index(indices[d.label], len(d.values), f"indices[{d.label!r}]")]
+        return arch
 
     def sample_indices(self, n: int, seed: int | torch.Generator | None = None) -> dict[str, Tensor]:
         """``n`` independent uniform draws as ``{label: LongTensor (n,)}`` of candidate indices."""
+        _check_count(n)
         generator = make_generator(seed)
         return {d.label: torch.randint(len(d.values), (n,), generator=generator) for d in self.decisions}
 
@@ -172,6 +202,7 @@ class SearchSpace:
 
     def sample_many(self, n: int, seed: int | torch.Generator | None = None) -> list[dict[str, Any]]:
         """``n`` architectures drawn uniformly at random (with replacement)."""
+        _check_count(n)
         draw = self.sample_indices(n, seed)
         return [self.from_indices({label: idx[i] for label, idx in draw.items()}) for i in range(n)]
 
@@ -202,10 +233,24 @@ class SearchSpace:
         return torch.stack([self.encode(a) for a in archs])
 
     def decode(self, vector: Tensor | Sequence[float]) -> dict[str, Any]:
-        """The architecture whose encoding has its largest entry in each decision's block."""
-        vector = torch.as_tensor(vector)
+        """The architecture whose encoding has its largest entry in each decision's block.
+
+        Raises:
+            ValueError: ``vector`` is not a real vector of ``encoding_size`` finite numbers (a NaN has no
+                argmax worth decoding: it is usually a diverged predictor).
+        """
+        try:
+            vector = torch.as_tensor(vector)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"`vector` must be a sequence or tensor of {self.encoding_size} real numbers: {err}") from None
         if vector.shape != (self.encoding_size,):
             raise ValueError(f"`vector` must have shape ({self.encoding_size},), got {tuple(vector.shape)}")
+        if vector.dtype == torch.bool or vector.is_complex():
+            raise ValueError(f"`vector` must hold real numbers, got dtype {vector.dtype}")
+        if vector.is_floating_point() and not bool(torch.isfinite(vector).all()):
+            bad = torch.nonzero(~torch.isfinite(vector)).flatten().tolist()
+            names = [self.encoding_names()[i] for i in bad[:3]]
+            raise ValueError(f"`vector` must be finite, got {vector[bad[0]].item()} at position(s) {bad} ((label, value): {names})")
         return {
             d.label: d.values[int(vector[start:end].argmax())]
             for d, start, end in zip(self.decisions, self._offsets, self._offsets[1:])

@@ -298,3 +298,31 @@ def test_rules_walk_into_replacements_without_recursing():
         ("1.1", "ReLU", "Sequential"),
     ]
     assert sorted(ln.Supernet(model).space.labels) == ["0.kernel_size", "1", "1.0.kernel_size"]
+
+
+def test_mutating_one_path_twice_is_refused_and_leaves_the_model_as_it_was():
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    mutate(model, ops={"0": [nn.Identity()]})
+    first = model[0]
+    with pytest.raises(ValueError, match=r"`ops\['0'\]` would make a decision labelled '0', but the model already has one at '0.choice'"):
+        mutate(model, ops={"0": [nn.Tanh()]})
+    assert model[0] is first
+    # Both sets of alternatives survive when the second call keeps its decision apart.
+    mutate(model, ops={"0": [nn.Tanh()]}, label_prefix="again.")
+    space = ln.Supernet(model).space
+    assert sorted(space.labels) == ["0", "again.0"] and space.size == 4
+
+
+def test_a_rule_taking_a_label_the_model_already_has_is_refused():
+    model = nn.Sequential(nn.Conv2d(3, 3, 5, padding=2), nn.ReLU(), ln.Choice([1, 2], "0.kernel_size"))
+    with pytest.raises(ValueError, match=r"rule elastic_kernel\(\[3, 5\]\) would make a decision labelled '0.kernel_size', but the model already has one at '2'"):
+        mutate(model, rules=[elastic_kernel([3, 5])])
+    assert type(model[0]) is nn.Conv2d
+    # ... and so is a rule taking the label of an `ops` decision of the same call.
+    def skippable(path, module):
+        return ln.OpChoice([module, nn.Identity()], label=path) if path == "0" else None
+
+    nested = nn.Sequential(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1)))
+    with pytest.raises(ValueError, match=r"would make a decision labelled '0', but the model already has one at '0.choice'"):
+        mutate(nested, ops={"0": [nn.Identity()]}, rules=[skippable])
+    assert type(nested[0]) is nn.Sequential

@@ -278,3 +278,140 @@ def test_host_index_bounds_change_nothing(all_mutables_supernet, seed):
     with_bounds = net(x)
     net.context.bounds = None
     torch.testing.assert_close(net(x), with_bounds, atol=0, rtol=0)
+
+
+# -- issue 17: refused inputs that used to run silently or crash raw ------------------------------
+
+
+def _small_net() -> nn.Module:
+    width = Choice([4, 8], "w")
+    return nn.Sequential(ln.ElasticConv2d(3, width, 3), ln.ElasticBatchNorm2d(width), ln.OpChoice([nn.ReLU(), nn.Tanh()], "op"))
+
+
+def test_a_module_in_two_supernets_is_refused():
+    module = _small_net()
+    first = ln.Supernet(module)
+    with pytest.raises(ValueError, match=r"choice 'w' at '0.out_channels' already belongs to another Supernet"):
+        ln.Supernet(module)
+    # The first supernet still drives its module: activate() changes what forward computes.
+    first.activate({"w": 4, "op": 0})
+    assert first(torch.randn(1, 3, 5, 5)).shape == (1, 4, 5, 5)
+    assert first.active_arch == {"w": 4, "op": 0}
+
+
+def test_a_copy_or_a_released_module_can_be_wrapped_again():
+    import copy
+    import gc
+
+    module = _small_net()
+    first = ln.Supernet(module)
+    twin = copy.deepcopy(first)  # the copy owns its own context
+    with pytest.raises(ValueError, match="already belongs to another Supernet"):
+        ln.Supernet(twin.module)
+    other = ln.Supernet(copy.deepcopy(module))  # a copy of the module belongs to no supernet
+    other.activate({"w": 4, "op": 1})
+    first.activate({"w": 8, "op": 0})
+    assert first(torch.randn(1, 3, 5, 5)).shape[1] == 8 and other(torch.randn(1, 3, 5, 5)).shape[1] == 4
+    del first
+    gc.collect()
+    assert ln.Supernet(module).space.labels == ["w", "op"]
+
+
+def test_one_label_with_two_defaults_is_refused():
+    with pytest.raises(ValueError, match=r"label 'w' is used with different defaults: 4 \(at '0'\) and 8 \(at '1'\)"):
+        ln.Supernet(nn.ModuleList([Choice([4, 8], "w"), Choice([4, 8], "w", default=8)]))
+
+
+def test_per_example_batch_size_is_checked_when_the_batch_enters():
+    net = ln.Supernet(_small_net())
+    x = torch.randn(4, 3, 5, 5)
+    for archs in ([{"w": 8, "op": 0}] * 5, [{"w": 4, "op": 0}, {"w": 8, "op": 1}] * 3):
+        net.activate(archs)
+        with pytest.raises(ValueError, match=rf"{len(archs)} architectures are active, so the batch must have {len(archs)} examples.*shape \(4, 3, 5, 5\)"):
+            net(x)
+    net.activate([{"w": 8, "op": 0}] * 4)
+    assert net(x).shape == (4, 8, 5, 5)
+
+
+def test_bools_are_not_ints_and_ints_not_bools():
+    space = ln.Supernet(ln.DepthChoice([nn.Identity(), nn.Identity()], [1, 2], "depth")).space
+    with pytest.raises(ValueError, match=r"value True for label 'depth' is not a candidate; allowed values: \[1, 2\]"):
+        space.validate({"depth": True})
+    flag = ln.Supernet(nn.ModuleList([Choice([False, True], "flag")])).space
+    with pytest.raises(ValueError, match="value 1 for label 'flag' is not a candidate"):
+        flag.validate({"flag": 1})
+    assert flag.validate({"flag": True}) == {"flag": True}
+    with pytest.raises(ValueError, match=r"`default` of choice 'd' must be one of \[1, 2\], got True"):
+        Choice([1, 2], "d", default=True)
+    with pytest.raises(ValueError, match="is not a candidate of choice 'd'"):
+        Choice([1, 2], "d").index_of(True)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), (1, float("nan"))])
+def test_non_finite_candidates_are_refused(bad):
+    with pytest.raises(ValueError, match=r"candidate .* of choice 'c' is not finite"):
+        Choice([bad, 1.0], "c")
+
+
+def test_activation_arguments_are_checked():
+    net = ln.Supernet(_small_net())
+    for bad in (None, 3, "w"):
+        with pytest.raises(ValueError, match="`arch` must be a dict"):
+            net.activate(bad)
+    with pytest.raises(ValueError, match=r"`indices\['w'\]` must hold integer candidate indices, got dtype torch.float32"):
+        net.activate_indices({"w": torch.tensor([0.0, 1.7]), "op": torch.tensor([0, 1])})
+    with pytest.raises(ValueError, match=r"`indices\['w'\]` must hold integer candidate indices, got dtype torch.bool"):
+        net.activate_indices({"w": torch.tensor([True, False]), "op": torch.tensor([0, 1])})
+    with pytest.raises(ValueError, match="`indices` must be a dict"):
+        net.activate_indices([0, 1])
+
+
+def test_space_refuses_counts_indices_and_vectors_it_cannot_decode():
+    space = ln.Supernet(_small_net()).space
+    for n in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=r"`n` \(the number of draws\) must be a non-negative int"):
+            space.sample_many(n)
+        with pytest.raises(ValueError, match=r"`n` \(the number of draws\) must be a non-negative int"):
+            space.sample_indices(n)
+    assert space.sample_many(0) == []
+    with pytest.raises(ValueError, match=r"`vector` must be finite, got nan"):
+        space.decode([float("nan")] * space.encoding_size)
+    with pytest.raises(ValueError, match=r"`vector` must be finite, got inf"):
+        space.decode([0.0, float("inf"), 0.0, 0.0])
+    with pytest.raises(ValueError, match="must hold real numbers"):
+        space.decode(torch.zeros(space.encoding_size, dtype=torch.bool))
+    assert space.decode([0.0, 1.0, 1.0, 0.0]) == {"w": 8, "op": 0}
+    for index in (-1, 2, 0.7, True, torch.tensor(1.0)):
+        with pytest.raises(ValueError, match=r"`indices\['w'\]` must be (an integer candidate index in \[0, 2\)|one integer candidate index)"):
+            space.from_indices({"w": index, "op": 0})
+    assert space.from_indices({"w": torch.tensor(1), "op": 1}) == {"w": 8, "op": 1}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(stride=Choice([1, 2], "s")), r"`stride` cannot be a Choice .*only in_channels, out_channels and kernel_size may be"),
+        (dict(stride=0), r"`stride` must be an int >= 1 or a pair of them, got 0"),
+        (dict(stride=(1, True)), r"`stride` must be an int >= 1 or a pair of them"),
+        (dict(padding=Choice([0, 1], "p")), r"`padding` cannot be a Choice"),
+        (dict(dilation=Choice([1, 2], "d")), r"`dilation` cannot be a Choice"),
+        (dict(bias=1), r"`bias` must be a bool, got 1"),
+    ],
+)
+def test_elastic_conv_refuses_arguments_that_cannot_be_decisions(kwargs, message):
+    kernel = 3 if "padding" not in kwargs else 3
+    with pytest.raises(ValueError, match=message):
+        ln.ElasticConv2d(3, 8, kernel, **kwargs)
+
+
+def test_elastic_layers_refuse_bad_fixed_arguments():
+    with pytest.raises(ValueError, match=r"ElasticBatchNorm2d: `eps` must be a finite float > 0, got nan"):
+        ln.ElasticBatchNorm2d(4, eps=float("nan"))
+    with pytest.raises(ValueError, match=r"ElasticBatchNorm2d: `momentum` cannot be a Choice"):
+        ln.ElasticBatchNorm2d(4, momentum=Choice([0.1, 0.2], "m"))
+    with pytest.raises(ValueError, match=r"ElasticLayerNorm: `eps` must be a finite float > 0, got -1"):
+        ln.ElasticLayerNorm(4, eps=-1)
+    with pytest.raises(ValueError, match=r"ElasticLinear: `bias` cannot be a Choice"):
+        ln.ElasticLinear(4, 4, bias=Choice([True, False], "b"))
+    with pytest.raises(ValueError, match=r"`n_candidates` must be a positive int, got True"):
+        ln.InputChoice(True)
