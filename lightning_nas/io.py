@@ -122,9 +122,10 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", *, expect: type 
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        truncated = err.pos >= len(text.rstrip())
+        # A JSON object or array written completely ends with its closing bracket.
+        truncated = err.pos >= len(text.rstrip()) or not text.rstrip().endswith(("}", "]"))
         raise FileFormatError(
-            f"{what} {str(path)!r} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})"
+            f"{what} {str(path)!r} is not valid JSON ({err.msg}: line {err.lineno}, column {err.colno})"
             + ("; the file looks truncated (was it copied or written completely?)" if truncated else "")
         ) from None
     if not isinstance(value, expect):

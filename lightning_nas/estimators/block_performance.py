@@ -50,10 +50,10 @@ import numpy as np
 import torch
 
 from lightning_nas.bilinear import BilinearTable, _structure
-from lightning_nas.io import atomic_write_json
+from lightning_nas.io import FileFormatError, atomic_write_json, read_json
 from lightning_nas.seeding import derive_generator
 from lightning_nas.spaces.search_space import SearchSpace
-from lightning_nas.spaces.staged import Stage, StagedSpace
+from lightning_nas.spaces.staged import Stage, StagedSpace, structure_difference
 
 __all__ = [
     "LAWS",
@@ -71,6 +71,7 @@ __all__ = [
 LAWS = ("reciprocal", "reciprocal_mean", "additive")
 FORMAT = "lightning_nas.block_performance"
 VERSION = 1
+METHODS = ("algorithm1", "sampled")
 
 #: ``archs -> {metric: (N,) values}``; must return ``"accuracy"`` (and ``"flops"`` when no FLOPs table is given).
 Evaluator = Callable[[Sequence[Mapping[str, Any]]], Mapping[str, Any]]
@@ -234,7 +235,8 @@ class BlockPerformance:
         from lightning_nas.solvers.problem import _jsonable
 
         return {
-            "format": FORMAT, "version": VERSION, "method": self.method, "reference": _jsonable(self.reference),
+            "format": FORMAT, "version": VERSION, "method": self.method, "structure": _structure(self.staged),
+            "reference": _jsonable(self.reference),
             "host": _jsonable(self.host), "base": dict(self.base), "evaluations": self.evaluations,
             "deltas": {name: t.to_dict() for name, t in self.deltas.items()}, "flops": self.flops.to_dict(),
             "details": _jsonable(self.details),
@@ -246,24 +248,72 @@ class BlockPerformance:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], staged: StagedSpace) -> "BlockPerformance":
-        """Rebuild from :meth:`to_dict`; ``staged`` must have the node structure it was made for."""
+        """Rebuild from :meth:`to_dict`; ``staged`` must have the node structure it was made for.
+
+        Raises:
+            ValueError: not a block-performance description, another version, made for another
+                space (the message lists the labels or stages that differ), or damaged (missing or
+                non-finite entries).
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a block-performance description is a JSON object, got a {type(data).__name__}")
         if data.get("format") != FORMAT:
             raise ValueError(f"not a block-performance file (format {data.get('format')!r}, expected {FORMAT!r})")
         if data.get("version") != VERSION:
             raise ValueError(f"block-performance version {data.get('version')!r} is not supported (this library reads {VERSION})")
+        missing = [k for k in ("method", "reference", "host", "base", "evaluations", "deltas", "flops") if k not in data]
+        if missing:
+            raise ValueError(f"entries {missing} are missing: damaged, or not written by BlockPerformance.save")
+        if not isinstance(data["flops"], Mapping) or not isinstance(data["deltas"], Mapping) or not data["deltas"]:
+            raise ValueError("'flops' must be a table object and 'deltas' a non-empty {metric: table} object")
+        # Compare structures before any label: a file of another space names what differs, not the
+        # first label this space lacks.
+        difference = structure_difference(data.get("structure", data["flops"].get("structure")), _structure(staged))
+        if difference:
+            raise ValueError(f"made for another search space than {staged!r}: {difference}")
+        base = data["base"]
+        if not isinstance(base, Mapping) or set(base) != set(data["deltas"]):
+            raise ValueError(f"'base' must hold one value per metric {sorted(data['deltas'])}, "
+                             f"got {sorted(base) if isinstance(base, Mapping) else type(base).__name__}")
+        for metric, value in base.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ValueError(f"base value of {metric!r} must be a finite number, got {value!r}")
+        evaluations = data["evaluations"]
+        if isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 0:
+            raise ValueError(f"'evaluations' must be an int >= 0, got {evaluations!r}")
+        if data["method"] not in METHODS:
+            raise ValueError(f"'method' must be one of {METHODS}, got {data['method']!r}")
+        tables = {}
+        for name, raw in [*((f"deltas.{k}", v) for k, v in data["deltas"].items()), ("flops", data["flops"])]:
+            try:
+                table = BilinearTable.from_dict(raw, staged)
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise ValueError(f"its {name!r} table is damaged: {type(err).__name__}: {err}") from None
+            if not np.isfinite(table.constant):
+                raise ValueError(f"its {name!r} table has a non-finite constant {table.constant!r}")
+            tables[name] = table
         space = staged.space
         return cls(
-            staged=staged, reference=space.validate(data["reference"]), base={k: float(v) for k, v in data["base"].items()},
-            deltas={name: BilinearTable.from_dict(t, staged) for name, t in data["deltas"].items()},
-            flops=BilinearTable.from_dict(data["flops"], staged),
-            host=None if data["host"] is None else space.validate(data["host"]), evaluations=int(data["evaluations"]),
+            staged=staged, reference=space.validate(data["reference"]), base={k: float(v) for k, v in base.items()},
+            deltas={name: tables[f"deltas.{name}"] for name in data["deltas"]}, flops=tables["flops"],
+            host=None if data["host"] is None else space.validate(data["host"]), evaluations=evaluations,
             method=data["method"], details=dict(data.get("details") or {}),
         )
 
     @classmethod
     def load(cls, path: str | Path, staged: StagedSpace) -> "BlockPerformance":
-        """Read a file written by :meth:`save`."""
-        return cls.from_dict(json.loads(Path(path).read_text()), staged)
+        """Read a file written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError, IsADirectoryError, PermissionError: the file cannot be read.
+            FileFormatError (a ``ValueError``): anything wrong with its content; the message names
+                the file (see :meth:`from_dict`).
+        """
+        data = read_json(path, "block-performance file")
+        try:
+            return cls.from_dict(data, staged)
+        except ValueError as err:
+            raise FileFormatError(f"block-performance file {str(path)!r}: {err}") from None
 
 
 def _check_law(law: str) -> None:

@@ -44,7 +44,7 @@ from lightning_nas.spaces.search_space import SearchSpace
 if TYPE_CHECKING:  # the supernet imports the spaces package
     from lightning_nas.supernet import Supernet
 
-__all__ = ["MAX_UNIT_CONFIGS", "Stage", "StagedSpace"]
+__all__ = ["MAX_UNIT_CONFIGS", "Stage", "StagedSpace", "structure_difference"]
 
 BLOCK_PATTERN = r"stage(?P<stage>\d+)\.block(?P<block>\d+)\.(?P<name>.+)"
 DEPTH_PATTERN = r"stage(?P<stage>\d+)\.depth"
@@ -561,3 +561,56 @@ class StagedSpace:
             f"StagedSpace(stages={self.num_stages}, max_blocks={self.max_blocks}, configs={counts[0] if len(counts) == 1 else counts}, "
             f"depths={[st.depths for st in self.stages]}, free={self.free_labels}{shared})"
         )
+
+
+def structure_difference(stored: Any, current: Any, *, limit: int = 6) -> str:
+    """What differs between two stage structures as files store them (a list of ``{"depth_label",
+    "depths", "block_labels", "configs"}`` per stage): labels only in one of them first, then stage
+    by stage (depth options, block positions, configurations). ``""`` when they are equal.
+
+    Used to say *why* a table or block-performance file does not fit a space, instead of reporting
+    the first label the other space lacks.
+    """
+    def labels(structure: Any) -> list[str]:
+        out: list[str] = []
+        for st in structure if isinstance(structure, list) else []:
+            if not isinstance(st, Mapping):
+                continue
+            if st.get("depth_label") is not None:
+                out.append(str(st["depth_label"]))
+            for block in st.get("block_labels") or []:
+                out.extend(str(label) for label in (block if isinstance(block, list) else [block]))
+        return list(dict.fromkeys(out))
+
+    if stored == current:
+        return ""
+    if not isinstance(stored, list) or not all(isinstance(st, Mapping) for st in stored):
+        return "the stored structure is malformed (expected a list of stages)"
+    mine, theirs = labels(stored), labels(current)
+    only_stored = [lab for lab in mine if lab not in theirs]
+    only_current = [lab for lab in theirs if lab not in mine]
+
+    def clip(items: list[Any]) -> str:
+        return repr(items[:limit])[:-1] + (f", ... {len(items) - limit} more]" if len(items) > limit else "]")
+
+    notes = []
+    if only_stored:
+        notes.append(f"labels only in the file: {clip(only_stored)}")
+    if only_current:
+        notes.append(f"labels only in this space: {clip(only_current)}")
+    if notes:
+        return "; ".join(notes)
+    if len(stored) != len(current):
+        return f"{len(stored)} stages in the file, {len(current)} in this space"
+    for s, (a, b) in enumerate(zip(stored, current)):
+        name = a.get("depth_label") or f"stage {s}"
+        for key, what in (("depths", "depth options"), ("block_labels", "blocks (labels per block)"),
+                          ("configs", "block configurations (candidate values)")):
+            if a.get(key) != b.get(key):
+                if key == "configs":
+                    for k, (x, y) in enumerate(zip(a.get(key) or [], b.get(key) or [])):
+                        if x != y:
+                            return (f"{name}: block {k} ({', '.join(map(str, (b.get('block_labels') or [[]])[k]))}) has "
+                                    f"configurations {clip(x)} in the file, {clip(y)} in this space")
+                return f"{name}: {what} {clip(a.get(key) or [])} in the file, {clip(b.get(key) or [])} in this space"
+    return "the stage structures differ"
