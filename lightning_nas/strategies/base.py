@@ -11,9 +11,14 @@ Results are always compared as "larger is better": the driver negates minimised 
 ``tell``. Constraints follow Deb's rules (see :func:`rank_key`), so a strategy never has to reject
 a proposal outright and never loops forever looking for a feasible one.
 
-State that must survive ``kill -9`` is the strategy's ``__dict__`` (pickled by the storage after
-every ask and tell); a strategy overrides :meth:`Strategy.state_dict` / :meth:`Strategy.load_state_dict`
-to leave out what it can rebuild (a surrogate's weights).
+A proposal whose evaluation failed (it raised, was stopped by the per-trial timeout, or its objective
+came back NaN or infinite) has no result: the driver calls :meth:`Strategy.tell_failure` instead of
+``tell``, so it is never ranked, and the strategy never proposes it again.
+
+State that must survive ``kill -9`` is the strategy's ``__dict__`` (stored by the storage after
+every ask and tell, as JSON: see :mod:`lightning_nas.strategies.codec` for the types it may hold);
+a strategy overrides :meth:`Strategy.state_dict` / :meth:`Strategy.load_state_dict` to leave out
+what it can rebuild (a surrogate's weights).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import numpy as np
 
 from lightning_nas.spaces.search_space import SearchSpace
 
-__all__ = ["BatchStrategy", "Constraint", "Observation", "Proposal", "Strategy", "arch_key", "rank_key", "total_violation"]
+__all__ = ["BatchStrategy", "Constraint", "Failure", "Observation", "Proposal", "Strategy", "arch_key", "rank_key", "total_violation"]
 
 
 def arch_key(arch: Mapping[str, Any]) -> tuple:
@@ -71,6 +76,17 @@ class Observation:
     @property
     def feasible(self) -> bool:
         return self.violation <= 0.0
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A proposal whose evaluation produced no result: ``reason`` says why (the error, the timeout,
+    the non-finite objective)."""
+
+    number: int
+    arch: dict[str, Any]
+    fidelity: float
+    reason: str
 
 
 def rank_key(value: float, violation: float) -> tuple[bool, float]:
@@ -148,6 +164,7 @@ class Strategy(ABC):
         self.cost_model = cost_model
         self.rng = np.random.default_rng(seed)
         self.history: list[Observation] = []
+        self.failures: list[Failure] = []
 
     @abstractmethod
     def ask(self, n: int = 1) -> list[Proposal]:
@@ -156,6 +173,11 @@ class Strategy(ABC):
     def tell(self, observation: Observation) -> None:
         """Learn from one result. The base class appends it to :attr:`history`."""
         self.history.append(observation)
+
+    def tell_failure(self, failure: Failure) -> None:
+        """A proposal asked earlier failed: it has no result. The base class appends it to
+        :attr:`failures` (never ranked; strategies never propose an arch already asked)."""
+        self.failures.append(failure)
 
     # -- helpers shared by strategies ----------------------------------------------------------
     def predicted_violation(self, arch: Mapping[str, Any]) -> float:
@@ -201,7 +223,8 @@ class Strategy(ABC):
     config_attributes: tuple[str, ...] = ("space", "cost_model", "constraints")
 
     def state_dict(self) -> dict[str, Any]:
-        """What the storage keeps to resume this strategy (picklable): every attribute but
+        """What the storage keeps to resume this strategy (plain data, see
+        :mod:`~lightning_nas.strategies.codec`): every attribute but
         :attr:`config_attributes`."""
         return {k: v for k, v in self.__dict__.items() if k not in self.config_attributes}
 
@@ -239,6 +262,10 @@ class BatchStrategy(Strategy):
 
     def tell(self, observation: Observation) -> None:
         super().tell(observation)
+        self.pending -= 1
+
+    def tell_failure(self, failure: Failure) -> None:
+        super().tell_failure(failure)
         self.pending -= 1
 
     @abstractmethod

@@ -31,7 +31,7 @@ import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
-from lightning_nas.strategies.base import Observation, Proposal, Strategy, arch_key, rank_key
+from lightning_nas.strategies.base import Failure, Observation, Proposal, Strategy, arch_key, rank_key
 from lightning_nas.spaces.search_space import Decision
 
 __all__ = ["LayerNAS", "cost_bucket"]
@@ -96,6 +96,7 @@ class LayerNAS(Strategy):
         self.queue: list[dict[str, Any]] = []
         self.waiting: dict[tuple, Hashable] = {}  # arch key -> bucket of a proposal in flight
         self.evaluated: dict[tuple, Observation] = {}
+        self.failed: set[tuple] = set()  # archs whose evaluation failed: not proposed again
         self.done = False
         self._cost_cache: dict[tuple, float] = {}
         self._expand([self.start])
@@ -117,6 +118,12 @@ class LayerNAS(Strategy):
         bucket = self.waiting.pop(key, None)
         if bucket is not None:
             self._store(self.layer, bucket, observation)
+
+    def tell_failure(self, failure: Failure) -> None:
+        super().tell_failure(failure)
+        key = arch_key(failure.arch)
+        self.waiting.pop(key, None)  # never stored in a bucket, so never expanded
+        self.failed.add(key)
 
     # -- the dynamic programme -----------------------------------------------------------------
     def _next_layer(self) -> None:
@@ -168,7 +175,7 @@ class LayerNAS(Strategy):
             key = arch_key(child)
             if key in self.evaluated:
                 self._store(self.layer, bucket, self.evaluated[key])
-            elif key not in self.waiting:
+            elif key not in self.waiting and key not in self.failed:
                 self.waiting[key] = bucket
                 self.queue.append(child)
 

@@ -101,12 +101,14 @@ class RankNOSH(BatchStrategy):
                     s = np.where([self.predicted_violation(a) <= 0.0 for a in pool], s, s - 1e9)
                 chosen = [pool[int(i)] for i in np.argsort(-s, kind="stable")[: self.new_per_round]]
             batch += [self._propose(a, 0) for a in chosen]
-        # Restore the pyramid, counting this round's entries.
+        # Restore the pyramid, counting this round's entries; an arch whose evaluation failed has left it.
+        failed = {arch_key(f.arch) for f in self.failures}
         for k in range(len(self.levels) - 1):
-            at_k = [key for key, lvl in self.level_of.items() if lvl >= k]
-            above = sum(1 for lvl in self.level_of.values() if lvl >= k + 1)
+            live = {key: lvl for key, lvl in self.level_of.items() if key not in failed}
+            at_k = [key for key, lvl in live.items() if lvl >= k]
+            above = sum(1 for lvl in live.values() if lvl >= k + 1)
             free = math.ceil(len(at_k) / self.eta) - above
-            paused = [key for key, lvl in self.level_of.items() if lvl == k and self._measured(key, k)]
+            paused = [key for key, lvl in live.items() if lvl == k and self._measured(key, k)]
             if free <= 0 or not paused:
                 continue
             if score is None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from lightning_nas.strategies.base import rank_key
-from lightning_nas.strategies.storage import DONE, TrialRecord
+from lightning_nas.strategies.storage import DONE, FAILED, TrialRecord
 
 __all__ = ["SearchResults", "pareto_mask"]
 
@@ -38,6 +40,9 @@ class SearchResults:
     """
 
     def __init__(self, records: Sequence[TrialRecord], *, objective: str, maximize: bool, full_fidelity: float) -> None:
+        if isinstance(full_fidelity, bool) or not isinstance(full_fidelity, numbers.Real) \
+                or not 0 < full_fidelity < math.inf:
+            raise ValueError(f"`full_fidelity` must be a positive finite number of epochs, got {full_fidelity!r}")
         self.records = list(records)
         self.objective = objective
         self.maximize = maximize
@@ -48,19 +53,28 @@ class SearchResults:
         """The finished trials."""
         return [r for r in self.records if r.state == DONE]
 
+    @property
+    def failed(self) -> list[TrialRecord]:
+        """The trials that produced no result (``error`` says why); never ranked."""
+        return [r for r in self.records if r.state == FAILED]
+
     def __len__(self) -> int:
         return len(self.done)
 
     @property
     def equivalent_evaluations(self) -> float:
-        """Epochs charged to finished trials divided by the epochs of one full evaluation."""
-        return float(sum(r.epochs for r in self.done) / self.full_fidelity)
+        """Epochs charged to finished and failed trials divided by the epochs of one full evaluation."""
+        return float(sum(r.epochs for r in self.records if r.state in (DONE, FAILED)) / self.full_fidelity)
 
     def rows(self) -> list[dict[str, Any]]:
         """One flat dict per finished trial (``number``, ``fidelity``, the arch's labels, every metric,
         ``feasible``, ``violation``, ``seconds``, ``equivalent_evaluations`` so far): ``pd.DataFrame(rows)``."""
         out, spent = [], 0.0
-        for r in self.done:
+        for r in self.records:
+            if r.state == FAILED:
+                spent += r.epochs / self.full_fidelity
+            if r.state != DONE:
+                continue
             spent += r.epochs / self.full_fidelity
             row = {"number": r.number, "fidelity": r.fidelity, **r.arch, **r.metrics}
             row.update(feasible=bool(r.violation <= 0.0), violation=r.violation, seconds=r.seconds,
@@ -74,36 +88,47 @@ class SearchResults:
 
         return pd.DataFrame(self.rows())
 
-    def best(self, fidelity: float | None = None) -> TrialRecord | None:
-        """The best finished trial by the objective (feasible first, then least violation), among those
-        at ``fidelity`` (default: the highest fidelity evaluated)."""
-        done = self.done
-        if not done:
-            return None
-        fidelity = max(r.fidelity for r in done) if fidelity is None else fidelity
-        at = [r for r in done if r.fidelity == fidelity]
-        return max(at, key=lambda r: rank_key(r.value, r.violation)) if at else None
-
-    def best_arch(self) -> dict[str, Any] | None:
-        best = self.best()
-        return None if best is None else dict(best.arch)
-
-    def pareto_front(self, costs: Sequence[str], fidelity: float | None = None) -> list[TrialRecord]:
-        """Trials not dominated in (objective, each cost in ``costs`` — costs minimised), among finished
-        trials at ``fidelity`` (default: the highest evaluated), sorted by the first cost.
-
-        Raises:
-            KeyError: a cost is not among a trial's metrics.
-        """
+    def _at(self, fidelity: float | None) -> list[TrialRecord]:
         done = self.done
         if not done:
             return []
         fidelity = max(r.fidelity for r in done) if fidelity is None else fidelity
-        at = [r for r in done if r.fidelity == fidelity]
+        return [r for r in done if r.fidelity == fidelity]
+
+    def best(self, fidelity: float | None = None) -> TrialRecord | None:
+        """The feasible finished trial with the best objective among those at ``fidelity`` (default: the
+        highest fidelity evaluated); ``None`` when none is feasible (:meth:`least_violating` then says
+        how close the search came)."""
+        feasible = [r for r in self._at(fidelity) if r.violation <= 0.0]
+        return max(feasible, key=lambda r: r.value) if feasible else None
+
+    def least_violating(self, fidelity: float | None = None) -> TrialRecord | None:
+        """The finished trial at ``fidelity`` (default: the highest) with the smallest constraint violation
+        (ties: the best objective); feasible when any is. ``None`` when nothing finished."""
+        at = self._at(fidelity)
+        return max(at, key=lambda r: rank_key(r.value, r.violation)) if at else None
+
+    def best_arch(self) -> dict[str, Any] | None:
+        """The arch of :meth:`best` (``None`` when no finished trial is feasible)."""
+        best = self.best()
+        return None if best is None else dict(best.arch)
+
+    def pareto_front(self, costs: Sequence[str], fidelity: float | None = None) -> list[TrialRecord]:
+        """Feasible trials not dominated in (objective, each cost in ``costs`` — costs minimised), among
+        finished trials at ``fidelity`` (default: the highest evaluated), sorted by the first cost.
+        A trial with a NaN cost is left out (it can neither dominate nor be dominated).
+
+        Raises:
+            KeyError: a cost is not among a trial's metrics.
+        """
+        at = [r for r in self._at(fidelity) if r.violation <= 0.0]
         for r in at:
             missing = [c for c in costs if c not in r.metrics]
             if missing:
                 raise KeyError(f"costs {missing} are not among the metrics {sorted(r.metrics)} of trial {r.number}")
+        at = [r for r in at if not any(math.isnan(r.metrics[c]) for c in costs)]
+        if not at:
+            return []
         points = np.array([[-r.value, *(r.metrics[c] for c in costs)] for r in at], dtype=np.float64)
         keep = pareto_mask(points)
         front = [r for r, k in zip(at, keep) if k]

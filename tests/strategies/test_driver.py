@@ -151,15 +151,17 @@ class FailOnce:
         return self.inner(arch, fidelity)
 
 
-def test_failed_evaluation_is_stored_and_retried(tmp_path: Path) -> None:
+def test_a_raising_evaluation_is_stored_as_failed_and_stops_the_search(tmp_path: Path) -> None:
     db = tmp_path / "search.db"
     evaluator = FailOnce()
     with pytest.raises(EvaluationError, match="trial 0 .* failed: RuntimeError: worker lost"):
         run_search(evolution(), evaluator, objective="accuracy", budget=Budget(evaluations=5), storage=db)
-    stored = SQLiteStorage(db).trials()
+    stored = SQLiteStorage(db, read_only=True).trials()
     assert stored[0].state == "failed" and "worker lost" in stored[0].error
+    # Resuming goes on after it (a failure is final, and spends the budget like any trial).
     results = run_search(evolution(), evaluator, objective="accuracy", budget=Budget(evaluations=5), storage=db)
-    assert [r.number for r in results.done] == [0, 1, 2, 3, 4]
+    assert [r.number for r in results.done] == [1, 2, 3, 4]
+    assert [r.number for r in results.failed] == [0] and results.failed[0].value is None
 
 
 def test_bad_arguments() -> None:
