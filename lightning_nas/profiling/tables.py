@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import errno
 import hashlib
 import json
 import logging
@@ -59,6 +60,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_nas.bilinear import BilinearTable
+from lightning_nas.io import read_json
 from lightning_nas.nn.choice import Choice
 from lightning_nas.nn.depth_choice import DepthChoice
 from lightning_nas.nn.export import export_subnet
@@ -497,6 +499,17 @@ def _atomic_copy(source: Path, target: Path) -> None:
         raise
 
 
+def _check_writable(path: Path) -> None:
+    # Checked before a build that can take minutes, not when its result is saved.
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"latency table path {str(path)!r} is a directory; give a .json file path")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"latency table path {str(path)!r}: {str(parent)!r} is a file, not a directory")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"latency table path {str(path)!r}: no permission to write in {str(parent)!r}")
+
+
 @keep_rng_state()
 def load_or_build(
     supernet: Supernet,
@@ -523,6 +536,7 @@ def load_or_build(
     """
     _check_supernet(supernet)
     path = Path(path)
+    _check_writable(path)
     reasons: list[str] = []
     if rebuild:
         reasons.append("rebuild requested")
@@ -530,13 +544,20 @@ def load_or_build(
         reasons.append("no table file yet")
     else:
         try:
-            table = BilinearTable.load(path, StagedSpace.of(supernet))
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError, OSError) as err:
-            reasons.append(f"cannot read it ({err})")
+            # Any content is possible in a file a user points at; whatever it is, it is kept as
+            # .bak and the reason logged, never a crash inside the parser.
+            table = BilinearTable.from_dict(read_json(path, "latency table"), StagedSpace.of(supernet))
+            if not np.isfinite(table.constant):
+                raise ValueError(f"its fixed part (constant) is {table.constant}, not a finite number of ms")
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as err:
+            reasons.append(f"cannot read it ({type(err).__name__}: {err})")
         else:
             if table.name != "latency":
                 reasons.append(f"it holds a {table.name!r} table, not latency")
-            reasons += stale_reasons(table.metadata, supernet, settings)
+            if not isinstance(table.metadata, Mapping):
+                reasons.append("its metadata is not an object")
+            else:
+                reasons += stale_reasons(table.metadata, supernet, settings)
             if not reasons:
                 log.info("latency table %s reused (same supernet, settings and device)", path)
                 return table

@@ -329,7 +329,8 @@ def device_info(settings: ProfileSettings) -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "machine": platform.machine(),
         "cpu_model": cpu_model(),
-        "torch_version": torch.__version__,
+        # A plain str: torch.__version__ is a TorchVersion, which weights_only checkpoint loading refuses.
+        "torch_version": str(torch.__version__),
     }
     if device.type == "cuda":
         info["cuda_version"] = torch.version.cuda
