@@ -8,10 +8,11 @@ resolution and normalises; the demo and the tests then split the result.
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import math
 
 import numpy as np
 import torch
@@ -19,6 +20,17 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 __all__ = ["digits_dataset", "gratings_dataset", "load_image_dataset", "split_dataset", "to_tensors"]
+
+
+def _int(name: str, value: Any, minimum: int) -> int:
+    # bool is an int subclass: True would silently mean 1.
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _looks_like_path(source: str) -> bool:
+    return os.sep in source or source.startswith((".", "~")) or (os.altsep is not None and os.altsep in source)
 
 
 def digits_dataset() -> Any:
@@ -46,16 +58,27 @@ def load_image_dataset(source: str, split: str = "train") -> Any:
     """
     import datasets
 
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"`source` must be 'digits', a directory or a Hugging Face dataset name, got {source!r}")
     if source == "digits":
         return digits_dataset()
-    path = Path(source)
-    if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-            loaded = datasets.load_from_disk(str(path))
+    path = Path(source).expanduser()
+    if path.is_file():
+        raise ValueError(f"dataset source {source!r} is a file; give a directory (save_to_disk output or class "
+                         "sub-folders of images), 'digits' or a Hugging Face dataset name")
+    if not path.exists() and _looks_like_path(source):
+        raise FileNotFoundError(f"dataset directory {source!r} does not exist")
+    try:
+        if path.is_dir():
+            if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+                loaded = datasets.load_from_disk(str(path))
+            else:
+                loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
         else:
-            loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
-    else:
-        loaded = datasets.load_dataset(source)
+            loaded = datasets.load_dataset(source)
+    except (FileNotFoundError, ValueError, ConnectionError, OSError, datasets.exceptions.DatasetNotFoundError) as err:
+        kind = "directory" if path.is_dir() else "Hugging Face dataset name (no local directory of that name)"
+        raise ValueError(f"cannot load dataset {source!r} as a {kind}: {type(err).__name__}: {err}") from err
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise ValueError(f"`split` {split!r} is not in {source!r}; its splits are {sorted(loaded)!r}")
@@ -93,10 +116,11 @@ def to_tensors(
     Grey images are repeated to 3 channels (and colour images averaged to 1) as ``channels`` asks;
     resizing is bilinear. Returns the dataset and the number of classes.
     """
-    if channels not in (1, 3):
-        raise ValueError(f"`channels` must be 1 or 3, got {channels}")
-    if image_size < 1:
-        raise ValueError(f"`image_size` must be a positive int, got {image_size}")
+    if isinstance(channels, bool) or channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 or 3, got {channels!r}")
+    image_size = _int("image_size", image_size, 1)
+    if len(ds) == 0:
+        raise ValueError("`ds` holds no examples; nothing to convert")
     image_col = _column(ds, image_column, "image", ("image", "img", "pixel_values"))
     label_col = _column(ds, label_column, "label", ("label", "labels", "target"))
     batches = []
@@ -113,12 +137,24 @@ def to_tensors(
 
 
 def split_dataset(ds: TensorDataset, fractions: tuple[float, ...], seed: int = 0) -> list[TensorDataset]:
-    """Shuffle (seeded) and split into consecutive parts of the given fractions (summing to 1)."""
-    if any(f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
-        raise ValueError(f"`fractions` must be positive and sum to 1, got {fractions}")
+    """Shuffle (seeded) and split into consecutive parts of the given fractions (summing to 1).
+
+    Raises:
+        ValueError: ``fractions`` empty, not finite positive numbers summing to 1, or a part would
+            be empty; ``seed`` not an int >= 0.
+    """
+    if not isinstance(fractions, Sequence) or isinstance(fractions, str) or not fractions or any(
+            isinstance(f, bool) or not isinstance(f, (int, float, np.integer, np.floating)) or not math.isfinite(f) or f <= 0
+            for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(f"`fractions` must be positive finite numbers that sum to 1, such as (0.6, 0.2, 0.2); got {fractions!r}")
+    seed = _int("seed", seed, 0)
     n = len(ds)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     bounds = np.round(np.cumsum((0,) + tuple(fractions)) * n).astype(int)
+    sizes = np.diff(bounds).tolist()
+    if min(sizes) < 1:
+        raise ValueError(f"`fractions` {tuple(fractions)} of {n} examples leave an empty part (sizes {sizes}); "
+                         "use fewer or larger parts, or more data")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return [TensorDataset(*(t[order[a:b]] for t in ds.tensors)) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
@@ -130,6 +166,12 @@ def gratings_dataset(
     Frequency, phase and colour vary per image and Gaussian noise (std ``noise``) is added, so the
     task needs a real feature extractor but is learned in a few CPU epochs.
     """
+    n = _int("n", n, 1)
+    num_classes = _int("num_classes", num_classes, 2)
+    image_size = _int("image_size", image_size, 1)
+    seed = _int("seed", seed, 0)
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
+        raise ValueError(f"`noise` must be a finite number >= 0 (a standard deviation), got {noise!r}")
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(num_classes, (n,), generator=g)
     angle = (labels.float() + 0.3 * torch.rand(n, generator=g) - 0.15) * math.pi / num_classes

@@ -55,3 +55,46 @@ def test_bad_columns():
     ds = digits_dataset().select(range(4))
     with pytest.raises(ValueError, match="`image_column` 'pixels' is not a column"):
         to_tensors(ds, 8, image_column="pixels")
+
+
+# -- bad arguments are refused by name, before any work ----------------------------------------
+from lightning_nas.data import gratings_dataset  # noqa: E402
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [
+    ({"n": -1}, "`n`"), ({"n": True}, "`n`"), ({"n": 4, "num_classes": 0}, "`num_classes`"),
+    ({"n": 4, "image_size": 0}, "`image_size`"), ({"n": 4, "noise": float("nan")}, "`noise`"),
+    ({"n": 4, "noise": -1.0}, "`noise`"), ({"n": 4, "seed": "a"}, "`seed`"),
+])
+def test_gratings_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        gratings_dataset(**kwargs)
+
+
+@pytest.mark.parametrize("fractions", [(0.5, 0.6), (float("nan"), 1.0), (-0.5, 1.5), (True,), (), "1", (0.9, 0.1)])
+def test_split_fractions(fractions):
+    data = torch.utils.data.TensorDataset(torch.arange(4.0))
+    with pytest.raises(ValueError, match="`fractions`"):
+        split_dataset(data, fractions)
+
+
+def test_split_seed():
+    with pytest.raises(ValueError, match="`seed`"):
+        split_dataset(torch.utils.data.TensorDataset(torch.arange(10.0)), (0.5, 0.5), seed="a")
+
+
+@pytest.mark.parametrize("image_size", [True, 15.5, 0])
+def test_to_tensors_image_size(image_size):
+    with pytest.raises(ValueError, match="`image_size`"):
+        to_tensors(digits_dataset().select(range(2)), image_size)
+
+
+def test_missing_empty_and_file_sources_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no_such_dir"):
+        load_image_dataset(str(tmp_path / "no_such_dir"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        load_image_dataset(str(tmp_path / "empty"))
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="notes.txt.*is a file"):
+        load_image_dataset(str(tmp_path / "notes.txt"))
