@@ -301,7 +301,10 @@ class SQLiteStorage(Storage):
                 db.execute("BEGIN IMMEDIATE")
 
             def __exit__(self_inner, exc_type, exc, tb):
-                db.execute("ROLLBACK" if exc_type else "COMMIT")
+                if not exc_type:
+                    db.execute("COMMIT")
+                elif db.in_transaction:  # SQLite already rolled back after some errors (a full disk)
+                    db.execute("ROLLBACK")
                 return False
 
         return _Tx()

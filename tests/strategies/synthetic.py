@@ -67,3 +67,35 @@ class WhereEvaluator(SyntheticEvaluator):
         import os
 
         return {**super().__call__(arch, fidelity), "pid": float(os.getpid())}
+
+
+class FlakyEvaluator(SyntheticEvaluator):
+    """The synthetic evaluator with a NaN objective when ``l0 == 0`` and +inf when ``l0 == 1 and l1 == 0``."""
+
+    def __call__(self, arch: dict[str, Any], fidelity: float) -> dict[str, float]:
+        out = super().__call__(arch, fidelity)
+        if int(arch["l0"]) == 0:
+            out["accuracy"] = math.nan
+        elif int(arch["l0"]) == 1 and int(arch["l1"]) == 0:
+            out["accuracy"] = math.inf
+        return out
+
+
+class HangingEvaluator(SyntheticEvaluator):
+    """Hangs forever when ``l0 == 1`` (after starting a ``sleep`` child whose pid goes to ``pid_dir``)."""
+
+    def __init__(self, pid_dir: str) -> None:
+        super().__init__()
+        self.pid_dir = pid_dir
+
+    def __call__(self, arch: dict[str, Any], fidelity: float) -> dict[str, float]:
+        if int(arch["l0"]) == 1:
+            import os
+            import subprocess
+
+            child = subprocess.Popen(["sleep", "600"])
+            with open(os.path.join(self.pid_dir, f"{child.pid}.pid"), "w"):
+                pass
+            while True:
+                time.sleep(1)
+        return super().__call__(arch, fidelity)

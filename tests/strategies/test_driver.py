@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from lightning_nas.strategies.results import pareto_mask
 from lightning_nas.strategies.storage import SQLiteStorage
 
 sys.path.insert(0, str(Path(__file__).parent))
-from synthetic import SyntheticEvaluator, synthetic_space  # noqa: E402
+from synthetic import FlakyEvaluator, HangingEvaluator, SyntheticEvaluator, synthetic_space  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -273,14 +274,60 @@ def _all_strategies():
 
 
 @pytest.mark.parametrize("name", ["random", "evolution", "layernas", "bo", "rank_nosh"])
-def test_every_strategy_resumes_from_sqlite_exactly(name: str, tmp_path: Path) -> None:
-    make = _all_strategies()[name]
-    evaluator = SyntheticEvaluator()
+def test_every_strategy_resumes_from_sqlite_exactly_and_never_ranks_nan_or_inf(name: str, tmp_path: Path) -> None:
+    # NaN / inf objectives on some archs: those trials fail (told to the strategy, never ranked), the search goes on.
+    make, evaluator = _all_strategies()[name], FlakyEvaluator()
     straight = run_search(make(), evaluator, objective="accuracy", budget=Budget(evaluations=14))
+    assert straight.failed, "the flaky evaluator should have failed some trial"
+    for r in straight.failed:
+        assert r.value is None and r.error in ("objective 'accuracy' is nan (not a finite number)",
+                                               "objective 'accuracy' is inf (not a finite number)")
+    assert len(straight.done) + len(straight.failed) == len(straight.records) == 14
+    assert all(math.isfinite(r.value) for r in straight.done)
+    assert math.isfinite(straight.best().value) and straight.best().state == "done"
+    assert all(r.state == "done" for r in straight.pareto_front(["cost"]))
     db = tmp_path / f"{name}.db"
     run_search(make(), evaluator, objective="accuracy", budget=Budget(evaluations=7), storage=db)
     resumed = run_search(make(), evaluator, objective="accuracy", budget=Budget(evaluations=14), storage=db)
-    assert [(r.arch, r.fidelity) for r in resumed.done] == [(r.arch, r.fidelity) for r in straight.done]
+    assert [(r.arch, r.fidelity, r.state) for r in resumed.records] == \
+        [(r.arch, r.fidelity, r.state) for r in straight.records]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("n_workers", [1, 2])
+def test_a_hung_evaluation_is_killed_at_the_trial_timeout_and_the_search_goes_on(n_workers: int, tmp_path: Path) -> None:
+    start = time.perf_counter()
+    results = run_search(RandomSearch(synthetic_space(), seed=0), HangingEvaluator(str(tmp_path)),
+                         objective="accuracy", budget=Budget(evaluations=8), trial_timeout=0.5, n_workers=n_workers,
+                         storage=tmp_path / "s.db")
+    assert time.perf_counter() - start < 8
+    hung = [r for r in results.records if r.arch["l0"] == 1]
+    assert hung and all(r.state == "failed" and r.error.startswith("TrialTimeout: timed out after 0.5 s") for r in hung)
+    assert len(results.done) == 8 - len(hung) and all(r.arch["l0"] != 1 for r in results.done)
+    started = [int(p.stem) for p in tmp_path.glob("*.pid")]
+    assert len(started) == len(hung)
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in started), "what the hung evaluation started was not killed"
+
+
+def test_trial_timeout_arguments_and_errors_in_the_child() -> None:
+    with pytest.raises(ValueError, match="`trial_timeout` cannot be combined with `executor`"):
+        run_search(evolution(), SyntheticEvaluator(), objective="accuracy", budget=Budget(evaluations=1),
+                   trial_timeout=1.0, executor=ThreadPoolExecutor(1))
+    with pytest.raises(ValueError, match=r"`trial_timeout` \(seconds\) must be a positive finite number, got nan"):
+        run_search(evolution(), SyntheticEvaluator(), objective="accuracy", budget=Budget(evaluations=1),
+                   trial_timeout=math.nan)
+    with pytest.raises(EvaluationError, match="RuntimeError: worker lost"):
+        run_search(evolution(), FailOnce(), objective="accuracy", budget=Budget(evaluations=2), trial_timeout=5.0)
 
 
 class Greedy(Strategy):
