@@ -25,6 +25,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,13 +34,13 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from lightning_nas.bilinear import BilinearTable
+from lightning_nas.bilinear import BilinearTable, _structure
 from lightning_nas.estimators.block_performance import BlockPerformance
 from lightning_nas.nn.depth_choice import DepthChoice
 from lightning_nas.nn.export import export_subnet
 from lightning_nas.nn.op_choice import OpChoice
 from lightning_nas.solvers.problem import Limit, SearchResult
-from lightning_nas.spaces.staged import Stage, StagedSpace
+from lightning_nas.spaces.staged import Stage, StagedSpace, structure_difference
 from lightning_nas.supernet import Supernet
 
 __all__ = ["DynamicNetwork", "SwitchReport", "pareto_blocks"]
@@ -101,6 +102,21 @@ def pareto_blocks(criteria: list[tuple[np.ndarray, int]], k: int, exists: np.nda
     return keep
 
 
+def _check_same_structure(table: BilinearTable, staged: StagedSpace, what: str) -> None:
+    difference = structure_difference(_structure(table.staged), _structure(staged), names=("the table", "the objective"))
+    if difference:
+        raise ValueError(f"{what} table {table.name!r} was made for another space than the objective's: {difference}")
+
+
+def _check_budget(budget: Any) -> None:
+    # Checked here, not inside a solver: a NaN bound or a string would otherwise fail deep in Pyomo.
+    if not isinstance(budget, Mapping):
+        raise ValueError(f"`budget` must be a mapping {{resource: upper bound}}, got {type(budget).__name__}")
+    for name, value in budget.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
+            raise ValueError(f"`budget` bound of {name!r} must be a finite number, got {value!r}")
+
+
 def _key(s: int, b: int, c: int) -> str:
     return f"stage{s}_block{b}_config{c}"
 
@@ -158,6 +174,16 @@ class DynamicNetwork(nn.Module):
         resources = [resources] if isinstance(resources, BilinearTable) else list(resources)
         if not resources or not all(isinstance(r, BilinearTable) for r in resources):
             raise ValueError("`resources` must be one BilinearTable or a non-empty list of them (latency, energy, ...)")
+        for table in resources:
+            _check_same_structure(table, full, "`resources`")
+        if isinstance(blocks_per_node, bool) or not isinstance(blocks_per_node, (int, np.integer)) or blocks_per_node < 1:
+            raise ValueError(f"`blocks_per_node` must be an int >= 1, got {blocks_per_node!r}")
+        if isinstance(objective, BlockPerformance):
+            from lightning_nas.solvers.fractional import FRACTIONAL_METHODS
+
+            if method not in FRACTIONAL_METHODS:
+                raise ValueError(f"`method` must be one of {FRACTIONAL_METHODS}, got {method!r}")
+        _check_budget(budget or {})
         if full.shared_labels:
             raise ValueError(
                 f"DynamicNetwork swaps one block's module at a time, but decisions {full.shared_labels!r} are read by several "
@@ -165,6 +191,7 @@ class DynamicNetwork(nn.Module):
             )
         self._keep = pareto_blocks(criteria + [(r.block, -1) for r in resources], int(blocks_per_node), full.config_exists())
         self.staged = _restricted_space(full, self._keep)
+        self._full = full
         self._objective = objective
         self._resources = {r.name: _restrict(r, self.staged, self._keep) for r in resources}
         self.solver, self.method = solver, method
@@ -240,6 +267,7 @@ class DynamicNetwork(nn.Module):
         ``method`` overrides the fractional method for this call; ``options`` go to the solver
         (``time_limit``...). ``result.solve_seconds`` is the wall time of the search.
         """
+        _check_budget(budget)
         unknown = sorted(set(budget) - set(self._resources))
         if unknown:
             raise ValueError(f"`budget` names unknown resources {unknown}; budgeted resources: {sorted(self._resources)}")
@@ -307,8 +335,11 @@ class DynamicNetwork(nn.Module):
         """
         if resources is not None:
             for table in [resources] if isinstance(resources, BilinearTable) else resources:
+                if not isinstance(table, BilinearTable):
+                    raise ValueError(f"`resources` must be BilinearTables, got {type(table).__name__}")
                 if table.name not in self._resources:
                     raise ValueError(f"`resources` table {table.name!r} was not budgeted at construction: {sorted(self._resources)}")
+                _check_same_structure(table, self._full, "`resources`")
                 self._resources[table.name] = _restrict(table, self.staged, self._keep)
         result = self.solve(budget)
         self._budget = dict(budget)

@@ -123,3 +123,40 @@ def test_opchoice_nodes_are_swapped_by_attribute():
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert torch.allclose(dynamic(x), supernet.export(report.arch)(x), atol=1e-6)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"blocks_per_node": True}, "`blocks_per_node` must be an int"),
+    ({"blocks_per_node": 2.5}, "`blocks_per_node` must be an int"),
+    ({"budget": {"latency": float("nan")}}, "bound of 'latency' must be a finite number"),
+    ({"budget": {"latency": "fast"}}, "bound of 'latency' must be a finite number"),
+    ({"budget": [("latency", 3.0)]}, "`budget` must be a mapping"),
+    ({"method": "newton"}, "`method` must be one of"),
+])
+def test_bad_arguments_are_named(setup, kwargs, match):
+    supernet, staged, perf, latency = setup
+    args = {"budget": {"latency": 100.0}, "blocks_per_node": 2}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        DynamicNetwork(supernet, perf, latency, args.pop("budget"), **args)
+
+
+def test_set_budget_checks_bounds_and_tables(setup):
+    supernet, staged, perf, latency = setup
+    dynamic = DynamicNetwork(supernet, perf, latency, {"latency": 100.0}, blocks_per_node=2)
+    arch = dict(dynamic.arch)
+    with pytest.raises(ValueError, match="bound of 'latency' must be a finite number"):
+        dynamic.set_budget({"latency": float("inf")})
+    other = nodes_as_stage(ln.SearchSpace([ln.spaces.Decision("x", (1, 2), 1)]))
+    foreign = BilinearTable(other, 1.0, np.ones((1, 1, 2)), name="latency")
+    with pytest.raises(ValueError, match="another space.*labels only in the table"):
+        dynamic.set_budget({"latency": 100.0}, foreign)
+    assert dynamic.arch == arch
+
+
+def test_resources_of_another_space_are_named(setup):
+    supernet, staged, perf, latency = setup
+    other = nodes_as_stage(ln.SearchSpace([ln.spaces.Decision("x", (1, 2), 1)]))
+    foreign = BilinearTable(other, 1.0, np.ones((1, 1, 2)), name="latency")
+    with pytest.raises(ValueError, match="`resources` table 'latency' was made for another space"):
+        DynamicNetwork(supernet, perf, foreign, {"latency": 100.0}, blocks_per_node=2)

@@ -563,14 +563,15 @@ class StagedSpace:
         )
 
 
-def structure_difference(stored: Any, current: Any, *, limit: int = 6) -> str:
+def structure_difference(stored: Any, current: Any, *, limit: int = 6, names: tuple[str, str] = ("the file", "this space")) -> str:
     """What differs between two stage structures as files store them (a list of ``{"depth_label",
     "depths", "block_labels", "configs"}`` per stage): labels only in one of them first, then stage
     by stage (depth options, block positions, configurations). ``""`` when they are equal.
 
     Used to say *why* a table or block-performance file does not fit a space, instead of reporting
-    the first label the other space lacks.
+    the first label the other space lacks. ``names`` call the two sides in the message.
     """
+    one, two = names
     def labels(structure: Any) -> list[str]:
         out: list[str] = []
         for st in structure if isinstance(structure, list) else []:
@@ -585,7 +586,7 @@ def structure_difference(stored: Any, current: Any, *, limit: int = 6) -> str:
     if stored == current:
         return ""
     if not isinstance(stored, list) or not all(isinstance(st, Mapping) for st in stored):
-        return "the stored structure is malformed (expected a list of stages)"
+        return f"the structure in {one} is malformed (expected a list of stages)"
     mine, theirs = labels(stored), labels(current)
     only_stored = [lab for lab in mine if lab not in theirs]
     only_current = [lab for lab in theirs if lab not in mine]
@@ -595,13 +596,13 @@ def structure_difference(stored: Any, current: Any, *, limit: int = 6) -> str:
 
     notes = []
     if only_stored:
-        notes.append(f"labels only in the file: {clip(only_stored)}")
+        notes.append(f"labels only in {one}: {clip(only_stored)}")
     if only_current:
-        notes.append(f"labels only in this space: {clip(only_current)}")
+        notes.append(f"labels only in {two}: {clip(only_current)}")
     if notes:
         return "; ".join(notes)
     if len(stored) != len(current):
-        return f"{len(stored)} stages in the file, {len(current)} in this space"
+        return f"{len(stored)} stages in {one}, {len(current)} in {two}"
     for s, (a, b) in enumerate(zip(stored, current)):
         name = a.get("depth_label") or f"stage {s}"
         for key, what in (("depths", "depth options"), ("block_labels", "blocks (labels per block)"),
@@ -611,6 +612,6 @@ def structure_difference(stored: Any, current: Any, *, limit: int = 6) -> str:
                     for k, (x, y) in enumerate(zip(a.get(key) or [], b.get(key) or [])):
                         if x != y:
                             return (f"{name}: block {k} ({', '.join(map(str, (b.get('block_labels') or [[]])[k]))}) has "
-                                    f"configurations {clip(x)} in the file, {clip(y)} in this space")
-                return f"{name}: {what} {clip(a.get(key) or [])} in the file, {clip(b.get(key) or [])} in this space"
+                                    f"configurations {clip(x)} in {one}, {clip(y)} in {two}")
+                return f"{name}: {what} {clip(a.get(key) or [])} in {one}, {clip(b.get(key) or [])} in {two}"
     return "the stage structures differ"
