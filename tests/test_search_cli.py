@@ -1,6 +1,7 @@
 """``lightning-nas search`` on a synthetic NB201-format table: runs, resumes, rejects bad input."""
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,3 +50,46 @@ def test_bad_input_is_a_clear_error(table, tmp_path, capsys):
     with pytest.raises(argparse.ArgumentTypeError, match="COLUMN<=VALUE"):
         parse_constraint("flops < 3")
     assert parse_constraint("lat>=2.5").lower == 2.5
+
+
+def search_args(table, db, *extra):
+    return ["search", "--table", str(table), "--strategy", "random", "--budget", "2", "--storage", str(db), *extra]
+
+
+def test_unreachable_constraints_are_refused_with_the_closest_arch(table, tmp_path, capsys):
+    for constraint in (["lat_ms_pixel3<=0.0001"], ["c10_flops_M>=20", "c10_flops_M<=10"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(search_args(table, tmp_path / "x.db", *(a for c in constraint for a in ("--constraint", c))))
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert f"no architecture of the table meets {' and '.join(sorted(constraint, key=lambda c: '<' in c))}" in err
+        assert "the closest has" in err and "violation" in err and "Traceback" not in err
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_no_feasible_arch_found_is_reported_and_exits_1(table, tmp_path, capsys):
+    # Only op code 000000 has c10_flops_M <= 1 in this table: two random proposals miss it.
+    assert main(search_args(table, tmp_path / "s.db", "--constraint", "c10_flops_M<=1")) == 1
+    out = capsys.readouterr().out
+    assert "no feasible architecture found in 2 trials: none meets c10_flops_M<=1" in out
+    assert "least violating: |" in out and "violation" in out and "best by validation" not in out
+
+
+def test_bad_values_and_storages_are_one_line_errors(table, tmp_path, capsys):
+    for constraint, reason in (("lat<=1e999", "must be a finite number, got '1e999'"),
+                               ("lat>=nan", "must be a finite number, got 'nan'"),
+                               ("lat<=1e5e5", "must be a number, got '1e5e5'")):
+        with pytest.raises(argparse.ArgumentTypeError, match=reason):
+            parse_constraint(constraint)
+    with pytest.raises(SystemExit):
+        main(search_args(table, tmp_path / "x.db", "--trial-timeout", "0"))
+    assert "positive finite number of seconds, got '0'" in capsys.readouterr().err
+    storages = [(tmp_path, "is a directory")]
+    if Path("/sys").is_dir():
+        storages.append((Path("/sys/s.db"), "cannot write the storage '/sys/s.db'"))
+    for storage, reason in storages:
+        with pytest.raises(SystemExit) as exit_:
+            main(search_args(table, storage))
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert reason in err and "Traceback" not in err
