@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_nas.bilinear import BilinearTable
+from lightning_nas.callbacks._checks import check_not_empty, check_supernet_path, is_int, plain_state, require_finite
 from lightning_nas.estimators.block_performance import (
     BlockPerformance,
     estimate_block_performance,
@@ -73,8 +74,17 @@ class BlockPerformanceEstimation(Callback):
             raise ValueError(f"`flops` must be a FLOPs BilinearTable or an input size (C, H, W) of positive ints, got {flops!r}")
         if method not in METHODS:
             raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
-        if not isinstance(num_hosts, int) or isinstance(num_hosts, bool) or num_hosts < 1:
+        if not is_int(num_hosts, 1):
             raise ValueError(f"`num_hosts` must be a positive int, got {num_hosts!r}")
+        if not is_int(seed, 0):
+            raise ValueError(f"`seed` must be a non-negative int, got {seed!r}")
+        if reference is not None and not isinstance(reference, Mapping) and reference not in ("first", "last"):
+            raise ValueError(f"`reference` must be an arch dict, 'first', 'last' or None, got {reference!r}")
+        if tables is not None and (not isinstance(tables, Mapping) or not all(isinstance(t, BilinearTable) for t in tables.values())):
+            raise ValueError(f"`tables` must be a dict {{name: BilinearTable}} or None, got {tables!r}")
+        if batch_to_xy is not None and not callable(batch_to_xy):
+            raise ValueError(f"`batch_to_xy` must be callable(batch) -> (inputs, labels) or None, got {batch_to_xy!r}")
+        check_supernet_path(supernet, ValueError)
         self.held_out, self.flops, self.method = held_out, flops, method
         self.num_hosts, self.seed, self.reference = num_hosts, seed, reference
         self.tables = dict(tables or {})
@@ -101,6 +111,15 @@ class BlockPerformanceEstimation(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._supernet = find_supernet(pl_module, self.supernet_path)
         self._staged = StagedSpace.of(self._supernet)
+        if isinstance(self.reference, Mapping):
+            try:  # now, not when training has ended
+                self._supernet.space.validate(self.reference)
+            except ValueError as err:
+                raise ValueError(f"BlockPerformanceEstimation: `reference` is not an architecture of the supernet: {err}") from err
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Now, not when the estimate at the end of training finds nothing to measure.
+        check_not_empty(self.held_out, "BlockPerformanceEstimation", "held_out", peek=True)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.estimate(pl_module, is_global_zero=trainer.is_global_zero)
@@ -109,6 +128,7 @@ class BlockPerformanceEstimation(Callback):
         """Estimate now (the hook calls this at the end of training)."""
         if self._supernet is None:
             self.setup(None, pl_module, "fit")  # type: ignore[arg-type]
+        require_finite(pl_module, "BlockPerformanceEstimation", "block performances measured on it")
         flops = self.flops
         if not isinstance(flops, BilinearTable):
             from lightning_nas.profiling.tables import build_flops_table
@@ -128,8 +148,8 @@ class BlockPerformanceEstimation(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         performance = self.performance
-        return {"method": self.method, "seed": self.seed,
-                "performance": None if performance is None else performance.to_dict()}
+        return plain_state({"method": self.method, "seed": self.seed,
+                            "performance": None if performance is None else performance.to_dict()}, "BlockPerformanceEstimation state")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending = state_dict.get("performance")

@@ -12,6 +12,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lightning_nas.bilinear import BilinearTable
+from lightning_nas.callbacks._checks import check_not_empty, check_supernet_path, plain_state, require_finite
 from lightning_nas.estimators.contributions import (
     METHODS, SHRINKAGE, check_estimator_options, check_paired, check_score, estimate_contributions, make_accumulator, score_name,
 )
@@ -107,6 +108,10 @@ class ContributionEstimation(Callback):
         check_paired(paired, method, passes)
         check_estimator_options(method, passes, paired, shrinkage, fit, allocation, pilot_passes)
         score = check_score(score)
+        for name, fn in (("batch_to_xy", batch_to_xy), ("forward", forward)):
+            if fn is not None and not callable(fn):
+                raise ValueError(f"`{name}` must be callable or None, got {fn!r}")
+        check_supernet_path(supernet, ValueError)
         if every_n_epochs is None and not at_end:
             raise ValueError("`every_n_epochs=None` with `at_end=False` would never estimate; set one of them")
         self.held_out = held_out
@@ -149,6 +154,10 @@ class ContributionEstimation(Callback):
         self._supernet = find_supernet(pl_module, self.supernet_path)
         self._staged = StagedSpace.of(self._supernet)
 
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Now, not when the first estimate finds nothing to measure (at the end of training).
+        check_not_empty(self.held_out, "ContributionEstimation", "held_out", peek=True)
+
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.every_n_epochs is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
@@ -168,17 +177,36 @@ class ContributionEstimation(Callback):
     def _estimate(self, trainer: Trainer, pl_module: LightningModule) -> BilinearTable:
         if self._supernet is None:
             self.setup(trainer, pl_module, "fit")
+        # A diverged network scores every example alike (argmax of NaN logits): a finite-looking table of noise.
+        require_finite(pl_module, "ContributionEstimation", "an accuracy table estimated from it")
         forward = self.forward
+        model_forward = (lambda x: forward(pl_module, x)) if forward else pl_module
+        non_finite: list[torch.Tensor] = []
+
+        def checked_forward(x: Any) -> Any:
+            logits = model_forward(x)
+            if isinstance(logits, torch.Tensor) and logits.is_floating_point():
+                # Kept on the device and read once at the end: no host sync per batch.
+                non_finite.append(~torch.isfinite(logits).all())
+            return logits
+
         accumulator = make_accumulator(
             self._staged, fit=self.fit, shrinkage=self.shrinkage, metadata={"epoch": trainer.current_epoch, "global_step": trainer.global_step}
         )
         table = estimate_contributions(
             self._supernet, self.held_out, method=self.method, passes=self.passes, seed=self.seed,
-            batch_to_xy=self.batch_to_xy, forward=(lambda x: forward(pl_module, x)) if forward else pl_module,
-            model=pl_module, rank=trainer.global_rank, world_size=trainer.world_size, accumulator=accumulator,
+            batch_to_xy=self.batch_to_xy, forward=checked_forward, model=pl_module, rank=trainer.global_rank, world_size=trainer.world_size, accumulator=accumulator,
             staged=self._staged, paired=self.paired, score=self.score, fit=self.fit, allocation=self.allocation,
             pilot_passes=self.pilot_passes,
         )
+        bad = torch.stack(non_finite).any().float() if non_finite else torch.zeros((), device=pl_module.device)
+        if trainer.world_size > 1:  # every rank saw other batches: all must agree to raise, or the others hang
+            bad = trainer.strategy.reduce(bad.to(pl_module.device), reduce_op="sum")
+        if float(bad) > 0:
+            raise FloatingPointError(
+                "ContributionEstimation: the network gave NaN or infinite logits on held-out batches (though its weights "
+                "are finite: an overflow, in half precision say), so the accuracy table would be meaningless"
+            )
         self._table, self._pending, self._last_step = table, None, trainer.global_step
         self.history.append({
             "epoch": trainer.current_epoch, "global_step": trainer.global_step,
@@ -191,7 +219,7 @@ class ContributionEstimation(Callback):
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         table = self.accuracy_model
-        return {
+        return plain_state({
             "method": self.method,
             "seed": self.seed,
             "passes": self.passes,
@@ -200,7 +228,7 @@ class ContributionEstimation(Callback):
             "history": list(self.history),
             "last_step": self._last_step,
             "accuracy_model": table.to_dict() if table is not None else self._pending,
-        }
+        }, "ContributionEstimation state")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("seed", self.seed) != self.seed:

@@ -28,6 +28,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import Dataset, default_collate
 
+from lightning_nas.callbacks._checks import check_supernet_path, is_float, is_int, plain_state, require_finite
 from lightning_nas.differentiable.bilevel import LossFn, arch_gradient, cross_entropy_loss
 from lightning_nas.differentiable.relaxation import DirichletRelaxation, SoftmaxRelaxation
 from lightning_nas.differentiable.selection import magnitude_selection
@@ -92,19 +93,28 @@ class DartsSearch(Callback):
     ) -> None:
         if not hasattr(arch_data, "__getitem__") or not hasattr(arch_data, "__len__") or len(arch_data) == 0:
             raise MisconfigurationException(f"`arch_data` must be a non-empty map-style Dataset, got {type(arch_data).__name__}")
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not is_int(batch_size, 1):
             raise MisconfigurationException(f"`batch_size` must be a positive int, got {batch_size!r}")
-        if order not in (1, 2):
+        if not is_int(order, 1) or order not in (1, 2):
             raise MisconfigurationException(f"`order` must be 1 or 2, got {order!r}")
         for name, value in (("lr", lr), ("weight_decay", weight_decay), ("init_std", init_std)):
-            if not isinstance(value, (int, float)) or value < 0:
-                raise MisconfigurationException(f"`{name}` must be a non-negative float, got {value!r}")
-        if unrolled_lr is not None and not unrolled_lr >= 0:
-            raise MisconfigurationException(f"`unrolled_lr` must be a non-negative float or None, got {unrolled_lr!r}")
-        if not isinstance(start_epoch, int) or start_epoch < 0:
+            if not is_float(value, 0.0):
+                raise MisconfigurationException(f"`{name}` must be a finite, non-negative float, got {value!r}")
+        if not isinstance(betas, Sequence) or len(betas) != 2 or not all(is_float(b, 0.0, 1.0) and b < 1 for b in betas):
+            raise MisconfigurationException(f"`betas` must be a pair of floats in [0, 1), got {betas!r}")
+        if unrolled_lr is not None and not is_float(unrolled_lr, 0.0):
+            raise MisconfigurationException(f"`unrolled_lr` must be a finite, non-negative float or None, got {unrolled_lr!r}")
+        if loss_fn is not None and not callable(loss_fn):
+            raise MisconfigurationException(f"`loss_fn` must be callable(pl_module, batch) -> Tensor or None, got {loss_fn!r}")
+        if not is_int(start_epoch, 0):
             raise MisconfigurationException(f"`start_epoch` must be a non-negative int, got {start_epoch!r}")
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        if not is_int(seed, 0):
             raise MisconfigurationException(f"`seed` must be a non-negative int, got {seed!r}")
+        if monitor is not None and not isinstance(monitor, str):
+            raise MisconfigurationException(f"`monitor` must be a logged metric's name (str) or None, got {monitor!r}")
+        if not isinstance(log_alpha, bool):
+            raise MisconfigurationException(f"`log_alpha` must be a bool, got {log_alpha!r}")
+        check_supernet_path(supernet, MisconfigurationException)
         self.arch_data = arch_data
         self.batch_size = min(batch_size, len(arch_data))
         self.order = order
@@ -118,6 +128,7 @@ class DartsSearch(Callback):
         self.log_alpha = log_alpha
         self.supernet_path = supernet
         self.steps = 0  # α steps taken (restored on resume; indexes the batch stream)
+        self.skipped_steps = 0  # of those, steps whose α gradient was NaN or infinite, so α was left as it was
         self.history: list[dict[str, Any]] = []
         self.relaxation: SoftmaxRelaxation | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -203,6 +214,18 @@ class DartsSearch(Callback):
         if trainer.world_size > 1:
             flat = trainer.strategy.reduce(torch.cat([g.flatten() for g in grads]), reduce_op="mean")
             grads = list(torch.split(flat, [g.numel() for g in grads]))
+        # Every rank holds the reduced gradient, so every rank skips alike. A skipped step still counts
+        # in `steps` (it indexes the batch stream): a resumed run takes the same batches.
+        if not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            self.skipped_steps += 1
+            if self.skipped_steps & (self.skipped_steps - 1) == 0:  # 1, 2, 4, 8...: a trend, not a flood
+                rank_zero_warn(
+                    f"{type(self).__name__}: the architecture gradient is NaN or infinite at α step {self.steps} (epoch "
+                    f"{trainer.current_epoch}); α left unchanged ({self.skipped_steps} step(s) skipped so far). A NaN loss: "
+                    "lower the learning rates or clip gradients"
+                )
+            self.steps += 1
+            return
         self.optimizer.zero_grad(set_to_none=True)
         for alpha, grad in zip(self.relaxation.alpha, grads):
             alpha.grad = grad.view_as(alpha).detach().clone()
@@ -212,22 +235,32 @@ class DartsSearch(Callback):
 
     # -- results -----------------------------------------------------------------------------
     def select(self, exclude: Sequence[Any] = ("none",)) -> dict[str, Any]:
-        """Magnitude selection: the arch of largest expected weights (see :func:`magnitude_selection`)."""
+        """Magnitude selection: the arch of largest expected weights (see :func:`magnitude_selection`).
+
+        Raises:
+            RuntimeError: before a search was fitted.
+            FloatingPointError: α or the network's weights hold NaN or infinite values (the search
+                diverged): an argmax of them would be an arbitrary architecture.
+        """
         if self.relaxation is None:
             raise RuntimeError(f"{type(self).__name__}.select() needs a fitted search (no relaxation yet)")
+        require_finite(self.relaxation.supernet, f"{type(self).__name__}.select()", "an architecture selected from it")
+        if self.skipped_steps:
+            rank_zero_warn(
+                f"{type(self).__name__}.select(): {self.skipped_steps} of {self.steps} α steps were skipped for a NaN or "
+                "infinite architecture gradient; α reflects only the others"
+            )
         return magnitude_selection(self.relaxation, exclude=exclude)
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        if self.relaxation is None:
-            return {"seed": self.seed, "steps": self.steps, "history": self.history}
-        return {
-            "seed": self.seed,
-            "steps": self.steps,
-            "history": self.history,
-            "relaxation": {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in self.relaxation.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-        }
+        state = {"seed": self.seed, "steps": self.steps, "skipped_steps": self.skipped_steps, "history": self.history}
+        if self.relaxation is not None:
+            state["relaxation"] = {
+                k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in self.relaxation.state_dict().items()
+            }
+            state["optimizer"] = self.optimizer.state_dict()
+        return plain_state(state, f"{type(self).__name__} state")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("seed", self.seed) != self.seed:
@@ -240,6 +273,7 @@ class DartsSearch(Callback):
 
     def _load(self, state: Mapping[str, Any]) -> None:
         self.steps = int(state.get("steps", 0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
         self.history = list(state.get("history", []))
         if "relaxation" in state:
             self.relaxation.load_state_dict(state["relaxation"])
@@ -277,11 +311,13 @@ class DrNASSearch(DartsSearch):
     ) -> None:
         if anchor not in ("kl", "l2", None):
             raise MisconfigurationException(f"`anchor` must be 'kl', 'l2' or None, got {anchor!r}")
-        if not isinstance(anchor_weight, (int, float)) or anchor_weight < 0:
-            raise MisconfigurationException(f"`anchor_weight` must be a non-negative float, got {anchor_weight!r}")
+        if not is_float(anchor_weight, 0.0):
+            raise MisconfigurationException(f"`anchor_weight` must be a finite, non-negative float, got {anchor_weight!r}")
+        if prune_at is not None and not isinstance(prune_at, Mapping):
+            raise MisconfigurationException(f"`prune_at` must be a dict {{epoch: ops kept}} or None, got {prune_at!r}")
         prune_at = dict(prune_at or {})
         for epoch, keep in prune_at.items():
-            if not isinstance(epoch, int) or epoch < 0 or not isinstance(keep, int) or keep < 1:
+            if not is_int(epoch, 0) or not is_int(keep, 1):
                 raise MisconfigurationException(f"`prune_at` maps epochs (ints >= 0) to ops kept (ints >= 1), got {prune_at!r}")
         super().__init__(arch_data, lr=lr, weight_decay=weight_decay, order=order, **kwargs)
         self.anchor, self.anchor_weight, self.prune_at = anchor, anchor_weight, prune_at

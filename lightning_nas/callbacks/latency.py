@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_nas.bilinear import BilinearTable
+from lightning_nas.callbacks._checks import check_supernet_path, plain_state
 from lightning_nas.profiling.tables import build_flops_table, build_params_table, load_or_build, stale_reasons
 from lightning_nas.profiling.timing import ProfileSettings
 from lightning_nas.spaces.staged import StagedSpace
@@ -102,6 +103,9 @@ class LatencyProfiler(Callback):
             raise ValueError(f"`calibration_archs` must be an int >= 1, got {calibration_archs!r}")
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"`seed` must be a non-negative int, got {seed!r}")
+        if not isinstance(rebuild, bool):
+            raise ValueError(f"`rebuild` must be a bool, got {rebuild!r}")
+        check_supernet_path(supernet, ValueError)
         self.path = Path(path)
         self.input_size = input_size
         self.supernet_path = supernet
@@ -175,7 +179,11 @@ class LatencyProfiler(Callback):
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         metadata = {} if self.latency_table is None else {k: self.latency_table.metadata.get(k) for k in _STATE_METADATA}
-        return {"path": str(self.path), "input_size": None if self.input_size is None else list(self.input_size), "metadata": metadata}
+        # plain_state: the table's metadata holds a TorchVersion (a str subclass) that weights_only loading refuses.
+        return plain_state(
+            {"path": str(self.path), "input_size": None if self.input_size is None else list(self.input_size), "metadata": metadata},
+            "LatencyProfiler state",
+        )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("path") not in (None, str(self.path)):

@@ -10,6 +10,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from lightning_nas.callbacks._checks import check_supernet_path, plain_state
 from lightning_nas.seeding import derive_generator
 from lightning_nas.supernet import Supernet, find_supernet
 
@@ -71,6 +72,7 @@ class UniformSampling(Callback):
             raise MisconfigurationException(f"`per_sample` must be a bool, got {per_sample!r}")
         if not isinstance(eval_arch, Mapping) and eval_arch not in _EVAL_MODES:
             raise MisconfigurationException(f"`eval_arch` must be one of {_EVAL_MODES} or an arch dict, got {eval_arch!r}")
+        check_supernet_path(supernet, MisconfigurationException)
         self.seed = seed
         self.per_sample = per_sample
         self.eval_arch = dict(eval_arch) if isinstance(eval_arch, Mapping) else eval_arch
@@ -129,7 +131,7 @@ class UniformSampling(Callback):
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "per_sample": self.per_sample, "sampled": self.sampled}
+        return plain_state({"seed": self.seed, "per_sample": self.per_sample, "sampled": self.sampled}, "UniformSampling state")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         seed = state_dict.get("seed", self.seed)

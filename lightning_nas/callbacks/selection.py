@@ -28,6 +28,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import Dataset, default_collate
 
+from lightning_nas.callbacks._checks import is_int, plain_state, require_finite
 from lightning_nas.callbacks.darts import DartsSearch
 from lightning_nas.differentiable.selection import (
     AccuracyFn,
@@ -84,13 +85,17 @@ class PerturbationSelection(Callback):
         if not hasattr(data, "__getitem__") or not hasattr(data, "__len__") or len(data) == 0:
             raise MisconfigurationException(f"`data` must be a non-empty map-style Dataset, got {type(data).__name__}")
         for name, value in (("interval", interval), ("batch_size", batch_size)):
-            if not isinstance(value, int) or value < 1:
+            if not is_int(value, 1):
                 raise MisconfigurationException(f"`{name}` must be a positive int, got {value!r}")
-        if not isinstance(start_epoch, int) or start_epoch < 0:
+        if not is_int(start_epoch, 0):
             raise MisconfigurationException(f"`start_epoch` must be a non-negative int, got {start_epoch!r}")
-        if num_batches is not None and (not isinstance(num_batches, int) or num_batches < 1):
+        if num_batches is not None and not is_int(num_batches, 1):
             raise MisconfigurationException(f"`num_batches` must be a positive int or None, got {num_batches!r}")
-        if not isinstance(seed, int) or seed < 0:
+        if not isinstance(topology, bool):
+            raise MisconfigurationException(f"`topology` must be a bool, got {topology!r}")
+        if accuracy_fn is not None and not callable(accuracy_fn):
+            raise MisconfigurationException(f"`accuracy_fn` must be callable(pl_module, batch) -> (correct, count) or None, got {accuracy_fn!r}")
+        if not is_int(seed, 0):
             raise MisconfigurationException(f"`seed` must be a non-negative int, got {seed!r}")
         self.search = search
         self.data = data
@@ -182,6 +187,8 @@ class PerturbationSelection(Callback):
 
     def _decide(self, trainer: Trainer, pl_module: LightningModule) -> None:
         relaxation = self.search.relaxation
+        # Accuracies of a diverged network (argmax of NaN logits) would decide the edges at random.
+        require_finite(pl_module, "PerturbationSelection", "a decision from its accuracies")
         kind, labels = self.plan(relaxation.supernet)[len(self.decisions)]
         was_training, was_sampling = pl_module.training, relaxation.sampling
         pl_module.train()  # DARTS-PT measures with batch statistics
@@ -208,7 +215,7 @@ class PerturbationSelection(Callback):
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "decisions": self.decisions}
+        return plain_state({"seed": self.seed, "decisions": self.decisions}, "PerturbationSelection state")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.seed = state_dict.get("seed", self.seed)

@@ -9,6 +9,7 @@ inputs by removing, one at a time, the edge whose removal leaves the highest acc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -95,12 +96,20 @@ def magnitude_selection(relaxation: SoftmaxRelaxation, *, exclude: Sequence[Any]
 
     Returns:
         A complete, valid architecture dict of the supernet.
+
+    Raises:
+        FloatingPointError: a label's weights (α) hold NaN or infinite values: their argmax means nothing.
     """
     supernet = relaxation.supernet
     arch = dict(supernet.space.default() if supernet.per_example else supernet.active_arch)
     strength: dict[str, float] = {}
     for label in relaxation.op_labels:
         weights, ops = relaxation.expected_weights(label).tolist(), relaxation.ops(label)
+        if not all(math.isfinite(w) for w in weights):
+            raise FloatingPointError(
+                f"the mixing weights of {label!r} are not finite ({weights}): α diverged (a NaN loss?), so no "
+                "operation can be selected from them"
+            )
         best = _strongest(weights, ops, exclude)
         arch[label] = ops[best]
         strength[label] = weights[best]
@@ -117,6 +126,13 @@ def magnitude_selection(relaxation: SoftmaxRelaxation, *, exclude: Sequence[Any]
             continue
         arch[m.label] = chosen[0] if m.n_chosen == 1 else chosen
     return supernet.space.validate(arch)
+
+
+def _check_scores(label: str, scores: dict[Any, float]) -> None:
+    bad = {k: v for k, v in scores.items() if not math.isfinite(v)}
+    if bad:
+        # min/max over NaN depends on the order of the candidates: the decision would be arbitrary.
+        raise FloatingPointError(f"perturbation scores of {label!r} are not finite: {bad}; `evaluate` must return a finite score")
 
 
 def perturbation_op_scores(relaxation: SoftmaxRelaxation, label: str, evaluate: Callable[[], float]) -> dict[Any, float]:
@@ -137,6 +153,7 @@ def select_op_by_perturbation(
         ``(op, scores)`` with the score of every masked op.
     """
     scores = perturbation_op_scores(relaxation, label, evaluate)
+    _check_scores(label, scores)
     op = min(scores, key=lambda o: (scores[o], relaxation.ops(label).index(o)))
     relaxation.fix(label, op)
     return op, scores
@@ -158,6 +175,7 @@ def select_inputs_by_perturbation(
             with relaxation.inputs_removed(label, i):
                 scores[i] = float(evaluate())
         rounds.append(scores)
+        _check_scores(label, scores)
         drop = max(kept, key=lambda i: (scores[i], -i))
         kept.remove(drop)
         relaxation.fix_inputs(label, tuple(kept))
