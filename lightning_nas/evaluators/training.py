@@ -15,8 +15,11 @@ RANK-NOSH assume) and ends exactly where training from scratch would.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import math
 import os
+import pickle
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -51,9 +54,29 @@ class EpochShuffle(Sampler[int]):
         return self.size
 
 
+def _tag(arch: Mapping[str, Any]) -> str:
+    """The arch's name in ``checkpoint_dir`` (and the source of its seed)."""
+    return hashlib.sha1(json.dumps(dict(arch), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _trained_epochs(path: Path) -> int:
-    """Epochs completed by the run saved at ``path`` (Lightning stores the next epoch's index)."""
-    return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+    """Epochs completed by the run saved at ``path`` (Lightning stores the next epoch's index).
+
+    Loaded with ``weights_only=True``: tensors and plain containers only, so a checkpoint someone
+    planted there cannot run code; Lightning is only handed checkpoints that passed this load.
+    """
+    try:
+        epoch = torch.load(path, map_location="cpu", weights_only=True)["epoch"]
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"its 'epoch' is {epoch!r}")
+    except Exception as err:  # noqa: BLE001 - unpickling refusals, truncation, a foreign layout: one message
+        if isinstance(err, pickle.UnpicklingError):
+            reason = "it holds objects other than tensors and plain data, which could run code when loaded"
+        else:
+            reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
+        raise ValueError(f"checkpoint {str(path)!r} is not a training checkpoint this evaluator can load safely "
+                         f"({reason}); delete it, or give another `checkpoint_dir`") from None
+    return epoch
 
 
 @torch.no_grad()
@@ -93,6 +116,13 @@ class TrainingEvaluator:
             raise ValueError(f"`build` must be a callable returning a Supernet, got {build!r}")
         if isinstance(full_fidelity, bool) or not isinstance(full_fidelity, int) or full_fidelity < 1:
             raise ValueError(f"`full_fidelity` must be an int >= 1 (epochs), got {full_fidelity!r}")
+        for name, value, low in (("num_classes", num_classes, 2), ("batch_size", batch_size, 1), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
+        for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf \
+                    or (name == "lr" and value == 0):
+                raise ValueError(f"`{name}` must be a finite number {'> 0' if name == 'lr' else '>= 0'}, got {value!r}")
         if len(train) == 0 or len(val) == 0:
             raise ValueError(f"`train` and `val` must not be empty, got {len(train)} and {len(val)} examples")
         self.build, self.train, self.val = build, train, val
@@ -115,7 +145,7 @@ class TrainingEvaluator:
         if float(epochs) != int(epochs) or not 1 <= int(epochs) <= self.full_fidelity:
             raise ValueError(f"`fidelity` must be whole epochs in [1, {self.full_fidelity}], got {fidelity!r}")
         epochs = int(epochs)
-        tag = hashlib.sha1(json.dumps(dict(arch), sort_keys=True).encode()).hexdigest()[:16]
+        tag = _tag(arch)
         arch_seed = derive_seed(self.seed, int(tag, 16) % (2**62))
         with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
             torch.manual_seed(arch_seed)
@@ -130,7 +160,10 @@ class TrainingEvaluator:
             trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
                                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                                  num_sanity_val_steps=0, deterministic=True, default_root_dir=scratch)
-            trainer.fit(model, train, ckpt_path=resume)
+            # weights_only: what _checkpoint checked is also how Lightning loads it (older Lightning lacks the
+            # argument and loads checkpoints only after _trained_epochs accepted them).
+            safe = {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
+            trainer.fit(model, train, ckpt_path=resume, **safe)
             self._save(trainer, tag, epochs)
         accuracy, loss = _validate(model, val)
         return {"valid_accuracy": accuracy, "valid_loss": loss,

@@ -73,3 +73,34 @@ def test_bad_arguments(digits) -> None:
         ev({**arch, "stage1.depth": 7}, 1)
     with pytest.raises(ValueError, match="`full_fidelity` must be an int"):
         TrainingEvaluator(BUILD, digits[0], digits[1], num_classes=10, full_fidelity=0)
+
+
+class Planted:
+    """Unpickling this creates ``marker``: stands for any code planted in a checkpoint."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_planted_checkpoint_is_never_unpickled(digits, tmp_path: Path) -> None:
+    from lightning_nas.evaluators.training import _tag
+
+    arch = BUILD().space.sample(0)
+    marker = tmp_path / "pwned"
+    torch.save({"epoch": 1, "state_dict": {}, "payload": Planted(marker)}, tmp_path / f"{_tag(arch)}.ckpt")
+    with pytest.raises(ValueError, match=r"checkpoint '.*\.ckpt' is not a training checkpoint this evaluator can "
+                                         r"load safely \(it holds objects other than tensors.*delete it, or give another `checkpoint_dir`"):
+        evaluator(digits, checkpoint_dir=tmp_path)(arch, 2)
+    assert not marker.exists()
+
+
+def test_bad_settings_are_refused(digits) -> None:
+    for kwargs, message in ((dict(num_classes=1), "`num_classes` must be an int >= 2"),
+                            (dict(batch_size=0), "`batch_size` must be an int >= 1"),
+                            (dict(lr=float("nan")), "`lr` must be a finite number > 0"),
+                            (dict(weight_decay=-1.0), "`weight_decay` must be a finite number >= 0")):
+        with pytest.raises(ValueError, match=message):
+            TrainingEvaluator(BUILD, *digits, **{"num_classes": 10, **kwargs})
