@@ -589,6 +589,10 @@ def ablate(table: BilinearTable, term: str) -> BilinearTable:
 # -- evaluation core -----------------------------------------------------------------------------
 def default_batch_to_xy(batch: Any) -> tuple[Any, Tensor]:
     """``(batch[0], batch[1])``: the inputs and the class labels of a ``(x, y, ...)`` batch."""
+    if isinstance(batch, Tensor):
+        # Indexing would "work": x = the first example, y = the second, and everything after is wrong.
+        raise ValueError(f"a held-out batch is a single tensor of shape {tuple(batch.shape)}; batches must be (inputs, labels) "
+                         "pairs, or pass `batch_to_xy` returning (inputs, labels)")
     try:
         return batch[0], batch[1]
     except (TypeError, IndexError, KeyError):
@@ -604,6 +608,15 @@ def _check_logits(logits: Tensor, target: Tensor) -> Tensor:
     target = torch.as_tensor(target, device=logits.device)
     if target.shape != logits.shape[:1]:
         raise ValueError(f"labels must have shape (N,) = {tuple(logits.shape[:1])} (class indices), got {tuple(target.shape)}")
+    if target.dtype.is_floating_point or target.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class indices, got dtype {target.dtype}")
+    if target.numel() and (int(target.min()) < 0 or int(target.max()) >= logits.shape[1]):
+        # An out-of-range label is never the arg-max: every subnet would silently score 0 on it.
+        raise ValueError(f"labels must be class indices in [0, {logits.shape[1]}) (the logits' classes), "
+                         f"got values in [{int(target.min())}, {int(target.max())}]")
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("the network returned non-finite logits (NaN or inf): its weights (a diverged training run, a NaN "
+                         "loss) or its inputs are not finite, so no accuracy can be measured from it")
     return target
 
 
@@ -804,10 +817,12 @@ def estimate_contributions(
     )
     space = supernet.space
     device = _device_of(model)
+    seen = 0
     with evaluation_mode(model, supernet):
         # Batch by batch, all passes of a batch back to back: the held-out data is read once, and
         # paired records need every pass of an example together. Draws depend on (seed, p, i) only.
         for i, batch in _shard(held_out, rank, world_size):
+            seen += 1
             x, y = batch_to_xy(batch)
             x, y = move_data_to_device(x, device), move_data_to_device(y, device)
             n = int(torch.as_tensor(y).shape[0])
@@ -829,6 +844,9 @@ def estimate_contributions(
             else:
                 for record in records:
                     accumulator.update(*record)
+    if seen == 0 and world_size == 1:
+        # (Under DDP a rank may hold no batch; the merged records are checked when computed.)
+        raise ValueError("`held_out` yielded no batches: give the held-out DataLoader (or list of (x, y) batches) to estimate on")
     return accumulator.compute()
 
 
