@@ -377,7 +377,11 @@ class _Measurements:
                              + (f" with keys {sorted(values)}" if isinstance(values, Mapping) else ""))
         out = {}
         for name, v in values.items():
-            v = np.asarray(v, dtype=np.float64).ravel()
+            try:
+                v = np.asarray(v, dtype=np.float64).ravel()
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"the evaluator's {name!r} must be {len(archs)} finite numbers (one per arch), "
+                                 f"got values numpy cannot read as numbers ({err})") from None
             if v.shape != (len(archs),) or not np.isfinite(v).all():
                 raise ValueError(f"the evaluator's {name!r} must be {len(archs)} finite values (one per arch), got shape {v.shape}")
             out[name] = v[inverse.ravel()]
@@ -564,6 +568,10 @@ def estimate_block_performance_sampled(
     """
     reference = _resolve_reference(staged, reference)
     measure = _Measurements(evaluator, staged, reference)
+    if isinstance(max_hosts, bool) or not isinstance(max_hosts, int) or max_hosts < 1:
+        raise ValueError(f"`max_hosts` must be an int >= 1, got {max_hosts!r}")
+    if num_hosts != "all" and (isinstance(num_hosts, bool) or not isinstance(num_hosts, int) or num_hosts < 1):
+        raise ValueError(f"`num_hosts` must be an int >= 1 or 'all', got {num_hosts!r}")
     ref_c, ref_d = staged.indices(reference)
     flops = _flops_table(flops, measure, ref_c, ref_d, flops_metric)
     if num_hosts == "all":

@@ -123,3 +123,19 @@ def test_older_file_without_top_level_structure_still_loads(tmp_path, setup):
     data.pop("structure")
     back = BlockPerformance.load(write(tmp_path, data), staged)
     assert back.base == perf.base
+
+
+def test_evaluator_returning_text_is_named(setup):
+    staged, _ = setup
+    with pytest.raises(ValueError, match="evaluator's 'accuracy' must be .* finite numbers"):
+        estimate_block_performance(lambda archs: {"accuracy": ["high"] * len(archs)}, staged, setup[1].flops)
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [({"num_hosts": "all", "max_hosts": -1}, "`max_hosts`"),
+                                              ({"num_hosts": 0}, "`num_hosts`"), ({"num_hosts": True}, "`num_hosts`")])
+def test_sampled_host_counts_are_named(setup, kwargs, name):
+    from lightning_nas.estimators.block_performance import estimate_block_performance_sampled
+
+    staged, perf = setup
+    with pytest.raises(ValueError, match=name):
+        estimate_block_performance_sampled(lambda archs: {"accuracy": np.zeros(len(archs))}, staged, perf.flops, **kwargs)
