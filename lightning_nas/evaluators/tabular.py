@@ -81,6 +81,15 @@ class TabularBenchmark:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no tabular benchmark at {str(path)!r}")
+        try:
+            return cls._read_csv(path)
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not a UTF-8 text CSV ({err.reason} at byte {err.start})") from None
+        except csv.Error as err:
+            raise ValueError(f"{path}: not a readable CSV ({err})") from None
+
+    @classmethod
+    def _read_csv(cls, path: Path) -> TabularBenchmark:
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
             header = next(reader, None)
@@ -206,6 +215,8 @@ class TabularEvaluator:
 
     Raises:
         KeyError: a named column is not in the table.
+        ValueError: the table lacks a row for some arch of the NB201 space, or a fidelity is not a
+            positive finite number.
     """
 
     report_only: tuple[str, ...] = ("test_accuracy",)
@@ -221,11 +232,21 @@ class TabularEvaluator:
         test = {12: "c10_test_12", 200: "c10_test_200"} if test_columns is None else test_columns
         if not valid:
             raise ValueError("`valid_columns` needs at least one {fidelity: column} entry")
+        for fidelity in (*valid, *test):
+            if isinstance(fidelity, bool) or not isinstance(fidelity, (int, float)) or not 0 < fidelity < math.inf:
+                raise ValueError(f"fidelities (the keys of `valid_columns` / `test_columns`) must be positive finite "
+                                 f"numbers of epochs, got {fidelity!r}")
         self.valid_columns = {float(f): c for f, c in valid.items()}
         self.test_columns = {float(f): c for f, c in test.items()}
         self.cost_columns = tuple(cost_columns)
         for column in (*self.valid_columns.values(), *self.test_columns.values(), *self.cost_columns):
             benchmark.column(column)  # KeyError naming the column and the table's columns
+        space = benchmark.search_space()
+        if len(benchmark) != space.size:  # rows are distinct valid archs, so fewer rows means missing archs
+            missing = next(a for a in space.enumerate() if a not in benchmark)
+            raise ValueError(f"{benchmark.source} has rows for {len(benchmark)} of the {space.size} archs of the NB201 "
+                             f"space (missing e.g. op code {nb201_op_code(missing)}): a search may propose any arch of "
+                             "the space, so the table must have a row for each")
         self.full_fidelity = max(self.valid_columns)
 
     @property

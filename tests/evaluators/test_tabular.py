@@ -123,22 +123,54 @@ def test_full_nb201_table() -> None:
     assert bench.value(arch, "index") == 6111
 
 
-def test_tabular_evaluator(tmp_path: Path) -> None:
+def full_benchmark() -> TabularBenchmark:
+    """Every NB201 arch, valid accuracy = 10 × the digit sum of its op code (lat = the sum)."""
+    from lightning_nas.spaces.nb201 import nb201_all_archs
+
+    archs = list(nb201_all_archs())
+    digits = np.array([sum(int(c) for c in nb201_op_code(a)) for a in archs], dtype=float)
+    return TabularBenchmark(archs, {"c10_valid_12": 5 * digits, "c10_valid_200": 10 * digits,
+                                    "c10_test_200": 10 * digits + 1, "lat": digits}, source="full.csv")
+
+
+def test_tabular_evaluator() -> None:
     from lightning_nas.evaluators.tabular import TabularEvaluator
 
-    path = write_table(tmp_path / "t.csv", ["000000", "334131"], c10_valid_12=[5.0, 80.0], c10_valid_200=[10.0, 91.0],
-                       c10_test_200=[11.0, 93.0], lat=[1.0, 4.0])
-    bench = TabularBenchmark.from_csv(path)
+    bench = full_benchmark()
     evaluator = TabularEvaluator(bench, test_columns={200: "c10_test_200"}, cost_columns=["lat"])
     arch = nb201_from_op_code("334131")
     assert evaluator.full_fidelity == 200 and evaluator.fidelities == [12, 200]
-    assert evaluator(arch, 200) == {"valid_accuracy": 91.0, "test_accuracy": 93.0, "lat": 4.0}
+    assert evaluator(arch, 200) == {"valid_accuracy": 150.0, "test_accuracy": 151.0, "lat": 15.0}
     low = evaluator(arch, 12)
-    assert low["valid_accuracy"] == 80.0 and np.isnan(low["test_accuracy"])
+    assert low["valid_accuracy"] == 75.0 and np.isnan(low["test_accuracy"])
     assert evaluator(arch) == evaluator(arch, 200)
-    assert evaluator.costs(arch) == {"lat": 4.0}
+    assert evaluator.costs(arch) == {"lat": 15.0}
     assert evaluator.report_only == ("test_accuracy",)
     with pytest.raises(ValueError, match=r"`fidelity` 50 has no validation column; allowed: \[12.0, 200.0\]"):
         evaluator(arch, 50)
     with pytest.raises(KeyError, match="unknown column 'c10_test_12'"):
         TabularEvaluator(bench)
+    for fidelity in (0, -12, float("inf")):
+        with pytest.raises(ValueError, match="fidelities .* must be positive finite numbers of epochs"):
+            TabularEvaluator(bench, valid_columns={fidelity: "c10_valid_12"}, test_columns={}, cost_columns=["lat"])
+
+
+def test_a_table_missing_archs_is_refused_when_the_evaluator_is_built(tmp_path: Path) -> None:
+    from lightning_nas.evaluators.tabular import TabularEvaluator
+
+    path = write_table(tmp_path / "t.csv", ["000000", "334131"], c10_valid_12=[5.0, 80.0], c10_valid_200=[10.0, 91.0],
+                       c10_test_200=[11.0, 93.0], lat=[1.0, 4.0])
+    with pytest.raises(ValueError, match=r"t.csv has rows for 2 of the 15625 archs of the NB201 space \(missing e.g. "
+                                         r"op code 000001\)"):
+        TabularEvaluator(TabularBenchmark.from_csv(path), test_columns={200: "c10_test_200"}, cost_columns=["lat"])
+
+
+def test_undecodable_tables_name_the_file(tmp_path: Path) -> None:
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"arch_str,acc\n\xff\xfe\x00garbage\n")
+    with pytest.raises(ValueError, match=r"binary.csv: not a UTF-8 text CSV"):
+        TabularBenchmark.from_csv(binary)
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text('op_code,acc\n"000000,1\n')
+    with pytest.raises(ValueError, match=r"quoted.csv"):
+        TabularBenchmark.from_csv(quoted)
