@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from torch import Tensor, nn
@@ -36,6 +37,11 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None,
     if new_value < round_limit * value:
         new_value += divisor
     return new_value
+
+
+def _is_int(value: object) -> bool:
+    # bool is an int subclass: True would silently mean 1.
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _activation(name: str) -> nn.Module:
@@ -122,8 +128,25 @@ class MobileNetLike(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        if not stages:
+        for name, value in (("num_classes", num_classes), ("in_chans", in_chans), ("stem_channels", stem_channels),
+                            ("head_channels", head_channels)):
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
+        if isinstance(stages, (str, bytes)) or not isinstance(stages, Sequence) or not stages:
             raise ValueError("`stages` must list at least one (out_channels, stride, max_depth) triple")
+        for s, stage in enumerate(stages):
+            if not isinstance(stage, Sequence) or len(stage) != 3 or not all(_is_int(v) for v in stage):
+                raise ValueError(f"`stages`[{s}] must be (out_channels, stride, max_depth), three ints, got {stage!r}")
+            if stage[2] < 1:
+                raise ValueError(f"`stages`[{s}] = {tuple(stage)!r}: max_depth must be at least 1")
+            if stage[0] < 1 or stage[1] < 1:
+                raise ValueError(f"`stages`[{s}] = {tuple(stage)!r}: out_channels and stride must be at least 1")
+        if isinstance(expand_ratios, (str, bytes)) or not isinstance(expand_ratios, Sequence) or not expand_ratios or not all(
+                isinstance(r, (int, float)) and not isinstance(r, bool) and math.isfinite(r) and r > 0 for r in expand_ratios):
+            raise ValueError(f"`expand_ratios` must be positive finite numbers, such as (3, 4, 6); got {expand_ratios!r}")
+        if isinstance(kernel_sizes, (str, bytes)) or not isinstance(kernel_sizes, Sequence) or not kernel_sizes or not all(
+                _is_int(k) and k >= 1 and k % 2 == 1 for k in kernel_sizes):
+            raise ValueError(f"`kernel_sizes` must be positive odd ints, such as (3, 5); got {kernel_sizes!r}")
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, stem_channels, 3, 2, 1, bias=False), nn.BatchNorm2d(stem_channels), _activation(activation)
         )

@@ -193,3 +193,15 @@ def test_registered_by_name():
     assert built.space.labels[-1] == "stage0.depth"
     with pytest.raises(ValueError, match="unknown space 'nope'; known: .*'mobilenet'"):
         create_space("nope")
+
+
+@pytest.mark.parametrize(("kwargs", "name"), [
+    ({"num_classes": -1}, "`num_classes`"), ({"num_classes": True}, "`num_classes`"), ({"in_chans": 0}, "`in_chans`"),
+    ({"head_channels": 2.5}, "`head_channels`"), ({"stages": ()}, "`stages`"), ({"stages": ((24, 0, 2),)}, r"`stages`\[0\]"),
+    ({"stages": ((24, 2),)}, r"`stages`\[0\]"), ({"expand_ratios": (0, 3)}, "`expand_ratios`"),
+    ({"expand_ratios": (float("nan"),)}, "`expand_ratios`"), ({"kernel_sizes": (2, 3)}, "`kernel_sizes`"),
+    ({"kernel_sizes": ()}, "`kernel_sizes`"),
+])
+def test_bad_builder_arguments_are_named(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        mobilenet_supernet(**kwargs)
