@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -12,6 +14,24 @@ from lightning_nas.bilinear import BilinearTable
 from lightning_nas.io import atomic_write_bytes
 
 __all__ = ["plot_alpha_trajectories", "plot_contributions", "plot_pareto", "plot_skip_gap"]
+
+
+def _check_path(path: str | Path) -> Path:
+    # Before drawing: a figure that cannot be written should not cost the drawing first.
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"plot path {str(path)!r} is a directory; give a .png file path")
+    return path
+
+
+def _finite(name: str, values: Sequence[float]) -> list[float]:
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+            raise ValueError(f"`{name}`[{i}] must be a finite number, got {v!r} (a NaN here means the upstream "
+                             "prediction or measurement failed)")
+        out.append(float(v))
+    return out
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -30,6 +50,12 @@ def plot_contributions(table: BilinearTable, path: str | Path, *, scale: float |
     ``Δ^s_b`` per depth, by default in percentage points (``scale=100``, ``unit="pp"``); a
     ``link="log_error"`` table's terms are plotted as they are, in nats of ``−log(error)``.
     """
+    if not isinstance(table, BilinearTable):
+        raise ValueError(f"`table` must be a BilinearTable, got {type(table).__name__}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale)
+                              or scale == 0):
+        raise ValueError(f"`scale` must be a finite non-zero number, got {scale!r}")
+    path = _check_path(path)
     identity = table.link == "identity"
     scale = (100.0 if identity else 1.0) if scale is None else scale
     unit = ("pp" if identity else "nats of -log error") if unit is None else unit
@@ -81,6 +107,18 @@ def plot_pareto(
     Each point is a mapping with ``predicted_x``, ``predicted_y`` and optionally ``measured_x``,
     ``measured_y`` and ``target`` (the latency limit, drawn as a vertical dotted line).
     """
+    path = _check_path(path)
+    if cloud is not None:
+        if not isinstance(cloud, Sequence) or len(cloud) != 2 or len(cloud[0]) != len(cloud[1]):
+            raise ValueError("`cloud` must be (xs, ys) of the same length, or None")
+        cloud = (_finite("cloud x", cloud[0]), _finite("cloud y", cloud[1]))
+    if not isinstance(points, Sequence) or not all(isinstance(p, Mapping) for p in points):
+        raise ValueError("`points` must be a list of mappings with 'predicted_x' and 'predicted_y'")
+    for i, p in enumerate(points):
+        missing = [k for k in ("predicted_x", "predicted_y") if k not in p]
+        if missing:
+            raise ValueError(f"`points`[{i}] lacks {missing}; each point needs 'predicted_x' and 'predicted_y'")
+        _finite(f"points[{i}] values", [v for k, v in p.items() if k in ("predicted_x", "predicted_y", "measured_x", "measured_y", "target")])
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,6 +158,7 @@ def plot_alpha_trajectories(
 
     if not history:
         raise ValueError("`history` is empty: fit the search for at least one epoch first")
+    path = _check_path(path)
     labels = list(labels or history[0]["weights"])
     rows = -(-len(labels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.4 * columns, 2.6 * rows), squeeze=False, sharex=True, sharey=True)

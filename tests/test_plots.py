@@ -39,3 +39,27 @@ def test_contribution_heatmaps_of_a_structure_with_unequal_blocks(tmp_path):
     table = BilinearTable(staged, 0.5, rng.normal(0, 0.01, shape), rng.normal(0, 0.01, (staged.num_stages, staged.max_depth_options)))
     with Image.open(plot_contributions(table, tmp_path / "heat.png")) as image:
         assert image.format == "PNG" and image.size[0] > 200
+
+
+import pytest  # noqa: E402
+
+
+def test_bad_plot_inputs_are_named_before_drawing(tmp_path):
+    staged = StagedSpace.from_space(mobilenet_supernet().space)
+    table = BilinearTable(staged, 0.5, np.zeros((3, 2, 6)), name="accuracy")
+    with pytest.raises(ValueError, match="`table` must be a BilinearTable"):
+        plot_contributions({"a": 1}, tmp_path / "c.png")
+    with pytest.raises(ValueError, match="`scale` must be a finite non-zero number"):
+        plot_contributions(table, tmp_path / "c.png", scale=float("nan"))
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        plot_contributions(table, tmp_path)
+    point = {"predicted_x": 1.0, "predicted_y": 0.5}
+    with pytest.raises(ValueError, match=r"`points`\[1\] values.*finite"):
+        plot_pareto(None, [point, {"predicted_x": float("nan"), "predicted_y": 0.4}], tmp_path / "p.png")
+    with pytest.raises(ValueError, match=r"`points`\[0\] lacks \['predicted_y'\]"):
+        plot_pareto(None, [{"predicted_x": 1.0}], tmp_path / "p.png")
+    with pytest.raises(ValueError, match="`cloud` must be"):
+        plot_pareto(([1.0, 2.0], [0.5]), [point], tmp_path / "p.png")
+    with pytest.raises(ValueError, match=r"`cloud y`\[0\]"):
+        plot_pareto(([1.0], [float("inf")]), [point], tmp_path / "p.png")
+    assert not list(tmp_path.glob("*.png"))
