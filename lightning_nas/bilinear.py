@@ -65,23 +65,44 @@ class BilinearTable:
     ) -> None:
         if link not in LINKS:
             raise ValueError(f"`link` must be one of {LINKS}, got {link!r}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"`name` must be a non-empty string, got {name!r}")
+        if not isinstance(unit, str):
+            raise ValueError(f"`unit` of table {name!r} must be a string, got {unit!r}")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ValueError(f"`metadata` of table {name!r} must be a mapping or None, got {type(metadata).__name__}")
         shape = (staged.num_stages, staged.max_blocks, staged.num_configs)
-        block = np.asarray(block, dtype=np.float64)
+        block = _float_array(block, "block", name)
         if block.shape != shape:
-            raise ValueError(f"`block` must have shape (S, D, C) = {shape}, got {block.shape}")
+            raise ValueError(f"`block` of table {name!r} must have shape (S, D, C) = {shape}, got {block.shape}")
         depth_shape = (staged.num_stages, staged.max_depth_options)
-        depth = np.zeros(depth_shape) if depth is None else np.asarray(depth, dtype=np.float64)
+        depth = np.zeros(depth_shape) if depth is None else _float_array(depth, "depth", name)
         if depth.shape != depth_shape:
-            raise ValueError(f"`depth` must have shape (S, max_depth_options) = {depth_shape}, got {depth.shape}")
+            raise ValueError(f"`depth` of table {name!r} must have shape (S, max_depth_options) = {depth_shape}, got {depth.shape}")
         exists = staged.config_exists()
-        if not np.isfinite(block[exists]).all() or not np.isfinite(depth[staged.depth_exists()]).all():
-            raise ValueError(f"table {name!r} has non-finite entries")
+        for what, values in (("block", block[exists]), ("depth", depth[staged.depth_exists()])):
+            if not np.isfinite(values).all():
+                raise ValueError(f"table {name!r} has non-finite `{what}` entries ({int((~np.isfinite(values)).sum())} "
+                                 "NaN or infinite values); every entry must be a finite number")
         self.staged = staged
-        self.constant = float(constant)
+        self.name = name
+        self.constant = constant
         self.block = np.where(exists, block, 0.0)
         self.depth = np.where(staged.depth_exists(), depth, 0.0)
-        self.name, self.unit, self.link = name, unit, link
+        self.unit, self.link = unit, link
         self.metadata = dict(metadata or {})
+
+    @property
+    def constant(self) -> float:
+        """The part every arch pays; a finite number (checked on every assignment: a NaN here would
+        make every prediction NaN and every solver answer meaningless)."""
+        return self._constant
+
+    @constant.setter
+    def constant(self, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
+            raise ValueError(f"`constant` of table {self.name!r} must be a finite number, got {value!r}")
+        self._constant = float(value)
 
     # -- evaluation ----------------------------------------------------------------------------
     def inverse_link(self, additive: Any) -> Any:
@@ -162,26 +183,64 @@ class BilinearTable:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], staged: StagedSpace) -> "BilinearTable":
-        """Rebuild from :meth:`to_dict`; ``staged`` must have the structure it was made for."""
+        """Rebuild from :meth:`to_dict`; ``staged`` must have the structure it was made for.
+
+        Raises:
+            ValueError: not a table dict, a missing or malformed field, another structure, or a
+                non-finite value; the message names what is wrong.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"not a bilinear table: expected a JSON object, got {type(data).__name__}")
         if data.get("format") != FORMAT:
             raise ValueError(f"not a bilinear table (format {data.get('format')!r}, expected {FORMAT!r})")
         if data.get("version") not in (1, VERSION):
             raise ValueError(f"bilinear table version {data.get('version')!r} is not supported (this library reads 1 to {VERSION})")
+        missing = [key for key in ("name", "unit", "constant", "block", "depth", "structure") if key not in data]
+        if missing:
+            raise ValueError(f"bilinear table {data.get('name')!r} is missing field(s) {missing} (truncated or edited by hand?)")
         if data["structure"] != _structure(staged):
             raise ValueError(f"table {data.get('name')!r} was made for another space structure than {staged!r}")
+        metadata = data.get("metadata")
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ValueError(f"bilinear table {data['name']!r}: `metadata` must be a JSON object, got {type(metadata).__name__}")
         return cls(
-            staged, data["constant"], np.array(data["block"]), np.array(data["depth"]),
-            name=data["name"], unit=data["unit"], metadata=data.get("metadata"), link=data.get("link", "identity"),
+            staged, data["constant"], data["block"], data["depth"],
+            name=data["name"], unit=data["unit"], metadata=metadata, link=data.get("link", "identity"),
         )
 
     @classmethod
     def load(cls, path: str | Path, staged: StagedSpace) -> "BilinearTable":
-        """Read a table written by :meth:`save`."""
-        return cls.from_dict(json.loads(Path(path).read_text()), staged)
+        """Read a table written by :meth:`save`.
+
+        Raises:
+            OSError: the file cannot be read (missing, a directory, no permission).
+            ValueError: the file is not a valid table (not UTF-8 JSON, truncated, a missing or
+                malformed field, another space's structure); the message names the file.
+        """
+        path = Path(path)
+        raw = path.read_bytes()
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}: not a bilinear table file: not UTF-8 text ({err.reason} at byte {err.start})") from err
+        except json.JSONDecodeError as err:
+            what = "empty" if not raw.strip() else f"not valid JSON, truncated or damaged? ({err.msg} at line {err.lineno}, column {err.colno})"
+            raise ValueError(f"{path}: not a bilinear table file: {what}") from err
+        try:
+            return cls.from_dict(data, staged)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
 
     def __repr__(self) -> str:
         link = "" if self.link == "identity" else f", link={self.link!r}"
         return f"BilinearTable(name={self.name!r}, unit={self.unit!r}, constant={self.constant:.4g}{link}, staged={self.staged!r})"
+
+
+def _float_array(values: Any, what: str, name: str) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`{what}` of table {name!r} must be a rectangular array of numbers: {err}") from err
 
 
 def _structure(staged: StagedSpace) -> list[dict[str, Any]]:

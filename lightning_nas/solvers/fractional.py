@@ -38,10 +38,27 @@ from typing import Any
 import numpy as np
 
 from lightning_nas.bilinear import BilinearTable, _structure
-from lightning_nas.solvers.milp import MilpModel, _linear_expr, _pyo, diagnose_infeasibility
+from lightning_nas.solvers.backends import check_time_limit
+from lightning_nas.solvers.milp import (
+    MilpModel,
+    _linear_expr,
+    _pyo,
+    diagnose_infeasibility,
+    finish_result,
+    no_solution_error,
+)
 from lightning_nas.solvers.problem import ConstrainedProblem, InfeasibleError, SearchResult
 
-__all__ = ["FRACTIONAL_METHODS", "CharnesCooperModel", "FractionalProblem", "enumerate_indices", "solve_fractional"]
+__all__ = [
+    "BRUTE_FORCE_LIMIT",
+    "FRACTIONAL_METHODS",
+    "CharnesCooperModel",
+    "FractionalProblem",
+    "count_archs",
+    "enumerate_indices",
+    "iter_indices",
+    "solve_fractional",
+]
 
 FRACTIONAL_METHODS = ("charnes_cooper", "dinkelbach", "brute_force")
 
@@ -216,38 +233,81 @@ def _combined(num: BilinearTable, den: BilinearTable, lam: float) -> BilinearTab
                          num.depth - lam * den.depth, name=f"{num.name}-lambda*{den.name}")
 
 
-def enumerate_indices(staged, limit: int = 2_000_000) -> tuple[np.ndarray, np.ndarray]:
+BRUTE_FORCE_LIMIT = 2_000_000
+_CHUNK = 65_536
+
+
+def _stage_option_counts(staged) -> list[int]:
+    """Per stage, the number of distinct (depth, running configs) options, counted without listing them."""
+    return [sum(math.prod(len(c) for c in st.configs[:d]) for d in st.depths) for st in staged.stages]
+
+
+def count_archs(staged) -> int:
+    """The number of index arrays :func:`enumerate_indices` walks through (exact Python int; with
+    shared decisions an upper bound on the distinct archs, as the inconsistent ones are dropped later)."""
+    return math.prod(_stage_option_counts(staged))
+
+
+def _check_size(staged, limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"`limit` must be a positive int, got {limit!r}")
+    total = count_archs(staged)
+    if total > limit:
+        raise ValueError(
+            f"brute force refused: the space has {total:.3g} archs to enumerate ({total:,}), more than `limit`={limit:,}; "
+            "use an exact solver method (method='dinkelbach' or 'charnes_cooper')"
+        )
+    return total
+
+
+def _stage_options(st, max_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    rows, depths = [], []
+    for j, d in enumerate(st.depths):
+        for combo in itertools.product(*(range(len(c)) for c in st.configs[:d])):
+            row = np.zeros(max_blocks, dtype=np.int64)
+            row[:d] = combo
+            row[st.num_blocks:] = -1
+            rows.append(row)
+            depths.append(j)
+    return np.stack(rows), np.array(depths, dtype=np.int64)
+
+
+def iter_indices(staged, limit: int = BRUTE_FORCE_LIMIT, chunk: int = _CHUNK):
+    """Every distinct arch of a staged space as index arrays, in chunks of at most ``chunk`` archs:
+    yields ``(configs (n, S, D), depths (n, S))`` (see :func:`enumerate_indices`).
+
+    Raises:
+        ValueError: when there are more than ``limit`` archs, counted before anything is built.
+    """
+    _check_size(staged, limit)
+    options = [_stage_options(st, staged.max_blocks) for st in staged.stages]
+    sizes = [len(d) for _, d in options]
+    total = math.prod(sizes)
+    for begin in range(0, total, chunk):
+        picks = np.unravel_index(np.arange(begin, min(begin + chunk, total)), sizes)  # per stage (n,)
+        configs = np.stack([options[s][0][picks[s]] for s in range(len(sizes))], 1)
+        depths = np.stack([options[s][1][picks[s]] for s in range(len(sizes))], 1)
+        if staged.shared_labels:
+            keep = staged.consistent(configs, depths)
+            configs, depths = configs[keep], depths[keep]
+        yield configs, depths
+
+
+def enumerate_indices(staged, limit: int = BRUTE_FORCE_LIMIT) -> tuple[np.ndarray, np.ndarray]:
     """Every distinct arch of a staged space as index arrays ``(N, S, D)`` configs, ``(N, S)`` depths.
 
     Blocks past a stage's depth get config 0 (they do not run), so no arch appears twice; with
     shared decisions only the index arrays whose running blocks agree on them are kept.
 
     Raises:
-        ValueError: when there are more than ``limit`` archs.
+        ValueError: when there are more than ``limit`` archs (counted arithmetically first, so a
+            huge space is refused at once instead of filling the memory).
     """
-    per_stage = []
-    for st in staged.stages:
-        options = []
-        for j, d in enumerate(st.depths):
-            for combo in itertools.product(*(range(len(c)) for c in st.configs[:d])):
-                row = np.zeros(staged.max_blocks, dtype=np.int64)
-                row[:d] = combo
-                row[st.num_blocks:] = -1
-                options.append((row, j))
-        per_stage.append(options)
-    total = math.prod(len(o) for o in per_stage)
-    if total > limit:
-        raise ValueError(f"the space has {total} distinct archs, more than `limit`={limit}; use an exact solver method")
-    grids = np.meshgrid(*[np.arange(len(o)) for o in per_stage], indexing="ij")
-    picks = np.stack([g.ravel() for g in grids], -1)  # (N, S)
-    rows = [np.stack([r for r, _ in o]) for o in per_stage]
-    depth_of = [np.array([j for _, j in o]) for o in per_stage]
-    configs = np.stack([rows[s][picks[:, s]] for s in range(len(per_stage))], 1)
-    depths = np.stack([depth_of[s][picks[:, s]] for s in range(len(per_stage))], 1)
-    if staged.shared_labels:
-        keep = staged.consistent(configs, depths)
-        configs, depths = configs[keep], depths[keep]
-    return configs, depths
+    chunks = list(iter_indices(staged, limit))
+    S, D = staged.num_stages, staged.max_blocks
+    if not chunks:
+        return np.zeros((0, S, D), dtype=np.int64), np.zeros((0, S), dtype=np.int64)
+    return np.concatenate([c for c, _ in chunks]), np.concatenate([d for _, d in chunks])
 
 
 def solve_fractional(
@@ -263,6 +323,8 @@ def solve_fractional(
     time_limit: float | None = None,
     tol: float = 1e-9,
     max_iter: int = 100,
+    require_optimal: bool = False,
+    limit: int = BRUTE_FORCE_LIMIT,
 ) -> SearchResult:
     """Maximise ``constant − scale · numerator / denominator`` subject to ``limits``, exactly.
 
@@ -272,9 +334,13 @@ def solve_fractional(
             problem), ``"charnes_cooper"`` (one MILP; its LP relaxation is weak, so HiGHS needs many
             more nodes: 10-100× slower in ``benchmarks/mathnas_solve_time.py``) or ``"brute_force"``.
         solver: Pyomo solver name (any installed MILP solver).
-        time_limit: per-MILP time limit in seconds (the result is then ``"feasible"``).
+        time_limit: per-MILP time limit in seconds; a MILP stopped by it makes the result
+            ``status="time_limit"`` (with a :class:`~lightning_nas.solvers.problem.NotOptimalWarning`).
         tol: Dinkelbach stops when the ratio improves by less than ``tol · max(1, |ratio|)``.
-        max_iter: Dinkelbach's iteration cap.
+        max_iter: Dinkelbach's iteration cap (reaching it: ``status="feasible"``, with a warning).
+        require_optimal: raise :class:`~lightning_nas.solvers.problem.NotOptimalError` instead of
+            returning an arch whose optimality is not proven.
+        limit: the most archs ``"brute_force"`` enumerates (counted before anything is built).
 
     Returns:
         A :class:`SearchResult` (``method`` as given): ``objective`` is the fractional objective,
@@ -289,31 +355,38 @@ def solve_fractional(
     start = time.perf_counter()
     if method not in FRACTIONAL_METHODS:
         raise ValueError(f"`method` must be one of {FRACTIONAL_METHODS}, got {method!r}")
-    if not (isinstance(max_iter, int) and max_iter >= 1):
+    if isinstance(max_iter, bool) or not (isinstance(max_iter, int) and max_iter >= 1):
         raise ValueError(f"`max_iter` must be a positive int, got {max_iter!r}")
-    if not (isinstance(tol, (int, float)) and tol >= 0):
-        raise ValueError(f"`tol` must be a non-negative number, got {tol!r}")
+    if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol >= 0 and math.isfinite(tol)):
+        raise ValueError(f"`tol` must be a finite number >= 0, got {tol!r}")
+    if not isinstance(require_optimal, bool):
+        raise ValueError(f"`require_optimal` must be True or False, got {require_optimal!r}")
+    time_limit = check_time_limit(time_limit)
     fp = FractionalProblem(numerator, denominator, limits, constant=constant, scale=scale, base=base)
-    fp.problem.check_each_limit()
     if method == "brute_force":
-        return _brute_force(fp, start)
+        _check_size(fp.staged, limit)  # before anything else: a huge space is refused at once
+        fp.problem.check_each_limit()
+        return _brute_force(fp, start, limit)
+    fp.problem.check_each_limit()
     if method == "charnes_cooper":
         model = CharnesCooperModel(fp)
         out = model.solve(solver, time_limit=time_limit)
-        _raise_if_infeasible(fp, out, solver)
+        _raise_if_infeasible(fp, out, solver, time_limit)
         details = {"build_seconds": model.build_seconds, "solver_seconds": out["solver_seconds"],
                    "bound_ratio": model.unscale(out["bound"]), "termination": out["termination"], "iterations": 1}
-        return fp.result(out["configs"], out["depths"], method=method, solver=solver, start=start,
-                         status=out["status"], gap=out["gap"], details=details)
-    return _dinkelbach(fp, solver, time_limit, tol, max_iter, start)
+        result = fp.result(out["configs"], out["depths"], method=method, solver=solver, start=start,
+                           status=out["status"], gap=out["gap"], details=details)
+        return finish_result(result, require_optimal=require_optimal, time_limit=time_limit)
+    result = _dinkelbach(fp, solver, time_limit, tol, max_iter, start)
+    return finish_result(result, require_optimal=require_optimal, time_limit=time_limit)
 
 
-def _raise_if_infeasible(fp: FractionalProblem, out: Mapping[str, Any], solver: str) -> None:
+def _raise_if_infeasible(fp: FractionalProblem, out: Mapping[str, Any], solver: str, time_limit: float | None) -> None:
     if out["status"] == "infeasible":
-        diagnose_infeasibility(fp.problem, solver=solver)
+        diagnose_infeasibility(fp.problem, solver=solver, time_limit=time_limit)
         raise InfeasibleError("the solver reports that no arch meets the limits")
     if out["status"] == "error":
-        raise RuntimeError(f"solver {solver!r} returned no solution (termination: {out['termination']})")
+        raise no_solution_error(solver, out, time_limit)
 
 
 def _dinkelbach(fp: FractionalProblem, solver: str, time_limit: float | None, tol: float, max_iter: int,
@@ -330,10 +403,10 @@ def _dinkelbach(fp: FractionalProblem, solver: str, time_limit: float | None, to
         model.offset = table.constant + sum(table.depth[s, 0] for s in idx.fixed_depth)
         spread = max(table.extreme(largest=True)[0] - table.extreme()[0], 1e-300)
         out = model.solve(solver, time_limit=time_limit, abs_gap=1e-10 * spread)
-        _raise_if_infeasible(fp, out, solver)
+        _raise_if_infeasible(fp, out, solver, time_limit)
         solver_seconds += out["solver_seconds"]
-        if out["status"] != "optimal":
-            status = "feasible"
+        if out["status"] != "optimal" and status != "time_limit":
+            status = out["status"]
         ratio = float(fp.ratio(out["configs"], out["depths"]))
         history.append(ratio)
         improved = best is None or ratio < best[0] - tol * max(1.0, abs(best[0]))
@@ -344,43 +417,64 @@ def _dinkelbach(fp: FractionalProblem, solver: str, time_limit: float | None, to
             break
         lam = ratio
     else:
-        status = "feasible"  # iteration cap reached without the certificate F(λ) = 0
+        if status == "optimal":
+            status = "feasible"  # iteration cap reached without the certificate F(λ) = 0
     details = {"build_seconds": model.build_seconds, "solver_seconds": solver_seconds, "iterations": len(history),
-               "ratios": history}
+               "ratios": history, "termination": "optimal" if status == "optimal" else
+               ("time limit in an iteration" if status == "time_limit" else f"max_iter={max_iter} reached or a MILP stopped early")}
     return fp.result(best[1], best[2], method="dinkelbach", solver=solver, start=start, status=status, details=details)
 
 
-def _brute_force(fp: FractionalProblem, start: float) -> SearchResult:
+def _brute_force(fp: FractionalProblem, start: float, limit: int = BRUTE_FORCE_LIMIT) -> SearchResult:
+    # Chunked, so memory stays bounded by the chunk size whatever the number of archs.
     p = fp.problem
-    configs, depths = enumerate_indices(p.staged)
-    configs = p.complete_configs(configs)
-    _, resources = p.evaluate(configs, depths)
-    ok = p.feasible(resources) if p.num_limits else np.ones(len(depths), dtype=bool)
-    if not ok.any():
-        _brute_force_diagnosis(p, resources)
-    ratios = np.where(ok, fp.ratio(configs, depths), np.inf)
-    k = int(np.argmin(ratios))
-    return fp.result(configs[k], depths[k], method="brute_force", solver=None, start=start,
-                     details={"evaluations": int(len(depths))})
-
-
-def _brute_force_diagnosis(p: ConstrainedProblem, resources: np.ndarray) -> None:
-    """The smallest (largest) value of each violated bound over archs meeting the other limits."""
-    for k, lim in enumerate(p.limits):
-        others = [i for i in range(p.num_limits) if i != k]
-        rest = np.all((resources[:, others] <= p.upper[others] + 1e-7) & (resources[:, others] >= p.lower[others] - 1e-7), -1)
-        if not rest.any():
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    evaluations = 0
+    # Per limit: the smallest and largest value over the archs that meet the other limits (for the diagnosis).
+    lo = np.full(p.num_limits, np.inf)
+    hi = np.full(p.num_limits, -np.inf)
+    for configs, depths in iter_indices(p.staged, limit):
+        configs = p.complete_configs(configs)
+        _, resources = p.evaluate(configs, depths)
+        evaluations += len(depths)
+        ok = p.feasible(resources) if p.num_limits else np.ones(len(depths), dtype=bool)
+        for k in range(p.num_limits):
+            rest = _meets_others(p, resources, k)
+            if rest.any():
+                lo[k] = min(lo[k], resources[rest, k].min())
+                hi[k] = max(hi[k], resources[rest, k].max())
+        if not ok.any():
             continue
-        values = resources[rest, k]
+        ratios = np.where(ok, fp.ratio(configs, depths), np.inf)
+        i = int(np.argmin(ratios))
+        if best is None or ratios[i] < best[0]:
+            best = (float(ratios[i]), configs[i], depths[i])
+    if best is None:
+        _brute_force_diagnosis(p, lo, hi)
+    return fp.result(best[1], best[2], method="brute_force", solver=None, start=start,
+                     details={"evaluations": evaluations})
+
+
+def _meets_others(p: ConstrainedProblem, resources: np.ndarray, k: int) -> np.ndarray:
+    others = [i for i in range(p.num_limits) if i != k]
+    return np.all((resources[:, others] <= p.upper[others] + 1e-7) & (resources[:, others] >= p.lower[others] - 1e-7), -1)
+
+
+def _brute_force_diagnosis(p: ConstrainedProblem, lo: np.ndarray, hi: np.ndarray) -> None:
+    """Raise for the first bound beyond the smallest (``lo``) or largest (``hi``) value of its resource
+    over the archs meeting the other limits (``±inf`` where no arch meets them)."""
+    for k, lim in enumerate(p.limits):
+        if not np.isfinite(lo[k]):
+            continue
         unit = f" {lim.table.unit}" if lim.table.unit else ""
-        if lim.upper is not None and values.min() > lim.upper + 1e-7:
+        if lim.upper is not None and lo[k] > lim.upper + 1e-7:
             raise InfeasibleError(
                 f"no arch meets {lim.name} <= {lim.upper!r}{unit} together with the other limits: the smallest achievable "
-                f"{lim.name} subject to the other limits is {float(values.min())!r}{unit}", lim.name, "upper", lim.upper,
-                float(values.min()))
-        if lim.lower is not None and values.max() < lim.lower - 1e-7:
+                f"{lim.name} subject to the other limits is {float(lo[k])!r}{unit}", lim.name, "upper", lim.upper,
+                float(lo[k]))
+        if lim.lower is not None and hi[k] < lim.lower - 1e-7:
             raise InfeasibleError(
                 f"no arch meets {lim.name} >= {lim.lower!r}{unit} together with the other limits: the largest achievable "
-                f"{lim.name} subject to the other limits is {float(values.max())!r}{unit}", lim.name, "lower", lim.lower,
-                float(values.max()))
+                f"{lim.name} subject to the other limits is {float(hi[k])!r}{unit}", lim.name, "lower", lim.lower,
+                float(hi[k]))
     raise InfeasibleError("no arch meets the limits together, although each bound alone is reachable subject to the others")

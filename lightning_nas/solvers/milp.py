@@ -24,14 +24,31 @@ constraints) for solvers that accept non-convex quadratics (Gurobi, CPLEX, SCIP,
 
 from __future__ import annotations
 
+import logging
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from lightning_nas.solvers.backends import get_solver
-from lightning_nas.solvers.problem import ConstrainedProblem, InfeasibleError, Limit, SearchResult
+from lightning_nas.solvers.backends import (
+    MIQCP_FAMILIES,
+    available_solvers,
+    check_time_limit,
+    miqcp_solvers,
+    run_solver,
+    solver_family,
+    solver_options as _solver_options,
+)
+from lightning_nas.solvers.problem import (
+    ConstrainedProblem,
+    InfeasibleError,
+    Limit,
+    NotOptimalError,
+    NotOptimalWarning,
+    SearchResult,
+)
 
 __all__ = [
     "FORMULATIONS",
@@ -46,10 +63,6 @@ __all__ = [
 
 FORMULATIONS = ("compact", "alpha")
 
-# Solvers that cannot take a product of variables in a constraint.
-_LINEAR_ONLY = ("highs", "appsi_highs", "cbc", "glpk")
-
-
 def _pyo():
     import pyomo.environ as pyo
 
@@ -58,21 +71,7 @@ def _pyo():
 
 def gap_options(solver: str, rel_gap: float, abs_gap: float) -> dict[str, float]:
     """Solver-specific options for a relative and an absolute MIP gap (empty for unknown solvers)."""
-    if "highs" in solver:
-        return {"mip_rel_gap": rel_gap, "mip_abs_gap": abs_gap}
-    if "gurobi" in solver:
-        return {"MIPGap": rel_gap, "MIPGapAbs": abs_gap}
-    if "cplex" in solver:
-        return {"mip_tolerances_mipgap": rel_gap, "mip_tolerances_absmipgap": abs_gap}
-    if "scip" in solver:
-        return {"limits/gap": rel_gap, "limits/absgap": abs_gap}
-    if "cbc" in solver:
-        return {"ratioGap": rel_gap, "allowableGap": abs_gap}
-    if "xpress" in solver:
-        return {"miprelstop": rel_gap, "mipabsstop": abs_gap}
-    if "glpk" in solver:
-        return {"mipgap": rel_gap}
-    return {}
+    return _solver_options(solver, rel_gap=rel_gap, abs_gap=abs_gap)
 
 
 def dominated_configs(criteria: list[tuple[np.ndarray, int]], exists: np.ndarray | None = None,
@@ -179,6 +178,85 @@ def _linear_expr(pyo, table, idx: _Index, w, beta, offset: bool = True):
     return const + pyo.quicksum(terms)
 
 
+def _termination_status(tc) -> str:
+    from pyomo.opt import TerminationCondition as TC
+
+    if tc == TC.optimal:
+        return "optimal"
+    if tc in (TC.infeasible, TC.infeasibleOrUnbounded):
+        return "infeasible"
+    if tc == TC.maxTimeLimit:
+        return "time_limit"
+    return "feasible"
+
+
+def _read_results(results, model, solver: str, seconds: float, *, sense: str, offset: float) -> dict[str, Any]:
+    """Status, objective value, bound and gap from Pyomo's results, the solution loaded into ``model``."""
+    pyo = _pyo()
+    tc = results.solver.termination_condition
+    status = _termination_status(tc)
+    if status == "infeasible":
+        return {"status": "infeasible", "solver_seconds": seconds, "termination": str(tc)}
+    if len(results.solution) == 0:
+        return {"status": "error", "solver_seconds": seconds, "termination": str(tc), "stopped": status}
+    # Pyomo warns when it loads the solution of an aborted (time-limited) solve; the result says so itself.
+    logger = logging.getLogger("pyomo.core")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        model.solutions.load_from(results)
+    finally:
+        logger.setLevel(level)
+    if sense == "max":
+        bound, incumbent = results.problem.upper_bound, results.problem.lower_bound
+    else:
+        bound, incumbent = results.problem.lower_bound, results.problem.upper_bound
+    objective = next(model.component_data_objects(pyo.Objective, active=True))
+    raw = pyo.value(objective)
+    if not np.isfinite(raw):
+        raise RuntimeError(f"solver {solver!r} returned an arch whose objective is {raw!r}; refusing a non-finite answer")
+    if incumbent is not None and np.isfinite(incumbent) and abs(incumbent - raw) > 1e-6 * max(1.0, abs(raw)):
+        raise RuntimeError(
+            f"solver {solver!r} returned a solution whose objective ({raw!r}) differs from the one it reports "
+            f"({incumbent!r}); refusing an inconsistent answer"
+        )
+    value = raw + offset
+    bound = None if bound is None or not np.isfinite(bound) else float(bound) + offset
+    gap = None if bound is None else abs(bound - value) / max(abs(value), 1e-12)
+    return {"status": status, "value": value, "bound": bound, "gap": gap, "solver_seconds": seconds, "termination": str(tc)}
+
+
+def finish_result(result: SearchResult, *, require_optimal: bool, time_limit: float | None) -> SearchResult:
+    """Make a non-optimal result of an exact method explicit: a message and a
+    :class:`NotOptimalWarning`, or :class:`NotOptimalError` when ``require_optimal``."""
+    if result.status == "optimal":
+        return result
+    termination = result.details.get("termination")
+    if result.status == "time_limit":
+        why = f"stopped at the time limit ({time_limit!r} s)"
+    elif result.status == "infeasible":
+        why = f"returned an arch that violates the limits ({result.message})"
+    else:
+        why = f"stopped (termination: {termination})"
+    gap = "no bound reported" if result.gap is None else f"relative gap {result.gap:.3g}"
+    text = (f"{result.method} with solver {result.solver!r} {why} before proving optimality: the arch's objective "
+            f"{result.objective!r} may not be the best ({gap}); raise `time_limit` for a proven optimum")
+    if require_optimal:
+        raise NotOptimalError(text, result, termination)
+    result.message = text if result.status != "infeasible" else result.message
+    warnings.warn(text, NotOptimalWarning, stacklevel=3)
+    return result
+
+
+def no_solution_error(solver: str, out: Mapping[str, Any], time_limit: float | None) -> Exception:
+    """The error for a solve that ended without any arch (and without proving infeasibility)."""
+    if out.get("stopped") == "time_limit":
+        return NotOptimalError(
+            f"solver {solver!r} stopped at the time limit ({time_limit!r} s) before finding any arch that meets the "
+            "limits (none may exist); raise `time_limit`", None, out["termination"])
+    return RuntimeError(f"solver {solver!r} returned no solution (termination: {out['termination']})")
+
+
 class MilpModel:
     """The MILP of a problem as a Pyomo ``ConcreteModel``, built once and solvable many times.
 
@@ -273,57 +351,37 @@ class MilpModel:
 
         Args:
             solver: Pyomo solver name (must be installed; see ``available_solvers()``).
+            time_limit: seconds, passed in the solver's own option (see
+                :func:`~lightning_nas.solvers.backends.solver_options`).
             rel_gap: relative MIP gap at which the solver may stop (0: proven optimum).
             abs_gap: absolute MIP gap in objective units (default ``1e-9`` × the range of values
                 the objective takes over the space).
             solver_options: extra options passed to the solver unchanged.
 
         Returns:
-            dict with ``status`` (``"optimal"``, ``"feasible"``, ``"infeasible"``), ``configs``
-            (S, D), ``depths`` (S,), ``value`` and ``bound`` (objective with its constant, or
-            ``None``), ``gap``, ``solver_seconds``.
-        """
-        pyo = _pyo()
-        from pyomo.opt import TerminationCondition as TC
+            dict with ``status`` (``"optimal"``, ``"time_limit"``, ``"feasible"`` (stopped by
+            another limit), ``"infeasible"``, or ``"error"`` when the solver stopped without an
+            arch), ``configs`` (S, D), ``depths`` (S,), ``value`` and ``bound`` (objective with its
+            constant, or ``None``), ``gap``, ``solver_seconds``, ``termination``.
 
-        if not (self.idx.w or self.idx.beta or self.idx.x):
-            return self._solve_without_choices()
-        # A fresh solver object each time: HiGHS 1.16 re-solving a MIP after a bound change (what
-        # a persistent appsi solver does) reports the new optimum's value with the previous
-        # solution's columns. Rebuilding costs a few milliseconds.
-        opt = get_solver(solver)
+        Raises:
+            SolverLicenseError: the solver's licence refused the model.
+        """
         if abs_gap is None:
             abs_gap = self.default_abs_gap
-        options = {**gap_options(solver, rel_gap, abs_gap), **dict(solver_options or {})}
+        time_limit = check_time_limit(time_limit)
+        if not (self.idx.w or self.idx.beta or self.idx.x):
+            return self._solve_without_choices()
+        # A fresh solver object each time (run_solver): HiGHS 1.16 re-solving a MIP after a bound
+        # change (what a persistent appsi solver does) reports the new optimum's value with the
+        # previous solution's columns. Rebuilding costs a few milliseconds.
         start = time.perf_counter()
-        kwargs: dict[str, Any] = {"load_solutions": False, "options": options}
-        if time_limit is not None:
-            kwargs["timelimit"] = float(time_limit)
-        results = opt.solve(self.model, **kwargs)
+        results = run_solver(solver, self.model, time_limit=time_limit, rel_gap=rel_gap, abs_gap=abs_gap, extra=solver_options)
         seconds = time.perf_counter() - start
-        tc = results.solver.termination_condition
-        if tc in (TC.infeasible, TC.infeasibleOrUnbounded):
-            return {"status": "infeasible", "solver_seconds": seconds, "termination": str(tc)}
-        if len(results.solution) == 0:
-            return {"status": "error", "solver_seconds": seconds, "termination": str(tc)}
-        self.model.solutions.load_from(results)
-        configs, depths = self._decode()
-        if self.sense == "max":
-            bound, incumbent = results.problem.upper_bound, results.problem.lower_bound
-        else:
-            bound, incumbent = results.problem.lower_bound, results.problem.upper_bound
-        raw = pyo.value(self.model.obj)
-        if incumbent is not None and np.isfinite(incumbent) and abs(incumbent - raw) > 1e-6 * max(1.0, abs(raw)):
-            raise RuntimeError(
-                f"solver {solver!r} returned a solution whose objective ({raw!r}) differs from the one it reports "
-                f"({incumbent!r}); refusing an inconsistent answer"
-            )
-        value = raw + self.offset
-        bound = None if bound is None or not np.isfinite(bound) else float(bound) + self.offset
-        gap = None if bound is None else abs(bound - value) / max(abs(value), 1e-12)
-        status = "optimal" if tc == TC.optimal else "feasible"
-        return {"status": status, "configs": configs, "depths": depths, "value": value, "bound": bound,
-                "gap": gap, "solver_seconds": seconds, "termination": str(tc)}
+        out = _read_results(results, self.model, solver, seconds, sense=self.sense, offset=self.offset)
+        if "value" in out:
+            out["configs"], out["depths"] = self._decode()
+        return out
 
     def _solve_without_choices(self) -> dict[str, Any]:
         # Nothing runs that could change (e.g. only depth-0 stages): solvers reject empty models.
@@ -352,36 +410,66 @@ class MilpModel:
 
 def solve_milp(problem: ConstrainedProblem, *, solver: str = "appsi_highs", formulation: str = "compact",
                time_limit: float | None = None, rel_gap: float = 0.0, solver_options: Mapping[str, Any] | None = None,
-               model: MilpModel | None = None) -> SearchResult:
+               model: MilpModel | None = None, require_optimal: bool = False) -> SearchResult:
     """Maximise the objective subject to the limits, exactly. ``model`` reuses a built model.
+
+    A solve stopped by ``time_limit`` returns ``status="time_limit"`` with its gap and a
+    :class:`NotOptimalWarning`; with ``require_optimal=True`` it raises :class:`NotOptimalError`.
 
     Raises:
         InfeasibleError: no arch meets the limits (the message names the violated resource and
             its smallest / largest achievable value).
+        NotOptimalError: see above, or the time limit ran out before any arch was found.
+        SolverLicenseError: the solver's licence refused the model.
     """
     start = time.perf_counter()
+    time_limit = check_time_limit(time_limit)
+    _check_flag(require_optimal, "require_optimal")
     if model is None:
         model = MilpModel(problem, formulation)
     out = model.solve(solver, time_limit=time_limit, rel_gap=rel_gap, solver_options=solver_options)
     if out["status"] == "infeasible":
-        diagnose_infeasibility(problem, solver=solver, formulation=formulation)
+        diagnose_infeasibility(problem, solver=solver, formulation=formulation, time_limit=time_limit)
         raise InfeasibleError("the solver reports that no arch meets the limits")  # diagnosis found no culprit
     if out["status"] == "error":
-        raise RuntimeError(f"solver {solver!r} returned no solution (termination: {out['termination']})")
+        raise no_solution_error(solver, out, time_limit)
     details = {"build_seconds": model.build_seconds, "solver_seconds": out["solver_seconds"],
                "formulation": model.formulation, "bound": out["bound"], "termination": out["termination"]}
-    return problem.make_result(out["configs"], out["depths"], method="milp", solver=solver, status=out["status"],
-                               gap=out["gap"], solve_seconds=time.perf_counter() - start, details=details)
+    result = problem.make_result(out["configs"], out["depths"], method="milp", solver=solver, status=out["status"],
+                                 gap=out["gap"], solve_seconds=time.perf_counter() - start, details=details)
+    return finish_result(result, require_optimal=require_optimal, time_limit=time_limit)
 
 
-def diagnose_infeasibility(problem: ConstrainedProblem, *, solver: str = "appsi_highs", formulation: str = "compact") -> None:
+def _check_flag(value: Any, name: str) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"`{name}` must be True or False, got {value!r}")
+
+
+def diagnose_infeasibility(problem: ConstrainedProblem, *, solver: str = "appsi_highs", formulation: str = "compact",
+                           time_limit: float | None = None) -> None:
     """Raise :class:`InfeasibleError` explaining why no arch meets ``problem``'s limits.
 
     A single bound beyond reach is found exactly without a solver. Otherwise, for each bound, the
     MILP finds the smallest (largest) value of its resource subject to all the *other* limits; the
     first bound that this value violates is reported. Returns normally when the limits are feasible.
+    ``time_limit`` bounds all these solves together (seconds); when it runs out before a culprit is
+    found, the error says so.
     """
     problem.check_each_limit()
+    time_limit = check_time_limit(time_limit)
+    deadline = None if time_limit is None else time.perf_counter() + time_limit
+
+    def remaining() -> float | None:
+        if deadline is None:
+            return None
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            raise InfeasibleError(
+                f"the solver reports that no arch meets the limits; the time limit ({time_limit!r} s) ran out before "
+                "finding which bound is out of reach (raise `time_limit`, or call diagnose_infeasibility without one)"
+            )
+        return left
+
     found = []
     for k, lim in enumerate(problem.limits):
         others = [o for i, o in enumerate(problem.limits) if i != k]
@@ -397,9 +485,9 @@ def diagnose_infeasibility(problem: ConstrainedProblem, *, solver: str = "appsi_
 
                 table = BilinearTable(table.staged, -table.constant, -table.block, -table.depth, name=table.name)
             model = MilpModel(sub, formulation, minimise=table)
-            out = model.solve(solver)
+            out = model.solve(solver, time_limit=remaining())
             if out["status"] != "optimal":
-                continue  # the other limits alone are infeasible: another bound is the culprit
+                continue  # the other limits alone are infeasible (or time ran out): another bound is the culprit
             achieved = float(lim.table.predict_indices(out["configs"], out["depths"]))
             if which == "upper" and achieved > bound + 1e-7:
                 found.append((lim, which, bound, achieved, out))
@@ -407,7 +495,7 @@ def diagnose_infeasibility(problem: ConstrainedProblem, *, solver: str = "appsi_
                 found.append((lim, which, bound, achieved, out))
     if not found:
         if problem.num_limits:
-            status = MilpModel(problem, formulation).solve(solver)["status"]
+            status = MilpModel(problem, formulation).solve(solver, time_limit=remaining())["status"]
             if status != "infeasible":
                 return
         else:
@@ -480,45 +568,47 @@ def set_miqcp_arch(model, problem: ConstrainedProblem, configs: np.ndarray, dept
         model.beta[s, j].value = float(depths[s] == j)
 
 
-def solve_miqcp(problem: ConstrainedProblem, *, solver: str, time_limit: float | None = None, rel_gap: float = 0.0,
-                solver_options: Mapping[str, Any] | None = None) -> SearchResult:
+def solve_miqcp(problem: ConstrainedProblem, *, solver: str | None = None, time_limit: float | None = None,
+                rel_gap: float = 0.0, solver_options: Mapping[str, Any] | None = None,
+                require_optimal: bool = False) -> SearchResult:
     """Solve the bilinear program directly with a non-convex MIQCP solver.
+
+    Args:
+        solver: a solver of the SCIP, Gurobi, CPLEX or Xpress family; ``None``: the first of
+            :func:`~lightning_nas.solvers.backends.miqcp_solvers` (SCIP when pyscipopt is installed).
 
     Raises:
         ValueError: for solvers that cannot take quadratic constraints (HiGHS, CBC, GLPK) or are
             not installed.
         InfeasibleError: the solver proves that no arch meets the limits.
+        NotOptimalError: ``require_optimal=True`` and the solver stopped before proving optimality,
+            or the time limit ran out before any arch was found.
+        SolverLicenseError: the solver's licence refused the model.
     """
-    if solver in _LINEAR_ONLY:
-        from lightning_nas.solvers.backends import available_solvers
-
-        raise ValueError(
-            f"solver {solver!r} cannot solve method='miqcp' (quadratic constraints with products of binaries); "
-            "use method='milp', the exact linearisation of the same problem, or a non-convex MIQCP solver "
-            f"(gurobi, cplex, scip, xpress); installed: {available_solvers()!r}"
-        )
-    pyo = _pyo()
-    from pyomo.opt import TerminationCondition as TC
-
+    time_limit = check_time_limit(time_limit)
+    _check_flag(require_optimal, "require_optimal")
+    if solver is None:
+        found = miqcp_solvers()
+        if not found:
+            raise ValueError(_miqcp_advice("method='miqcp' needs a non-convex MIQCP solver and none is installed"))
+        solver = found[0]
+    if solver_family(solver) not in MIQCP_FAMILIES:
+        raise ValueError(_miqcp_advice(
+            f"solver {solver!r} cannot solve method='miqcp' (quadratic constraints with products of binaries)"))
     start = time.perf_counter()
-    opt = get_solver(solver)
     model, _ = build_miqcp(problem)
     build = time.perf_counter() - start
-    options = gap_options(solver, rel_gap, 0.0)
-    if "gurobi" in solver:
+    options: dict[str, Any] = {}
+    if solver_family(solver) == "gurobi":
         options["NonConvex"] = 2  # products of binaries in constraints are non-convex
     options.update(solver_options or {})
-    kwargs: dict[str, Any] = {"load_solutions": False, "options": options}
-    if time_limit is not None:
-        kwargs["timelimit"] = float(time_limit)
-    results = opt.solve(model, **kwargs)
-    tc = results.solver.termination_condition
-    if tc in (TC.infeasible, TC.infeasibleOrUnbounded):
-        diagnose_infeasibility(problem)
+    results = run_solver(solver, model, time_limit=time_limit, rel_gap=rel_gap, abs_gap=0.0, extra=options)
+    out = _read_results(results, model, solver, time.perf_counter() - start - build, sense="max", offset=0.0)
+    if out["status"] == "infeasible":
+        diagnose_infeasibility(problem, time_limit=time_limit)
         raise InfeasibleError("the solver reports that no arch meets the limits")
-    if len(results.solution) == 0:
-        raise RuntimeError(f"solver {solver!r} returned no solution (termination: {tc})")
-    model.solutions.load_from(results)
+    if out["status"] == "error":
+        raise no_solution_error(solver, out, time_limit)
     idx = model._nas_index
     configs = problem.base_configs.copy()
     depths = np.zeros(problem.staged.num_stages, dtype=np.int64)
@@ -527,10 +617,16 @@ def solve_miqcp(problem: ConstrainedProblem, *, solver: str, time_limit: float |
     for s, b in idx.blocks:
         kept = idx.configs[s, b]
         configs[s, b] = kept[int(np.argmax([model.alpha[s, b, c].value or 0.0 for c in kept]))]
-    bound = results.problem.upper_bound
-    value = float(pyo.value(model.obj))
-    gap = None if bound is None or not np.isfinite(bound) else abs(float(bound) - value) / max(abs(value), 1e-12)
-    return problem.make_result(configs, depths, method="miqcp", solver=solver,
-                               status="optimal" if tc == TC.optimal else "feasible", gap=gap,
-                               solve_seconds=time.perf_counter() - start,
-                               details={"build_seconds": build, "termination": str(tc)})
+    result = problem.make_result(configs, depths, method="miqcp", solver=solver, status=out["status"], gap=out["gap"],
+                                 solve_seconds=time.perf_counter() - start,
+                                 details={"build_seconds": build, "solver_seconds": out["solver_seconds"],
+                                          "bound": out["bound"], "termination": out["termination"]})
+    return finish_result(result, require_optimal=require_optimal, time_limit=time_limit)
+
+
+def _miqcp_advice(reason: str) -> str:
+    return (
+        f"{reason}; use method='milp', the exact linearisation of the same problem (HiGHS, installed with this "
+        "library), or a non-convex MIQCP solver: 'scip_direct' (free, `pip install pyscipopt`), or Gurobi, CPLEX, "
+        f"Xpress (size-limited without a licence); installed: {available_solvers()!r}"
+    )

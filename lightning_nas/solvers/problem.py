@@ -32,8 +32,11 @@ __all__ = [
     "ConstrainedProblem",
     "InfeasibleError",
     "Limit",
+    "NotOptimalError",
+    "NotOptimalWarning",
     "SearchFailedError",
     "SearchResult",
+    "check_table_finite",
 ]
 
 FEASIBILITY_TOL = 1e-7
@@ -58,6 +61,24 @@ class InfeasibleError(ValueError):
 
 class SearchFailedError(RuntimeError):
     """A heuristic method found no arch meeting the limits although one may exist."""
+
+
+class NotOptimalError(RuntimeError):
+    """An exact method stopped before proving its arch optimal (time limit, or another solver
+    limit), with ``require_optimal=True``, or before finding any arch at all.
+
+    Attributes:
+        result: the best :class:`SearchResult` found (``None`` when the solver found none).
+        termination: the solver's termination condition.
+    """
+
+    def __init__(self, message: str, result: "SearchResult | None" = None, termination: str | None = None) -> None:
+        super().__init__(message)
+        self.result, self.termination = result, termination
+
+
+class NotOptimalWarning(UserWarning):
+    """An exact method returns an arch it has not proven optimal (see ``SearchResult.message``)."""
 
 
 @dataclass(frozen=True)
@@ -111,8 +132,12 @@ class SearchResult:
         limits: name → ``{"lower", "upper", "unit"}``.
         method: ``"milp"``, ``"miqcp"``, ``"bcfw"`` or ``"evolution"``.
         solver: the Pyomo solver name (MILP/MIQCP), ``"scipy-highs"`` (BCFW LPs) or ``None``.
-        status: ``"optimal"`` (proven), ``"feasible"`` (meets the limits, optimality not proven)
-            or ``"infeasible"`` (the returned arch violates a limit, or no arch exists).
+        status: ``"optimal"`` (proven), ``"time_limit"`` (an exact method stopped at its
+            ``time_limit`` with this arch, which meets the limits, before proving it optimal),
+            ``"feasible"`` (meets the limits, optimality not proven: a heuristic, or a solver
+            stopped by another of its limits) or ``"infeasible"`` (the returned arch violates a
+            limit, or no arch exists). An exact method's non-optimal result also carries the
+            reason in ``message`` and emits a :class:`NotOptimalWarning`.
         gap: relative optimality gap ``(bound - objective) / |objective|`` when the method proves
             a bound, else ``None``.
         solve_seconds: wall time of the whole search, seconds (model building included).
@@ -193,6 +218,7 @@ class ConstrainedProblem:
     def __init__(self, objective: BilinearTable, limits: Any = (), base: Mapping[str, Any] | None = None) -> None:
         if not isinstance(objective, BilinearTable):
             raise ValueError(f"`objective` must be a BilinearTable, got {type(objective).__name__}")
+        check_table_finite(objective, "objective")
         if isinstance(limits, (Limit, tuple)) and not (isinstance(limits, tuple) and all(isinstance(x, (Limit, tuple)) for x in limits)):
             limits = [limits]
         self.limits: tuple[Limit, ...] = tuple(_as_limit(x) for x in limits)
@@ -207,6 +233,8 @@ class ConstrainedProblem:
                         f"table {lim.name!r} was made for another space structure than the objective {objective.name!r}; "
                         "all tables must share one StagedSpace"
                     )
+        for lim in self.limits:
+            check_table_finite(lim.table, f"limit on {lim.name!r}")
         names = [lim.name for lim in self.limits]
         if len(set(names)) != len(names):
             raise ValueError(f"limited resources must have unique table names, got {names!r}")
@@ -348,6 +376,25 @@ class ConstrainedProblem:
                 archs.append(lim.table.extreme(largest=True)[1])
         configs, depths = self.staged.indices_many(archs)
         return self.complete_configs(configs), depths
+
+
+def check_table_finite(table: BilinearTable, role: str) -> None:
+    """Raise ``ValueError`` when ``table`` (the ``role`` of a problem) holds a NaN or infinite value.
+
+    The constructor checks them, but the arrays and the constant are public attributes: a NaN set
+    afterwards would make every solver answer NaN as "optimal", or report a NaN limit "infeasible".
+    """
+    st = table.staged
+    bad = []
+    if not math.isfinite(table.constant):
+        bad.append(f"constant {table.constant!r}")
+    block, depth = np.asarray(table.block), np.asarray(table.depth)
+    if not np.isfinite(block[st.config_exists()]).all():
+        bad.append("non-finite `block` entries")
+    if not np.isfinite(depth[st.depth_exists()]).all():
+        bad.append("non-finite `depth` entries")
+    if bad:
+        raise ValueError(f"the {role} table {table.name!r} has {' and '.join(bad)}; every value must be a finite number")
 
 
 def _unit(lim: Limit) -> str:

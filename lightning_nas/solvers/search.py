@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from lightning_nas.bilinear import BilinearTable
+from lightning_nas.solvers.backends import check_time_limit
 from lightning_nas.solvers.problem import ConstrainedProblem, InfeasibleError, Limit, SearchFailedError, SearchResult
 
 __all__ = ["METHODS", "pareto_sweep", "search_constrained"]
@@ -35,6 +36,7 @@ def search_constrained(
     seed: int = 0,
     base: Mapping[str, Any] | None = None,
     time_limit: float | None = None,
+    require_optimal: bool = False,
     **options: Any,
 ) -> SearchResult:
     """Maximise ``objective`` over the archs of its space subject to ``limits``.
@@ -48,8 +50,12 @@ def search_constrained(
             with several limits).
         seed: seeds ``"bcfw"`` and ``"evolution"``.
         base: arch providing the labels the tables do not cover (default: the space's default).
-        time_limit: solver time limit in seconds (``"milp"`` / ``"miqcp"``); the result is then
-            ``"feasible"`` with its gap when optimality is not proven in time.
+        time_limit: solver time limit in seconds (``"milp"`` / ``"miqcp"``), passed in each
+            solver's own option; when optimality is not proven in time the result has
+            ``status="time_limit"``, its ``gap`` (when the solver reports a bound), the reason in
+            ``message``, and a :class:`NotOptimalWarning` is emitted.
+        require_optimal: raise :class:`NotOptimalError` instead of returning an arch the solver
+            has not proven optimal (``"milp"`` / ``"miqcp"``).
         options: method options: ``formulation``, ``rel_gap``, ``solver_options`` (milp);
             ``rel_gap``, ``solver_options`` (miqcp); ``p``, ``max_iter``, ``rounding`` (bcfw);
             ``population``, ``sample``, ``cycles`` (evolution).
@@ -61,19 +67,24 @@ def search_constrained(
         InfeasibleError: no arch meets the limits; the message names the resource and its smallest
             (largest, for a lower bound) achievable value.
         SearchFailedError: ``"evolution"`` found no feasible arch although one exists.
+        NotOptimalError: ``require_optimal=True`` and the solver stopped before proving optimality,
+            or the time limit ran out before the solver found any arch.
+        SolverLicenseError: the solver's licence refused the model (e.g. Gurobi's or CPLEX's
+            size-limited pip licence); the message says which limit and what to use instead.
         ValueError: bad arguments (unknown method, tables of different spaces, NaN limits, ...).
     """
     start = time.perf_counter()
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    time_limit = check_time_limit(time_limit)
     problem = ConstrainedProblem(objective, limits, base=base)
-    result = _dispatch(problem, method, solver, seed, time_limit, options)
+    result = _dispatch(problem, method, solver, seed, time_limit, options, require_optimal)
     result.solve_seconds = time.perf_counter() - start
     return result
 
 
 def _dispatch(problem: ConstrainedProblem, method: str, solver: str, seed: int, time_limit: float | None,
-              options: dict[str, Any]) -> SearchResult:
+              options: dict[str, Any], require_optimal: bool = False) -> SearchResult:
     allowed = {
         "milp": {"formulation", "rel_gap", "solver_options", "model"},
         "miqcp": {"rel_gap", "solver_options"},
@@ -85,6 +96,11 @@ def _dispatch(problem: ConstrainedProblem, method: str, solver: str, seed: int, 
         raise ValueError(f"unknown option(s) {unknown} for method={method!r}; allowed: {sorted(allowed)}")
     if method in ("bcfw", "evolution") and time_limit is not None:
         raise ValueError(f"`time_limit` applies to the solver methods (milp, miqcp), not to method={method!r}")
+    if not isinstance(require_optimal, bool):
+        raise ValueError(f"`require_optimal` must be True or False, got {require_optimal!r}")
+    if method in ("bcfw", "evolution") and require_optimal:
+        raise ValueError(f"`require_optimal=True` needs an exact method (milp, miqcp); method={method!r} is a heuristic "
+                         "that never proves optimality")
     if method in ("bcfw", "evolution") and problem.staged.shared_labels:
         raise ValueError(
             f"method={method!r} changes one block at a time, which cannot keep the decisions several blocks share "
@@ -95,11 +111,11 @@ def _dispatch(problem: ConstrainedProblem, method: str, solver: str, seed: int, 
     if method == "milp":
         from lightning_nas.solvers.milp import solve_milp
 
-        return solve_milp(problem, solver=solver, time_limit=time_limit, **options)
+        return solve_milp(problem, solver=solver, time_limit=time_limit, require_optimal=require_optimal, **options)
     if method == "miqcp":
         from lightning_nas.solvers.milp import solve_miqcp
 
-        return solve_miqcp(problem, solver=solver, time_limit=time_limit, **options)
+        return solve_miqcp(problem, solver=solver, time_limit=time_limit, require_optimal=require_optimal, **options)
     if method == "bcfw":
         from lightning_nas.solvers.bcfw import solve_bcfw
 
@@ -135,24 +151,30 @@ def pareto_sweep(
     seed: int = 0,
     base: Mapping[str, Any] | None = None,
     time_limit: float | None = None,
+    require_optimal: bool = False,
     **options: Any,
 ) -> list[SearchResult]:
     """Solve the problem for each upper bound in ``targets`` on ``resource``.
 
     With ``method="milp"`` the model is built once and re-solved with the new bound.
+    ``time_limit`` and ``require_optimal`` apply to each target's solve (see :func:`search_constrained`).
 
     Returns:
         One :class:`SearchResult` per target, in increasing target order. An infeasible target
         gives ``status="infeasible"``, ``arch=None``, ``objective=None`` and the reason (with the
         smallest achievable value) in ``message``; the sweep goes on.
     """
-    targets = [float(t) for t in targets]
+    try:
+        targets = [float(t) for t in targets]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`targets` must be a sequence of finite numbers, got {targets!r}") from err
     if not targets:
         raise ValueError("`targets` must hold at least one resource bound, got none")
     if any(not np.isfinite(t) for t in targets):
         raise ValueError(f"`targets` must be finite numbers, got {targets!r}")
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
+    time_limit = check_time_limit(time_limit)
     targets = sorted(targets)
     others = [lim if isinstance(lim, Limit) else Limit(lim[0], upper=lim[1]) for lim in other_limits]
     model = None
@@ -171,7 +193,7 @@ def pareto_sweep(
                 model.set_limit(0, upper=target)
             opts["model"] = model
         try:
-            result = _dispatch(problem, method, solver, seed, time_limit, opts)
+            result = _dispatch(problem, method, solver, seed, time_limit, opts, require_optimal)
         except (InfeasibleError, SearchFailedError) as err:
             result = SearchResult(
                 arch=None, objective=None, resources={}, limits=problem.limits_dict(), method=method,
