@@ -47,6 +47,7 @@ Batch-synchronous: a new batch is computed once every proposal of the previous o
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -143,6 +144,10 @@ class BayesianOptimization(BatchStrategy):
                                  ("p", p, 0), ("q", q, 0), ("f", f, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
+        for name, value, allow_zero in (("lr", lr, False), ("pretrain_lr", pretrain_lr, False), ("ucb_beta", ucb_beta, True)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf \
+                    or (value == 0 and not allow_zero):
+                raise ValueError(f"`{name}` must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
         self.pretrain_metrics = tuple(pretrain_metrics)
         if self.pretrain_metrics and cost_model is None:
             raise ValueError(f"`pretrain_metrics`={list(self.pretrain_metrics)} needs a `cost_model` to compute them")
@@ -244,7 +249,9 @@ class BayesianOptimization(BatchStrategy):
             y = torch.full((len(archs), self._heads()), float("nan"))
             for i, arch in enumerate(archs):
                 costs = self.cost_model(arch)
-                y[i, : len(self.pretrain_metrics)] = torch.tensor([float(costs[m]) for m in self.pretrain_metrics])
+                # A non-finite cost (a table's missing cell) is a missing target, not a number to fit.
+                y[i, : len(self.pretrain_metrics)] = torch.tensor(
+                    [float(costs[m]) if math.isfinite(float(costs[m])) else math.nan for m in self.pretrain_metrics])
             model.set_standardisation(y)
             fit_ensemble(model, x, y, steps=self.pretrain_steps, lr=self.pretrain_lr, batch_size=self.minibatch,
                          seed=derive_seed(self.seed, 3))

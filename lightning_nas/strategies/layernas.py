@@ -191,8 +191,12 @@ class LayerNAS(Strategy):
     def _cost(self, arch: Mapping[str, Any]) -> float:
         key = arch_key(arch)
         if key not in self._cost_cache:
-            value = self.cost(arch) if callable(self.cost) else self.cost_model(arch)[self.cost]
-            self._cost_cache[key] = float(value)
+            value = float(self.cost(arch) if callable(self.cost) else self.cost_model(arch)[self.cost])
+            if not math.isfinite(value):
+                name = self.cost if isinstance(self.cost, str) else "`cost`"
+                raise ValueError(f"LayerNAS: the bucketing cost {name} of arch {dict(arch)} is {value}; every arch "
+                                 "needs a finite cost (a missing table cell?)")
+            self._cost_cache[key] = value
         return self._cost_cache[key]
 
     def _target(self) -> list:

@@ -68,9 +68,11 @@ class RankNOSH(BatchStrategy):
                  pairs_per_step: int = 64) -> None:
         super().__init__(space, seed=seed, constraints=constraints, cost_model=cost_model)
         levels = tuple(float(x) for x in levels)
-        if not levels or any(b <= a for a, b in zip(levels, levels[1:])) or levels[0] <= 0:
+        if not levels or not all(0 < x < math.inf for x in levels) or any(b <= a for a, b in zip(levels, levels[1:])):
             raise ValueError(f"`levels` must be positive, strictly ascending fidelities, got {levels!r}")
-        if not (isinstance(eta, (int, float)) and eta > 1):
+        if not (isinstance(lr, (int, float)) and 0 < lr < math.inf):
+            raise ValueError(f"`lr` must be a finite number > 0, got {lr!r}")
+        if not (isinstance(eta, (int, float)) and 1 < eta < math.inf):
             raise ValueError(f"`eta` must be a number > 1, got {eta!r}")
         for name, value in (("new_per_round", new_per_round), ("candidates", candidates), ("members", members),
                             ("steps", steps), ("pairs_per_step", pairs_per_step)):

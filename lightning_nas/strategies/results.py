@@ -121,6 +121,8 @@ class SearchResults:
         Raises:
             KeyError: a cost is not among a trial's metrics.
         """
+        if isinstance(costs, str):
+            raise ValueError(f"`costs` must be a list of metric names, got the string {costs!r} (write [{costs!r}])")
         at = [r for r in self._at(fidelity) if r.violation <= 0.0]
         for r in at:
             missing = [c for c in costs if c not in r.metrics]

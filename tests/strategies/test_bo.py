@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import pickle
+import math
 import sys
 from pathlib import Path
 
@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from lightning_nas.strategies.bo import BayesianOptimization, acquisition
 from lightning_nas.strategies.candidates import one_hot
+from lightning_nas.strategies.codec import decode_state, encode_state
 from lightning_nas.strategies.driver import Budget, run_search
 from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble, masked_huber
 
@@ -125,7 +126,7 @@ def test_multi_fidelity_schedule_and_equivalent_budget() -> None:
     assert results.best().fidelity == 10.0
 
 
-def test_state_survives_pickling_without_the_surrogate(tmp_path: Path) -> None:
+def test_state_survives_storage_without_the_surrogate(tmp_path: Path) -> None:
     evaluator = SyntheticEvaluator()
     straight = search(bo(2, cost_model=evaluator.costs, pretrain_metrics=["cost"], pretrain_archs=64,
                          pretrain_steps=30), 24)
@@ -135,7 +136,7 @@ def test_state_survives_pickling_without_the_surrogate(tmp_path: Path) -> None:
     run_search(make(), evaluator, objective="accuracy", budget=Budget(evaluations=10), storage=db)
     resumed = run_search(make(), evaluator, objective="accuracy", budget=Budget(evaluations=24), storage=db)
     assert [r.arch for r in resumed.done] == [r.arch for r in straight.done]
-    assert "_pretrained" not in pickle.loads(pickle.dumps(make().state_dict()))
+    assert "_pretrained" not in decode_state(encode_state(make().state_dict()))
 
 
 def test_bad_arguments() -> None:
@@ -145,6 +146,20 @@ def test_bad_arguments() -> None:
         bo(members=1)
     with pytest.raises(ValueError, match="`fidelities` must be"):
         bo(fidelities=(10.0, 2.0))
+    for name, value, message in (("lr", math.nan, "> 0"), ("pretrain_lr", 0.0, "> 0"), ("ucb_beta", math.inf, ">= 0")):
+        with pytest.raises(ValueError, match=f"`{name}` must be a finite number {message}, got {value!r}"):
+            bo(**{name: value})
+
+
+def test_non_finite_zero_cost_metrics_are_missing_pretraining_targets() -> None:
+    evaluator = SyntheticEvaluator()
+
+    def costs(arch):  # a table with missing cells for some archs
+        return {"cost": math.nan if arch["l0"] == 0 else math.inf if arch["l0"] == 1 else evaluator.costs(arch)["cost"]}
+
+    strategy = bo(2, cost_model=costs, pretrain_metrics=["cost"], pretrain_archs=64, pretrain_steps=10)
+    weights = strategy._pretrain()
+    assert all(torch.isfinite(w).all() for w in weights.values())
 
 
 def test_one_hot_equals_search_space_encoding() -> None:

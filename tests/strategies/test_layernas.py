@@ -115,6 +115,8 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="`children` must be None or an int"):
         LayerNAS(space, children=0)
     evaluator = SyntheticEvaluator()
+    with pytest.raises(ValueError, match=r"the bucketing cost cost of arch \{.*\} is nan; every arch needs a finite"):
+        LayerNAS(space, cost_model=lambda a: {"cost": float("nan")}, cost="cost")
     with pytest.raises(ValueError, match="completion_limit"):
         LayerNAS(space, cost_model=evaluator.costs, cost="cost", constraints=[Constraint("cost", upper=8.0)],
                  completion_limit=10)

@@ -70,5 +70,9 @@ def test_bad_arguments() -> None:
         nosh(levels=(10.0, 2.5))
     with pytest.raises(ValueError, match="`eta` must be a number > 1"):
         nosh(eta=1)
+    with pytest.raises(ValueError, match="`levels` must be positive, strictly ascending"):
+        nosh(levels=(float("nan"), 10.0))
+    with pytest.raises(ValueError, match="`lr` must be a finite number > 0"):
+        nosh(lr=float("nan"))
     with pytest.raises(ValueError, match="`new_per_round`"):
         nosh(new_per_round=0)
