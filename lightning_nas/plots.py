@@ -24,11 +24,12 @@ def _check_path(path: str | Path) -> Path:
     return path
 
 
-def _finite(name: str, values: Sequence[float]) -> list[float]:
+def _finite(name: str, values: Sequence[float], *, indexed: bool = True) -> list[float]:
     out = []
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
-            raise ValueError(f"`{name}`[{i}] must be a finite number, got {v!r} (a NaN here means the upstream "
+            where = f"`{name}`[{i}]" if indexed else f"`{name}`"
+            raise ValueError(f"{where} must be a finite number, got {v!r} (a NaN here means the upstream "
                              "prediction or measurement failed)")
         out.append(float(v))
     return out
@@ -118,7 +119,9 @@ def plot_pareto(
         missing = [k for k in ("predicted_x", "predicted_y") if k not in p]
         if missing:
             raise ValueError(f"`points`[{i}] lacks {missing}; each point needs 'predicted_x' and 'predicted_y'")
-        _finite(f"points[{i}] values", [v for k, v in p.items() if k in ("predicted_x", "predicted_y", "measured_x", "measured_y", "target")])
+        for key in ("predicted_x", "predicted_y", "measured_x", "measured_y", "target"):
+            if key in p:
+                _finite(f"points[{i}].{key}", [p[key]], indexed=False)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -54,7 +54,7 @@ def test_bad_plot_inputs_are_named_before_drawing(tmp_path):
     with pytest.raises(IsADirectoryError, match="is a directory"):
         plot_contributions(table, tmp_path)
     point = {"predicted_x": 1.0, "predicted_y": 0.5}
-    with pytest.raises(ValueError, match=r"`points`\[1\] values.*finite"):
+    with pytest.raises(ValueError, match=r"`points\[1\].predicted_x` must be a finite number"):
         plot_pareto(None, [point, {"predicted_x": float("nan"), "predicted_y": 0.4}], tmp_path / "p.png")
     with pytest.raises(ValueError, match=r"`points`\[0\] lacks \['predicted_y'\]"):
         plot_pareto(None, [{"predicted_x": 1.0}], tmp_path / "p.png")
