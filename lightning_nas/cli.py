@@ -9,15 +9,21 @@ __all__ = ["main"]
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive int, got {text}")
     return value
 
 
 def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text}")
     return value
 
@@ -46,17 +52,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "search":
+        import sqlite3
+
         try:
             return search_cli.run(args)
-        except (ValueError, KeyError, FileNotFoundError) as err:
+        except (ValueError, KeyError, OSError) as err:
+            # OSError: a directory, read-only or full --storage/--table; the message names the path.
             search.error(str(err))
+        except sqlite3.Error as err:
+            search.error(f"--storage {str(args.storage) if args.storage else '(default)'}: {type(err).__name__}: {err}")
     if args.command == "profile":
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         try:
             return profile_cli.run(args)
-        except ValueError as err:
+        except (ValueError, OSError) as err:
             profile.error(str(err))
     from lightning_nas.demo import format_summary, run_demo
 

@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return run(args)
-    except ValueError as err:
+    except (ValueError, OSError) as err:
+        # OSError: an --out that is a directory or cannot be written; the message names it.
         parser.error(str(err))
     return 2
 

@@ -85,3 +85,44 @@ def test_profile_takes_your_own_model(tmp_path, capsys, monkeypatch):
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path / "t.json"), *bad])
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["directory", "under a file"])
+def test_unwritable_out_is_a_parser_error_naming_it(tmp_path, capsys, where):
+    from lightning_nas import cli
+
+    out = tmp_path if where == "directory" else tmp_path / "file" / "t.json"
+    (tmp_path / "file").write_text("x")
+    argv = ["--space", "mobilenet", "--out", str(out), "--space-kwargs", TINY, "--image-size", "16", "--repeats", "2"]
+    for entry in (main, lambda a: cli.main(["profile", *a])):
+        with pytest.raises(SystemExit) as info:
+            entry(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and str(out) in err and "Traceback" not in err
+    assert (tmp_path / "file").read_text() == "x"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["demo", "--epochs", "ten"], "--epochs: must be a positive int, got 'ten'"),
+    (["demo", "--targets", "nan"], "--targets: must be a fraction in [0, 1], got nan"),
+    (["demo", "--targets", "half"], "--targets: must be a fraction in [0, 1], got 'half'"),
+])
+def test_demo_arguments_name_the_option(capsys, argv, message):
+    from lightning_nas import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_search_storage_directory_is_a_parser_error(tmp_path, capsys):
+    from lightning_nas import cli
+
+    table = tmp_path / "t.csv"
+    table.write_text("index,arch_str,c10_valid_200\n0,|none~0|+|none~0|none~1|+|none~0|none~1|none~2|,10.0\n")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["search", "--table", str(table), "--strategy", "random", "--budget", "1", "--storage", str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
