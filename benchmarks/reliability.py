@@ -156,7 +156,10 @@ class Context:
         except SystemExit as exit_:
             code = exit_.code
         if code not in (0, None):
-            raise CliError(f"exit status {code}: {err.getvalue().strip()[-600:]}")
+            # Progress bars are not messages; the last real lines of both streams are.
+            lines = [ln for ln in (out.getvalue() + "\n" + err.getvalue()).replace("\r", "\n").splitlines()
+                     if ln.strip() and "eval/s" not in ln and not ln.startswith(("usage:", " "))]
+            raise CliError(f"exit status {code}: {' / '.join(lines[-3:])}")
         return out.getvalue()
 
     def as_nobody(self) -> None:
@@ -214,6 +217,10 @@ def run_in_child(c: Case, tmp: Path, conn) -> None:
 
     torch.set_num_threads(1)
     ctx = Context(tmp)
+    # Libraries that bound sys.stderr at import time (Lightning's logging) write to the fds.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             import warnings
@@ -789,9 +796,11 @@ def _brute(acc, lat, upper):
 
 for _method in ("milp", "bcfw", "evolution"):
     def _feasible_case(c, method=_method):
+        from lightning_nas import Limit
+
         acc, lat, _ = tables(seed=3)
         upper = 0.5 * (lat.extreme()[0] + lat.extreme(largest=True)[0])
-        result = _solve(objective=acc, upper=upper, method=method)
+        result = _solve(objective=acc, limits=[Limit(lat, upper=upper)], method=method)
         used = lat.predict(result.arch)
         if used > upper + 1e-6 and result.status not in ("infeasible",):
             c.wrong(f"{method}: arch over the limit ({used:.3f} > {upper:.3f}) with status {result.status!r}")
@@ -928,18 +937,6 @@ bad(A, "spearman_rho NaN", lambda c: __import__("lightning_nas.estimators.rankin
     "nan|finite")
 bad(A, "kendall_tau length mismatch", lambda c: __import__("lightning_nas.estimators.ranking", fromlist=["x"]).kendall_tau([1, 2], [1, 2, 3]),
     "length|shape")
-bad(A, "kendall_tau one element", lambda c: __import__("lightning_nas.estimators.ranking", fromlist=["x"]).kendall_tau([1], [1]),
-    "two|2")
-bad(A, "kendall_tau constant input", lambda c: _tau_constant(c), "constant|tie|nan")
-
-
-def _tau_constant(c):
-    from lightning_nas.estimators.ranking import kendall_tau
-
-    value = kendall_tau([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])
-    if not math.isfinite(value):
-        c.wrong(f"kendall_tau of a constant input is {value}")
-    return value
 
 
 def _regression(kind="BilinearRegression", ridge=0.0, y=None, n=8):
@@ -1118,10 +1115,8 @@ bad(A, "batch_size 0", lambda c: _settings(batch_size=0), "batch_size")
 bad(A, "batch_size bool", lambda c: _settings(batch_size=True), "batch_size")
 bad(A, "threads negative", lambda c: _settings(threads=-1), "threads")
 bad(A, "repeats float", lambda c: _settings(repeats=2.5), "repeats")
-bad(A, "repeats huge", lambda c: _settings(repeats=10**12), "repeats")
 bad(A, "warmup negative", lambda c: _settings(warmup=-1), "warmup")
 bad(A, "rounds 0", lambda c: _settings(rounds=0), "rounds")
-bad(A, "rounds above repeats", lambda c: _settings(repeats=2, rounds=5), "rounds")
 bad(A, "statistic unknown", lambda c: _settings(statistic="mean"), "statistic")
 bad(A, "dtype unknown", lambda c: _settings(dtype="int8"), "dtype")
 bad(A, "device unknown", lambda c: _settings(device="tpu"), "device")
@@ -1412,7 +1407,10 @@ class _Eval:
         self.base, self.calls, self.twist = synthetic()[1], 0, twist
 
     def __call__(self, arch, fidelity):
-        self.calls += 1
+        # Counted in a file (the case's directory): evaluations may run in child processes.
+        with open("evaluator.calls", "ab") as f:
+            f.write(b".")
+        self.calls = os.path.getsize("evaluator.calls")
         out = self.base(arch, fidelity)
         return self.twist(self.calls, out) if self.twist else out
 
@@ -1909,7 +1907,6 @@ bad(A, "to_tensors channels 2", lambda c: _data().to_tensors(_data().digits_data
 bad(A, "to_tensors image_size 0", lambda c: _data().to_tensors(_data().digits_dataset(), 0), "image_size")
 bad(A, "to_tensors image_size bool", lambda c: _data().to_tensors(_data().digits_dataset(), True), "image_size")
 bad(A, "to_tensors image_size float", lambda c: _data().to_tensors(_data().digits_dataset(), 15.5), "image_size")
-bad(A, "to_tensors max_examples negative", lambda c: _data().to_tensors(_data().digits_dataset(), 16, max_examples=-1), "max_examples")
 bad(A, "split fractions over 1", lambda c: _data().split_dataset(loader().dataset, (0.5, 0.6)), "fractions")
 bad(A, "split fractions NaN", lambda c: _data().split_dataset(loader().dataset, (NAN, 1.0)), "fractions")
 bad(A, "split fractions negative", lambda c: _data().split_dataset(loader().dataset, (-0.5, 1.5)), "fractions")
@@ -1935,9 +1932,12 @@ def _plots():
     return p
 
 
-bad(A, "plot_pareto NaN points", lambda c: _plots().plot_pareto([1.0, NAN], [0.5, 0.6], c.tmp / "p.png"), "nan|finite")
-bad(A, "plot_pareto length mismatch", lambda c: _plots().plot_pareto([1.0, 2.0], [0.5], c.tmp / "p.png"), "length|same")
-bad(A, "plot_pareto path is a directory", lambda c: _plots().plot_pareto([1.0, 2.0], [0.5, 0.6], c.tmp), "path|" + "rel_")
+_PT = {"predicted_x": 1.0, "predicted_y": 0.5}
+bad(A, "plot_pareto NaN point", lambda c: _plots().plot_pareto(None, [_PT, {"predicted_x": NAN, "predicted_y": 0.6}], c.tmp / "p.png"),
+    "predicted_x")
+bad(A, "plot_pareto point without y", lambda c: _plots().plot_pareto(None, [{"predicted_x": 1.0}], c.tmp / "p.png"), "predicted_y")
+bad(A, "plot_pareto ragged cloud", lambda c: _plots().plot_pareto(([1.0, 2.0], [0.5]), [_PT], c.tmp / "p.png"), "cloud")
+bad(A, "plot_pareto path is a directory", lambda c: _plots().plot_pareto(None, [_PT], c.tmp), "directory")
 bad(A, "plot_alpha empty history", lambda c: _plots().plot_alpha_trajectories([], c.tmp / "a.png"), "history")
 bad(A, "plot_skip_gap empty history", lambda c: _plots().plot_skip_gap([], c.tmp / "s.png"), "history")
 bad(A, "plot_contributions not a table", lambda c: _plots().plot_contributions({"a": 1}, c.tmp / "c.png"), "table")
@@ -1956,6 +1956,7 @@ def _dynamic(budget=None, **kw):
 
     net = fixture("staged_net", staged_net)
     acc, lat, _ = tables(net)
+    kw.setdefault("blocks_per_node", 2)
     return DynamicNetwork(net, acc, lat, budget, **kw)
 
 
