@@ -268,11 +268,17 @@ def darts_arch(genotype: Genotype, *, default_op: str = "skip_connect") -> dict[
     Raises:
         ValueError: when a node does not have exactly 2 distinct earlier sources.
     """
+    if not all(hasattr(genotype, kind) for kind in _KINDS):
+        raise ValueError(f"`genotype` must be a Genotype (fields {list(Genotype._fields)}), got {type(genotype).__name__} {genotype!r}")
     arch: dict[str, Any] = {}
     for kind in _KINDS:
         pairs = list(getattr(genotype, kind))
         if len(pairs) != 2 * len(_INTERMEDIATE):
             raise ValueError(f"genotype.{kind} must list 8 (op, source) pairs (2 per node), got {len(pairs)}")
+        for k, pair in enumerate(pairs):
+            if (not isinstance(pair, (tuple, list)) or len(pair) != 2 or not isinstance(pair[0], str)
+                    or isinstance(pair[1], bool) or not isinstance(pair[1], int)):
+                raise ValueError(f"genotype.{kind}[{k}] must be an (op name, source node int) pair, got {pair!r}")
         for n, j in enumerate(_INTERMEDIATE):
             chosen = dict((int(src), op) for op, src in pairs[2 * n : 2 * n + 2])
             if len(chosen) != 2 or not all(0 <= s < j for s in chosen):

@@ -156,3 +156,14 @@ def test_sampled_cells_profile_end_to_end():
     net = darts_supernet(channels=4, layers=3)
     (result,) = time_archs(net, [net.space.sample(0)], ProfileSettings(input_size=(3, 16, 16), repeats=5, warmup=1, rounds=1))
     assert result.median_ms > 0
+
+
+@pytest.mark.parametrize(("genotype", "match"), [
+    (("x",), "`genotype` must be a Genotype"),
+    ({"normal": []}, "`genotype` must be a Genotype"),
+    (DARTS_V2._replace(normal=[("sep_conv_3x3", "0")] * 8), r"genotype.normal\[0\] must be an \(op name, source node int\) pair"),
+    (DARTS_V2._replace(reduce=["max_pool_3x3"] * 8), r"genotype.reduce\[0\] must be"),
+])
+def test_malformed_genotypes_are_named(genotype, match):
+    with pytest.raises(ValueError, match=match):
+        darts_arch(genotype)
