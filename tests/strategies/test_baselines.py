@@ -65,7 +65,7 @@ def test_infeasible_constraint_does_not_loop(make) -> None:
     results = search(make([Constraint("cost", upper=5.0)], evaluator.costs), 20, evaluator)
     assert len(results) == 20 and not any(r.violation <= 0 for r in results.done)
     least = min(r.violation for r in results.done)
-    assert results.best().violation == least
+    assert results.best() is None and results.least_violating().violation == least
 
 
 def test_bad_arguments() -> None:
