@@ -24,6 +24,7 @@ what it can rebuild (a surrogate's weights).
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,12 +110,15 @@ class Constraint:
     lower: float | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.metric, str) or not self.metric:
+            raise ValueError(f"Constraint `metric` must be a metric name (a non-empty string), got {self.metric!r}")
         if self.upper is None and self.lower is None:
             raise ValueError(f"Constraint on {self.metric!r} needs `upper` and/or `lower`, got neither")
         for name in ("upper", "lower"):
             bound = getattr(self, name)
-            if bound is not None and not math.isfinite(bound):
-                raise ValueError(f"Constraint `{name}` must be finite, got {bound!r}")
+            if bound is not None and (isinstance(bound, bool) or not isinstance(bound, numbers.Real)
+                                      or not math.isfinite(bound)):
+                raise ValueError(f"Constraint `{name}` must be a finite number, got {bound!r}")
         if self.upper is not None and self.lower is not None and self.lower > self.upper:
             raise ValueError(f"Constraint on {self.metric!r}: `lower` {self.lower} exceeds `upper` {self.upper}")
 
@@ -155,6 +159,8 @@ class Strategy(ABC):
             raise ValueError(f"`space` must be a SearchSpace, got {type(space).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"`seed` must be a non-negative int, got {seed!r}")
+        if cost_model is not None and not callable(cost_model):
+            raise ValueError(f"`cost_model` must be None or a callable arch -> {{metric: value}}, got {cost_model!r}")
         constraints = tuple(constraints)
         if not all(isinstance(c, Constraint) for c in constraints):
             raise ValueError(f"`constraints` must be Constraint objects, got {constraints!r}")

@@ -81,7 +81,15 @@ class _InlineExecutor(Executor):
 def _timed_call(evaluator: Callable, arch: dict[str, Any], fidelity: float) -> tuple[dict[str, float], float]:
     start = time.perf_counter()
     metrics = evaluator(arch, fidelity)
-    return {k: float(v) for k, v in dict(metrics).items()}, time.perf_counter() - start
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"the evaluator must return a dict {{metric: number}}, got a {type(metrics).__name__}")
+    out = {}
+    for name, value in metrics.items():
+        try:
+            out[str(name)] = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"the evaluator returned metric {name!r} = {value!r:.100}, not a number") from None
+    return out, time.perf_counter() - start
 
 
 def run_search(strategy: Strategy, evaluator: Callable[[dict[str, Any], float], Mapping[str, float]], *,

@@ -182,6 +182,29 @@ def test_bad_arguments() -> None:
         Constraint("cost")
     with pytest.raises(ValueError, match="exceeds `upper`"):
         Constraint("cost", upper=1.0, lower=2.0)
+    with pytest.raises(ValueError, match="`metric` must be a metric name"):
+        Constraint(5, upper=1.0)
+    with pytest.raises(ValueError, match="`upper` must be a finite number, got True"):
+        Constraint("cost", upper=True)
+    with pytest.raises(ValueError, match="`cost_model` must be None or a callable"):
+        RandomSearch(synthetic_space(), cost_model={"cost": 1.0})
+
+
+class Returns:
+    full_fidelity = 10.0
+
+    def __init__(self, out) -> None:
+        self.out = out
+
+    def __call__(self, arch, fidelity):
+        return self.out
+
+
+def test_what_an_evaluator_returns_is_checked() -> None:
+    with pytest.raises(EvaluationError, match=r"TypeError: the evaluator must return a dict \{metric: number\}, got a list"):
+        run_search(evolution(), Returns([1.0]), objective="accuracy", budget=Budget(evaluations=1))
+    with pytest.raises(EvaluationError, match="the evaluator returned metric 'accuracy' = 'high', not a number"):
+        run_search(evolution(), Returns({"accuracy": "high"}), objective="accuracy", budget=Budget(evaluations=1))
 
 
 def _done_count(db: Path) -> int:
