@@ -178,11 +178,11 @@ class DynamicNetwork(nn.Module):
             _check_same_structure(table, full, "`resources`")
         if isinstance(blocks_per_node, bool) or not isinstance(blocks_per_node, (int, np.integer)) or blocks_per_node < 1:
             raise ValueError(f"`blocks_per_node` must be an int >= 1, got {blocks_per_node!r}")
-        if isinstance(objective, BlockPerformance):
-            from lightning_nas.solvers.fractional import FRACTIONAL_METHODS
+        from lightning_nas.solvers.fractional import FRACTIONAL_METHODS
 
-            if method not in FRACTIONAL_METHODS:
-                raise ValueError(f"`method` must be one of {FRACTIONAL_METHODS}, got {method!r}")
+        # Checked for either objective: a misspelt method must not pass just because this objective ignores it.
+        if method not in FRACTIONAL_METHODS:
+            raise ValueError(f"`method` must be one of {FRACTIONAL_METHODS}, got {method!r}")
         _check_budget(budget or {})
         if full.shared_labels:
             raise ValueError(

@@ -160,3 +160,13 @@ def test_resources_of_another_space_are_named(setup):
     foreign = BilinearTable(other, 1.0, np.ones((1, 1, 2)), name="latency")
     with pytest.raises(ValueError, match="`resources` table 'latency' was made for another space"):
         DynamicNetwork(supernet, perf, foreign, {"latency": 100.0}, blocks_per_node=2)
+
+
+def test_unknown_method_is_refused_for_a_table_objective_too():
+    torch.manual_seed(0)
+    supernet = ln.Supernet(nn.Sequential(nn.Conv2d(3, 4, 1), ln.OpChoice({"a": nn.Identity(), "b": nn.ReLU()}, "edge0")))
+    staged = nodes_as_stage(supernet.space)
+    acc = BilinearTable(staged, 0.5, np.array([[[0.1, 0.0]]]), name="accuracy")
+    lat = BilinearTable(staged, 1.0, np.array([[[1.0, 0.5]]]), name="latency")
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        DynamicNetwork(supernet, acc, lat, {"latency": 10.0}, blocks_per_node=2, method="simplex")
