@@ -17,6 +17,7 @@ activates the students before the step, as without distillation::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,8 +41,8 @@ def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, temperature:
     Returns:
         A scalar tensor (nats).
     """
-    if not temperature > 0:
-        raise ValueError(f"`temperature` must be > 0, got {temperature!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
+        raise ValueError(f"`temperature` must be a finite float > 0, got {temperature!r}")
     if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
         raise ValueError(
             f"`student_logits` and `teacher_logits` must both be (B, K) of one shape, got "

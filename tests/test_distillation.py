@@ -127,3 +127,9 @@ def test_trainer_under_bf16_mixed_precision_learns():
     # 48 steps the running statistics of this tiny run lag far behind the weights in float32 as well.
     before, after = _largest_subnet_loss_before_and_after_training("bf16-mixed", batch_statistics=True)
     assert after < 0.6 * before, (before, after)
+
+
+@pytest.mark.parametrize("temperature", [float("inf"), float("nan"), True, "2"])
+def test_temperature_must_be_a_finite_positive_float(temperature):
+    with pytest.raises(ValueError, match=r"`temperature` must be a finite float > 0, got"):
+        distillation_kl(torch.zeros(2, 3), torch.zeros(2, 3), temperature)

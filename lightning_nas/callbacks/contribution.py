@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lightning_nas.bilinear import BilinearTable
@@ -157,6 +159,15 @@ class ContributionEstimation(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Now, not when the first estimate finds nothing to measure (at the end of training).
         check_not_empty(self.held_out, "ContributionEstimation", "held_out", peek=True)
+        if self.every_n_epochs is not None and not self.at_end and (
+            not is_overridden("validation_step", pl_module) or trainer.limit_val_batches == 0
+        ):
+            # The estimates are made at validation epoch ends: without a validation loop there would be none.
+            raise MisconfigurationException(
+                f"ContributionEstimation: `every_n_epochs={self.every_n_epochs}` estimates at the end of validation epochs, but "
+                f"{type(pl_module).__name__} runs no validation (no `validation_step`, or limit_val_batches=0) and "
+                "`at_end=False`: no table would ever be made; add a validation loop or set at_end=True"
+            )
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.every_n_epochs is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
@@ -180,33 +191,16 @@ class ContributionEstimation(Callback):
         # A diverged network scores every example alike (argmax of NaN logits): a finite-looking table of noise.
         require_finite(pl_module, "ContributionEstimation", "an accuracy table estimated from it")
         forward = self.forward
-        model_forward = (lambda x: forward(pl_module, x)) if forward else pl_module
-        non_finite: list[torch.Tensor] = []
-
-        def checked_forward(x: Any) -> Any:
-            logits = model_forward(x)
-            if isinstance(logits, torch.Tensor) and logits.is_floating_point():
-                # Kept on the device and read once at the end: no host sync per batch.
-                non_finite.append(~torch.isfinite(logits).all())
-            return logits
-
         accumulator = make_accumulator(
             self._staged, fit=self.fit, shrinkage=self.shrinkage, metadata={"epoch": trainer.current_epoch, "global_step": trainer.global_step}
         )
         table = estimate_contributions(
             self._supernet, self.held_out, method=self.method, passes=self.passes, seed=self.seed,
-            batch_to_xy=self.batch_to_xy, forward=checked_forward, model=pl_module, rank=trainer.global_rank, world_size=trainer.world_size, accumulator=accumulator,
+            batch_to_xy=self.batch_to_xy, forward=(lambda x: forward(pl_module, x)) if forward else pl_module,
+            model=pl_module, rank=trainer.global_rank, world_size=trainer.world_size, accumulator=accumulator,
             staged=self._staged, paired=self.paired, score=self.score, fit=self.fit, allocation=self.allocation,
             pilot_passes=self.pilot_passes,
         )
-        bad = torch.stack(non_finite).any().float() if non_finite else torch.zeros((), device=pl_module.device)
-        if trainer.world_size > 1:  # every rank saw other batches: all must agree to raise, or the others hang
-            bad = trainer.strategy.reduce(bad.to(pl_module.device), reduce_op="sum")
-        if float(bad) > 0:
-            raise FloatingPointError(
-                "ContributionEstimation: the network gave NaN or infinite logits on held-out batches (though its weights "
-                "are finite: an overflow, in half precision say), so the accuracy table would be meaningless"
-            )
         self._table, self._pending, self._last_step = table, None, trainer.global_step
         self.history.append({
             "epoch": trainer.current_epoch, "global_step": trainer.global_step,

@@ -238,13 +238,21 @@ class DartsSearch(Callback):
         """Magnitude selection: the arch of largest expected weights (see :func:`magnitude_selection`).
 
         Raises:
-            RuntimeError: before a search was fitted.
+            RuntimeError: before a search was fitted, or when α was never updated (no α step taken, say
+                ``start_epoch`` past the epochs trained, or every step skipped): the selection would be
+                α's random initialisation.
             FloatingPointError: α or the network's weights hold NaN or infinite values (the search
                 diverged): an argmax of them would be an arbitrary architecture.
         """
         if self.relaxation is None:
             raise RuntimeError(f"{type(self).__name__}.select() needs a fitted search (no relaxation yet)")
         require_finite(self.relaxation.supernet, f"{type(self).__name__}.select()", "an architecture selected from it")
+        if self.steps == self.skipped_steps:
+            raise RuntimeError(
+                f"{type(self).__name__}.select(): α was never updated ({self.steps} α steps taken, {self.skipped_steps} of them "
+                f"skipped for a non-finite gradient; α steps start at start_epoch={self.start_epoch}), so a selection would be "
+                "α's random initialisation; train past start_epoch"
+            )
         if self.skipped_steps:
             rank_zero_warn(
                 f"{type(self).__name__}.select(): {self.skipped_steps} of {self.steps} α steps were skipped for a NaN or "

@@ -21,6 +21,7 @@ Selection edits the relaxation, never α:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_nas.nn.choice import candidate_key
 from lightning_nas.nn.input_choice import InputChoice
 from lightning_nas.nn.op_choice import OpChoice
 from lightning_nas.seeding import derive_generator, derive_seed
@@ -58,8 +60,8 @@ class SoftmaxRelaxation(nn.Module):
         super().__init__()
         if not isinstance(supernet, Supernet):
             raise ValueError(f"`supernet` must be a lightning_nas Supernet, got {type(supernet).__name__}")
-        if not init_std >= 0:
-            raise ValueError(f"`init_std` must be >= 0, got {init_std!r}")
+        if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or not 0 <= init_std < math.inf:
+            raise ValueError(f"`init_std` must be a finite float >= 0, got {init_std!r}")
         object.__setattr__(self, "supernet", supernet)
         ops: dict[str, list[Any]] = {}
         inputs: dict[str, int] = {}
@@ -98,6 +100,14 @@ class SoftmaxRelaxation(nn.Module):
     def alpha_of(self, label: str) -> nn.Parameter:
         """The ``(n_ops,)`` architecture parameters of an op label."""
         return self.alpha[self._index[self._check(label)]]
+
+    def _position(self, label: str, op: Any) -> int:
+        """Index of ``op`` among ``label``'s candidates, by candidate key: ``True`` is not the op ``1``."""
+        key = candidate_key(op)
+        for k, candidate in enumerate(self.ops(label)):
+            if candidate_key(candidate) == key:
+                return k
+        raise ValueError(f"`op` {op!r} is not a candidate of {label!r}; candidates: {self.ops(label)}")
 
     def _check(self, label: str) -> str:
         if label not in self._index:
@@ -228,14 +238,12 @@ class SoftmaxRelaxation(nn.Module):
     # -- selection edits ---------------------------------------------------------------------
     def fix(self, label: str, op: Any) -> None:
         """Discretise ``label`` to ``op``: its mixing weight becomes exactly 1, the others 0."""
-        if op not in self.ops(label):
-            raise ValueError(f"`op` {op!r} is not a candidate of {label!r}; candidates: {self.ops(label)}")
-        self.fixed[label] = op
+        self.fixed[label] = self.ops(label)[self._position(label, op)]
 
     def fix_inputs(self, label: str, chosen: tuple[int, ...]) -> None:
         """Keep only the inputs ``chosen`` of an ``InputChoice`` label."""
         edges = self._edges(label)
-        if not chosen or any(not 0 <= i < edges.numel() for i in chosen):
+        if not chosen or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < edges.numel() for i in chosen):
             raise ValueError(f"`chosen` must be indices in [0, {edges.numel()}), got {chosen!r}")
         edges.zero_()
         edges[list(chosen)] = 1.0
@@ -245,9 +253,7 @@ class SoftmaxRelaxation(nn.Module):
     def perturbed(self, label: str, op: Any) -> Iterator[None]:
         """Inside, ``op``'s weight on ``label`` is 0 and the others keep theirs (no renormalising)."""
         mask = self._perturb(label)
-        k = self.ops(label).index(op) if op in self.ops(label) else None
-        if k is None:
-            raise ValueError(f"`op` {op!r} is not a candidate of {label!r}; candidates: {self.ops(label)}")
+        k = self._position(label, op)
         mask[k] = 0.0
         try:
             yield
@@ -267,7 +273,7 @@ class SoftmaxRelaxation(nn.Module):
 
     def prune(self, keep: int) -> None:
         """Keep the ``keep`` operations of largest expected weight on every unfixed label (DrNAS progressive)."""
-        if not isinstance(keep, int) or keep < 1:
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
             raise ValueError(f"`keep` must be a positive int, got {keep!r}")
         for label in self.op_labels:
             if label in self.fixed:
@@ -315,8 +321,8 @@ class DirichletRelaxation(SoftmaxRelaxation):
         super().__init__(supernet, init_std=init_std, seed=seed)
         if anchor not in ("kl", "l2", None):
             raise ValueError(f"`anchor` must be 'kl', 'l2' or None, got {anchor!r}")
-        if not anchor_weight >= 0:
-            raise ValueError(f"`anchor_weight` must be >= 0, got {anchor_weight!r}")
+        if isinstance(anchor_weight, bool) or not isinstance(anchor_weight, (int, float)) or not 0 <= anchor_weight < math.inf:
+            raise ValueError(f"`anchor_weight` must be a finite float >= 0, got {anchor_weight!r}")
         self.anchor = anchor
         self.anchor_weight = float(anchor_weight)
         self.seed = seed

@@ -51,8 +51,10 @@ def recalibrate_batch_norm(
     """
     from lightning_nas.nn.norm import ElasticBatchNorm2d
 
-    if num_batches is not None and num_batches < 1:
+    if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1):
         raise ValueError(f"`num_batches` must be a positive int or None, got {num_batches!r}")
+    if forward is not None and not callable(forward):
+        raise ValueError(f"`forward` must be callable(module, batch) or None, got {forward!r}")
     norms = [m for m in module.modules() if isinstance(m, (*_NORMS, ElasticBatchNorm2d)) and m.track_running_stats]
     saved_momentum = [m.momentum for m in norms]
     was_training = module.training

@@ -362,6 +362,8 @@ def mutate(
 
     if isinstance(model, Supernet):
         raise ValueError("`model` is already a Supernet; mutate the plain model, then wrap it: Supernet(mutate(model, ...))")
+    if not isinstance(strict, bool):
+        raise ValueError(f"`strict` must be a bool, got {strict!r}")
     if not isinstance(label_prefix, str):
         raise ValueError(f"`label_prefix` must be a string, got {type(label_prefix).__name__}")
     if callable(rules) and not isinstance(rules, Sequence):

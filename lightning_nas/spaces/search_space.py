@@ -212,6 +212,8 @@ class SearchSpace:
         Raises:
             ValueError: when the space has more than ``limit`` architectures.
         """
+        if not isinstance(limit, numbers.Integral) or isinstance(limit, bool) or limit < 0:
+            raise ValueError(f"`limit` must be a non-negative int, got {limit!r}")
         if self.size > limit:
             raise ValueError(f"the space has {self.size} architectures, more than `limit`={limit}; sample instead")
         for combo in itertools.product(*(d.values for d in self.decisions)):

@@ -109,7 +109,8 @@ def test_contribution_estimation_refuses_a_diverged_network():
 
 def test_contribution_estimation_refuses_non_finite_logits_of_finite_weights():
     callback = ContributionEstimation(DataLoader(images(6, seed=1), batch_size=3), forward=lambda module, x: module(x) * math.inf)
-    with pytest.raises(FloatingPointError, match="NaN or infinite logits on held-out batches"):
+    # Refused by the estimator itself (lightning_nas.estimators.contributions).
+    with pytest.raises(ValueError, match=r"non-finite logits \(NaN or inf\)"):
         fit(Classifier(), [UniformSampling(0, per_sample=True), callback], DataLoader(images(), batch_size=4))
     assert callback.accuracy_model is None
 
@@ -146,9 +147,36 @@ def test_darts_alpha_stays_finite_when_only_the_architecture_loss_is_nan():
         fit(TinySearch(), [search], DataLoader(tiny_data(32), batch_size=8))
     assert search.skipped_steps == search.steps == 4
     assert all(bool(torch.isfinite(a).all()) for a in search.relaxation.alpha)
-    with pytest.warns(UserWarning, match=r"4 of 4 α steps were skipped"):
-        arch = search.select()
-    assert set(arch) == {"op1", "op2"}
+    with pytest.raises(RuntimeError, match=r"α was never updated \(4 α steps taken, 4 of them skipped"):
+        search.select()
+
+
+def test_darts_select_warns_about_skipped_steps_and_refuses_an_untouched_alpha():
+    calls = []
+
+    def sometimes_nan(module, batch):
+        calls.append(1)
+        loss = nn.functional.cross_entropy(module(batch[0]), batch[1])
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    search = DartsSearch(tiny_data(32, seed=1), batch_size=8, loss_fn=sometimes_nan)
+    with pytest.warns(UserWarning, match="α left unchanged"):
+        fit(TinySearch(), [search], DataLoader(tiny_data(32), batch_size=8))
+    with pytest.warns(UserWarning, match=r"1 of 4 α steps were skipped"):
+        assert set(search.select()) == {"op1", "op2"}
+
+    late = DartsSearch(tiny_data(32, seed=1), batch_size=8, start_epoch=5)
+    fit(TinySearch(), [late], DataLoader(tiny_data(32), batch_size=8))
+    with pytest.raises(RuntimeError, match=r"α was never updated \(0 α steps taken.*start_epoch=5"):
+        late.select()
+
+
+def test_periodic_contribution_estimates_need_a_validation_loop():
+    model = Classifier()  # no validation_step
+    callback = ContributionEstimation(DataLoader(images(6), batch_size=3), every_n_epochs=1, at_end=False)
+    with pytest.raises(MisconfigurationException, match=r"`every_n_epochs=1` estimates at the end of validation epochs, but Classifier runs no validation"):
+        fit(model, [UniformSampling(0), callback], DataLoader(images(), batch_size=4))
+    assert model.steps == 0
 
 
 def test_magnitude_selection_refuses_nan_alpha():

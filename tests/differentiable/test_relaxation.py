@@ -176,3 +176,25 @@ def test_dirichlet_replaying_mixes_with_an_earlier_draw():
     with pytest.raises(ValueError, match="`draw`"):
         with relaxation.replaying(draws + 1):
             pass
+
+
+def test_relaxation_refuses_bools_for_ops_and_non_finite_settings():
+    import math
+
+    net = ln.Supernet(nn.Sequential(ln.OpChoice([nn.Identity(), nn.ReLU(), nn.Tanh()], "op"), ln.InputChoice(3, 2, "in")))
+    relaxation = SoftmaxRelaxation(net)
+    with pytest.raises(ValueError, match=r"`op` True is not a candidate of 'op'; candidates: \[0, 1, 2\]"):
+        relaxation.fix("op", True)
+    with pytest.raises(ValueError, match=r"`op` False is not a candidate of 'op'"):
+        with relaxation.perturbed("op", False):
+            pass
+    relaxation.fix("op", 1)
+    assert relaxation.fixed == {"op": 1}
+    with pytest.raises(ValueError, match=r"`chosen` must be indices in \[0, 3\), got \(0, 1.5\)"):
+        relaxation.fix_inputs("in", (0, 1.5))
+    with pytest.raises(ValueError, match="`keep` must be a positive int, got True"):
+        relaxation.prune(True)
+    with pytest.raises(ValueError, match="`init_std` must be a finite float >= 0, got inf"):
+        SoftmaxRelaxation(net, init_std=math.inf)
+    with pytest.raises(ValueError, match="`anchor_weight` must be a finite float >= 0, got nan"):
+        DirichletRelaxation(net, anchor_weight=math.nan)

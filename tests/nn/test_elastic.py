@@ -128,3 +128,19 @@ def test_recalibration_errors():
         recalibrate_batch_norm(nn.BatchNorm2d(3), [])
     with pytest.raises(ValueError, match="`num_batches` must be a positive int"):
         recalibrate_batch_norm(nn.BatchNorm2d(3), _data(), num_batches=0)
+
+
+def test_recalibration_and_mutate_refuse_arguments_of_the_wrong_type():
+    import lightning_nas as ln
+
+    net = torch.nn.Sequential(torch.nn.BatchNorm1d(2))
+    for bad in (1.5, True, 0):
+        with pytest.raises(ValueError, match="`num_batches` must be a positive int or None"):
+            ln.recalibrate_batch_norm(net, [torch.randn(4, 2)], num_batches=bad)
+    with pytest.raises(ValueError, match="`forward` must be callable"):
+        ln.recalibrate_batch_norm(net, [torch.randn(4, 2)], forward="net")
+    with pytest.raises(ValueError, match="`strict` must be a bool, got 'no'"):
+        ln.mutate(net, rules=[lambda path, m: None], strict="no")
+    space = ln.Supernet(torch.nn.Sequential(ln.Choice([1, 2], "c"))).space
+    with pytest.raises(ValueError, match="`limit` must be a non-negative int, got 1.5"):
+        list(space.enumerate(limit=1.5))
