@@ -705,6 +705,22 @@ def check_score(score: Any) -> Callable[[Tensor, Tensor], Tensor]:
     return score
 
 
+def _checked_score(score: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    # A user's score is checked where it returns, so a NaN or a wrong shape is reported as the
+    # score's, not later as a non-finite table entry or a records-shape mismatch.
+    def checked(logits: Tensor, target: Tensor) -> Tensor:
+        out = score(logits, target)
+        n = int(logits.shape[0])
+        if not isinstance(out, Tensor) or tuple(out.shape) != (n,):
+            raise ValueError(f"`score` {score_name(score)} must return a tensor of shape ({n},) (one value per example), "
+                             f"got {tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}")
+        if out.dtype != torch.bool and not bool(torch.isfinite(out).all()):
+            raise ValueError(f"`score` {score_name(score)} returned non-finite values (NaN or inf); it must return values in [0, 1]")
+        return out
+
+    return checked
+
+
 def _positive_int(value: Any, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}")
@@ -817,6 +833,7 @@ def estimate_contributions(
     )
     space = supernet.space
     device = _device_of(model)
+    score = _checked_score(score)
     seen = 0
     with evaluation_mode(model, supernet):
         # Batch by batch, all passes of a batch back to back: the held-out data is read once, and

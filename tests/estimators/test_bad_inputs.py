@@ -67,3 +67,12 @@ def test_empty_held_out_is_named():
 def test_healthy_network_still_estimates():
     table = estimate_one_pass(tiny(), data(), passes=2)
     assert torch.isfinite(torch.as_tensor(table.block)).all()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"fit": "log_error", "passes": 2}, {"paired": True, "passes": 2}])
+def test_a_score_returning_nan_or_the_wrong_shape_is_named(kwargs):
+    nan_score = lambda logits, y: torch.full((len(y),), float("nan"))  # noqa: E731
+    with pytest.raises(ValueError, match="`score` .* returned non-finite values"):
+        estimate_one_pass(tiny(), data(), score=nan_score, **kwargs)
+    with pytest.raises(ValueError, match=r"`score` .* must return a tensor of shape \(4,\)"):
+        estimate_one_pass(tiny(), data(), score=lambda logits, y: torch.ones(3), **kwargs)
