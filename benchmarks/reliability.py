@@ -2083,16 +2083,17 @@ def _popen(c, db, budget, delay, log, kind):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=c.tmp, start_new_session=True)
 
 
-for _kind, _after in (("random", 3), ("evolution", 5)):
-    def _kill_case(c, kind=_kind, after=_after):
+for _kind, _after, _signal in (("random", 3, signal.SIGKILL), ("evolution", 5, signal.SIGKILL), ("random", 4, signal.SIGINT)):
+    def _kill_case(c, kind=_kind, after=_after, sig=_signal):
         db, log = c.tmp / "kill.db", c.tmp / "calls.log"
         proc = _popen(c, db, 12, 0.3, log, kind)
         deadline = time.time() + 90
         while len(_finished(db)) < after and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
         before = _finished(db)
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, sig)
         proc.wait()
+        before = _finished(db) if sig != signal.SIGKILL else before
         if len(before) < after:
             raise Hang(f"the search did not finish {after} trials in 90 s: {proc.stderr.read().decode()[-300:]}")
         done = subprocess.run([sys.executable, str(_script(c)), str(db), "12", "0.0", str(log), kind], capture_output=True,
@@ -2110,7 +2111,8 @@ for _kind, _after in (("random", 3), ("evolution", 5)):
         if kind == "random" and repeated:
             c.wrong(f"{len(repeated)} finished trials evaluated again after the kill")
 
-    CASES.append(Case(A, f"kill -9 a running {_kind} search, resume", _kill_case, (), 240, True, True))
+    CASES.append(Case(A, f"{'kill -9' if _signal == signal.SIGKILL else 'Ctrl-C'} a running {_kind} search, resume", _kill_case,
+                      (), 240, True, True))
 
 
 @case(A, "storage|another process|locked|in use", timeout=240, slow=True)
@@ -2139,6 +2141,99 @@ def two_processes_one_storage(c):
 
 class _Ok(Verdict):
     outcome = "ok"
+
+
+# == faults: full disk, concurrent writers and kills of table writers ==============================
+A = "faults"
+
+
+def _disk_full(limit_bytes: int) -> None:
+    # RLIMIT_FSIZE: writing past it fails with EFBIG like a full disk (SIGXFSZ ignored so it is an error).
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+
+def _full_disk_case(save: Callable[[Path], Any], name: str, keyword: str):
+    def run(c):
+        path = c.tmp / name
+        save(path)
+        c.protect(path)
+        _disk_full(256)
+        save(path)
+
+    return run
+
+
+for _name, _save, _file in (
+    ("latency table save", lambda p: tables()[1].save(p), "full_table.json"),
+    ("block performance save", lambda p: _perf().save(p), "full_perf.json"),
+    ("plot save", lambda p: _plots().plot_contributions(tables()[0], p), "full_plot.png"),
+    ("profile table rebuild", lambda p: _load_or_build(None, p, rebuild=True), "full_lat.json"),
+):
+    CASES.append(Case(A, f"disk full during {_name} keeps the old file", _full_disk_case(_save, _file, _file), (_file,),
+                      DEFAULT_TIMEOUT, False, False))
+
+
+@case(A, "search.db|storage|disk|large", timeout=60)
+def disk_full_during_search(c):
+    _search(c, budget=3)
+    before = _finished(c.tmp / "search.db")
+    _disk_full(os.path.getsize(c.tmp / "search.db") + 4096)
+    try:
+        _search(c, budget=400)
+    finally:
+        hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        after = _finished(c.tmp / "search.db")
+        if after[: len(before)] != before:
+            c.lost("trials stored before the disk filled up were lost")
+
+
+@case(A, ok=True, timeout=60)
+def concurrent_table_writers_and_reader(c):
+    from lightning_nas import BilinearTable, StagedSpace
+
+    path = c.tmp / "shared_table.json"
+    acc, lat, _ = tables()
+    lat.save(path)
+    pids = []
+    for k in range(2):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                table = tables(seed=k + 1)[1]
+                for _ in range(40):
+                    table.save(path)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    staged = StagedSpace.of(fixture("staged_net", staged_net))
+    reads, alive = 0, set(pids)
+    while alive and reads < 2000:
+        BilinearTable.load(path, staged)  # never a half-written file
+        reads += 1
+        alive = {p for p in alive if os.waitpid(p, os.WNOHANG) == (0, 0)}
+    for p in alive:
+        os.waitpid(p, 0)
+    BilinearTable.load(path, staged)
+
+
+@case(A, ok=True, timeout=60)
+def kill_9_while_saving_tables(c):
+    from lightning_nas import BilinearTable, StagedSpace
+
+    path = c.tmp / "killed_table.json"
+    tables()[1].save(path)
+    pid = os.fork()
+    if pid == 0:
+        table = tables(seed=5)[1]
+        table.metadata["padding"] = list(range(200_000))  # a slow, large write
+        while True:
+            table.save(path)
+    time.sleep(1.0)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    BilinearTable.load(path, StagedSpace.of(fixture("staged_net", staged_net)))
 
 
 # == runner ========================================================================================

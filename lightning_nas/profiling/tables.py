@@ -489,11 +489,20 @@ def backup_path(path: str | Path) -> Path:
 
 
 def _atomic_copy(source: Path, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot back up {str(source)!r} as {str(target)!r}: {err.strerror}; "
+                                   f"{str(source)!r} is unchanged") from err
     os.close(fd)
     try:
         shutil.copy2(source, tmp)
         os.replace(tmp, target)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        # The table is not rebuilt over a file that could not be backed up (a full disk, say).
+        raise type(err)(err.errno, f"cannot back up {str(source)!r} as {str(target)!r}: {err.strerror}; "
+                                   f"{str(source)!r} is unchanged") from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -94,3 +94,21 @@ def test_metadata_is_plain_and_loads_weights_only(fast_settings):
     torch.save({"metadata": {"device": info, "profiler_version": PROFILER_VERSION}}, buffer)
     buffer.seek(0)
     assert torch.load(buffer, weights_only=True)["metadata"]["device"] == info
+
+
+def test_a_failed_backup_names_both_files_and_keeps_the_table(tiny, fast_settings, tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    fake_timer(monkeypatch)
+    path = tmp_path / "latency.json"
+    load_or_build(tiny, path, fast_settings, calibration_archs=1)
+    before = path.read_bytes()
+
+    def full(*_, **__):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copy2", full)
+    with pytest.raises(OSError, match="cannot back up .*latency.json.*No space left.*is unchanged"):
+        load_or_build(tiny, path, fast_settings, rebuild=True, calibration_archs=1)
+    assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
