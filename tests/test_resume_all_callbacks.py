@@ -47,10 +47,10 @@ COVERED = {UniformSampling, ContributionEstimation, LatencyProfiler, BlockPerfor
 
 def gratings_dataset(n: int, seed: int) -> TensorDataset:
     """Noisy copies of one random prototype image per class: learnable in a few steps."""
-    prototypes = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1234))
+    prototypes = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1234))
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(4, (n,), generator=g)
-    return TensorDataset(prototypes[labels] + 0.5 * torch.randn(n, 3, 16, 16, generator=g), labels)
+    return TensorDataset(prototypes[labels] + 0.5 * torch.randn(n, 3, 8, 8, generator=g), labels)
 
 
 class SupernetClassifier(pl.LightningModule):
@@ -58,7 +58,7 @@ class SupernetClassifier(pl.LightningModule):
         super().__init__()
         torch.manual_seed(0)
         self.supernet = mobilenet_supernet(
-            num_classes=4, stem_channels=8, stages=((8, 1, 2), (16, 2, 2)), expand_ratios=(1, 2), kernel_sizes=(3,), head_channels=16
+            num_classes=4, stem_channels=8, stages=((8, 1, 2), (8, 2, 1)), expand_ratios=(1, 2), kernel_sizes=(3,), head_channels=8
         )
 
     def forward(self, x):
@@ -135,8 +135,8 @@ def test_binas_callbacks_resume(tmp_path):
         return [
             UniformSampling(0, per_sample=True),
             ContributionEstimation(held_out, every_n_epochs=1, seed=1),
-            LatencyProfiler(tmp_path / "latency.json", input_size=(3, 16, 16), repeats=2, warmup=1, calibration_archs=1),
-            BlockPerformanceEstimation(held_out, (3, 16, 16)),
+            LatencyProfiler(tmp_path / "latency.json", input_size=(3, 8, 8), repeats=2, warmup=1, calibration_archs=1),
+            BlockPerformanceEstimation(held_out, (3, 8, 8)),
         ]
 
     pl.seed_everything(0, verbose=False)

@@ -134,6 +134,7 @@ class DartsSearch(Callback):
         self.optimizer: torch.optim.Optimizer | None = None
         self._supernet: Supernet | None = None
         self._pending: dict[str, Any] | None = None
+        self._initial_alpha: list[torch.Tensor] | None = None
 
     @property
     def state_key(self) -> str:
@@ -152,6 +153,7 @@ class DartsSearch(Callback):
         if self.relaxation is None or self._supernet is not supernet:
             self._supernet = supernet
             self.relaxation = self.make_relaxation(supernet)
+            self._initial_alpha = [a.detach().cpu().clone() for a in self.relaxation.alpha]
             self.optimizer = torch.optim.Adam(
                 self.relaxation.alpha, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay
             )
@@ -238,20 +240,21 @@ class DartsSearch(Callback):
         """Magnitude selection: the arch of largest expected weights (see :func:`magnitude_selection`).
 
         Raises:
-            RuntimeError: before a search was fitted, or when α was never updated (no α step taken, say
-                ``start_epoch`` past the epochs trained, or every step skipped): the selection would be
-                α's random initialisation.
+            RuntimeError: before a search was fitted, or when α is still its random initialisation (no α
+                step changed it: ``start_epoch`` past the epochs trained, or every step skipped).
             FloatingPointError: α or the network's weights hold NaN or infinite values (the search
                 diverged): an argmax of them would be an arbitrary architecture.
         """
         if self.relaxation is None:
             raise RuntimeError(f"{type(self).__name__}.select() needs a fitted search (no relaxation yet)")
         require_finite(self.relaxation.supernet, f"{type(self).__name__}.select()", "an architecture selected from it")
-        if self.steps == self.skipped_steps:
+        initial = self._initial_alpha
+        if initial is not None and all(torch.equal(a.detach().cpu(), a0) for a, a0 in zip(self.relaxation.alpha, initial)):
+            # Compared with the initial α rather than counting steps: α set by hand or resumed is a real α.
             raise RuntimeError(
-                f"{type(self).__name__}.select(): α was never updated ({self.steps} α steps taken, {self.skipped_steps} of them "
-                f"skipped for a non-finite gradient; α steps start at start_epoch={self.start_epoch}), so a selection would be "
-                "α's random initialisation; train past start_epoch"
+                f"{type(self).__name__}.select(): α is still its random initialisation ({self.steps} α steps taken, "
+                f"{self.skipped_steps} of them skipped for a non-finite gradient; α steps start at start_epoch="
+                f"{self.start_epoch}), so a selection would be arbitrary; train past start_epoch"
             )
         if self.skipped_steps:
             rank_zero_warn(
