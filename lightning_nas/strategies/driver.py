@@ -133,7 +133,8 @@ def run_search(strategy: Strategy, evaluator: Callable[[dict[str, Any], float], 
 
     Raises:
         EvaluationError: an evaluation raised (the trial is stored as failed).
-        ValueError: bad arguments, or a storage holding a different search.
+        ValueError: bad arguments, or a storage holding a different search (or that cannot be opened).
+        OSError: the storage could not be written during the search (a full disk); what was stored is kept.
     """
     if not isinstance(strategy, Strategy):
         raise ValueError(f"`strategy` must be a Strategy, got {type(strategy).__name__}")
