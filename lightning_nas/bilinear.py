@@ -19,6 +19,7 @@ the same optimum as they would on the accuracy itself.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,9 +101,15 @@ class BilinearTable:
 
     @constant.setter
     def constant(self, value: Any) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
+        number = None
+        if not isinstance(value, (bool, np.bool_, str, bytes)):
+            try:
+                number = float(value)  # numpy and torch scalars too
+            except (TypeError, ValueError):
+                number = None
+        if number is None or not math.isfinite(number):
             raise ValueError(f"`constant` of table {self.name!r} must be a finite number, got {value!r}")
-        self._constant = float(value)
+        self._constant = number
 
     # -- evaluation ----------------------------------------------------------------------------
     def inverse_link(self, additive: Any) -> Any:

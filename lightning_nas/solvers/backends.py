@@ -244,7 +244,7 @@ def run_solver(name: str, model: Any, *, time_limit: float | None = None, rel_ga
         if isinstance(opt, PersistentSolver):
             # Pyomo's persistent interfaces keep the model inside the solver; solve(model) alone refuses.
             opt.set_instance(model)
-        return opt.solve(model, load_solutions=False, options=options)
+        results = opt.solve(model, load_solutions=False, options=options)
     except SolverLicenseError:
         raise
     except Exception as err:
@@ -252,3 +252,26 @@ def run_solver(name: str, model: Any, *, time_limit: float | None = None, rel_ga
         if licence is not None:
             raise licence from err
         raise
+    _explain_cplex_error(opt, results)
+    return results
+
+
+def _explain_cplex_error(opt: Any, results: Any) -> None:
+    """Pyomo's CPLEX interfaces report statuses they do not map as a bare "error" (direct, persistent:
+    with a meaningless solution) or "unknown" (APPSI); among them 108, the time limit reached
+    before any integer solution."""
+    from pyomo.opt import SolverStatus, TerminationCondition
+
+    if results.solver.termination_condition not in (TerminationCondition.error, TerminationCondition.unknown):
+        return
+    cpx = getattr(opt, "_solver_model", None) or getattr(opt, "_cplex_model", None)  # direct / persistent, APPSI
+    try:
+        code = cpx.solution.get_status()
+        text = cpx.solution.get_status_string()
+    except Exception:  # noqa: BLE001 - not a CPLEX interface, or no status to read
+        return
+    results.solver.message = f"CPLEX status {code}: {text}"
+    if code == 108:  # CPXMIP_TIME_LIM_INFEAS
+        results.solver.status = SolverStatus.aborted
+        results.solver.termination_condition = TerminationCondition.maxTimeLimit
+        results.solution.clear()

@@ -137,13 +137,14 @@ def solve_bcfw(problem: ConstrainedProblem, *, seed: int = 0, p: float = 0.5, ma
         ``iterations``, ``relaxed_objective`` (its objective), ``relaxed_feasible`` and
         ``split_groups`` (counts of α- and β-groups with more than one non-zero).
     """
-    if not (0.0 < p < 1.0):
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0.0 < p < 1.0):
         raise ValueError(f"`p` (probability of updating α) must be in (0, 1), got {p!r}")
-    if not isinstance(max_iter, int) or max_iter < 0:
-        raise ValueError(f"`max_iter` must be a non-negative int, got {max_iter!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        # Zero iterations would return the start point as if BCFW had run.
+        raise ValueError(f"`max_iter` must be an int >= 1, got {max_iter!r}")
     if rounding not in ROUNDINGS:
         raise ValueError(f"`rounding` must be one of {ROUNDINGS}, got {rounding!r}")
-    if not isinstance(seed, int) or seed < 0:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"`seed` must be a non-negative int, got {seed!r}")
     start = time.perf_counter()
     rel = _Relaxation(problem)

@@ -192,13 +192,17 @@ def _termination_status(tc) -> str:
 
 def _read_results(results, model, solver: str, seconds: float, *, sense: str, offset: float) -> dict[str, Any]:
     """Status, objective value, bound and gap from Pyomo's results, the solution loaded into ``model``."""
+    from pyomo.opt import SolverStatus
+
     pyo = _pyo()
     tc = results.solver.termination_condition
     status = _termination_status(tc)
     if status == "infeasible":
         return {"status": "infeasible", "solver_seconds": seconds, "termination": str(tc)}
-    if len(results.solution) == 0:
-        return {"status": "error", "solver_seconds": seconds, "termination": str(tc), "stopped": status}
+    if len(results.solution) == 0 or results.solver.status == SolverStatus.error:
+        message = results.solver.message
+        message = message if isinstance(message, str) and message else None
+        return {"status": "error", "solver_seconds": seconds, "termination": str(tc), "stopped": status, "message": message}
     # Pyomo warns when it loads the solution of an aborted (time-limited) solve; the result says so itself.
     logger = logging.getLogger("pyomo.core")
     level = logger.level
@@ -254,7 +258,8 @@ def no_solution_error(solver: str, out: Mapping[str, Any], time_limit: float | N
         return NotOptimalError(
             f"solver {solver!r} stopped at the time limit ({time_limit!r} s) before finding any arch that meets the "
             "limits (none may exist); raise `time_limit`", None, out["termination"])
-    return RuntimeError(f"solver {solver!r} returned no solution (termination: {out['termination']})")
+    detail = f"; {out['message']}" if out.get("message") else ""
+    return RuntimeError(f"solver {solver!r} returned no solution (termination: {out['termination']}{detail})")
 
 
 class MilpModel:

@@ -3,6 +3,9 @@ instances with variable depth (Eq. 9) and several limits; infeasibility with the
 
 from __future__ import annotations
 
+import re
+import time
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -10,7 +13,15 @@ from hypothesis import strategies as st
 
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.solvers import InfeasibleError, Limit
-from lightning_nas.solvers.fractional import CharnesCooperModel, FractionalProblem, enumerate_indices, solve_fractional
+from lightning_nas.solvers.fractional import (
+    CharnesCooperModel,
+    FractionalProblem,
+    count_archs,
+    enumerate_indices,
+    iter_indices,
+    solve_fractional,
+)
+from lightning_nas.spaces.staged import StagedSpace
 
 
 def fractional_instance(inst, seed, num_resources=2):
@@ -129,3 +140,49 @@ def test_bad_arguments_are_named(inst):
         solve_fractional(penalty, 3.0)
     with pytest.raises(ValueError, match="solver 'nosuch' is not available"):
         solve_fractional(penalty, flops, solver="nosuch")
+    for kwargs, message in [
+        ({"time_limit": float("nan")}, "`time_limit` must be a positive finite number"),
+        ({"time_limit": -1.0}, "`time_limit` must be a positive finite number"),
+        ({"tol": float("nan")}, "`tol` must be a finite number >= 0"),
+        ({"max_iter": True}, "`max_iter` must be a positive int"),
+        ({"require_optimal": 1}, "`require_optimal` must be True or False"),
+        ({"method": "brute_force", "limit": 0}, "`limit` must be a positive int"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            solve_fractional(penalty, flops, **kwargs)
+
+
+def _huge(inst, blocks, configs):
+    """One fixed-depth stage of ``blocks`` blocks with ``configs`` configs each: ``configs ** blocks`` archs."""
+    staged = StagedSpace.from_space(inst.make_space([blocks], configs, [None]))
+    block = np.random.default_rng(0).uniform(1, 2, (1, blocks, configs))
+    return BilinearTable(staged, 1.0, block, name="num"), BilinearTable(staged, 5.0, block + 1, name="den")
+
+
+@pytest.mark.parametrize(("blocks", "configs", "count"), [(7, 9, "4.78e+06"), (20, 10, "1e+20")])
+def test_brute_force_refuses_a_huge_space_at_once(inst, blocks, configs, count):
+    num, den = _huge(inst, blocks, configs)
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=rf"brute force refused: the space has {re.escape(count)} archs.*more than "
+                                         r"`limit`=2,000,000.*method='dinkelbach'"):
+        solve_fractional(num, den, method="brute_force")
+    with pytest.raises(ValueError, match="more than `limit`"):
+        enumerate_indices(num.staged)
+    assert time.perf_counter() - start < 2.0  # was 21 s for 4.8e6 archs, and an OOM kill for 1e20
+    assert count_archs(num.staged) == configs**blocks
+
+
+def test_brute_force_in_chunks_sees_every_arch(inst):
+    _, staged, penalty, flops, (lat, _), _ = fractional_instance(inst, 4)
+    configs, depths = enumerate_indices(staged)
+    chunks = list(iter_indices(staged, chunk=7))
+    assert len(chunks) > 1
+    assert np.array_equal(np.concatenate([c for c, _ in chunks]), configs)
+    assert np.array_equal(np.concatenate([d for _, d in chunks]), depths)
+    # A limit between two archs' values: the chunked search and the diagnosis agree with the MILP.
+    upper = float(np.median(lat.predict_indices(configs, depths)))
+    a = solve_fractional(penalty, flops, Limit(lat, upper=upper), method="brute_force", limit=len(depths))
+    b = solve_fractional(penalty, flops, Limit(lat, upper=upper), method="dinkelbach")
+    assert a.objective == pytest.approx(b.objective, rel=1e-7, abs=1e-9) and a.details["evaluations"] == len(depths)
+    with pytest.raises(ValueError, match="more than `limit`"):
+        solve_fractional(penalty, flops, method="brute_force", limit=len(depths) - 1)
