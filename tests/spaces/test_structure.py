@@ -282,7 +282,7 @@ def test_depth_decisions_shared_or_read_elsewhere_are_clear_errors():
     twice = ln.Supernet(nn.Sequential(ln.DepthChoice([nn.Identity()] * 2, [1, 2], "depth"), ln.DepthChoice([nn.Identity()] * 2, [1, 2], "depth")))
     with pytest.raises(ValueError, match="shared by several DepthChoices"):
         StagedSpace.from_supernet(twice)
-    read = ln.Supernet(nn.Sequential(ln.DepthChoice([nn.Identity()] * 2, [1, 2], "depth"), Reads([ln.Choice([1, 2], "depth")])))
+    read = ln.Supernet(nn.Sequential(ln.DepthChoice([nn.Identity()] * 2, [1, 2], "depth"), Reads([ln.Choice([1, 2], "depth", default=2)])))
     with pytest.raises(ValueError, match="is the depth of stage 0 and is also read"):
         StagedSpace.from_supernet(read)
 
