@@ -168,6 +168,8 @@ def _is_available(name: str) -> bool:
 
 def available_solvers(candidates: tuple[str, ...] = KNOWN_SOLVERS) -> list[str]:
     """The names in ``candidates`` whose solver is installed and licensed on this machine."""
+    if isinstance(candidates, str) or not all(isinstance(name, str) for name in candidates):
+        raise ValueError(f"`candidates` must be a sequence of solver names (a tuple or list), got {candidates!r}")
     return [name for name in candidates if _is_available(name)]
 
 

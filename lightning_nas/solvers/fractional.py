@@ -47,7 +47,7 @@ from lightning_nas.solvers.milp import (
     finish_result,
     no_solution_error,
 )
-from lightning_nas.solvers.problem import ConstrainedProblem, InfeasibleError, SearchResult
+from lightning_nas.solvers.problem import ConstrainedProblem, InfeasibleError, SearchResult, check_table_finite
 
 __all__ = [
     "BRUTE_FORCE_LIMIT",
@@ -84,6 +84,7 @@ class FractionalProblem:
         if not isinstance(denominator, BilinearTable):
             raise ValueError(f"`denominator` must be a BilinearTable, got {type(denominator).__name__}")
         self.problem = ConstrainedProblem(numerator, limits, base=base)
+        check_table_finite(denominator, "denominator")
         if denominator.staged is not self.problem.staged and _structure(denominator.staged) != _structure(self.problem.staged):
             raise ValueError(f"`denominator` {denominator.name!r} was made for another space structure than `numerator` {numerator.name!r}")
         for name, value in (("constant", constant), ("scale", scale)):

@@ -343,11 +343,15 @@ class MilpModel:
 
     def set_limit(self, k: int, upper: float | None = None, lower: float | None = None) -> None:
         """Change the bounds of limit ``k`` (only bounds it was built with)."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.problem.num_limits:
+            raise ValueError(f"`k` must be the index of one of the {self.problem.num_limits} limits, got {k!r}")
         for value, param, which in ((upper, self.model.upper, "upper"), (lower, self.model.lower, "lower")):
             if value is None:
                 continue
             if k not in param:
                 raise ValueError(f"limit {k} ({self.problem.names[k]!r}) was built without a `{which}` bound")
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
+                raise ValueError(f"`{which}` bound of limit {k} ({self.problem.names[k]!r}) must be a finite number, got {value!r}")
             param[k] = float(value)
 
     def solve(self, solver: str = "appsi_highs", *, time_limit: float | None = None, rel_gap: float = 0.0,
@@ -432,6 +436,8 @@ def solve_milp(problem: ConstrainedProblem, *, solver: str = "appsi_highs", form
     _check_flag(require_optimal, "require_optimal")
     if model is None:
         model = MilpModel(problem, formulation)
+    else:
+        _reuse(model, problem, formulation)
     out = model.solve(solver, time_limit=time_limit, rel_gap=rel_gap, solver_options=solver_options)
     if out["status"] == "infeasible":
         diagnose_infeasibility(problem, solver=solver, formulation=formulation, time_limit=time_limit)
@@ -443,6 +449,25 @@ def solve_milp(problem: ConstrainedProblem, *, solver: str = "appsi_highs", form
     result = problem.make_result(out["configs"], out["depths"], method="milp", solver=solver, status=out["status"],
                                  gap=out["gap"], solve_seconds=time.perf_counter() - start, details=details)
     return finish_result(result, require_optimal=require_optimal, time_limit=time_limit)
+
+
+def _reuse(model: MilpModel, problem: ConstrainedProblem, formulation: str) -> None:
+    """Point a built model at ``problem``'s bounds, after checking it was built for the same objective,
+    tables and kinds of bound (solving another problem's model would answer another question)."""
+    if not isinstance(model, MilpModel) or model.sense != "max":
+        raise ValueError(f"`model` must be a MilpModel that maximises the objective, got {model!r}")
+    old = model.problem
+    same = (old.objective is problem.objective and old.num_limits == problem.num_limits and all(
+        a.table is b.table and (a.upper is None) == (b.upper is None) and (a.lower is None) == (b.lower is None)
+        for a, b in zip(old.limits, problem.limits)) and old.base == problem.base)
+    if not same:
+        raise ValueError("`model` was built for another problem (objective, limited tables, kinds of bound or base arch "
+                         "differ); build a MilpModel for this one")
+    if model.formulation != formulation:
+        raise ValueError(f"`formulation`={formulation!r} differs from the reused model's {model.formulation!r}")
+    for k, lim in enumerate(problem.limits):
+        model.set_limit(k, upper=lim.upper, lower=lim.lower)
+    model.problem = problem
 
 
 def _check_flag(value: Any, name: str) -> None:
@@ -603,6 +628,8 @@ def solve_miqcp(problem: ConstrainedProblem, *, solver: str | None = None, time_
     start = time.perf_counter()
     model, _ = build_miqcp(problem)
     build = time.perf_counter() - start
+    if solver_options is not None and not isinstance(solver_options, Mapping):
+        raise ValueError(f"`solver_options` must be a mapping of option names to values, got {solver_options!r}")
     options: dict[str, Any] = {}
     if solver_family(solver) == "gurobi":
         options["NonConvex"] = 2  # products of binaries in constraints are non-convex

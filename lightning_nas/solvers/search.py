@@ -20,7 +20,14 @@ import numpy as np
 
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.solvers.backends import check_time_limit
-from lightning_nas.solvers.problem import ConstrainedProblem, InfeasibleError, Limit, SearchFailedError, SearchResult
+from lightning_nas.solvers.problem import (
+    ConstrainedProblem,
+    InfeasibleError,
+    Limit,
+    SearchFailedError,
+    SearchResult,
+    _as_limit,
+)
 
 __all__ = ["METHODS", "pareto_sweep", "search_constrained"]
 
@@ -176,7 +183,7 @@ def pareto_sweep(
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
     time_limit = check_time_limit(time_limit)
     targets = sorted(targets)
-    others = [lim if isinstance(lim, Limit) else Limit(lim[0], upper=lim[1]) for lim in other_limits]
+    others = [_as_limit(lim) for lim in other_limits]
     model = None
     results = []
     for target in targets:
@@ -188,10 +195,7 @@ def pareto_sweep(
 
             if model is None:
                 model = MilpModel(problem, opts.get("formulation", "compact"))
-            else:
-                model.problem = problem  # same structure and bound kinds; only the target changes
-                model.set_limit(0, upper=target)
-            opts["model"] = model
+            opts["model"] = model  # same tables and bound kinds; solve_milp sets the new target
         try:
             result = _dispatch(problem, method, solver, seed, time_limit, opts, require_optimal)
         except (InfeasibleError, SearchFailedError) as err:

@@ -45,6 +45,12 @@ def test_unavailable_solver_lists_the_installed_ones():
         get_solver("")
 
 
+def test_candidates_must_be_a_sequence_of_names():
+    with pytest.raises(ValueError, match="`candidates` must be a sequence of solver names"):
+        available_solvers("scip_direct")
+    assert available_solvers(("scip_direct",)) == ["scip_direct"]
+
+
 def test_scip_through_pyscipopt_is_listed_and_preferred_for_miqcp():
     assert {"scip_direct", "scip_persistent"} <= set(KNOWN_SOLVERS)
     found = available_solvers()
@@ -332,5 +338,6 @@ def test_other_solver_errors_are_not_mistaken_for_licences(inst, monkeypatch):
 
 def test_solver_options_must_be_a_mapping(inst):
     _, _, acc, (lat,), _ = inst.random_instance(8)
-    with pytest.raises(ValueError, match="`solver_options` must be a mapping"):
-        search_constrained(acc, Limit(lat, upper=1e6), solver_options=[("time_limit", 1)])
+    for method, solver in (("milp", "appsi_highs"), ("miqcp", "scip_direct")):
+        with pytest.raises(ValueError, match="`solver_options` must be a mapping"):
+            search_constrained(acc, Limit(lat, upper=1e6), method=method, solver=solver, solver_options=[("time_limit", 1)])

@@ -152,6 +152,13 @@ def test_bad_arguments_are_named(inst):
             solve_fractional(penalty, flops, **kwargs)
 
 
+def test_a_denominator_made_non_finite_is_refused(inst):
+    _, staged, penalty, flops, _, _ = fractional_instance(inst, 1)
+    flops.block[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="the denominator table 'flops' has non-finite `block` entries"):
+        solve_fractional(penalty, flops)
+
+
 def _huge(inst, blocks, configs):
     """One fixed-depth stage of ``blocks`` blocks with ``configs`` configs each: ``configs ** blocks`` archs."""
     staged = StagedSpace.from_space(inst.make_space([blocks], configs, [None]))

@@ -312,6 +312,32 @@ def test_model_is_reused_across_targets(inst):
     assert first["value"] >= second["value"]
     with pytest.raises(ValueError, match="built without a `lower` bound"):
         model.set_limit(0, lower=1.0)
+    for bad in (math.nan, math.inf, "3"):
+        with pytest.raises(ValueError, match=r"`upper` bound of limit 0 \('latency'\) must be a finite number"):
+            model.set_limit(0, upper=bad)
+    with pytest.raises(ValueError, match="`k` must be the index of one of the 1 limits"):
+        model.set_limit(1, upper=1.0)
+
+
+def test_a_model_built_for_another_problem_is_refused(inst):
+    space, staged, acc, (lat, flops), _ = inst.random_instance(13, num_resources=2)
+    model = MilpModel(ConstrainedProblem(acc, Limit(lat, upper=1e6)))
+    # The same tables and bound kinds: the model is reused with the new bound.
+    lo = lat.extreme()[0]
+    reused = search_constrained(acc, Limit(lat, upper=lo + 1e-9), model=model)
+    assert reused.resources["latency"] <= lo + 1e-7 and reused.status == "optimal"
+    # Another table, another bound kind, another formulation: it would answer another question.
+    for limits, kwargs in [(Limit(flops, upper=1e6), {}), (Limit(lat, lower=0.0), {}), (Limit(lat, upper=1e6), {"formulation": "alpha"})]:
+        with pytest.raises(ValueError, match="`model` was built for another problem|differs from the reused model"):
+            search_constrained(acc, limits, model=model, **kwargs)
+
+
+def test_pareto_sweep_other_limits_are_checked(inst):
+    space, staged, acc, (lat, flops), _ = inst.random_instance(13, num_resources=2)
+    with pytest.raises(ValueError, match="each limit must be a Limit or a"):
+        pareto_sweep(acc, lat, [1e6], other_limits=[flops])
+    with pytest.raises(ValueError, match="`targets` must be a sequence of finite numbers"):
+        pareto_sweep(acc, lat, ["fast"])
 
 
 def test_tables_loaded_for_an_equal_structure_are_accepted(inst, tmp_path):
