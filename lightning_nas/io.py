@@ -25,6 +25,7 @@ def _write_error(path: Path, err: OSError) -> OSError:
     reason = {
         errno.ENOSPC: "no space left on the device",
         errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "the file would exceed the file-size limit (or the disk is full)",
         errno.EROFS: "the file system is read-only",
         errno.EACCES: f"no permission to write in {str(path.parent)!r}",
         errno.EPERM: f"no permission to write in {str(path.parent)!r}",
