@@ -87,6 +87,8 @@ def nodes_as_stage(space: SearchSpace, labels: Sequence[str] | None = None) -> S
     Raises:
         ValueError: unknown labels, or decisions with different numbers of options.
     """
+    if isinstance(labels, str):
+        raise ValueError(f"`labels` must be a list of labels, got the string {labels!r} (write [{labels!r}])")
     labels = list(space.labels if labels is None else labels)
     if not labels:
         raise ValueError("`labels` must name at least one decision")
@@ -568,6 +570,8 @@ def estimate_block_performance_sampled(
     """
     reference = _resolve_reference(staged, reference)
     measure = _Measurements(evaluator, staged, reference)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"`seed` must be an int >= 0, got {seed!r}")
     if isinstance(max_hosts, bool) or not isinstance(max_hosts, int) or max_hosts < 1:
         raise ValueError(f"`max_hosts` must be an int >= 1, got {max_hosts!r}")
     if num_hosts != "all" and (isinstance(num_hosts, bool) or not isinstance(num_hosts, int) or num_hosts < 1):

@@ -41,6 +41,8 @@ def kendall_tau(x: Any, y: Any, *, chunk: int = 2048) -> float:
     ``nan`` when fewer than two items or when either sequence is constant. ``O(n²)`` time in chunks
     of ``chunk`` rows (memory ``O(chunk · n)``).
     """
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"`chunk` must be an int >= 1, got {chunk!r}")
     x, y = _pair(x, y)
     n = x.size
     if n < 2:

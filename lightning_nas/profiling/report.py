@@ -141,6 +141,8 @@ def check_latency(
     if archs is None:
         if not isinstance(num_archs, int) or isinstance(num_archs, bool) or num_archs < 1:
             raise ValueError(f"`num_archs` must be an int >= 1, got {num_archs!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"`seed` must be an int >= 0, got {seed!r}")
         archs = supernet.space.sample_many(num_archs, derive_seed(seed, CHECK_STREAM))
     archs = [supernet.space.validate(a) for a in archs]
     if not archs:

@@ -107,6 +107,13 @@ def keep_rng_state() -> Iterator[None]:
         yield
 
 
+def _check_seed(seed: Any) -> int:
+    # bool is an int subclass, and torch's seeding error would not name the argument.
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"`seed` must be an int >= 0, got {seed!r}")
+    return seed
+
+
 def _check_supernet(supernet: Any) -> Supernet:
     if not isinstance(supernet, Supernet):
         raise ValueError(f"`supernet` must be a lightning_nas.Supernet, got {type(supernet).__name__}")
@@ -387,6 +394,7 @@ def build_latency_table(
         calibration residuals and the number of distinct measurements.
     """
     _check_supernet(supernet)
+    _check_seed(seed)
     if not isinstance(calibration_archs, int) or isinstance(calibration_archs, bool) or calibration_archs < 1:
         raise ValueError(f"`calibration_archs` must be an int >= 1, got {calibration_archs!r}")
     started = time.perf_counter()

@@ -172,6 +172,14 @@ class StagedSpace:
         Raises:
             ValueError: when no label matches, or block numbers of a stage have gaps.
         """
+        for name, pattern in (("block_pattern", block_pattern), ("depth_pattern", depth_pattern)):
+            try:
+                groups = re.compile(pattern).groupindex
+            except (re.error, TypeError) as err:
+                raise ValueError(f"`{name}` {pattern!r} is not a regular expression: {err}") from None
+            needed = {"stage", "block"} if name == "block_pattern" else {"stage"}
+            if not needed <= set(groups):
+                raise ValueError(f"`{name}` {pattern!r} must have the named groups {sorted(needed)}, e.g. {BLOCK_PATTERN!r}")
         blocks: dict[int, dict[int, list[str]]] = {}
         depth_labels: dict[int, str] = {}
         for label in space.labels:

@@ -139,3 +139,25 @@ def test_sampled_host_counts_are_named(setup, kwargs, name):
     staged, perf = setup
     with pytest.raises(ValueError, match=name):
         estimate_block_performance_sampled(lambda archs: {"accuracy": np.zeros(len(archs))}, staged, perf.flops, **kwargs)
+
+
+def test_labels_string_and_sampled_seed_are_named(setup):
+    from lightning_nas.estimators.block_performance import estimate_block_performance_sampled
+
+    staged, perf = setup
+    with pytest.raises(ValueError, match="`labels` must be a list of labels, got the string 'edge_1_0'"):
+        nodes_as_stage(nb201_search_space(), "edge_1_0")
+    with pytest.raises(ValueError, match="`seed` must be an int >= 0"):
+        estimate_block_performance_sampled(lambda archs: {"accuracy": np.zeros(len(archs))}, staged, perf.flops, num_hosts=2, seed=True)
+
+
+def test_staged_patterns_and_kendall_chunk_are_named():
+    from lightning_nas.estimators.ranking import kendall_tau
+    from lightning_nas.spaces.staged import StagedSpace
+
+    with pytest.raises(ValueError, match="`block_pattern` '\\(' is not a regular expression"):
+        StagedSpace.from_space(nb201_search_space(), block_pattern="(")
+    with pytest.raises(ValueError, match="`depth_pattern` .* must have the named groups \\['stage'\\]"):
+        StagedSpace.from_space(nb201_search_space(), depth_pattern="depth")
+    with pytest.raises(ValueError, match="`chunk` must be an int >= 1"):
+        kendall_tau([1, 2, 3], [1, 2, 3], chunk=0)

@@ -112,3 +112,13 @@ def test_a_failed_backup_names_both_files_and_keeps_the_table(tiny, fast_setting
     with pytest.raises(OSError, match="cannot back up .*latency.json.*No space left.*is unchanged"):
         load_or_build(tiny, path, fast_settings, rebuild=True, calibration_archs=1)
     assert path.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("seed", [True, -1, "x", 1.5])
+def test_seeds_are_checked_by_name(tiny, fast_settings, seed):
+    from lightning_nas.profiling import build_latency_table, check_latency
+
+    with pytest.raises(ValueError, match="`seed` must be an int >= 0"):
+        build_latency_table(tiny, fast_settings, calibration_archs=1, seed=seed)
+    with pytest.raises(ValueError, match="`seed` must be an int >= 0"):
+        check_latency(tiny, None, num_archs=1, seed=seed)
