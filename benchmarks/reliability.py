@@ -1466,6 +1466,12 @@ bad(A, "run_search evaluator without full_fidelity", lambda c: _search(c, evalua
 bad(A, "run_search evaluator returns a list", lambda c: _search(c, evaluator=_Eval(lambda n, out: [1.0])), "evaluator")
 bad(A, "run_search evaluator returns string objective", lambda c: _search(c, evaluator=_Eval(lambda n, out: {**out, "accuracy": "high"})),
     "accuracy")
+bad(A, "run_search evaluator full_fidelity 0", lambda c: _search(c, evaluator=type("E", (_Eval,), {"full_fidelity": 0})()),
+    "full_fidelity")
+bad(A, "run_search evaluator full_fidelity NaN", lambda c: _search(c, evaluator=type("E", (_Eval,), {"full_fidelity": NAN})()),
+    "full_fidelity")
+bad(A, "run_search equivalent budget, full_fidelity 0", lambda c: _search(
+    c, evaluator=type("E", (_Eval,), {"full_fidelity": 0})(), budget=_strategies().Budget(equivalent_evaluations=3.0)), "full_fidelity")
 bad(A, "pareto_front unknown cost", lambda c: _search(c, storage=None).pareto_front(["joules"]), "joules")
 
 
@@ -2322,6 +2328,11 @@ def _warm_fixtures(cases: list[Case]) -> None:
     import lightning_nas.solvers  # noqa: F401
     import lightning_nas.strategies  # noqa: F401
 
+    # Source lines as imported: _deliberate reads the raising line, and a file edited during the
+    # run would otherwise be read at its new line numbers.
+    for name, module in list(sys.modules.items()):
+        if name.startswith("lightning_nas") and getattr(module, "__file__", None):
+            linecache.getlines(module.__file__)
     fixture("tiny_net", tiny_net)
     fixture("staged_net", staged_net)
     if NB201_CSV.exists():
