@@ -575,7 +575,7 @@ def estimate_block_performance_sampled(
     if isinstance(max_hosts, bool) or not isinstance(max_hosts, int) or max_hosts < 1:
         raise ValueError(f"`max_hosts` must be an int >= 1, got {max_hosts!r}")
     if num_hosts != "all" and (isinstance(num_hosts, bool) or not isinstance(num_hosts, int) or num_hosts < 1):
-        raise ValueError(f"`num_hosts` must be an int >= 1 or 'all', got {num_hosts!r}")
+        raise ValueError(f"`num_hosts` must be a positive int or 'all', got {num_hosts!r}")
     ref_c, ref_d = staged.indices(reference)
     flops = _flops_table(flops, measure, ref_c, ref_d, flops_metric)
     if num_hosts == "all":
