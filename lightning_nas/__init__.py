@@ -21,7 +21,17 @@ from lightning_nas.nn import (
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.distillation import inplace_distillation_loss
 from lightning_nas.dynamic import DynamicNetwork, SwitchReport
-from lightning_nas.solvers import InfeasibleError, Limit, SearchResult, pareto_sweep, search_constrained
+from lightning_nas.solvers import (
+    InfeasibleError,
+    Limit,
+    NotOptimalError,
+    NotOptimalWarning,
+    SearchResult,
+    SolverLicenseError,
+    miqcp_solvers,
+    pareto_sweep,
+    search_constrained,
+)
 from lightning_nas.spaces import SearchSpace
 from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet, find_supernet
@@ -34,7 +44,11 @@ __all__ = [
     "SwitchReport",
     "InfeasibleError",
     "Limit",
+    "NotOptimalError",
+    "NotOptimalWarning",
     "SearchResult",
+    "SolverLicenseError",
+    "miqcp_solvers",
     "StagedSpace",
     "pareto_sweep",
     "search_constrained",

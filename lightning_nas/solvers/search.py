@@ -39,7 +39,7 @@ def search_constrained(
     limits: Limit | tuple | Sequence[Limit | tuple] = (),
     *,
     method: str = "milp",
-    solver: str = "appsi_highs",
+    solver: str | None = None,
     seed: int = 0,
     base: Mapping[str, Any] | None = None,
     time_limit: float | None = None,
@@ -54,7 +54,9 @@ def search_constrained(
         method: ``"milp"`` (exact, default), ``"miqcp"`` (bilinear form; needs Gurobi, CPLEX,
             SCIP or Xpress), ``"bcfw"`` (BINAS Algorithm 1) or ``"evolution"``.
         solver: Pyomo solver name for ``"milp"`` / ``"miqcp"`` (and for diagnosing infeasibility
-            with several limits).
+            with several limits); ``None``: HiGHS (``appsi_highs``) for ``"milp"`` and diagnosis, the
+            first installed MIQCP solver (SCIP first, :func:`~lightning_nas.solvers.backends.miqcp_solvers`)
+            for ``"miqcp"``.
         seed: seeds ``"bcfw"`` and ``"evolution"``.
         base: arch providing the labels the tables do not cover (default: the space's default).
         time_limit: solver time limit in seconds (``"milp"`` / ``"miqcp"``), passed in each
@@ -90,8 +92,9 @@ def search_constrained(
     return result
 
 
-def _dispatch(problem: ConstrainedProblem, method: str, solver: str, seed: int, time_limit: float | None,
+def _dispatch(problem: ConstrainedProblem, method: str, solver: str | None, seed: int, time_limit: float | None,
               options: dict[str, Any], require_optimal: bool = False) -> SearchResult:
+    miqcp_solver, solver = solver, solver or "appsi_highs"
     allowed = {
         "milp": {"formulation", "rel_gap", "solver_options", "model"},
         "miqcp": {"rel_gap", "solver_options"},
@@ -122,7 +125,7 @@ def _dispatch(problem: ConstrainedProblem, method: str, solver: str, seed: int, 
     if method == "miqcp":
         from lightning_nas.solvers.milp import solve_miqcp
 
-        return solve_miqcp(problem, solver=solver, time_limit=time_limit, require_optimal=require_optimal, **options)
+        return solve_miqcp(problem, solver=miqcp_solver, time_limit=time_limit, require_optimal=require_optimal, **options)
     if method == "bcfw":
         from lightning_nas.solvers.bcfw import solve_bcfw
 
@@ -154,7 +157,7 @@ def pareto_sweep(
     *,
     other_limits: Sequence[Limit | tuple] = (),
     method: str = "milp",
-    solver: str = "appsi_highs",
+    solver: str | None = None,
     seed: int = 0,
     base: Mapping[str, Any] | None = None,
     time_limit: float | None = None,

@@ -299,6 +299,14 @@ def test_miqcp_equals_milp(inst, seed, q):
     assert a.objective == pytest.approx(b.objective, abs=1e-9)
 
 
+def test_miqcp_picks_an_installed_miqcp_solver_by_default(inst):
+    space, staged, acc, (lat,), _ = inst.random_instance(3)
+    limit = float(np.median(lat.predict_many(space.sample_many(50, 0))))
+    a = search_constrained(acc, Limit(lat, upper=limit), method="miqcp")
+    assert a.solver == MIQCP_SOLVER and a.status == "optimal"
+    assert a.objective == pytest.approx(search_constrained(acc, Limit(lat, upper=limit)).objective, abs=1e-9)
+
+
 def test_model_is_reused_across_targets(inst):
     space, staged, acc, (lat,), _ = inst.random_instance(13)
     problem = ConstrainedProblem(acc, Limit(lat, upper=1e6))
