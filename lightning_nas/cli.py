@@ -18,6 +18,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -38,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--split", default="train", help="split of --dataset to use (then divided 60/20/20)")
     demo.add_argument("--epochs", type=_positive, default=40, help="supernet training epochs")
     demo.add_argument("--finetune-epochs", type=_positive, default=3)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_non_negative, default=0)
     demo.add_argument("--image-size", type=_positive, default=32)
     demo.add_argument("--max-examples", type=_positive, default=None, help="use at most this many examples")
     demo.add_argument("--targets", type=_fraction, nargs="+", default=[0.2, 0.5, 0.8],

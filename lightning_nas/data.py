@@ -30,7 +30,9 @@ def _int(name: str, value: Any, minimum: int) -> int:
 
 
 def _looks_like_path(source: str) -> bool:
-    return os.sep in source or source.startswith((".", "~")) or (os.altsep is not None and os.altsep in source)
+    # "owner/name" is a Hub dataset name, so one separator alone does not make a path.
+    return (os.path.isabs(source) or source.startswith((".", "~")) or source.count("/") >= 2
+            or (os.sep != "/" and os.sep in source))
 
 
 def digits_dataset() -> Any:

@@ -143,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
         supernet = _create_model(args.model, dict(args.space_kwargs))
     else:
         supernet = _create_space(args.space, dict(args.space_kwargs))
-    in_chans = args.in_chans or int(args.space_kwargs.get("in_chans", 3))
+    in_chans = args.in_chans or args.space_kwargs.get("in_chans", 3)
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"`--space-kwargs` in_chans must be an int >= 1, got {in_chans!r}")
     settings = ProfileSettings(
         input_size=(in_chans, args.image_size, args.image_size), batch_size=args.batch_size, threads=args.threads,
         repeats=args.repeats, warmup=args.warmup, device=args.device, dtype=args.dtype, statistic=args.statistic,

@@ -98,3 +98,18 @@ def test_missing_empty_and_file_sources_are_named(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match="notes.txt.*is a file"):
         load_image_dataset(str(tmp_path / "notes.txt"))
+
+
+def test_hub_names_are_not_taken_for_paths(monkeypatch):
+    import datasets
+
+    seen = []
+
+    def fake_load(name, *args, **kwargs):
+        seen.append(name)
+        raise datasets.exceptions.DatasetNotFoundError(f"Dataset '{name}' doesn't exist on the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    with pytest.raises(ValueError, match="cannot load dataset 'someone/cifar_like'.*Hugging Face dataset name"):
+        load_image_dataset("someone/cifar_like")
+    assert seen == ["someone/cifar_like"]

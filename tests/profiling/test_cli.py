@@ -126,3 +126,14 @@ def test_search_storage_directory_is_a_parser_error(tmp_path, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err
+
+
+def test_demo_seed_and_profile_in_chans_are_named(tmp_path, capsys):
+    from lightning_nas import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--seed", "-1"])
+    assert "--seed: must be an int >= 0, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--space", "mobilenet", "--out", str(tmp_path / "t.json"), "--space-kwargs", '{"in_chans": "three"}'])
+    assert "in_chans must be an int >= 1, got 'three'" in capsys.readouterr().err
