@@ -1027,6 +1027,9 @@ bad(A, "flops table of another space", lambda c: _perf(flops=tables()[2]), "flop
 bad(A, "sampled num_hosts 0", lambda c: _perf_sampled(num_hosts=0), "num_hosts")
 bad(A, "sampled num_hosts bool", lambda c: _perf_sampled(num_hosts=True), "num_hosts")
 bad(A, "sampled num_hosts string", lambda c: _perf_sampled(num_hosts="many"), "num_hosts")
+bad(A, "sampled seed bool", lambda c: _perf_sampled(num_hosts=2, seed=True), "seed")
+bad(A, "nodes_as_stage labels a string", lambda c: __import__("lightning_nas.estimators.block_performance", fromlist=["x"])
+    .nodes_as_stage(__import__("lightning_nas.spaces.nb201", fromlist=["x"]).nb201_search_space(), "edge_1_0"), "labels")
 bad(A, "sampled max_hosts negative", lambda c: _perf_sampled(num_hosts="all", max_hosts=-1), "max_hosts")
 bad(A, "predictor unknown law", lambda c: _perf().predictor(law="inverse"), "law")
 bad(A, "table unknown metric", lambda c: _perf().table("energy"), "metric")
@@ -1148,6 +1151,10 @@ bad(A, "mape length mismatch", lambda c: __import__("lightning_nas.profiling", f
 bad(A, "mape empty", lambda c: __import__("lightning_nas.profiling", fromlist=["x"]).mape([], []), "predicted|measured")
 bad(A, "settings_of table without settings", lambda c: __import__("lightning_nas.profiling", fromlist=["x"]).settings_of(tables()[1]),
     "settings")
+bad(A, "build_latency_table seed bool", lambda c: __import__("lightning_nas.profiling", fromlist=["x"]).build_latency_table(
+    fixture("tiny_net", tiny_net), _settings(), calibration_archs=1, seed=True), "seed")
+bad(A, "check_latency seed text", lambda c: __import__("lightning_nas.profiling", fromlist=["x"]).check_latency(
+    fixture("tiny_net", tiny_net), _lat_table(), num_archs=2, seed="x"), "seed")
 
 
 def _lat_table():
@@ -1890,6 +1897,8 @@ bad(A, "demo epochs 0", lambda c: c.cli("demo", "--epochs", "0"), "--epochs")
 bad(A, "demo epochs text", lambda c: c.cli("demo", "--epochs", "ten"), "--epochs")
 bad(A, "demo image-size 0", lambda c: c.cli("demo", "--image-size", "0"), "--image-size")
 bad(A, "demo max-examples 0", lambda c: c.cli("demo", "--max-examples", "0"), "--max-examples")
+bad(A, "demo seed negative", lambda c: c.cli("demo", "--seed", "-1"), "--seed")
+bad(A, "profile in_chans text", lambda c: c.cli(*_P, "--out", c.tmp / "t.json", "--space-kwargs", '{"in_chans": "three"}'), "in_chans")
 bad(A, "demo dataset missing folder", lambda c: c.cli("demo", "--dataset", str(c.tmp / "no_images"), "--epochs", "1"), "no_images")
 
 
@@ -2045,6 +2054,8 @@ bad(A, "StagedSpace of a plain space without stages", lambda c: __import__("ligh
     _spaces().SearchSpace([_spaces().Decision("x", (1, 2), 1)])), "stage|depth")
 bad(A, "StagedSpace of a non-space", lambda c: __import__("lightning_nas").StagedSpace.of("space"), "space|supernet")
 bad(A, "staged indices invalid arch", lambda c: tables()[0].staged.indices({"bogus": 1}), "bogus")
+bad(A, "StagedSpace.from_space bad pattern", lambda c: __import__("lightning_nas").StagedSpace.from_space(
+    _nb().nb201_search_space(), block_pattern="("), "block_pattern")
 
 
 # == faults: kill -9, concurrent writers (subprocesses) ============================================
