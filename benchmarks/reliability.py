@@ -44,6 +44,7 @@ import os
 import pickle
 import platform
 import resource
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -2387,7 +2388,7 @@ def main(argv: list[str] | None = None) -> int:
         from lightning_nas.io import atomic_write_text
 
         command = "uv run --locked python benchmarks/reliability.py" + (" --quick" if args.quick else "") + \
-                  (f" --only {args.only}" if args.only else "")
+                  (f" --only {shlex.quote(args.only)}" if args.only else "")
         atomic_write_text(args.out, _report(results, command, elapsed))
         print(f"report written to {args.out}")
     return 0
