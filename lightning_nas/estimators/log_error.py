@@ -28,6 +28,7 @@ the measured one (``E[Acc]`` of the records, each example weighted equally).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -288,8 +289,18 @@ def allocate_records(spread: Tensor, budget: int, minimum: "int | Tensor", maxim
         ``max(budget, Σ minimum)``; below the budget only by rounding (less than one record per
         example) unless every example with a spread is at ``maximum``.
     """
-    spread = torch.as_tensor(spread, dtype=torch.float64).clamp(min=0)
-    low = torch.broadcast_to(torch.as_tensor(minimum, dtype=torch.float64), spread.shape)
+    spread = torch.as_tensor(spread, dtype=torch.float64)
+    if not bool(torch.isfinite(spread).all()):
+        raise ValueError("`spread` must be finite (a NaN spread would give an example a meaningless record count)")
+    spread = spread.clamp(min=0)
+    # Checked here: an infinite `maximum` would keep the bracketing loop below doubling forever.
+    for name, value in (("budget", budget), ("maximum", maximum)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
+    minimum_t = torch.as_tensor(minimum, dtype=torch.float64)
+    if not bool(torch.isfinite(minimum_t).all()) or bool((minimum_t < 0).any()):
+        raise ValueError(f"`minimum` must be finite and >= 0, got {minimum!r}")
+    low = torch.broadcast_to(minimum_t, spread.shape)
     high = torch.maximum(low, torch.full_like(spread, float(maximum)))
 
     def counts(lam: float) -> Tensor:

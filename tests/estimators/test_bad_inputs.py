@@ -76,3 +76,16 @@ def test_a_score_returning_nan_or_the_wrong_shape_is_named(kwargs):
         estimate_one_pass(tiny(), data(), score=nan_score, **kwargs)
     with pytest.raises(ValueError, match=r"`score` .* must return a tensor of shape \(4,\)"):
         estimate_one_pass(tiny(), data(), score=lambda logits, y: torch.ones(3), **kwargs)
+
+
+@pytest.mark.parametrize(("args", "name"), [
+    ((torch.tensor([0.5, 0.5]), 6, 1, float("inf")), "`maximum`"),   # hung forever before
+    ((torch.tensor([float("nan"), 0.5]), 6, 1, 4), "`spread`"),      # gave a count of -2**63
+    ((torch.tensor([0.5, 0.5]), float("nan"), 1, 4), "`budget`"),
+    ((torch.tensor([0.5, 0.5]), 6, -1, 4), "`minimum`"),
+])
+def test_allocate_records_arguments(args, name):
+    from lightning_nas.estimators import allocate_records
+
+    with pytest.raises(ValueError, match=name):
+        allocate_records(*args)
