@@ -964,6 +964,10 @@ bad(A, "measure_subnet_accuracies empty archs", lambda c: __import__("lightning_
     .measure_subnet_accuracies(tiny_net(), [], loader()), "archs")
 bad(A, "measure_subnet_accuracies empty held_out", lambda c: __import__("lightning_nas.estimators.ranking", fromlist=["x"])
     .measure_subnet_accuracies(tiny_net(), [tiny_net().space.default()], []), "held_out")
+bad(A, "allocate_records infinite maximum", lambda c: __import__("lightning_nas.estimators", fromlist=["x"]).allocate_records(
+    __import__("torch").tensor([0.5, 0.5]), 6, 1, INF), "maximum", timeout=20)
+bad(A, "allocate_records NaN spread", lambda c: __import__("lightning_nas.estimators", fromlist=["x"]).allocate_records(
+    __import__("torch").tensor([NAN, 0.5]), 6, 1, 4), "spread")
 bad(A, "ablate unknown term", lambda c: __import__("lightning_nas.estimators", fromlist=["x"]).ablate(tables()[0], "bogus"), "term")
 
 
