@@ -142,7 +142,12 @@ def _json_kind(kind: type) -> str:
 def next_version_dir(root: str | os.PathLike) -> Path:
     """``root/version_N`` for the first N not yet used (created), so earlier runs are never overwritten."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"runs directory {str(root)!r} is a file; give a directory for version_N folders")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise type(err)(err.errno, f"cannot create the runs directory {str(root)!r}: {err.strerror}") from err
     n = 0
     while True:
         candidate = root / f"version_{n}"

@@ -118,3 +118,11 @@ def test_permission_denied_is_named_even_as_root(tmp_path, monkeypatch):
     with pytest.raises(PermissionError, match="no permission to write in") as info:
         atomic_write_text(tmp_path / "a.txt", "x")
     assert str(tmp_path / "a.txt") in str(info.value)
+
+
+def test_version_dir_under_a_file_is_named(tmp_path):
+    (tmp_path / "runs").write_text("not a directory")
+    with pytest.raises(NotADirectoryError, match="runs directory .*runs' is a file"):
+        next_version_dir(tmp_path / "runs")
+    with pytest.raises(NotADirectoryError, match="cannot create the runs directory"):
+        next_version_dir(tmp_path / "runs" / "demo")
