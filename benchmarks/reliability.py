@@ -550,6 +550,11 @@ bad(A, "recalibrate empty loader", lambda c: _ln().recalibrate_batch_norm(fixtur
 bad(A, "find_supernet without one", lambda c: _ln().find_supernet(_nn().Linear(2, 2)), "supernet")
 
 
+bad(A, "recalibrate on NaN batches", lambda c: _ln().recalibrate_batch_norm(
+    tiny_net(), [(__import__("torch").full((4, 3, 16, 16), NAN), __import__("torch").zeros(4, dtype=__import__("torch").long))]),
+    "nan|finite")
+
+
 @case(A, "batch")
 def per_example_wrong_batch_equal_archs(c):
     import torch
@@ -1485,6 +1490,36 @@ bad(A, "run_search evaluator full_fidelity NaN", lambda c: _search(c, evaluator=
 bad(A, "run_search equivalent budget, full_fidelity 0", lambda c: _search(
     c, evaluator=type("E", (_Eval,), {"full_fidelity": 0})(), budget=_strategies().Budget(equivalent_evaluations=3.0)), "full_fidelity")
 bad(A, "pareto_front unknown cost", lambda c: _search(c, storage=None).pareto_front(["joules"]), "joules")
+
+
+def _tiny_space_search(c, make):
+    from lightning_nas.spaces.search_space import Decision, SearchSpace
+
+    st = _strategies()
+    space = SearchSpace([Decision("l0", (0, 1), 0)])
+
+    class Two:
+        full_fidelity = 10.0
+
+        def __call__(self, arch, fidelity):
+            return {"accuracy": float(arch["l0"]), "cost": 1.0}
+
+        def costs(self, arch):
+            return {"cost": 1.0}
+
+    res = st.run_search(make(st, space, Two()), Two(), objective="accuracy", budget=st.Budget(evaluations=10), storage=None)
+    if res.best() is None or res.best().value != 1.0:
+        c.wrong("the best of a 2-arch space was not found")
+
+
+for _label, _make in (
+    ("RandomSearch", lambda st, space, ev: st.RandomSearch(space, seed=0)),
+    ("RegularizedEvolution", lambda st, space, ev: st.RegularizedEvolution(space, seed=0, population=2, sample=1)),
+    ("LayerNAS", lambda st, space, ev: st.LayerNAS(space, seed=0, cost="cost", cost_model=ev.costs)),
+    ("BayesianOptimization", lambda st, space, ev: st.BayesianOptimization(space, seed=0, initial=1, members=2, steps=5)),
+):
+    CASES.append(Case(A, f"{_label} on a 2-arch space with budget 10 ends", lambda c, make=_make: _tiny_space_search(c, make), (),
+                      60, False, True))
 
 
 @case(A, ok=True)
