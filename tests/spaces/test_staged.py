@@ -112,7 +112,7 @@ def test_save_load_round_trip_and_mismatch(tmp_path):
 
 def test_bad_shapes_and_structures():
     staged = StagedSpace.from_space(small_space())
-    with pytest.raises(ValueError, match=r"`block` must have shape \(S, D, C\) = \(2, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"`block` of table .value. must have shape \(S, D, C\) = \(2, 3, 3\)"):
         BilinearTable(staged, 0.0, np.zeros((2, 3)))
     with pytest.raises(ValueError, match="non-finite"):
         BilinearTable(staged, 0.0, np.full((2, 3, 3), np.nan))
