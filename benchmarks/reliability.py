@@ -574,6 +574,18 @@ def per_example_wrong_batch_different_archs(c):
 
 
 @case(A, ok=True)
+def numpy_and_json_values_accepted(c):
+    import numpy as np
+
+    net = tiny_net()
+    arch = {**net.space.default(), "width": np.int64(16), "depth": np.int32(2)}
+    net.activate(arch)
+    if json.loads(json.dumps(net.active_arch)) != net.active_arch:
+        c.wrong(f"active_arch is not plain JSON: {net.active_arch!r}")
+    net.activate(json.loads(json.dumps(net.space.sample(4))))
+
+
+@case(A, ok=True)
 def per_example_equals_single(c):
     import torch
 
@@ -772,6 +784,20 @@ bad(A, "pareto_sweep NaN target", lambda c: __import__("lightning_nas").pareto_s
 bad(A, "miqcp without a bilinear solver", lambda c: _solve(method="miqcp", solver="appsi_highs"), "miqcp")
 
 
+bad(A, "unreachable lower limit", lambda c: _solve(limits=[_limit(lower=1e6)]), "latency")
+
+
+@case(A, ok=True)
+def pareto_sweep_infeasible_target_reported(c):
+    from lightning_nas import pareto_sweep
+
+    acc, lat, _ = tables()
+    results = pareto_sweep(acc, lat, [-1.0, lat.extreme(largest=True)[0]])
+    bad_one = [r for r in results if r.status == "infeasible"]
+    if not bad_one or bad_one[0].arch is not None or "latency" not in (bad_one[0].message or ""):
+        c.wrong(f"an unreachable sweep target is not reported as infeasible: {[(r.status, r.arch) for r in results]}")
+
+
 @case(A, "constant")
 def objective_nan_constant_after_construction(c):
     acc, lat, _ = tables()
@@ -818,6 +844,20 @@ for _method in ("milp", "bcfw", "evolution"):
             c.wrong("result arch not canonical")
 
     CASES.append(Case(A, f"{_method} result feasible and finite", _feasible_case, (), DEFAULT_TIMEOUT, False, True))
+
+
+@case(A, ok=True)
+def result_archs_are_plain_json(c):
+    from lightning_nas import Limit
+
+    acc, lat, _ = tables()
+    for method in ("milp", "bcfw", "evolution"):
+        arch = _solve(method=method).arch
+        if json.loads(json.dumps(arch)) != arch:
+            c.wrong(f"{method} result arch is not plain JSON: {arch!r}")
+    perf_arch = _perf().search(Limit(nb201_tables()[3], upper=5.0)).arch
+    if json.loads(json.dumps(perf_arch)) != perf_arch:
+        c.wrong(f"MathNAS search arch is not plain JSON: {perf_arch!r}")
 
 
 @case(A, ok=True)
@@ -877,6 +917,11 @@ bad(A, "brute force 4.8e6 archs refused fast", lambda c: _frac(numerator=_big_sp
 bad(A, "brute force 1e20 archs refused fast", lambda c: _frac(numerator=_big_space(20, 10)[0], denominator=_big_space(20, 10)[1],
                                                                method="brute_force"), "brute", timeout=15)
 bad(A, "unreachable limit", lambda c: _frac(limits=[__import__("lightning_nas").Limit(nb201_tables()[3], upper=0.01)]), "latency")
+
+
+bad(A, "denominator zero for some archs", lambda c: _frac(denominator=nb201_tables()[2].__class__(
+    nb201_tables()[0], 0.0, __import__("numpy").zeros((1, 6, 5)), name="flops")), "denominator")
+bad(A, "unreachable lower limit", lambda c: _frac(limits=[__import__("lightning_nas").Limit(nb201_tables()[3], lower=1e6)]), "latency")
 
 
 @case(A, ok=True)
@@ -1534,6 +1579,14 @@ def nan_first_trial_not_best(c):
 
 
 @case(A, ok=True)
+def nan_first_trial_not_best_when_minimising(c):
+    res = _search(c, evaluator=_Eval(lambda n, out: {**out, "accuracy": NAN} if n == 1 else out), storage=None, maximize=False)
+    best = res.best()
+    if best is None or not math.isfinite(best.value):
+        c.wrong(f"best() is {None if best is None else best.value} after a NaN first trial (maximize=False)")
+
+
+@case(A, ok=True)
 def inf_trial_not_best(c):
     res = _search(c, evaluator=_Eval(lambda n, out: {**out, "accuracy": INF} if n == 2 else out), storage=None)
     if not math.isfinite(res.best().value):
@@ -1895,6 +1948,10 @@ bad(A, "search unreachable constraint", lambda c: c.cli(*_S, "--budget", "3", "-
                                                        "lat_ms_pixel3<=0.0001"), "lat_ms_pixel3")
 bad(A, "search contradictory constraints", lambda c: c.cli(*_S, "--budget", "3", "--storage", c.tmp / "u.db", "--constraint",
                                                           "lat_ms_pixel3>=20", "--constraint", "lat_ms_pixel3<=10"), "lat_ms_pixel3")
+
+
+bad(A, "search storage is a JSON table", lambda c: c.cli(*_S, "--budget", "2", "--storage", c.protect(tables()[1].save(c.tmp / "t.json"))),
+    "t.json")
 
 
 @case(A, "readonly")
