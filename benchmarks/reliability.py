@@ -1304,17 +1304,13 @@ bad(A, "UniformSampling seed bool", lambda c: _cb("UniformSampling", True), "see
 bad(A, "UniformSampling seed negative", lambda c: _cb("UniformSampling", -1), "seed")
 bad(A, "UniformSampling eval_arch unknown", lambda c: _cb("UniformSampling", 0, eval_arch="median"), "eval_arch")
 bad(A, "UniformSampling per_sample string", lambda c: _cb("UniformSampling", 0, per_sample="yes"), "per_sample")
-bad(A, "ContributionEstimation empty held_out", lambda c: _cb("ContributionEstimation", []), "held_out")
 bad(A, "ContributionEstimation passes 0", lambda c: _cb("ContributionEstimation", loader(), passes=0), "passes")
 bad(A, "ContributionEstimation every_n_epochs 0", lambda c: _cb("ContributionEstimation", loader(), every_n_epochs=0), "every_n_epochs")
 bad(A, "ContributionEstimation never runs", lambda c: _cb("ContributionEstimation", loader(), at_end=False), "at_end|every_n_epochs")
 bad(A, "ContributionEstimation method unknown", lambda c: _cb("ContributionEstimation", loader(), method="two_pass"), "method")
-bad(A, "ContributionEstimation path is a directory", lambda c: (c.path("acc_dir").mkdir(),
-    _cb("ContributionEstimation", loader(), path=c.tmp / "acc_dir")), "acc_dir")
 bad(A, "LatencyProfiler repeats 0", lambda c: _cb("LatencyProfiler", c.tmp / "l.json", repeats=0), "repeats")
 bad(A, "LatencyProfiler input_size bad", lambda c: _cb("LatencyProfiler", c.tmp / "l.json", input_size=(3, -2, 2)), "input_size")
 bad(A, "LatencyProfiler statistic unknown", lambda c: _cb("LatencyProfiler", c.tmp / "l.json", statistic="mean"), "statistic")
-bad(A, "LatencyProfiler path is a directory", lambda c: _cb("LatencyProfiler", c.tmp, input_size=(3, 16, 16)), "path")
 bad(A, "DartsSearch empty arch_data", lambda c: _cb("DartsSearch", _arch_data(0)), "arch_data")
 bad(A, "DartsSearch order 3", lambda c: _cb("DartsSearch", _arch_data(), order=3), "order")
 bad(A, "DartsSearch lr NaN", lambda c: _cb("DartsSearch", _arch_data(), lr=NAN), "lr")
@@ -1327,7 +1323,6 @@ bad(A, "DrNASSearch prune_at bad", lambda c: _cb("DrNASSearch", _arch_data(), pr
 bad(A, "PerturbationSelection interval 0", lambda c: _cb("PerturbationSelection", _cb("DartsSearch", _arch_data()), _arch_data(),
                                                           interval=0), "interval")
 bad(A, "PerturbationSelection search wrong type", lambda c: _cb("PerturbationSelection", "darts", _arch_data()), "search")
-bad(A, "BlockPerformanceEstimation empty held_out", lambda c: _cb("BlockPerformanceEstimation", [], (3, 16, 16)), "held_out")
 bad(A, "BlockPerformanceEstimation num_hosts 0", lambda c: _cb("BlockPerformanceEstimation", loader(), (3, 16, 16), method="sampled",
                                                                 num_hosts=0), "num_hosts")
 bad(A, "BlockPerformanceEstimation method unknown", lambda c: _cb("BlockPerformanceEstimation", loader(), (3, 16, 16), method="exact"),
@@ -1372,6 +1367,43 @@ def _trainer(c, callbacks, **kw):
                 default_root_dir=c.tmp, accelerator="cpu", devices=1, callbacks=callbacks)
     args.update(kw)
     return pl.Trainer(**args)
+
+
+class _Late(Exception):
+    """Raised by a case when the library refused the input only after the work it should have saved."""
+
+
+def _empty_held_out_case(make):
+    def run(c):
+        import lightning.pytorch as pl
+
+        callback = make(c)  # refusing here is the best outcome
+        steps = []
+
+        class Count(pl.Callback):
+            def on_train_batch_end(self, *args, **kwargs):
+                steps.append(1)
+
+        try:
+            _trainer(c, [_cb("UniformSampling", 0), callback, Count()], max_steps=2).fit(_Classifier.make(tiny_net()), loader())
+        except Exception as err:
+            if steps:
+                raise _Late(f"refused only after {len(steps)} training steps: {type(err).__name__}: {err}") from None
+            raise
+        c.wrong("training finished without an error")
+
+    return run
+
+
+for _label, _make, _keyword in (
+    ("ContributionEstimation empty held_out", lambda c: _cb("ContributionEstimation", []), "held_out"),
+    ("BlockPerformanceEstimation empty held_out", lambda c: _cb("BlockPerformanceEstimation", [], (3, 16, 16)), "held_out"),
+    ("ContributionEstimation path is a directory", lambda c: (c.path("acc_dir").mkdir(),
+                                                             _cb("ContributionEstimation", loader(), path=c.tmp / "acc_dir"))[1], "acc_dir"),
+    ("LatencyProfiler path is a directory", lambda c: (c.path("lat_dir").mkdir(), _cb("LatencyProfiler", c.tmp / "lat_dir",
+                                                      input_size=(3, 16, 16), repeats=2, warmup=0))[1], "lat_dir"),
+):
+    CASES.append(Case(A, f"{_label} (refused before training)", _empty_held_out_case(_make), (_keyword,), 90, False, False))
 
 
 @case(A, "nan|finite", timeout=90)
