@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from lightning_nas.io import atomic_write_json
-from lightning_nas.spaces.staged import StagedSpace
+from lightning_nas.io import atomic_write_json, read_json
+from lightning_nas.spaces.staged import StagedSpace, structure_difference
 
 __all__ = ["LINKS", "BilinearTable"]
 
@@ -206,7 +206,8 @@ class BilinearTable:
         if missing:
             raise ValueError(f"bilinear table {data.get('name')!r} is missing field(s) {missing} (truncated or edited by hand?)")
         if data["structure"] != _structure(staged):
-            raise ValueError(f"table {data.get('name')!r} was made for another space structure than {staged!r}")
+            raise ValueError(f"table {data.get('name')!r} was made for another space than {staged!r}: "
+                             f"{structure_difference(data['structure'], _structure(staged))}")
         metadata = data.get("metadata")
         if metadata is not None and not isinstance(metadata, Mapping):
             raise ValueError(f"bilinear table {data['name']!r}: `metadata` must be a JSON object, got {type(metadata).__name__}")
@@ -220,19 +221,12 @@ class BilinearTable:
         """Read a table written by :meth:`save`.
 
         Raises:
-            OSError: the file cannot be read (missing, a directory, no permission).
+            OSError: the file cannot be read (missing, a directory, no permission); the message names it.
             ValueError: the file is not a valid table (not UTF-8 JSON, truncated, a missing or
                 malformed field, another space's structure); the message names the file.
         """
         path = Path(path)
-        raw = path.read_bytes()
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as err:
-            raise ValueError(f"{path}: not a bilinear table file: not UTF-8 text ({err.reason} at byte {err.start})") from err
-        except json.JSONDecodeError as err:
-            what = "empty" if not raw.strip() else f"not valid JSON, truncated or damaged? ({err.msg} at line {err.lineno}, column {err.colno})"
-            raise ValueError(f"{path}: not a bilinear table file: {what}") from err
+        data = read_json(path, "bilinear table file")
         try:
             return cls.from_dict(data, staged)
         except ValueError as err:

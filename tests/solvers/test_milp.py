@@ -225,7 +225,7 @@ def test_bad_inputs_are_clear_errors(inst):
     space, staged, acc, (lat,), rng = inst.random_instance(11)
     other_space = inst.make_space([1, 1], 2, [None, None])
     foreign = inst.random_table(StagedSpace.from_space(other_space), rng, "latency", "resource")
-    with pytest.raises(ValueError, match="another space structure"):
+    with pytest.raises(ValueError, match="made for another space"):
         search_constrained(acc, Limit(foreign, upper=1.0))
     with pytest.raises(ValueError, match="finite number"):
         Limit(lat, upper=math.nan)

@@ -102,7 +102,7 @@ def test_save_load_round_trip_and_mismatch(tmp_path):
     np.testing.assert_array_equal(loaded.block, table.block)
     assert loaded.metadata == {"device": "cpu"}
     other = StagedSpace.from_space(small_space(blocks=(2, 2)))
-    with pytest.raises(ValueError, match="another space structure"):
+    with pytest.raises(ValueError, match="made for another space"):
         BilinearTable.load(path, other)
     data = json.loads(path.read_text())
     data["version"] = 99
