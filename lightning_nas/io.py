@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 __all__ = ["FileFormatError", "atomic_save", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "next_version_dir", "read_json"]
+           "check_writable", "next_version_dir", "read_json"]
 
 
 class FileFormatError(ValueError):
@@ -94,6 +94,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to ``path`` atomically."""
     return _atomic(path, lambda f: torch.save(obj, f))
+
+
+def check_writable(path: str | os.PathLike, what: str) -> Path:
+    """Refuse, before work whose result goes to ``path``, a path that cannot take a file: a directory,
+    a parent that is a file, or a directory without write permission. Returns ``Path(path)``."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{what} {str(path)!r} is a directory; give a file path")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{what} {str(path)!r}: {str(parent)!r} is a file, not a directory")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"{what} {str(path)!r}: no permission to write in {str(parent)!r}")
+    return path
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file", *, expect: type = dict) -> Any:

@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.callbacks._checks import check_not_empty, check_supernet_path, is_int, plain_state, require_finite
+from lightning_nas.io import check_writable
 from lightning_nas.estimators.block_performance import (
     BlockPerformance,
     estimate_block_performance,
@@ -88,7 +89,8 @@ class BlockPerformanceEstimation(Callback):
         self.held_out, self.flops, self.method = held_out, flops, method
         self.num_hosts, self.seed, self.reference = num_hosts, seed, reference
         self.tables = dict(tables or {})
-        self.path = Path(path) if path is not None else None
+        # Refused now, not when the table is saved at the end of training.
+        self.path = check_writable(path, "BlockPerformanceEstimation `path`") if path is not None else None
         self.supernet_path = supernet
         self.batch_to_xy = batch_to_xy
         self._performance: BlockPerformance | None = None

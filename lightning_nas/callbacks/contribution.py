@@ -15,6 +15,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.callbacks._checks import check_not_empty, check_supernet_path, plain_state, require_finite
+from lightning_nas.io import check_writable
 from lightning_nas.estimators.contributions import (
     METHODS, SHRINKAGE, check_estimator_options, check_paired, check_score, estimate_contributions, make_accumulator, score_name,
 )
@@ -126,7 +127,8 @@ class ContributionEstimation(Callback):
         self.paired = paired
         self.score = score
         self.fit, self.allocation, self.pilot_passes = fit, allocation, pilot_passes
-        self.path = Path(path) if path is not None else None
+        # Refused now, not when the table is saved at the end of training.
+        self.path = check_writable(path, "ContributionEstimation `path`") if path is not None else None
         self.supernet_path = supernet
         self.batch_to_xy = batch_to_xy
         self.forward = forward

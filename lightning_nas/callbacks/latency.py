@@ -12,6 +12,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.callbacks._checks import check_supernet_path, plain_state
+from lightning_nas.io import check_writable
 from lightning_nas.profiling.tables import build_flops_table, build_params_table, load_or_build, stale_reasons
 from lightning_nas.profiling.timing import ProfileSettings
 from lightning_nas.spaces.staged import StagedSpace
@@ -106,7 +107,8 @@ class LatencyProfiler(Callback):
         if not isinstance(rebuild, bool):
             raise ValueError(f"`rebuild` must be a bool, got {rebuild!r}")
         check_supernet_path(supernet, ValueError)
-        self.path = Path(path)
+        # Refused now, not after the minutes a build takes.
+        self.path = check_writable(path, "LatencyProfiler `path`")
         self.input_size = input_size
         self.supernet_path = supernet
         self.calibration_archs = calibration_archs

@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
-import errno
 import hashlib
 import json
 import logging
@@ -60,7 +59,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_nas.bilinear import BilinearTable
-from lightning_nas.io import read_json
+from lightning_nas.io import check_writable, read_json
 from lightning_nas.nn.choice import Choice
 from lightning_nas.nn.depth_choice import DepthChoice
 from lightning_nas.nn.export import export_subnet
@@ -516,17 +515,6 @@ def _atomic_copy(source: Path, target: Path) -> None:
         raise
 
 
-def _check_writable(path: Path) -> None:
-    # Checked before a build that can take minutes, not when its result is saved.
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, f"latency table path {str(path)!r} is a directory; give a .json file path")
-    parent = next((p for p in path.absolute().parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, f"latency table path {str(path)!r}: {str(parent)!r} is a file, not a directory")
-    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, f"latency table path {str(path)!r}: no permission to write in {str(parent)!r}")
-
-
 @keep_rng_state()
 def load_or_build(
     supernet: Supernet,
@@ -553,7 +541,8 @@ def load_or_build(
     """
     _check_supernet(supernet)
     path = Path(path)
-    _check_writable(path)
+    # Checked before a build that can take minutes, not when its result is saved.
+    check_writable(path, "latency table path")
     reasons: list[str] = []
     if rebuild:
         reasons.append("rebuild requested")

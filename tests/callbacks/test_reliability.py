@@ -276,3 +276,18 @@ def test_first_non_finite_names_parameters_and_running_statistics_only():
     assert first_non_finite(net) == "buffer '1.running_var'"
     net[0].bias.data[1] = math.inf
     assert first_non_finite(net) == "parameter '0.bias'"
+
+
+def test_an_output_path_that_cannot_take_a_file_is_refused_when_the_callback_is_made(tmp_path):
+    held = [(torch.zeros(2, 3, 8, 8), torch.zeros(2, dtype=torch.long))]
+    (tmp_path / "a_file").write_text("x")
+    for bad, error, message in ((tmp_path, IsADirectoryError, "is a directory"),
+                                (tmp_path / "a_file" / "table.json", NotADirectoryError, "is a file, not a directory")):
+        with pytest.raises(error, match=rf"ContributionEstimation `path` .*{message}"):
+            ContributionEstimation(held, path=bad)
+        with pytest.raises(error, match=rf"BlockPerformanceEstimation `path` .*{message}"):
+            BlockPerformanceEstimation(held, (3, 8, 8), path=bad)
+        with pytest.raises(error, match=rf"LatencyProfiler `path` .*{message}"):
+            LatencyProfiler(bad, input_size=(3, 8, 8))
+    # A path whose folders do not exist yet is fine: they are made when the file is written.
+    ContributionEstimation(held, path=tmp_path / "new" / "table.json")
