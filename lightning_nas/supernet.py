@@ -237,7 +237,12 @@ class Supernet(nn.Module):
             arch = self.context.values
         exported = export_subnet(self.module, self.space.validate(arch))
         if calibration_batches is not None:
-            recalibrate_batch_norm(exported, calibration_batches, num_batches=num_calibration_batches)
+            try:
+                recalibrate_batch_norm(exported, calibration_batches, num_batches=num_calibration_batches)
+            except ValueError as err:
+                # Name the argument the caller gave, not recalibrate_batch_norm's own.
+                raise ValueError(str(err).replace("`batches`", "`calibration_batches`").replace(
+                    "`num_batches`", "`num_calibration_batches`")) from None
         return exported
 
     def mutables(self) -> list[Mutable]:

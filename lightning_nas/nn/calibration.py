@@ -48,6 +48,8 @@ def recalibrate_batch_norm(
 
     Raises:
         ValueError: if ``num_batches`` is not positive or no batch was seen.
+        FloatingPointError: the batches gave non-finite statistics.
+        In both cases (and when a forward raises) the previous statistics are put back.
     """
     from lightning_nas.nn.norm import ElasticBatchNorm2d
 
@@ -57,6 +59,8 @@ def recalibrate_batch_norm(
         raise ValueError(f"`forward` must be callable(module, batch) or None, got {forward!r}")
     norms = [m for m in module.modules() if isinstance(m, (*_NORMS, ElasticBatchNorm2d)) and m.track_running_stats]
     saved_momentum = [m.momentum for m in norms]
+    # Put back if recalibration fails, so a failed call never leaves reset or NaN statistics behind.
+    saved_stats = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
     was_training = module.training
     for m in norms:
         m.running_mean.zero_()
@@ -74,10 +78,23 @@ def recalibrate_batch_norm(
             else:
                 forward(module, batch)
             seen += 1
+        if seen == 0:
+            raise ValueError("`batches` yielded no batch; BatchNorm statistics cannot be recalibrated")
+        # NaN/inf inputs (or a diverged network) would leave statistics that make every output NaN.
+        bad = next((name for name, m in module.named_modules() if any(m is n for n in norms)
+                    and not (torch.isfinite(m.running_mean).all() and torch.isfinite(m.running_var).all())), None)
+        if bad is not None:
+            raise FloatingPointError(f"BatchNorm {bad!r} got non-finite running statistics from {seen} batch(es): the "
+                                     "batches (or the network's weights) hold NaN or infinite values; statistics left as they were")
+    except BaseException:
+        with torch.no_grad():
+            for m, (mean, var, count) in zip(norms, saved_stats):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+        raise
     finally:
         for m, momentum in zip(norms, saved_momentum):
             m.momentum = momentum
         module.train(was_training)
-    if seen == 0:
-        raise ValueError("`batches` yielded no batch; BatchNorm statistics cannot be recalibrated")
     return seen

@@ -41,6 +41,13 @@ class OpChoice(Mutable):
         default: Any = None,
     ) -> None:
         super().__init__()
+        # Checked before nn.ModuleList/ModuleDict, whose own error does not name the OpChoice.
+        found = list(candidates.values()) if isinstance(candidates, Mapping) else candidates
+        if isinstance(found, Sequence) and not isinstance(found, (str, bytes)):
+            for i, module in enumerate(found):
+                if not isinstance(module, nn.Module):
+                    raise ValueError(f"every candidate of OpChoice {label!r} must be an nn.Module, got "
+                                     f"{type(module).__name__} ({module!r}) at position {i}")
         if isinstance(candidates, Mapping):
             keys = list(candidates)
             if not all(isinstance(k, str) for k in keys):
@@ -53,9 +60,6 @@ class OpChoice(Mutable):
             raise ValueError(f"`candidates` must be a list or dict of nn.Module, got {type(candidates).__name__}")
         if not keys:
             raise ValueError(f"`candidates` of OpChoice {label!r} must not be empty")
-        for key in keys:
-            if not isinstance(self.candidates[key], nn.Module):
-                raise ValueError(f"every candidate of OpChoice {label!r} must be an nn.Module, got {type(self.candidates[key]).__name__}")
         self.keys = keys
         self.choice = Choice(keys, label, default=default)
         object.__setattr__(self, "_relaxation", None)

@@ -40,6 +40,18 @@ class Decision:
     values: tuple[Any, ...]
     default: Any
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.label, str) or not self.label:
+            raise ValueError(f"a decision's `label` must be a non-empty string, got {self.label!r}")
+        if isinstance(self.values, (str, bytes)) or not isinstance(self.values, Sequence) or not self.values:
+            raise ValueError(f"`values` of decision {self.label!r} must be a non-empty sequence of candidates, got {self.values!r}")
+        object.__setattr__(self, "values", tuple(self.values))
+        try:
+            self.index(self.default)
+        except ValueError:
+            raise ValueError(f"`default` {self.default!r} of decision {self.label!r} is not one of its candidates "
+                             f"{[_plain(v) for v in self.values]!r}") from None
+
     def index(self, value: Any) -> int:
         """Position of ``value``; ``ValueError`` naming the label and the allowed values otherwise."""
         key = candidate_key(value)

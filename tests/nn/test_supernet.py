@@ -415,3 +415,35 @@ def test_elastic_layers_refuse_bad_fixed_arguments():
         ln.ElasticLinear(4, 4, bias=Choice([True, False], "b"))
     with pytest.raises(ValueError, match=r"`n_candidates` must be a positive int, got True"):
         ln.InputChoice(True)
+
+
+def test_recalibration_failures_name_the_argument_and_keep_the_statistics():
+    from lightning_nas.nn.calibration import recalibrate_batch_norm
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    with torch.no_grad():
+        net[1].running_mean.fill_(0.5)
+    before = net[1].running_mean.clone()
+    with pytest.raises(FloatingPointError, match=r"BatchNorm '1' got non-finite running statistics from 1 batch"):
+        recalibrate_batch_norm(net, [torch.full((2, 3, 5, 5), float("nan"))])
+    assert torch.equal(net[1].running_mean, before) and net[1].momentum == 0.1
+    with pytest.raises(ValueError, match="`batches` yielded no batch"):
+        recalibrate_batch_norm(net, [])
+    assert torch.equal(net[1].running_mean, before)
+    supernet = ln.Supernet(nn.Sequential(ln.ElasticConv2d(3, ln.Choice([2, 4], "w"), 3), nn.AdaptiveAvgPool2d(1)))
+    with pytest.raises(ValueError, match="`calibration_batches` yielded no batch"):
+        supernet.export(supernet.space.default(), calibration_batches=[])
+
+
+def test_op_choice_and_decision_name_bad_candidates_and_defaults():
+    from lightning_nas.spaces.search_space import Decision, SearchSpace
+
+    with pytest.raises(ValueError, match=r"every candidate of OpChoice 'op' must be an nn.Module, got int \(3\) at position 1"):
+        ln.OpChoice([nn.Identity(), 3], "op")
+    with pytest.raises(ValueError, match=r"every candidate of OpChoice 'op' must be an nn.Module, got str"):
+        ln.OpChoice({"a": nn.Identity(), "b": "conv"}, "op")
+    with pytest.raises(ValueError, match=r"`default` 3 of decision 'a' is not one of its candidates \[1, 2\]"):
+        SearchSpace([Decision("a", (1, 2), 3)])
+    with pytest.raises(ValueError, match="must be a non-empty sequence"):
+        Decision("a", (), None)
+    assert Decision("a", [1, 2], 2).values == (1, 2)
