@@ -835,36 +835,57 @@ def estimate_contributions(
     device = _device_of(model)
     score = _checked_score(score)
     seen = 0
-    with evaluation_mode(model, supernet):
-        # Batch by batch, all passes of a batch back to back: the held-out data is read once, and
-        # paired records need every pass of an example together. Draws depend on (seed, p, i) only.
-        for i, batch in _shard(held_out, rank, world_size):
-            seen += 1
-            x, y = batch_to_xy(batch)
-            x, y = move_data_to_device(x, device), move_data_to_device(y, device)
-            n = int(torch.as_tensor(y).shape[0])
-            if fit == "log_error":
-                _log_error_records(supernet, indexer, accumulator, forward, score, x, y, n, i, seed, passes, allocation, pilot_passes)
-                continue
-            records = []  # one-pass: (configs, depths, correct) per pass
-            for p in range(passes):
-                draw = space.sample_indices(n, derive_generator(seed, p, i))
-                if conditionals is None:
-                    supernet.activate_indices(draw)
-                    records.append((*indexer.to_staged(draw), score(forward(x), y)))
+    failure: Exception | None = None
+    try:
+        with evaluation_mode(model, supernet):
+            # Batch by batch, all passes of a batch back to back: the held-out data is read once, and
+            # paired records need every pass of an example together. Draws depend on (seed, p, i) only.
+            for i, batch in _shard(held_out, rank, world_size):
+                seen += 1
+                x, y = batch_to_xy(batch)
+                x, y = move_data_to_device(x, device), move_data_to_device(y, device)
+                n = int(torch.as_tensor(y).shape[0])
+                if fit == "log_error":
+                    _log_error_records(supernet, indexer, accumulator, forward, score, x, y, n, i, seed, passes, allocation, pilot_passes)
                     continue
-                for conditional, fix in zip(conditionals, fixed):
-                    supernet.activate_indices({**draw, **{lab: torch.full((n,), v) for lab, v in fix.items()}})
-                    accumulator.update_conditional(conditional, score(forward(x), y))
-            if paired:
-                accumulator.update_paired(*(torch.stack(column) for column in zip(*records)))
-            else:
-                for record in records:
-                    accumulator.update(*record)
+                records = []  # one-pass: (configs, depths, correct) per pass
+                for p in range(passes):
+                    draw = space.sample_indices(n, derive_generator(seed, p, i))
+                    if conditionals is None:
+                        supernet.activate_indices(draw)
+                        records.append((*indexer.to_staged(draw), score(forward(x), y)))
+                        continue
+                    for conditional, fix in zip(conditionals, fixed):
+                        supernet.activate_indices({**draw, **{lab: torch.full((n,), v) for lab, v in fix.items()}})
+                        accumulator.update_conditional(conditional, score(forward(x), y))
+                if paired:
+                    accumulator.update_paired(*(torch.stack(column) for column in zip(*records)))
+                else:
+                    for record in records:
+                        accumulator.update(*record)
+    except (ValueError, FloatingPointError) as err:
+        if world_size == 1:
+            raise
+        failure = err  # raised below on every rank: the others would otherwise wait for this one in compute()
+    _agree_on_failure(failure, rank, world_size, device)
     if seen == 0 and world_size == 1:
         # (Under DDP a rank may hold no batch; the merged records are checked when computed.)
         raise ValueError("`held_out` yielded no batches: give the held-out DataLoader (or list of (x, y) batches) to estimate on")
     return accumulator.compute()
+
+
+def _agree_on_failure(failure: Exception | None, rank: int, world_size: int, device: torch.device) -> None:
+    # Every rank learns whether any rank failed before the accumulator's collective compute().
+    import torch.distributed as dist
+
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        failed = torch.tensor([rank + 1 if failure is not None else 0], device=device)
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+        if failure is None and int(failed) > 0:
+            raise RuntimeError(f"estimating contributions failed on rank {int(failed) - 1} (its error is in its log); "
+                               "every rank stops rather than wait for it")
+    if failure is not None:
+        raise failure
 
 
 def _log_error_records(supernet, indexer, accumulator, forward, score, x, y, n, i, seed, passes, allocation, pilot_passes) -> None:
