@@ -5,27 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lightning_nas.profile_cli import non_negative_int, positive_int
+
 __all__ = ["main"]
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
-    return value
 
 
 def _fraction(text: str) -> float:
@@ -46,11 +28,11 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="BINAS end to end: train a supernet, estimate, profile, solve 3 latency targets, export")
     demo.add_argument("--dataset", default="digits", help="'digits' (offline), a Hugging Face dataset name, a saved dataset or an image folder")
     demo.add_argument("--split", default="train", help="split of --dataset to use (then divided 60/20/20)")
-    demo.add_argument("--epochs", type=_positive, default=40, help="supernet training epochs")
-    demo.add_argument("--finetune-epochs", type=_positive, default=3)
-    demo.add_argument("--seed", type=_non_negative, default=0)
-    demo.add_argument("--image-size", type=_positive, default=32)
-    demo.add_argument("--max-examples", type=_positive, default=None, help="use at most this many examples")
+    demo.add_argument("--epochs", type=positive_int, default=40, help="supernet training epochs")
+    demo.add_argument("--finetune-epochs", type=positive_int, default=3)
+    demo.add_argument("--seed", type=non_negative_int, default=0)
+    demo.add_argument("--image-size", type=positive_int, default=32)
+    demo.add_argument("--max-examples", type=positive_int, default=None, help="use at most this many examples")
     demo.add_argument("--targets", type=_fraction, nargs="+", default=[0.2, 0.5, 0.8],
                       help="latency targets as fractions of the table's latency range")
     demo.add_argument("--estimator", choices=["log_error", "means"], default="log_error",

@@ -26,7 +26,8 @@ from typing import Any
 __all__ = ["add_arguments", "main", "run"]
 
 
-def _positive(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -36,7 +37,8 @@ def _positive(text: str) -> int:
     return value
 
 
-def _non_negative(text: str) -> int:
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0."""
     try:
         value = int(text)
     except ValueError:
@@ -68,12 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", required=True, type=Path, help="latency table JSON file")
     parser.add_argument("--space-kwargs", type=_json_object, default={}, help="JSON object of keyword arguments for the space builder or --model factory")
-    parser.add_argument("--threads", type=_positive, default=1, help="CPU threads while timing")
-    parser.add_argument("--batch-size", type=_positive, default=1)
-    parser.add_argument("--image-size", type=_positive, default=32, help="input height and width")
-    parser.add_argument("--in-chans", type=_positive, default=None, help="input channels (default: the space's in_chans keyword, else 3)")
-    parser.add_argument("--repeats", type=_positive, default=100, help="timed calls per measurement")
-    parser.add_argument("--warmup", type=_non_negative, default=10, help="untimed calls before them")
+    parser.add_argument("--threads", type=positive_int, default=1, help="CPU threads while timing")
+    parser.add_argument("--batch-size", type=positive_int, default=1)
+    parser.add_argument("--image-size", type=positive_int, default=32, help="input height and width")
+    parser.add_argument("--in-chans", type=positive_int, default=None, help="input channels (default: the space's in_chans keyword, else 3)")
+    parser.add_argument("--repeats", type=positive_int, default=100, help="timed calls per measurement")
+    parser.add_argument("--warmup", type=non_negative_int, default=10, help="untimed calls before them")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     parser.add_argument(
@@ -85,9 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="pin glibc malloc's thresholds first (this process only profiles; without it 224x224 tables are "
              "not additive: see pin_malloc_thresholds and benchmarks/RESULTS.md)",
     )
-    parser.add_argument("--calibration-archs", type=_positive, default=10, help="random subnets timed to estimate the fixed part")
-    parser.add_argument("--seed", type=_non_negative, default=0)
-    parser.add_argument("--check", type=_non_negative, default=0, metavar="N", help="report the MAPE on N random subnets (0: skip)")
+    parser.add_argument("--calibration-archs", type=positive_int, default=10, help="random subnets timed to estimate the fixed part")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--check", type=non_negative_int, default=0, metavar="N", help="report the MAPE on N random subnets (0: skip)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild even when --out matches")
     return parser
 

@@ -133,7 +133,7 @@ def test_demo_seed_and_profile_in_chans_are_named(tmp_path, capsys):
 
     with pytest.raises(SystemExit):
         cli.main(["demo", "--seed", "-1"])
-    assert "--seed: must be an int >= 0, got -1" in capsys.readouterr().err
+    assert "--seed: must be a non-negative int, got -1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--space", "mobilenet", "--out", str(tmp_path / "t.json"), "--space-kwargs", '{"in_chans": "three"}'])
     err = capsys.readouterr().err
