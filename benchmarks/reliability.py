@@ -688,7 +688,7 @@ bad(A, "table load a directory", lambda c: (c.path("dir_table.json").mkdir(), _l
     "dir_table.json")
 
 
-@case(A, "other_table.json", "structure")
+@case(A, "other_table.json", "another space")
 def table_load_other_space(c):
     from lightning_nas import BilinearTable, StagedSpace
 
