@@ -1,41 +1,63 @@
-"""The BINAS demo, end to end: train → estimate → profile → solve → export → fine-tune → report.
+"""The BINAS demo, end to end: train → estimate → profile → solve → export → fine-tune → check.
 
-``lightning-nas demo`` trains a small BINAS supernet on scikit-learn's handwritten digits
-(upsampled to 32×32, shipped inside the package, so it runs offline) with one uniformly sampled
-subnet per image, distilled in place from the largest subnet (BINAS's recipe); the :class:`~lightning_nas.callbacks.ContributionEstimation` callback estimates
-the bilinear accuracy model on a held-out split and the
-:class:`~lightning_nas.callbacks.LatencyProfiler` callback builds this CPU's latency table. It
-then solves the exact MILP for three latency targets, exports each subnet, measures its latency
-end to end and its accuracy before and after a short fine-tune, and writes a Pareto plot and
-contribution heatmaps. ``--dataset`` takes any Hugging Face image-classification dataset.
+``lightning-nas demo`` trains a small BINAS supernet on a task with room between good and bad
+subnets: scikit-learn's handwritten digits (shipped inside the package, so it runs offline),
+split 60/20/20 on the *original* images and then made harder and larger by seeded augmentation
+(:func:`~lightning_nas.data.augmented_digits`: stroke thickness, rotation, scale, shear, elastic
+distortion, clutter from other digits of the same split, contrast and noise; many copies per
+original, so the evaluation splits hold thousands of images). The supernet is trained with one
+uniformly sampled subnet per image, distilled in place from the largest subnet (BINAS's
+recipe); the :class:`~lightning_nas.callbacks.ContributionEstimation` callback estimates the
+bilinear accuracy model on the held-out split and the
+:class:`~lightning_nas.callbacks.LatencyProfiler` callback builds this CPU's latency table.
+
+It then measures the truth: the one-shot accuracy (BatchNorm recalibrated per subnet, the
+SPOS / Once-for-All standard) and the end-to-end latency of random subnets, on the validation
+split, with the split-half reliability of those accuracies (two halves of disjoint originals).
+It solves the exact MILP for three latency targets, exports each subnet, measures it and
+fine-tunes it briefly, and prints the targets it set itself (met / MISSED): the estimator's
+Kendall τ, each pick's accuracy against its prediction and against the random subnets that fit
+the same budget, and accuracy non-decreasing with the budget. Plots: predicted vs measured
+accuracy (``ranking.png``), the Pareto view (``pareto.png``), the contributions
+(``contributions.png``). ``--dataset`` also takes ``"digits"`` (the plain 8×8 digits) or any
+Hugging Face image-classification dataset.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 import torchmetrics
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_nas.callbacks import ContributionEstimation, LatencyProfiler, UniformSampling
-from lightning_nas.data import gratings_dataset, load_image_dataset, split_dataset, to_tensors
+from lightning_nas.data import augmented_digits, gratings_dataset, load_image_dataset, split_dataset, to_tensors
 from lightning_nas.distillation import inplace_distillation_loss
-from lightning_nas.estimators import measure_subnet_accuracies, ranking_report, table2_predictors
+from lightning_nas.estimators import kendall_tau, ranking_report, table2_predictors
+from lightning_nas.estimators.contributions import evaluation_mode
 from lightning_nas.io import atomic_save, atomic_write_json, next_version_dir
+from lightning_nas.nn.calibration import recalibrate_batch_norm
 from lightning_nas.plots import plot_contributions, plot_pareto
 from lightning_nas.profiling import check_latency
 from lightning_nas.solvers import Limit, search_constrained
 from lightning_nas.spaces import binas_supernet
 from lightning_nas.supernet import Supernet
 
-__all__ = ["SupernetClassifier", "accuracy", "format_summary", "gratings_dataset", "run_demo"]
+__all__ = ["DEMO_SPACE", "SupernetClassifier", "accuracy", "format_summary", "gratings_dataset", "measure_subnets", "run_demo"]
+
+#: The demo's search space: ``binas_supernet("tiny", **DEMO_SPACE)``.
+DEMO_SPACE: dict[str, Any] = dict(in_chans=1, max_depth=3, min_depth=1, expand_ratios=(2, 6), kernel_sizes=(3,))
 
 
 class SupernetClassifier(pl.LightningModule):
@@ -44,18 +66,22 @@ class SupernetClassifier(pl.LightningModule):
     Nothing here knows about NAS: callbacks activate subnets from outside. With ``distill=True``
     (a :class:`~lightning_nas.Supernet` only) each step adds in-place distillation from the
     largest subnet (:func:`~lightning_nas.distillation.inplace_distillation_loss`), BINAS's
-    recipe; the logged training accuracy is then the sampled subnets'.
+    recipe; the logged training accuracy is then the sampled subnets'. SGD (Nesterov momentum 0.9)
+    with a cosine schedule over ``epochs`` epochs: stepped per epoch when ``warmup`` is 0, else per
+    step after a linear warm-up over the first ``warmup`` fraction of the steps.
     """
 
     def __init__(
         self, supernet: nn.Module, num_classes: int, *, lr: float = 0.1, weight_decay: float = 4e-5, epochs: int = 1,
-        distill: bool = False,
+        distill: bool = False, warmup: float = 0.0,
     ) -> None:
         super().__init__()
+        if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 <= warmup < 1:
+            raise ValueError(f"`warmup` must be a fraction of the steps in [0, 1), got {warmup!r}")
         if distill and not isinstance(supernet, Supernet):
             raise ValueError(f"`distill=True` needs a lightning_nas.Supernet to take the teacher from, got {type(supernet).__name__}")
         self.supernet = supernet
-        self.lr, self.weight_decay, self.epochs, self.distill = lr, weight_decay, epochs, distill
+        self.lr, self.weight_decay, self.epochs, self.distill, self.warmup = lr, weight_decay, epochs, distill, warmup
         self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
         self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
 
@@ -70,7 +96,8 @@ class SupernetClassifier(pl.LightningModule):
             logits = self(x)
             loss = nn.functional.cross_entropy(logits, y)
         self.train_acc(logits, y)
-        self.log_dict({"train_loss": loss, "train_acc": self.train_acc}, on_step=False, on_epoch=True, batch_size=len(y))
+        self.log_dict({"train_loss": loss, "train_acc": self.train_acc}, on_step=False, on_epoch=True, batch_size=len(y),
+                      prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -80,7 +107,20 @@ class SupernetClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay, nesterov=True)
-        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(self.epochs, 1))}
+        if not self.warmup:  # a cosine over `epochs` epochs, stepped per epoch (a shorter run follows its prefix)
+            return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(self.epochs, 1))}
+        # Per step: linear warm-up over the first `warmup` fraction of `epochs` epochs' steps, then a cosine to zero.
+        per_epoch = self.trainer.estimated_stepping_batches / max(self.trainer.max_epochs or 1, 1)
+        total = max(int(round(per_epoch * max(self.epochs, 1))), 1)
+        warm = int(self.warmup * total)
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / (warm + 1)
+            return 0.5 * (1 + math.cos(math.pi * min(step - warm, total - warm) / max(total - warm, 1)))
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 @torch.no_grad()
@@ -94,173 +134,401 @@ def accuracy(model: nn.Module, loader: DataLoader) -> float:
     return correct / total
 
 
+@torch.no_grad()
+def measure_subnets(
+    supernet: Supernet, archs: Sequence[Mapping[str, Any]], loader: DataLoader, calibration: Sequence[Any] | None = None,
+) -> np.ndarray:
+    """``(len(archs), N)`` bool: whether each arch classifies each of ``loader``'s ``N`` examples right.
+
+    One-shot: the supernet's weights with one arch active, eval mode. With ``calibration`` (a
+    list of training batches, the same for every arch) each arch's BatchNorm statistics are first
+    re-estimated for that arch alone (:func:`~lightning_nas.nn.recalibrate_batch_norm`), so the
+    row equals its exported, recalibrated subnet's outcomes; the supernet's own statistics are
+    restored afterwards. Per-example outcomes give any split's accuracy (``rows.mean(1)``).
+    """
+    buffers = dict(supernet.named_buffers())
+    saved = {name: b.clone() for name, b in buffers.items()}
+    rows = []
+    with evaluation_mode(supernet, supernet):
+        try:
+            for arch in archs:
+                supernet.activate(arch)
+                if calibration is not None:
+                    recalibrate_batch_norm(supernet, calibration)
+                rows.append(torch.cat([supernet(x).argmax(1) == y for x, y in loader]))
+        finally:
+            for name, value in saved.items():
+                buffers[name].copy_(value)
+    return torch.stack(rows).numpy()
+
+
+class _StageClock(pl.Callback):
+    """Notes when the callbacks listed before it are done with a hook (Lightning calls callbacks in list order)."""
+
+    def __init__(self, marks: dict[str, float], *, fit_start: str | None = None, train_end: str | None = None,
+                 say: bool = True) -> None:
+        self.marks, self.fit_start, self.train_end, self.say = marks, fit_start, train_end, say
+
+    def _mark(self, name: str | None) -> None:
+        if name and name not in self.marks:
+            self.marks[name] = time.perf_counter()
+            if self.say:
+                _say(name)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._mark(self.fit_start)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._mark(self.train_end)
+
+
+def _say(message: str) -> None:
+    print(f"[demo] {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _stage(name: str, times: dict[str, float], say: bool) -> Iterator[None]:
+    if say:
+        _say(f"{name} ...")
+    started = time.perf_counter()
+    yield
+    times[name] = times.get(name, 0.0) + time.perf_counter() - started
+    if say:
+        _say(f"{name}: {time.perf_counter() - started:.1f} s")
+
+
 def _trainer(epochs: int, run_dir: Path, name: str, callbacks: list, progress: bool) -> pl.Trainer:
     return pl.Trainer(
         max_epochs=epochs, accelerator="cpu", devices=1, logger=CSVLogger(run_dir, name=name, version=""),
         callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-        num_sanity_val_steps=0, deterministic=True,
+        num_sanity_val_steps=0, deterministic=True, limit_val_batches=0,
     )
+
+
+def _plot_ranking(predicted: np.ndarray, measured: np.ndarray, error: float, tau: float, label: str, line: tuple[float, float],
+                  path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.errorbar(predicted, measured, yerr=error, fmt="o", ms=4, alpha=0.8, elinewidth=0.8, label="random subnet (±1 s.e.)")
+    low, high = float(min(predicted.min(), measured.min())), float(max(predicted.max(), measured.max()))
+    pad = 0.05 * (high - low or 1.0)
+    ax.plot([low - pad, high + pad], [low - pad, high + pad], "k--", lw=0.8, label="measured = predicted")
+    xs = np.array([predicted.min(), predicted.max()])
+    ax.plot(xs, line[1] + line[0] * xs, "C1-", lw=1, label=f"calibration: {line[1]:.3f} + {line[0]:.2f} × predicted")
+    ax.set_xlabel("predicted accuracy (bilinear table, uncalibrated)")
+    ax.set_ylabel(f"measured accuracy ({label})")
+    ax.set_title(f"{len(predicted)} random subnets: Kendall τ = {tau:.2f}")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _load_task(dataset, split, image_size, max_examples, copies, strength, seed, channels) -> tuple[list[TensorDataset], int, list[int]]:
+    """The three parts and, for each, where its second half of disjoint originals starts."""
+    if dataset == "augmented_digits":
+        parts = augmented_digits(copies, image_size=image_size, strength=strength, max_originals=max_examples, seed=seed)
+        halves = [len(p) // c // 2 * c for p, c in zip(parts, copies)]
+        parts = [TensorDataset(p.tensors[0].expand(-1, channels, -1, -1).contiguous(), p.tensors[1]) for p in parts]
+        return parts, 10, halves
+    ds = load_image_dataset(dataset, split)
+    if max_examples is not None:
+        ds = ds.shuffle(seed=seed).select(range(min(max_examples, len(ds))))
+    tensors, num_classes = to_tensors(ds, image_size, channels=channels)
+    parts = split_dataset(tensors, (0.6, 0.2, 0.2), seed=seed)
+    return parts, num_classes, [len(p) // 2 for p in parts]
 
 
 def run_demo(
     *,
-    dataset: str = "digits",
+    dataset: str = "augmented_digits",
     split: str = "train",
-    epochs: int = 40,
-    finetune_epochs: int = 3,
+    epochs: int = 5,
+    finetune_epochs: int = 1,
     seed: int = 0,
     out: str | Path = "runs/demo",
-    image_size: int = 32,
+    image_size: int = 16,
     batch_size: int = 64,
+    lr: float = 0.2,
     max_examples: int | None = None,
+    copies: Sequence[int] = (6, 6, 12),
+    strength: float = 0.75,
+    space: Mapping[str, Any] | None = None,
     target_fractions: Sequence[float] = (0.2, 0.5, 0.8),
-    estimation_passes: int = 100,
+    estimation_passes: int = 40,
     estimator: str = "log_error",
     num_ranked: int = 40,
+    num_random: int = 100,
+    calibration_batches: int = 0,
     profile_repeats: int = 50,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the whole BINAS pipeline on a small dataset; see the module docstring.
+    """Run the whole BINAS pipeline on a small task and check it; see the module docstring.
 
     Args:
-        dataset, split: what :func:`~lightning_nas.data.load_image_dataset` loads (``"digits"``:
-            offline); split 60/20/20 into train, held-out (estimation) and validation (reporting).
-        epochs: supernet training epochs (per-example uniform sampling).
+        dataset: ``"augmented_digits"`` (offline; :func:`~lightning_nas.data.augmented_digits`),
+            or what :func:`~lightning_nas.data.load_image_dataset` loads (``"digits"``: the plain
+            8×8 digits, offline), split 60/20/20 into train, held-out (estimation) and validation
+            (every measured accuracy).
+        split: the split of a Hugging Face dataset.
+        epochs: supernet training epochs (per-example uniform sampling, in-place distillation).
         finetune_epochs: fine-tuning epochs of each exported subnet.
-        seed: seeds data split, sampling, estimation and training.
+        seed: seeds the data (split and augmentation), sampling, estimation and training.
         out: runs go to ``out/version_N`` (never overwritten); the latency table is shared at
             ``out/latency_table.json`` and reused while it matches this machine and settings.
-        image_size: square input resolution.
+        image_size: square input resolution (the latency table is built at it).
         batch_size: training batch size.
-        max_examples: use at most this many examples (tests, quick looks).
-        target_fractions: latency targets, as fractions of the way from the smallest to the
-            largest latency the table allows.
+        lr: peak supernet learning rate (SGD, warm-up then cosine).
+        max_examples: use at most this many examples (originals for ``"augmented_digits"``; tests).
+        copies: augmented copies of each original in the train, held-out and validation parts.
+        strength: augmentation strength (:func:`~lightning_nas.data.augment_digits`).
+        space: keyword arguments of ``binas_supernet("tiny", ...)`` (default :data:`DEMO_SPACE`).
+        target_fractions: latency targets, as quantiles of the predicted latency of uniformly
+            random subnets: 0.2 means a budget that a fifth of random subnets meet.
         estimation_passes: passes of the one-pass estimator over the held-out split (the budget of
             forward passes: ``estimation_passes × held-out examples``).
         estimator: ``"log_error"`` (the multiplicative-error fit with adaptive allocation; needs
             ``estimation_passes >= 2``) or ``"means"`` (BINAS's conditional means, paired when
             ``estimation_passes >= 2``, empirical-Bayes shrinkage).
-        num_ranked: random subnets whose measured one-shot accuracy checks the estimator's ranking.
+        num_ranked: how many of the random subnets check the estimator's ranking (Kendall τ).
+        num_random: random subnets whose accuracy and latency are measured (the ranking check and
+            the reference a pick must beat under its budget).
+        calibration_batches: 0 (default): a subnet's measured accuracy is its one-shot accuracy with
+            the supernet's own BatchNorm statistics, the quantity BINAS's estimator predicts; ``k > 0``:
+            each subnet's BatchNorm statistics are first re-estimated on ``k`` training batches of 256
+            (SPOS / Once-for-All), for the random subnets and the exported picks alike. Either way
+            each pick's recalibrated accuracy is reported too (8 batches).
         profile_repeats: timed calls per latency measurement.
-        progress: show progress bars.
+        progress: show progress bars and stage lines (on stderr).
 
     Returns:
         The summary written to ``<run dir>/summary.json``.
     """
     if estimator not in ("means", "log_error"):
         raise ValueError(f"`estimator` must be 'means' or 'log_error', got {estimator!r}")
+    for name, value, low in (("num_random", num_random, 2), ("num_ranked", num_ranked, 2), ("calibration_batches", calibration_batches, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
+    if num_ranked > num_random:
+        raise ValueError(f"`num_ranked` ({num_ranked}) must be at most `num_random` ({num_random}): the ranked subnets are the first of them")
+    space_kwargs = dict(DEMO_SPACE if space is None else space)
+    in_chans = space_kwargs.get("in_chans", 3)
+    if in_chans not in (1, 3) or isinstance(in_chans, bool):
+        raise ValueError(f"the space's `in_chans` must be 1 (grey) or 3 (RGB) for the demo's data, got {in_chans!r}")
     started = time.perf_counter()
+    times: dict[str, float] = {}
     pl.seed_everything(seed, workers=True, verbose=False)
-    ds = load_image_dataset(dataset, split)
-    if max_examples is not None:
-        ds = ds.shuffle(seed=seed).select(range(min(max_examples, len(ds))))
-    tensors, num_classes = to_tensors(ds, image_size, channels=3)
-    train_set, held_set, val_set = split_dataset(tensors, (0.6, 0.2, 0.2), seed=seed)
+    with _stage("data", times, progress):
+        (train_set, held_set, val_set), num_classes, halves = _load_task(
+            dataset, split, image_size, max_examples, tuple(copies), strength, seed, in_chans)
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator)
-    held_out = DataLoader(held_set, batch_size=256)
-    val = DataLoader(val_set, batch_size=256)
+    held_out = DataLoader(held_set, batch_size=512)
+    val = DataLoader(val_set, batch_size=512)
+    # The same training batches recalibrate every subnet (measured, exported), drawn from the seed.
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed + 3))
+    batches = [tuple(t[order[i:i + 256]] for t in train_set.tensors) for i in range(0, min(len(order), 256 * max(calibration_batches, 8)), 256)]
+    calibration = batches[:calibration_batches] or None
+    truth = "one-shot, supernet BatchNorm" if calibration is None else f"one-shot, BatchNorm recalibrated ({calibration_batches}×256)"
 
+    supernet = binas_supernet("tiny", num_classes=num_classes, **space_kwargs)
     out = Path(out)
     run_dir = next_version_dir(out)
-    supernet = binas_supernet("tiny", num_classes=num_classes)
-    model = SupernetClassifier(supernet, num_classes, lr=0.1, epochs=epochs, distill=True)
+    model = SupernetClassifier(supernet, num_classes, lr=lr, epochs=epochs, distill=True, warmup=0.05)
     options = ({"shrinkage": "empirical_bayes", "paired": estimation_passes >= 2} if estimator == "means"
                else {"fit": "log_error", "allocation": "adaptive"})
     estimation = ContributionEstimation(
         held_out, method="one_pass", passes=estimation_passes, seed=seed, path=run_dir / "accuracy_table.json", **options,
     )
-    profiler = LatencyProfiler(out / "latency_table.json", input_size=(3, image_size, image_size), repeats=profile_repeats, seed=seed)
+    profiler = LatencyProfiler(out / "latency_table.json", input_size=(in_chans, image_size, image_size), repeats=profile_repeats, seed=seed)
     sampling = UniformSampling(seed, per_sample=True, eval_arch="per_sample")
-    trainer = _trainer(epochs, run_dir, "supernet", [sampling, estimation, profiler], progress)
-    fit_started = time.perf_counter()
-    trainer.fit(model, train, val)
-    train_seconds = time.perf_counter() - fit_started
+    marks: dict[str, float] = {}
+    callbacks = [
+        sampling, _StageClock(marks, fit_start="profiling ...", say=progress), profiler,
+        _StageClock(marks, fit_start="training ...", train_end="estimation ...", say=progress), estimation,
+        _StageClock(marks, train_end="estimated", say=False),
+    ]
+    trainer = _trainer(epochs, run_dir, "supernet", callbacks, progress)
+    trainer.fit(model, train)
+    times["profiling"] = marks["training ..."] - marks["profiling ..."]
+    times["training"] = marks["estimation ..."] - marks["training ..."]
+    times["estimation"] = marks["estimated"] - marks["estimation ..."]
+    if progress:
+        _say(f"profiling: {times['profiling']:.1f} s; training: {times['training']:.1f} s; estimation: {times['estimation']:.1f} s")
     accuracy_table, latency_table = estimation.accuracy_model, profiler.latency_table
-    space = supernet.space
+    space_ = supernet.space
 
-    # How well does the estimator rank subnets it has not seen? (BINAS Table 2, on this run.)
-    ranked = space.sample_many(num_ranked, seed + 1)
-    measured = measure_subnet_accuracies(supernet, ranked, held_out)
-    ranking = ranking_report(table2_predictors(accuracy_table), ranked, measured)
+    # Three budgets: quantiles of the predicted latency of random subnets; the exact MILP for each.
+    lat_cloud = latency_table.predict_many(space_.sample_many(2000, seed + 2))
+    targets = [float(np.quantile(lat_cloud, fraction)) for fraction in target_fractions]
+    with _stage("solving", times, progress):
+        found = [search_constrained(accuracy_table, [Limit(latency_table, upper=target)]) for target in targets]
+    picks = [f.arch for f in found]
 
-    low, high = latency_table.extreme()[0], latency_table.extreme(largest=True)[0]
+    # The truth, on the validation split: random subnets and the picks, measured alike (one call each).
+    randoms = space_.sample_many(num_random, seed + 1)
+    with _stage("measuring latency", times, progress):
+        latency = check_latency(supernet, latency_table, archs=randoms + picks).measured.astype(float)
+    with _stage("measuring accuracy", times, progress):
+        archs, chunks = randoms + picks, []
+        for start in range(0, len(archs), 20):
+            chunks.append(measure_subnets(supernet, archs[start:start + 20], val, calibration))
+            if progress:
+                _say(f"measuring accuracy: {min(start + 20, len(archs))}/{len(archs)} subnets on {len(val_set)} images")
+        outcomes = np.concatenate(chunks)
+    random_ms, pick_ms = latency[:num_random], latency[num_random:]
+    measured, pick_acc = outcomes[:num_random].mean(1), outcomes[num_random:].mean(1)
+    first, second = outcomes[:num_random, :halves[2]].mean(1), outcomes[:num_random, halves[2]:].mean(1)
+    r_half = float(np.corrcoef(first, second)[0, 1]) if first.std() > 0 and second.std() > 0 else float("nan")
+    standard_error = float(np.std(first - second, ddof=1) / 2)  # of the whole-split accuracy, from the halves' disagreement
+    predicted = accuracy_table.predict_many(randoms)
+    # The table ranks; its scale is calibrated on the measured random subnets (least-squares line), which
+    # removes the estimator's over-dispersion (its noise) and any offset between the held-out and validation splits.
+    slope, intercept = np.polyfit(predicted, measured, 1) if np.ptp(predicted) > 0 else (0.0, float(measured.mean()))
+    calibration_fit = {"slope": float(slope), "intercept": float(intercept),
+                       "residual_std": float(np.std(measured - (intercept + slope * predicted), ddof=min(2, num_random - 1)))}
+    ranked = randoms[:num_ranked]
+    ranking = ranking_report(table2_predictors(accuracy_table), ranked, measured[:num_ranked])
+    tau_all = kendall_tau(predicted, measured)
+    reliability = {
+        "split_half_r": r_half,
+        "spearman_brown": 2 * r_half / (1 + r_half) if r_half == r_half else float("nan"),
+        "halves_kendall_tau": kendall_tau(first, second),
+        "standard_error": standard_error,
+        "accuracy_std": float(measured.std(ddof=1)),
+        "accuracy_range": [float(measured.min()), float(measured.max())],
+        "val_examples": int(outcomes.shape[1]),
+    }
+
     results = []
-    for fraction in target_fractions:
-        target = low + fraction * (high - low)
-        found = search_constrained(accuracy_table, [Limit(latency_table, upper=target)])
-        arch = found.arch
-        check = check_latency(supernet, latency_table, archs=[arch])
-        one_shot = float(measure_subnet_accuracies(supernet, [arch], val)[0])
-        subnet = supernet.export(arch, calibration_batches=train, num_calibration_batches=8)
-        recalibrated = accuracy(subnet, val)
-        tuned = SupernetClassifier(subnet.train(), num_classes, lr=0.02, epochs=finetune_epochs)
-        _trainer(finetune_epochs, run_dir, f"finetune_{len(results)}", [], progress).fit(tuned, train)
+    for k, (target, result, arch) in enumerate(zip(targets, found, picks)):
+        with _stage("export", times, progress):
+            subnet = supernet.export(arch, calibration_batches=calibration)
+            recalibrated = accuracy(supernet.export(arch, calibration_batches=batches), val)
+            atomic_write_json(run_dir / f"arch_{k}.json", arch)
+        with _stage("fine-tuning", times, progress):
+            tuned = SupernetClassifier(subnet.train(), num_classes, lr=0.02, epochs=finetune_epochs)
+            _trainer(finetune_epochs, run_dir, f"finetune_{k}", [], progress).fit(tuned, train)
+            finetuned = accuracy(subnet, val)
+            atomic_save(subnet.state_dict(), run_dir / f"subnet_{k}.pt")
+        fits = random_ms <= target
+        beaten = float((pick_acc[k] > measured[fits]).mean()) if fits.any() else float("nan")
         results.append({
             "target_ms": target,
             "arch": arch,
-            "status": found.status,
-            "solve_seconds": found.solve_seconds,
-            "predicted_ms": found.resources["latency"],
-            "measured_ms": float(check.measured[0]),
-            "predicted_acc": found.objective,
-            "one_shot_acc": one_shot,
+            "status": result.status,
+            "solve_seconds": result.solve_seconds,
+            "predicted_ms": result.resources["latency"],
+            "measured_ms": float(pick_ms[k]),
+            "predicted_acc": float(intercept + slope * result.objective),
+            "table_acc": result.objective,
+            "one_shot_acc": float(pick_acc[k]),
             "recalibrated_acc": recalibrated,
-            "finetuned_acc": accuracy(subnet, val),
+            "finetuned_acc": finetuned,
             "params": sum(p.numel() for p in subnet.parameters()),
+            "random_within_budget": int(fits.sum()),
+            "beats_random_fraction": beaten,
         })
-        atomic_write_json(run_dir / f"arch_{len(results) - 1}.json", arch)
-        atomic_save(subnet.state_dict(), run_dir / f"subnet_{len(results) - 1}.pt")
 
-    cloud = space.sample_many(400, seed + 2)
-    plot_pareto(
-        (latency_table.predict_many(cloud), accuracy_table.predict_many(cloud)),
-        [{"predicted_x": r["predicted_ms"], "predicted_y": r["predicted_acc"], "measured_x": r["measured_ms"],
-          "measured_y": r["one_shot_acc"], "target": r["target_ms"]} for r in results],
-        run_dir / "pareto.png", y_label="top-1 accuracy (one-shot)",
-    )
-    plot_contributions(accuracy_table, run_dir / "contributions.png")
+    with _stage("plots", times, progress):
+        cloud = space_.sample_many(400, seed + 2)
+        plot_pareto(
+            (latency_table.predict_many(cloud), intercept + slope * accuracy_table.predict_many(cloud)),
+            [{"predicted_x": r["predicted_ms"], "predicted_y": r["predicted_acc"], "measured_x": r["measured_ms"],
+              "measured_y": r["one_shot_acc"], "target": r["target_ms"]} for r in results],
+            run_dir / "pareto.png", y_label=f"top-1 accuracy ({truth})",
+        )
+        plot_contributions(accuracy_table, run_dir / "contributions.png")
+        _plot_ranking(predicted[:num_ranked], measured[:num_ranked], standard_error, ranking["full"]["kendall_tau"], truth,
+                      (slope, intercept), run_dir / "ranking.png")
+
+    accs = [r["one_shot_acc"] for r in results]
+    checks = [
+        {"check": f"Kendall τ, predicted vs measured accuracy of {num_ranked} random subnets", "value": ranking["full"]["kendall_tau"],
+         "target": ">= 0.7", "met": bool(ranking["full"]["kendall_tau"] >= 0.7)},
+        {"check": "largest |measured - predicted| accuracy of a pick (points; calibrated prediction)",
+         "value": 100 * max(abs(r["one_shot_acc"] - r["predicted_acc"]) for r in results), "target": "<= 1",
+         "met": all(abs(r["one_shot_acc"] - r["predicted_acc"]) <= 0.01 for r in results)},
+        {"check": "smallest share of random subnets within a pick's budget that it beats", "value":
+         min((r["beats_random_fraction"] for r in results), default=float("nan")), "target": ">= 0.9",
+         "met": all(r["beats_random_fraction"] >= 0.9 for r in results)},
+        {"check": "measured accuracy non-decreasing with the budget", "value": float(min(np.diff(accs), default=0.0)),
+         "target": ">= 0", "met": bool(all(b >= a for a, b in zip(accs, accs[1:])))},
+    ]
+    times["total"] = time.perf_counter() - started
     summary = {
         "run_dir": str(run_dir),
         "dataset": dataset,
         "examples": {"train": len(train_set), "held_out": len(held_set), "val": len(val_set)},
-        "space_size": space.size,
-        "decisions": len(space),
+        "space_size": space_.size,
+        "decisions": len(space_),
+        "space": {k: list(v) if isinstance(v, tuple) else v for k, v in space_kwargs.items()},
+        "image_size": image_size,
         "epochs": epochs,
-        "train_seconds": round(train_seconds, 1),
-        "one_shot_val_acc": float(trainer.callback_metrics["val_acc"]),
+        "train_seconds": round(times["training"], 1),
+        "train_acc": float(trainer.callback_metrics.get("train_acc", float("nan"))),
         "expected_acc": accuracy_table.metadata["base_accuracy"],
         "estimator": estimator,
-        "latency_range_ms": [low, high],
+        "latency_range_ms": [latency_table.extreme()[0], latency_table.extreme(largest=True)[0]],
         "latency_table": str(profiler.path),
-        "ranking": {"num_subnets": num_ranked, **ranking},
+        "ranking": {"num_subnets": num_ranked, **ranking, "all_random": {"num_subnets": num_random, "kendall_tau": tau_all}},
+        "measured": truth,
+        "calibration": calibration_fit,
+        "reliability": reliability,
+        "random": {"num_subnets": num_random, "measured_acc": measured.tolist(), "predicted_acc": predicted.tolist(),
+                   "measured_ms": random_ms.tolist()},
         "targets": results,
-        "total_seconds": round(time.perf_counter() - started, 1),
+        "checks": checks,
+        "stage_seconds": {k: round(v, 1) for k, v in times.items()},
+        "total_seconds": round(times["total"], 1),
     }
     atomic_write_json(run_dir / "summary.json", summary)
     return summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """A human-readable report of :func:`run_demo`'s summary: one row per latency target."""
-    ex = summary["examples"]
+    """A human-readable report of :func:`run_demo`'s summary: the truth, one row per latency target, the checks."""
+    ex, rel = summary["examples"], summary["reliability"]
+    ranking = summary["ranking"]
     lines = [
-        f"data: {summary['dataset']} ({ex['train']} train / {ex['held_out']} held-out / {ex['val']} val)",
+        f"data: {summary['dataset']} at {summary['image_size']}×{summary['image_size']} "
+        f"({ex['train']} train / {ex['held_out']} held-out / {ex['val']} val)",
         f"search space: {summary['decisions']} decisions, {summary['space_size']:,} architectures",
-        f"supernet: {summary['epochs']} epochs in {summary['train_seconds']} s; one-shot val accuracy "
-        f"{summary['one_shot_val_acc']:.3f}; estimated E[Acc] {summary['expected_acc']:.3f}",
-        "estimator ranking on {num_subnets} random subnets: ".format(**summary["ranking"]) + "; ".join(
-            f"{name} τ={v['kendall_tau']:.2f} ρ={v['spearman_rho']:.2f}" for name, v in summary["ranking"].items() if isinstance(v, dict)
-        ),
+        f"supernet: {summary['epochs']} epochs in {summary['train_seconds']} s; estimated E[Acc] {summary['expected_acc']:.3f}",
+        f"truth ({summary['measured']}): {summary['random']['num_subnets']} random subnets on {rel['val_examples']} val images: accuracy "
+        f"{rel['accuracy_range'][0]:.3f}–{rel['accuracy_range'][1]:.3f} (std {rel['accuracy_std']:.4f}), standard error "
+        f"{rel['standard_error']:.4f}; split-half r {rel['split_half_r']:.2f} (full length {rel['spearman_brown']:.2f}), "
+        f"halves agree at τ {rel['halves_kendall_tau']:.2f}",
+        f"estimator ranking on {ranking['num_subnets']} random subnets: " + "; ".join(
+            f"{name} τ={v['kendall_tau']:.2f} ρ={v['spearman_rho']:.2f}" for name, v in ranking.items()
+            if isinstance(v, dict) and "spearman_rho" in v
+        ) + f" (all {ranking['all_random']['num_subnets']}: τ={ranking['all_random']['kendall_tau']:.2f})",
         f"latency table: {summary['latency_table']} (range {summary['latency_range_ms'][0]:.3f}–{summary['latency_range_ms'][1]:.3f} ms)",
         "",
-        f"{'target ms':>9} {'pred ms':>8} {'meas ms':>8} {'pred acc':>8} {'one-shot':>8} {'recalib':>8} {'tuned':>8} {'params':>8} {'solve s':>8}",
+        f"{'target ms':>9} {'pred ms':>8} {'meas ms':>8} {'table':>6} {'pred acc':>8} {'meas acc':>8} {'recalib':>8} {'tuned':>8} "
+        f"{'beats':>6} {'params':>8} {'solve s':>8}",
     ]
     for r in summary["targets"]:
+        beats = f"{r['beats_random_fraction']:.0%}" if r["beats_random_fraction"] == r["beats_random_fraction"] else "—"
         lines.append(
-            f"{r['target_ms']:>9.3f} {r['predicted_ms']:>8.3f} {r['measured_ms']:>8.3f} {r['predicted_acc']:>8.3f} "
-            f"{r['one_shot_acc']:>8.3f} {r['recalibrated_acc']:>8.3f} {r['finetuned_acc']:>8.3f} {r['params']:>8,} {r['solve_seconds']:>8.3f}"
+            f"{r['target_ms']:>9.3f} {r['predicted_ms']:>8.3f} {r['measured_ms']:>8.3f} {r['table_acc']:>6.3f} {r['predicted_acc']:>8.3f} "
+            f"{r['one_shot_acc']:>8.3f} {r['recalibrated_acc']:>8.3f} {r['finetuned_acc']:>8.3f} {beats:>6} {r['params']:>8,} {r['solve_seconds']:>8.3f}"
         )
-    lines += ["", f"written: {summary['run_dir']}/ (summary.json, arch_*.json, subnet_*.pt, pareto.png, contributions.png, accuracy_table.json)",
+    cal = summary["calibration"]
+    lines += [f"(table: the accuracy table's prediction; pred acc: calibrated on the random subnets, {cal['intercept']:.3f} + "
+              f"{cal['slope']:.2f} × table (residual std {cal['residual_std']:.4f}); "
+              f"meas acc: the exported subnet before fine-tuning, {summary['measured']}; recalib: BatchNorm re-estimated on "
+              "8×256 training images; tuned: after fine-tuning; beats: share of the random subnets measured within the same "
+              "budget that it beats)", "", "targets:"]
+    for c in summary["checks"]:
+        lines.append(f"  {'met   ' if c['met'] else 'MISSED'} {c['check']}: {c['value']:.3f} (target {c['target']})")
+    stages = summary["stage_seconds"]
+    lines += ["", "stages: " + ", ".join(f"{k} {v} s" for k, v in stages.items() if k != "total"),
+              f"written: {summary['run_dir']}/ (summary.json, arch_*.json, subnet_*.pt, ranking.png, pareto.png, contributions.png, "
+              "accuracy_table.json)",
               f"total: {summary['total_seconds']} s"]
     return "\n".join(lines)

@@ -1,51 +1,104 @@
-"""The BINAS demo end to end on a tiny slice of the digits: files, exact budgets, reproducibility."""
+"""The BINAS demo end to end on a tiny slice of its task: files, exact budgets, the printed checks, reproducibility."""
 
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from lightning_nas.cli import main
 from lightning_nas.demo import format_summary, run_demo
 
-TINY = dict(dataset="digits", epochs=1, finetune_epochs=1, max_examples=160, estimation_passes=2, num_ranked=6,
+TINY = dict(epochs=1, finetune_epochs=1, max_examples=60, copies=(2, 2, 2), estimation_passes=2, num_ranked=6, num_random=8,
             profile_repeats=3, target_fractions=(0.3, 0.7), progress=False)
 
 
-def test_demo_pipeline_writes_everything_and_meets_the_budgets(tmp_path):
+@pytest.fixture(scope="module")
+def shared_out(tmp_path_factory):
+    """One output directory for the module's runs, so that they share (and reuse) one latency table."""
+    return tmp_path_factory.mktemp("demo")
+
+
+def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
+    tmp_path = shared_out
     summary = run_demo(out=tmp_path, **TINY)
-    run = tmp_path / "version_0"
+    run = Path(summary["run_dir"])
     assert json.loads((run / "accuracy_table.json").read_text())["link"] == "log_error"  # the default estimator
     assert json.loads((run / "summary.json").read_text())["targets"] == json.loads(json.dumps(summary["targets"]))
-    for name in ("pareto.png", "contributions.png", "accuracy_table.json", "arch_0.json", "subnet_1.pt"):
+    for name in ("pareto.png", "contributions.png", "ranking.png", "accuracy_table.json", "arch_0.json", "subnet_1.pt"):
         assert (run / name).stat().st_size > 0
     assert (tmp_path / "latency_table.json").exists()
+    assert summary["examples"] == {"train": 36 * 2, "held_out": 12 * 2, "val": 12 * 2}
     low, high = summary["latency_range_ms"]
     for r in summary["targets"]:
         assert r["status"] == "optimal"
         assert low <= r["predicted_ms"] <= r["target_ms"] + 1e-9
         assert 0.0 <= r["one_shot_acc"] <= 1.0 and 0.0 <= r["finetuned_acc"] <= 1.0
         assert r["measured_ms"] > 0
-    # The looser target can only allow a better predicted accuracy.
-    assert summary["targets"][1]["predicted_acc"] >= summary["targets"][0]["predicted_acc"] - 1e-12
-    assert set(summary["ranking"]) >= {"full", "num_subnets"}
-    assert "target ms" in format_summary(summary)
+        assert 0 <= r["random_within_budget"] <= 8
+    # Targets are quantiles of random subnets' predicted latency: the looser one allows more.
+    assert summary["targets"][0]["target_ms"] <= summary["targets"][1]["target_ms"]
+    assert summary["targets"][1]["table_acc"] >= summary["targets"][0]["table_acc"] - 1e-12
+    cal = summary["calibration"]
+    for r in summary["targets"]:  # the printed prediction: the table's, through the line fit on the random subnets
+        assert r["predicted_acc"] == pytest.approx(cal["intercept"] + cal["slope"] * r["table_acc"])
+    fit = np.polyfit(summary["random"]["predicted_acc"], summary["random"]["measured_acc"], 1)
+    assert [cal["slope"], cal["intercept"]] == pytest.approx(list(fit))
+    assert set(summary["ranking"]) >= {"full", "num_subnets", "all_random"}
+
+    # The truth: every random subnet measured, the reliability figures consistent with them.
+    rel, rnd = summary["reliability"], summary["random"]
+    assert len(rnd["measured_acc"]) == len(rnd["predicted_acc"]) == len(rnd["measured_ms"]) == 8
+    assert rel["val_examples"] == 24 and rel["standard_error"] >= 0
+    assert rel["accuracy_range"] == [min(rnd["measured_acc"]), max(rnd["measured_acc"])]
+    assert rel["accuracy_std"] == pytest.approx(float(np.std(rnd["measured_acc"], ddof=1)))
+
+    # The printed checks are the summary's, each met or MISSED by its own rule.
+    checks = {c["check"].split(",")[0].split(" of ")[0]: c for c in summary["checks"]}
+    assert len(summary["checks"]) == 4
+    tau = summary["ranking"]["full"]["kendall_tau"]
+    assert checks["Kendall τ"]["met"] == (tau >= 0.7)
+    gap = max(abs(r["one_shot_acc"] - r["predicted_acc"]) for r in summary["targets"])
+    assert checks["largest |measured - predicted| accuracy"]["value"] == pytest.approx(100 * gap)
+    assert checks["largest |measured - predicted| accuracy"]["met"] == (gap <= 0.01)
+    text = format_summary(summary)
+    assert "target ms" in text and "split-half r" in text and "targets:" in text
+    assert text.count("met   ") + text.count("MISSED") == 4
+    for stage in ("data", "profiling", "training", "estimation", "solving", "measuring latency", "measuring accuracy", "export",
+                  "fine-tuning"):
+        assert summary["stage_seconds"][stage] >= 0, stage
+        assert f"{stage} " in text
+    assert math.isclose(summary["total_seconds"], summary["stage_seconds"]["total"], abs_tol=0.1)
 
     # A second run reuses the latency table, writes a new version and finds the same archs.
     again = run_demo(out=tmp_path, **TINY)
-    assert (tmp_path / "version_1" / "summary.json").exists()
+    assert Path(again["run_dir"]) != run and (Path(again["run_dir"]) / "summary.json").exists()
     assert [r["arch"] for r in again["targets"]] == [r["arch"] for r in summary["targets"]]
+    assert again["random"]["measured_acc"] == summary["random"]["measured_acc"]
 
 
-def test_demo_with_the_conditional_means_estimator(tmp_path):
-    summary = run_demo(out=tmp_path, estimator="means", **TINY)
-    table = json.loads((tmp_path / "version_0" / "accuracy_table.json").read_text())
+def test_demo_with_the_conditional_means_estimator_and_recalibrated_truth(shared_out):
+    summary = run_demo(out=shared_out, estimator="means", **{**TINY, "calibration_batches": 1})
+    table = json.loads((Path(summary["run_dir"]) / "accuracy_table.json").read_text())
     assert table["link"] == "identity" and table["metadata"]["shrinkage"] == "empirical_bayes" and summary["estimator"] == "means"
+    assert "recalibrated" in summary["measured"] and "recalibrated" in format_summary(summary)
     assert all(r["status"] == "optimal" for r in summary["targets"])
-    assert summary["targets"][1]["predicted_acc"] >= summary["targets"][0]["predicted_acc"] - 1e-12
+    assert summary["targets"][1]["table_acc"] >= summary["targets"][0]["table_acc"] - 1e-12
+
+
+def test_demo_refuses_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="`estimator` must be"):
-        run_demo(out=tmp_path, estimator="ols", **TINY)
+        run_demo(out=tmp_path, **{**TINY, "estimator": "ols"})
+    with pytest.raises(ValueError, match="`num_ranked` .* at most `num_random`"):
+        run_demo(out=tmp_path, **{**TINY, "num_ranked": 9})
+    with pytest.raises(ValueError, match="`num_random` must be an int >= 2"):
+        run_demo(out=tmp_path, **{**TINY, "num_random": 1})
+    with pytest.raises(ValueError, match="`in_chans` must be 1 .* or 3"):
+        run_demo(out=tmp_path, **{**TINY, "space": {"in_chans": 2}})
+    assert not list(tmp_path.iterdir())  # refused before a run directory was made
 
 
 def test_cli_rejects_bad_arguments(capsys):
