@@ -26,18 +26,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lightning-nas", description="Neural architecture search on PyTorch Lightning.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="BINAS end to end: train a supernet, estimate, profile, solve 3 latency targets, export")
-    demo.add_argument("--dataset", default="digits", help="'digits' (offline), a Hugging Face dataset name, a saved dataset or an image folder")
-    demo.add_argument("--split", default="train", help="split of --dataset to use (then divided 60/20/20)")
-    demo.add_argument("--epochs", type=positive_int, default=40, help="supernet training epochs")
-    demo.add_argument("--finetune-epochs", type=positive_int, default=3)
-    demo.add_argument("--seed", type=non_negative_int, default=0)
-    demo.add_argument("--image-size", type=positive_int, default=32)
-    demo.add_argument("--max-examples", type=positive_int, default=None, help="use at most this many examples")
-    demo.add_argument("--targets", type=_fraction, nargs="+", default=[0.2, 0.5, 0.8],
-                      help="latency targets as fractions of the table's latency range")
-    demo.add_argument("--estimator", choices=["log_error", "means"], default="log_error",
-                      help="accuracy table: the log-error fit with adaptive allocation, or BINAS's conditional means (paired, shrunk)")
-    demo.add_argument("--out", default="runs/demo", help="runs go to OUT/version_N (never overwritten)")
+    # Defaults None: run_demo's own defaults apply to what the user does not give (one place for them).
+    demo.add_argument("--dataset", default=None,
+                      help="'augmented_digits' (default, offline), 'digits' (offline), a Hugging Face dataset name, a saved "
+                           "dataset or an image folder")
+    demo.add_argument("--split", default=None, help="split of --dataset to use (then divided 60/20/20)")
+    demo.add_argument("--epochs", type=positive_int, default=None, help="supernet training epochs (default 5)")
+    demo.add_argument("--finetune-epochs", type=positive_int, default=None, help="fine-tuning epochs per pick (default 1)")
+    demo.add_argument("--seed", type=non_negative_int, default=None, help="seeds everything (default 0)")
+    demo.add_argument("--image-size", type=positive_int, default=None, help="input side in pixels (default 16)")
+    demo.add_argument("--max-examples", type=positive_int, default=None,
+                      help="use at most this many examples (original images for augmented_digits)")
+    demo.add_argument("--targets", type=_fraction, nargs="+", default=None,
+                      help="latency targets as quantiles of random subnets' predicted latency (default 0.2 0.5 0.8)")
+    demo.add_argument("--estimator", choices=["log_error", "means"], default=None,
+                      help="accuracy table: the log-error fit with adaptive allocation (default), or BINAS's conditional means (paired, shrunk)")
+    demo.add_argument("--out", default=None, help="runs go to OUT/version_N (never overwritten; default runs/demo)")
     demo.add_argument("--no-progress", action="store_true")
     profile = profile_cli.add_arguments(commands.add_parser("profile", help="build a latency/FLOPs/params table on this device without training"))
     search = search_cli.add_arguments(commands.add_parser("search", help="black-box search on a tabular benchmark (NB201 CSV), resumable"))
@@ -63,11 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             profile.error(str(err))
     from lightning_nas.demo import format_summary, run_demo
 
-    summary = run_demo(
-        dataset=args.dataset, split=args.split, epochs=args.epochs, finetune_epochs=args.finetune_epochs, seed=args.seed,
-        out=args.out, image_size=args.image_size, max_examples=args.max_examples, target_fractions=tuple(args.targets),
-        estimator=args.estimator, progress=not args.no_progress,
-    )
+    given = {"dataset": args.dataset, "split": args.split, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
+             "seed": args.seed, "out": args.out, "image_size": args.image_size, "max_examples": args.max_examples,
+             "target_fractions": tuple(args.targets) if args.targets is not None else None, "estimator": args.estimator}
+    summary = run_demo(**{k: v for k, v in given.items() if v is not None}, progress=not args.no_progress)
     print(format_summary(summary))
     return 0
 

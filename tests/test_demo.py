@@ -108,3 +108,15 @@ def test_cli_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--targets", "1.5"])
     assert "fraction in [0, 1]" in capsys.readouterr().err
+
+
+def test_cli_passes_only_the_options_given_so_run_demo_defaults_apply(monkeypatch):
+    import lightning_nas.demo as demo
+
+    seen = []
+    monkeypatch.setattr(demo, "run_demo", lambda **kwargs: seen.append(kwargs) or {})
+    monkeypatch.setattr(demo, "format_summary", lambda summary: "")
+    assert main(["demo"]) == 0
+    assert seen[-1] == {"progress": True}
+    main(["demo", "--epochs", "2", "--targets", "0.3", "0.6", "--no-progress"])
+    assert seen[-1] == {"epochs": 2, "target_fractions": (0.3, 0.6), "progress": False}
