@@ -11,9 +11,10 @@ recipe); the :class:`~lightning_nas.callbacks.ContributionEstimation` callback e
 bilinear accuracy model on the held-out split and the
 :class:`~lightning_nas.callbacks.LatencyProfiler` callback builds this CPU's latency table.
 
-It then measures the truth: the one-shot accuracy (BatchNorm recalibrated per subnet, the
-SPOS / Once-for-All standard) and the end-to-end latency of random subnets, on the validation
-split, with the split-half reliability of those accuracies (two halves of disjoint originals).
+It then measures the truth: the one-shot accuracy (with the supernet's own BatchNorm statistics,
+the quantity the estimator predicts; ``calibration_batches=k`` recalibrates each subnet first, the
+SPOS / Once-for-All way) and the end-to-end latency of random subnets, on the validation split,
+with the split-half reliability of those accuracies (two halves of disjoint originals).
 It solves the exact MILP for three latency targets, exports each subnet, measures it and
 fine-tunes it briefly, and prints the targets it set itself (met / MISSED): the estimator's
 Kendall τ, each pick's accuracy against its prediction and against the random subnets that fit
