@@ -28,6 +28,7 @@ from lightning_nas.solvers.problem import (
     SearchResult,
     _as_limit,
 )
+from lightning_nas.solvers.verification import Verify, check_verify, verify_result
 
 __all__ = ["METHODS", "pareto_sweep", "search_constrained"]
 
@@ -44,6 +45,8 @@ def search_constrained(
     base: Mapping[str, Any] | None = None,
     time_limit: float | None = None,
     require_optimal: bool = False,
+    verify: Verify | None = None,
+    max_verify: int = 5,
     **options: Any,
 ) -> SearchResult:
     """Maximise ``objective`` over the archs of its space subject to ``limits``.
@@ -65,6 +68,12 @@ def search_constrained(
             ``message``, and a :class:`NotOptimalWarning` is emitted.
         require_optimal: raise :class:`NotOptimalError` instead of returning an arch the solver
             has not proven optimal (``"milp"`` / ``"miqcp"``).
+        verify: measures a pick, ``arch -> {resource name: measured value}`` (e.g. its end-to-end
+            latency, ``{"latency": ms}``). A pick measured outside an original bound is replaced by
+            the best arch predicted to fit the bound tightened by the model's error at that pick
+            (:mod:`~lightning_nas.solvers.verification`); the tries are in
+            ``details["verification"]``, the accepted measurements in ``details["measured"]``.
+        max_verify: most picks measured before :class:`InfeasibleError` (with ``verify``).
         options: method options: ``formulation``, ``rel_gap``, ``solver_options`` (milp);
             ``rel_gap``, ``solver_options`` (miqcp); ``p``, ``max_iter``, ``rounding`` (bcfw);
             ``population``, ``sample``, ``cycles`` (evolution).
@@ -74,7 +83,8 @@ def search_constrained(
 
     Raises:
         InfeasibleError: no arch meets the limits; the message names the resource and its smallest
-            (largest, for a lower bound) achievable value.
+            (largest, for a lower bound) achievable value. With ``verify``: ``max_verify`` picks
+            measured outside a bound (the error's ``tries`` lists them).
         SearchFailedError: ``"evolution"`` found no feasible arch although one exists.
         NotOptimalError: ``require_optimal=True`` and the solver stopped before proving optimality,
             or the time limit ran out before the solver found any arch.
@@ -87,7 +97,11 @@ def search_constrained(
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
     time_limit = check_time_limit(time_limit)
     problem = ConstrainedProblem(objective, limits, base=base)
+    check_verify(verify, max_verify, problem)
     result = _dispatch(problem, method, solver, seed, time_limit, options, require_optimal)
+    if verify is not None:
+        result = verify_result(problem, result, verify, lambda p: _dispatch(p, method, solver, seed, time_limit, options, require_optimal),
+                               max_tries=max_verify)
     result.solve_seconds = time.perf_counter() - start
     return result
 
@@ -142,6 +156,11 @@ def _dispatch(problem: ConstrainedProblem, method: str, solver: str | None, seed
         raise
 
 
+def _fresh(options: dict[str, Any]) -> dict[str, Any]:
+    # A sweep's shared model belongs to the sweep's limits; a tightened problem is built anew.
+    return {k: v for k, v in options.items() if k != "model"}
+
+
 def _diagnose(problem: ConstrainedProblem, solver: str) -> None:
     from lightning_nas.solvers.backends import available_solvers
     from lightning_nas.solvers.milp import diagnose_infeasibility
@@ -162,12 +181,15 @@ def pareto_sweep(
     base: Mapping[str, Any] | None = None,
     time_limit: float | None = None,
     require_optimal: bool = False,
+    verify: Verify | None = None,
+    max_verify: int = 5,
     **options: Any,
 ) -> list[SearchResult]:
     """Solve the problem for each upper bound in ``targets`` on ``resource``.
 
     With ``method="milp"`` the model is built once and re-solved with the new bound.
-    ``time_limit`` and ``require_optimal`` apply to each target's solve (see :func:`search_constrained`).
+    ``time_limit``, ``require_optimal``, ``verify`` and ``max_verify`` apply to each target's solve
+    (see :func:`search_constrained`).
 
     Returns:
         One :class:`SearchResult` per target, in increasing target order. An infeasible target
@@ -199,8 +221,13 @@ def pareto_sweep(
             if model is None:
                 model = MilpModel(problem, opts.get("formulation", "compact"))
             opts["model"] = model  # same tables and bound kinds; solve_milp sets the new target
+        check_verify(verify, max_verify, problem)
         try:
             result = _dispatch(problem, method, solver, seed, time_limit, opts, require_optimal)
+            if verify is not None:
+                result = verify_result(problem, result, verify,
+                                       lambda p: _dispatch(p, method, solver, seed, time_limit, _fresh(opts), require_optimal),
+                                       max_tries=max_verify)
         except (InfeasibleError, SearchFailedError) as err:
             result = SearchResult(
                 arch=None, objective=None, resources={}, limits=problem.limits_dict(), method=method,
