@@ -31,7 +31,7 @@ from lightning_nas.profiling.timing import ProfileSettings
 from lightning_nas.seeding import derive_seed
 from lightning_nas.supernet import Supernet
 
-__all__ = ["LatencyCheck", "check_latency", "mape"]
+__all__ = ["LatencyCheck", "calibrate_latency", "check_latency", "mape"]
 
 # Separate from the table's calibration stream (0), so checked archs are drawn independently.
 CHECK_STREAM = 1
@@ -101,6 +101,10 @@ class LatencyCheck:
     def pairs(self) -> list[tuple[dict[str, Any], float, float]]:
         """``(arch, predicted, measured)`` per arch."""
         return [(a, float(p), float(m)) for a, p, m in zip(self.archs, self.predicted, self.measured)]
+
+    def calibrated(self, table: BilinearTable) -> BilinearTable:
+        """``table`` refitted to these measurements: :func:`calibrate_latency` with this check's archs."""
+        return calibrate_latency(table, self.archs, self.measured)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -183,3 +187,48 @@ def calibration_times(supernet: Supernet, table: BilinearTable, statistic: str) 
     archs = supernet.space.sample_many(count, derive_seed(seed, CALIBRATION_STREAM))
     built = residuals + BilinearTable(table.staged, 0.0, blocks, name="latency").predict_many(archs)
     return (archs, built) if (np.isfinite(built).all() and (built > 0).all()) else None
+
+def calibrate_latency(table: BilinearTable, archs: Sequence[Mapping[str, Any]], measured: Sequence[float] | np.ndarray) -> BilinearTable:
+    """The latency table rescaled to end-to-end measurements: ``a + b · table`` by least squares.
+
+    Blocks timed alone and whole subnets timed now differ by a fixed part (stem, head, call
+    overhead) and by a factor (cache and memory traffic inside a whole network, and the machine's
+    speed now against its speed during the build). Fitting both on a few measured subnets keeps
+    the table's ranking of blocks and puts its predictions in the units of the measurements, so
+    a budget checked by measuring is met by the arch the solver picks from the calibrated table.
+
+    Args:
+        table: a latency table (identity link).
+        archs: ``N >= 2`` archs of its space, measured end to end.
+        measured: ``(N,)`` their times, in the table's unit, the same statistic as the table.
+
+    Returns:
+        A new table: every block and depth term times ``b``, constant ``a + b · constant``;
+        ``metadata["calibration"]`` holds ``a``, ``b``, ``N`` and the fit's residuals.
+
+    Raises:
+        ValueError: fewer than 2 archs, lengths that differ, non-positive or non-finite times,
+            predictions that do not vary (no scale to fit), or a fitted scale that is not positive.
+    """
+    if not isinstance(table, BilinearTable) or table.link != "identity":
+        raise ValueError("`table` must be an additive BilinearTable (link 'identity'), such as a latency table")
+    archs = list(archs)
+    measured = np.asarray(measured, dtype=np.float64)
+    if measured.ndim != 1 or len(archs) != measured.size or measured.size < 2:
+        raise ValueError(f"`archs` and `measured` must have the same length >= 2, got {len(archs)} and {measured.shape}")
+    if not (np.isfinite(measured).all() and (measured > 0).all()):
+        raise ValueError("`measured` must hold positive finite times")
+    predicted = table.predict_many(archs)
+    if np.ptp(predicted) <= 1e-12 * max(abs(predicted).max(), 1.0):
+        raise ValueError("the table predicts the same value for every calibration arch; give archs of different sizes")
+    scale, offset = np.polyfit(predicted, measured, 1)
+    if not scale > 0:
+        raise ValueError(f"the least-squares scale is {scale:.4g}: the table does not order these archs like the "
+                         "measurements; re-measure on a quieter machine or rebuild the table")
+    residuals = measured - (offset + scale * predicted)
+    metadata = {**table.metadata, "calibration": {
+        "offset": float(offset), "scale": float(scale), "archs": len(archs), "residuals": residuals.tolist(),
+        "mape_before_percent": mape(predicted, measured), "mape_after_percent": mape(offset + scale * predicted, measured),
+    }}
+    return BilinearTable(table.staged, offset + scale * table.constant, scale * table.block, scale * table.depth,
+                         name=table.name, unit=table.unit, metadata=metadata)

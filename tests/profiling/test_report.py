@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from lightning_nas.profiling import build_latency_table, check_latency, mape
 from lightning_nas.profiling.tables import CALIBRATION_STREAM
@@ -77,3 +77,48 @@ def test_check_latency_measures_the_machine_speed_against_the_build(tiny, fast_s
     bare = type(table)(table.staged, table.constant, table.block, name="latency", unit="ms", metadata={"settings": table.metadata["settings"]})
     assert calibration_times(tiny, bare, fast_settings.statistic) is None
     assert check_latency(tiny, bare, num_archs=2, seed=5).speed == 1.0
+
+
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # `tiny` is only read
+@given(scale=st.floats(0.3, 3.0), offset=st.floats(-0.5, 2.0), seed=st.integers(0, 10_000))
+def test_calibrate_latency_recovers_an_affine_truth(tiny, scale, offset, seed):
+    from lightning_nas.bilinear import BilinearTable
+    from lightning_nas.profiling.report import calibrate_latency
+    from lightning_nas.spaces.staged import StagedSpace
+
+    staged = StagedSpace.of(tiny)
+    rng = np.random.default_rng(seed)
+    table = BilinearTable(staged, 0.2, rng.uniform(0.1, 1.0, (staged.num_stages, staged.max_blocks, staged.num_configs)),
+                          name="latency", unit="ms")
+    archs = tiny.space.sample_many(12, seed)
+    truth = offset + scale * table.predict_many(archs)
+    if (truth <= 0).any() or np.ptp(table.predict_many(archs)) == 0:
+        return
+    fitted = calibrate_latency(table, archs, truth)
+    others = tiny.space.sample_many(20, seed + 1)
+    np.testing.assert_allclose(fitted.predict_many(others), offset + scale * table.predict_many(others), rtol=1e-6, atol=1e-9)
+    assert fitted.metadata["calibration"]["scale"] == pytest.approx(scale, rel=1e-6)
+    assert fitted.metadata["calibration"]["mape_after_percent"] == pytest.approx(0, abs=1e-6)
+    assert table.predict_many(others).tolist() != [] and table.constant == 0.2  # the input table is left alone
+
+
+def test_calibrate_latency_bad_input(tiny, fast_settings):
+    from lightning_nas.profiling.report import calibrate_latency
+
+    table = build_latency_table(tiny, fast_settings, calibration_archs=2, seed=5)
+    archs = tiny.space.sample_many(3, 0)
+    with pytest.raises(ValueError, match="same length >= 2"):
+        calibrate_latency(table, archs[:1], [1.0])
+    with pytest.raises(ValueError, match="same length"):
+        calibrate_latency(table, archs, [1.0, 2.0])
+    with pytest.raises(ValueError, match="positive finite"):
+        calibrate_latency(table, archs, [1.0, float("nan"), 2.0])
+    with pytest.raises(ValueError, match="same value for every calibration arch"):
+        calibrate_latency(table, [archs[0]] * 3, [1.0, 1.1, 1.2])
+    predicted = table.predict_many(archs)
+    if np.ptp(predicted) > 0:
+        with pytest.raises(ValueError, match="does not order these archs"):
+            calibrate_latency(table, archs, 10.0 - predicted)
+    check = check_latency(tiny, table, archs=archs)
+    if np.ptp(predicted) > 0 and np.polyfit(predicted, check.measured, 1)[0] > 0:
+        assert check.calibrated(table).metadata["calibration"]["archs"] == 3
