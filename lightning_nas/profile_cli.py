@@ -4,12 +4,15 @@ Usage::
 
     lightning-nas profile --space mobilenet --out table.json --threads 1 --batch-size 1 --image-size 32 --check 30
     lightning-nas profile --model mypackage.models:make_supernet --space-kwargs '{"width": 0.5}' --out table.json
+    lightning-nas profile --space binas --space-kwargs '{"preset": "tiny"}' --runtime onnxruntime --out binas_ort.json
     python -m lightning_nas.profile_cli --space binas --out binas_cpu.json --image-size 224
 
 The latency table goes to ``--out`` (reused when it already matches this machine and these
 settings, else rebuilt with the old file kept as ``<out>.bak``); the FLOPs and parameter tables go
 next to it as ``<stem>.flops.json`` and ``<stem>.params.json``. ``--check N`` times N random
 exported subnets end to end and reports the table's mean absolute percentage error (MAPE).
+``--runtime`` times every block and subnet in the runtime you deploy with: PyTorch eager (default),
+frozen TorchScript, or ONNX Runtime (``pip install 'lightning-nas[onnx]'``); the latter two on CPU.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from lightning_nas.profiling.runtimes import RUNTIMES
 
 __all__ = ["add_arguments", "main", "run"]
 
@@ -78,6 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=non_negative_int, default=10, help="untimed calls before them")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
+    parser.add_argument(
+        "--runtime", default="eager", choices=list(RUNTIMES),
+        help="what is timed: the PyTorch module (eager), traced and frozen TorchScript, or the module exported to ONNX "
+             "in an ONNX Runtime session (needs lightning-nas[onnx]); torchscript and onnxruntime on CPU only",
+    )
     parser.add_argument(
         "--statistic", default="median", choices=["median", "min"],
         help="per-entry statistic of the repeats; min is steadier on a machine shared with other jobs",
@@ -151,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ProfileSettings(
         input_size=(in_chans, args.image_size, args.image_size), batch_size=args.batch_size, threads=args.threads,
         repeats=args.repeats, warmup=args.warmup, device=args.device, dtype=args.dtype, statistic=args.statistic,
-        pin_malloc=args.pin_malloc,
+        pin_malloc=args.pin_malloc, runtime=args.runtime,
     )
     started = time.perf_counter()
     latency = load_or_build(
@@ -166,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"{'model ' + args.model if args.model else 'space ' + args.space}: {latency.staged!r}",
         f"device {meta['device']['device_type']} ({meta['device']['device_name']}), torch {meta['device']['torch_version']}, "
+        f"runtime {settings.runtime} {meta['device']['runtime_version']}, "
         f"{settings.threads} thread(s), batch {settings.batch_size}, input {settings.input_size}, {settings.dtype}, "
         f"{settings.statistic} of {settings.repeats} repeats after {settings.warmup} warm-up calls",
         f"latency table: {args.out} ({meta['entries']} entries, {meta['measurements']} distinct measurements, "
@@ -194,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return run(args)
-    except (ValueError, OSError) as err:
-        # OSError: an --out that is a directory or cannot be written; the message names it.
+    except (ValueError, OSError, ImportError) as err:
+        # OSError: an --out that is a directory or cannot be written; ImportError: --runtime
+        # onnxruntime without the package. Both messages say what to do.
         parser.error(str(err))
     return 2
 

@@ -64,6 +64,10 @@ class LatencyProfiler(Callback):
         statistic: per-entry statistic of the repeats, ``"median"`` (default) or ``"min"``.
         pin_malloc: pin glibc malloc's thresholds before timing (process-wide, irreversible; see
             :func:`~lightning_nas.profiling.pin_malloc_thresholds`); off by default.
+        runtime: what the table is timed in, ideally what you deploy with: ``"eager"`` (PyTorch,
+            default), ``"torchscript"`` (traced and frozen) or ``"onnxruntime"`` (needs
+            ``pip install 'lightning-nas[onnx]'``); the latter two on CPU only (see
+            :mod:`lightning_nas.profiling.runtimes`).
         calibration_archs: random archs timed end to end to estimate the fixed part.
         seed: seed of those archs and of the random inputs.
         rebuild: rebuild even when the file is valid.
@@ -86,6 +90,7 @@ class LatencyProfiler(Callback):
         dtype: str = "float32",
         statistic: str = "median",
         pin_malloc: bool = False,
+        runtime: str = "eager",
         calibration_archs: int = 10,
         seed: int = 0,
         rebuild: bool = False,
@@ -97,7 +102,7 @@ class LatencyProfiler(Callback):
         # Validates every setting now rather than at the first batch; a stand-in size until known.
         self._settings_kwargs = dict(
             batch_size=batch_size, threads=threads, repeats=repeats, warmup=warmup, device=device or "cpu", dtype=dtype,
-            statistic=statistic, pin_malloc=pin_malloc,
+            statistic=statistic, pin_malloc=pin_malloc, runtime=runtime,
         )
         ProfileSettings(input_size=input_size if input_size is not None else (1,), **self._settings_kwargs)
         if not isinstance(calibration_archs, int) or isinstance(calibration_archs, bool) or calibration_archs < 1:
@@ -174,7 +179,7 @@ class LatencyProfiler(Callback):
         low, _ = self.latency_table.extreme()
         high, _ = self.latency_table.extreme(largest=True)
         rank_zero_info(
-            f"LatencyProfiler: latency table {self.path} ({settings.device}, {settings.threads} thread(s), batch {settings.batch_size}, "
+            f"LatencyProfiler: latency table {self.path} ({settings.device}, {settings.runtime}, {settings.threads} thread(s), batch {settings.batch_size}, "
             f"input {tuple(settings.input_size)}): {low:.3f}-{high:.3f} ms over the space"
         )
 

@@ -1,11 +1,13 @@
 """Latency, FLOPs and parameter lookup tables of staged supernets (BINAS Eq. 5), and their accuracy.
 
 * :mod:`~lightning_nas.profiling.timing`: time a module on CPU (fixed thread count) or CUDA.
+* :mod:`~lightning_nas.profiling.runtimes`: what is timed: PyTorch eager, frozen TorchScript or ONNX Runtime.
 * :mod:`~lightning_nas.profiling.tables`: per-block tables, reuse-or-rebuild of the table file.
 * :mod:`~lightning_nas.profiling.report`: MAPE of predicted vs end-to-end latency.
 """
 
 from lightning_nas.profiling.report import LatencyCheck, check_latency, mape
+from lightning_nas.profiling.runtimes import RUNTIMES, runtime_callable, runtime_version
 from lightning_nas.profiling.tables import (
     PROFILER_VERSION,
     backup_path,
@@ -33,6 +35,7 @@ from lightning_nas.profiling.timing import (
 
 __all__ = [
     "PROFILER_VERSION",
+    "RUNTIMES",
     "LatencyCheck",
     "ProfileSettings",
     "TimingResult",
@@ -49,6 +52,8 @@ __all__ = [
     "model_signature",
     "num_threads",
     "pin_malloc_thresholds",
+    "runtime_callable",
+    "runtime_version",
     "settings_of",
     "stage_blocks",
     "stale_reasons",

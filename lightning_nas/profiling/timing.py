@@ -5,7 +5,9 @@ The rules follow the latency tables of BINAS / HardCoRe-NAS: the module runs in 
 fixed thread count (BINAS: one thread) and CUDA runs are timed with ``torch.cuda.Event`` pairs.
 Every repeat is one forward call; the result keeps the median, the minimum and the spread (10th
 and 90th percentiles), in milliseconds. Several modules timed together are interleaved in rounds
-so that machine noise hits them alike.
+so that machine noise hits them alike. ``settings.runtime`` picks what is timed: the module in
+PyTorch eager (default), frozen TorchScript or ONNX Runtime (see :mod:`.runtimes`); every table,
+calibration and check goes through :func:`time_modules`, so all of them use it.
 
 Example::
 
@@ -19,7 +21,7 @@ import contextlib
 import ctypes
 import platform
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_nas.profiling.runtimes import RUNTIMES, check_runtime, runtime_callable, runtime_version
+
 __all__ = [
     "DTYPES",
+    "RUNTIMES",
     "STATISTICS",
     "ProfileSettings",
     "TimingResult",
@@ -72,6 +77,11 @@ class ProfileSettings:
         pin_malloc: on CPU, call :func:`pin_malloc_thresholds` before timing (process-wide and
             irreversible, so off by default). Recommended for large inputs (e.g. 224×224), where
             glibc's adaptive allocator otherwise makes whole networks slower than their blocks.
+        runtime: what is timed: ``"eager"`` (the PyTorch module, the default), ``"torchscript"``
+            (traced, frozen and optimised for inference) or ``"onnxruntime"`` (exported to ONNX,
+            run in an ONNX Runtime session with ``threads`` intra-op threads; needs
+            ``pip install 'lightning-nas[onnx]'``). The converted runtimes are CPU only, ONNX
+            Runtime float32 only. See :mod:`lightning_nas.profiling.runtimes`.
     """
 
     input_size: tuple[int, ...]
@@ -84,6 +94,7 @@ class ProfileSettings:
     dtype: str = "float32"
     statistic: str = "median"
     pin_malloc: bool = False
+    runtime: str = "eager"
 
     def __post_init__(self) -> None:
         size = self.input_size
@@ -109,6 +120,7 @@ class ProfileSettings:
             raise ValueError(f"`device` must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"`device` is {self.device!r} but CUDA is not available on this machine; use 'cpu'")
+        check_runtime(self.runtime, device, self.dtype)
 
     @property
     def torch_device(self) -> torch.device:
@@ -243,33 +255,36 @@ def time_modules(items: Sequence[tuple[nn.Module, Sequence[int]]], settings: Pro
         stack.enter_context(num_threads(settings.threads))
         for module, _ in prepared:
             stack.enter_context(_eval_mode(module))
+        # Converted in eval mode, before inference mode: tracing and exporting record the eval
+        # graph (BatchNorm with running statistics), and all conversions happen before any timing.
+        calls = [runtime_callable(module, x, settings) for module, x in prepared]
         stack.enter_context(torch.inference_mode())
         for r, share in enumerate(shares):
-            for (module, x), out in zip(prepared, samples):
+            for call, out in zip(calls, samples):
                 for _ in range(settings.warmup if r == 0 else min(1, settings.warmup)):
-                    module(x)
-                out.extend(timer(module, x, share, device))
+                    call()
+                out.extend(timer(call, share, device))
     return [TimingResult.from_samples(values) for values in samples]
 
 
-def _time_cpu(module: nn.Module, x: torch.Tensor, repeats: int, device: torch.device) -> list[float]:
+def _time_cpu(call: Callable[[], Any], repeats: int, device: torch.device) -> list[float]:
     samples = []
     clock = time.perf_counter_ns
     for _ in range(repeats):
         start = clock()
-        module(x)
+        call()
         samples.append((clock() - start) / 1e6)
     return samples
 
 
-def _time_cuda(module: nn.Module, x: torch.Tensor, repeats: int, device: torch.device) -> list[float]:
+def _time_cuda(call: Callable[[], Any], repeats: int, device: torch.device) -> list[float]:
     with torch.cuda.device(device):
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
         torch.cuda.synchronize(device)
         for start, end in zip(starts, ends):
             start.record()
-            module(x)
+            call()
             end.record()
         torch.cuda.synchronize(device)
         return [start.elapsed_time(end) for start, end in zip(starts, ends)]
@@ -321,7 +336,11 @@ def cpu_model() -> str:
 
 
 def device_info(settings: ProfileSettings) -> dict[str, Any]:
-    """Facts about the machine that decide whether a latency table still applies to it."""
+    """Facts about the machine and software that decide whether a latency table still applies to it.
+
+    Includes ``runtime`` and ``runtime_version`` (onnxruntime's version for ONNX Runtime, torch's
+    for eager and TorchScript), so a table is not reused after a runtime upgrade.
+    """
     device = settings.torch_device
     info = {
         "device_type": device.type,
@@ -331,6 +350,8 @@ def device_info(settings: ProfileSettings) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         # A plain str: torch.__version__ is a TorchVersion, which weights_only checkpoint loading refuses.
         "torch_version": str(torch.__version__),
+        "runtime": settings.runtime,
+        "runtime_version": runtime_version(settings.runtime),
     }
     if device.type == "cuda":
         info["cuda_version"] = torch.version.cuda

@@ -93,6 +93,14 @@ def test_profiler_reuses_the_table_at_fit_start(tmp_path):
     assert third.latency_table.metadata["settings"]["batch_size"] == 2 and (tmp_path / "lat.json.bak").exists()
 
 
+def test_profiler_times_in_the_requested_runtime(tmp_path):
+    profiler = LatencyProfiler(tmp_path / "lat.json", input_size=(3, 16, 16), runtime="onnxruntime", **FAST)
+    fit([profiler], max_steps=1)
+    meta = profiler.latency_table.metadata
+    assert meta["settings"]["runtime"] == meta["device"]["runtime"] == "onnxruntime"
+    assert profiler.settings.runtime == "onnxruntime" and (profiler.latency_table.block > 0).any()
+
+
 def test_state_restores_the_inferred_input_size(tmp_path):
     profiler = LatencyProfiler(tmp_path / "lat.json", **FAST)
     fresh = LatencyProfiler(tmp_path / "lat.json", **FAST)
@@ -110,6 +118,7 @@ def test_state_restores_the_inferred_input_size(tmp_path):
         (dict(input_size=(3, 0, 8)), "input_size"),
         (dict(device="gpu0"), "device"),
         (dict(dtype="half"), "dtype"),
+        (dict(runtime="tflite"), "runtime"),
         (dict(calibration_archs=0), "calibration_archs"),
         (dict(seed=-1), "seed"),
     ],

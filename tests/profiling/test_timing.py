@@ -98,6 +98,7 @@ def test_timing_result_statistics(samples):
         (dict(input_size=(3, 32, 32), threads=True), "threads"),
         (dict(input_size=(3, 32, 32), statistic="p50"), "statistic"),
         (dict(input_size=(3, 32, 32), pin_malloc="yes"), "pin_malloc"),
+        (dict(input_size=(3, 32, 32), runtime="tvm"), "runtime"),
     ],
 )
 def test_bad_settings_name_the_argument(kwargs, name):
@@ -133,6 +134,7 @@ def test_device_info_describes_the_machine():
     assert info["device_type"] == "cpu"
     assert info["device_name"] == cpu_model() != ""
     assert info["torch_version"] == torch.__version__
+    assert info["runtime"] == "eager" and info["runtime_version"] == torch.__version__
     assert ProfileSettings(input_size=[3, 8, 8]).to_dict()["input_size"] == [3, 8, 8]
 
 
