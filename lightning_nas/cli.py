@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from lightning_nas.profile_cli import non_negative_int, positive_int
 
@@ -67,12 +69,27 @@ def main(argv: list[str] | None = None) -> int:
             profile.error(str(err))
     from lightning_nas.demo import format_summary, run_demo
 
+    if threading.current_thread() is threading.main_thread():
+        # `kill` (SIGTERM) ends the demo like Ctrl-C does, through its clean-up (no empty run directory).
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
     given = {"dataset": args.dataset, "split": args.split, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
              "seed": args.seed, "out": args.out, "image_size": args.image_size, "max_examples": args.max_examples,
              "target_fractions": tuple(args.targets) if args.targets is not None else None, "estimator": args.estimator}
-    summary = run_demo(**{k: v for k, v in given.items() if v is not None}, progress=not args.no_progress)
+    # `kill` (SIGTERM) ends the demo like Ctrl-C does, through its clean-up (no empty run directory).
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main_thread else None
+    try:
+        summary = run_demo(**{k: v for k, v in given.items() if v is not None}, progress=not args.no_progress)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     print(format_summary(summary))
     return 0
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":
