@@ -59,6 +59,9 @@ from lightning_nas.supernet import Supernet
 
 __all__ = ["DEMO_SPACE", "SupernetClassifier", "accuracy", "format_summary", "gratings_dataset", "measure_subnets", "run_demo"]
 
+#: How many times a pick's latency is timed (the fastest counts) before it is found over its budget.
+LATENCY_ATTEMPTS = 3
+
 #: The demo's search space: ``binas_supernet("tiny", **DEMO_SPACE)``.
 DEMO_SPACE: dict[str, Any] = dict(in_chans=1, max_depth=3, min_depth=1, expand_ratios=(2, 6), kernel_sizes=(3,))
 
@@ -397,26 +400,25 @@ def run_demo(
         targets = [fit["offset"] + fit["scale"] * q for q in quantiles]
         bounds = [fit["offset"] + fit["scale"] * q * (1 - latency_headroom) for q in quantiles]
 
-        # A pick is timed in the same rounds as a few of the random subnets timed above: its time is
-        # scaled by their median time then / now, so a slow spell of the machine between the two (another
-        # job starting, say) is not mistaken for a slow arch. The final re-measurement does the same.
-        references = [randoms[i] for i in range(min(5, num_random))]
-
-        def at_start_speed(archs: list[dict[str, Any]]) -> tuple[np.ndarray, float]:
-            timed = time_archs(supernet, archs + references, settings, seed=seed)
-            now = np.array([t.value(settings.statistic) for t in timed])
-            speed = float(np.median(now[len(archs):] / random_ms[:len(references)]))
-            return now[:len(archs)] / speed, speed
-
-        def measure(arch: dict[str, Any]) -> dict[str, float]:
-            return {"latency": float(at_start_speed([arch])[0][0])}
+        # Another job on the machine only ever slows a call down, so a latency here is the fastest of many
+        # calls (the table's statistic), and a pick measured over its bound is timed again, up to
+        # `LATENCY_ATTEMPTS` times, before it is rejected: one slow spell does not move the search.
+        def measure_within(bound: float):
+            def measure(arch: dict[str, Any]) -> dict[str, float]:
+                best = math.inf
+                for _ in range(LATENCY_ATTEMPTS):
+                    best = min(best, time_archs(supernet, [arch], settings, seed=seed)[0].value(settings.statistic))
+                    if best <= bound:
+                        break
+                return {"latency": best}
+            return measure
 
         found = []
         with _stage("solving", times, progress):
             for target, bound in zip(targets, bounds):
                 limit = Limit(latency_model, upper=bound)
                 try:
-                    found.append(search_constrained(accuracy_table, [limit], verify=measure))
+                    found.append(search_constrained(accuracy_table, [limit], verify=measure_within(bound)))
                 except InfeasibleError as err:
                     # Reported, not fatal: the unverified pick is measured and flagged like any other.
                     _say(f"budget {target:.3f} ms: {err}")
@@ -455,10 +457,14 @@ def run_demo(
             "val_examples": int(outcomes.shape[1]),
         }
 
-        # The truth, part 3: the picks timed again at the end, independently of the search's own
-        # measurements, beside the same reference subnets (see `at_start_speed`).
+        # The truth, part 3: the picks timed again at the end, independently of the search, as many times
+        # as a rejected pick may be, beside reference subnets timed at the start (how much the machine's
+        # speed moved in between is reported, not corrected).
         with _stage("re-measuring latency", times, progress):
-            pick_ms, drift = at_start_speed(picks)
+            references = list(range(min(10, num_random)))
+            rounds = [time_archs(supernet, picks + [randoms[i] for i in references], settings, seed=seed) for _ in range(LATENCY_ATTEMPTS)]
+            fastest = np.min([[t.value(settings.statistic) for t in timed] for timed in rounds], axis=0)
+            pick_ms, drift = fastest[:len(picks)], float(np.median(fastest[len(picks):] / random_ms[references]))
 
         results = []
         for k, (target, result, arch) in enumerate(zip(targets, found, picks)):
@@ -482,7 +488,6 @@ def run_demo(
                 "verified_ms": result.details.get("measured", {}).get("latency"),
                 "verify_tries": len(result.details["verification"]),
                 "measured_ms": float(pick_ms[k]),
-                "measured_raw_ms": float(pick_ms[k] * drift),
                 "over_budget": bool(pick_ms[k] > target),
                 "predicted_acc": float(intercept + slope * result.objective),
                 "table_acc": result.objective,
@@ -522,8 +527,8 @@ def run_demo(
             {"check": "measured accuracy non-decreasing with the budget", "value": float(min(np.diff(accs), default=0.0)),
              "target": ">= 0", "met": bool(all(b >= a for a, b in zip(accs, accs[1:])))},
             {"check": "largest re-measured latency of a pick / its budget" + (
-                f" (at the speed of the budgets' measurements; the machine ran {abs(drift - 1):.0%} "
-                f"{'slower' if drift > 1 else 'faster'} at the end)" if abs(drift - 1) > 0.05 else ""),
+                f" (reference subnets ran {abs(drift - 1):.0%} {'slower' if drift > 1 else 'faster'} than when the budgets were set)"
+                if abs(drift - 1) > 0.05 else ""),
              "value": max(r["measured_ms"] / r["target_ms"] for r in results), "target": "<= 1",
              "met": not any(r["over_budget"] for r in results)},
         ]
@@ -604,7 +609,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
     cal = summary["calibration"]
     lines += [f"(pred ms: the calibrated latency table; verified: the pick measured during the search, within the budget less "
-              f"{lat['headroom']:.0%} headroom after the listed tries; meas ms: timed again at the end beside reference subnets, at the budgets' machine speed (raw times in summary.json), "
+              f"{lat['headroom']:.0%} headroom after the listed tries; meas ms: timed again at the end, "
               f"OVER when above the budget; "
               f"table: the accuracy table's prediction; pred acc: calibrated on the random subnets, {cal['intercept']:.3f} + "
               f"{cal['slope']:.2f} × table (residual std {cal['residual_std']:.4f}); "
