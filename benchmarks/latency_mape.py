@@ -14,6 +14,12 @@ re-measured.
 Spaces: ``mobilenet`` (defaults, 32×32), and, when ``lightning_nas.spaces.binas`` exists, ``binas``
 tiny preset (32×32) and ImageNet preset (224×224; ``--skip-imagenet`` leaves it out).
 
+Runtimes (``--runtime``, default all three, side by side): each table and its check are timed in
+PyTorch eager, frozen TorchScript or ONNX Runtime (``ProfileSettings(runtime=...)``): a table
+predicts the runtime it was measured in. The 224×224 space is measured in eager only unless
+``--imagenet-runtimes`` names others (TorchScript and ONNX Runtime at 224² add minutes of
+conversion and timing).
+
 Allocator: every space is measured first with glibc malloc as it comes (adaptive thresholds),
 then with its thresholds pinned (``ProfileSettings(pin_malloc=True)``; pinning cannot be undone,
 hence this order). At 224×224 the adaptive allocator makes whole networks slower than the sum of
@@ -23,6 +29,7 @@ Usage::
 
     .venv/bin/python benchmarks/latency_mape.py                 # rewrites its section of RESULTS.md
     .venv/bin/python benchmarks/latency_mape.py --no-write --skip-imagenet
+    .venv/bin/python benchmarks/latency_mape.py --no-write --runtime onnxruntime --malloc pinned --skip-imagenet
 """
 
 from __future__ import annotations
@@ -36,11 +43,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from results_file import device_title, machine, marker_suffix, publish  # benchmarks/ is the script's directory
 from lightning_nas.bilinear import BilinearTable
-from lightning_nas.profiling import ProfileSettings, build_latency_table, cpu_model, mape, time_archs
+from lightning_nas.profiling import RUNTIMES, ProfileSettings, build_latency_table, cpu_model, mape, time_archs, time_modules
 from lightning_nas.profiling.report import CHECK_STREAM
+from lightning_nas.profiling.tables import CALIBRATION_STREAM
 from lightning_nas.seeding import derive_seed
 from lightning_nas.spaces import create_space
 
@@ -52,34 +61,62 @@ def markers(device: str = "cpu") -> tuple[str, str]:
     return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
 
 
-def cases(skip_imagenet: bool) -> list[tuple[str, str, dict, int]]:
-    """``(label, space name, builder kwargs, image size)`` of each benchmarked space."""
-    out = [("mobilenet (defaults)", "mobilenet", {}, 32)]
+def cases(skip_imagenet: bool, runtimes: list[str], imagenet_runtimes: list[str]) -> list[tuple[str, str, dict, int, str]]:
+    """``(label, space name, builder kwargs, image size, runtime)`` of each benchmarked space and
+    runtime, the runtimes of one space next to each other."""
+    spaces = [("mobilenet (defaults)", "mobilenet", {}, 32)]
     try:
         import lightning_nas.spaces.binas  # noqa: F401  (registers "binas")
     except ImportError:
-        return out
-    out.append(("binas, tiny preset", "binas", {"preset": "tiny"}, 32))
-    if not skip_imagenet:
-        out.append(("binas, imagenet preset", "binas", {"preset": "imagenet"}, 224))
-    return out
+        pass
+    else:
+        spaces.append(("binas, tiny preset", "binas", {"preset": "tiny"}, 32))
+        if not skip_imagenet:
+            spaces.append(("binas, imagenet preset", "binas", {"preset": "imagenet"}, 224))
+    return [(*space, runtime) for space in spaces for runtime in runtimes if space[3] < 224 or runtime in imagenet_runtimes]
 
 
 def min_table(table: BilinearTable) -> BilinearTable:
     """The same table with per-entry minima and the fixed part re-estimated from the minima."""
     meta = table.metadata
     residuals = meta["constant_estimate"]["residuals_by_statistic_ms"]["min"]
-    return BilinearTable(table.staged, float(np.median(residuals)), np.array(meta["spread"]["min"]), name="latency", unit="ms")
+    return BilinearTable(table.staged, float(np.median(residuals)), np.array(meta["spread"]["min"]), name="latency", unit="ms",
+                         metadata=meta)
 
 
-def run_case(label: str, name: str, kwargs: dict, image_size: int, malloc: str, args: argparse.Namespace) -> dict:
+class PlusOne(nn.Module):
+    """A graph that does almost nothing: its time in a runtime is that runtime's cost per call."""
+
+    def forward(self, x):
+        return x + 1
+
+
+def call_overhead_ms(settings: ProfileSettings) -> dict[str, float]:
+    """``{"median": ms, "min": ms}`` of one call of ``x + 1`` on one number in ``settings.runtime``."""
+    (result,) = time_modules([(PlusOne(), (1, 1))], settings)
+    return {"median": result.median_ms, "min": result.min_ms}
+
+
+def without_call_overhead(table: BilinearTable, statistic: str, overhead_ms: float, supernet, args: argparse.Namespace) -> BilinearTable:
+    """``table`` (of ``statistic``) with one runtime call's overhead taken off every block entry and
+    the fixed part re-estimated from the same calibration residuals: a block timed alone pays the
+    cost of a call (Python, session, output allocation), which a whole network pays only once."""
+    has_module = table.block > 0
+    archs = supernet.space.sample_many(args.calibration_archs, derive_seed(args.seed, CALIBRATION_STREAM))
+    calls = BilinearTable(table.staged, 0.0, has_module.astype(float), name="calls").predict_many(archs)
+    residuals = np.array(table.metadata["constant_estimate"]["residuals_by_statistic_ms"][statistic]) + overhead_ms * calls
+    block = np.where(has_module, table.block - overhead_ms, 0.0)
+    return BilinearTable(table.staged, float(np.median(residuals)), block, name="latency", unit="ms")
+
+
+def run_case(label: str, name: str, kwargs: dict, image_size: int, runtime: str, malloc: str, args: argparse.Namespace) -> dict:
     supernet = create_space(name, **kwargs)
     settings = ProfileSettings(
         input_size=(3, image_size, image_size), batch_size=args.batch_size, threads=args.threads, repeats=args.repeats,
-        warmup=args.warmup, pin_malloc=malloc == "pinned", device=args.device,
+        warmup=args.warmup, pin_malloc=malloc == "pinned", device=args.device, runtime=runtime,
     )
     label = f"{label}, malloc {malloc}"
-    print(f"[{label}] building the table ({settings.repeats} repeats, {settings.threads} thread)", flush=True)
+    print(f"[{label}, {runtime}] building the table ({settings.repeats} repeats, {settings.threads} thread)", flush=True)
     started = time.perf_counter()
     table = build_latency_table(supernet, settings, calibration_archs=args.calibration_archs, seed=args.seed)
     build_s = time.perf_counter() - started
@@ -87,17 +124,35 @@ def run_case(label: str, name: str, kwargs: dict, image_size: int, malloc: str, 
     started = time.perf_counter()
     timings = time_archs(supernet, archs, settings, seed=args.seed)
     check_s = time.perf_counter() - started
-    result = {"label": label, "malloc": malloc, "image_size": image_size, "table": table, "build_s": build_s, "check_s": check_s}
+    overhead = call_overhead_ms(settings)
+    result = {"label": label, "malloc": malloc, "runtime": runtime, "image_size": image_size, "table": table, "build_s": build_s,
+              "check_s": check_s}
     for stat, tab in (("median", table), ("min", min_table(table))):
         predicted = tab.predict_many(archs)
         measured = np.array([t.value(stat) for t in timings])
         errors = 100 * (predicted - measured) / measured
+        corrected = without_call_overhead(tab, stat, overhead[stat], supernet, args).predict_many(archs)
         result[stat] = {
             "mape": mape(predicted, measured), "max": float(np.abs(errors).max()), "bias": float(errors.mean()),
             "measured": (float(measured.min()), float(measured.max())), "constant": tab.constant,
+            "overhead_ms": overhead[stat], "mape_without_overhead": mape(corrected, measured),
         }
-        print(f"[{label}] {stat}: MAPE {result[stat]['mape']:.2f} % (max {result[stat]['max']:.2f} %, bias {result[stat]['bias']:+.2f} %)", flush=True)
+        print(f"[{label}, {runtime}] {stat}: MAPE {result[stat]['mape']:.2f} % (max {result[stat]['max']:.2f} %, bias "
+              f"{result[stat]['bias']:+.2f} %); call overhead {1e3 * overhead[stat]:.1f} us, MAPE without it "
+              f"{result[stat]['mape_without_overhead']:.2f} %", flush=True)
     return result
+
+
+def runtimes_line(results: list[dict]) -> str:
+    """What each runtime in ``results`` is, with its version (from the tables' metadata)."""
+    what = {
+        "eager": "PyTorch eager",
+        "torchscript": "`torch.jit.trace` + `torch.jit.freeze` + `torch.jit.optimize_for_inference`",
+        "onnxruntime": "`torch.onnx.export` (TorchScript-based exporter, opset 17) in an `onnxruntime.InferenceSession` on CPU, "
+                       "intra-op threads = threads, 1 inter-op thread, sequential, all graph optimisations",
+    }
+    versions = {r["runtime"]: r["table"].metadata["device"]["runtime_version"] for r in results}
+    return "; ".join(f"`{name}` {version}: {what[name]}" for name, version in versions.items())
 
 
 def report(results: list[dict], args: argparse.Namespace, command: str) -> str:
@@ -116,21 +171,33 @@ def report(results: list[dict], args: argparse.Namespace, command: str) -> str:
         f"{args.repeats} timed calls per measurement; {args.calibration_archs} calibration subnets for the fixed part; "
         f"{args.num_archs} other random subnets checked (seed {args.seed}); device `{first['device']['device_name']}`",
         "- Prediction: `table.predict(arch)` = fixed part + Σ active blocks' isolated times (BINAS Eq. 5); measured: the "
-        "exported subnet end to end with the same settings and statistic",
+        "exported subnet end to end with the same settings, runtime and statistic",
+        f"- Runtimes: {runtimes_line(results)}",
         "",
-        "| space, allocator | input | entries / distinct measurements | build (s) | check (s) | statistic | fixed part (ms) | "
-        "measured range (ms) | MAPE (%) | max error (%) | mean signed error (%) | target |",
-        "|---|---|---:|---:|---:|---|---:|---|---:|---:|---:|---|",
+        "| space, allocator | runtime | input | entries / distinct measurements | build (s) | check (s) | statistic | fixed part (ms) | "
+        "measured range (ms) | MAPE (%) | max error (%) | mean signed error (%) | target | call overhead (µs) | "
+        "MAPE, overhead off blocks (%) |",
+        "|---|---|---|---:|---:|---:|---|---:|---|---:|---:|---:|---|---:|---:|",
     ]
     for r in results:
         meta = r["table"].metadata
         for stat in ("median", "min"):
             s = r[stat]
             lines.append(
-                f"| {r['label']} | {r['image_size']}² | {meta['entries']} / {meta['measurements']} | {r['build_s']:.0f} | {r['check_s']:.0f} | "
+                f"| {r['label']} | {r['runtime']} | {r['image_size']}² | {meta['entries']} / {meta['measurements']} | {r['build_s']:.0f} | {r['check_s']:.0f} | "
                 f"{stat} | {s['constant']:.3f} | {s['measured'][0]:.3f}–{s['measured'][1]:.3f} | {s['mape']:.2f} | {s['max']:.2f} | "
-                f"{s['bias']:+.2f} | ≤ {TARGET:.0f} %: {'met' if s['mape'] <= TARGET else 'MISSED'} |"
+                f"{s['bias']:+.2f} | ≤ {TARGET:.0f} %: {'met' if s['mape'] <= TARGET else 'MISSED'} | {1e3 * s['overhead_ms']:.1f} | "
+                f"{s['mape_without_overhead']:.2f} |"
             )
+    lines += [
+        "",
+        "`call overhead`: one call of `x + 1` on a single number in the runtime (Python call, ONNX Runtime session run, "
+        "output allocation). Every block timed alone pays it once, a whole subnet also only once, so a table over-charges "
+        "subnets with more blocks by one overhead per extra block; the calibrated fixed part removes it only on average. "
+        "`MAPE, overhead off blocks`: the same table with that overhead taken off every block entry and the fixed part "
+        "re-estimated from the same calibration residuals (no re-measurement); it matters where blocks take tens of µs "
+        "(ONNX Runtime at 32²).",
+    ]
     lines += [] if not cpu else [
         "",
         "The machine these numbers come from may be shared with other jobs (see the load average): then a varying share "
@@ -169,6 +236,14 @@ def main(argv: list[str] | None = None) -> None:
         "--malloc", default="default,pinned",
         help="comma-separated allocator conditions, run in this order: default (glibc adaptive), pinned (pin_malloc=True)",
     )
+    parser.add_argument(
+        "--runtime", default=",".join(RUNTIMES),
+        help=f"comma-separated runtimes to time each space in, side by side: {', '.join(RUNTIMES)}",
+    )
+    parser.add_argument(
+        "--imagenet-runtimes", default="eager",
+        help="comma-separated runtimes (of --runtime) in which the 224x224 space is measured too",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print the section without writing --out")
     args = parser.parse_args(argv)
@@ -177,8 +252,13 @@ def main(argv: list[str] | None = None) -> None:
     conditions = [c.strip() for c in args.malloc.split(",") if c.strip()]
     if not conditions or any(c not in ("default", "pinned") for c in conditions) or conditions == ["pinned", "default"]:
         parser.error("--malloc must list default and/or pinned, default first (pinning cannot be undone)")
+    runtimes = [r.strip() for r in args.runtime.split(",") if r.strip()]
+    imagenet_runtimes = [r.strip() for r in args.imagenet_runtimes.split(",") if r.strip()]
+    if not runtimes or any(r not in RUNTIMES for r in runtimes + imagenet_runtimes):
+        parser.error(f"--runtime and --imagenet-runtimes must list runtimes of {RUNTIMES}")
+    todo = cases(args.skip_imagenet, runtimes, imagenet_runtimes)
     publish("latency_mape.py", argv, args.out, not args.no_write,
-            lambda command: report([run_case(*case, malloc, args) for malloc in conditions for case in cases(args.skip_imagenet)], args, command),
+            lambda command: report([run_case(*case, malloc, args) for malloc in conditions for case in todo], args, command),
             *markers(args.device))
 
 
