@@ -102,17 +102,25 @@ def runtime_callable(module: nn.Module, x: torch.Tensor, settings: ProfileSettin
     runtime = settings.runtime
     if runtime == "eager":
         return functools.partial(module, x)
+    if runtime not in RUNTIMES:
+        raise ValueError(f"`runtime` must be one of {RUNTIMES}, got {runtime!r}")
     # Tracing and exporting warn about every Python-level branch and about their own deprecation;
     # the traced graph is exact for the one input shape we time it on.
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        if runtime == "torchscript":
-            traced = torch.jit.trace(module, (x,), check_trace=False)
-            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-            return functools.partial(frozen, x)
-        if runtime == "onnxruntime":
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if runtime == "torchscript":
+                traced = torch.jit.trace(module, (x,), check_trace=False)
+                frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+                return functools.partial(frozen, x)
             return _onnxruntime_callable(module, x, settings.threads)
-    raise ValueError(f"`runtime` must be one of {RUNTIMES}, got {runtime!r}")
+    except ImportError:
+        raise
+    except Exception as err:  # whatever the tracer, exporter or session refuses: name the module
+        raise ValueError(
+            f"cannot run {type(module).__name__} (input {tuple(x.shape)}) in runtime {runtime!r}: {type(err).__name__}: {err}; "
+            "profile it with runtime='eager', or replace the operation the converter rejects"
+        ) from err
 
 
 def _onnxruntime_callable(module: nn.Module, x: torch.Tensor, threads: int) -> Callable[[], Any]:

@@ -142,6 +142,17 @@ def test_converted_runtimes_refuse_cuda(monkeypatch, runtime):
         ProfileSettings(input_size=(3, 8, 8), device="cuda", runtime=runtime)
 
 
+class Eigenvalues(nn.Module):
+    def forward(self, x):
+        return torch.linalg.eigvals(x).real  # no ONNX operator for it
+
+
+def test_a_module_onnx_cannot_export_is_named():
+    settings = ProfileSettings(input_size=(4, 4), runtime="onnxruntime", **FAST)
+    with pytest.raises(ValueError, match=r"cannot run Eigenvalues \(input \(1, 4, 4\)\) in runtime 'onnxruntime'"):
+        time_modules([(Eigenvalues(), settings.batch_shape)], settings)
+
+
 def test_missing_onnxruntime_says_what_to_install(monkeypatch):
     real_import = builtins.__import__
 
