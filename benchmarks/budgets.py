@@ -109,6 +109,15 @@ def competing_load(active: bool) -> Iterator[None]:
         time.sleep(SETTLE_S)
 
 
+def busy_cpu_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by the whole machine (``/proc/stat``) and by this process and its reaped children."""
+    with open("/proc/stat") as f:
+        fields = [float(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    own = os.times()
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK"), own.user + own.system + own.children_user + own.children_system
+
+
 def with_statistic(table: BilinearTable, statistic: str) -> BilinearTable:
     """The table of ``statistic`` from the same measurements: per-entry values and fixed part of that statistic."""
     meta = copy.deepcopy(dict(table.metadata))
@@ -150,6 +159,7 @@ def run_block(ctx: dict, rep: int, seeds: list[int], condition: str, args: argpa
     supernet, settings, n = ctx["supernet"], ctx["settings"], args.num_archs
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
+    machine_before, own_before = busy_cpu_seconds()
     picks = []
     with competing_load(condition == "loaded"):
         archs = supernet.space.sample_many(2 * n, derive_seed(args.seed, ARCH_STREAM, rep))
@@ -180,9 +190,13 @@ def run_block(ctx: dict, rep: int, seeds: list[int], condition: str, args: argpa
         again = time_archs(supernet, [p["arch"] for p in chosen], settings, seed=rep + 1)
         for p, t in zip(chosen, again):
             p["measured"] = t.value(p["statistic"])
-    block = {"rep": rep, "condition": condition, "mape": mapes, "measured": measured, "seconds": time.perf_counter() - started,
-             "load_before": load_before}
-    print(f"[rep {rep}, {condition}] {block['seconds']:.0f} s, load avg {load_before:.2f}; MAPE "
+    machine_after, own_after = busy_cpu_seconds()
+    seconds = time.perf_counter() - started
+    # CPUs kept busy by other jobs (neither this process nor its load): the machine's busy time minus ours.
+    others = max(0.0, (machine_after - machine_before) - (own_after - own_before)) / seconds
+    block = {"rep": rep, "condition": condition, "mape": mapes, "measured": measured, "seconds": seconds,
+             "load_before": load_before, "others": others}
+    print(f"[rep {rep}, {condition}] {seconds:.0f} s, load avg {load_before:.2f}, other jobs {others:.2f} CPUs; MAPE "
           + ", ".join(f"{k} {v:.1f}" for k, v in mapes.items()) + "; violations "
           + ", ".join(f"{k} {sum(p['measured'] > p['target'] for p in chosen if p['variant'] == k)}/{sum(p['variant'] == k for p in chosen)}"
                       for k, *_ in VARIANTS), flush=True)
@@ -217,6 +231,7 @@ def summarise(blocks: list[dict], picks: list[dict]) -> dict:
                 "worst": 100 * float(over.max()) if len(made) else float("nan"),
                 "ratio": float(np.median(ratio)) if len(made) else float("nan"),
                 "tries": [p["tries"] for p in mine], "failed": sum(p["failed"] for p in mine),
+                "no_room": sum(p["failed"] and "no arch is predicted" in p["reason"] for p in mine),
                 "infeasible": sum(p["arch"] is None and not p["failed"] for p in mine),
             }
         rows[key] = row
@@ -227,6 +242,10 @@ def summarise(blocks: list[dict], picks: list[dict]) -> dict:
                   for lo in blocks if lo["condition"] == "loaded" and lo["rep"] == qu["rep"]]
         slowdown[stat] = float(np.median(ratios))
     return {"rows": rows, "slowdown": slowdown}
+
+
+def fmt_range(values: list[float]) -> str:
+    return f"{min(values):.2f}–{max(values):.2f} (mean {np.mean(values):.2f})"
 
 
 def fmt_cell(c: dict, what: str) -> str:
@@ -247,12 +266,12 @@ def interpretation(s: dict, headroom: float, num_archs: int) -> list[str]:
     """Measured facts that answer the question, in words (generated, so that they match the table)."""
     r = s["rows"]
 
-    def share(key: str, cond: str) -> float:
+    def share(key: str, cond: str) -> str:
         c = r[key][cond]
-        return 100 * c["violations"] / c["made"] if c["made"] else float("nan")
+        return f"{100 * c['violations'] / c['made']:.0f}" if c["made"] else "–"
 
     def held(cond: str) -> str:
-        keys = [k for k in r if r[k][cond]["made"] and share(k, cond) <= 10 and r[k][cond]["made"] == r[k][cond]["picks"]]
+        keys = [k for k in r if r[k][cond]["made"] and r[k][cond]["violations"] <= 0.1 * r[k][cond]["made"] and r[k][cond]["made"] == r[k][cond]["picks"]]
         return ", ".join(keys) or "none"
 
     failures = {k: r[k]["quiet"]["failed"] + r[k]["loaded"]["failed"] for k in ("d", "e")}
@@ -260,20 +279,23 @@ def interpretation(s: dict, headroom: float, num_archs: int) -> list[str]:
         f"- The load made the same held-out subnets {s['slowdown']['median']:.2f}× slower in the median statistic and "
         f"{s['slowdown']['min']:.2f}× in the min (median over repetitions of loaded / quiet). Rows whose budgets held (≤ 10 % of the "
         f"picks over budget, every pick made): quiet {held('quiet')}; loaded {held('loaded')}.",
-        f"- Default (a): {share('a', 'quiet'):.0f} % → {share('a', 'loaded'):.0f} % of picks over budget, quiet → loaded (median pick "
+        f"- Default (a): {share('a', 'quiet')} % → {share('a', 'loaded')} % of picks over budget, quiet → loaded (median pick "
         f"{r['a']['quiet']['overshoot']:+.1f} % → {r['a']['loaded']['overshoot']:+.1f} % against its budget); min table (b): "
-        f"{share('b', 'quiet'):.0f} % → {share('b', 'loaded'):.0f} % ({r['b']['quiet']['overshoot']:+.1f} % → {r['b']['loaded']['overshoot']:+.1f} %). "
+        f"{share('b', 'quiet')} % → {share('b', 'loaded')} % ({r['b']['quiet']['overshoot']:+.1f} % → {r['b']['loaded']['overshoot']:+.1f} %). "
         "A min row's budget is a bound on the fastest of the timed calls, not on the typical call.",
         f"- Calibrating on {num_archs} subnets measured now (c) brought the min table's MAPE to {r['c']['quiet']['mape']:.1f} % / "
-        f"{r['c']['loaded']['mape']:.1f} % (quiet / loaded) and violations to {share('c', 'quiet'):.0f} % / {share('c', 'loaded'):.0f} %; "
-        f"with verify and {100 * headroom:.0f} % headroom (d) {share('d', 'quiet'):.0f} % / {share('d', 'loaded'):.0f} %, after "
+        f"{r['c']['loaded']['mape']:.1f} % (quiet / loaded) and violations to {share('c', 'quiet')} % / {share('c', 'loaded')} %; "
+        f"with verify and {100 * headroom:.0f} % headroom (d) {share('d', 'quiet')} % / {share('d', 'loaded')} %, after "
         f"{np.mean(r['d']['quiet']['tries']):.1f} / {np.mean(r['d']['loaded']['tries']):.1f} measured picks on average "
-        f"({failures['d']} searches ended without a pick), at an objective of {r['d']['quiet']['ratio']:.3f} / {r['d']['loaded']['ratio']:.3f} × "
+        f"({failures['d']} searches ended without a pick, {r['d']['quiet']['no_room'] + r['d']['loaded']['no_room']} of them because one measured "
+        f"pick came out so far above its prediction that the tightened bound left no arch), at an objective of {r['d']['quiet']['ratio']:.3f} / {r['d']['loaded']['ratio']:.3f} × "
         "the default's quiet pick.",
-        f"- Verify on the median table as built (e): {share('e', 'quiet'):.0f} % / {share('e', 'loaded'):.0f} % over budget, "
+        f"- Verify on the median table as built (e): {share('e', 'quiet')} % / {share('e', 'loaded')} % over budget, "
         f"{failures['e']} of {r['e']['quiet']['picks'] + r['e']['loaded']['picks']} searches ended without a pick. Tables built under load: "
         f"median (f) MAPE {r['f']['quiet']['mape']:.0f} % / {r['f']['loaded']['mape']:.0f} % ({r['f']['quiet']['infeasible'] + r['f']['loaded']['infeasible']} "
-        f"budgets with no arch predicted to fit), min (g) MAPE {r['g']['quiet']['mape']:.1f} % / {r['g']['loaded']['mape']:.1f} %.",
+        f"of {r['f']['quiet']['picks'] + r['f']['loaded']['picks']} budgets with no arch predicted to fit), min (g) MAPE {r['g']['quiet']['mape']:.1f} % / "
+        f"{r['g']['loaded']['mape']:.1f} %, {share('g', 'quiet')} % / {share('g', 'loaded')} % over budget at an objective of "
+        f"{r['g']['quiet']['ratio']:.3f} × the default's quiet pick.",
         "- \"Quiet\" is this shared machine without the script's load (see the load averages); one run, so shares over "
         f"{r['a']['quiet']['picks']} picks move by several points between runs.",
     ]
@@ -290,7 +312,10 @@ def report(ctx: dict, blocks: list[dict], picks: list[dict], args: argparse.Name
         f"- Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- Machine: {machine(threads=1)}; 1-minute load average {loads['start']:.2f} at the start "
         f"({'after waiting, ' if loads['waited'] else ''}other jobs share this machine), {loads['end']:.2f} at the end, "
-        f"{min(quiet_loads):.2f}–{max(quiet_loads):.2f} at the start of the quiet blocks (these include the decay of the previous loaded block)",
+        f"{min(quiet_loads):.2f}–{max(quiet_loads):.2f} at the start of the quiet blocks (these include the decay of the previous loaded block); "
+        f"other jobs kept {fmt_range([b['others'] for b in blocks if b['condition'] == 'quiet'])} CPUs busy during the quiet blocks and "
+        f"{fmt_range([b['others'] for b in blocks if b['condition'] == 'loaded'])} during the loaded ones (`/proc/stat` busy time minus this "
+        "process's and its load's, per block)",
         f"- Command: `{command}`; {ctx['total_s']:.0f} s in all",
         f"- Space: `binas_supernet('tiny', num_classes=10, **DEMO_SPACE)` (untrained), input 1 × 16 × 16, batch 1, 1 torch thread, "
         f"float32, eager; {args.repeats} timed calls (+ 10 warm-up) per measurement in 5 interleaved rounds",
