@@ -52,7 +52,8 @@ from lightning_nas.estimators.contributions import evaluation_mode
 from lightning_nas.io import atomic_save, atomic_write_json, next_version_dir
 from lightning_nas.nn.calibration import recalibrate_batch_norm
 from lightning_nas.plots import plot_contributions, plot_pareto, plot_ranking
-from lightning_nas.profiling import check_latency, settings_of, time_archs
+from lightning_nas.profiling import check_latency, settings_of
+from lightning_nas.profiling.report import ReferenceTimer
 from lightning_nas.solvers import InfeasibleError, Limit, search_constrained
 from lightning_nas.spaces import binas_supernet
 from lightning_nas.supernet import Supernet
@@ -400,31 +401,17 @@ def run_demo(
         targets = [fit["offset"] + fit["scale"] * q for q in quantiles]
         bounds = [fit["offset"] + fit["scale"] * q * (1 - latency_headroom) for q in quantiles]
 
-        # A pick is timed beside reference subnets timed above and scaled by their median speed-up since,
-        # so a slower or faster spell of the machine (another job starting or stopping) is not taken for a
-        # slower or faster arch. Another job only ever slows calls down, so each arch keeps its fastest
-        # time over up to `LATENCY_ATTEMPTS` timings; a pick within its bound stops early.
-        references, start_ms = randoms[:min(10, num_random)], random_ms[:min(10, num_random)]
-
-        def at_start_speed(archs: list[dict[str, Any]], done=None) -> tuple[np.ndarray, float]:
-            fastest = None
-            for _ in range(LATENCY_ATTEMPTS):
-                now = np.array([t.value(settings.statistic) for t in time_archs(supernet, archs + references, settings, seed=seed)])
-                fastest = now if fastest is None else np.minimum(fastest, now)
-                speed = float(np.median(fastest[len(archs):] / start_ms))
-                if done is not None and done(fastest[:len(archs)] / speed):
-                    break
-            return fastest[:len(archs)] / speed, speed
-
-        def measure_within(bound: float):
-            return lambda arch: {"latency": float(at_start_speed([arch], lambda ms: ms[0] <= bound)[0][0])}
+        # Picks are timed beside some of the random subnets timed above and scaled to the machine's speed
+        # then (fastest of up to LATENCY_ATTEMPTS timings), so another job starting or stopping mid-run
+        # is not taken for a slower or faster arch.
+        timer = ReferenceTimer(supernet, settings, randoms[:10], random_ms[:10], attempts=LATENCY_ATTEMPTS, seed=seed)
 
         found = []
         with _stage("solving", times, progress):
             for target, bound in zip(targets, bounds):
                 limit = Limit(latency_model, upper=bound)
                 try:
-                    found.append(search_constrained(accuracy_table, [limit], verify=measure_within(bound)))
+                    found.append(search_constrained(accuracy_table, [limit], verify=timer.verifier(bound)))
                 except InfeasibleError as err:
                     # Reported, not fatal: the unverified pick is measured and flagged like any other.
                     _say(f"budget {target:.3f} ms: {err}")
@@ -465,7 +452,7 @@ def run_demo(
 
         # The truth, part 3: the picks timed again at the end, independently of the search, the same way.
         with _stage("re-measuring latency", times, progress):
-            pick_ms, drift = at_start_speed(picks)
+            pick_ms, drift = timer(picks)
 
         results = []
         for k, (target, result, arch) in enumerate(zip(targets, found, picks)):

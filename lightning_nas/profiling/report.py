@@ -19,7 +19,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from lightning_nas.profiling.timing import ProfileSettings
 from lightning_nas.seeding import derive_seed
 from lightning_nas.supernet import Supernet
 
-__all__ = ["LatencyCheck", "calibrate_latency", "check_latency", "mape"]
+__all__ = ["LatencyCheck", "ReferenceTimer", "calibrate_latency", "check_latency", "mape"]
 
 # Separate from the table's calibration stream (0), so checked archs are drawn independently.
 CHECK_STREAM = 1
@@ -232,3 +232,64 @@ def calibrate_latency(table: BilinearTable, archs: Sequence[Mapping[str, Any]], 
     }}
     return BilinearTable(table.staged, offset + scale * table.constant, scale * table.block, scale * table.depth,
                          name=table.name, unit=table.unit, metadata=metadata)
+
+
+class ReferenceTimer:
+    """Times archs beside reference subnets and scales the times to the machine's speed when those
+    references were first timed: measurements taken minutes apart on a shared machine become comparable.
+
+    Another job on the machine slows calls down and never speeds them up, so each arch keeps its
+    fastest time over up to ``attempts`` interleaved timings (each one ``settings.statistic`` of
+    ``settings.repeats`` calls); the machine's speed is the median over the references of their
+    fastest time now / their time then. A latency budget set from the references' first timings
+    (e.g. quantiles of random subnets) is then checked in the same units.
+
+    Args:
+        supernet: the supernet the archs belong to.
+        settings: how to time (usually the latency table's, :func:`~lightning_nas.profiling.settings_of`).
+        references: ``K >= 1`` archs timed before (e.g. some of the random subnets a table was calibrated on).
+        reference_ms: ``(K,)`` their times then, in ms, the same statistic.
+        attempts: most interleaved timings per call (at least 1).
+        seed: seed of the random inputs.
+
+    Example::
+
+        timer = ReferenceTimer(supernet, settings_of(table), randoms[:10], check.measured[:10])
+        search_constrained(accuracy, Limit(table, upper=2.0), verify=timer.verifier(bound=2.0))
+    """
+
+    def __init__(self, supernet: Supernet, settings: ProfileSettings, references: Sequence[Mapping[str, Any]],
+                 reference_ms: Sequence[float] | np.ndarray, *, attempts: int = 3, seed: int = 0) -> None:
+        self.references = [supernet.space.validate(a) for a in references]
+        self.reference_ms = np.asarray(reference_ms, dtype=np.float64)
+        if not self.references or self.reference_ms.shape != (len(self.references),):
+            raise ValueError(f"`references` and `reference_ms` must have the same length >= 1, got {len(self.references)} "
+                             f"and shape {self.reference_ms.shape}")
+        if not (np.isfinite(self.reference_ms).all() and (self.reference_ms > 0).all()):
+            raise ValueError("`reference_ms` must hold positive finite times")
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"`attempts` must be an int >= 1, got {attempts!r}")
+        self.supernet, self.settings, self.attempts, self.seed = supernet, settings, attempts, seed
+
+    def __call__(self, archs: Sequence[Mapping[str, Any]], done: Callable[[np.ndarray], bool] | None = None) -> tuple[np.ndarray, float]:
+        """``(N,)`` times of ``archs`` in ms at the references' first speed, and that speed ratio (now / then).
+
+        ``done(times)`` stops the attempts early (e.g. once every arch is within its budget).
+        """
+        archs = list(archs)
+        statistic, fastest, speed = self.settings.statistic, None, 1.0
+        for _ in range(self.attempts):
+            timed = time_archs(self.supernet, archs + self.references, self.settings, seed=self.seed)
+            now = np.array([t.value(statistic) for t in timed])
+            fastest = now if fastest is None else np.minimum(fastest, now)
+            speed = float(np.median(fastest[len(archs):] / self.reference_ms))
+            if done is not None and done(fastest[: len(archs)] / speed):
+                break
+        return fastest[: len(archs)] / speed, speed
+
+    def verifier(self, bound: float | None = None, name: str = "latency") -> Callable[[dict[str, Any]], dict[str, float]]:
+        """A ``verify`` for :func:`~lightning_nas.solvers.search_constrained`: ``arch -> {name: ms}``; with
+        ``bound``, the attempts stop as soon as the arch is timed within it."""
+        done = None if bound is None else (lambda ms: bool(ms[0] <= bound))
+        return lambda arch: {name: float(self([arch], done)[0][0])}
+

@@ -122,3 +122,41 @@ def test_calibrate_latency_bad_input(tiny, fast_settings):
     check = check_latency(tiny, table, archs=archs)
     if np.ptp(predicted) > 0 and np.polyfit(predicted, check.measured, 1)[0] > 0:
         assert check.calibrated(table).metadata["calibration"]["archs"] == 3
+
+
+def test_reference_timer_keeps_the_fastest_timing_and_scales_by_the_references(tiny, fast_settings, monkeypatch):
+    import lightning_nas.profiling.report as report
+    from lightning_nas.profiling.timing import TimingResult
+
+    archs = tiny.space.sample_many(3, 0)
+    references = tiny.space.sample_many(2, 1)
+    # Attempt k: the machine runs (2, 1.5, 1.2)× slower than when the references took 1 ms and 2 ms.
+    slowdowns, calls = iter([2.0, 1.5, 1.2]), []
+
+    def fake_time_archs(supernet, timed, settings, seed=0):
+        slow = next(slowdowns)
+        calls.append(len(timed))
+        base = [0.5, 0.8, 1.1][: len(timed) - 2] + [1.0, 2.0]
+        return [TimingResult.from_samples([slow * b]) for b in base]
+
+    monkeypatch.setattr(report, "time_archs", fake_time_archs)
+    timer = report.ReferenceTimer(tiny, fast_settings, references, [1.0, 2.0], attempts=3)
+    ms, speed = timer(archs)
+    assert calls == [5, 5, 5] and speed == pytest.approx(1.2)
+    np.testing.assert_allclose(ms, [0.5, 0.8, 1.1])  # at the references' first speed
+    # A verifier stops as soon as its arch is within the bound.
+    slowdowns, calls = iter([2.0, 1.5, 1.2]), []
+    assert report.ReferenceTimer(tiny, fast_settings, references, [1.0, 2.0]).verifier(bound=0.6)(archs[0])["latency"] == pytest.approx(0.5)
+    assert calls == [3]
+
+
+def test_reference_timer_bad_input(tiny, fast_settings):
+    from lightning_nas.profiling.report import ReferenceTimer
+
+    refs = tiny.space.sample_many(2, 1)
+    with pytest.raises(ValueError, match="same length >= 1"):
+        ReferenceTimer(tiny, fast_settings, refs, [1.0])
+    with pytest.raises(ValueError, match="positive finite"):
+        ReferenceTimer(tiny, fast_settings, refs, [1.0, 0.0])
+    with pytest.raises(ValueError, match="`attempts` must be an int >= 1"):
+        ReferenceTimer(tiny, fast_settings, refs, [1.0, 2.0], attempts=0)
