@@ -3,7 +3,26 @@
 The table is a CSV in the format of NAS-Bench-201 re-exports: an ``arch_str`` column (the NB201 string)
 and/or an ``op_code`` column (6 digits, see :func:`~lightning_nas.spaces.nb201.nb201_op_code`), and any
 number of numeric columns (accuracies, parameters, FLOPs, latencies, …). Every column other than
-``arch_str`` and ``op_code`` is read as ``float64``; an empty cell or ``nan`` reads as NaN.
+``arch_str`` and ``op_code`` is read as ``float64``; an empty cell or ``nan`` reads as NaN. Any dataset
+works: nothing here defaults to CIFAR-10 (see ``docs/tabular_format.md`` for the full format and
+``scripts/convert_tabular.py`` for a converter).
+
+Column naming scheme. :class:`TabularEvaluator` reads the columns it is given; those it is not given
+are inferred (:func:`infer_columns`) from these names, where ``<prefix>`` names the dataset
+(NAS-Bench-201 uses ``c10`` for CIFAR-10, ``c100`` for CIFAR-100, ``imagenet16`` for ImageNet16-120;
+any prefix works):
+
+=================================  ===============================================================
+``<prefix>_valid_<epochs>``        validation accuracy [%] after ``<epochs>`` epochs (the search signal)
+``<prefix>_test_<epochs>``         test accuracy [%] after ``<epochs>`` epochs (reported only)
+``[<prefix>_]params_M``            parameters [millions] (a cost)
+``[<prefix>_]flops_M``             FLOPs [millions] (a cost)
+``[<prefix>_]lat_ms_<device>``     inference latency [ms] on ``<device>`` (a cost)
+``[<prefix>_]energy_mJ_<device>``  energy per inference [mJ] on ``<device>`` (a cost)
+=================================  ===============================================================
+
+A cost column without a prefix is shared by every dataset of the table; other columns (``index``,
+``valid_200_n_seeds``, …) are kept in the table but are neither accuracies nor costs.
 
 Architectures are the dicts of :mod:`lightning_nas.spaces.nb201` (``{"edge_1_0": "nor_conv_3x3", ...}``).
 The library never assumes where a table lives: the caller passes the path.
@@ -14,6 +33,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,15 +43,79 @@ import numpy as np
 from lightning_nas.spaces.nb201 import nb201_from_op_code, nb201_from_string, nb201_op_code, nb201_search_space
 from lightning_nas.spaces.search_space import SearchSpace
 
-__all__ = ["NB201_COST_COLUMNS", "TabularBenchmark", "TabularEvaluator"]
+__all__ = ["NB201_COST_COLUMNS", "MissingColumnError", "TabularBenchmark", "TabularEvaluator", "infer_columns"]
 
 #: Columns that identify an architecture rather than measure it.
 KEY_COLUMNS: tuple[str, ...] = ("arch_str", "op_code")
 #: The cost columns of the NB201 CIFAR-10 table: parameters [M], FLOPs [M], device latencies [ms], energy [mJ].
+#: For reference only: nothing defaults to it (the evaluator infers each table's own cost columns).
 NB201_COST_COLUMNS: tuple[str, ...] = (
     "c10_params_M", "c10_flops_M", "lat_ms_raspi4", "lat_ms_pixel3", "lat_ms_fpga", "lat_ms_eyeriss",
     "lat_ms_1080ti_1", "lat_ms_1080ti_32", "lat_ms_gold_6226", "energy_mJ_fpga",
 )
+#: The keys of a column mapping (:meth:`TabularEvaluator.from_mapping`, ``lightning-nas search --columns``).
+MAPPING_KEYS: tuple[str, ...] = ("prefix", "valid", "test", "costs")
+
+_ACCURACY = re.compile(r"(?P<prefix>.+)_(?P<split>valid|test)_(?P<epochs>\d+(?:\.\d+)?)")
+_COST = re.compile(r"(?:(?P<prefix>.+?)_)?(?:params_M|flops_M|lat_ms_.+|energy_mJ_.+)")
+_METRICS = ("valid_accuracy", "test_accuracy")  # what the evaluator reports besides the table's own columns
+
+
+class MissingColumnError(KeyError, ValueError):
+    """A column is not in the table; the message names it and lists the table's columns.
+
+    A ``KeyError`` (what a missing column always was) and a ``ValueError`` (bad input).
+    """
+
+    def __str__(self) -> str:  # KeyError would show the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
+def infer_columns(columns: Sequence[str], prefix: str | None = None, *, source: str = "the table") -> dict[str, Any]:
+    """The evaluator's columns, inferred from the naming scheme of the module docstring.
+
+    Args:
+        columns: the table's numeric column names (:attr:`TabularBenchmark.columns`).
+        prefix: the dataset prefix (``"c100"``, ...); ``None``: the one prefix the table's
+            ``<prefix>_valid_<epochs>`` columns have.
+        source: the table's name, for messages.
+
+    Returns:
+        ``{"valid_columns": {epochs: column}, "test_columns": {epochs: column}, "cost_columns": [column, ...]}``
+        (keyword arguments of :class:`TabularEvaluator`). Test columns may be empty.
+
+    Raises:
+        ValueError: no ``<prefix>_valid_<epochs>`` column, several prefixes and no ``prefix``, or a
+            ``prefix`` the table has no validation column for; the message lists the table's columns.
+    """
+    if prefix is not None and (not isinstance(prefix, str) or not prefix):
+        raise ValueError(f"`prefix` must be a non-empty string such as 'c100', got {prefix!r}")
+    found: dict[str, dict[str, dict[float, str]]] = {}
+    for name in columns:
+        match = _ACCURACY.fullmatch(name)
+        if match is not None:
+            split = found.setdefault(match["prefix"], {"valid": {}, "test": {}})[match["split"]]
+            split[float(match["epochs"])] = name
+    prefixes = sorted(p for p, splits in found.items() if splits["valid"])
+    explicit = "; give the columns explicitly (TabularEvaluator(valid_columns=..., test_columns=..., cost_columns=...) " \
+               "or `lightning-nas search --columns`)"
+    if not prefixes:
+        raise ValueError(f"cannot infer the columns of {source}: no column is named '<prefix>_valid_<epochs>' "
+                         f"(e.g. 'c100_valid_200'){explicit}; the table has columns {list(columns)}")
+    if prefix is None and len(prefixes) > 1:
+        raise ValueError(f"{source} has validation columns of several datasets (prefixes {prefixes}): choose one with "
+                         f"`prefix` (`--columns '{{\"prefix\": \"{prefixes[-1]}\"}}'` on the command line)")
+    if prefix is not None and prefix not in prefixes:
+        raise ValueError(f"prefix {prefix!r}: {source} has no column named '{prefix}_valid_<epochs>'; prefixes with "
+                         f"validation columns there: {prefixes}")
+    prefix = prefixes[0] if prefix is None else prefix
+    costs = []
+    for name in columns:
+        match = _COST.fullmatch(name)
+        if match is not None and match["prefix"] in (None, prefix):
+            costs.append(name)
+    return {"valid_columns": dict(sorted(found[prefix]["valid"].items())),
+            "test_columns": dict(sorted(found[prefix]["test"].items())), "cost_columns": costs}
 
 
 class TabularBenchmark:
@@ -141,11 +225,15 @@ class TabularBenchmark:
         return f"TabularBenchmark({len(self)} archs, columns={self.columns}, source={self.source!r})"
 
     def column(self, name: str) -> np.ndarray:
-        """The read-only ``float64`` array ``(len(self),)`` of column ``name``, aligned with :attr:`archs`."""
+        """The read-only ``float64`` array ``(len(self),)`` of column ``name``, aligned with :attr:`archs`.
+
+        Raises:
+            MissingColumnError (a ``KeyError``): no such column (the message lists the table's columns).
+        """
         try:
             return self._table[name]
         except KeyError:
-            raise KeyError(f"unknown column {name!r} in {self.source}; columns: {self.columns}") from None
+            raise MissingColumnError(f"unknown column {name!r} in {self.source}; columns: {self.columns}") from None
 
     def index(self, arch: Mapping[str, Any]) -> int:
         """Row position of ``arch``.
@@ -202,21 +290,32 @@ class TabularEvaluator:
     """A search evaluator that looks metrics up in a :class:`TabularBenchmark` instead of training.
 
     ``evaluator(arch, fidelity)`` returns ``valid_accuracy`` (the objective strategies select by) and
-    ``test_accuracy`` at ``fidelity`` epochs, plus every cost column under its own name.
+    ``test_accuracy`` at ``fidelity`` epochs, plus every cost column and extra column under its own name.
     ``test_accuracy`` is in :attr:`report_only`: the driver stores it but never shows it to a strategy.
-    The defaults fit the NB201 CIFAR-10 table (fidelities 12 and 200 epochs).
+
+    Columns that are not given are inferred from the table's column names (the naming scheme of the
+    module docstring, see :func:`infer_columns`); nothing defaults to a particular dataset. For example
+    the NB201 CIFAR-100 table gives ``valid_columns={12: "c100_valid_12", 200: "c100_valid_200"}``, the
+    matching ``c100_test_*`` columns and the costs ``c100_params_M``, ``c100_flops_M``, ``lat_ms_*``,
+    ``energy_mJ_fpga``.
 
     Args:
         benchmark: the table.
-        valid_columns: ``{fidelity (epochs): validation-accuracy column}``.
-        test_columns: ``{fidelity: test-accuracy column}`` (for reporting); fidelities without one
-            report NaN.
-        cost_columns: columns returned as costs (also by :meth:`costs`, which charges no epochs).
+        valid_columns: ``{fidelity (epochs): validation-accuracy column}``; ``None``: inferred.
+        test_columns: ``{fidelity: test-accuracy column}`` (for reporting; fidelities without one report
+            NaN); ``None``: inferred (may be empty). ``{}``: no test accuracy.
+        cost_columns: columns returned as costs (also by :meth:`costs`, which charges no epochs; the
+            columns ``--constraint`` may bound); ``None``: inferred. ``[]``: none.
+        prefix: the dataset prefix used for inference (``"c10"``, ``"c100"``, ``"imagenet16"``, ...);
+            ``None``: the table's only one. Needed only for a table holding several datasets' columns.
+        extra_columns: more columns returned under their own name (e.g. an objective other than
+            validation accuracy); neither costs nor report-only.
 
     Raises:
-        KeyError: a named column is not in the table.
-        ValueError: the table lacks a row for some arch of the NB201 space, or a fidelity is not a
-            positive finite number.
+        MissingColumnError (a ``KeyError`` and ``ValueError``): a named column is not in the table (the
+            message lists the table's columns).
+        ValueError: columns that cannot be inferred, a column named like a reported metric, the table
+            lacks a row for some arch of the NB201 space, or a fidelity is not a positive finite number.
     """
 
     report_only: tuple[str, ...] = ("test_accuracy",)
@@ -224,23 +323,41 @@ class TabularEvaluator:
     def __init__(self, benchmark: TabularBenchmark, *,
                  valid_columns: Mapping[float, str] | None = None,
                  test_columns: Mapping[float, str] | None = None,
-                 cost_columns: Sequence[str] = NB201_COST_COLUMNS) -> None:
+                 cost_columns: Sequence[str] | None = None,
+                 prefix: str | None = None,
+                 extra_columns: Sequence[str] = ()) -> None:
         if not isinstance(benchmark, TabularBenchmark):
             raise ValueError(f"`benchmark` must be a TabularBenchmark, got {type(benchmark).__name__}")
         self.benchmark = benchmark
-        valid = {12: "c10_valid_12", 200: "c10_valid_200"} if valid_columns is None else valid_columns
-        test = {12: "c10_test_12", 200: "c10_test_200"} if test_columns is None else test_columns
-        if not valid:
+        if valid_columns is None or test_columns is None or cost_columns is None:
+            inferred = infer_columns(benchmark.columns, prefix, source=benchmark.source)
+            valid_columns = inferred["valid_columns"] if valid_columns is None else valid_columns
+            test_columns = inferred["test_columns"] if test_columns is None else test_columns
+            cost_columns = inferred["cost_columns"] if cost_columns is None else cost_columns
+        if not valid_columns:
             raise ValueError("`valid_columns` needs at least one {fidelity: column} entry")
-        for fidelity in (*valid, *test):
+        for fidelity in (*valid_columns, *test_columns):
             if isinstance(fidelity, bool) or not isinstance(fidelity, (int, float)) or not 0 < fidelity < math.inf:
                 raise ValueError(f"fidelities (the keys of `valid_columns` / `test_columns`) must be positive finite "
                                  f"numbers of epochs, got {fidelity!r}")
-        self.valid_columns = {float(f): c for f, c in valid.items()}
-        self.test_columns = {float(f): c for f, c in test.items()}
+        if isinstance(cost_columns, str) or isinstance(extra_columns, str):
+            raise ValueError("`cost_columns` and `extra_columns` must be lists of column names, not a string")
+        self.valid_columns = {float(f): c for f, c in sorted(valid_columns.items())}
+        self.test_columns = {float(f): c for f, c in sorted(test_columns.items())}
         self.cost_columns = tuple(cost_columns)
-        for column in (*self.valid_columns.values(), *self.test_columns.values(), *self.cost_columns):
-            benchmark.column(column)  # KeyError naming the column and the table's columns
+        self.extra_columns = tuple(c for c in dict.fromkeys(extra_columns) if c not in self.cost_columns)
+        for column in (*self.cost_columns, *self.extra_columns):
+            if column in _METRICS:
+                raise ValueError(f"column {column!r} has the name of a reported metric ({list(_METRICS)}); "
+                                 "rename it in the table")
+        roles = [*(("validation", f, c) for f, c in self.valid_columns.items()),
+                 *(("test", f, c) for f, c in self.test_columns.items()),
+                 *(("cost", None, c) for c in self.cost_columns), *(("extra", None, c) for c in self.extra_columns)]
+        for role, fidelity, column in roles:
+            if column not in benchmark.columns:
+                at = f" (fidelity {fidelity:g} epochs)" if fidelity is not None else ""
+                raise MissingColumnError(f"{role} column {column!r}{at} is not in {benchmark.source}; "
+                                         f"the table has columns {benchmark.columns}")
         space = benchmark.search_space()
         if len(benchmark) != space.size:  # rows are distinct valid archs, so fewer rows means missing archs
             missing = next(a for a in space.enumerate() if a not in benchmark)
@@ -248,6 +365,54 @@ class TabularEvaluator:
                              f"space (missing e.g. op code {nb201_op_code(missing)}): a search may propose any arch of "
                              "the space, so the table must have a row for each")
         self.full_fidelity = max(self.valid_columns)
+
+    @classmethod
+    def from_mapping(cls, benchmark: TabularBenchmark, mapping: Mapping[str, Any], *,
+                     where: str = "the column mapping", extra_columns: Sequence[str] = ()) -> TabularEvaluator:
+        """An evaluator whose columns come from a mapping as a JSON or YAML file holds it::
+
+            {"prefix": "c100",                                     # optional: inference's dataset prefix
+             "valid": {"12": "c100_valid_12", "200": "c100_valid_200"},   # {epochs: column}
+             "test": {"200": "c100_test_200"},                     # optional; {} for none
+             "costs": ["c100_flops_M", "lat_ms_pixel3"]}           # optional; [] for none
+
+        A key left out is inferred as in the constructor. ``valid`` and ``test`` may also be one column
+        name ending in ``_<epochs>`` (``"valid": "acc_valid_200"``).
+
+        Args:
+            benchmark: the table.
+            mapping: the mapping (keys ``prefix``, ``valid``, ``test``, ``costs``).
+            where: where the mapping came from, for messages (``"--columns"``, a file name).
+            extra_columns: see the constructor.
+
+        Raises:
+            ValueError: an unknown key or a value of the wrong form (naming ``where``, the key and what is
+                allowed); the constructor's errors.
+        """
+        if not isinstance(mapping, Mapping):
+            raise ValueError(f"{where}: must be a mapping with keys {list(MAPPING_KEYS)}, got {type(mapping).__name__}")
+        unknown = [k for k in mapping if k not in MAPPING_KEYS]
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown}; allowed: {list(MAPPING_KEYS)}")
+        prefix = mapping.get("prefix")
+        if prefix is not None and (not isinstance(prefix, str) or not prefix):
+            raise ValueError(f"{where}: 'prefix' must be a dataset prefix such as 'c100', got {prefix!r}")
+        costs = mapping.get("costs")
+        if costs is not None and (not isinstance(costs, list) or not all(isinstance(c, str) and c for c in costs)):
+            raise ValueError(f"{where}: 'costs' must be a list of column names ([] for none), got {costs!r}")
+        return cls(benchmark, valid_columns=_fidelity_columns(mapping.get("valid"), "valid", where),
+                   test_columns=_fidelity_columns(mapping.get("test"), "test", where),
+                   cost_columns=costs, prefix=prefix, extra_columns=extra_columns)
+
+    def mapping(self) -> dict[str, Any]:
+        """The columns in use, in the form :meth:`from_mapping` reads (JSON-ready: epochs as strings)."""
+        return {"valid": {f"{f:g}": c for f, c in self.valid_columns.items()},
+                "test": {f"{f:g}": c for f, c in self.test_columns.items()}, "costs": list(self.cost_columns)}
+
+    @property
+    def metrics(self) -> list[str]:
+        """Every metric name :meth:`__call__` returns."""
+        return [*_METRICS, *self.cost_columns, *self.extra_columns]
 
     @property
     def fidelities(self) -> list[float]:
@@ -273,11 +438,39 @@ class TabularEvaluator:
         return {
             "valid_accuracy": float(self.benchmark.column(self.valid_columns[fidelity])[i]),
             "test_accuracy": float(self.benchmark.column(test)[i]) if test else math.nan,
-            **{c: float(self.benchmark.column(c)[i]) for c in self.cost_columns},
+            **{c: float(self.benchmark.column(c)[i]) for c in (*self.cost_columns, *self.extra_columns)},
         }
 
     def __repr__(self) -> str:
         return f"TabularEvaluator({self.benchmark!r}, fidelities={self.fidelities})"
+
+
+def _fidelity_columns(value: Any, key: str, where: str) -> dict[float, str] | None:
+    """``{epochs: column}`` from a mapping's ``valid`` / ``test`` entry (``None`` stays ``None``: inferred)."""
+    allowed = (f"{{epochs: column}} (e.g. {{\"200\": \"acc_{key}_200\"}}) or one column name ending in _<epochs> "
+               f"(e.g. \"acc_{key}_200\")")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        match = re.fullmatch(r".+_(\d+(?:\.\d+)?)", value)
+        if match is None:
+            raise ValueError(f"{where}: {key!r} is the column {value!r}, whose name does not end in _<epochs>; "
+                             f"write {allowed}")
+        return {float(match[1]): value}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: {key!r} must be {allowed}, got {value!r}")
+    out = {}
+    for epochs, column in value.items():
+        try:
+            fidelity = float(epochs)
+        except (TypeError, ValueError):
+            fidelity = math.nan
+        if isinstance(epochs, bool) or not 0 < fidelity < math.inf:
+            raise ValueError(f"{where}: {key!r} key {epochs!r} must be a positive number of epochs; write {allowed}")
+        if not isinstance(column, str) or not column:
+            raise ValueError(f"{where}: {key!r} entry {epochs!r} must name a column, got {column!r}")
+        out[fidelity] = column
+    return out
 
 
 def _parse_arch(record: Mapping[str, str], where: str) -> dict[str, str]:

@@ -148,8 +148,12 @@ def test_tabular_evaluator() -> None:
     assert evaluator.report_only == ("test_accuracy",)
     with pytest.raises(ValueError, match=r"`fidelity` 50 has no validation column; allowed: \[12.0, 200.0\]"):
         evaluator(arch, 50)
-    with pytest.raises(KeyError, match="unknown column 'c10_test_12'"):
-        TabularEvaluator(bench)
+    inferred = TabularEvaluator(bench)  # from the names: no test column at 12 epochs, 'lat' is not a cost name
+    assert inferred.valid_columns == {12: "c10_valid_12", 200: "c10_valid_200"}
+    assert inferred.test_columns == {200: "c10_test_200"} and inferred.cost_columns == ()
+    with pytest.raises(KeyError, match="test column 'c10_test_12' \\(fidelity 12 epochs\\) is not in full.csv; "
+                                       "the table has columns"):
+        TabularEvaluator(bench, test_columns={12: "c10_test_12"})
     for fidelity in (0, -12, float("inf")):
         with pytest.raises(ValueError, match="fidelities .* must be positive finite numbers of epochs"):
             TabularEvaluator(bench, valid_columns={fidelity: "c10_valid_12"}, test_columns={}, cost_columns=["lat"])
