@@ -194,8 +194,10 @@ def run_block(ctx: dict, rep: int, seeds: list[int], condition: str, args: argpa
     seconds = time.perf_counter() - started
     # CPUs kept busy by other jobs (neither this process nor its load): the machine's busy time minus ours.
     others = max(0.0, (machine_after - machine_before) - (own_after - own_before)) / seconds
+    # How fast the machine ran against the quiet table's build: held-out subnets' measured / predicted.
+    drift = {stat: float(np.median(measured[stat][n:] / ctx["quiet"][stat].predict_many(held))) for stat in ("median", "min")}
     block = {"rep": rep, "condition": condition, "mape": mapes, "measured": measured, "seconds": seconds,
-             "load_before": load_before, "others": others}
+             "load_before": load_before, "others": others, "drift": drift}
     print(f"[rep {rep}, {condition}] {seconds:.0f} s, load avg {load_before:.2f}, other jobs {others:.2f} CPUs; MAPE "
           + ", ".join(f"{k} {v:.1f}" for k, v in mapes.items()) + "; violations "
           + ", ".join(f"{k} {sum(p['measured'] > p['target'] for p in chosen if p['variant'] == k)}/{sum(p['variant'] == k for p in chosen)}"
@@ -241,7 +243,8 @@ def summarise(blocks: list[dict], picks: list[dict]) -> dict:
                   for qu in blocks if qu["condition"] == "quiet"
                   for lo in blocks if lo["condition"] == "loaded" and lo["rep"] == qu["rep"]]
         slowdown[stat] = float(np.median(ratios))
-    return {"rows": rows, "slowdown": slowdown}
+    drift = {cond: {stat: [b["drift"][stat] for b in blocks if b["condition"] == cond] for stat in ("median", "min")} for cond in CONDITIONS}
+    return {"rows": rows, "slowdown": slowdown, "drift": drift}
 
 
 def fmt_range(values: list[float]) -> str:
@@ -296,8 +299,11 @@ def interpretation(s: dict, headroom: float, num_archs: int) -> list[str]:
         f"of {r['f']['quiet']['picks'] + r['f']['loaded']['picks']} budgets with no arch predicted to fit), min (g) MAPE {r['g']['quiet']['mape']:.1f} % / "
         f"{r['g']['loaded']['mape']:.1f} %, {share('g', 'quiet')} % / {share('g', 'loaded')} % over budget at an objective of "
         f"{r['g']['quiet']['ratio']:.3f} × the default's quiet pick.",
-        "- \"Quiet\" is this shared machine without the script's load (see the load averages); one run, so shares over "
-        f"{r['a']['quiet']['picks']} picks move by several points between runs.",
+        "- \"Quiet\" is this shared machine without the script's load: across the quiet blocks the held-out subnets ran "
+        f"{min(s['drift']['quiet']['median']):.2f}–{max(s['drift']['quiet']['median']):.2f}× (median) and "
+        f"{min(s['drift']['quiet']['min']):.2f}–{max(s['drift']['quiet']['min']):.2f}× (min) the quiet table's prediction (median per block), "
+        "so the machine's state when the table was built sets the as-built rows' bias, and shares over "
+        f"{r['a']['quiet']['picks']} picks of one run can differ widely in another.",
     ]
 
 
