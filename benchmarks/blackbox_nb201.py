@@ -1,28 +1,39 @@
-"""Black-box search on the NAS-Bench-201 CIFAR-10 table: random, evolution, LayerNAS, BO, RANK-NOSH.
+"""Black-box search on a NAS-Bench-201 table (any dataset): random, evolution, LayerNAS, BO, RANK-NOSH.
 
-Every strategy selects by validation accuracy (``c10_valid_200``; ``c10_valid_12`` at low fidelity)
-and is scored by the test accuracy of what it selected, as the papers do. On this table the arch
-with the best validation accuracy is also the test optimum (94.37, index 6111), so "reaching the
-optimum" means evaluating that arch at full fidelity. Sections, each over ``--seeds`` seeds
-(``--mf-seeds`` for the multi-fidelity BO variants, which refit every 5 evaluations):
+Every strategy selects by validation accuracy (e.g. ``c10_valid_200``; ``c10_valid_12`` at low
+fidelity) and is scored by the test accuracy of what it selected, as the papers do. "Reaching the
+optimum" means evaluating the arch with the best validation accuracy at full fidelity (on the CIFAR-10
+table also the test optimum, 94.37, index 6111). The table's columns are inferred from their names
+(``<prefix>_valid_<epochs>``, ...; see ``docs/tabular_format.md``) or given with ``--columns``; the
+dataset (CIFAR-10, CIFAR-100, ImageNet16-120 for the prefixes c10, c100, imagenet16) is read from
+the prefix or given with ``--dataset``. Sections, each over ``--seeds`` seeds (``--mf-seeds`` for the
+multi-fidelity BO variants, which refit every 5 evaluations):
 
 1. Evaluations to reach the optimum, min / max / mean / std (the BO thesis's Table 5.3 format). For
    multi-fidelity strategies (BO MF, RANK-NOSH) the unit is equivalent full evaluations (epochs /
-   200). A run that has not reached the optimum after its cap counts as the cap (listed as misses).
+   full-fidelity epochs). A run that has not reached the optimum after its cap counts as the cap.
 2. Test accuracy of the best-validation arch after 100 and 200 queries (Table 5.4 format).
-3. LayerNAS and BO under a latency limit on Pixel 3 (the median latency of the table): test accuracy
-   of the best feasible arch found in 200 evaluations vs the true constrained optimum.
+3. LayerNAS and BO under a latency limit (``--latency``, Pixel 3 by default; the median latency of the
+   table): test accuracy of the best feasible arch found in 200 evaluations vs the true constrained optimum.
 4. Wall-clock overhead per proposal (everything but the table lookups: surrogate fits included).
+
+The paper figures (BO thesis Tables 5.3 and 5.4) are shown for the dataset run on only, and "no paper
+figure" where the thesis has none. The section goes into ``RESULTS.md`` under a title and markers
+naming the table and dataset; only ``nb201_cifar10.csv`` on CIFAR-10 writes the original
+``benchmarks/blackbox_nb201.py`` section, so no run replaces another dataset's figures.
 
 Usage::
 
     .venv/bin/python benchmarks/blackbox_nb201.py --table ../shared/data/nb201/nb201_cifar10.csv
+    .venv/bin/python benchmarks/blackbox_nb201.py --table ../shared/data/nb201/nb201_cifar100.csv
+    .venv/bin/python benchmarks/blackbox_nb201.py --only LayerNAS --seeds 1 --no-constrained --no-write  # smoke
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -36,6 +47,7 @@ import torch
 
 from results_file import command_line, write_section  # benchmarks/ is the script's directory
 from lightning_nas.evaluators.tabular import TabularBenchmark, TabularEvaluator
+from lightning_nas.search_cli import layernas_cost, read_columns
 from lightning_nas.spaces.nb201 import nb201_search_space
 from lightning_nas.strategies.base import Constraint, Strategy
 from lightning_nas.strategies.bo import BayesianOptimization
@@ -46,57 +58,123 @@ from lightning_nas.strategies.random_search import RandomSearch
 from lightning_nas.strategies.rank_nosh import RankNOSH
 from lightning_nas.strategies.results import SearchResults
 
-BEGIN, END = "<!-- benchmarks/blackbox_nb201.py: begin -->", "<!-- benchmarks/blackbox_nb201.py: end -->"
-TARGET_BO_MEAN = 60.0
-PRETRAIN = ("c10_params_M", "c10_flops_M", "lat_ms_pixel3")
-LATENCY = "lat_ms_pixel3"
-#: Thesis Table 5.3 (CIFAR-10, evaluations to the optimum: mean) and Table 5.4 (test accuracy at 100 / 200 queries).
-PAPER_MEAN = {"random": 7717.0, "evolution": 250.0, "BANANAS": 128.5, "local search": 99.0, "BO thesis": 78.9}
-PAPER_ACC = {"BO thesis": (94.36, 94.37), "BANANAS": (94.15, 94.20), "local search": (94.26, 94.37),
-             "evolution": (94.20, 94.24), "random": (93.70, 93.86)}
+SCRIPT = "benchmarks/blackbox_nb201.py"
+#: The table and dataset whose section keeps the original markers ``<!-- benchmarks/blackbox_nb201.py: begin -->``.
+DEFAULT_TABLE, DEFAULT_DATASET = "nb201_cifar10.csv", "CIFAR-10"
+#: NAS-Bench-201 column prefixes and the datasets they name.
+DATASETS = {"c10": "CIFAR-10", "c100": "CIFAR-100", "imagenet16": "ImageNet16-120"}
+#: The project's target for BO + pretraining (mean evaluations to the optimum), where one is set.
+TARGET_BO_MEAN = {"CIFAR-10": 60.0}
+DEFAULT_LATENCY = "lat_ms_pixel3"
+#: Thesis Table 5.3 (evaluations to the optimum: mean; CIFAR-10 and CIFAR-100 only).
+PAPER_MEAN = {
+    "CIFAR-10": {"random": 7717.0, "evolution": 250.0, "BANANAS": 128.5, "local search": 99.0, "BO thesis": 78.9},
+    "CIFAR-100": {"random": 7141.5, "evolution": 247.5, "BANANAS": 101.0, "local search": 118.5, "BO thesis": 53.7},
+}
+#: Thesis Table 5.4 (test accuracy [%] of the best arch found after 100 / 200 queries).
+PAPER_ACC = {
+    "CIFAR-10": {"BO thesis": (94.36, 94.37), "BANANAS": (94.15, 94.20), "local search": (94.26, 94.37),
+                 "evolution": (94.20, 94.24), "random": (93.70, 93.86)},
+    "CIFAR-100": {"BO thesis": (73.51, 73.51), "BANANAS": (73.28, 73.43), "local search": (73.15, 73.48),
+                  "evolution": (72.70, 73.07), "random": (70.94, 71.78)},
+    "ImageNet16-120": {"BO thesis": (47.19, 47.31), "BANANAS": (46.46, 46.51), "local search": (46.09, 46.21),
+                       "evolution": (46.03, 46.30), "random": (45.44, 45.70)},
+}
+
+
+def dataset_of(evaluator: TabularEvaluator, given: str | None) -> str | None:
+    """``given``, else the dataset named by the prefix of the full-fidelity validation column
+    (``c100_valid_200`` → CIFAR-100); ``None`` when the prefix names no known dataset."""
+    if given is not None:
+        return given
+    column = evaluator.valid_columns[evaluator.full_fidelity]
+    prefix = column.rsplit("_valid_", 1)[0] if "_valid_" in column else None
+    return DATASETS.get(prefix)
+
+
+def markers(table: Path, dataset: str | None) -> tuple[str, str]:
+    """The section markers: the original ones for the CIFAR-10 table, else naming the table and dataset."""
+    if table.name == DEFAULT_TABLE and dataset == DEFAULT_DATASET:
+        tag = SCRIPT
+    else:
+        tag = f"{SCRIPT} --table {table.name} ({dataset or 'unknown dataset'})"
+    return f"<!-- {tag}: begin -->", f"<!-- {tag}: end -->"
+
+
+def cost_settings(evaluator: TabularEvaluator, latency: str | None) -> dict:
+    """The columns the methods use: FLOPs (LayerNAS buckets), the latency of the constrained section
+    (``None``: the table has none; the section is skipped) and BO's pretraining metrics.
+
+    Raises:
+        ValueError: ``latency`` is not a cost column.
+    """
+    costs = evaluator.cost_columns
+    if latency is not None and latency not in costs:
+        raise ValueError(f"--latency {latency!r} is not a cost column of the table; allowed: {list(costs)}")
+    if latency is None:
+        latencies = [c for c in costs if "lat_ms_" in c]
+        latency = DEFAULT_LATENCY if DEFAULT_LATENCY in costs else (latencies[0] if latencies else None)
+    flops = layernas_cost(None, [], costs)
+    pretrain = [c for c in costs if c.endswith(("params_M", "flops_M"))] + ([latency] if latency else [])
+    return {"flops": flops, "latency": latency, "pretrain": tuple(dict.fromkeys(pretrain or costs[:3]))}
 
 
 #: BO settings shared by every BO row. Mono-fidelity refits start from the pretrained (or fresh)
 #: weights; multi-fidelity refits (one every p = 5 evaluations) continue the previous refit's weights
 #: for 20 steps, which keeps 20 seeds affordable (see lightning_nas/strategies/bo.py).
 BO_SETTINGS = dict(steps=100, targets="rank")
-MF_SETTINGS = dict(fidelities=(12, 200), p=5, q=3, f=10, initial=5, steps=20, warm_start=True)
+MF_SETTINGS = dict(p=5, q=3, f=10, initial=5, steps=20, warm_start=True)  # fidelities: the table's lowest and highest
 
 
 def methods(evaluator: TabularEvaluator) -> list[tuple[str, Callable[[int], Strategy], bool, float]]:
-    """(name, make(seed), multi-fidelity?, cap) for section 1 and 2."""
+    """(name, make(seed), multi-fidelity?, cap) for section 1 and 2. The multi-fidelity rows need two
+    fidelities (the table's lowest and highest) and are left out of a table with one."""
     space = nb201_search_space()
     costs = evaluator.costs
+    settings = cost_settings(evaluator, None)
+    pretrain = settings["pretrain"]
     bo = dict(cost_model=costs, **BO_SETTINGS)
-    mf = MF_SETTINGS
-    return [
+    low, full = min(evaluator.fidelities), evaluator.full_fidelity
+    mf = {**MF_SETTINGS, "fidelities": (low, full)}
+    rows = [
         ("random", lambda s: RandomSearch(space, seed=s), False, 15625),
         ("evolution", lambda s: RegularizedEvolution(space, seed=s, population=20, sample=5), False, 3000),
-        ("LayerNAS (FLOPs, H=10, k=2, 3 passes)",
-         lambda s: LayerNAS(space, seed=s, cost_model=costs, cost="c10_flops_M", buckets=10, per_bucket=2, passes=3),
+        (f"LayerNAS ({settings['flops']}, H=10, k=2, 3 passes)",
+         lambda s: LayerNAS(space, seed=s, cost_model=costs, cost=settings["flops"], buckets=10, per_bucket=2, passes=3),
          False, 3000),
         ("BO", lambda s: BayesianOptimization(space, seed=s, **bo), False, 300),
-        ("BO + pretraining", lambda s: BayesianOptimization(space, seed=s, pretrain_metrics=PRETRAIN, **bo), False, 300),
-        ("BO MF", lambda s: BayesianOptimization(space, seed=s, **{**bo, **mf}), True, 150),
-        ("BO MF + pretraining",
-         lambda s: BayesianOptimization(space, seed=s, pretrain_metrics=PRETRAIN, **{**bo, **mf}), True, 150),
-        ("RANK-NOSH (12 → 200, eta 3)", lambda s: RankNOSH(space, seed=s, levels=(12, 200), eta=3), True, 300),
+        ("BO + pretraining", lambda s: BayesianOptimization(space, seed=s, pretrain_metrics=pretrain, **bo), False, 300),
     ]
+    if low < full:
+        rows += [
+            ("BO MF", lambda s: BayesianOptimization(space, seed=s, **{**bo, **mf}), True, 150),
+            ("BO MF + pretraining",
+             lambda s: BayesianOptimization(space, seed=s, pretrain_metrics=pretrain, **{**bo, **mf}), True, 150),
+            (f"RANK-NOSH ({low:g} → {full:g}, eta 3)", lambda s: RankNOSH(space, seed=s, levels=(low, full), eta=3),
+             True, 300),
+        ]
+    return rows
 
 
 _WORKER: dict = {}  # per-process table, evaluator and methods (the strategy factories are lambdas: not picklable)
 
 
-def _run_seed(table: Path, name: str, seed: int) -> dict:
-    """``run_one`` for method ``name`` and ``seed`` in a worker process (``--jobs``)."""
-    if _WORKER.get("table") != table:
+def _run_seed(table: Path, columns: str, name: str, seed: int) -> dict:
+    """``run_one`` for method ``name`` and ``seed`` in a worker process (``--jobs``); ``columns`` is the
+    column mapping as JSON."""
+    if _WORKER.get("key") != (table, columns):
         torch.set_num_threads(1)
         bench = TabularBenchmark.from_csv(table)
-        evaluator = TabularEvaluator(bench)
-        _WORKER.update(table=table, evaluator=evaluator, optimum=bench.best("c10_valid_200")[0],
+        evaluator = TabularEvaluator.from_mapping(bench, json.loads(columns))
+        _WORKER.update(key=(table, columns), evaluator=evaluator, optimum=optimum_of(evaluator),
                        methods={m[0]: m[1:] for m in methods(evaluator)})
     make, multi, cap = _WORKER["methods"][name]
     return run_one(make, seed, _WORKER["evaluator"], _WORKER["optimum"], multi, cap)
+
+
+def optimum_of(evaluator: TabularEvaluator) -> dict:
+    """The arch with the best validation accuracy at full fidelity."""
+    return evaluator.benchmark.best(evaluator.valid_columns[evaluator.full_fidelity])[0]
 
 
 def best_test_within(results: SearchResults, queries: float, multi: bool) -> float:
@@ -106,7 +184,7 @@ def best_test_within(results: SearchResults, queries: float, multi: bool) -> flo
         spent = r["equivalent_evaluations"] if multi else r["number"] + 1
         if spent > queries:
             break
-        if r["fidelity"] == 200 and (best is None or r["valid_accuracy"] > best["valid_accuracy"]):
+        if r["fidelity"] == results.full_fidelity and (best is None or r["valid_accuracy"] > best["valid_accuracy"]):
             best = r
     return float("nan") if best is None else best["test_accuracy"]
 
@@ -116,11 +194,12 @@ def run_one(make: Callable[[int], Strategy], seed: int, evaluator: TabularEvalua
     strategy = make(seed)
     budget = Budget(equivalent_evaluations=cap) if multi else Budget(evaluations=int(cap))
     start = time.perf_counter()
+    full = evaluator.full_fidelity
     results = run_search(strategy, evaluator, objective="valid_accuracy", budget=budget,
-                         stop_when=lambda t: t.fidelity == 200 and t.arch == optimum)
+                         stop_when=lambda t: t.fidelity == full and t.arch == optimum)
     wall = time.perf_counter() - start
     rows = results.rows()
-    hit = next((r for r in rows if r["fidelity"] == 200 and all(r[k] == v for k, v in optimum.items())), None)
+    hit = next((r for r in rows if r["fidelity"] == full and all(r[k] == v for k, v in optimum.items())), None)
     if hit is None:
         reached = None
     else:
@@ -136,22 +215,26 @@ def run_one(make: Callable[[int], Strategy], seed: int, evaluator: TabularEvalua
 
 
 def constrained(args, evaluator: TabularEvaluator, bench: TabularBenchmark) -> dict:
-    limit = float(np.median(bench.column(LATENCY)))
-    feasible = bench.column(LATENCY) <= limit
-    opt_arch, _ = bench.best("c10_valid_200", where=feasible)
-    true_test = bench.value(opt_arch, "c10_test_200")
+    settings = cost_settings(evaluator, args.latency)
+    latency = settings["latency"]
+    valid, test = evaluator.valid_columns[evaluator.full_fidelity], evaluator.test_columns.get(evaluator.full_fidelity)
+    limit = float(np.median(bench.column(latency)))
+    feasible = bench.column(latency) <= limit
+    opt_arch, _ = bench.best(valid, where=feasible)
+    true_test = bench.value(opt_arch, test) if test else float("nan")
     space = nb201_search_space()
-    constraint = [Constraint(LATENCY, upper=limit)]
+    constraint = [Constraint(latency, upper=limit)]
     makers = {
         "LayerNAS (latency buckets, H=10, k=2)": lambda s: LayerNAS(
-            space, seed=s, constraints=constraint, cost_model=evaluator.costs, cost=LATENCY, buckets=10, per_bucket=2,
+            space, seed=s, constraints=constraint, cost_model=evaluator.costs, cost=latency, buckets=10, per_bucket=2,
             passes=3),
         "BO + pretraining (cost-model filter)": lambda s: BayesianOptimization(
-            space, seed=s, constraints=constraint, cost_model=evaluator.costs, pretrain_metrics=PRETRAIN, steps=100),
+            space, seed=s, constraints=constraint, cost_model=evaluator.costs, pretrain_metrics=settings["pretrain"],
+            steps=100),
         "random (cost-model filter)": lambda s: RandomSearch(space, seed=s, constraints=constraint,
                                                               cost_model=evaluator.costs),
     }
-    out = {"limit": limit, "true_test": true_test, "true_valid": bench.value(opt_arch, "c10_valid_200"),
+    out = {"latency": latency, "limit": limit, "true_test": true_test, "true_valid": bench.value(opt_arch, valid),
            "feasible": int(feasible.sum()), "rows": {}}
     for name, make in makers.items():
         tests, evals, found = [], [], 0
@@ -169,23 +252,35 @@ def constrained(args, evaluator: TabularEvaluator, bench: TabularBenchmark) -> d
     return out
 
 
-def report(args, rows: dict, cons: dict, command: str) -> str:
+def report(args, rows: dict, cons: dict, command: str, evaluator: TabularEvaluator, dataset: str | None) -> str:
     n = args.seeds
+    begin, end = markers(args.table, dataset)
+    bench = evaluator.benchmark
+    full, low = evaluator.full_fidelity, min(evaluator.fidelities)
+    valid, test = evaluator.valid_columns[full], evaluator.test_columns.get(full)
+    optimum = optimum_of(evaluator)
+    where = f"index {bench.value(optimum, 'index'):.0f}, " if "index" in bench.columns else ""
+    opt_test = bench.value(optimum, test) if test else float("nan")
+    settings = cost_settings(evaluator, None)
+    paper_mean, paper_acc = PAPER_MEAN.get(dataset), PAPER_ACC.get(dataset)
     lines = [
-        BEGIN,
-        "## Black-box search on NAS-Bench-201 CIFAR-10 (table lookups)",
+        begin,
+        f"## Black-box search on NAS-Bench-201 {dataset or 'unknown dataset'} (`{args.table.name}`, table lookups)",
         "",
         f"- Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- Machine: {platform.processor() or platform.machine()} ({platform.platform()}), {os.cpu_count()} CPUs visible, "
         f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)",
         f"- Command: `{command}`",
-        f"- {n} seeds per method ({args.mf_seeds} for the multi-fidelity BO variants); selection by validation accuracy, test accuracy reported; optimum = index 6111 "
-        "(valid 91.61, test 94.37). Multi-fidelity methods (BO MF, RANK-NOSH) count equivalent full evaluations "
-        "(12-epoch evaluation = 0.06). A run that misses the optimum within its cap counts as the cap.",
+        f"- Columns: `{json.dumps(evaluator.mapping())}`.",
+        f"- {n} seeds per method ({args.mf_seeds} for the multi-fidelity BO variants); selection by validation accuracy "
+        f"(`{valid}`), test accuracy (`{test}`) reported; optimum = {where}valid {bench.value(optimum, valid):.2f}, "
+        f"test {opt_test:.2f}. Multi-fidelity methods (BO MF, RANK-NOSH) count equivalent full evaluations "
+        f"({low:g}-epoch evaluation = {low / full:.2g}). A run that misses the optimum within its cap counts as the cap.",
         "- BO: 6 members, trunk 64-64-64, branch 64, 100 Adam steps per refit from the pretrained (or fresh) weights "
         "(lr 5e-3, minibatch 16), targets as rank-based normal scores, MC-PI, batches of 8 (first batch random); "
-        "pretraining on params, FLOPs and Pixel 3 latency of 2000 archs (500 steps, lr 1e-2); MF: p = 5, q = 3, "
-        "f = 10 (thesis schedule), refits warm-started from the previous refit, 20 steps each. "
+        f"pretraining on {', '.join(f'`{c}`' for c in settings['pretrain'])} of 2000 archs (500 steps, lr 1e-2); "
+        f"MF: fidelities {low:g} and {full:g} epochs, p = 5, q = 3, f = 10 (thesis schedule), refits warm-started from "
+        "the previous refit, 20 steps each. "
         f"Settings: `{BO_SETTINGS}`, MF `{MF_SETTINGS}`."
         + (f" Seeds ran in {args.jobs} worker processes side by side (overheads below are disturbed)."
            if args.jobs > 1 else ""),
@@ -200,10 +295,13 @@ def report(args, rows: dict, cons: dict, command: str) -> str:
         reached = sum(x["reached"] is not None for x in r["runs"])
         lines.append(f"| {name} | {min(counts):.1f} | {max(counts):.1f} | {statistics.mean(counts):.1f} | "
                      f"{statistics.pstdev(counts):.1f} | {reached}/{len(r['runs'])} seeds | {r['cap']:g} |")
-    lines += ["", "Thesis (CIFAR-10, mean): " + ", ".join(f"{k} {v:g}" for k, v in PAPER_MEAN.items()) + "."]
+    if paper_mean is None:
+        lines += ["", f"Thesis Table 5.3: no paper figure for {dataset or 'this table'}."]
+    else:
+        lines += ["", f"Thesis ({dataset}, mean): " + ", ".join(f"{k} {v:g}" for k, v in paper_mean.items()) + "."]
     lines += [
         "",
-        "### Test accuracy of the selected arch after 100 and 200 queries (thesis Table 5.4 format; optimum 94.37)",
+        f"### Test accuracy of the selected arch after 100 and 200 queries (thesis Table 5.4 format; optimum {opt_test:.2f})",
         "",
         "| method | 100 queries | 200 queries |",
         "|---|---:|---:|",
@@ -213,10 +311,14 @@ def report(args, rows: dict, cons: dict, command: str) -> str:
         b = [x["test200"] for x in r["runs"] if not np.isnan(x["test200"])]
         fmt = lambda v: f"{statistics.mean(v):.2f} ± {statistics.pstdev(v):.2f}" if v else "n/a"  # noqa: E731
         lines.append(f"| {name} | {fmt(a)} | {fmt(b)} |")
-    for name, (a, b) in PAPER_ACC.items():
-        lines.append(f"| *paper: {name}* | *{a:.2f}* | *{b:.2f}* |")
+    if paper_acc is None:
+        lines += ["", f"Thesis Table 5.4: no paper figure for {dataset or 'this table'}."]
+    else:
+        for name, (a, b) in paper_acc.items():
+            lines.append(f"| *paper ({dataset}): {name}* | *{a:.2f}* | *{b:.2f}* |")
     if cons is None:
-        lines += ["", "### Under a latency limit", "", "Not run in this invocation (`--no-constrained`)."]
+        lines += ["", "### Under a latency limit", "",
+                  "Not run in this invocation (`--no-constrained`, or the table has no latency column)."]
     else:
         lines += _constrained_lines(cons, n)
     lines += ["", "### Overhead per proposal (strategy time, surrogate fits included; median over seeds)", "",
@@ -224,18 +326,19 @@ def report(args, rows: dict, cons: dict, command: str) -> str:
     for name, r in rows.items():
         lines.append(f"| {name} | {statistics.median(x['overhead_ms'] for x in r['runs']):.2f} |")
     bo = rows.get("BO + pretraining")
+    target = TARGET_BO_MEAN.get(dataset)
     if bo is not None:
         bo_mean = statistics.mean(x["reached"] if x["reached"] is not None else bo["cap"] for x in bo["runs"])
-        lines += ["", f"BO + pretraining mean evaluations to the optimum: {bo_mean:.1f} (target ≤ {TARGET_BO_MEAN:g}: "
-                  f"{'met' if bo_mean <= TARGET_BO_MEAN else 'MISSED'})."]
-    lines.append(END)
+        verdict = "no target set" if target is None else f"target ≤ {target:g}: {'met' if bo_mean <= target else 'MISSED'}"
+        lines += ["", f"BO + pretraining mean evaluations to the optimum: {bo_mean:.1f} ({verdict})."]
+    lines.append(end)
     return "\n".join(lines) + "\n"
 
 
 def _constrained_lines(cons: dict, n: int) -> list[str]:
     lines = [
         "",
-        f"### Under a latency limit: {LATENCY} ≤ {cons['limit']:.3f} ms (median; {cons['feasible']} feasible archs), "
+        f"### Under a latency limit: {cons['latency']} ≤ {cons['limit']:.3f} ms (median; {cons['feasible']} feasible archs), "
         "200 evaluations",
         "",
         f"True constrained optimum (best validation among feasible): test {cons['true_test']:.2f} "
@@ -254,7 +357,16 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     repo = Path(__file__).resolve().parent.parent
     parser.add_argument("--table", type=Path, default=repo.parent / "shared/data/nb201/nb201_cifar10.csv",
-                        help="the NB201 CIFAR-10 CSV")
+                        help="an NB201-format CSV of any dataset")
+    parser.add_argument("--columns", default=None, metavar="FILE_OR_JSON",
+                        help="the table's columns as for `lightning-nas search --columns` (default: inferred from the "
+                             "names <prefix>_valid_<epochs>, ...)")
+    parser.add_argument("--dataset", default=None,
+                        help=f"the dataset's name for the title and the paper figures ({', '.join(PAPER_ACC)}; default: "
+                             f"from the column prefix, {DATASETS})")
+    parser.add_argument("--latency", default=None, metavar="COLUMN",
+                        help=f"latency column of the constrained section (default {DEFAULT_LATENCY}, else the table's "
+                             "first lat_ms_ column)")
     parser.add_argument("--seeds", type=int, default=20, help="seeds per method (the thesis uses 20)")
     parser.add_argument("--mf-seeds", type=int, default=20,
                         help="seeds of the multi-fidelity BO variants (a refit every 5 evaluations: the slowest rows)")
@@ -273,9 +385,18 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     command = command_line("blackbox_nb201.py", argv)
     start = time.perf_counter()
-    bench = TabularBenchmark.from_csv(args.table)
-    evaluator = TabularEvaluator(bench)
-    optimum, _ = bench.best("c10_valid_200")
+    try:
+        mapping, where = read_columns(args.columns)
+        bench = TabularBenchmark.from_csv(args.table)
+        evaluator = TabularEvaluator.from_mapping(bench, mapping, where=where)
+        cost_settings(evaluator, args.latency)  # a bad --latency fails now, not after the long sections
+    except (ValueError, OSError) as err:
+        parser.error(str(err))
+    dataset = dataset_of(evaluator, args.dataset)
+    print(f"{args.table.name}: dataset {dataset or 'unknown (no paper figures)'}, columns {json.dumps(evaluator.mapping())}, "
+          f"section markers {markers(args.table, dataset)[0]}", flush=True)
+    columns = json.dumps(evaluator.mapping())
+    optimum = optimum_of(evaluator)
     rows = {}
     for name, make, multi, cap in methods(evaluator):
         if args.only and not any(name.startswith(o) for o in args.only):
@@ -284,18 +405,19 @@ def main(argv: list[str] | None = None) -> None:
         seeds = args.mf_seeds if name.startswith("BO MF") else args.seeds
         if args.jobs > 1:
             with ProcessPoolExecutor(args.jobs) as pool:
-                runs = list(pool.map(_run_seed, [args.table] * seeds, [name] * seeds, range(seeds)))
+                runs = list(pool.map(_run_seed, [args.table] * seeds, [columns] * seeds, [name] * seeds, range(seeds)))
         else:
             runs = [run_one(make, seed, evaluator, optimum, multi, cap) for seed in range(seeds)]
         rows[name] = {"runs": runs, "cap": cap}
         counts = [x["reached"] for x in runs]
         print(f"{name}: reached at {counts} ({time.perf_counter() - t:.0f} s)", flush=True)
-    cons = None if args.no_constrained else constrained(args, evaluator, bench)
-    section = report(args, rows, cons, command)
+    has_latency = cost_settings(evaluator, args.latency)["latency"] is not None
+    cons = None if args.no_constrained or not has_latency else constrained(args, evaluator, bench)
+    section = report(args, rows, cons, command, evaluator, dataset)
     print(section)
     print(f"({time.perf_counter() - start:.0f} s)")
     if not args.no_write:
-        write_section(args.out, section, BEGIN, END)
+        write_section(args.out, section, *markers(args.table, dataset))
         print(f"wrote {args.out}")
 
 

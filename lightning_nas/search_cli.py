@@ -257,10 +257,10 @@ def run(args: argparse.Namespace) -> int:
     if args.objective == "test_accuracy":
         print("note: selecting by test accuracy makes the reported test accuracy optimistic; papers select by "
               "validation accuracy", file=sys.stderr)
-    progress = None if args.no_progress else _Progress(args.budget, evaluator.full_fidelity, args.objective, maximize,
-                                                       multi_fidelity)
     with SQLiteStorage(path, unsafe_convert_pickle=args.unsafe_convert_pickle) as storage:
         _check_same_table(storage, path, table_id)
+        progress = None if args.no_progress else _Progress(args.budget, evaluator.full_fidelity, args.objective,
+                                                           maximize, multi_fidelity)
         try:
             results = run_search(strategy, evaluator, objective=args.objective, maximize=maximize, budget=budget,
                                  storage=storage, n_workers=args.workers, progress=False,
@@ -270,6 +270,8 @@ def run(args: argparse.Namespace) -> int:
         finally:
             if progress is not None:
                 progress.close()
+        if storage.meta().get("table") is None:
+            storage.set_meta(table=table_id)
     front = results.pareto_front(args.pareto) if args.pareto else []
     status = _print_summary(args, results, path, front)
     if args.out is not None:
@@ -319,10 +321,12 @@ def _check_out(out: Path | None, overwrite: bool) -> None:
 
 
 def _check_same_table(storage, path: Path, table_id: dict) -> None:
-    """Refuse to resume a storage searched on another table or other columns; record the table in a new one."""
+    """Refuse to resume a storage searched on another table or other columns; record the table in a new one
+    (a storage from before tables were recorded gets it once its search has resumed)."""
     stored = storage.meta().get("table")
     if stored is None:
-        storage.set_meta(table=table_id)
+        if storage.strategy_state() is None:
+            storage.set_meta(table=table_id)
         return
     for key, what in (("sha256", "the tables' contents differ"), ("columns", "the columns differ")):
         if stored.get(key) != table_id[key]:

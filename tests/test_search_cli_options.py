@@ -256,3 +256,20 @@ def test_default_storage_is_named_after_the_table(table, tmp_path, capsys, monke
     monkeypatch.chdir(tmp_path)
     assert main(["search", "--table", str(table), "--strategy", "random", "--budget", "2", "--no-progress"]) == 0
     assert (tmp_path / "runs" / "search_nb201_cifar100_random_0.db").is_file()
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_a_storage_from_before_tables_were_recorded_resumes_and_records_its_table(table, tmp_path, capsys):
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    assert main(search(table, db, budget=2)) == 0
+    with sqlite3.connect(db) as connection:
+        connection.execute("DELETE FROM meta WHERE key = 'table'")
+    connection.close()
+    assert main(search(table, db, budget=4)) == 0
+    assert "4 trials in" in capsys.readouterr().out
+    with sqlite3.connect(db) as connection:
+        stored = json.loads(connection.execute("SELECT value FROM meta WHERE key = 'table'").fetchone()[0])
+    connection.close()
+    assert stored["name"] == "nb201_cifar100.csv" and stored["columns"]["valid"]["200"] == "c100_valid_200"
