@@ -52,8 +52,7 @@ from lightning_nas.estimators.contributions import evaluation_mode
 from lightning_nas.io import atomic_save, atomic_write_json, next_version_dir
 from lightning_nas.nn.calibration import recalibrate_batch_norm
 from lightning_nas.plots import plot_contributions, plot_pareto, plot_ranking
-from lightning_nas.profiling import check_latency, settings_of
-from lightning_nas.profiling.report import ReferenceTimer
+from lightning_nas.profiling import ReferenceTimer, check_latency, settings_of
 from lightning_nas.solvers import InfeasibleError, Limit, search_constrained
 from lightning_nas.spaces import binas_supernet
 from lightning_nas.supernet import Supernet

@@ -6,7 +6,7 @@
 * :mod:`~lightning_nas.profiling.report`: MAPE of predicted vs end-to-end latency.
 """
 
-from lightning_nas.profiling.report import LatencyCheck, check_latency, mape
+from lightning_nas.profiling.report import LatencyCheck, ReferenceTimer, calibrate_latency, check_latency, mape
 from lightning_nas.profiling.runtimes import RUNTIMES, runtime_callable, runtime_version
 from lightning_nas.profiling.tables import (
     PROFILER_VERSION,
@@ -37,6 +37,7 @@ __all__ = [
     "PROFILER_VERSION",
     "RUNTIMES",
     "LatencyCheck",
+    "ReferenceTimer",
     "ProfileSettings",
     "TimingResult",
     "backup_path",
@@ -44,6 +45,7 @@ __all__ = [
     "build_flops_table",
     "build_latency_table",
     "build_params_table",
+    "calibrate_latency",
     "check_latency",
     "cpu_model",
     "device_info",

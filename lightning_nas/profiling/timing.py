@@ -78,7 +78,7 @@ class ProfileSettings:
             irreversible, so off by default). Recommended for large inputs (e.g. 224×224), where
             glibc's adaptive allocator otherwise makes whole networks slower than their blocks.
         runtime: what is timed: ``"eager"`` (the PyTorch module, the default), ``"torchscript"``
-            (traced, frozen and optimised for inference) or ``"onnxruntime"`` (exported to ONNX,
+            (traced and frozen) or ``"onnxruntime"`` (exported to ONNX,
             run in an ONNX Runtime session with ``threads`` intra-op threads; needs
             ``pip install 'lightning-nas[onnx]'``). The converted runtimes are CPU only, ONNX
             Runtime float32 only. See :mod:`lightning_nas.profiling.runtimes`.
