@@ -15,8 +15,12 @@ It then measures the truth: the one-shot accuracy (with the supernet's own Batch
 the quantity the estimator predicts; ``calibration_batches=k`` recalibrates each subnet first, the
 SPOS / Once-for-All way) and the end-to-end latency of random subnets, on the validation split,
 with the split-half reliability of those accuracies (two halves of disjoint originals).
-It solves the exact MILP for three latency targets, exports each subnet, measures it and
-fine-tunes it briefly, and prints the targets it set itself (met / MISSED): the estimator's
+Latency is the fastest of the timed calls (another job on the machine lengthens calls, hardly the
+fastest); the table is calibrated on the random subnets (fixed part and scale), and the exact MILP
+is solved for three latency targets with ``verify=``: each pick is timed beside reference subnets
+(:class:`~lightning_nas.profiling.ReferenceTimer`) and replaced by the next-best arch when over its
+budget less the headroom; each pick is timed again at the end and flagged when over. It exports
+each subnet, measures it and fine-tunes it briefly, and prints the targets it set itself (met / MISSED): the estimator's
 Kendall τ, each pick's accuracy against its prediction and against the random subnets that fit
 the same budget, and accuracy non-decreasing with the budget. Plots: predicted vs measured
 accuracy (``ranking.png``), the Pareto view (``pareto.png``), the contributions
