@@ -196,7 +196,8 @@ def report(results: list[dict], args: argparse.Namespace, command: str) -> str:
         "subnets with more blocks by one overhead per extra block; the calibrated fixed part removes it only on average. "
         "`MAPE, overhead off blocks`: the same table with that overhead taken off every block entry and the fixed part "
         "re-estimated from the same calibration residuals (no re-measurement); it matters where blocks take tens of µs "
-        "(ONNX Runtime at 32²).",
+        "(ONNX Runtime at 32²). Since PROFILER_VERSION 2 the torchscript and onnxruntime tables already take an empty graph's "
+        "time off every block (the `MAPE (%)` column); for them this column subtracts a second time and only eager's is meaningful.",
     ]
     lines += [] if not cpu else [
         "",
