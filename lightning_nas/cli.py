@@ -69,10 +69,6 @@ def main(argv: list[str] | None = None) -> int:
             profile.error(str(err))
     from lightning_nas.demo import format_summary, run_demo
 
-    if threading.current_thread() is threading.main_thread():
-        # `kill` (SIGTERM) ends the demo like Ctrl-C does, through its clean-up (no empty run directory).
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
-
     given = {"dataset": args.dataset, "split": args.split, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
              "seed": args.seed, "out": args.out, "image_size": args.image_size, "max_examples": args.max_examples,
              "target_fractions": tuple(args.targets) if args.targets is not None else None, "estimator": args.estimator}
