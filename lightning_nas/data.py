@@ -321,7 +321,10 @@ def augmented_digits(
     Args:
         copies: augmented copies per original, one entry per part.
         fractions: split of the originals, as in :func:`split_dataset`.
-        image_size, strength, clutter, noise: as in :func:`augment_digits`.
+        image_size: as in :func:`augment_digits`.
+        strength: as in :func:`augment_digits`.
+        clutter: as in :func:`augment_digits`.
+        noise: as in :func:`augment_digits`.
         max_originals: use only this many originals (seeded choice; quick looks and tests).
         seed: seeds the split and every augmentation.
 

@@ -212,7 +212,8 @@ def plot_pareto(
             the annotation). A pick whose ``measured_x > target`` gets a red edge and an
             "over budget +x %" note (see :func:`budget_violations`).
         random: ``(xs, ys)`` *measured* for a sample of random subnets (green), or ``None``.
-        x_label, y_label: axis labels, with units.
+        x_label: x axis label, with units.
+        y_label: y axis label, with units.
 
     Returns:
         ``path``.
@@ -281,7 +282,8 @@ def plot_ranking(
     """Measured against predicted for a sample of subnets: how well the estimator ranks them.
 
     Args:
-        predicted, measured: ``(n,)`` values per subnet, ``n >= 2``, in the units of the labels.
+        predicted: ``(n,)`` predicted values per subnet, ``n >= 2``, in the units of the labels.
+        measured: ``(n,)`` measured values of the same subnets.
         error: the standard error of one measurement (drawn as ±1 s.e. bars), or ``None``.
         line: a calibration ``(slope, intercept)`` drawn as ``intercept + slope · predicted``, or ``None``.
         title: defaults to ``"n random subnets: Kendall τ = …"``.

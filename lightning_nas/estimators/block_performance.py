@@ -563,7 +563,11 @@ def estimate_block_performance_sampled(
     Args:
         num_hosts: ``k`` random hosts (seeded by ``seed``), or ``"all"`` for every arch of the
             space as a host (the full-sample definition; at most ``max_hosts``).
-        evaluator, staged, flops, reference, flops_metric: as in :func:`estimate_block_performance`.
+        evaluator: as in :func:`estimate_block_performance`.
+        staged: as in :func:`estimate_block_performance`.
+        flops: as in :func:`estimate_block_performance`.
+        reference: as in :func:`estimate_block_performance`.
+        flops_metric: as in :func:`estimate_block_performance`.
 
     Returns:
         A :class:`BlockPerformance` (``host=None``; ``details["hosts"]`` is the number of hosts).

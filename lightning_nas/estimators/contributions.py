@@ -774,7 +774,8 @@ def estimate_contributions(
         batch_to_xy: ``batch -> (inputs, labels (N,))``; default ``(batch[0], batch[1])``.
         forward: ``inputs -> logits (N, K)``; default ``supernet(inputs)``.
         model: the module put in eval mode during the estimate (default the supernet).
-        rank, world_size: this process evaluates the batches ``i`` with ``i % world_size == rank``.
+        rank: this process evaluates the batches ``i`` with ``i % world_size == rank``.
+        world_size: the number of processes sharing the batches (see ``rank``).
         accumulator: accumulate into this (fresh) metric, e.g. one living on the right device for
             DDP; a new one is made otherwise.
         staged: the staged view of ``supernet.space`` (inferred from labels by default).

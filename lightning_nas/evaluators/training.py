@@ -98,10 +98,13 @@ class TrainingEvaluator:
     Args:
         build: picklable callable returning a :class:`~lightning_nas.supernet.Supernet` (e.g.
             ``functools.partial(mobilenet_supernet, num_classes=10)``); its space is the search space.
-        train, val: datasets of ``(image, label)``.
+        train: training dataset of ``(image, label)``.
+        val: validation dataset of ``(image, label)``.
         num_classes: classifier outputs.
         full_fidelity: epochs of a full evaluation.
-        batch_size, lr, weight_decay: SGD training settings.
+        batch_size: SGD training batch size.
+        lr: SGD learning rate.
+        weight_decay: SGD weight decay.
         seed: seeds initialisation and data order (combined with the arch).
         checkpoint_dir: where to keep one checkpoint per arch to resume from (``None``: always train
             from scratch). Existing checkpoints there are reused, never overwritten by a shorter run.

@@ -48,8 +48,8 @@ def recalibrate_batch_norm(
 
     Raises:
         ValueError: if ``num_batches`` is not positive or no batch was seen.
-        FloatingPointError: the batches gave non-finite statistics.
-        In both cases (and when a forward raises) the previous statistics are put back.
+        FloatingPointError: the batches gave non-finite statistics. In both cases (and when a
+            forward raises) the previous statistics are put back.
     """
     from lightning_nas.nn.norm import ElasticBatchNorm2d
 

@@ -24,8 +24,10 @@ class ElasticBatchNorm2d(Mutable):
 
     Args:
         num_features: int or ``Choice`` (the width ``Choice`` of the layer before it).
-        eps, momentum, affine, track_running_stats: as in ``nn.BatchNorm2d`` (``momentum=None``
-            gives a cumulative average).
+        eps: as in ``nn.BatchNorm2d``.
+        momentum: as in ``nn.BatchNorm2d`` (``momentum=None`` gives a cumulative average).
+        affine: as in ``nn.BatchNorm2d``.
+        track_running_stats: as in ``nn.BatchNorm2d``.
 
     Shapes: ``(B, C, H, W) -> (B, C, H, W)``.
     """

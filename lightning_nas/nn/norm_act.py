@@ -31,7 +31,10 @@ class ElasticBatchNormAct2d(ElasticBatchNorm2d):
 
     Args:
         num_features: int or ``Choice`` (the width ``Choice`` of the layer before it).
-        eps, momentum, affine, track_running_stats: as in ``nn.BatchNorm2d``.
+        eps: as in ``nn.BatchNorm2d``.
+        momentum: as in ``nn.BatchNorm2d``.
+        affine: as in ``nn.BatchNorm2d``.
+        track_running_stats: as in ``nn.BatchNorm2d``.
         drop: applied after the norm (timm's ``drop``, usually ``nn.Identity``).
         act: applied last (timm's ``act``).
 

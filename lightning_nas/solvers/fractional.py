@@ -330,7 +330,12 @@ def solve_fractional(
     """Maximise ``constant − scale · numerator / denominator`` subject to ``limits``, exactly.
 
     Args:
-        numerator, denominator, limits, constant, scale, base: see :class:`FractionalProblem`.
+        numerator: see :class:`FractionalProblem`.
+        denominator: see :class:`FractionalProblem`.
+        limits: see :class:`FractionalProblem`.
+        constant: see :class:`FractionalProblem`.
+        scale: see :class:`FractionalProblem`.
+        base: see :class:`FractionalProblem`.
         method: ``"dinkelbach"`` (default: a few MILPs with the strong relaxation of the plain
             problem), ``"charnes_cooper"`` (one MILP; its LP relaxation is weak, so HiGHS needs many
             more nodes: 10-100× slower in ``benchmarks/mathnas_solve_time.py``) or ``"brute_force"``.

@@ -308,7 +308,8 @@ class MBInvRes(nn.Module):
     What :meth:`BinasBlock.freeze` returns; plain ``torch.nn`` layers, TorchScript-compatible.
 
     Args:
-        in_channels, out_channels: widths.
+        in_channels: input width.
+        out_channels: output width.
         hidden: expanded width.
         kernel_size: depthwise kernel (odd).
         stride: depthwise stride.
@@ -370,7 +371,8 @@ class BinasBlock(Mutable):
     BatchNorm's batch statistics are taken over the rows (and channels) that use it.
 
     Args:
-        in_channels, out_channels: widths.
+        in_channels: input width.
+        out_channels: output width.
         stride: depthwise stride (1 or 2).
         prefix: label prefix, e.g. ``"stage0.block1"``.
         activation: ``"relu"`` or ``"hswish"``.

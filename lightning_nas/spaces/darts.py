@@ -574,7 +574,10 @@ class DartsNetwork(nn.Module):
         genotype: the cells; sources index the cell's nodes (0, 1: inputs; 2–5: intermediates).
         channels: initial channels (36 in DARTS's evaluation).
         layers: cells (20 in DARTS's evaluation); reductions at 1/3 and 2/3.
-        num_classes, in_chans, stem_multiplier, noise_seed: as in :class:`DartsSearchNetwork`.
+        num_classes: as in :class:`DartsSearchNetwork`.
+        in_chans: as in :class:`DartsSearchNetwork`.
+        stem_multiplier: as in :class:`DartsSearchNetwork`.
+        noise_seed: as in :class:`DartsSearchNetwork`.
 
     Shapes: ``(B, in_chans, H, W) -> (B, num_classes)``.
     """

@@ -109,20 +109,30 @@ class BayesianOptimization(BatchStrategy):
     """BO with a deep-ensemble surrogate (see the module docstring).
 
     Args:
-        space, seed, constraints, cost_model: see :class:`~lightning_nas.strategies.base.Strategy`.
+        space: see :class:`~lightning_nas.strategies.base.Strategy`.
+        seed: see :class:`~lightning_nas.strategies.base.Strategy`.
+        constraints: see :class:`~lightning_nas.strategies.base.Strategy`.
+        cost_model: see :class:`~lightning_nas.strategies.base.Strategy`.
         acquisition: ``"pi"``, ``"ei"`` or ``"ucb"``.
         ucb_beta: UCB's weight of the ensemble std.
         batch_size: proposals per iteration (mono-fidelity).
         initial: uniform proposals before the first surrogate fit.
         candidates: enumerate the space when it has at most this many archs, else sample this many.
         members: ensemble size M.
-        trunk, branch: ensemble widths (thesis: :data:`~lightning_nas.strategies.ensemble.THESIS_TRUNK`, 512).
-        steps, lr, minibatch: Adam steps, learning rate and minibatch size of each refit.
+        trunk: ensemble trunk widths (thesis: :data:`~lightning_nas.strategies.ensemble.THESIS_TRUNK`).
+        branch: ensemble branch width (thesis: 512).
+        steps: Adam steps of each refit.
+        lr: Adam learning rate of each refit.
+        minibatch: minibatch size of each refit.
         pretrain_metrics: cost-model metrics to pretrain on (needs ``cost_model``); empty: no pretraining.
-        pretrain_archs, pretrain_steps, pretrain_lr: pretraining set size and optimisation.
+        pretrain_archs: pretraining set size.
+        pretrain_steps: pretraining Adam steps.
+        pretrain_lr: pretraining learning rate.
         fidelities: ``(low, high)`` epochs for the multi-fidelity schedule; ``None``: one fidelity
             (the evaluator's full one).
-        p, q, f: the multi-fidelity schedule.
+        p: the multi-fidelity schedule: low-fidelity evaluations per iteration.
+        q: the multi-fidelity schedule: high-fidelity evaluations every ``f``-th iteration.
+        f: the multi-fidelity schedule: the period of the high-fidelity evaluations.
         targets: ``"rank"`` (normal scores of each fidelity's observations) or ``"standard"``.
         warm_start: continue each refit from the previous one's weights instead of the pretrained
             (or fresh) ones; use with fewer ``steps``.

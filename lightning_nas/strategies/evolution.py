@@ -24,7 +24,10 @@ class RegularizedEvolution(Strategy):
     """Aging evolution.
 
     Args:
-        space, seed, constraints, cost_model: see :class:`~lightning_nas.strategies.base.Strategy`.
+        space: see :class:`~lightning_nas.strategies.base.Strategy`.
+        seed: see :class:`~lightning_nas.strategies.base.Strategy`.
+        constraints: see :class:`~lightning_nas.strategies.base.Strategy`.
+        cost_model: see :class:`~lightning_nas.strategies.base.Strategy`.
         population: population size (at least 2).
         sample: tournament size, in ``[1, population]``.
         max_tries: mutations tried per proposal to find an arch not yet proposed (and, with a cost

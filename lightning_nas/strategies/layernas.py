@@ -49,7 +49,10 @@ class LayerNAS(Strategy):
     """Layer-wise search with bucketed memo tables (see the module docstring).
 
     Args:
-        space, seed, constraints, cost_model: see :class:`~lightning_nas.strategies.base.Strategy`.
+        space: see :class:`~lightning_nas.strategies.base.Strategy`.
+        seed: see :class:`~lightning_nas.strategies.base.Strategy`.
+        constraints: see :class:`~lightning_nas.strategies.base.Strategy`.
+        cost_model: see :class:`~lightning_nas.strategies.base.Strategy`.
         cost: the bucketing cost: a metric of ``cost_model``'s output, or a callable ``arch -> float``.
             Constraints on that metric are the target range.
         buckets: H, the number of cost buckets per layer (the paper uses 100).

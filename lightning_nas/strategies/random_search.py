@@ -18,7 +18,10 @@ class RandomSearch(Strategy):
     Once every arch of a small space was proposed, :meth:`ask` returns nothing.
 
     Args:
-        space, seed, constraints, cost_model: see :class:`~lightning_nas.strategies.base.Strategy`.
+        space: see :class:`~lightning_nas.strategies.base.Strategy`.
+        seed: see :class:`~lightning_nas.strategies.base.Strategy`.
+        constraints: see :class:`~lightning_nas.strategies.base.Strategy`.
+        cost_model: see :class:`~lightning_nas.strategies.base.Strategy`.
         max_tries: draws per proposal to find an unseen (and predicted feasible) arch.
     """
 

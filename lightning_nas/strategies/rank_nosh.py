@@ -44,7 +44,8 @@ def pairwise_ranking_loss(scores: torch.Tensor, better: torch.Tensor, worse: tor
 
     Args:
         scores: ``(..., N)`` scores of N archs (leading dims, e.g. ensemble members, are averaged).
-        better, worse: ``(P,)`` indices: arch ``better[i]`` measured above arch ``worse[i]``.
+        better: ``(P,)`` indices: arch ``better[i]`` measured above arch ``worse[i]``.
+        worse: ``(P,)`` indices, paired with ``better``.
     """
     return F.softplus(-(scores[..., better] - scores[..., worse])).mean()
 
@@ -53,13 +54,20 @@ class RankNOSH(BatchStrategy):
     """Ranking-predictor-guided non-uniform successive halving (see the module docstring).
 
     Args:
-        space, seed, constraints, cost_model: see :class:`~lightning_nas.strategies.base.Strategy`.
+        space: see :class:`~lightning_nas.strategies.base.Strategy`.
+        seed: see :class:`~lightning_nas.strategies.base.Strategy`.
+        constraints: see :class:`~lightning_nas.strategies.base.Strategy`.
+        cost_model: see :class:`~lightning_nas.strategies.base.Strategy`.
         levels: ascending fidelities (epochs) of the pyramid, e.g. ``(12, 200)`` on NAS-Bench-201.
         eta: ratio of sizes between consecutive levels.
         new_per_round: new candidates entering the lowest level each round.
         candidates: enumerate the space when it has at most this many archs, else sample this many.
-        members, trunk, branch: the score network (an ensemble whose scores are averaged).
-        steps, lr, pairs_per_step: predictor training per round.
+        members: the score network's ensemble size (the members' scores are averaged).
+        trunk: the score network's trunk widths.
+        branch: the score network's branch width.
+        steps: predictor training steps per round.
+        lr: predictor learning rate.
+        pairs_per_step: arch pairs per predictor training step.
     """
 
     def __init__(self, space, *, seed: int = 0, constraints=(), cost_model=None, levels: Sequence[float] = (12, 200),
