@@ -1,5 +1,5 @@
 """What every callback of the package checks the same way: plain checkpoint state, finite
-networks, non-empty held-out data."""
+networks, non-empty held-out data, and held-out data named as a DataModule split."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import nn
 
-__all__ = ["check_not_empty", "first_non_finite", "plain_state", "require_finite"]
+__all__ = ["check_not_empty", "datamodule_splits", "first_non_finite", "plain_state", "require_finite", "resolve_split"]
 
 
 def plain_state(value: Any, where: str = "state") -> Any:
@@ -124,3 +124,73 @@ def is_float(value: Any, minimum: float = -math.inf, maximum: float = math.inf) 
 def check_supernet_path(supernet: Any, error: type[Exception]) -> None:
     if supernet is not None and (not isinstance(supernet, str) or not supernet):
         raise error(f"`supernet` must be the dotted attribute path of the Supernet (a non-empty str) or None, got {supernet!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out data named as a DataModule split
+# ---------------------------------------------------------------------------------------------
+def datamodule_splits(datamodule: Any) -> list[str]:
+    """The split names a DataModule offers: every ``<name>`` with a ``<name>_dataloader()`` method.
+
+    Lightning's own hooks (``train``, ``val``, ``test``, ``predict``) count only when the DataModule
+    overrides them (the base class defines them all, raising when called).
+    """
+    from lightning.pytorch import LightningDataModule
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    names = []
+    for attr in dir(type(datamodule)):
+        if not attr.endswith("_dataloader") or attr.startswith("_") or not callable(getattr(datamodule, attr, None)):
+            continue
+        if hasattr(LightningDataModule, attr) and not is_overridden(attr, datamodule, parent=LightningDataModule):
+            continue
+        names.append(attr[: -len("_dataloader")])
+    return sorted(names)
+
+
+def resolve_split(value: Any, trainer: Any, who: str, name: str, *, dataset: bool = False) -> Any:
+    """The held-out data a callback was given: ``value`` itself, or the DataModule split it names.
+
+    A string names a split of ``trainer.datamodule``: what its ``<value>_dataloader()`` method
+    returns (:class:`~lightning_nas.datamodule.ImageDataModule` has ``train``, ``held_out``, ``val``
+    and ``test``; any LightningDataModule works that defines such a method). With ``dataset=True``
+    (callbacks that draw their own batches from a map-style ``Dataset``) the loader's ``.dataset``
+    is returned.
+
+    Args:
+        value: a DataLoader / iterable of batches / Dataset (returned unchanged) or a split name.
+        trainer: the ``Trainer`` whose ``datamodule`` holds the split (``None`` outside ``fit``).
+        who: the callback's name, for messages.
+        name: the argument's name, for messages.
+        dataset: return the map-style ``Dataset`` behind the split's loader.
+
+    Raises:
+        MisconfigurationException: the trainer has no datamodule, the datamodule has no such split,
+            or its loader has no map-style ``.dataset`` when one is needed.
+    """
+    if not isinstance(value, str):
+        return value
+    datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+    if datamodule is None:
+        raise MisconfigurationException(
+            f"{who}: `{name}={value!r}` names a DataModule split, but the trainer has no datamodule; fit with "
+            "`trainer.fit(model, datamodule=...)` (LightningCLI's `data:`), or pass the held-out DataLoader itself"
+        )
+    splits = datamodule_splits(datamodule)
+    if value not in splits:
+        raise MisconfigurationException(
+            f"{who}: `{name}={value!r}`: {type(datamodule).__name__} has no split {value!r} (no `{value}_dataloader()` "
+            f"method); its splits are {splits!r}"
+        )
+    loader = getattr(datamodule, f"{value}_dataloader")()
+    if loader is None:
+        raise MisconfigurationException(f"{who}: `{name}={value!r}`: {type(datamodule).__name__}.{value}_dataloader() returned None")
+    if not dataset:
+        return loader
+    data = getattr(loader, "dataset", None)
+    if data is None or not hasattr(data, "__getitem__") or not hasattr(data, "__len__"):
+        raise MisconfigurationException(
+            f"{who}: `{name}={value!r}`: {type(datamodule).__name__}.{value}_dataloader() must return a DataLoader over a "
+            f"map-style Dataset (with __getitem__ and __len__), got a {type(loader).__name__} over {type(data).__name__}"
+        )
+    return data

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_nas.bilinear import BilinearTable
-from lightning_nas.callbacks._checks import check_not_empty, check_supernet_path, is_int, plain_state, require_finite
+from lightning_nas.callbacks._checks import check_not_empty, check_supernet_path, is_int, plain_state, require_finite, resolve_split
 from lightning_nas.io import check_writable
 from lightning_nas.estimators.block_performance import (
     BlockPerformance,
@@ -37,7 +37,8 @@ class BlockPerformanceEstimation(Callback):
     deterministic evaluation, so all ranks hold the same result.
 
     Args:
-        held_out: validation batches (not shuffled).
+        held_out: validation batches (not shuffled), or the name of a split of the trainer's
+            DataModule (``"held_out"``: its ``held_out_dataloader()``, resolved at ``setup``).
         flops: the FLOPs table of the supernet (e.g. ``build_flops_table(supernet, (3, 32, 32))``),
             or ``(C, H, W)`` to build it at the end of training.
         method: ``"algorithm1"`` (one host, ``O(m·n)`` evaluations) or ``"sampled"`` (Eq. 3).
@@ -55,7 +56,7 @@ class BlockPerformanceEstimation(Callback):
 
     def __init__(
         self,
-        held_out: Iterable[Any],
+        held_out: Iterable[Any] | str,
         flops: BilinearTable | Sequence[int],
         *,
         method: str = "algorithm1",
@@ -67,8 +68,9 @@ class BlockPerformanceEstimation(Callback):
         supernet: str | None = None,
         batch_to_xy: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
     ) -> None:
-        if held_out is None or not hasattr(held_out, "__iter__"):
-            raise ValueError(f"`held_out` must be an iterable of batches (a DataLoader), got {type(held_out).__name__}")
+        if held_out is None or (isinstance(held_out, str) and not held_out) or not hasattr(held_out, "__iter__"):
+            raise ValueError(f"`held_out` must be an iterable of batches (a DataLoader) or the name of a DataModule split "
+                             f"(a non-empty str such as 'held_out'), got {held_out!r}")
         if not isinstance(flops, BilinearTable) and not (
             isinstance(flops, Sequence) and flops and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in flops)
         ):
@@ -86,7 +88,10 @@ class BlockPerformanceEstimation(Callback):
         if batch_to_xy is not None and not callable(batch_to_xy):
             raise ValueError(f"`batch_to_xy` must be callable(batch) -> (inputs, labels) or None, got {batch_to_xy!r}")
         check_supernet_path(supernet, ValueError)
-        self.held_out, self.flops, self.method = held_out, flops, method
+        #: the split name given, or None when a loader was given; `held_out` is the loader (None until resolved).
+        self.held_out_split = held_out if isinstance(held_out, str) else None
+        self.held_out = None if isinstance(held_out, str) else held_out
+        self.flops, self.method = flops, method
         self.num_hosts, self.seed, self.reference = num_hosts, seed, reference
         self.tables = dict(tables or {})
         # Refused now, not when the table is saved at the end of training.
@@ -113,6 +118,8 @@ class BlockPerformanceEstimation(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._supernet = find_supernet(pl_module, self.supernet_path)
         self._staged = StagedSpace.of(self._supernet)
+        if self.held_out_split is not None and stage == "fit":
+            self.held_out = resolve_split(self.held_out_split, trainer, "BlockPerformanceEstimation", "held_out")
         if isinstance(self.reference, Mapping):
             try:  # now, not when training has ended
                 self._supernet.space.validate(self.reference)
@@ -128,8 +135,8 @@ class BlockPerformanceEstimation(Callback):
 
     def estimate(self, pl_module: LightningModule, *, is_global_zero: bool = True) -> BlockPerformance:
         """Estimate now (the hook calls this at the end of training)."""
-        if self._supernet is None:
-            self.setup(None, pl_module, "fit")  # type: ignore[arg-type]
+        if self._supernet is None or self.held_out is None:
+            self.setup(getattr(pl_module, "_trainer", None), pl_module, "fit")  # type: ignore[arg-type]
         require_finite(pl_module, "BlockPerformanceEstimation", "block performances measured on it")
         flops = self.flops
         if not isinstance(flops, BilinearTable):

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
 from lightning_nas.bilinear import BilinearTable
-from lightning_nas.callbacks._checks import check_not_empty, check_supernet_path, plain_state, require_finite
+from lightning_nas.callbacks._checks import check_not_empty, check_supernet_path, plain_state, require_finite, resolve_split
 from lightning_nas.io import check_writable
 from lightning_nas.estimators.contributions import (
     METHODS, SHRINKAGE, check_estimator_options, check_paired, check_score, estimate_contributions, make_accumulator, score_name,
@@ -42,7 +42,10 @@ class ContributionEstimation(Callback):
     that yields the same batches in the same order every time (no shuffling, no distributed sampler).
 
     Args:
-        held_out: the held-out batches (BINAS: 20 % of the training set, kept out of training).
+        held_out: the held-out batches (BINAS: 20 % of the training set, kept out of training), or
+            the name of a split of the trainer's DataModule (``"held_out"``: its ``held_out_dataloader()``,
+            resolved at ``setup``; see :func:`~lightning_nas.callbacks._checks.resolve_split`), which
+            is how a YAML config (``lightning-nas fit``) names it.
         every_n_epochs: also estimate at the end of every ``n``-th validation epoch (``None``: never).
             Needs a validation loop.
         at_end: estimate when training ends (skipped when the last estimate saw the same weights).
@@ -76,7 +79,7 @@ class ContributionEstimation(Callback):
 
     def __init__(
         self,
-        held_out: Iterable[Any],
+        held_out: Iterable[Any] | str,
         *,
         every_n_epochs: int | None = None,
         at_end: bool = True,
@@ -94,8 +97,9 @@ class ContributionEstimation(Callback):
         batch_to_xy: Callable[[Any], tuple[Any, torch.Tensor]] | None = None,
         forward: Callable[[LightningModule, Any], torch.Tensor] | None = None,
     ) -> None:
-        if held_out is None or not hasattr(held_out, "__iter__"):
-            raise ValueError(f"`held_out` must be an iterable of batches (a DataLoader), got {type(held_out).__name__}")
+        if held_out is None or (isinstance(held_out, str) and not held_out) or not hasattr(held_out, "__iter__"):
+            raise ValueError(f"`held_out` must be an iterable of batches (a DataLoader) or the name of a DataModule split "
+                             f"(a non-empty str such as 'held_out'), got {held_out!r}")
         if every_n_epochs is not None and (not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < 1):
             raise ValueError(f"`every_n_epochs` must be a positive int or None, got {every_n_epochs!r}")
         if not isinstance(at_end, bool):
@@ -117,7 +121,9 @@ class ContributionEstimation(Callback):
         check_supernet_path(supernet, ValueError)
         if every_n_epochs is None and not at_end:
             raise ValueError("`every_n_epochs=None` with `at_end=False` would never estimate; set one of them")
-        self.held_out = held_out
+        #: the split name given, or None when a loader was given; `held_out` is the loader (None until resolved).
+        self.held_out_split = held_out if isinstance(held_out, str) else None
+        self.held_out = None if isinstance(held_out, str) else held_out
         self.every_n_epochs = every_n_epochs
         self.at_end = at_end
         self.method = method
@@ -157,6 +163,8 @@ class ContributionEstimation(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         self._supernet = find_supernet(pl_module, self.supernet_path)
         self._staged = StagedSpace.of(self._supernet)
+        if self.held_out_split is not None and stage == "fit":
+            self.held_out = resolve_split(self.held_out_split, trainer, "ContributionEstimation", "held_out")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Now, not when the first estimate finds nothing to measure (at the end of training).
@@ -188,7 +196,7 @@ class ContributionEstimation(Callback):
 
     # -- estimation ----------------------------------------------------------------------------
     def _estimate(self, trainer: Trainer, pl_module: LightningModule) -> BilinearTable:
-        if self._supernet is None:
+        if self._supernet is None or self.held_out is None:
             self.setup(trainer, pl_module, "fit")
         # A diverged network scores every example alike (argmax of NaN logits): a finite-looking table of noise.
         require_finite(pl_module, "ContributionEstimation", "an accuracy table estimated from it")

@@ -28,7 +28,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import Dataset, default_collate
 
-from lightning_nas.callbacks._checks import check_supernet_path, is_float, is_int, plain_state, require_finite
+from lightning_nas.callbacks._checks import check_supernet_path, is_float, is_int, plain_state, require_finite, resolve_split
 from lightning_nas.differentiable.bilevel import LossFn, arch_gradient, cross_entropy_loss
 from lightning_nas.differentiable.relaxation import DirichletRelaxation, SoftmaxRelaxation
 from lightning_nas.differentiable.selection import magnitude_selection
@@ -50,7 +50,9 @@ class DartsSearch(Callback):
     Args:
         arch_data: the held-out split α is trained on (a map-style ``Dataset``; DARTS: half of
             the training set). Batches are drawn without replacement, reshuffled every pass,
-            as a pure function of ``(seed, step)``; under DDP each rank takes its own batch.
+            as a pure function of ``(seed, step)``; under DDP each rank takes its own batch. Or the
+            name of a split of the trainer's DataModule (``"held_out"``: the map-style dataset of its
+            ``held_out_dataloader()``, resolved at ``setup``), which is how a YAML config names it.
         batch_size: examples per α step.
         order: 1 (first order) or 2 (unrolled, finite-difference Hessian-vector product).
         lr, betas, weight_decay: α's Adam (DARTS: 3e-4, (0.5, 0.999), 1e-3).
@@ -75,7 +77,7 @@ class DartsSearch(Callback):
 
     def __init__(
         self,
-        arch_data: Dataset,
+        arch_data: Dataset | str,
         *,
         batch_size: int = 64,
         order: int = 1,
@@ -91,8 +93,14 @@ class DartsSearch(Callback):
         log_alpha: bool = True,
         supernet: str | None = None,
     ) -> None:
-        if not hasattr(arch_data, "__getitem__") or not hasattr(arch_data, "__len__") or len(arch_data) == 0:
-            raise MisconfigurationException(f"`arch_data` must be a non-empty map-style Dataset, got {type(arch_data).__name__}")
+        if isinstance(arch_data, str):
+            if not arch_data:
+                raise MisconfigurationException("`arch_data` must be a non-empty map-style Dataset or a DataModule split name, got ''")
+        elif not hasattr(arch_data, "__getitem__") or not hasattr(arch_data, "__len__") or len(arch_data) == 0:
+            raise MisconfigurationException(
+                f"`arch_data` must be a non-empty map-style Dataset or the name of a DataModule split (such as 'held_out'), "
+                f"got {type(arch_data).__name__}"
+            )
         if not is_int(batch_size, 1):
             raise MisconfigurationException(f"`batch_size` must be a positive int, got {batch_size!r}")
         if not is_int(order, 1) or order not in (1, 2):
@@ -115,8 +123,11 @@ class DartsSearch(Callback):
         if not isinstance(log_alpha, bool):
             raise MisconfigurationException(f"`log_alpha` must be a bool, got {log_alpha!r}")
         check_supernet_path(supernet, MisconfigurationException)
-        self.arch_data = arch_data
-        self.batch_size = min(batch_size, len(arch_data))
+        #: the split name given, or None when a Dataset was given; `arch_data` is the Dataset (None until resolved).
+        self.arch_data_split = arch_data if isinstance(arch_data, str) else None
+        self.arch_data = None if isinstance(arch_data, str) else arch_data
+        self._requested_batch_size = batch_size
+        self.batch_size = batch_size if self.arch_data is None else min(batch_size, len(arch_data))
         self.order = order
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
         self.init_std = init_std
@@ -146,6 +157,13 @@ class DartsSearch(Callback):
         return SoftmaxRelaxation(supernet, init_std=self.init_std, seed=self.seed)
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.arch_data_split is not None and stage == "fit":
+            data = resolve_split(self.arch_data_split, trainer, type(self).__name__, "arch_data", dataset=True)
+            if len(data) == 0:
+                raise MisconfigurationException(
+                    f"{type(self).__name__}: `arch_data={self.arch_data_split!r}` is an empty split; it must hold examples"
+                )
+            self.arch_data, self.batch_size = data, min(self._requested_batch_size, len(data))
         try:
             supernet = find_supernet(pl_module, self.supernet_path)
         except (ValueError, AttributeError) as err:
@@ -189,6 +207,11 @@ class DartsSearch(Callback):
     # -- the α step --------------------------------------------------------------------------
     def arch_batch(self, step: int, rank: int = 0, world_size: int = 1) -> Any:
         """The held-out batch of α step ``step`` on ``rank`` (collated, on the CPU)."""
+        if self.arch_data is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: `arch_data={self.arch_data_split!r}` names a DataModule split, resolved when fitting "
+                "starts; call arch_batch() during or after `trainer.fit`"
+            )
         n = len(self.arch_data)
         per_pass = max(1, n // self.batch_size)
         slot = step * world_size + rank
@@ -310,7 +333,7 @@ class DrNASSearch(DartsSearch):
 
     def __init__(
         self,
-        arch_data: Dataset,
+        arch_data: Dataset | str,
         *,
         anchor: str | None = "l2",
         anchor_weight: float = 1e-3,

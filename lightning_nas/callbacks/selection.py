@@ -15,6 +15,14 @@ Example::
     pt = PerturbationSelection(search, arch_split, interval=5, start_epoch=50)
     pl.Trainer(max_epochs=50 + pt.epochs_needed(model.net), callbacks=[search, pt]).fit(model, loader)
     subnet = model.net.export(pt.arch)
+
+From a config (``lightning-nas fit``), ``search`` may be left out (the Trainer's only
+``DartsSearch`` is used) and ``data`` names a DataModule split::
+
+    trainer:
+      callbacks:
+        - {class_path: lightning_nas.callbacks.DartsSearch, init_args: {arch_data: held_out}}
+        - {class_path: lightning_nas.callbacks.PerturbationSelection, init_args: {data: held_out, interval: 1}}
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.utils.data import Dataset, default_collate
 
-from lightning_nas.callbacks._checks import is_int, plain_state, require_finite
+from lightning_nas.callbacks._checks import is_int, plain_state, require_finite, resolve_split
 from lightning_nas.callbacks.darts import DartsSearch
 from lightning_nas.differentiable.selection import (
     AccuracyFn,
@@ -50,9 +58,12 @@ class PerturbationSelection(Callback):
     """DARTS-PT: perturbation-based operation and topology selection, one decision every ``interval`` epochs.
 
     Args:
-        search: the search callback whose relaxation is selected from (also passed to the Trainer).
+        search: the search callback whose relaxation is selected from (also passed to the Trainer);
+            ``None``: the Trainer's only ``DartsSearch`` / ``DrNASSearch`` callback, found at ``setup``.
         data: held-out split the accuracy is measured on (one pass, in order, train-mode BatchNorm;
-            under DDP each rank measures every ``world_size``-th batch and the counts are summed).
+            under DDP each rank measures every ``world_size``-th batch and the counts are summed): a
+            map-style ``Dataset``, or the name of a split of the trainer's DataModule (``"held_out"``:
+            the dataset of its ``held_out_dataloader()``, resolved at ``setup``).
         interval: fine-tuning epochs between decisions (thesis: 5).
         start_epoch: epoch of the first decision (the supernet's pre-training ends before it).
         batch_size: evaluation batch size.
@@ -69,8 +80,8 @@ class PerturbationSelection(Callback):
 
     def __init__(
         self,
-        search: DartsSearch,
-        data: Dataset,
+        search: DartsSearch | None = None,
+        data: Dataset | str | None = None,
         *,
         interval: int = 5,
         start_epoch: int = 0,
@@ -80,10 +91,18 @@ class PerturbationSelection(Callback):
         accuracy_fn: AccuracyFn | None = None,
         seed: int = 0,
     ) -> None:
-        if not isinstance(search, DartsSearch):
-            raise MisconfigurationException(f"`search` must be a DartsSearch (or DrNASSearch) callback, got {type(search).__name__}")
-        if not hasattr(data, "__getitem__") or not hasattr(data, "__len__") or len(data) == 0:
-            raise MisconfigurationException(f"`data` must be a non-empty map-style Dataset, got {type(data).__name__}")
+        if search is not None and not isinstance(search, DartsSearch):
+            raise MisconfigurationException(
+                f"`search` must be a DartsSearch (or DrNASSearch) callback, or None for the Trainer's only one, got {type(search).__name__}"
+            )
+        if isinstance(data, str):
+            if not data:
+                raise MisconfigurationException("`data` must be a non-empty map-style Dataset or a DataModule split name, got ''")
+        elif data is None or not hasattr(data, "__getitem__") or not hasattr(data, "__len__") or len(data) == 0:
+            raise MisconfigurationException(
+                f"`data` must be a non-empty map-style Dataset or the name of a DataModule split (such as 'held_out'), "
+                f"got {type(data).__name__}"
+            )
         for name, value in (("interval", interval), ("batch_size", batch_size)):
             if not is_int(value, 1):
                 raise MisconfigurationException(f"`{name}` must be a positive int, got {value!r}")
@@ -98,7 +117,9 @@ class PerturbationSelection(Callback):
         if not is_int(seed, 0):
             raise MisconfigurationException(f"`seed` must be a non-negative int, got {seed!r}")
         self.search = search
-        self.data = data
+        #: the split name given, or None when a Dataset was given; `data` is the Dataset (None until resolved).
+        self.data_split = data if isinstance(data, str) else None
+        self.data = None if isinstance(data, str) else data
         self.interval = interval
         self.start_epoch = start_epoch
         self.batch_size = batch_size
@@ -137,16 +158,31 @@ class PerturbationSelection(Callback):
     @property
     def arch(self) -> dict[str, Any]:
         """The selected architecture (decided edges as chosen; undecided ones by magnitude)."""
+        if self.search is None or self.search.relaxation is None:
+            raise RuntimeError("PerturbationSelection.arch needs a fitted search (no DartsSearch relaxation yet)")
         return magnitude_selection(self.search.relaxation)
 
     @property
     def done(self) -> bool:
-        return self.search.relaxation is not None and len(self.decisions) >= len(self.plan(self.search.relaxation.supernet))
+        return self.search is not None and self.search.relaxation is not None and len(self.decisions) >= len(self.plan(self.search.relaxation.supernet))
 
     # -- hooks -------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.search is None:
+            searches = [c for c in trainer.callbacks if isinstance(c, DartsSearch)]
+            if len(searches) != 1:
+                raise MisconfigurationException(
+                    f"PerturbationSelection: `search=None` takes the Trainer's only DartsSearch / DrNASSearch callback, but it "
+                    f"has {len(searches)} ({[type(c).__name__ for c in searches]}); add exactly one, or pass `search`"
+                )
+            self.search = searches[0]
         if self.search not in trainer.callbacks:
             raise MisconfigurationException("PerturbationSelection: pass its `search` callback to the same Trainer")
+        if self.data_split is not None and stage == "fit":
+            data = resolve_split(self.data_split, trainer, "PerturbationSelection", "data", dataset=True)
+            if len(data) == 0:
+                raise MisconfigurationException(f"PerturbationSelection: `data={self.data_split!r}` is an empty split; it must hold examples")
+            self.data = data
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch
