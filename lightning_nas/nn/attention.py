@@ -48,16 +48,14 @@ def attention_mask(attn_mask: Optional[Tensor], causal: bool, batch: int, length
     """
     if attn_mask is None:
         return None
-    if not isinstance(attn_mask, Tensor):
-        raise ValueError(f"`attn_mask` must be a Tensor or None, got {type(attn_mask).__name__}")
     if attn_mask.dtype != torch.bool and not attn_mask.is_floating_point():
         raise ValueError(f"`attn_mask` must be bool (True = may attend) or floating point (added to the scores), got dtype {attn_mask.dtype}")
-    shape = tuple(attn_mask.shape)
+    shape = list(attn_mask.shape)
     if attn_mask.dim() == 3:
         attn_mask = attn_mask.unsqueeze(1)
-    ok = attn_mask.dim() in (2, 4) and tuple(attn_mask.shape[-2:]) == (length, length)
+    ok = (attn_mask.dim() == 2 or attn_mask.dim() == 4) and attn_mask.shape[-2] == length and attn_mask.shape[-1] == length
     if attn_mask.dim() == 4:
-        ok = ok and attn_mask.shape[0] in (1, batch) and attn_mask.shape[1] == 1
+        ok = ok and (attn_mask.shape[0] == 1 or attn_mask.shape[0] == batch) and attn_mask.shape[1] == 1
     if not ok:
         raise ValueError(
             f"`attn_mask` must have shape (T, T), (B, T, T) or (B, 1, T, T) with T = {length} and B = {batch} or 1, "
@@ -107,7 +105,7 @@ class MultiheadSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
         if x.dim() != 3 or x.shape[-1] != self.embed_dim:
-            raise ValueError(f"MultiheadSelfAttention expects input (B, T, {self.embed_dim}), got {tuple(x.shape)}")
+            raise ValueError(f"MultiheadSelfAttention expects input (B, T, {self.embed_dim}), got {list(x.shape)}")
         b, t = x.shape[0], x.shape[1]
         qkv = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         mask = attention_mask(attn_mask, self.causal, b, t)
@@ -213,6 +211,8 @@ class ElasticMultiheadAttention(Mutable):
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
         _check_input(x, "ElasticMultiheadAttention")
+        if attn_mask is not None and not isinstance(attn_mask, Tensor):
+            raise ValueError(f"`attn_mask` must be a Tensor or None, got {type(attn_mask).__name__}")
         x = fit_channels(x, self.embed_dim, -1, "ElasticMultiheadAttention")
         b, t, e = x.shape
         h, heads = active_size(self.num_heads, x.device)
