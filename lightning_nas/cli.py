@@ -1,4 +1,13 @@
-"""``lightning-nas`` command line: ``demo`` (the BINAS pipeline) and ``profile`` (a latency table, no training)."""
+"""``lightning-nas`` command line.
+
+* ``fit`` / ``validate`` / ``test`` / ``predict``: Lightning's ``LightningCLI`` over a named supernet
+  and an image DataModule, every callback from YAML (:mod:`lightning_nas.lightning_cli`);
+* ``select``: the best subnet under resource limits from saved tables (:mod:`lightning_nas.select_cli`);
+* ``export``: a picked subnet of a checkpoint as a torch.export / TorchScript / ONNX file
+  (:mod:`lightning_nas.export_cli`);
+* ``demo`` (the BINAS pipeline), ``profile`` (a latency table, no training), ``search`` (black-box
+  search on a tabular benchmark).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +18,15 @@ import threading
 
 from lightning_nas.profile_cli import non_negative_int, positive_int
 
-__all__ = ["main"]
+__all__ = ["LIGHTNING_SUBCOMMANDS", "main"]
+
+#: Subcommands served by Lightning's LightningCLI (see lightning_nas.lightning_cli).
+LIGHTNING_SUBCOMMANDS = {
+    "fit": "train a supernet with NAS callbacks from a YAML config (LightningCLI: --config, --print_config, --trainer.*)",
+    "validate": "validate a model (LightningCLI)",
+    "test": "test a model (LightningCLI)",
+    "predict": "predict with a model (LightningCLI)",
+}
 
 
 def _fraction(text: str) -> float:
@@ -23,8 +40,16 @@ def _fraction(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``lightning-nas`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     from lightning_nas import profile_cli, search_cli
 
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in LIGHTNING_SUBCOMMANDS:
+        # LightningCLI parses these itself (--config, --print_config, --trainer.*, --model.*, --data.*).
+        from lightning_nas.lightning_cli import run_lightning_cli
+
+        run_lightning_cli(arguments)
+        return 0
     parser = argparse.ArgumentParser(prog="lightning-nas", description="Neural architecture search on PyTorch Lightning.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="BINAS end to end: train a supernet, estimate, profile, solve 3 latency targets, export")
@@ -47,7 +72,30 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--no-progress", action="store_true")
     profile = profile_cli.add_arguments(commands.add_parser("profile", help="build a latency/FLOPs/params table on this device without training"))
     search = search_cli.add_arguments(commands.add_parser("search", help="black-box search on a tabular benchmark (NB201 CSV), resumable"))
-    args = parser.parse_args(argv)
+    for name, text in LIGHTNING_SUBCOMMANDS.items():  # listed in --help; LightningCLI parses them (above)
+        commands.add_parser(name, help=text, add_help=False)
+    from lightning_nas import export_cli, select_cli
+
+    select = select_cli.add_arguments(commands.add_parser(
+        "select", help="the best subnet under resource limits from saved accuracy/latency tables (exact MILP), with its certificate"))
+    export = export_cli.add_arguments(commands.add_parser(
+        "export", help="export a picked subnet of a checkpoint (torch.export, TorchScript or ONNX), checked against the supernet"))
+    args = parser.parse_args(arguments)
+
+    if args.command == "select":
+        from lightning_nas.solvers import InfeasibleError
+
+        try:
+            return select_cli.run(args)
+        except InfeasibleError as err:
+            select.error(f"infeasible: {err}")
+        except (ValueError, OSError, ImportError) as err:
+            select.error(str(err))
+    if args.command == "export":
+        try:
+            return export_cli.run(args)
+        except (ValueError, OSError, ImportError, RuntimeError) as err:
+            export.error(str(err))
 
     if args.command == "search":
         import sqlite3

@@ -1,0 +1,189 @@
+"""``ImageClassifier``: a YAML-friendly classification LightningModule whose network is named, not passed.
+
+:class:`~lightning_nas.demo.SupernetClassifier` takes the network object, which a config file
+cannot hold. ``ImageClassifier`` builds it from strings and plain values, then trains exactly like
+``SupernetClassifier`` (it is one): a registered space name plus keyword arguments
+(:func:`lightning_nas.spaces.create_space`, e.g. ``space: binas``, ``space_kwargs: {preset: tiny}``)
+or your own ``package.module:factory`` (``model: mypackage.models:make_supernet``; a factory that
+returns a plain ``nn.Module`` with lightning_nas choices is wrapped in a ``Supernet``). Everything is
+saved as hyper-parameters, so a checkpoint rebuilds its network (``lightning-nas export``,
+``ImageClassifier.load_from_checkpoint``).
+
+Example (YAML, ``lightning-nas fit --config``)::
+
+    model:
+      space: binas
+      space_kwargs: {preset: tiny, max_depth: 2, expand_ratios: [2, 4], kernel_sizes: [3]}
+      lr: 0.1
+      distill: true
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torchmetrics
+from torch import nn
+
+from lightning_nas.demo import SupernetClassifier
+
+__all__ = ["ImageClassifier", "build_network"]
+
+
+def _accepts(fn: Callable[..., Any] | None, name: str) -> bool:
+    """Whether ``fn`` takes a keyword argument ``name`` (or ``**kwargs``)."""
+    if fn is None:
+        return False
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _builder(space: str | None, model: str | None) -> Callable[..., Any] | None:
+    """The callable that builds the network (``None`` when it cannot be found; building then reports why)."""
+    if space is not None:
+        from lightning_nas.spaces import SPACES
+
+        return SPACES.get(space) if space in SPACES else None
+    module_name, _, factory_name = (model or "").partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), factory_name, None) if module_name and factory_name else None
+    except ImportError:
+        return None
+
+
+def build_network(
+    space: str | None = None,
+    space_kwargs: Mapping[str, Any] | None = None,
+    model: str | None = None,
+    *,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+) -> nn.Module:
+    """The supernet named by a registered ``space`` (plus ``space_kwargs``) or a ``model`` factory.
+
+    ``num_classes`` and ``in_chans`` are passed to the builder when it takes them and
+    ``space_kwargs`` does not already set them (a different value there is an error).
+
+    Args:
+        space: a registered space name (``lightning_nas.spaces.list_spaces()``: ``binas``, ``mobilenet``, ...).
+        space_kwargs: keyword arguments of the space builder or the factory.
+        model: ``"package.module:factory"``; ``factory(**space_kwargs)`` returns a ``Supernet`` or an
+            ``nn.Module`` with lightning_nas choices (wrapped in a ``Supernet``). Imports and runs that code.
+        num_classes: classes of the output layer.
+        in_chans: input channels.
+
+    Returns:
+        A :class:`~lightning_nas.Supernet`.
+
+    Raises:
+        ValueError: neither or both of ``space`` and ``model``; an unknown space; a factory that
+            cannot be imported or returns something else; kwargs the builder does not take.
+    """
+    from lightning_nas.profile_cli import _create_model, _create_space
+
+    if (space is None) == (model is None):
+        raise ValueError(
+            f"give exactly one of `space` (a registered space name such as 'binas') and `model` ('package.module:factory'), "
+            f"got space={space!r}, model={model!r}"
+        )
+    if space_kwargs is not None and not isinstance(space_kwargs, Mapping):
+        raise ValueError(f"`space_kwargs` must be a mapping of keyword arguments or None, got {space_kwargs!r}")
+    kwargs = dict(space_kwargs or {})
+    builder = _builder(space, model)
+    for name, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+        if value is None:
+            continue
+        if name in kwargs:
+            if kwargs[name] != value:
+                raise ValueError(f"`space_kwargs` sets {name}={kwargs[name]!r} but `{name}` is {value!r} (from the data?); make them agree")
+        elif _accepts(builder, name):
+            kwargs[name] = value
+    if space is not None:
+        if not isinstance(space, str) or not space:
+            raise ValueError(f"`space` must be a registered space name (str), got {space!r}")
+        return _create_space(space, kwargs)
+    if not isinstance(model, str):
+        raise ValueError(f"`model` must be 'package.module:factory' (str), got {model!r}")
+    return _create_model(model, kwargs)
+
+
+class ImageClassifier(SupernetClassifier):
+    """A :class:`~lightning_nas.demo.SupernetClassifier` whose network comes from a name (YAML-friendly).
+
+    Training is ``SupernetClassifier``'s (cross entropy, optional in-place distillation, SGD with
+    Nesterov momentum and a cosine schedule); adds ``test_step`` (``test_acc``) and
+    ``predict_step`` (logits ``(B, num_classes)``). The network is at ``self.supernet``.
+
+    Args:
+        space: a registered space name (``binas``, ``mobilenet``, ``nb201``, ``darts``, ...).
+        space_kwargs: keyword arguments of the space builder or of ``model``'s factory.
+        model: ``"package.module:factory"`` instead of ``space`` (your own supernet).
+        num_classes: output classes; under ``lightning-nas fit`` it comes from the DataModule.
+            ``None``: ``space_kwargs["num_classes"]``.
+        in_chans: input channels, passed to the builder when it takes ``in_chans``; under
+            ``lightning-nas fit`` it comes from the DataModule's ``channels``.
+        lr: peak SGD learning rate.
+        weight_decay: SGD weight decay.
+        epochs: length of the cosine schedule in epochs (``None``: the trainer's ``max_epochs``).
+        distill: in-place distillation from the largest subnet (BINAS's recipe).
+        warmup: fraction of the steps of linear warm-up (0: the cosine is stepped per epoch).
+
+    Raises:
+        ValueError: a bad argument (the message names it and what is allowed).
+    """
+
+    def __init__(
+        self,
+        space: str | None = None,
+        space_kwargs: dict[str, Any] | None = None,
+        model: str | None = None,
+        num_classes: int | None = None,
+        in_chans: int | None = None,
+        lr: float = 0.1,
+        weight_decay: float = 4e-5,
+        epochs: int | None = None,
+        distill: bool = False,
+        warmup: float = 0.0,
+    ) -> None:
+        for name, value in (("num_classes", num_classes), ("in_chans", in_chans), ("epochs", epochs)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"`{name}` must be an int >= 1 or None, got {value!r}")
+        for name, value in (("lr", lr), ("weight_decay", weight_decay)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
+        if num_classes is None:
+            num_classes = (space_kwargs or {}).get("num_classes")
+            if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+                raise ValueError(
+                    "`num_classes` must be given (an int >= 2; `lightning-nas fit` takes it from the data), or set in "
+                    f"`space_kwargs`; got num_classes=None and space_kwargs={space_kwargs!r}"
+                )
+        network = build_network(space, space_kwargs, model, num_classes=num_classes, in_chans=in_chans)
+        super().__init__(network, num_classes, lr=lr, weight_decay=weight_decay, epochs=epochs or 1, distill=distill, warmup=warmup)
+        self.save_hyperparameters()
+        self._epochs_from_trainer = epochs is None
+        self.test_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
+
+    def configure_optimizers(self):
+        """``SupernetClassifier``'s SGD and cosine schedule, over ``epochs`` (default: the trainer's ``max_epochs``)."""
+        if self._epochs_from_trainer:
+            max_epochs = self.trainer.max_epochs
+            self.epochs = max_epochs if max_epochs is not None and max_epochs > 0 else 1
+        return super().configure_optimizers()
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.test_acc(self(x), y)
+        self.log("test_acc", self.test_acc, on_epoch=True, batch_size=len(y))
+
+    def predict_step(self, batch, batch_idx, dataloader_idx: int = 0) -> torch.Tensor:
+        """Logits ``(B, num_classes)`` of a batch ``(images, labels)`` or of bare images."""
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self(x)
