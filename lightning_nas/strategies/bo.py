@@ -217,13 +217,14 @@ class BayesianOptimization(BatchStrategy):
         return batch
 
     def _random_batch(self, plan) -> list[Proposal]:
+        """Uniformly random archs not yet proposed at their fidelity; with constraints and a cost model,
+        the first draw predicted to meet them (else the least violating of 100 draws), so no evaluation
+        goes to an arch that a free cost model already rules out."""
         batch = []
         for fidelity, count in plan:
             for _ in range(count):
-                for _try in range(100):
-                    arch = self.random_arch()
-                    if (arch_key(arch), fidelity) not in self.proposed:
-                        break
+                seen = {key for key, f in self.proposed if f == fidelity}
+                arch = self.steered_draw(self.random_arch, seen, tries=100) or self.random_arch()
                 batch.append(self._propose(arch, fidelity))
         return batch
 

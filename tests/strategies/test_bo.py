@@ -214,3 +214,18 @@ def test_rank_targets_and_warm_start_find_the_optimum_and_resume(tmp_path: Path)
     assert [r.arch for r in resumed.done] == [r.arch for r in straight.done]  # the warm weights are in the state
     with pytest.raises(ValueError, match="`targets` must be one of"):
         bo(targets="log")
+
+
+def test_first_random_batch_honours_the_constraints_through_the_cost_model() -> None:
+    from lightning_nas.strategies.base import Constraint
+
+    evaluator = SyntheticEvaluator()
+    costs = sorted(evaluator.costs(a)["cost"] for a in evaluator.all_archs())
+    limit = costs[len(costs) // 10]  # a tenth of the space fits: most uniform draws would not
+    strategy = bo(3, initial=12, constraints=[Constraint("cost", upper=limit)], cost_model=evaluator.costs)
+    first = strategy.ask(12)
+    assert len({tuple(sorted(p.arch.items())) for p in first}) == 12
+    assert all(evaluator.costs(p.arch)["cost"] <= limit for p in first)
+    # Without a cost model the first batch stays uniformly random (some draws break the limit).
+    plain = bo(3, initial=12, constraints=[Constraint("cost", upper=limit)]).ask(12)
+    assert any(evaluator.costs(p.arch)["cost"] > limit for p in plain)
