@@ -196,7 +196,7 @@ def _decision(values: list, label: str | None) -> int | Choice:
     return values[0] if len(values) == 1 else Choice(values, label, default=max(values))
 
 
-class ElasticTransformerEncoder(TransformerEncoder, Mutable):
+class ElasticTransformerEncoder(TransformerEncoder):
     """A searchable stack of :class:`ElasticTransformerBlock` (AutoFormer's space, plus layer skipping).
 
     Decisions (with ``label="enc"``; with ``label=None`` the supernet names them after their paths):
@@ -212,8 +212,11 @@ class ElasticTransformerEncoder(TransformerEncoder, Mutable):
     ``enc.{i}.keep``          ``[False, True]`` (``True``: layer ``i`` runs)      ``skip_layers=True``
     ========================  ==================================================  ==========================
 
-    Every decision defaults to its largest candidate (all layers kept). Exported as a plain
-    :class:`TransformerEncoder` of :class:`TransformerBlock` with sliced weights.
+    Every decision defaults to its largest candidate (all layers kept). The encoder itself is a
+    container, not a mutable (so that the staged pipeline sees its ``DepthChoice`` as a stage and
+    each block as a unit): export keeps it, with plain :class:`TransformerBlock` s (sliced weights,
+    ``nn.Identity`` for skipped layers) in an ``nn.Sequential`` and an ``nn.LayerNorm``; its
+    :meth:`blocks` is then empty.
 
     Args:
         embed_dim: one width, a list of candidate widths, or a ``Choice`` shared with the layers
@@ -283,7 +286,6 @@ class ElasticTransformerEncoder(TransformerEncoder, Mutable):
             blocks.append(SkipChoice(block, sub(f"{i}.keep")) if skip_layers else block)
         layers = nn.Sequential(*blocks) if depths is None else DepthChoice(blocks, depths, sub("depth"))
         super().__init__(layers, ElasticLayerNorm(embed, eps) if norm_first else None)
-        self.embed_dim = embed
 
     def blocks(self) -> list[ElasticTransformerBlock]:
         """The layers, in order (inside their ``SkipChoice`` when ``skip_layers``)."""
@@ -293,6 +295,3 @@ class ElasticTransformerEncoder(TransformerEncoder, Mutable):
         """Sort every layer's heads and MLP hidden neurons by importance (function preserved)."""
         for block in self.blocks():
             block.reorder_by_importance()
-
-    def freeze(self, arch: dict[str, Any], export_child) -> TransformerEncoder:
-        return TransformerEncoder(export_child(self.layers), export_child(self.norm))

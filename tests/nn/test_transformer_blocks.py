@@ -81,7 +81,7 @@ def test_export_equals_supernet(seed, train, masked):
     net.activate(arch)
     exported = net.export(arch).train(train)
     assert not any(isinstance(m, (Mutable, Choice)) for m in exported.modules())
-    assert type(exported.encoder) is TransformerEncoder
+    assert isinstance(exported.encoder, TransformerEncoder) and isinstance(exported.encoder.layers, nn.Sequential)
     assert all(type(b) in (TransformerBlock, nn.Identity) for b in exported.encoder.layers)
     torch.testing.assert_close(exported(ids, mask), net(ids, mask), atol=1e-5, rtol=1e-5)
 
@@ -254,3 +254,25 @@ def test_bad_inputs():
         net(torch.zeros(2, LENGTH + 1, dtype=torch.long))
     with pytest.raises(ValueError, match=r"`attn_mask` must have shape"):
         net(_ids(2, 0), torch.ones(3, 3, dtype=torch.bool))
+
+
+def test_staged_structure_and_exact_flops_and_params_tables():
+    """Depth is a stage, each layer (with its on/off decision) a unit: additive tables are exact."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lightning_nas.profiling.tables import build_flops_table, build_params_table
+    from lightning_nas.spaces.staged import StagedSpace
+
+    torch.manual_seed(0)
+    net = ln.Supernet(ElasticTransformerEncoder(8, 2, [1, 2], [1.0, 2.0], depths=[1, 2], skip_layers=True, label="enc"))
+    (stage,) = StagedSpace.of(net).stages
+    assert stage.depth_label == "enc.depth"
+    assert stage.block_labels == (("enc.0.num_heads", "enc.0.mlp_hidden", "enc.0.keep"), ("enc.1.num_heads", "enc.1.mlp_hidden", "enc.1.keep"))
+    flops, params = build_flops_table(net, (LENGTH, 8)), build_params_table(net)
+    for seed in range(6):
+        arch = net.space.sample(seed)
+        exported = net.export(arch)
+        with FlopCounterMode(display=False) as counter:
+            exported(torch.randn(1, LENGTH, 8))
+        assert flops.predict(arch) == pytest.approx(counter.get_total_flops() / 1e6, abs=1e-9)
+        assert params.predict(arch) == pytest.approx(sum(p.numel() for p in exported.parameters()))
