@@ -3,8 +3,8 @@
 :class:`TransformerBlock` and :class:`TransformerEncoder` compose any attention, MLP and norm
 modules; :class:`ElasticTransformerBlock` and :class:`ElasticTransformerEncoder` build them from
 elastic parts (:class:`~lightning_nas.nn.ElasticMultiheadAttention`,
-:class:`~lightning_nas.nn.ElasticMLP`, :class:`~lightning_nas.nn.ElasticLayerNorm`) and export to
-the plain classes with sliced weights. The encoder's searchable dimensions:
+:class:`~lightning_nas.nn.ElasticMLP`, :class:`~lightning_nas.nn.ElasticLayerNorm`); an exported
+block is a plain :class:`TransformerBlock` with sliced weights. The encoder's searchable dimensions:
 
 * the embedding width ``e``, one decision for the whole residual stream (a prefix of the features);
 * per layer, the number of heads (a prefix of the heads), optionally the head dimension, and the
