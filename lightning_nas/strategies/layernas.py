@@ -26,6 +26,7 @@ model; ``selections=R`` keeps the R best) and ``apply_search_option`` (default: 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -144,8 +145,15 @@ class LayerNAS(Strategy):
         observed = [self.evaluated[arch_key(a)] for a in archs]
         if self.select_fn is not None:
             return [o.arch for o in self.select_fn(observed, self.rng)]
-        observed.sort(key=lambda o: rank_key(o.value, o.violation), reverse=True)
+        observed.sort(key=self._order, reverse=True)
         return [o.arch for o in observed[: self.selections]]
+
+    def _order(self, observation: Observation) -> tuple:
+        """Sort key, larger is better: :func:`rank_key`, then a pseudo-random number of (seed, arch),
+        so equally good models (isomorphic cells, a table's repeated values) are kept and expanded in
+        an order the seed decides rather than in the order they happened to be evaluated."""
+        digest = hashlib.blake2b(repr((self.seed, arch_key(observation.arch))).encode(), digest_size=8).digest()
+        return (*rank_key(observation.value, observation.violation), int.from_bytes(digest, "big"))
 
     def _options(self, arch: Mapping[str, Any], decision: Decision) -> list[Any]:
         if self.apply_fn is not None:
@@ -187,7 +195,7 @@ class LayerNAS(Strategy):
         if any(arch_key(o.arch) == arch_key(observation.arch) for o in kept):
             return
         kept.append(observation)
-        kept.sort(key=lambda o: rank_key(o.value, o.violation), reverse=True)
+        kept.sort(key=self._order, reverse=True)
         del kept[self.per_bucket:]
 
     # -- costs ---------------------------------------------------------------------------------
