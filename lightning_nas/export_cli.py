@@ -249,10 +249,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.space_kwargs is not None and args.space is None and args.model is None:
         raise ValueError("`--space-kwargs` applies to --space or --model; without them the checkpoint's own kwargs are used")
-    checkpoint = _read_checkpoint(args.checkpoint)
-    input_size = _input_size(args, checkpoint)
-    arch = read_arch(args.arch)
     supernet = supernet_from_checkpoint(args.checkpoint, space=args.space, model=args.model, space_kwargs=args.space_kwargs)
+    input_size = _input_size(args, _read_checkpoint(args.checkpoint))
+    arch = read_arch(args.arch)
     report = export_subnet_file(supernet, arch, args.out, input_size, fmt=args.format, batch_size=args.batch_size,
                                 tolerance=args.tolerance, seed=args.seed)
     subnet_params = sum(p.numel() for p in supernet.export(supernet.space.validate(arch)).parameters())
