@@ -21,8 +21,8 @@ DOCS = ROOT / "docs"
 FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
-def python_blocks(page: Path) -> list[str]:
-    return FENCE.findall(page.read_text(encoding="utf-8"))
+def python_blocks(page: Path, text: str | None = None) -> list[str]:
+    return FENCE.findall(page.read_text(encoding="utf-8") if text is None else text)
 
 
 PAGES = sorted(p.name for p in DOCS.rglob("*.md") if python_blocks(p))
@@ -89,6 +89,23 @@ def check_own_model(scope: dict) -> None:
     assert scope["best"].resources["latency"] <= scope["budget"] + 1e-9
 
 
+# Smaller settings for examples whose real ones take minutes: (page, text in the page, replacement). A text
+# missing from its page fails the test, so an edited example is never run at its full size unnoticed.
+SMALL = [
+    ("blackbox.md", "budget=Budget(evaluations=100)", "budget=Budget(evaluations=16)"),
+    ("blackbox.md", "budget=Budget(equivalent_evaluations=60)", "budget=Budget(equivalent_evaluations=1.5)"),
+    ("blackbox.md", "steps=20, warm_start=True", "steps=5, warm_start=True"),
+]
+
+
+def shrink(page: str, text: str) -> str:
+    for name, old, new in SMALL:
+        if name == page:
+            assert old in text, f"{page}: {old!r} not found; update SMALL in tests/test_docs.py"
+            text = text.replace(old, new)
+    return text
+
+
 # What each page's examples promise, checked after they ran.
 CHECKS = {"binas.md": check_binas, "blackbox.md": check_blackbox, "differentiable.md": check_differentiable,
           "mathnas.md": check_mathnas, "own_model.md": check_own_model}
@@ -121,7 +138,7 @@ def run_page(page: str, tmp_path: Path) -> None:
         SETUP[page](tmp_path)
     path = next(DOCS.rglob(page))
     scope: dict = {"__name__": "__docs__"}
-    for block in python_blocks(path):
+    for block in python_blocks(path, shrink(page, path.read_text(encoding="utf-8"))):
         exec(compile(block, str(path), "exec"), scope)
     if page in CHECKS:
         CHECKS[page](scope)
