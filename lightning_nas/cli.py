@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         # LightningCLI parses these itself (--config, --print_config, --trainer.*, --model.*, --data.*).
         from lightning_nas.lightning_cli import run_lightning_cli
 
-        run_lightning_cli(arguments)
+        # From the shell LightningCLI reads sys.argv itself (given both, it warns).
+        run_lightning_cli(None if argv is None else arguments)
         return 0
     parser = argparse.ArgumentParser(prog="lightning-nas", description="Neural architecture search on PyTorch Lightning.")
     commands = parser.add_subparsers(dest="command", required=True)
