@@ -5,6 +5,7 @@ then checks that docstring like every other one. Nothing else is filtered.
 """
 
 import logging
+import re
 
 KNOWN = [
     # "lr, betas, weight_decay: ..." in DartsSearch's Args: one parameter per line.
@@ -29,3 +30,17 @@ def on_config(config):
         if not any(isinstance(f, _KnownWarnings) for f in handler.filters):
             handler.addFilter(_KnownWarnings())
     return config
+
+
+# Docstrings use Sphinx roles (:class:`Limit`, :func:`~lightning_nas.io.read_json`), which Markdown
+# renders as ":class:" before the code. Show the code alone, as Sphinx would (``~``: the last name).
+_ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc|obj|ref):<code>(~?)([^<]*)</code>")
+
+
+def _role(match: re.Match) -> str:
+    name = match.group(2).rsplit(".", 1)[-1] if match.group(1) else match.group(2)
+    return f"<code>{name}</code>"
+
+
+def on_page_content(html, page, config, files):
+    return _ROLE.sub(_role, html)

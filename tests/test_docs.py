@@ -95,6 +95,8 @@ SMALL = [
     ("blackbox.md", "budget=Budget(evaluations=100)", "budget=Budget(evaluations=16)"),
     ("blackbox.md", "budget=Budget(equivalent_evaluations=60)", "budget=Budget(equivalent_evaluations=1.5)"),
     ("blackbox.md", "steps=20, warm_start=True", "steps=5, warm_start=True"),
+    ("binas.md", "to_tensors(digits_dataset(), 16", "to_tensors(digits_dataset().select(range(600)), 16"),
+    ("differentiable.md", "to_tensors(digits_dataset(), 16", "to_tensors(digits_dataset().select(range(600)), 16"),
 ]
 
 
