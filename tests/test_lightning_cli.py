@@ -104,3 +104,38 @@ def test_a_missing_split_name_is_a_clear_error(tmp_path, monkeypatch):
 def test_the_model_needs_exactly_one_network(capsys):
     with pytest.raises(ValueError, match="give exactly one of `space`"):
         main(["fit", "--data.dataset", "digits", *TINY_DATA, "--trainer.logger", "false"])
+
+
+EVERY_CALLBACK = """
+trainer:
+  logger: false
+  callbacks:
+    - {class_path: lightning_nas.callbacks.UniformSampling, init_args: {seed: 1, per_sample: true, eval_arch: largest}}
+    - {class_path: lightning_nas.callbacks.LatencyProfiler, init_args: {path: lat.json, input_size: [1, 8, 8], runtime: eager}}
+    - class_path: lightning_nas.callbacks.ContributionEstimation
+      init_args:
+        held_out: held_out
+        score: {class_path: lightning_nas.estimators.SmoothedTop1, init_args: {temperature: 0.3}}
+    - {class_path: lightning_nas.callbacks.BlockPerformanceEstimation, init_args: {held_out: held_out, flops: [1, 8, 8], method: sampled}}
+    - {class_path: lightning_nas.callbacks.DrNASSearch, init_args: {arch_data: held_out, prune_at: {3: 2}, batch_size: 8}}
+    - {class_path: lightning_nas.callbacks.PerturbationSelection, init_args: {data: held_out, interval: 2}}
+model: {space: nb201, space_kwargs: {channels: 4, cells_per_stage: 1}}
+data: {dataset: digits, max_examples: 40, image_size: 8}
+"""
+
+
+def test_every_lightning_nas_callback_is_configurable_from_yaml(tmp_path, monkeypatch):
+    import lightning_nas.callbacks as callbacks_module
+    from lightning_nas.estimators import SmoothedTop1
+    from lightning_nas.lightning_cli import run_lightning_cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "all.yaml").write_text(EVERY_CALLBACK)
+    cli = run_lightning_cli(["--config", "all.yaml"], run=False)
+    made = {type(c).__name__: c for c in cli.trainer.callbacks if type(c).__module__.startswith("lightning_nas.")}
+    # DartsSearch is DrNASSearch's base (the two relaxations exclude each other in one Trainer).
+    assert set(made) | {"DartsSearch"} == set(callbacks_module.__all__)
+    assert made["ContributionEstimation"].held_out_split == "held_out" and isinstance(made["ContributionEstimation"].score, SmoothedTop1)
+    assert made["DrNASSearch"].prune_at == {3: 2} and made["DrNASSearch"].arch_data_split == "held_out"
+    assert made["PerturbationSelection"].search is None and made["BlockPerformanceEstimation"].flops == [1, 8, 8]
+    assert cli.model.hparams.num_classes == 10 and cli.model.hparams.in_chans == 1

@@ -17,7 +17,7 @@ from lightning_nas.bilinear import BilinearTable
 from lightning_nas.callbacks._checks import check_not_empty, check_supernet_path, plain_state, require_finite, resolve_split
 from lightning_nas.io import check_writable
 from lightning_nas.estimators.contributions import (
-    METHODS, SHRINKAGE, check_estimator_options, check_paired, check_score, estimate_contributions, make_accumulator, score_name,
+    METHODS, SHRINKAGE, SmoothedTop1, check_estimator_options, check_paired, check_score, estimate_contributions, make_accumulator, score_name,
 )
 from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet, find_supernet
@@ -60,7 +60,9 @@ class ContributionEstimation(Callback):
             (see :func:`~lightning_nas.estimators.estimate_contributions`): same records, same expected
             gains, less noise.
         score: ``(logits, labels) -> (N,)`` in [0, 1], the per-example outcome; default top-1
-            correctness (:class:`~lightning_nas.estimators.SmoothedTop1` is less noisy).
+            correctness (:class:`~lightning_nas.estimators.SmoothedTop1` is less noisy; in YAML
+            ``score: {class_path: lightning_nas.estimators.SmoothedTop1, init_args: {temperature: 0.25}}``,
+            or a function's import path).
         fit: one-pass only: ``"means"`` (BINAS's conditional means) or ``"log_error"`` (the
             multiplicative-error model with a difficulty per example, a ``link="log_error"`` table;
             see :func:`~lightning_nas.estimators.estimate_contributions`).
@@ -88,7 +90,7 @@ class ContributionEstimation(Callback):
         seed: int = 0,
         shrinkage: str = "none",
         paired: bool = False,
-        score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | SmoothedTop1 | None = None,
         fit: str = "means",
         allocation: str = "uniform",
         pilot_passes: int = 2,
