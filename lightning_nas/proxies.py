@@ -248,6 +248,11 @@ class _Scoring:
     def __call__(self, x: Tensor) -> Any:
         return torch.func.functional_call(self.model, (self.params, self.buffers), (x,))
 
+    def inputs(self, x: Tensor) -> Tensor:
+        """``x`` on the model's device; floating-point inputs in the dtype of its floating parameters."""
+        dtype = next((p.dtype for p in self.params.values() if p.is_floating_point()), None)
+        return x.to(self.device, dtype=dtype) if x.is_floating_point() and dtype is not None else x.to(self.device)
+
     def weights(self) -> list[Tensor]:
         """The stand-ins of the weights: parameters with >= 2 dims (each shared tensor once)."""
         return [p for p in self.params.values() if p.dim() >= 2]
@@ -374,7 +379,7 @@ def _naswot(model: nn.Module, x: Tensor, seed: int, activations: tuple[type[nn.M
         for m in observed:
             run.hook(m, hook)
         with torch.no_grad():
-            run(x.to(run.device))
+            run(run.inputs(x))
     if problems:
         raise ValueError(f"naswot reads activations as (N, ...) with N = {n} examples first; got {problems[0]}")
     eigenvalues = torch.linalg.eigvalsh(kernel).cpu().numpy()
@@ -426,7 +431,7 @@ def grad_norm(model: nn.Module, data: Any, *, seed: int = 0, num_batches: int = 
 def _grad_norm(model: nn.Module, x: Tensor, y: Tensor, seed: int,
                loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> float:
     with _Scoring(model, seed=seed, key=3, grads=True) as run:
-        out = _output(run(x.to(run.device)), "grad_norm")
+        out = _output(run(run.inputs(x)), "grad_norm")
         if loss_fn is None:
             if out.dim() != 2 or y.dim() != 1 or y.is_floating_point():
                 raise ValueError(f"grad_norm's default loss is cross-entropy of logits (N, C) against class indices "
@@ -486,7 +491,7 @@ def _jacob_cov(model: nn.Module, x: Tensor, seed: int, k: float = JACOB_COV_K) -
     x = _float_inputs(x, "jacob_cov")
     n = _at_least_two(x, "jacob_cov")
     with _Scoring(model, seed=seed, key=4) as run:
-        x = x.detach().to(run.device).clone().requires_grad_(True)
+        x = run.inputs(x.detach()).clone().requires_grad_(True)
         out = _output(run(x), "jacob_cov")
         if not out.requires_grad:
             return -math.inf
