@@ -10,8 +10,6 @@ import re
 KNOWN = [
     # "lr, betas, weight_decay: ..." in DartsSearch's Args: one parameter per line.
     ("lightning_nas/callbacks/darts.py", "'lr, betas, weight_decay'"),
-    # "calibration_archs, seed, progress: ..." in load_or_build_latency_table's Args.
-    ("lightning_nas/profiling/tables.py", "'calibration_archs, seed, progress'"),
     # "image_column, label_column: ..." in ImageDataModule's Args.
     ("lightning_nas/datamodule.py", "'image_column, label_column'"),
     # "space, model, space_kwargs: ..." in supernet_from_checkpoint's Args.

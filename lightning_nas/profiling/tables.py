@@ -549,7 +549,9 @@ def load_or_build(
         path: the table's JSON file.
         settings: how to measure.
         rebuild: rebuild even when the file is valid.
-        calibration_archs, seed, progress: see :func:`build_latency_table`.
+        calibration_archs: see :func:`build_latency_table`.
+        seed: see :func:`build_latency_table`.
+        progress: see :func:`build_latency_table`.
     """
     _check_supernet(supernet)
     path = Path(path)
