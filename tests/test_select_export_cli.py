@@ -74,6 +74,10 @@ def test_train_select_export_from_the_shell(tmp_path, monkeypatch, capsys):
     pick = json.loads((tmp_path / "arch.json").read_text())
     assert pick["format"] == "lightning-nas-arch" and pick["result"]["status"] == "optimal"
     assert pick["result"]["predicted"]["latency"] <= budget + 1e-9
+    # The space rebuilt from the checkpoint's hyper-parameters gives the same pick as the tables' own structure.
+    assert main(["select", "--accuracy", "accuracy.json", "--latency", "latency.json", "--limit", f"latency<={budget}",
+                 "--out", "arch_ckpt.json", "--checkpoint", "supernet.ckpt"]) == 0
+    assert json.loads((tmp_path / "arch_ckpt.json").read_text())["arch"] == pick["arch"]
 
     for fmt, name in (("export", "subnet.pt2"), ("torchscript", "subnet.ts"), ("onnx", "subnet.onnx")):
         assert main(["export", "--checkpoint", "supernet.ckpt", "--arch", "arch.json", "--out", name, "--format", fmt]) == 0
