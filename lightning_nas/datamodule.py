@@ -74,7 +74,8 @@ class ImageDataModule(pl.LightningDataModule):
         eval_batch_size: batch size of the held-out, validation, test and predict loaders.
         num_workers: DataLoader worker processes (0: load in the main process).
         seed: seeds the subset, the split, the augmentation and the training shuffle.
-        image_column, label_column: column names when they cannot be inferred.
+        image_column: the image column's name when it cannot be inferred.
+        label_column: the label column's name when it cannot be inferred.
 
     Attributes:
         num_classes: the number of classes (loads the data on first access).

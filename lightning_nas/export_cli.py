@@ -119,10 +119,12 @@ def supernet_from_checkpoint(
 
     Args:
         path: a Lightning ``.ckpt`` file.
-        space, model, space_kwargs: build the supernet this way (as
-            :func:`~lightning_nas.classification.build_network`) instead of from the checkpoint's
+        space: a registered space name to build the supernet with (as
+            :func:`~lightning_nas.classification.build_network`) instead of the checkpoint's
             ``hyper_parameters`` (an :class:`~lightning_nas.classification.ImageClassifier` saves
             ``space``/``model``, ``space_kwargs``, ``num_classes`` and ``in_chans``).
+        model: ``"package.module:factory"`` to build the supernet with, instead of the checkpoint's.
+        space_kwargs: keyword arguments for ``space`` / ``model`` (default: the checkpoint's).
         load_weights: load the trained weights (``False``: the structure only).
 
     Raises:
@@ -210,7 +212,8 @@ def export_subnet_file(
         ``{"out", "format", "bytes", "max_abs_diff", "input_shape", "output_shape"}``.
 
     Raises:
-        ValueError: an unknown format or arch; RuntimeError: the exported file's output differs.
+        ValueError: an unknown format, or an arch not of this supernet.
+        RuntimeError: the exported file's output differs from the supernet's.
     """
     from lightning_nas.io import atomic_write_bytes, check_writable
 

@@ -247,7 +247,8 @@ def read_arch(path: str | Path) -> dict[str, Any]:
     validation); here the dict is returned as read.
 
     Raises:
-        OSError: the file cannot be read. ValueError: not JSON, or not an arch object.
+        OSError: the file cannot be read.
+        ValueError: not JSON, or not an arch object.
     """
     from lightning_nas.io import read_json
 

@@ -55,7 +55,9 @@ class DartsSearch(Callback):
             ``held_out_dataloader()``, resolved at ``setup``), which is how a YAML config names it.
         batch_size: examples per α step.
         order: 1 (first order) or 2 (unrolled, finite-difference Hessian-vector product).
-        lr, betas, weight_decay: α's Adam (DARTS: 3e-4, (0.5, 0.999), 1e-3).
+        lr: α's Adam learning rate (DARTS: 3e-4).
+        betas: α's Adam betas (DARTS: (0.5, 0.999)).
+        weight_decay: α's Adam weight decay (DARTS: 1e-3).
         init_std: α starts as ``init_std · N(0, 1)``.
         unrolled_lr: ξ of the second-order virtual step (default: the user's optimiser's current lr).
             With a ``torch.optim.SGD`` the virtual step is the one SGD would take (its momentum
