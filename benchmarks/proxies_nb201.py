@@ -237,8 +237,10 @@ def main(argv: list[str] | None = None) -> None:
                       f"export alone median {1e3 * statistics.median(r['export_s'] for r in rows):.0f} ms.",
                   "",
                   "The published figures (Abdelfattah et al. 2021; Mellor et al. 2021) were measured on full-size "
-                  "networks (16 channels, 5 cells per stage, 32×32) with real CIFAR batches; these are smaller "
-                  "networks on synthetic data, so compare the ranking of the proxies rather than the values."]
+                  "networks (16 channels, 5 cells per stage) with real 32×32 CIFAR batches; these networks see "
+                  f"{args.resolution}×{args.resolution} synthetic images"
+                  + ("" if (args.channels, args.cells_per_stage) == (16, 5) else " and are smaller")
+                  + ", so compare the ranking of the proxies rather than the values."]
         if args.bo_seeds:
             evaluators = {d: TabularEvaluator(b, prefix=p) for d, (b, p) in benches.items()}
             bo = bo_comparison(args, evaluators, supernet_args)
