@@ -31,7 +31,6 @@ Hugging Face image-classification dataset.
 from __future__ import annotations
 
 import datetime
-import math
 import shutil
 import sys
 import time
@@ -43,14 +42,13 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torchmetrics
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_nas.callbacks import ContributionEstimation, LatencyProfiler, UniformSampling
+from lightning_nas.classification import SupernetClassifier
 from lightning_nas.data import augmented_digits, gratings_dataset, load_image_dataset, split_dataset, to_tensors
-from lightning_nas.distillation import inplace_distillation_loss
 from lightning_nas.estimators import kendall_tau, ranking_report, table2_predictors
 from lightning_nas.estimators.contributions import evaluation_mode
 from lightning_nas.io import atomic_save, atomic_write_json, next_version_dir
@@ -68,69 +66,6 @@ LATENCY_ATTEMPTS = 3
 
 #: The demo's search space: ``binas_supernet("tiny", **DEMO_SPACE)``.
 DEMO_SPACE: dict[str, Any] = dict(in_chans=1, max_depth=3, min_depth=1, expand_ratios=(2, 6), kernel_sizes=(3,))
-
-
-class SupernetClassifier(pl.LightningModule):
-    """An ordinary classification LightningModule around any network (a supernet or a subnet).
-
-    Nothing here knows about NAS: callbacks activate subnets from outside. With ``distill=True``
-    (a :class:`~lightning_nas.Supernet` only) each step adds in-place distillation from the
-    largest subnet (:func:`~lightning_nas.distillation.inplace_distillation_loss`), BINAS's
-    recipe; the logged training accuracy is then the sampled subnets'. SGD (Nesterov momentum 0.9)
-    with a cosine schedule over ``epochs`` epochs: stepped per epoch when ``warmup`` is 0, else per
-    step after a linear warm-up over the first ``warmup`` fraction of the steps.
-    """
-
-    def __init__(
-        self, supernet: nn.Module, num_classes: int, *, lr: float = 0.1, weight_decay: float = 4e-5, epochs: int = 1,
-        distill: bool = False, warmup: float = 0.0,
-    ) -> None:
-        super().__init__()
-        if isinstance(warmup, bool) or not isinstance(warmup, (int, float)) or not 0 <= warmup < 1:
-            raise ValueError(f"`warmup` must be a fraction of the steps in [0, 1), got {warmup!r}")
-        if distill and not isinstance(supernet, Supernet):
-            raise ValueError(f"`distill=True` needs a lightning_nas.Supernet to take the teacher from, got {type(supernet).__name__}")
-        self.supernet = supernet
-        self.lr, self.weight_decay, self.epochs, self.distill, self.warmup = lr, weight_decay, epochs, distill, warmup
-        self.train_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
-        self.val_acc = torchmetrics.Accuracy(task="multiclass", num_classes=num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.supernet(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        if self.distill:
-            loss, logits = inplace_distillation_loss(self.supernet, x, y)
-        else:
-            logits = self(x)
-            loss = nn.functional.cross_entropy(logits, y)
-        self.train_acc(logits, y)
-        self.log_dict({"train_loss": loss, "train_acc": self.train_acc}, on_step=False, on_epoch=True, batch_size=len(y),
-                      prog_bar=True)
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        x, y = batch
-        self.val_acc(self(x), y)
-        self.log("val_acc", self.val_acc, on_epoch=True, batch_size=len(y))
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay, nesterov=True)
-        if not self.warmup:  # a cosine over `epochs` epochs, stepped per epoch (a shorter run follows its prefix)
-            return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(self.epochs, 1))}
-        # Per step: linear warm-up over the first `warmup` fraction of `epochs` epochs' steps, then a cosine to zero.
-        per_epoch = self.trainer.estimated_stepping_batches / max(self.trainer.max_epochs or 1, 1)
-        total = max(int(round(per_epoch * max(self.epochs, 1))), 1)
-        warm = int(self.warmup * total)
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / (warm + 1)
-            return 0.5 * (1 + math.cos(math.pi * min(step - warm, total - warm) / max(total - warm, 1)))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lightning_nas.demo import SupernetClassifier
+from lightning_nas.classification import SupernetClassifier
 from lightning_nas.seeding import derive_seed
 
 __all__ = ["EpochShuffle", "TrainingEvaluator"]
