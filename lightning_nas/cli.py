@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="latency targets as quantiles of random subnets' predicted latency (default 0.2 0.5 0.8)")
     demo.add_argument("--estimator", choices=["log_error", "means"], default=None,
                       help="accuracy table: the log-error fit with adaptive allocation (default), or BINAS's conditional means (paired, shrunk)")
+    demo.add_argument("--threads", type=positive_int, default=None,
+                      help="torch threads for training (default: the cores other jobs leave free, from the load average)")
     demo.add_argument("--out", default=None, help="runs go to OUT/version_N (never overwritten; default runs/demo)")
     demo.add_argument("--no-progress", action="store_true")
     profile = profile_cli.add_arguments(commands.add_parser("profile", help="build a latency/FLOPs/params table on this device without training"))
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     given = {"dataset": args.dataset, "split": args.split, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
              "seed": args.seed, "out": args.out, "image_size": args.image_size, "max_examples": args.max_examples,
-             "target_fractions": tuple(args.targets) if args.targets is not None else None, "estimator": args.estimator}
+             "target_fractions": tuple(args.targets) if args.targets is not None else None, "estimator": args.estimator, "threads": args.threads}
     # `kill` (SIGTERM) ends the demo like Ctrl-C does, through its clean-up (no empty run directory).
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main_thread else None

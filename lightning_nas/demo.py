@@ -31,6 +31,8 @@ Hugging Face image-classification dataset.
 from __future__ import annotations
 
 import datetime
+import math
+import os
 import shutil
 import sys
 import time
@@ -209,6 +211,7 @@ def run_demo(
     calibration_batches: int = 0,
     profile_repeats: int = 50,
     latency_headroom: float = 0.02,
+    threads: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run the whole BINAS pipeline on a small task and check it; see the module docstring.
@@ -250,6 +253,10 @@ def run_demo(
             (``statistic="min"``), which another job on the machine inflates far less than the median.
         latency_headroom: fraction of each budget kept free for measurement noise: a pick must
             measure within ``budget × (1 − latency_headroom)`` when the search verifies it.
+        threads: torch threads for training and accuracy measurement (latency is timed on the
+            table's own setting, 1 thread). Default: every core when the machine is idle, else the
+            cores other jobs leave free (at least 1), from the load average at the start: threads
+            that compete with another job for a core slow training down many times over.
         progress: show progress bars and stage lines (on stderr).
 
     Returns:
@@ -262,6 +269,8 @@ def run_demo(
             raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
     if isinstance(latency_headroom, bool) or not isinstance(latency_headroom, (int, float)) or not 0 <= latency_headroom < 0.5:
         raise ValueError(f"`latency_headroom` must be a fraction of the budget in [0, 0.5), got {latency_headroom!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"`threads` must be an int >= 1 or None (from the machine's load), got {threads!r}")
     if num_ranked > num_random:
         raise ValueError(f"`num_ranked` ({num_ranked}) must be at most `num_random` ({num_random}): the ranked subnets are the first of them")
     space_kwargs = dict(DEMO_SPACE if space is None else space)
@@ -289,6 +298,8 @@ def run_demo(
     supernet = binas_supernet("tiny", num_classes=num_classes, **space_kwargs)
     out = Path(out)
     run_dir = next_version_dir(out)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or free_cores())
     try:
         model = SupernetClassifier(supernet, num_classes, lr=lr, epochs=epochs, distill=True, warmup=0.05)
         options = ({"shrinkage": "empirical_bayes", "paired": estimation_passes >= 2} if estimator == "means"
@@ -468,6 +479,7 @@ def run_demo(
             "space": {k: list(v) if isinstance(v, tuple) else v for k, v in space_kwargs.items()},
             "image_size": image_size,
             "epochs": epochs,
+            "threads": torch.get_num_threads(),
             "train_seconds": round(times["training"], 1),
             "train_acc": float(trainer.callback_metrics.get("train_acc", float("nan"))),
             "expected_acc": accuracy_table.metadata["base_accuracy"],
@@ -495,6 +507,16 @@ def run_demo(
     except BaseException:
         _discard_unfinished(run_dir, progress)
         raise
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def free_cores() -> int:
+    """CPU cores that other jobs leave free now (at least 1): all of them minus the 1-minute load
+    average, rounded up; every core on a machine whose load average is below 0.5."""
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return cores if load < 0.5 else max(1, cores - math.ceil(load))
 
 
 def _ms(value: float | None) -> str:
@@ -509,7 +531,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"data: {summary['dataset']} at {summary['image_size']}×{summary['image_size']} "
         f"({ex['train']} train / {ex['held_out']} held-out / {ex['val']} val)",
         f"search space: {summary['decisions']} decisions, {summary['space_size']:,} architectures",
-        f"supernet: {summary['epochs']} epochs in {summary['train_seconds']} s; estimated E[Acc] {summary['expected_acc']:.3f}",
+        f"supernet: {summary['epochs']} epochs in {summary['train_seconds']} s on {summary.get('threads', '?')} torch thread(s); estimated E[Acc] {summary['expected_acc']:.3f}",
         f"truth ({summary['measured']}): {summary['random']['num_subnets']} random subnets on {rel['val_examples']} val images: accuracy "
         f"{rel['accuracy_range'][0]:.3f}–{rel['accuracy_range'][1]:.3f} (std {rel['accuracy_std']:.4f}), standard error "
         f"{rel['standard_error']:.4f}; split-half r {rel['split_half_r']:.2f} (full length {rel['spearman_brown']:.2f}), "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from lightning_nas.cli import main
 from lightning_nas.demo import format_summary, run_demo
@@ -24,7 +25,9 @@ def shared_out(tmp_path_factory):
 
 def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     tmp_path = shared_out
-    summary = run_demo(out=tmp_path, **TINY)
+    before = torch.get_num_threads()
+    summary = run_demo(out=tmp_path, **{**TINY, "threads": 1})
+    assert summary["threads"] == 1 and torch.get_num_threads() == before  # the caller's setting is restored
     run = Path(summary["run_dir"])
     assert json.loads((run / "accuracy_table.json").read_text())["link"] == "log_error"  # the default estimator
     assert json.loads((run / "summary.json").read_text())["targets"] == json.loads(json.dumps(summary["targets"]))
@@ -126,6 +129,8 @@ def test_demo_refuses_bad_arguments(tmp_path):
         run_demo(out=tmp_path, **{**TINY, "latency_headroom": 0.5})
     with pytest.raises(ValueError, match="`in_chans` must be 1 .* or 3"):
         run_demo(out=tmp_path, **{**TINY, "space": {"in_chans": 2}})
+    with pytest.raises(ValueError, match="`threads` must be an int >= 1 or None"):
+        run_demo(out=tmp_path, **{**TINY, "threads": 0})
     assert not list(tmp_path.iterdir())  # refused before a run directory was made
 
 
@@ -146,8 +151,17 @@ def test_cli_passes_only_the_options_given_so_run_demo_defaults_apply(monkeypatc
     monkeypatch.setattr(demo, "format_summary", lambda summary: "")
     assert main(["demo"]) == 0
     assert seen[-1] == {"progress": True}
-    main(["demo", "--epochs", "2", "--targets", "0.3", "0.6", "--no-progress"])
-    assert seen[-1] == {"epochs": 2, "target_fractions": (0.3, 0.6), "progress": False}
+    main(["demo", "--epochs", "2", "--targets", "0.3", "0.6", "--threads", "1", "--no-progress"])
+    assert seen[-1] == {"epochs": 2, "target_fractions": (0.3, 0.6), "threads": 1, "progress": False}
+
+
+@pytest.mark.parametrize("load, cores, free", [(0.2, 2, 2), (0.6, 2, 1), (1.0, 2, 1), (3.5, 2, 1), (1.2, 8, 6)])
+def test_free_cores_leaves_the_cores_other_jobs_use(monkeypatch, load, cores, free):
+    import lightning_nas.demo as demo
+
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (load, load, load))
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: cores)
+    assert demo.free_cores() == free
 
 
 def test_a_killed_demo_command_leaves_no_empty_run_directory(tmp_path):
