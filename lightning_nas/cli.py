@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--estimator", choices=["log_error", "means"], default=None,
                       help="accuracy table: the log-error fit with adaptive allocation (default), or BINAS's conditional means (paired, shrunk)")
     demo.add_argument("--threads", type=positive_int, default=None,
-                      help="torch threads for training (default: the cores other jobs leave free, from the load average)")
+                      help="torch threads for training (default: the cores other jobs leave free, measured at the start)")
     demo.add_argument("--out", default=None, help="runs go to OUT/version_N (never overwritten; default runs/demo)")
     demo.add_argument("--no-progress", action="store_true")
     profile = profile_cli.add_arguments(commands.add_parser("profile", help="build a latency/FLOPs/params table on this device without training"))

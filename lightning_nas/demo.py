@@ -254,8 +254,8 @@ def run_demo(
         latency_headroom: fraction of each budget kept free for measurement noise: a pick must
             measure within ``budget × (1 − latency_headroom)`` when the search verifies it.
         threads: torch threads for training and accuracy measurement (latency is timed on the
-            table's own setting, 1 thread). Default: every core when the machine is idle, else the
-            cores other jobs leave free (at least 1), from the load average at the start: threads
+            table's own setting, 1 thread). Default: :func:`free_cores`, every core when the machine is
+            idle, else the cores other jobs leave free (at least 1), measured at the start: threads
             that compete with another job for a core slow training down many times over.
         progress: show progress bars and stage lines (on stderr).
 
@@ -511,12 +511,34 @@ def run_demo(
         torch.set_num_threads(previous_threads)
 
 
-def free_cores() -> int:
-    """CPU cores that other jobs leave free now (at least 1): all of them minus the 1-minute load
-    average, rounded up; every core on a machine whose load average is below 0.5."""
+def free_cores(window_s: float = 0.5) -> int:
+    """CPU cores that other jobs leave free now (at least 1): every core minus those busy, rounded
+    up, over the next ``window_s`` seconds (``/proc/stat``; where it is missing, the 1-minute load
+    average, which lags a job that has just stopped); every core when fewer than half of one is busy."""
     cores = os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return cores if load < 0.5 else max(1, cores - math.ceil(load))
+    busy = _busy_cores(window_s)
+    if busy is None:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return cores if busy < 0.5 else max(1, cores - math.ceil(busy))
+
+
+def _busy_cores(window_s: float) -> float | None:
+    """Cores busy (not idle nor waiting for I/O) during ``window_s`` seconds, from ``/proc/stat``; None without it."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0)
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(window_s)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / (total1 - total0))
 
 
 def _ms(value: float | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -155,13 +156,40 @@ def test_cli_passes_only_the_options_given_so_run_demo_defaults_apply(monkeypatc
     assert seen[-1] == {"epochs": 2, "target_fractions": (0.3, 0.6), "threads": 1, "progress": False}
 
 
-@pytest.mark.parametrize("load, cores, free", [(0.2, 2, 2), (0.6, 2, 1), (1.0, 2, 1), (3.5, 2, 1), (1.2, 8, 6)])
-def test_free_cores_leaves_the_cores_other_jobs_use(monkeypatch, load, cores, free):
+@pytest.mark.parametrize("busy, cores, free", [(0.2, 2, 2), (0.6, 2, 1), (1.0, 2, 1), (3.5, 2, 1), (1.2, 8, 6)])
+def test_free_cores_leaves_the_cores_other_jobs_use(monkeypatch, busy, cores, free):
     import lightning_nas.demo as demo
 
-    monkeypatch.setattr(demo.os, "getloadavg", lambda: (load, load, load))
     monkeypatch.setattr(demo.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(demo, "_busy_cores", lambda window_s: busy)
     assert demo.free_cores() == free
+    # Without /proc/stat, the load average decides.
+    monkeypatch.setattr(demo, "_busy_cores", lambda window_s: None)
+    monkeypatch.setattr(demo.os, "getloadavg", lambda: (busy, busy, busy))
+    assert demo.free_cores() == free
+
+
+def test_busy_cores_sees_a_busy_thread():
+    import threading
+
+    import lightning_nas.demo as demo
+
+    if demo._busy_cores(0.05) is None:
+        pytest.skip("no /proc/stat here")
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    try:
+        busy = demo._busy_cores(0.5)
+    finally:
+        stop.set()
+        worker.join()
+    assert 0.5 <= busy <= (os.cpu_count() or 1) + 1e-9
 
 
 def test_a_killed_demo_command_leaves_no_empty_run_directory(tmp_path):

@@ -27,6 +27,7 @@ From a config (``lightning-nas fit``), ``search`` may be left out (the Trainer's
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +47,7 @@ from lightning_nas.differentiable.selection import (
     select_op_by_perturbation,
     supernet_correct,
 )
+from lightning_nas.io import atomic_write_json
 from lightning_nas.nn.input_choice import InputChoice
 from lightning_nas.nn.op_choice import OpChoice
 from lightning_nas.seeding import derive_generator
@@ -71,6 +73,9 @@ class PerturbationSelection(Callback):
         topology: also select the inputs of DARTS cell nodes (after all operations).
         accuracy_fn: ``accuracy_fn(pl_module, batch) -> (correct, count)``.
         seed: seed of the edge order.
+        path: when fitting ends with every decision made, the selected arch is written there
+            (atomically, by global rank 0) as ``{"format": "lightning-nas-arch", "arch": {...}}``,
+            the file ``lightning-nas export --arch`` reads, so DARTS-PT runs from the shell too.
 
     Attributes:
         decisions: one record per decision: ``{"epoch", "kind", "labels", "scores": {label: ...},
@@ -90,6 +95,7 @@ class PerturbationSelection(Callback):
         topology: bool = True,
         accuracy_fn: AccuracyFn | None = None,
         seed: int = 0,
+        path: str | Path | None = None,
     ) -> None:
         if search is not None and not isinstance(search, DartsSearch):
             raise MisconfigurationException(
@@ -127,6 +133,7 @@ class PerturbationSelection(Callback):
         self.topology = topology
         self.accuracy_fn = accuracy_fn or count_correct
         self.seed = seed
+        self.path = None if path is None else Path(path)
         self.decisions: list[dict[str, Any]] = []
 
     @property
@@ -198,6 +205,9 @@ class PerturbationSelection(Callback):
             )
             while not self.done:
                 self._decide(trainer, pl_module)
+        if self.path is not None and self.done and trainer.is_global_zero:
+            atomic_write_json(self.path, {"format": "lightning-nas-arch", "arch": self.arch,
+                                          "decisions": len(self.decisions), "epoch": trainer.current_epoch})
 
     # -- decisions ---------------------------------------------------------------------------
     def _batches(self, device: torch.device, rank: int = 0, world_size: int = 1):

@@ -117,12 +117,15 @@ class VectorData(pl.LightningDataModule):
 def test_darts_and_perturbation_selection_by_name(tmp_path):
     search = DartsSearch("held_out", batch_size=100, seed=0)
     assert search.arch_data is None
-    selection = PerturbationSelection(data="held_out", interval=1, start_epoch=1)  # finds `search` itself
+    selection = PerturbationSelection(data="held_out", interval=1, start_epoch=1, path=tmp_path / "arch.json")  # finds `search` itself
     dm = VectorData()
     fit(tmp_path, [search, selection], TinySearch(), datamodule=dm, max_epochs=3)
     assert len(search.arch_data) == 32 and search.batch_size == 32  # clipped to the split, as for a Dataset
     assert selection.search is search and len(selection.data) == 32
     assert len(selection.decisions) == 2 and set(selection.arch) == {"op1", "op2"}
+    from lightning_nas.select_cli import read_arch
+
+    assert read_arch(tmp_path / "arch.json") == selection.arch  # the file `lightning-nas export --arch` reads
 
 
 def test_a_name_without_a_datamodule_or_split_is_an_error(tmp_path):
