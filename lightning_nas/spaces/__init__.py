@@ -30,8 +30,10 @@ from lightning_nas.spaces.darts import (  # isort: skip
     robustness_supernet,
     seed_noise,
 )
+from lightning_nas.spaces.timm_models import timm_supernet  # isort: skip
 
 __all__ = [
+    "timm_supernet",
     "BINAS_PRESETS",
     "DARTS_OPS",
     "DARTS_OPS_WITH_NONE",
