@@ -29,7 +29,6 @@ import hashlib
 import io
 import json
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,20 +42,13 @@ OUT_FORMATS = (".csv", ".json")
 
 
 def parse_constraint(text: str):
-    """``"COLUMN<=X"`` or ``"COLUMN>=X"`` (X a finite number) → a :class:`~lightning_nas.strategies.Constraint`."""
+    """``"COLUMN<=X"`` or ``"COLUMN>=X"`` (X a finite number) → a :class:`~lightning_nas.strategies.Constraint`
+    (parsed as ``lightning-nas select --limit`` parses its bounds)."""
+    from lightning_nas.select_cli import parse_limit
     from lightning_nas.strategies import Constraint
 
-    match = re.fullmatch(r"\s*([^<>=\s]+)\s*(<=|>=)\s*(\S+)\s*", text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"a constraint is 'COLUMN<=VALUE' or 'COLUMN>=VALUE', got {text!r}")
-    column, op, number = match.groups()
-    try:
-        value = float(number)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"the VALUE of constraint {text!r} must be a number, got {number!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"the VALUE of constraint {text!r} must be a finite number, got {number!r}")
-    return Constraint(column, upper=value) if op == "<=" else Constraint(column, lower=value)
+    column, side, value = parse_limit(text)
+    return Constraint(column, **{side: value})
 
 
 def _positive_seconds(text: str) -> float:
