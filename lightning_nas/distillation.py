@@ -26,15 +26,18 @@ from torch.nn import functional as F
 
 from lightning_nas.supernet import Supernet
 
-__all__ = ["distillation_kl", "inplace_distillation_loss"]
+__all__ = ["distillation_kl", "inplace_distillation_loss", "logits_of"]
 
 
 def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """``T² · KL(softmax(teacher / T) ‖ softmax(student / T))``, averaged over the batch.
+    """``T² · KL(softmax(teacher / T) ‖ softmax(student / T))``, averaged over the predictions.
+
+    Every position of a sequence is one prediction: ``(B, T, K)`` logits of a language model are
+    averaged over the ``B · T`` next-token distributions (as its cross-entropy is).
 
     Args:
-        student_logits: ``(B, K)``.
-        teacher_logits: ``(B, K)``; treated as a constant (detached).
+        student_logits: ``(B, K)`` or ``(B, ..., K)``.
+        teacher_logits: the same shape; treated as a constant (detached).
         temperature: softening ``T > 0``; the ``T²`` factor keeps gradient magnitudes comparable
             across temperatures (Hinton et al.).
 
@@ -43,14 +46,34 @@ def distillation_kl(student_logits: Tensor, teacher_logits: Tensor, temperature:
     """
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 < temperature < math.inf:
         raise ValueError(f"`temperature` must be a finite float > 0, got {temperature!r}")
-    if student_logits.shape != teacher_logits.shape or student_logits.dim() != 2:
+    if student_logits.shape != teacher_logits.shape or student_logits.dim() < 2:
         raise ValueError(
-            f"`student_logits` and `teacher_logits` must both be (B, K) of one shape, got "
+            f"`student_logits` and `teacher_logits` must both be (B, K) or (B, ..., K) of one shape, got "
             f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
         )
-    target = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
-    student = F.log_softmax(student_logits / temperature, dim=1)
+    classes = student_logits.shape[-1]
+    target = F.log_softmax(teacher_logits.detach().reshape(-1, classes) / temperature, dim=1)
+    student = F.log_softmax(student_logits.reshape(-1, classes) / temperature, dim=1)
     return F.kl_div(student, target, reduction="batchmean", log_target=True) * temperature**2
+
+
+def logits_of(output: Any) -> Tensor:
+    """The logits in a network's output: the tensor itself, ``output.logits`` (Hugging Face
+    models), ``output["logits"]``, or the first element of a tuple or list.
+
+    Raises:
+        ValueError: when none of these is a tensor.
+    """
+    if isinstance(output, Tensor):
+        return output
+    for found in (getattr(output, "logits", None), output.get("logits") if isinstance(output, Mapping) else None,
+                  output[0] if isinstance(output, (tuple, list)) and output else None):
+        if isinstance(found, Tensor):
+            return found
+    raise ValueError(
+        f"cannot find the logits in the network's output of type {type(output).__name__}: expected a tensor, an object "
+        "with a `logits` tensor attribute, a dict with a 'logits' tensor, or a tuple whose first element is the logits"
+    )
 
 
 def inplace_distillation_loss(

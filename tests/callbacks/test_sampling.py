@@ -176,3 +176,127 @@ def test_bad_eval_arch_and_missing_supernet_fail_at_setup():
 
     with pytest.raises(MisconfigurationException, match="no Supernet found in Plain"):
         fit([UniformSampling()], max_steps=1, model=Plain())
+
+
+# -- the sandwich rule -------------------------------------------------------------------------
+def _sandwich_gradient(model: Classifier, cb: UniformSampling, x, y, step: int = 0) -> list[torch.Tensor]:
+    """The gradient the sandwich step must apply, computed by hand: CE of the largest subnet plus
+    each student's KL to the largest's (detached) soft targets."""
+    net = model.backbone.net
+    model.zero_grad()
+    with net.activated(net.space.largest()):
+        teacher = net(x)
+    loss = nn.functional.cross_entropy(teacher, y)
+    for arch in cb.student_archs(x.shape[0], step, 0).values():
+        if all(isinstance(v, torch.Tensor) for v in arch.values()):
+            net.activate_indices(arch)
+            student = net(x)
+        else:
+            with net.activated(arch):
+                student = net(x)
+        loss = loss + ln.distillation.distillation_kl(student, teacher.detach())
+    loss.backward()
+    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_sandwich_step_applies_teacher_plus_distilled_students_gradient(per_sample):
+    # One SGD step (no momentum) moves the weights by -lr * gradient: it must be the hand-made one.
+    cb = UniformSampling(4, sandwich=True, num_random=2, per_sample=per_sample, log_students=False)
+    before = Classifier()
+    trainer, model = fit([cb], max_steps=1, model=Classifier())
+    x, y = next(iter(loader()))
+    expected = _sandwich_gradient(before, cb, x, y)
+    for p0, p1, g in zip(before.parameters(), model.parameters(), expected):
+        torch.testing.assert_close(p1.detach(), p0.detach() - 0.05 * g, rtol=1e-5, atol=1e-6)
+    students = cb.student_archs(6, 0, 0)
+    assert list(students) == ["smallest", "random0", "random1"]
+    assert students["smallest"] == model.backbone.net.space.smallest()
+
+
+def test_sandwich_activates_the_largest_for_the_training_step_and_is_reproducible():
+    runs = []
+    for seed in (2, 2, 3):
+        record = RecordArchs()
+        cb = UniformSampling(seed, sandwich=True, num_random=1)
+        _, model = fit([cb, record], max_steps=4)
+        assert all(a == model.backbone.net.space.largest() for a in record.train.values())
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0], runs[1]))
+    assert not all(torch.equal(a, b) for a, b in zip(runs[0], runs[2]))  # the seed picks the random students
+
+
+def test_sandwich_students_of_a_step_are_a_pure_function_of_seed_step_micro():
+    model = Classifier()
+    a, b = UniformSampling(1, sandwich=True, num_random=3), UniformSampling(1, sandwich=True, num_random=3)
+    for cb in (a, b):
+        cb._supernet = model.backbone.net
+    assert a.student_archs(6, 5, 1) == b.student_archs(6, 5, 1)
+    assert a.student_archs(6, 5, 1) != a.student_archs(6, 6, 1)
+    assert a.student_archs(6, 5, 0) != a.student_archs(6, 5, 1)
+
+
+def test_sandwich_logs_student_losses_and_scales_them_under_accumulation():
+    class Logged(Classifier):
+        def on_train_batch_end(self, outputs, batch, batch_idx):
+            self.seen = dict(self.trainer.callback_metrics)
+
+    cb = UniformSampling(0, sandwich=True, num_random=1)
+    _, model = fit([cb], max_steps=1, model=Logged())
+    assert {"sandwich/smallest_kd", "sandwich/random0_kd"} <= set(model.seen)
+    # Accumulating two micro-batches averages their sandwich gradients, the students' as the teacher's.
+    cb2 = UniformSampling(0, sandwich=True, num_random=0, log_students=False)
+    _, accumulated = fit([cb2], max_steps=1, accumulate_grad_batches=2, model=Classifier())
+    before = Classifier()
+    batches = iter(loader())
+    grads = [_sandwich_gradient(before, cb2, *next(batches)) for _ in range(2)]
+    for p0, p1, g1, g2 in zip(before.parameters(), accumulated.parameters(), *grads):
+        torch.testing.assert_close(p1.detach(), p0.detach() - 0.05 * (g1 + g2) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_sandwich_step_without_loss_trains_no_students():
+    class Skipping(Classifier):
+        def training_step(self, batch, batch_idx):
+            self(batch[0])
+            return None
+
+    before = Classifier()
+    _, model = fit([UniformSampling(0, sandwich=True)], max_steps=2, max_epochs=1, model=Skipping(), limit_train_batches=2)
+    assert all(torch.equal(a, b) for a, b in zip(before.parameters(), model.parameters()))
+
+
+def test_sandwich_state_round_trip_and_resume_warning():
+    cb = UniformSampling(5, sandwich=True, num_random=3, temperature=2.0)
+    state = cb.state_dict()
+    assert (state["sandwich"], state["num_random"], state["temperature"]) == (True, 3, 2.0)
+    other = UniformSampling(5)
+    with pytest.warns(UserWarning, match="checkpoint's sandwich=True"):
+        other.load_state_dict(state)
+    assert (other.sandwich, other.num_random, other.temperature) == (True, 3, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sandwich": 1}, r"`sandwich` must be a bool, got 1"),
+        ({"num_random": -1}, r"`num_random` must be an int >= 0 \(random students per step\), got -1"),
+        ({"temperature": 0.0}, r"`temperature` must be a finite float > 0, got 0.0"),
+        ({"log_students": None}, r"`log_students` must be a bool, got None"),
+    ],
+)
+def test_sandwich_bad_arguments(kwargs, message):
+    with pytest.raises(MisconfigurationException, match=message):
+        UniformSampling(**kwargs)
+
+
+def test_sandwich_refuses_manual_optimisation():
+    class Manual(Classifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.automatic_optimization = False
+
+        def training_step(self, batch, batch_idx):
+            return None
+
+    with pytest.raises(MisconfigurationException, match="automatic optimisation"):
+        fit([UniformSampling(sandwich=True)], max_steps=1, model=Manual())
