@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import statistics
@@ -89,6 +90,39 @@ def score_cells(codes: list[str], args_dict: dict) -> list[dict]:
     return rows
 
 
+#: The settings a cache's scores depend on (a cache written with others is refused).
+CACHE_KEYS = ("seed", "channels", "cells_per_stage", "examples", "resolution")
+
+
+def read_cache(path: Path, settings: dict) -> dict[str, dict]:
+    """Cells scored earlier (``op_code -> row``) from the JSON cache ``path`` (empty when absent).
+
+    Raises:
+        ValueError: the cache was written with other supernet/data settings.
+    """
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    wanted = {k: settings[k] for k in CACHE_KEYS}
+    if data.get("settings") != wanted:
+        raise ValueError(f"--cache {path} holds proxies computed with {data.get('settings')}, not {wanted}; "
+                         "use another --cache path")
+    return {row["op_code"]: {k: (float(v) if k != "op_code" else v) for k, v in row.items()} for row in data["rows"]}
+
+
+def write_cache(path: Path, settings: dict, rows: dict[str, dict]) -> None:
+    """Every scored cell into ``path`` (JSON; ±inf as strings), written to a temporary file and renamed,
+    so an interrupted write never leaves a broken cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"settings": {k: settings[k] for k in CACHE_KEYS},
+            "proxies": list(PROXY_NAMES),
+            "rows": [{k: (v if k == "op_code" or math.isfinite(v) else str(v)) for k, v in r.items()}
+                     for r in rows.values()]}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(body))
+    os.replace(tmp, path)
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.spearmanr(a, b).statistic)
 
@@ -150,6 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (one torch thread each)")
     parser.add_argument("--max-seconds", type=float, default=math.inf,
                         help="stop scoring after this many seconds (the section reports the cells scored)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="JSON file of scored cells: cells already in it are not scored again, new ones are added "
+                             "(benchmarks/blackbox_nb201.py --proxy-cache reads it for BO pretraining)")
     parser.add_argument("--bo-seeds", type=int, default=0,
                         help="seeds of the BO comparison (0: not run; expensive: proxies of every pretraining arch)")
     parser.add_argument("--bo-pretrain-archs", type=int, default=2000, help="BO pretraining archs per seed")
@@ -181,14 +218,21 @@ def main(argv: list[str] | None = None) -> None:
         supernet_args = {"seed": args.seed, "channels": args.channels, "cells_per_stage": args.cells_per_stage,
                          "examples": args.examples, "resolution": args.resolution,
                          "deadline": started + args.max_seconds}
-        chunks = [codes[j:: args.jobs] for j in range(args.jobs)]
+        cached = read_cache(args.cache, supernet_args) if args.cache else {}
+        todo = [c for c in codes if c not in cached]
+        chunks = [todo[j:: args.jobs] for j in range(args.jobs)]
         wall = time.perf_counter()
         if args.jobs == 1:
-            rows = score_cells(codes, supernet_args)
+            new = score_cells(todo, supernet_args)
         else:
             with ProcessPoolExecutor(args.jobs) as pool:
-                rows = [r for part in pool.map(score_cells, chunks, [supernet_args] * args.jobs) for r in part]
+                new = [r for part in pool.map(score_cells, chunks, [supernet_args] * args.jobs) for r in part]
         wall = time.perf_counter() - wall
+        if args.cache:
+            write_cache(args.cache, supernet_args, {**cached, **{r["op_code"]: r for r in new}})
+            print(f"{len(cached)} cells from {args.cache}, {len(new)} scored now", flush=True)
+        fresh = {r["op_code"]: r for r in new}
+        rows = [cached.get(c) or fresh[c] for c in codes if c in cached or c in fresh]
         print(f"scored {len(rows)} cells in {wall:.0f} s", flush=True)
         lines = [BEGIN, "## Zero-cost proxies on NAS-Bench-201 (Spearman ρ with 200-epoch validation accuracy)", "",
                  f"- Date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",

@@ -6,6 +6,7 @@ from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.driver import Budget, EvaluationError, run_search
 from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble, masked_huber
 from lightning_nas.strategies.evolution import RegularizedEvolution
+from lightning_nas.strategies.exploration import evaluations_since_improvement, hamming_to, select_batch
 from lightning_nas.strategies.layernas import LayerNAS, cost_bucket
 from lightning_nas.strategies.random_search import RandomSearch
 from lightning_nas.strategies.rank_nosh import RankNOSH, pairwise_ranking_loss
@@ -35,11 +36,14 @@ __all__ = [
     "TrialRecord",
     "acquisition",
     "cost_bucket",
+    "evaluations_since_improvement",
     "fit_ensemble",
+    "hamming_to",
     "masked_huber",
     "normal_scores",
     "one_hot",
     "pairwise_ranking_loss",
     "pareto_mask",
     "run_search",
+    "select_batch",
 ]

@@ -38,6 +38,13 @@ Choices of ours where the thesis is silent:
   few steps per refit then suffice, which is what makes the multi-fidelity schedule (a refit
   every ``p`` evaluations) affordable. In mono-fidelity NB201 runs cold refits searched better
   (BO + pretraining, seeds 0-5: mean 59 evaluations warm vs 47 cold), hence the default.
+- **Stalls** (``stall_window``, ``explore``): when the acquisition cannot rank enough candidates
+  to fill a batch (MC-PI is 0 everywhere once no member predicts an improvement) the empty places,
+  and after ``stall_window`` equivalent evaluations without a better full-fidelity result an
+  ``explore`` share of each batch, go half to trust-region moves (the unevaluated archs nearest the
+  incumbent) and half to the candidates the members disagree on most
+  (:func:`~lightning_nas.strategies.exploration.select_batch`). Without it, a flat PI left the
+  batch to the ensemble mean alone, which kept proposing one family.
 - Targets standardised per head (after the rank transform, if any); ``initial`` uniform proposals
   before the first fit; candidates predicted infeasible by the cost model are dropped when any
   feasible one remains.
@@ -59,6 +66,7 @@ from lightning_nas.seeding import derive_seed
 from lightning_nas.strategies.base import BatchStrategy, Proposal, arch_key
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble
+from lightning_nas.strategies.exploration import evaluations_since_improvement, hamming_to, select_batch
 
 __all__ = ["ACQUISITIONS", "BayesianOptimization", "TARGET_SCALES", "acquisition", "normal_scores"]
 
@@ -136,6 +144,14 @@ class BayesianOptimization(BatchStrategy):
         targets: ``"rank"`` (normal scores of each fidelity's observations) or ``"standard"``.
         warm_start: continue each refit from the previous one's weights instead of the pretrained
             (or fresh) ones; use with fewer ``steps``.
+        stall_window: equivalent full evaluations without a better full-fidelity result after which
+            an ``explore`` share of every batch goes to exploratory moves until the best improves
+            (see :mod:`~lightning_nas.strategies.exploration`); ``None``: never.
+        explore: the exploratory share of a batch while stalled, in ``[0, 1]``.
+
+    Attributes:
+        explorations: ``(iteration, reason)`` of every batch with exploratory places: ``"flat"``
+            (the acquisition ranked fewer candidates than the batch needs) or ``"stalled"``.
     """
 
     def __init__(self, space, *, seed: int = 0, constraints=(), cost_model=None, acquisition: str = "pi",
@@ -144,7 +160,8 @@ class BayesianOptimization(BatchStrategy):
                  lr: float = 5e-3, minibatch: int = 16, pretrain_metrics: Sequence[str] = (),
                  pretrain_archs: int = 2000, pretrain_steps: int = 500, pretrain_lr: float = 1e-2,
                  fidelities: tuple[float, float] | None = None, p: int = 5, q: int = 3, f: int = 10,
-                 targets: str = "rank", warm_start: bool = False) -> None:
+                 targets: str = "rank", warm_start: bool = False, stall_window: float | None = 16.0,
+                 explore: float = 0.5) -> None:
         super().__init__(space, seed=seed, constraints=constraints, cost_model=cost_model)
         if acquisition not in ACQUISITIONS:
             raise ValueError(f"`acquisition` must be one of {ACQUISITIONS}, got {acquisition!r}")
@@ -166,6 +183,12 @@ class BayesianOptimization(BatchStrategy):
                 raise ValueError(f"`fidelities` must be (low, high) epochs with 0 < low < high, got {fidelities!r}")
             if p + q == 0:
                 raise ValueError("the multi-fidelity schedule needs `p` + `q` >= 1 evaluations per cycle")
+        if stall_window is not None and (isinstance(stall_window, bool) or not isinstance(stall_window, (int, float))
+                                         or not 0 < stall_window < math.inf):
+            raise ValueError(f"`stall_window` must be None or a finite number > 0 (equivalent evaluations), "
+                             f"got {stall_window!r}")
+        if isinstance(explore, bool) or not isinstance(explore, (int, float)) or not 0 <= explore <= 1:
+            raise ValueError(f"`explore` must be a number in [0, 1], got {explore!r}")
         if targets not in TARGET_SCALES:
             raise ValueError(f"`targets` must be one of {TARGET_SCALES}, got {targets!r}")
         self.targets, self.warm_start = targets, bool(warm_start)
@@ -176,9 +199,12 @@ class BayesianOptimization(BatchStrategy):
         self.pretrain_archs, self.pretrain_steps, self.pretrain_lr = pretrain_archs, pretrain_steps, pretrain_lr
         self.fidelities = None if fidelities is None else (float(fidelities[0]), float(fidelities[1]))
         self.p, self.q, self.f = p, q, f
+        self.stall_window = None if stall_window is None else float(stall_window)
+        self.explore = float(explore)
         # Search state (the iteration count is BatchStrategy's `batches`).
         self.proposed: set[tuple] = set()  # (arch key, fidelity) asked so far
         self.fit_seconds: list[float] = []
+        self.explorations: list[tuple[int, str]] = []  # (iteration, "flat" | "stalled") of exploratory batches
         self._warm: dict[str, torch.Tensor] | None = None  # the last refit's weights (warm_start)
         # Rebuilt on demand, not stored (see config_attributes).
         self._pretrained: dict[str, torch.Tensor] | None = None
@@ -199,20 +225,25 @@ class BayesianOptimization(BatchStrategy):
         if self.batches == 0 or not self.history:
             return self._random_batch([(low, self.initial)])
         model, head, best = self._fit()
+        stalled = self.stall_window is not None and \
+            evaluations_since_improvement(self.history, high) >= self.stall_window
+        incumbent = self.best()
+        anchor = one_hot(self.space, [incumbent.arch])[0].numpy() if incumbent is not None else None
         batch = []
         for fidelity, count in plan:
             pool, x = self._pool(fidelity)
             if not pool or count == 0:
                 continue
-            predictions = model.predict(x, head)
+            predictions = model.predict(x, head).double()
             scores = acquisition(predictions, best, self.kind, self.ucb_beta)
-            mean = predictions.mean(0).double()
-            feasible = np.array([self.predicted_violation(a) <= 0.0 for a in pool]) if self.constraints \
-                else np.ones(len(pool), dtype=bool)
-            if not feasible.any():
-                feasible = np.ones(len(pool), dtype=bool)
-            order = np.lexsort((-mean.numpy(), -scores.numpy(), ~feasible))  # feasible, then score, then mean
-            for i in order[:count]:
+            feasible = np.array([self.predicted_violation(a) <= 0.0 for a in pool]) if self.constraints else None
+            chosen, reason = select_batch(
+                scores.numpy(), predictions.mean(0).numpy(), predictions.std(0, unbiased=False).numpy(), count,
+                distance=None if anchor is None else hamming_to(x.numpy(), anchor), feasible=feasible,
+                stalled=stalled, explore=self.explore)
+            if reason is not None:
+                self.explorations.append((self.batches, reason))
+            for i in chosen:
                 batch.append(self._propose(pool[int(i)], fidelity))
         return batch
 

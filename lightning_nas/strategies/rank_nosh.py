@@ -16,7 +16,10 @@ The thesis (Wang, 2021) states only the principles (pyramid, resume, pairwise ra
 is ours: the RankNet loss on same-fidelity pairs, the ``⌈n/eta⌉`` pyramid with promotion by predicted
 score, an ensemble-averaged score (``members`` MLPs, the same batched network as the BO surrogate),
 and candidates taken from the whole space when it has at most ``candidates`` archs (sampled plus
-mutations of the best otherwise). Zero-cost proxies are not used to seed the pool. With an evaluator
+mutations of the best otherwise), and the stall fallback shared with BO (``stall_window``, ``explore``):
+the predictor's ranking never goes flat, but it can keep feeding one family, so after
+``stall_window`` equivalent evaluations without a better top-level result part of each round's entries
+are trust-region moves and disagreement picks. Zero-cost proxies are not used to seed the pool. With an evaluator
 that resumes training (``resumes = True``) a promotion is charged only its extra epochs.
 """
 
@@ -34,7 +37,8 @@ import torch.nn.functional as F
 from lightning_nas.seeding import derive_seed
 from lightning_nas.strategies.base import BatchStrategy, Proposal, arch_key
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
-from lightning_nas.strategies.ensemble import DeepEnsemble
+from lightning_nas.strategies.ensemble import DeepEnsemble, _adam
+from lightning_nas.strategies.exploration import evaluations_since_improvement, hamming_to, select_batch
 
 __all__ = ["RankNOSH", "pairwise_ranking_loss"]
 
@@ -68,12 +72,17 @@ class RankNOSH(BatchStrategy):
         steps: predictor training steps per round.
         lr: predictor learning rate.
         pairs_per_step: arch pairs per predictor training step.
+        stall_window: equivalent full evaluations without a better top-level result after which an
+            ``explore`` share of each round's entries are trust-region moves around the incumbent and
+            the archs the members' scores disagree on most (see
+            :mod:`~lightning_nas.strategies.exploration`); ``None``: never.
+        explore: the exploratory share of the entries while stalled, in ``[0, 1]``.
     """
 
     def __init__(self, space, *, seed: int = 0, constraints=(), cost_model=None, levels: Sequence[float] = (12, 200),
                  eta: float = 3.0, new_per_round: int = 8, candidates: int = 20_000, members: int = 3,
                  trunk: Sequence[int] = (64, 64), branch: int = 32, steps: int = 150, lr: float = 5e-3,
-                 pairs_per_step: int = 64) -> None:
+                 pairs_per_step: int = 64, stall_window: float | None = 16.0, explore: float = 0.5) -> None:
         super().__init__(space, seed=seed, constraints=constraints, cost_model=cost_model)
         levels = tuple(float(x) for x in levels)
         if not levels or not all(0 < x < math.inf for x in levels) or any(b <= a for a, b in zip(levels, levels[1:])):
@@ -86,6 +95,15 @@ class RankNOSH(BatchStrategy):
                             ("steps", steps), ("pairs_per_step", pairs_per_step)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
+        if stall_window is not None and (isinstance(stall_window, bool) or not isinstance(stall_window, (int, float))
+                                         or not 0 < stall_window < math.inf):
+            raise ValueError(f"`stall_window` must be None or a finite number > 0 (equivalent evaluations), "
+                             f"got {stall_window!r}")
+        if isinstance(explore, bool) or not isinstance(explore, (int, float)) or not 0 <= explore <= 1:
+            raise ValueError(f"`explore` must be a number in [0, 1], got {explore!r}")
+        self.stall_window = None if stall_window is None else float(stall_window)
+        self.explore = float(explore)
+        self.explorations: list[tuple[int, str]] = []  # (round, "stalled") of rounds with exploratory entries
         self.levels, self.eta, self.new_per_round, self.candidates = levels, float(eta), new_per_round, candidates
         self.members, self.trunk, self.branch = members, tuple(trunk), branch
         self.steps, self.lr, self.pairs_per_step = steps, lr, pairs_per_step
@@ -99,17 +117,15 @@ class RankNOSH(BatchStrategy):
 
     # -- one round -----------------------------------------------------------------------------
     def _next_batch(self) -> list[Proposal]:
-        score = self._fit() if self.history else None
+        predict = self._fit() if self.history else None
+        score = None if predict is None else (lambda archs: predict(archs).mean(0))
         batch: list[Proposal] = []
         pool = self._pool()
         if pool:
-            if score is None:
+            if predict is None:
                 chosen = [pool[int(i)] for i in self.rng.permutation(len(pool))[: self.new_per_round]]
             else:
-                s = score(pool)
-                if self.constraints:
-                    s = np.where([self.predicted_violation(a) <= 0.0 for a in pool], s, s - 1e9)
-                chosen = [pool[int(i)] for i in np.argsort(-s, kind="stable")[: self.new_per_round]]
+                chosen = [pool[int(i)] for i in self._entries(pool, predict)]
             batch += [self._propose(a, 0) for a in chosen]
         # Restore the pyramid, counting this round's entries; an arch whose evaluation failed has left it.
         failed = {arch_key(f.arch) for f in self.failures}
@@ -128,6 +144,25 @@ class RankNOSH(BatchStrategy):
             for i in np.argsort(-values, kind="stable")[:free]:
                 batch.append(self._propose(self.archs[paused[int(i)]], k + 1))
         return batch
+
+    def _entries(self, pool: list[dict[str, Any]], predict) -> np.ndarray:
+        """Indices of the pool archs entering the lowest level: the best-scored, or, once the best
+        top-level result has not improved for ``stall_window`` equivalent evaluations, an ``explore``
+        share of trust-region moves and disagreement picks (:func:`select_batch`)."""
+        members = predict(pool)
+        mean = members.mean(0)
+        feasible = np.array([self.predicted_violation(a) <= 0.0 for a in pool]) if self.constraints else None
+        stalled = self.stall_window is not None and \
+            evaluations_since_improvement(self.history, self.levels[-1]) >= self.stall_window
+        incumbent = self.best() if stalled else None
+        distance = None
+        if incumbent is not None:
+            distance = hamming_to(one_hot(self.space, pool).numpy(), one_hot(self.space, [incumbent.arch])[0].numpy())
+        chosen, reason = select_batch(mean, mean, members.std(0), self.new_per_round, distance=distance,
+                                      feasible=feasible, stalled=stalled, explore=self.explore)
+        if reason is not None:
+            self.explorations.append((self.batches, reason))
+        return chosen
 
     def _propose(self, arch: dict[str, Any], level: int) -> Proposal:
         key = arch_key(arch)
@@ -164,7 +199,8 @@ class RankNOSH(BatchStrategy):
         return ordered, torch.tensor(better, dtype=torch.long), torch.tensor(worse, dtype=torch.long)
 
     def _fit(self):
-        """Train the score network on same-fidelity pairs; returns ``score(archs) -> np.ndarray``."""
+        """Train the score network on same-fidelity pairs; returns ``predict(archs)``, the members'
+        scores ``(M, N)``."""
         start = time.perf_counter()
         archs, better, worse = self._pairs()
         model = DeepEnsemble(self.space.encoding_size, 1, members=self.members, trunk=self.trunk, branch=self.branch,
@@ -172,7 +208,7 @@ class RankNOSH(BatchStrategy):
         x = one_hot(self.space, archs)
         if len(better):
             generator = torch.Generator().manual_seed(derive_seed(self.seed, 7, self.batches))
-            optimizer = torch.optim.Adam(model.parameters(), lr=self.lr)
+            optimizer = _adam(model.parameters(), self.lr)
             model.train()
             for _ in range(self.steps):
                 pick = torch.randint(len(better), (self.pairs_per_step,), generator=generator)
@@ -183,7 +219,7 @@ class RankNOSH(BatchStrategy):
         model.eval()
         self.fit_seconds.append(time.perf_counter() - start)
 
-        def score(candidates: Sequence[dict[str, Any]]) -> np.ndarray:
-            return model.predict(one_hot(self.space, candidates), 0).mean(0).double().numpy()
+        def predict(candidates: Sequence[dict[str, Any]]) -> np.ndarray:
+            return model.predict(one_hot(self.space, candidates), 0).double().numpy()
 
-        return score
+        return predict

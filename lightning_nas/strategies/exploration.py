@@ -1,0 +1,140 @@
+"""Stall detection and the exploration fallback shared by the surrogate-driven strategies (BO, RANK-NOSH).
+
+A surrogate-driven search can stop learning in two ways, and each has a cheap, general signal:
+
+- **A flat acquisition.** Monte-Carlo PI (or EI) is 0 for every candidate once no ensemble member
+  predicts any candidate above the best result: the acquisition then ranks nothing, and the batch
+  would be filled by the tie-break (the ensemble mean) alone, i.e. pure exploitation of a surrogate
+  that has just said it sees nothing better. :func:`select_batch` gives the acquisition only the
+  places it can fill with candidates it actually distinguishes (a value above its minimum).
+- **No progress.** The best full-fidelity result has not improved for ``window`` equivalent full
+  evaluations (:func:`evaluations_since_improvement`): the surrogate keeps proposing from one family.
+
+The places the acquisition does not fill (flat), or an ``explore`` share of the batch (no progress),
+go to two kinds of exploratory moves, half each:
+
+1. **Trust-region moves**: the unevaluated candidates closest to the incumbent in Hamming distance
+   (decisions that differ), nearest first, ties by the acquisition, then by the optimistic
+   ``mean + std`` of the members. On NAS benchmarks local search around the best arch is a strong
+   baseline (White et al., 2021), and it needs nothing but the space's decisions.
+2. **Disagreement**: the candidates the members disagree on most (largest std of their
+   predictions), ties by the mean: where one more result changes the surrogate most.
+
+Both signals are functions of the results told, so a resumed search makes the same choices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from lightning_nas.strategies.base import Observation, rank_key
+
+__all__ = ["evaluations_since_improvement", "hamming_to", "select_batch"]
+
+
+def evaluations_since_improvement(history: Sequence[Observation], full_fidelity: float | None = None) -> float:
+    """Equivalent full evaluations spent since the best full-fidelity result last improved.
+
+    Args:
+        history: observations in the order they were told.
+        full_fidelity: the fidelity whose best result counts (epochs); ``None``: the highest fidelity
+            in ``history``. An observation at fidelity ``f`` costs ``f / full_fidelity`` evaluations.
+
+    Returns:
+        The cost told after the last improvement (all of it when no full-fidelity result exists yet;
+        0 for an empty history).
+    """
+    if not history:
+        return 0.0
+    full = max(o.fidelity for o in history) if full_fidelity is None else float(full_fidelity)
+    best, spent, at_best = None, 0.0, 0.0
+    for o in history:
+        spent += min(o.fidelity / full, 1.0) if full > 0 else 1.0
+        if o.fidelity >= full:
+            key = rank_key(o.value, o.violation)
+            if best is None or key > best:
+                best, at_best = key, spent
+    return spent - at_best
+
+
+def hamming_to(x: np.ndarray, incumbent: np.ndarray) -> np.ndarray:
+    """Decisions in which each one-hot encoded candidate differs from the incumbent.
+
+    Args:
+        x: ``(N, E)`` one-hot encodings (one 1 per decision, as :func:`~lightning_nas.strategies.candidates.one_hot`).
+        incumbent: ``(E,)`` the incumbent's encoding.
+
+    Returns:
+        ``(N,)`` int distances.
+    """
+    decisions = int(round(float(incumbent.sum())))
+    return (decisions - np.rint(x @ incumbent)).astype(np.int64)
+
+
+def select_batch(acq: np.ndarray, mean: np.ndarray, std: np.ndarray, count: int, *,
+                 distance: np.ndarray | None = None, feasible: np.ndarray | None = None,
+                 stalled: bool = False, explore: float = 0.5) -> tuple[np.ndarray, str | None]:
+    """Indices of up to ``count`` candidates: by the acquisition where it ranks them, else exploratory.
+
+    Args:
+        acq: ``(N,)`` acquisition values (larger is better).
+        mean: ``(N,)`` ensemble mean (the acquisition's tie-break).
+        std: ``(N,)`` ensemble std (disagreement).
+        count: batch size.
+        distance: ``(N,)`` Hamming distance to the incumbent (``None``: no trust-region moves; the
+            exploratory places all go to disagreement).
+        feasible: ``(N,)`` bool, candidates the cost model predicts to meet the constraints; the
+            others are taken only once no feasible one is left.
+        stalled: no progress for the caller's window: at least ``ceil(explore · count)`` places are
+            exploratory.
+        explore: the exploratory share of a stalled batch, in ``[0, 1]``.
+
+    Returns:
+        ``(indices, reason)``: ``reason`` is ``None`` when the acquisition chose the whole batch,
+        ``"flat"`` when it could not rank enough candidates, ``"stalled"`` otherwise.
+
+    Raises:
+        ValueError: arrays of different lengths, or ``explore`` outside ``[0, 1]``.
+    """
+    n = len(acq)
+    arrays = {"mean": mean, "std": std, "distance": distance, "feasible": feasible}
+    for name, a in arrays.items():
+        if a is not None and len(a) != n:
+            raise ValueError(f"`{name}` must have one entry per candidate ({n}), got {len(a)}")
+    if not 0.0 <= explore <= 1.0:
+        raise ValueError(f"`explore` must be in [0, 1], got {explore!r}")
+    count = min(int(count), n)
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64), None
+    acq, mean, std = (np.asarray(a, dtype=np.float64) for a in (acq, mean, std))
+    infeasible = np.zeros(n, dtype=bool) if feasible is None else ~np.asarray(feasible, dtype=bool)
+    if infeasible.all():
+        infeasible[:] = False
+    pick = np.ones(n, dtype=bool)
+    pick[infeasible] = False
+    # What the acquisition ranks: feasible candidates above its minimum among the feasible.
+    informative = pick & (acq > acq[pick].min())
+    n_acq = min(count, int(informative.sum()))
+    reason = "flat" if n_acq < count else None
+    if stalled:
+        keep = count - math.ceil(explore * count)
+        if keep < n_acq:
+            n_acq, reason = keep, "stalled"
+    order = np.lexsort((-mean, -acq, infeasible))  # feasible, then acquisition, then mean
+    chosen = list(order[:n_acq])
+    left = count - n_acq
+    if left:
+        taken = np.zeros(n, dtype=bool)
+        taken[chosen] = True
+        optimistic = mean + std
+        n_local = math.ceil(left / 2) if distance is not None else 0
+        if n_local:
+            local = np.lexsort((-optimistic, -acq, np.asarray(distance), infeasible | taken))
+            chosen += list(local[:n_local])
+            taken[local[:n_local]] = True
+        spread = np.lexsort((-mean, -std, infeasible | taken))
+        chosen += list(spread[: left - n_local])
+    return np.asarray(chosen, dtype=np.int64), reason

@@ -1,0 +1,130 @@
+"""Stall detection and the exploration fallback of BO and RANK-NOSH."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lightning_nas.strategies.bo as bo_module
+from lightning_nas.strategies.base import Observation
+from lightning_nas.strategies.bo import BayesianOptimization
+from lightning_nas.strategies.candidates import one_hot
+from lightning_nas.strategies.driver import Budget, run_search
+from lightning_nas.strategies.exploration import evaluations_since_improvement, hamming_to, select_batch
+from lightning_nas.strategies.rank_nosh import RankNOSH
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic import SyntheticEvaluator, synthetic_space  # noqa: E402
+
+torch.set_num_threads(1)
+SMALL = dict(members=3, trunk=(16, 16), branch=16, steps=30)
+
+
+def obs(number: int, value: float, fidelity: float = 10.0) -> Observation:
+    return Observation(number, {"l0": number}, fidelity, value)
+
+
+def test_evaluations_since_improvement_counts_equivalent_evaluations() -> None:
+    assert evaluations_since_improvement([]) == 0.0
+    history = [obs(0, 1.0), obs(1, 0.5), obs(2, 2.0), obs(3, 1.0, 2.5), obs(4, 1.5), obs(5, 9.0, 2.5)]
+    # Full fidelity 10: the best (2.0) came 3rd; then 0.25 + 1 + 0.25 were spent without beating it
+    # (the low-fidelity 9.0 does not count as an improvement).
+    assert evaluations_since_improvement(history, 10.0) == pytest.approx(1.5)
+    assert evaluations_since_improvement(history[:3], None) == 0.0
+    # No full-fidelity result yet: everything spent counts.
+    assert evaluations_since_improvement([obs(0, 1.0, 2.5), obs(1, 2.0, 2.5)], 10.0) == pytest.approx(0.5)
+
+
+def test_hamming_to_counts_differing_decisions() -> None:
+    space = synthetic_space()
+    archs = [{"l0": 0, "l1": 0, "l2": 0, "l3": 0}, {"l0": 1, "l1": 0, "l2": 0, "l3": 0}, {"l0": 1, "l1": 2, "l2": 3, "l3": 1}]
+    x = one_hot(space, archs).numpy()
+    assert hamming_to(x, x[0]).tolist() == [0, 1, 4]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-3, 3), min_size=9, max_size=30, unique=True), st.integers(1, 8))
+def test_a_ranking_acquisition_keeps_the_whole_batch(values: list[float], count: int) -> None:
+    # Not flat, not stalled: exactly the old order (acquisition, then mean), no exploration.
+    acq = np.array(values)
+    rng = np.random.default_rng(0)
+    mean, std, distance = rng.normal(size=len(acq)), rng.uniform(size=len(acq)), rng.integers(0, 4, len(acq))
+    chosen, reason = select_batch(acq, mean, std, count, distance=distance)
+    assert reason is None
+    assert chosen.tolist() == np.lexsort((-mean, -acq))[:count].tolist()
+
+
+def test_a_flat_acquisition_triggers_trust_region_and_disagreement() -> None:
+    acq = np.zeros(10)
+    acq[7] = 0.5  # the acquisition ranks one candidate only
+    mean = np.arange(10.0)  # the old tie-break would take 9, 8, 6, ...
+    std = np.array([0, 0, 0, 0, 0, 5, 0, 0, 0, 1.0])
+    distance = np.array([3, 1, 2, 1, 2, 3, 3, 3, 3, 3])
+    chosen, reason = select_batch(acq, mean, std, 5, distance=distance)
+    assert reason == "flat"
+    # 7 by the acquisition; 2 local moves (distance 1: 3 before 1 by mean + std); 2 by disagreement (5, then 9).
+    assert chosen.tolist() == [7, 3, 1, 5, 9]
+    # Without an incumbent every exploratory place goes to disagreement.
+    assert select_batch(acq, mean, std, 3, distance=None)[0].tolist() == [7, 5, 9]
+
+
+def test_stalled_batches_explore_a_share_and_respect_feasibility() -> None:
+    acq = np.linspace(1.0, 0.1, 10)
+    mean, std = np.zeros(10), np.linspace(0.0, 1.0, 10)
+    distance = np.array([2, 2, 2, 2, 2, 2, 2, 2, 1, 1])
+    feasible = np.ones(10, dtype=bool)
+    feasible[9] = False
+    chosen, reason = select_batch(acq, mean, std, 4, distance=distance, feasible=feasible, stalled=True, explore=0.5)
+    assert reason == "stalled"
+    assert chosen.tolist() == [0, 1, 8, 7]  # 2 by acquisition, the feasible neighbour, the most disputed feasible
+    assert select_batch(acq, mean, std, 4, distance=distance, stalled=True, explore=0.0) == (pytest.approx([0, 1, 2, 3]), None)
+    with pytest.raises(ValueError, match="`explore` must be in"):
+        select_batch(acq, mean, std, 4, explore=1.5)
+    with pytest.raises(ValueError, match="`std` must have one entry per candidate"):
+        select_batch(acq, mean, std[:3], 4)
+
+
+def test_bo_with_a_flat_acquisition_explores_around_the_incumbent(monkeypatch) -> None:
+    monkeypatch.setattr(bo_module, "acquisition", lambda predictions, *args: torch.zeros(predictions.shape[1]))
+    strategy = BayesianOptimization(synthetic_space(), seed=0, batch_size=4, initial=4, stall_window=None, **SMALL)
+    run_search(strategy, SyntheticEvaluator(), objective="accuracy", budget=Budget(evaluations=12))
+    assert [reason for _, reason in strategy.explorations] == ["flat", "flat"]
+    # The second batch (after the first fit) holds two neighbours of the best of the first four.
+    best = max(strategy.history[:4], key=lambda o: o.value).arch
+    second = [o.arch for o in strategy.history[4:8]]
+    assert sum(sum(a[k] != best[k] for k in best) == 1 for a in second) >= 2
+
+
+def test_bo_does_not_explore_while_the_acquisition_ranks_and_the_search_progresses() -> None:
+    strategy = BayesianOptimization(synthetic_space(), seed=0, batch_size=4, initial=4, acquisition="ucb", **SMALL)
+    run_search(strategy, SyntheticEvaluator(), objective="accuracy", budget=Budget(evaluations=12))
+    assert strategy.explorations == []
+
+
+def test_stalls_switch_rank_nosh_and_bo_to_exploration_until_the_best_improves() -> None:
+    evaluator = SyntheticEvaluator()
+    rank = RankNOSH(synthetic_space(), seed=1, levels=(2.5, 10.0), new_per_round=4, stall_window=0.5, **SMALL)
+    run_search(rank, evaluator, objective="accuracy", budget=Budget(evaluations=30))
+    assert rank.explorations and {r for _, r in rank.explorations} == {"stalled"}
+    never = RankNOSH(synthetic_space(), seed=1, levels=(2.5, 10.0), new_per_round=4, stall_window=None, **SMALL)
+    run_search(never, evaluator, objective="accuracy", budget=Budget(evaluations=30))
+    assert never.explorations == []
+    bo = BayesianOptimization(synthetic_space(), seed=0, batch_size=4, initial=4, acquisition="ucb", stall_window=1.0,
+                              **SMALL)
+    run_search(bo, evaluator, objective="accuracy", budget=Budget(evaluations=20))
+    assert "stalled" in {r for _, r in bo.explorations}
+
+
+def test_bad_stall_arguments() -> None:
+    for make in (lambda **k: BayesianOptimization(synthetic_space(), **k),
+                 lambda **k: RankNOSH(synthetic_space(), **k)):
+        with pytest.raises(ValueError, match="`stall_window` must be None or a finite number > 0"):
+            make(stall_window=0)
+        with pytest.raises(ValueError, match=r"`explore` must be a number in \[0, 1\]"):
+            make(explore=-0.1)
