@@ -31,9 +31,30 @@ from lightning_nas.spaces.darts import (  # isort: skip
     seed_noise,
 )
 from lightning_nas.spaces.timm_models import timm_supernet  # isort: skip
+from lightning_nas.spaces.vit import MeanPoolHead, PatchEmbedding, TinyViT, vit_tiny_supernet  # isort: skip
+from lightning_nas.spaces.gpt import (  # isort: skip
+    LanguageModel,
+    TinyGPT,
+    TokenEmbedding,
+    char_dataset,
+    gpt_tiny_supernet,
+    next_token_accuracy,
+    zen_of_python,
+)
 
 __all__ = [
     "timm_supernet",
+    "LanguageModel",
+    "MeanPoolHead",
+    "PatchEmbedding",
+    "TinyGPT",
+    "TinyViT",
+    "TokenEmbedding",
+    "char_dataset",
+    "gpt_tiny_supernet",
+    "next_token_accuracy",
+    "vit_tiny_supernet",
+    "zen_of_python",
     "BINAS_PRESETS",
     "DARTS_OPS",
     "DARTS_OPS_WITH_NONE",
