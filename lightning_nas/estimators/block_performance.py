@@ -57,6 +57,7 @@ from lightning_nas.spaces.staged import Stage, StagedSpace, structure_difference
 
 __all__ = [
     "LAWS",
+    "REFERENCES",
     "BlockPerformance",
     "Evaluator",
     "MathNASPredictor",
@@ -205,20 +206,33 @@ class BlockPerformance:
         d = self.deltas[metric]
         return BilinearTable(self.staged, 0.0, d.block * fb, d.depth * fd, name=f"{metric}_penalty")
 
-    def predictor(self, metric: str = "accuracy", law: str = "reciprocal") -> "MathNASPredictor":
-        """Eq. 5 (``law="reciprocal"``), Eq. 6's form with the space's mean FLOPs (``"reciprocal_mean"``)
-        or the plain additive predictor of ``metric``."""
-        return MathNASPredictor(self, metric, law)
+    @property
+    def default_law(self) -> str:
+        """The law ``predictor`` and ``search`` use when given none: ``"reciprocal"`` (Eq. 5) for deltas
+        against an arch reference, ``"additive"`` for signed deltas (``reference`` ``"mean"`` or
+        ``"host"``). Eq. 5 divides the summed deltas by the network's FLOPs; once that sum can be
+        negative (options better than the reference) the ratio grows without bound as FLOPs shrink,
+        and its optimum is the smallest network with a gain, whatever the measurements say."""
+        return "additive" if self.details.get("reference") in ("mean", "host") else "reciprocal"
 
-    def search(self, limits: Any = (), *, metric: str = "accuracy", law: str = "reciprocal",
+    def predictor(self, metric: str = "accuracy", law: str | None = None) -> "MathNASPredictor":
+        """Eq. 5 (``law="reciprocal"``), Eq. 6's form with the space's mean FLOPs (``"reciprocal_mean"``)
+        or the plain additive predictor of ``metric`` (``None``: :attr:`default_law`)."""
+        return MathNASPredictor(self, metric, law or self.default_law)
+
+    def search(self, limits: Any = (), *, metric: str = "accuracy", law: str | None = None,
                method: str | None = None, solver: str = "appsi_highs", **options: Any):
         """The arch maximising the predicted ``metric`` under ``limits``, exactly.
 
         ``law="reciprocal"`` (Eq. 5) or ``"reciprocal_mean"`` (Eq. 6) solves the linear-fractional program (``method`` ``"dinkelbach"``
         (default), ``"charnes_cooper"`` or ``"brute_force"``); ``law="additive"`` the MILP of
-        :func:`~lightning_nas.solvers.search_constrained` (``method`` ``"milp"`` by default).
+        :func:`~lightning_nas.solvers.search_constrained` (``method`` ``"milp"`` by default);
+        ``None``: :attr:`default_law`. ``options`` go to the solver front end, e.g. ``top_k``,
+        ``verify`` and ``max_verify`` (the k best distinct archs, measured, the best one that
+        truly meets the limits returned; see :func:`~lightning_nas.solvers.search_constrained`).
         Returns a :class:`~lightning_nas.solvers.SearchResult` whose ``objective`` is the prediction.
         """
+        law = law or self.default_law
         _check_law(law)
         if law == "additive":
             from lightning_nas.solvers.search import search_constrained
@@ -366,12 +380,24 @@ class _Measurements:
             raise ValueError(f"`evaluator` must be callable (archs -> {{metric: values}}), got {type(evaluator).__name__}")
         self.evaluator, self.staged, self.reference = evaluator, staged, dict(reference)
         self.count = 0
+        # Every distinct arch is evaluated once per estimate, even across calls (the FLOPs switches
+        # and the host's switches can share archs).
+        self._cache: dict[bytes, dict[str, float]] = {}
 
     def __call__(self, configs: np.ndarray, depths: np.ndarray) -> dict[str, np.ndarray]:
         n = len(depths)
         active = self.staged.active(depths)
         keys = np.concatenate([np.where(active, configs, -1).reshape(n, -1), depths], 1)
         unique, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+        new = [i for i, key in zip(first, unique) if key.tobytes() not in self._cache]
+        if new:
+            fresh = self._evaluate(configs, depths, new)
+            for j, i in enumerate(new):
+                self._cache[keys[i].tobytes()] = {name: float(v[j]) for name, v in fresh.items()}
+        rows = [self._cache[key.tobytes()] for key in unique]
+        return {name: np.array([r[name] for r in rows])[inverse.ravel()] for name in rows[0]}
+
+    def _evaluate(self, configs: np.ndarray, depths: np.ndarray, first: list[int]) -> dict[str, np.ndarray]:
         archs = [self.staged.to_arch(configs[i], depths[i], base=self.reference) for i in first]
         values = self.evaluator(archs)
         if not isinstance(values, Mapping) or "accuracy" not in values:
@@ -386,21 +412,70 @@ class _Measurements:
                                  f"got values numpy cannot read as numbers ({err})") from None
             if v.shape != (len(archs),) or not np.isfinite(v).all():
                 raise ValueError(f"the evaluator's {name!r} must be {len(archs)} finite values (one per arch), got shape {v.shape}")
-            out[name] = v[inverse.ravel()]
+            out[name] = v
+        if self._cache and set(out) != set(next(iter(self._cache.values()))):
+            raise ValueError(f"the evaluator returned the metrics {sorted(out)} for some archs and "
+                             f"{sorted(next(iter(self._cache.values())))} for others; return the same metrics every call")
         self.count += len(archs)
         return out
 
 
-def _resolve_reference(staged: StagedSpace, reference: Mapping[str, Any] | str | None) -> dict[str, Any]:
+#: ``reference`` modes: signed deltas against each node's mean option (the default), Algorithm 1's host
+#: as ``Ñ``, or an arch (``"default"``: the space's default arch, the behaviour before ``"mean"``).
+REFERENCES = ("mean", "host", "default", "first", "last")
+
+
+def _resolve_reference(staged: StagedSpace, reference: Mapping[str, Any] | str | None) -> tuple[str, dict[str, Any]]:
+    """``(mode, arch)``: ``mode`` is ``"mean"``, ``"host"`` or ``"arch"``; ``arch`` is ``Ñ`` for ``"arch"``,
+    else the space's default arch (it fills labels outside the nodes and anchors the FLOPs switches)."""
     space = staged.space
     if reference is None:
-        return space.default()
+        reference = "mean"
     if isinstance(reference, str):
+        if reference not in REFERENCES:
+            raise ValueError(f"`reference` must be an arch dict or one of {REFERENCES} (None: 'mean'), got {reference!r}")
+        if reference in ("mean", "host", "default"):
+            return (reference if reference != "default" else "arch"), space.default()
         picks = {"first": 0, "last": -1}
-        if reference not in picks:
-            raise ValueError(f"`reference` must be an arch dict, 'first', 'last' or None (the default arch), got {reference!r}")
-        return {d.label: d.values[picks[reference]] for d in space}
-    return space.validate(reference)
+        return "arch", {d.label: d.values[picks[reference]] for d in space}
+    if not isinstance(reference, Mapping):
+        raise ValueError(f"`reference` must be an arch dict or one of {REFERENCES} (None: 'mean'), got {reference!r}")
+    return "arch", space.validate(reference)
+
+
+def _center(staged: StagedSpace, block: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Deltas re-expressed against each node's mean option, and the shift of the constant.
+
+    Returns ``(block', depth', shift)`` with ``X(Ñ) − Σ b = (X(Ñ) − shift) − Σ b'`` for every arch
+    (an exact reparametrisation of the additive model), the block options of every node averaging
+    to 0 and, per stage, the depth options too. A block that does not always run carries its mean
+    into the depth options that reach it, so archs of every depth keep their prediction.
+    """
+    exists = staged.config_exists()
+    own = staged.own_configs()
+    distinct = exists & (own == np.arange(staged.num_configs))  # a shared decision's value counted once
+    m = np.where(distinct, block, 0.0).sum(-1) / np.maximum(distinct.sum(-1), 1)  # (S, D)
+    block = np.where(exists, block - m[..., None], 0.0)
+    depth = depth.copy()
+    shift = 0.0
+    for s, st in enumerate(staged.stages):
+        reach = np.array([depth[s, j] + m[s, : min(d, st.num_blocks)].sum() for j, d in enumerate(st.depths)])
+        shift += float(reach.mean())
+        depth[s, : len(st.depths)] = reach - reach.mean()
+    return block, depth, shift
+
+
+def _check_hosts(staged: StagedSpace, hosts: Any) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(hosts, Mapping) or isinstance(hosts, str) or not isinstance(hosts, Sequence) or not hosts:
+        raise ValueError(f"`hosts` must be a non-empty list of archs, got {hosts!r}")
+    archs = []
+    for i, arch in enumerate(hosts):
+        try:
+            archs.append(staged.space.validate(arch))
+        except (ValueError, TypeError, KeyError) as err:
+            raise ValueError(f"`hosts`[{i}] is not an arch of the space: {err}") from None
+    configs, depths = staged.indices_many(archs)
+    return configs, depths
 
 
 def _flops_table(flops: BilinearTable | None, measure: _Measurements, ref_c: np.ndarray, ref_d: np.ndarray,
@@ -495,7 +570,8 @@ def _average_host(flops: BilinearTable) -> tuple[np.ndarray, np.ndarray]:
     return configs, depths
 
 
-def _finish(staged, reference, measure, flops, deltas_by_metric, base, host, method, details) -> BlockPerformance:
+def _finish(staged, reference, measure, flops, deltas_by_metric, base, host, method, details,
+            center: bool = False) -> BlockPerformance:
     deltas = {name: BilinearTable(staged, 0.0, d.block, d.depth, name=f"b_{name}") for name, d in deltas_by_metric.items()}
     if "flops" not in deltas:
         # b^F from the FLOPs table itself: FLOPs add over blocks, so every host gives the same deltas.
@@ -504,6 +580,11 @@ def _finish(staged, reference, measure, flops, deltas_by_metric, base, host, met
         d = _deltas(staged, flops.predict_indices(configs, depths), slots)
         deltas["flops"] = BilinearTable(staged, 0.0, d.block, d.depth, name="b_flops")
         base = {**base, "flops": float(flops.predict_indices(ref_c, ref_d))}
+    if center:
+        for name, d in list(deltas.items()):
+            block, depth, shift = _center(staged, d.block, d.depth)
+            deltas[name] = BilinearTable(staged, 0.0, block, depth, name=f"b_{name}")
+            base[name] = base[name] - shift
     return BlockPerformance(staged=staged, reference=reference, base=base, deltas=deltas, flops=flops,
                             host=host, evaluations=measure.count, method=method, details=details)
 
@@ -523,28 +604,46 @@ def estimate_block_performance(
             :func:`supernet_evaluator`, :func:`tabular_evaluator`).
         staged: the node structure (``StagedSpace.from_space(space)`` or :func:`nodes_as_stage`).
         flops: the absolute FLOPs table; when ``None``, ``b^F`` is measured by switching every
-            node of ``Ñ`` (the evaluator must then return ``flops_metric``).
-        reference: ``Ñ``: an arch, ``"first"`` / ``"last"`` option of every decision, or ``None``
-            (the space's default arch). Its options get ``b = 0``.
+            node of the space's default arch (the evaluator must then return ``flops_metric``).
+        reference: what a delta is measured against:
+
+            * ``"mean"`` (default, also ``None``): each node's mean option in the host. ``b^X_ij``
+              is signed (negative: option ``j`` is better than the node's average), sums to 0 over
+              a node's options, and no arch is favoured by construction;
+              ``base[X]`` is the prediction's constant and ``reference`` the host.
+            * ``"host"``: ``Ñ = N^avg`` itself (``b`` of the host's options is 0; signed).
+            * an arch, ``"first"`` / ``"last"`` (that option of every decision) or ``"default"``
+              (the space's default arch, the behaviour of earlier versions): its options get
+              ``b = 0``. When ``Ñ`` is each node's best option every ``b^A ≥ 0`` and the search
+              returns ``Ñ`` whatever the measurements: pick such a reference only on purpose.
+
+            Under the additive law every mode predicts the same values up to which
+            option carries 0; the FLOPs-reciprocal law (Eq. 5) depends on it.
         flops_metric: the evaluator's FLOPs entry (used when ``flops`` is ``None``).
 
     Returns:
         A :class:`BlockPerformance` with ``b^X`` for every metric the evaluator returns, from
-        ``1 + Σ_nodes options`` distinct evaluations (plus the FLOPs switches when measured).
+        ``1 + Σ_nodes options`` distinct evaluations (plus the FLOPs switches when measured, and
+        ``Ñ`` itself for an arch reference).
     """
-    reference = _resolve_reference(staged, reference)
+    mode, reference = _resolve_reference(staged, reference)
     measure = _Measurements(evaluator, staged, reference)
     ref_c, ref_d = staged.indices(reference)
     flops = _flops_table(flops, measure, ref_c, ref_d, flops_metric)
     host_c, host_d = _average_host(flops)
     host_c = staged.canonical(np.where(ref_c >= 0, host_c, -1))
+    if mode != "arch":
+        ref_c, ref_d = host_c, host_d  # deltas against the host's options; the row of Ñ is the host's
     configs, depths, slots = _switches(staged, host_c, host_d, ref_c, ref_d)
     ref_row = len(depths)
     values = measure(np.concatenate([configs, ref_c[None]]), np.concatenate([depths, ref_d[None]]))
     deltas = {name: _deltas(staged, v, slots) for name, v in values.items()}
     base = {name: float(v[ref_row]) for name, v in values.items()}
     host = staged.to_arch(host_c, host_d, base=reference)
-    return _finish(staged, reference, measure, flops, deltas, base, host, "algorithm1", {"host": host})
+    if mode != "arch":
+        reference = host
+    return _finish(staged, reference, measure, flops, deltas, base, host, "algorithm1",
+                   {"host": host, "reference": mode}, center=mode == "mean")
 
 
 def estimate_block_performance_sampled(
@@ -552,41 +651,61 @@ def estimate_block_performance_sampled(
     staged: StagedSpace,
     flops: BilinearTable | None = None,
     *,
-    num_hosts: int | str = 10,
+    num_hosts: int | str | None = None,
+    hosts: Sequence[Mapping[str, Any]] | None = None,
     seed: int = 0,
     reference: Mapping[str, Any] | str | None = None,
     flops_metric: str = "flops",
     max_hosts: int = 100_000,
 ) -> BlockPerformance:
-    """MathNAS Eq. 3: ``b^X_ij`` averaged over host networks drawn uniformly (or all of them).
+    """MathNAS Eq. 3: ``b^X_ij`` averaged over host networks drawn uniformly, given, or all of them.
 
     Args:
-        num_hosts: ``k`` random hosts (seeded by ``seed``), or ``"all"`` for every arch of the
-            space as a host (the full-sample definition; at most ``max_hosts``).
+        num_hosts: ``k`` random hosts (seeded by ``seed``; default 10), or ``"all"`` for every
+            arch of the space as a host (the full-sample definition; at most ``max_hosts``).
+        hosts: the host archs themselves, instead of ``num_hosts`` (e.g. Algorithm 1's host and
+            the arch a first search picked: the deltas then describe the region the search is in).
         evaluator: as in :func:`estimate_block_performance`.
         staged: as in :func:`estimate_block_performance`.
         flops: as in :func:`estimate_block_performance`.
-        reference: as in :func:`estimate_block_performance`.
+        reference: ``"mean"`` (default, also ``None``): per host, signed deltas against the node's
+            mean option, averaged over the hosts (``base[X]``: the average host-anchored constant);
+            or an arch, ``"first"``, ``"last"``, ``"default"`` as in
+            :func:`estimate_block_performance` (``"host"`` needs a single host: use Algorithm 1).
         flops_metric: as in :func:`estimate_block_performance`.
+        seed: see ``num_hosts``.
+        max_hosts: see ``num_hosts``.
 
     Returns:
         A :class:`BlockPerformance` (``host=None``; ``details["hosts"]`` is the number of hosts).
+
+    Raises:
+        ValueError: both ``num_hosts`` and ``hosts``, a host that is not an arch of the space,
+            ``reference="host"``, or other bad arguments.
     """
-    reference = _resolve_reference(staged, reference)
+    mode, reference = _resolve_reference(staged, reference)
+    if mode == "host":
+        raise ValueError("`reference`='host' is Algorithm 1's single host; with several hosts use 'mean' or an arch")
     measure = _Measurements(evaluator, staged, reference)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"`seed` must be an int >= 0, got {seed!r}")
     if isinstance(max_hosts, bool) or not isinstance(max_hosts, int) or max_hosts < 1:
         raise ValueError(f"`max_hosts` must be an int >= 1, got {max_hosts!r}")
-    if num_hosts != "all" and (isinstance(num_hosts, bool) or not isinstance(num_hosts, int) or num_hosts < 1):
+    if hosts is not None and num_hosts is not None:
+        raise ValueError(f"give `num_hosts` or `hosts`, not both (got num_hosts={num_hosts!r} and {len(hosts)} hosts)")
+    if hosts is None and num_hosts is None:
+        num_hosts = 10
+    if hosts is None and num_hosts != "all" and (isinstance(num_hosts, bool) or not isinstance(num_hosts, int) or num_hosts < 1):
         raise ValueError(f"`num_hosts` must be a positive int or 'all', got {num_hosts!r}")
     ref_c, ref_d = staged.indices(reference)
     flops = _flops_table(flops, measure, ref_c, ref_d, flops_metric)
-    if num_hosts == "all":
+    if hosts is not None:
+        hosts_c, hosts_d = _check_hosts(staged, hosts)
+    elif num_hosts == "all":
         from lightning_nas.solvers.fractional import enumerate_indices
 
         hosts_c, hosts_d = enumerate_indices(staged, limit=max_hosts)
-    elif isinstance(num_hosts, int) and not isinstance(num_hosts, bool) and num_hosts >= 1:
+    else:
         g = derive_generator(seed, 6)
         counts = staged.config_counts()
         if (counts[staged.block_exists()] == staged.num_configs).all():  # every block has C configs
@@ -595,27 +714,34 @@ def estimate_block_performance_sampled(
             uniform = torch.rand((num_hosts, staged.num_stages, staged.max_blocks), generator=g, dtype=torch.float64).numpy()
             hosts_c = (uniform * np.maximum(counts, 1)).astype(np.int64)
         hosts_d = np.stack([torch.randint(len(st.depths), (num_hosts,), generator=g).numpy() for st in staged.stages], 1)
-    else:
-        raise ValueError(f"`num_hosts` must be a positive int or 'all', got {num_hosts!r}")
     hosts_c = np.where(ref_c >= 0, hosts_c, -1)
     if num_hosts != "all":  # independent draws per block: shared decisions take their owner's value
         hosts_c = np.stack([staged.canonical(h) for h in hosts_c])
-    all_c, all_d, all_slots = [ref_c[None]], [ref_d[None]], []
-    offset = 1
+    all_c, all_d, all_slots, base_rows = [], [], [], []
+    offset = 0
+    if mode == "arch":
+        all_c, all_d, offset = [ref_c[None]], [ref_d[None]], 1
     for hc, hd in zip(hosts_c, hosts_d):
-        configs, depths, slots = _switches(staged, hc, hd, ref_c, ref_d)
+        rc, rd = (hc, hd) if mode == "mean" else (ref_c, ref_d)
+        configs, depths, slots = _switches(staged, hc, hd, rc, rd)
         all_c.append(configs)
         all_d.append(depths)
         all_slots.append([(k, s, b, o, row + offset, ref + offset) for k, s, b, o, row, ref in slots])
+        base_rows.append(offset)  # row 0 of a host's switches is the host
         offset += len(depths)
     values = measure(np.concatenate(all_c), np.concatenate(all_d))
     deltas = {}
     for name, v in values.items():
         tables = [_deltas(staged, v, slots) for slots in all_slots]
         deltas[name] = BilinearTable(staged, 0.0, np.mean([t.block for t in tables], 0), np.mean([t.depth for t in tables], 0))
-    base = {name: float(v[0]) for name, v in values.items()}
+    if mode == "mean":
+        base = {name: float(v[base_rows].mean()) for name, v in values.items()}
+        reference = staged.to_arch(hosts_c[0], hosts_d[0], base=reference)
+    else:
+        base = {name: float(v[0]) for name, v in values.items()}
+    random = hosts is None and num_hosts != "all"
     return _finish(staged, reference, measure, flops, deltas, base, None, "sampled",
-                   {"hosts": len(hosts_d), "seed": seed if num_hosts != "all" else None})
+                   {"hosts": len(hosts_d), "seed": seed if random else None, "reference": mode}, center=mode == "mean")
 
 
 # -- evaluators ---------------------------------------------------------------------------------------

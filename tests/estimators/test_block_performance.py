@@ -60,13 +60,17 @@ def table_evaluator(tables):
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), method=st.sampled_from(["algorithm1", "sampled", "all"]),
-       reference=st.sampled_from([None, "first", "last"]), given_flops=st.booleans())
+       reference=st.sampled_from([None, "mean", "host", "default", "first", "last"]), given_flops=st.booleans())
 def test_additive_truth_is_recovered_exactly(seed, method, reference, given_flops):
     rng = np.random.default_rng(seed)
     staged = random_space(rng)
     acc, lat, flops = random_tables(staged, rng)
     evaluate = table_evaluator({"accuracy": acc, "latency": lat, "flops": flops})
     kwargs = {"reference": reference, "flops": flops if given_flops else None}
+    if reference == "host" and method != "algorithm1":
+        with pytest.raises(ValueError, match="Algorithm 1's single host"):
+            estimate_block_performance_sampled(evaluate, staged, **kwargs)
+        return
     if method == "algorithm1":
         perf = estimate_block_performance(evaluate, staged, **kwargs)
         blocks = sum(min(s.num_blocks, max(s.depths)) for s in staged.stages)
@@ -79,9 +83,21 @@ def test_additive_truth_is_recovered_exactly(seed, method, reference, given_flop
     assert np.allclose(perf.predictor(law="additive").predict_indices(configs, depths), truth, atol=1e-12)
     assert np.allclose(perf.table("latency").predict_indices(configs, depths), lat.predict_indices(configs, depths), atol=1e-12)
     assert np.allclose(perf.flops.predict_indices(configs, depths), flops.predict_indices(configs, depths), atol=1e-9)
-    # Reference options have b = 0; Acc(Ñ) is the reference's accuracy.
     ref_c, ref_d = staged.indices(perf.reference)
+    if reference in (None, "mean"):
+        # Signed deltas against each node's mean option: every node's options sum to 0, so no arch
+        # (in particular no reference) is favoured by construction.
+        d = perf.deltas["accuracy"]
+        exists = staged.config_exists()
+        assert np.allclose(np.where(exists, d.block, 0).sum(-1)[exists.any(-1)], 0, atol=1e-12)
+        for s, stage in enumerate(staged.stages):
+            assert d.depth[s, : len(stage.depths)].sum() == pytest.approx(0, abs=1e-12)
+        assert perf.details["reference"] == "mean"
+        return
+    # Reference options have b = 0; Acc(Ñ) is the reference's accuracy.
     assert perf.base["accuracy"] == pytest.approx(acc.predict(perf.reference))
+    if reference == "host":
+        assert perf.reference == perf.host
     for s, stage in enumerate(staged.stages):
         for b in range(min(stage.num_blocks, max(stage.depths))):
             assert perf.deltas["accuracy"].block[s, b, ref_c[s, b]] == 0.0
@@ -102,7 +118,7 @@ def test_sign_convention_reference_minus_switched():
 
     space = SearchSpace([Decision("a", ("ref", "worse", "better"), "ref"), Decision("b", ("ref", "slow", "ref2"), "ref")])
     lat["ref2"] = acc["ref2"] = 0.0
-    perf = estimate_block_performance(evaluate, nodes_as_stage(space))
+    perf = estimate_block_performance(evaluate, nodes_as_stage(space), reference="default")
     b_a, b_l = perf.deltas["accuracy"].block[0], perf.deltas["latency"].block[0]
     assert b_a[0].tolist() == pytest.approx([0.0, 0.1, -0.05])  # positive b^A loses accuracy
     assert b_l[1].tolist() == pytest.approx([0.0, -3.0, 0.0])  # negative b^L costs latency
@@ -226,7 +242,7 @@ def test_bad_inputs_are_named():
     rng = np.random.default_rng(2)
     staged = random_space(rng)
     acc, _, flops = random_tables(staged, rng)
-    with pytest.raises(ValueError, match="`reference` must be an arch dict, 'first', 'last' or None"):
+    with pytest.raises(ValueError, match=r"`reference` must be an arch dict or one of \('mean', 'host'"):
         estimate_block_performance(table_evaluator({"accuracy": acc}), staged, flops, reference="middle")
     with pytest.raises(ValueError, match="must return a dict with an 'accuracy' entry"):
         estimate_block_performance(table_evaluator({"acc": acc}), staged, flops)
