@@ -4,7 +4,8 @@
 without touching its class: chosen sub-modules become :class:`~lightning_nas.nn.OpChoice` between
 the original and user-given alternatives, and *rules* swap matching layers for elastic ones (see
 :mod:`lightning_nas.nn.rules`: elastic kernels, hidden widths, squeeze-excitation on/off, elastic
-depth, and the ``"binas"`` preset that applies them all). The original weights are kept as the
+depth, and the ``"binas"`` preset that applies them all; for transformers see
+:mod:`lightning_nas.nn.transformer_rules` and its ``"autoformer"`` preset). The original weights are kept as the
 default and largest candidate of every decision, so right after ``Supernet(mutate(model, ...))``
 the supernet computes exactly what ``model`` computed::
 
@@ -332,8 +333,10 @@ def mutate(
         rules: callables ``rule(path, module) -> nn.Module | None``; see
             :mod:`lightning_nas.nn.rules`.
         preset: the name of a ready-made rule applied before ``rules``: ``"binas"``
-            (:func:`lightning_nas.nn.rules.binas` with its defaults). Call the preset function
-            yourself to change its options: ``rules=[rules.binas(min_depth=2)]``.
+            (:func:`lightning_nas.nn.rules.binas` with its defaults: CNNs) or ``"autoformer"``
+            (:func:`lightning_nas.nn.transformer_rules.autoformer`: timm ViTs, Hugging Face GPT-2
+            and BERT). Call the preset function yourself to change its options:
+            ``rules=[rules.binas(min_depth=2)]``.
         label_prefix: prepended verbatim to every label and to the path given to rules (use
             ``"backbone."`` to get ``"backbone.blocks.2.1"``), to keep two mutated models apart.
         strict: raise when a rule (or the preset) replaced no module at all, rather than
@@ -357,7 +360,10 @@ def mutate(
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"`model` must be an nn.Module instance, got {type(model).__name__}")
-    from lightning_nas.nn.rules import PRESETS  # local: the rules module imports this one
+    from lightning_nas.nn.rules import PRESETS  # local: the rules modules import this one
+    from lightning_nas.nn.transformer_rules import TRANSFORMER_PRESETS
+
+    presets = {**PRESETS, **TRANSFORMER_PRESETS}
     from lightning_nas.supernet import Supernet  # local: the supernet module imports this package
 
     if isinstance(model, Supernet):
@@ -374,9 +380,9 @@ def mutate(
         if not callable(rule):
             raise ValueError(f"every rule must be callable as rule(path, module) -> nn.Module | None, got {rule!r}")
     if preset is not None:
-        if preset not in PRESETS:
-            raise ValueError(f"unknown `preset` {preset!r}; known presets: {sorted(PRESETS)!r}")
-        rules = [PRESETS[preset](), *rules]
+        if preset not in presets:
+            raise ValueError(f"unknown `preset` {preset!r}; known presets: {sorted(presets)!r}")
+        rules = [presets[preset](), *rules]
     if report is not None and not isinstance(report, list):
         raise ValueError(f"`report` must be a list to append to, or None, got {type(report).__name__}")
     original_paths = {id(m): path for path, m in model.named_modules() if path}

@@ -236,11 +236,15 @@ def _shallow_copy(module: nn.Module) -> nn.Module:
     return dup
 
 
-def _replace_inside(block: nn.Module, replacements: dict[str, nn.Module]) -> nn.Module:
+def _replace_inside(
+    block: nn.Module, replacements: dict[str, nn.Module], attributes: dict[str, dict[str, Any]] | None = None
+) -> nn.Module:
     """A copy of ``block`` with the sub-modules at the given dotted paths replaced.
 
     Only ``block`` and the containers on the way to a replaced module are (shallowly) copied; every
     other sub-module, parameter and buffer is shared, and ``block`` itself is left untouched.
+    ``attributes`` (``{path: {name: value}}``) are set on copies of the modules at those paths
+    (``""``: the copy of ``block``), never on the originals.
     """
     copies: dict[str, nn.Module] = {}
 
@@ -255,6 +259,8 @@ def _replace_inside(block: nn.Module, replacements: dict[str, nn.Module]) -> nn.
     for path, new in replacements.items():
         parent, _, name = path.rpartition(".")
         copy_of(parent)._modules[name] = new
+    for path, values in (attributes or {}).items():
+        copy_of(path).__dict__.update(values)
     return copy_of("")
 
 
