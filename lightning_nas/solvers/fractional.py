@@ -47,7 +47,8 @@ from lightning_nas.solvers.milp import (
     finish_result,
     no_solution_error,
 )
-from lightning_nas.solvers.problem import ConstrainedProblem, InfeasibleError, SearchResult, check_table_finite
+from lightning_nas.solvers.problem import ConstrainedProblem, InfeasibleError, SearchResult, check_table_finite, check_top_k
+from lightning_nas.solvers.verification import check_verify, verify_result
 
 __all__ = [
     "BRUTE_FORCE_LIMIT",
@@ -326,6 +327,9 @@ def solve_fractional(
     max_iter: int = 100,
     require_optimal: bool = False,
     limit: int = BRUTE_FORCE_LIMIT,
+    top_k: int = 1,
+    verify: Any = None,
+    max_verify: int = 5,
 ) -> SearchResult:
     """Maximise ``constant − scale · numerator / denominator`` subject to ``limits``, exactly.
 
@@ -347,6 +351,15 @@ def solve_fractional(
         require_optimal: raise :class:`~lightning_nas.solvers.problem.NotOptimalError` instead of
             returning an arch whose optimality is not proven.
         limit: the most archs ``"brute_force"`` enumerates (counted before anything is built).
+        top_k: also find the ``top_k`` best distinct archs by the objective (``result.pool``, best
+            first), exactly: each is the optimum once the ones before it are cut off (no-good cuts
+            on the binaries; ``"brute_force"`` sorts).
+        verify: measures archs, ``arch -> {name: value}`` (limited resources, optionally the
+            objective's name, e.g. the measured accuracy); the pool (or the single pick) is
+            measured and the best arch that truly meets every limit returned, as in
+            :func:`~lightning_nas.solvers.search_constrained` (tries in ``details["verification"]``,
+            their count in ``details["evaluations"]``).
+        max_verify: most archs ``verify`` measures.
 
     Returns:
         A :class:`SearchResult` (``method`` as given): ``objective`` is the fractional objective,
@@ -368,23 +381,58 @@ def solve_fractional(
     if not isinstance(require_optimal, bool):
         raise ValueError(f"`require_optimal` must be True or False, got {require_optimal!r}")
     time_limit = check_time_limit(time_limit)
+    top_k = check_top_k(top_k)
     fp = FractionalProblem(numerator, denominator, limits, constant=constant, scale=scale, base=base)
-    if method == "brute_force":
-        _check_size(fp.staged, limit)  # before anything else: a huge space is refused at once
+    check_verify(verify, max_verify, fp.problem)
+
+    def solve(fp: FractionalProblem) -> SearchResult:
+        if method == "brute_force":
+            _check_size(fp.staged, limit)  # before anything else: a huge space is refused at once
+            fp.problem.check_each_limit()
+            return _brute_force(fp, start, limit, top_k)
         fp.problem.check_each_limit()
-        return _brute_force(fp, start, limit)
-    fp.problem.check_each_limit()
-    if method == "charnes_cooper":
-        model = CharnesCooperModel(fp)
+        if method == "charnes_cooper":
+            return _charnes_cooper(fp, solver, time_limit, start, top_k, require_optimal)
+        return _dinkelbach(fp, solver, time_limit, tol, max_iter, start, top_k, require_optimal)
+
+    result = solve(fp)
+    if verify is not None:
+        def resolve(problem: ConstrainedProblem) -> SearchResult:
+            return solve(FractionalProblem(numerator, denominator, problem.limits, constant=constant, scale=scale,
+                                           base=base))
+
+        result = verify_result(fp.problem, result, verify, resolve, max_tries=max_verify)
+        result.solve_seconds = time.perf_counter() - start
+    return result
+
+
+def _charnes_cooper(fp: FractionalProblem, solver: str, time_limit: float | None, start: float, top_k: int,
+                    require_optimal: bool) -> SearchResult:
+    model = CharnesCooperModel(fp)
+    pool: list[SearchResult] = []
+    while len(pool) < top_k:
         out = model.solve(solver, time_limit=time_limit)
+        if pool and out["status"] in ("infeasible", "error"):
+            break  # every arch that meets the limits is in the pool
         _raise_if_infeasible(fp, out, solver, time_limit)
         details = {"build_seconds": model.build_seconds, "solver_seconds": out["solver_seconds"],
                    "bound_ratio": model.unscale(out["bound"]), "termination": out["termination"], "iterations": 1}
-        result = fp.result(out["configs"], out["depths"], method=method, solver=solver, start=start,
+        result = fp.result(out["configs"], out["depths"], method="charnes_cooper", solver=solver, start=start,
                            status=out["status"], gap=out["gap"], details=details)
-        return finish_result(result, require_optimal=require_optimal, time_limit=time_limit)
-    result = _dinkelbach(fp, solver, time_limit, tol, max_iter, start)
-    return finish_result(result, require_optimal=require_optimal, time_limit=time_limit)
+        pool.append(finish_result(result, require_optimal=require_optimal, time_limit=time_limit))
+        if len(pool) < top_k and (model.idx.w or model.idx.beta):
+            model.add_no_good(out["configs"], out["depths"])
+        else:
+            break
+    return _with_pool(pool, top_k, start)
+
+
+def _with_pool(pool: list[SearchResult], top_k: int, start: float) -> SearchResult:
+    best = pool[0]
+    if top_k > 1:
+        best.pool = pool
+    best.solve_seconds = time.perf_counter() - start
+    return best
 
 
 def _raise_if_infeasible(fp: FractionalProblem, out: Mapping[str, Any], solver: str, time_limit: float | None) -> None:
@@ -396,12 +444,34 @@ def _raise_if_infeasible(fp: FractionalProblem, out: Mapping[str, Any], solver: 
 
 
 def _dinkelbach(fp: FractionalProblem, solver: str, time_limit: float | None, tol: float, max_iter: int,
-                start: float) -> SearchResult:
-    pyo = _pyo()
+                start: float, top_k: int = 1, require_optimal: bool = False) -> SearchResult:
     # One model; only the objective N − λD changes between iterations (unpruned: dominance depends on λ).
     model = MilpModel(fp.problem, "compact", minimise=fp.numerator, prune=False)
+    pool: list[SearchResult] = []
+    lam = 0.0
+    while len(pool) < top_k:
+        try:
+            result = _dinkelbach_once(fp, model, solver, time_limit, tol, max_iter, start, lam)
+        except InfeasibleError:
+            if not pool:
+                raise
+            break  # every arch that meets the limits is in the pool
+        pool.append(finish_result(result, require_optimal=require_optimal, time_limit=time_limit))
+        if len(pool) >= top_k or not (model.idx.w or model.idx.beta):
+            break
+        configs, depths = fp.problem.staged.indices(result.arch)
+        model.add_no_good(configs, depths)
+        # The next ratio is at least this one: starting there, F(λ) ≥ 0 and the first solve jumps
+        # to an arch at or above the new optimum, from which Dinkelbach descends as usual.
+        lam = result.details["ratio"]
+    return _with_pool(pool, top_k, start)
+
+
+def _dinkelbach_once(fp: FractionalProblem, model: MilpModel, solver: str, time_limit: float | None, tol: float,
+                     max_iter: int, start: float, lam: float) -> SearchResult:
+    pyo = _pyo()
     m, idx = model.model, model.idx
-    lam, best, history, solver_seconds, status = 0.0, None, [], 0.0, "optimal"
+    best, history, solver_seconds, status = None, [], 0.0, "optimal"
     for iteration in range(1, max_iter + 1):
         table = _combined(fp.numerator, fp.denominator, lam)
         m.del_component(m.obj)
@@ -431,10 +501,10 @@ def _dinkelbach(fp: FractionalProblem, solver: str, time_limit: float | None, to
     return fp.result(best[1], best[2], method="dinkelbach", solver=solver, start=start, status=status, details=details)
 
 
-def _brute_force(fp: FractionalProblem, start: float, limit: int = BRUTE_FORCE_LIMIT) -> SearchResult:
-    # Chunked, so memory stays bounded by the chunk size whatever the number of archs.
+def _brute_force(fp: FractionalProblem, start: float, limit: int = BRUTE_FORCE_LIMIT, top_k: int = 1) -> SearchResult:
+    # Chunked, so memory stays bounded by the chunk size (plus the top_k kept) whatever the number of archs.
     p = fp.problem
-    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    kept: list[tuple[float, np.ndarray, np.ndarray]] = []  # the best top_k so far, best first
     evaluations = 0
     # Per limit: the smallest and largest value over the archs that meet the other limits (for the diagnosis).
     lo = np.full(p.num_limits, np.inf)
@@ -452,13 +522,14 @@ def _brute_force(fp: FractionalProblem, start: float, limit: int = BRUTE_FORCE_L
         if not ok.any():
             continue
         ratios = np.where(ok, fp.ratio(configs, depths), np.inf)
-        i = int(np.argmin(ratios))
-        if best is None or ratios[i] < best[0]:
-            best = (float(ratios[i]), configs[i], depths[i])
-    if best is None:
+        order = np.argsort(ratios, kind="stable")[: top_k]
+        kept += [(float(ratios[i]), configs[i], depths[i]) for i in order if np.isfinite(ratios[i])]
+        kept = sorted(kept, key=lambda t: t[0])[: top_k]
+    if not kept:
         _brute_force_diagnosis(p, lo, hi)
-    return fp.result(best[1], best[2], method="brute_force", solver=None, start=start,
-                     details={"evaluations": evaluations})
+    pool = [fp.result(c, d, method="brute_force", solver=None, start=start, details={"evaluations": evaluations})
+            for _, c, d in kept]
+    return _with_pool(pool, top_k, start)
 
 
 def _meets_others(p: ConstrainedProblem, resources: np.ndarray, k: int) -> np.ndarray:

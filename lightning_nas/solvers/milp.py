@@ -48,6 +48,7 @@ from lightning_nas.solvers.problem import (
     NotOptimalError,
     NotOptimalWarning,
     SearchResult,
+    check_top_k,
 )
 
 __all__ = [
@@ -326,6 +327,7 @@ class MilpModel:
             self.offset = minimise.constant + sum(minimise.depth[s, 0] for s in idx.fixed_depth)
             m.obj = pyo.Objective(expr=_linear_expr(pyo, minimise, idx, m.w, m.beta, offset=False), sense=pyo.minimize)
         self.sense = "min" if minimise is not None else "max"
+        self.prune = prune
         self._minimise = minimise
         table = problem.objective if minimise is None else minimise
         self.default_abs_gap = 1e-9 * max(table.extreme(largest=True, additive=True)[0] - table.extreme(additive=True)[0], 1e-12)
@@ -340,6 +342,33 @@ class MilpModel:
         exprs = {k: expr(limits[k].table) for k in sorted(set(ups) | set(lows))}
         m.limit_upper = pyo.Constraint(ups, rule=lambda m, k: exprs[k] <= m.upper[k])
         m.limit_lower = pyo.Constraint(lows, rule=lambda m, k: exprs[k] >= m.lower[k])
+
+    def add_no_good(self, configs: np.ndarray, depths: np.ndarray) -> None:
+        """Cut off one arch (index arrays ``(S, D)`` configs, ``(S,)`` depth indices), exactly.
+
+        The arch sets ``n`` binaries to 1 (one ``w`` per running block, one ``β`` per stage with a
+        depth choice); ``Σ_{those} ≤ n − 1`` removes it and no other arch: another arch with all
+        of them at 1 has the same depths, hence the same running blocks and configs. Used for the
+        k best distinct archs (:func:`solve_milp` with ``top_k``); needs a model built with
+        ``prune=False``, as a pruned config may be the second best.
+
+        Raises:
+            ValueError: the model was built with ``prune=True``.
+        """
+        if self.prune:
+            raise ValueError("no-good cuts need a MilpModel built with prune=False (pruning drops the runners-up)")
+        pyo = _pyo()
+        p, idx, m = self.problem, self.idx, self.model
+        ones = [m.beta[s, int(depths[s])] for s in idx.free_stages]
+        for s, b in idx.blocks:
+            reach = idx.reach[s, b]
+            if reach is None or p.depth_values[s, int(depths[s])] > b:
+                ones.append(m.w[s, b, int(configs[s, b])])
+        if not ones:
+            raise ValueError("the space has a single arch; there is nothing to cut off")
+        if not hasattr(m, "no_good"):
+            m.no_good = pyo.ConstraintList()
+        m.no_good.add(pyo.quicksum(ones) <= len(ones) - 1)
 
     def set_limit(self, k: int, upper: float | None = None, lower: float | None = None) -> None:
         """Change the bounds of limit ``k`` (only bounds it was built with)."""
@@ -419,11 +448,16 @@ class MilpModel:
 
 def solve_milp(problem: ConstrainedProblem, *, solver: str = "appsi_highs", formulation: str = "compact",
                time_limit: float | None = None, rel_gap: float = 0.0, solver_options: Mapping[str, Any] | None = None,
-               model: MilpModel | None = None, require_optimal: bool = False) -> SearchResult:
+               model: MilpModel | None = None, require_optimal: bool = False, top_k: int = 1) -> SearchResult:
     """Maximise the objective subject to the limits, exactly. ``model`` reuses a built model.
 
     A solve stopped by ``time_limit`` returns ``status="time_limit"`` with its gap and a
     :class:`NotOptimalWarning`; with ``require_optimal=True`` it raises :class:`NotOptimalError`.
+
+    With ``top_k > 1`` the result's ``pool`` holds the ``top_k`` best distinct archs that meet the
+    limits (fewer when fewer exist), best first: after each optimum a no-good cut
+    (:meth:`MilpModel.add_no_good`) removes it and the MILP is solved again, so every member is
+    the exact optimum of the space without the ones before it. ``time_limit`` applies per solve.
 
     Raises:
         InfeasibleError: no arch meets the limits (the message names the violated resource and
@@ -434,8 +468,11 @@ def solve_milp(problem: ConstrainedProblem, *, solver: str = "appsi_highs", form
     start = time.perf_counter()
     time_limit = check_time_limit(time_limit)
     _check_flag(require_optimal, "require_optimal")
+    top_k = check_top_k(top_k)
     if model is None:
-        model = MilpModel(problem, formulation)
+        model = MilpModel(problem, formulation, prune=top_k == 1)
+    elif top_k > 1:
+        raise ValueError("`model` cannot be reused with `top_k` > 1 (the no-good cuts would stay in it); leave `model` out")
     else:
         _reuse(model, problem, formulation)
     out = model.solve(solver, time_limit=time_limit, rel_gap=rel_gap, solver_options=solver_options)
@@ -444,11 +481,25 @@ def solve_milp(problem: ConstrainedProblem, *, solver: str = "appsi_highs", form
         raise InfeasibleError("the solver reports that no arch meets the limits")  # diagnosis found no culprit
     if out["status"] == "error":
         raise no_solution_error(solver, out, time_limit)
-    details = {"build_seconds": model.build_seconds, "solver_seconds": out["solver_seconds"],
-               "formulation": model.formulation, "bound": out["bound"], "termination": out["termination"]}
-    result = problem.make_result(out["configs"], out["depths"], method="milp", solver=solver, status=out["status"],
-                                 gap=out["gap"], solve_seconds=time.perf_counter() - start, details=details)
-    return finish_result(result, require_optimal=require_optimal, time_limit=time_limit)
+
+    def result_of(out):
+        details = {"build_seconds": model.build_seconds, "solver_seconds": out["solver_seconds"],
+                   "formulation": model.formulation, "bound": out["bound"], "termination": out["termination"]}
+        return problem.make_result(out["configs"], out["depths"], method="milp", solver=solver, status=out["status"],
+                                   gap=out["gap"], solve_seconds=time.perf_counter() - start, details=details)
+
+    result = finish_result(result_of(out), require_optimal=require_optimal, time_limit=time_limit)
+    if top_k > 1:
+        pool = [result]
+        while len(pool) < top_k and (model.idx.w or model.idx.beta):
+            model.add_no_good(out["configs"], out["depths"])
+            out = model.solve(solver, time_limit=time_limit, rel_gap=rel_gap, solver_options=solver_options)
+            if out["status"] in ("infeasible", "error"):
+                break  # every arch that meets the limits is in the pool
+            pool.append(finish_result(result_of(out), require_optimal=require_optimal, time_limit=time_limit))
+        result.pool = pool
+        result.solve_seconds = time.perf_counter() - start
+    return result
 
 
 def _reuse(model: MilpModel, problem: ConstrainedProblem, formulation: str) -> None:

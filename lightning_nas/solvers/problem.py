@@ -37,6 +37,7 @@ __all__ = [
     "SearchFailedError",
     "SearchResult",
     "check_table_finite",
+    "check_top_k",
 ]
 
 FEASIBILITY_TOL = 1e-7
@@ -145,6 +146,8 @@ class SearchResult:
         message: a human-readable note (the reason for ``"infeasible"``).
         details: method-specific numbers (``build_seconds``, ``iterations``, ``evaluations``, ...).
         relaxed: BCFW's final fractional point ``(α (S, D, C), β (S, max_depth_options))``.
+        pool: with ``top_k > 1``, the k best distinct archs by the model, best first (this result
+            among them), each a :class:`SearchResult`; empty otherwise.
     """
 
     arch: dict[str, Any] | None
@@ -160,9 +163,10 @@ class SearchResult:
     message: str = ""
     details: dict[str, Any] = field(default_factory=dict)
     relaxed: tuple[np.ndarray, np.ndarray] | None = None
+    pool: list["SearchResult"] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (``relaxed`` as nested lists)."""
+        """A JSON-serialisable dict (``relaxed`` as nested lists, ``pool`` as ``{arch, objective, resources}`` rows)."""
         out = {
             "arch": _jsonable(self.arch),
             "objective": self.objective,
@@ -179,6 +183,9 @@ class SearchResult:
         }
         if self.relaxed is not None:
             out["relaxed"] = {"alpha": self.relaxed[0].tolist(), "beta": self.relaxed[1].tolist()}
+        if self.pool:
+            out["pool"] = [{"arch": _jsonable(r.arch), "objective": r.objective, "resources": dict(r.resources)}
+                           for r in self.pool]
         return out
 
 
@@ -192,6 +199,13 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
+
+
+def check_top_k(top_k: Any) -> int:
+    """``top_k`` if it is an int >= 1, else ``ValueError``."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"`top_k` must be an int >= 1 (the number of best distinct archs to return), got {top_k!r}")
+    return int(top_k)
 
 
 def _as_limit(item: Any) -> Limit:

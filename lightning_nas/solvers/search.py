@@ -27,6 +27,7 @@ from lightning_nas.solvers.problem import (
     SearchFailedError,
     SearchResult,
     _as_limit,
+    check_top_k,
 )
 from lightning_nas.solvers.verification import Verify, check_verify, verify_result
 
@@ -47,6 +48,7 @@ def search_constrained(
     require_optimal: bool = False,
     verify: Verify | None = None,
     max_verify: int = 5,
+    top_k: int = 1,
     **options: Any,
 ) -> SearchResult:
     """Maximise ``objective`` over the archs of its space subject to ``limits``.
@@ -73,7 +75,15 @@ def search_constrained(
             the best arch predicted to fit the bound tightened by the model's error at that pick
             (:mod:`~lightning_nas.solvers.verification`); the tries are in
             ``details["verification"]``, the accepted measurements in ``details["measured"]``.
-        max_verify: most picks measured before :class:`InfeasibleError` (with ``verify``).
+            ``verify`` may also return the objective's name (e.g. ``{"latency": ms, "accuracy":
+            measured}``): it then ranks the verified archs of a pool.
+        max_verify: most archs measured before :class:`InfeasibleError` (with ``verify``); the
+            count spent is ``details["evaluations"]``.
+        top_k: the exact methods (``"milp"``) also return the ``top_k`` best distinct archs by
+            the model in ``result.pool`` (best first; no-good cuts, still exact). With
+            ``verify``, every member is measured (up to ``max_verify``) and the best one that
+            truly meets every limit is returned (best measured objective when ``verify`` gives
+            it, else best predicted), instead of the first pick that fits.
         options: method options: ``formulation``, ``rel_gap``, ``solver_options`` (milp);
             ``rel_gap``, ``solver_options`` (miqcp); ``p``, ``max_iter``, ``rounding`` (bcfw);
             ``population``, ``sample``, ``cycles`` (evolution).
@@ -96,6 +106,7 @@ def search_constrained(
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
     time_limit = check_time_limit(time_limit)
+    options = _with_top_k(method, top_k, options)
     problem = ConstrainedProblem(objective, limits, base=base)
     check_verify(verify, max_verify, problem)
     result = _dispatch(problem, method, solver, seed, time_limit, options, require_optimal)
@@ -110,7 +121,7 @@ def _dispatch(problem: ConstrainedProblem, method: str, solver: str | None, seed
               options: dict[str, Any], require_optimal: bool = False) -> SearchResult:
     miqcp_solver, solver = solver, solver or "appsi_highs"
     allowed = {
-        "milp": {"formulation", "rel_gap", "solver_options", "model"},
+        "milp": {"formulation", "rel_gap", "solver_options", "model", "top_k"},
         "miqcp": {"rel_gap", "solver_options"},
         "bcfw": {"p", "max_iter", "rounding"},
         "evolution": {"population", "sample", "cycles"},
@@ -156,6 +167,15 @@ def _dispatch(problem: ConstrainedProblem, method: str, solver: str | None, seed
         raise
 
 
+def _with_top_k(method: str, top_k: Any, options: dict[str, Any]) -> dict[str, Any]:
+    top_k = check_top_k(top_k)
+    if top_k == 1:
+        return options
+    if method != "milp":
+        raise ValueError(f"`top_k` > 1 needs the exact method 'milp' (a solution pool by no-good cuts); method={method!r}")
+    return {**options, "top_k": top_k}
+
+
 def _fresh(options: dict[str, Any]) -> dict[str, Any]:
     # A sweep's shared model belongs to the sweep's limits; a tightened problem is built anew.
     return {k: v for k, v in options.items() if k != "model"}
@@ -183,13 +203,14 @@ def pareto_sweep(
     require_optimal: bool = False,
     verify: Verify | None = None,
     max_verify: int = 5,
+    top_k: int = 1,
     **options: Any,
 ) -> list[SearchResult]:
     """Solve the problem for each upper bound in ``targets`` on ``resource``.
 
     With ``method="milp"`` the model is built once and re-solved with the new bound.
-    ``time_limit``, ``require_optimal``, ``verify`` and ``max_verify`` apply to each target's solve
-    (see :func:`search_constrained`).
+    ``time_limit``, ``require_optimal``, ``verify``, ``max_verify`` and ``top_k`` apply to each
+    target's solve (see :func:`search_constrained`; with ``top_k`` > 1 each target builds its own model).
 
     Returns:
         One :class:`SearchResult` per target, in increasing target order. An infeasible target
@@ -207,6 +228,7 @@ def pareto_sweep(
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
     time_limit = check_time_limit(time_limit)
+    options = _with_top_k(method, top_k, options)
     targets = sorted(targets)
     others = [_as_limit(lim) for lim in other_limits]
     model = None
@@ -215,7 +237,7 @@ def pareto_sweep(
         start = time.perf_counter()
         problem = ConstrainedProblem(objective, [Limit(resource, upper=target), *others], base=base)
         opts = dict(options)
-        if method == "milp":
+        if method == "milp" and "top_k" not in opts:  # a pool's no-good cuts must not stay in a shared model
             from lightning_nas.solvers.milp import MilpModel
 
             if model is None:

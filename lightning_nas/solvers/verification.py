@@ -8,6 +8,13 @@ arch (``bound − (measured − predicted)``, and at least by the overshoot, so 
 shrinks) and the problem is solved again: the next-best arch whose *prediction* leaves that much
 room. After ``max_tries`` measured failures, or when no arch is predicted to fit the tightened
 bound, :class:`InfeasibleError` names the least violating measured arch.
+
+With a solution pool (``top_k > 1``: the k best distinct archs by the model, see
+:func:`~lightning_nas.solvers.search_constrained`) every member is measured, up to ``max_tries``
+measurements in all, and the best one that meets every original bound is returned: the best by
+the *measured* objective when ``verify`` also returns the objective's name (e.g. the validation
+accuracy a table look-up or a trained subnet gives), else the best by the model. Only when no
+member fits are the bounds tightened by the members' errors and a new pool solved.
 """
 
 from __future__ import annotations
@@ -22,18 +29,22 @@ from lightning_nas.solvers.problem import ConstrainedProblem, InfeasibleError, L
 
 __all__ = ["Verify", "check_verify", "verify_result"]
 
-#: Measures an arch: ``arch -> {resource name: measured value}`` (in each limited table's unit).
+#: Measures an arch: ``arch -> {resource name: measured value}`` (in each limited table's unit),
+#: optionally with the objective's name too (its measured value ranks the archs of a pool).
 Verify = Callable[[dict[str, Any]], Mapping[str, float]]
 
 
 def _check_measured(measured: Any, problem: ConstrainedProblem) -> dict[str, float]:
     if not isinstance(measured, Mapping):
         raise ValueError(f"`verify` must return a mapping of resource name to measured value, got {type(measured).__name__}")
-    unknown = sorted(set(measured) - set(problem.names))
+    allowed = [*problem.names, problem.objective.name]
+    unknown = sorted(set(measured) - set(allowed))
     if unknown:
-        raise ValueError(f"`verify` returned measurements of {unknown}, which are not limited; limited resources: {problem.names}")
-    if not measured:
-        raise ValueError(f"`verify` returned no measurement; return at least one of the limited resources {problem.names}")
+        raise ValueError(f"`verify` returned measurements of {unknown}, which are not limited (nor the objective "
+                         f"{problem.objective.name!r}); allowed: {allowed}")
+    if not measured or (problem.names and not set(measured) & set(problem.names)):
+        raise ValueError(f"`verify` returned no measurement of a limited resource; return at least one of {problem.names} "
+                         f"(and optionally the objective {problem.objective.name!r}; without limits, the objective)")
     out = {}
     for name, value in measured.items():
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
@@ -50,8 +61,6 @@ def check_verify(verify: Any, max_tries: Any, problem: ConstrainedProblem) -> No
         return
     if not callable(verify):
         raise ValueError(f"`verify` must be a callable arch -> {{resource name: measured value}}, got {type(verify).__name__}")
-    if not problem.limits:
-        raise ValueError("`verify` checks measurements against the limits, but no limit was given")
 
 
 def _overshoot(limit: Limit, value: float) -> float:
@@ -85,55 +94,76 @@ def verify_result(
     *,
     max_tries: int = 5,
 ) -> SearchResult:
-    """Measure ``result.arch`` with ``verify``; re-solve with tightened bounds until a pick measures
-    within every original bound (see the module docstring).
+    """Measure ``result.arch`` (every member of ``result.pool`` when there is one) with ``verify``;
+    re-solve with tightened bounds until a pick measures within every original bound (see the
+    module docstring).
 
     Args:
         problem: the problem ``result`` solves (its limits are the bounds the measurements must meet).
-        result: the solver's pick.
-        verify: ``arch -> {resource name: measured value}``; resources it leaves out are not checked.
+        result: the solver's pick, with its pool when it was solved with ``top_k > 1``.
+        verify: ``arch -> {name: measured value}`` for limited resources (those it leaves out are
+            not checked) and optionally the objective's name.
         solve: solves a problem with other limits the same way ``result`` was found.
-        max_tries: most measurements (picks) before giving up.
+        max_tries: most measurements before giving up.
 
     Returns:
-        The first pick whose measurements meet every bound; ``details["verification"]`` holds each
-        try's arch, predicted and measured values and the bounds the solver saw, and
-        ``details["measured"]`` the accepted pick's measurements.
+        The chosen arch's result; ``details["verification"]`` holds each measurement's arch,
+        predicted and measured values, the bounds the solver saw and whether it met them,
+        ``details["measured"]`` the chosen arch's measurements and ``details["evaluations"]`` the
+        number of measurements spent.
 
     Raises:
-        InfeasibleError: ``max_tries`` picks measured outside a bound, or no arch is predicted to
+        InfeasibleError: ``max_tries`` measurements outside a bound, or no arch is predicted to
             meet the tightened bounds; the message names the least violating measured arch.
-        ValueError: ``verify`` returned something other than finite measurements of limited resources.
+        ValueError: ``verify`` returned something other than finite measurements of limited
+            resources (and the objective).
     """
     check_verify(verify, max_tries, problem)
     original = dict(zip(problem.names, problem.limits))
+    objective = problem.objective.name
     current = problem
     tries: list[dict[str, Any]] = []
     while True:
-        measured = _check_measured(verify(dict(result.arch)), problem)
-        over = {name: _overshoot(original[name], value) for name, value in measured.items()}
-        met = all(v <= 0 for v in over.values())
-        tries.append({"arch": dict(result.arch), "predicted": {n: result.resources[n] for n in measured}, "measured": measured,
-                      "bounds": current.limits_dict(), "met": met})
-        if met:
-            result.details["verification"] = tries
-            result.details["measured"] = measured
-            return result
+        candidates = list(result.pool) or [result]
+        met_here: list[tuple[SearchResult, dict[str, float]]] = []
+        violating: list[tuple[SearchResult, dict[str, float]]] = []
+        for candidate in candidates:
+            if len(tries) >= max_tries:
+                break
+            measured = _check_measured(verify(dict(candidate.arch)), problem)
+            resources = {n: v for n, v in measured.items() if n != objective}
+            met = all(_overshoot(original[n], v) <= 0 for n, v in resources.items())
+            tries.append({"arch": dict(candidate.arch), "predicted": {n: candidate.resources[n] for n in resources},
+                          "measured": measured, "bounds": current.limits_dict(), "met": met})
+            (met_here if met else violating).append((candidate, measured))
+        if met_here:
+            by_measurement = all(objective in m for _, m in met_here)
+            # Pool order is the model's order; max() keeps the first of equal measurements.
+            chosen, measured = max(met_here, key=lambda cm: cm[1][objective]) if by_measurement else met_here[0]
+            chosen.details["verification"] = tries
+            chosen.details["measured"] = measured
+            chosen.details["evaluations"] = len(tries)
+            chosen.pool = list(result.pool)
+            return chosen
         reason = None
         if len(tries) >= max_tries:
             reason = f"{max_tries} picks measured outside their bounds (max_verify={max_tries})"
         else:
             try:
-                limits = [_tightened(lim, original[name], result.resources[name], measured[name]) if over.get(name, 0) > 0 else lim
-                          for name, lim in zip(current.names, current.limits)]
+                limits = list(current.limits)
+                for candidate, measured in violating:
+                    limits = [_tightened(lim, original[name], candidate.resources[name], measured[name])
+                              if name in measured and _overshoot(original[name], measured[name]) > 0 else lim
+                              for name, lim in zip(current.names, limits)]
                 current = current.with_limits(limits)
                 result = solve(current)
             except InfeasibleError as err:
                 reason = f"no arch is predicted to leave the room the measurements call for ({err})"
         if reason is not None:
             closest = min(tries, key=lambda t: sum(_overshoot(original[n], v) / problem.ranges[problem.names.index(n)]
-                                                      for n, v in t["measured"].items()))
-            shown = ", ".join(f"{n} {v:.6g} (bound {_bounds(original[n])})" for n, v in closest["measured"].items())
+                                                      for n, v in t["measured"].items() if n != objective))
+            shown = ", ".join(f"{n} {v:.6g} (bound {_bounds(original[n])})" for n, v in closest["measured"].items()
+                              if n != objective)
             error = InfeasibleError(f"verification failed: {reason}; the least violating measured pick has {shown}: {closest['arch']}")
             error.tries = tries
             raise error

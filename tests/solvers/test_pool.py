@@ -1,0 +1,106 @@
+"""Solution pools (``top_k``): the k best distinct archs by the model, exactly (no-good cuts vs brute
+force), and verification that returns the best pool member that truly meets the limits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_nas.bilinear import BilinearTable
+from lightning_nas.solvers import Limit, search_constrained, solve_fractional
+from lightning_nas.solvers.fractional import enumerate_indices
+from lightning_nas.solvers.problem import ConstrainedProblem
+
+
+def _distinct_values(acc, limits):
+    """Objective and feasibility of every distinct arch (blocks that do not run are not told apart)."""
+    problem = ConstrainedProblem(acc, limits)
+    configs, depths = enumerate_indices(acc.staged)
+    configs = problem.complete_configs(configs)
+    objective, resources = problem.evaluate(configs, depths)
+    ok = problem.feasible(resources) if limits else np.ones(len(depths), bool)
+    return objective[ok]
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), q=st.floats(0.2, 1.0), k=st.integers(2, 6), resources=st.integers(0, 2))
+def test_pool_is_the_true_top_k_by_the_model(inst, seed, q, k, resources):
+    space, staged, acc, tables, _ = inst.random_instance(seed, num_resources=max(resources, 1))
+    limits = []
+    for table in tables[:resources]:
+        _, values = inst.enumerate_values(space, [table])
+        upper = inst.midpoint_limit(values[:, 0], q)
+        if upper is not None:
+            limits.append(Limit(table, upper=upper))
+    feasible = np.sort(_distinct_values(acc, limits))[::-1]
+    if len(feasible) == 0:
+        return
+    result = search_constrained(acc, limits, top_k=k)
+    pool = result.pool
+    assert pool[0] is result and len(pool) == min(k, len(feasible))
+    assert np.allclose([r.objective for r in pool], feasible[: len(pool)], atol=1e-9)
+    assert all(r.feasible for r in pool)
+    keys = {tuple(staged.indices(r.arch)[0][staged.active(staged.indices(r.arch)[1])].tolist())
+            + tuple(staged.indices(r.arch)[1].tolist()) for r in pool}
+    assert len(keys) == len(pool)  # distinct archs
+    assert result.to_dict()["pool"][0]["arch"] == result.arch
+
+
+@pytest.mark.parametrize("method", ["dinkelbach", "charnes_cooper"])
+@pytest.mark.parametrize("seed", [0, 4])
+def test_fractional_pool_matches_brute_force(inst, method, seed):
+    space, staged, acc, (lat, flops), rng = inst.random_instance(seed, num_resources=2)
+    numerator = BilinearTable(staged, 0.0, rng.normal(0, 1, acc.block.shape), rng.normal(0, 1, acc.depth.shape), name="penalty")
+    _, values = inst.enumerate_values(space, [lat])
+    limits = [Limit(lat, upper=inst.midpoint_limit(values[:, 0], 0.6))]
+    exact = solve_fractional(numerator, flops, limits, method=method, top_k=5)
+    brute = solve_fractional(numerator, flops, limits, method="brute_force", top_k=5)
+    assert np.allclose([r.objective for r in exact.pool], [r.objective for r in brute.pool], atol=1e-9)
+    assert len({str(r.arch) for r in exact.pool}) == len(exact.pool) == len(brute.pool)
+
+
+def test_verified_pool_returns_the_best_measured_arch_that_truly_fits(inst):
+    space, staged, acc, (lat,), _ = inst.random_instance(9)
+    archs, values = inst.enumerate_values(space, [acc, lat])
+    upper = inst.midpoint_limit(values[:, 1], 0.7)
+    pool = search_constrained(acc, Limit(lat, upper=upper), top_k=6).pool
+    # "Measured": the first three picks break the limit; accuracy measured as the reverse of the model.
+    bad = {str(r.arch) for r in pool[:3]}
+    calls = []
+
+    def verify(arch):
+        calls.append(arch)
+        latency = inst.brute_value(lat, arch) + (10.0 if str(arch) in bad else 0.0)
+        return {"latency": latency, "accuracy": -inst.brute_value(acc, arch)}
+
+    result = search_constrained(acc, Limit(lat, upper=upper), top_k=6, verify=verify, max_verify=6)
+    assert len(calls) == 6 == result.details["evaluations"]
+    assert result.arch == pool[-1].arch  # the worst by the model fits and measures best
+    assert result.details["measured"]["latency"] <= upper
+    assert sum(t["met"] for t in result.details["verification"]) == 3
+    # Without the measured objective: the best fitting arch by the model.
+    result = search_constrained(acc, Limit(lat, upper=upper), top_k=6, max_verify=6,
+                                verify=lambda a: {"latency": verify(a)["latency"]})
+    assert result.arch == pool[3].arch
+
+
+def test_every_pool_member_failing_tightens_and_solves_a_new_pool(inst):
+    space, staged, acc, (lat,), _ = inst.random_instance(5)
+    archs, values = inst.enumerate_values(space, [acc, lat])
+    upper = inst.midpoint_limit(values[:, 1], 0.6)
+    result = search_constrained(acc, Limit(lat, upper=upper), top_k=3, max_verify=60,
+                                verify=lambda a: {"latency": 1.1 * inst.brute_value(lat, a)})
+    assert 1.1 * inst.brute_value(lat, result.arch) <= upper
+    assert result.details["evaluations"] == len(result.details["verification"])
+
+
+def test_top_k_errors(inst):
+    space, staged, acc, (lat,), _ = inst.random_instance(2)
+    with pytest.raises(ValueError, match="`top_k` must be an int >= 1"):
+        search_constrained(acc, [], top_k=0)
+    with pytest.raises(ValueError, match="needs the exact method 'milp'"):
+        search_constrained(acc, [], method="evolution", top_k=2)
+    with pytest.raises(ValueError, match="`top_k` must be an int >= 1"):
+        solve_fractional(acc, lat, top_k=True)
