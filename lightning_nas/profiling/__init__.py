@@ -4,7 +4,10 @@
 * :mod:`~lightning_nas.profiling.runtimes`: what is timed: PyTorch eager, frozen TorchScript or ONNX Runtime.
 * :mod:`~lightning_nas.profiling.tables`: per-block tables, reuse-or-rebuild of the table file.
 * :mod:`~lightning_nas.profiling.report`: MAPE of predicted vs end-to-end latency.
+* :mod:`~lightning_nas.profiling.fit`: per-block tables fitted to measured whole networks, with held-out error and margin.
 """
+
+from lightning_nas.profiling.fit import TableFit, design_matrix, fit_table
 
 from lightning_nas.profiling.report import LatencyCheck, ReferenceTimer, calibrate_latency, check_latency, mape
 from lightning_nas.profiling.runtimes import RUNTIMES, runtime_callable, runtime_version
@@ -40,6 +43,7 @@ __all__ = [
     "ReferenceTimer",
     "ProfileSettings",
     "TimingResult",
+    "TableFit",
     "backup_path",
     "block_shapes",
     "build_flops_table",
@@ -48,7 +52,9 @@ __all__ = [
     "calibrate_latency",
     "check_latency",
     "cpu_model",
+    "design_matrix",
     "device_info",
+    "fit_table",
     "load_or_build",
     "mape",
     "model_signature",
