@@ -19,6 +19,8 @@ from lightning_nas.nn.op_choice import OpChoice
 from lightning_nas.nn.skip_choice import SkipChoice
 from lightning_nas.nn.static import FixedValue, SumInputs
 from lightning_nas.nn.transformer import ElasticTransformerBlock, ElasticTransformerEncoder, TransformerBlock, TransformerEncoder
+from lightning_nas.nn import transformer_rules
+from lightning_nas.nn.transformer_rules import ElasticLayers, SlicedModule
 
 __all__ = [
     "ArchContext",
@@ -29,6 +31,7 @@ __all__ = [
     "ElasticConv2d",
     "ElasticEmbedding",
     "ElasticLayerNorm",
+    "ElasticLayers",
     "ElasticLinear",
     "ElasticMLP",
     "ElasticMultiheadAttention",
@@ -43,6 +46,7 @@ __all__ = [
     "PositionalEmbedding",
     "Replacement",
     "SkipChoice",
+    "SlicedModule",
     "SumInputs",
     "TransformerBlock",
     "TransformerEncoder",
@@ -51,4 +55,5 @@ __all__ = [
     "mutate",
     "recalibrate_batch_norm",
     "rules",
+    "transformer_rules",
 ]
