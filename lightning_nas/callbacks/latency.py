@@ -48,14 +48,22 @@ class LatencyProfiler(Callback):
     state is consumed.
 
     The table is built at ``on_fit_start`` when ``input_size`` is given, else on the first training
-    batch (whose first tensor gives the input size). Under DDP, rank 0 builds it and the other ranks
+    batch (whose first tensor gives the input size).
+
+    Language models: give ``vocab_size``; the network's input is then integer token ids of shape
+    ``(batch_size, seq_len)`` (``input_size=(seq_len,)``, or read from the first training batch,
+    an integer ``(B, T)`` tensor), so batch size and sequence length are both profile inputs.
+    The token embedding is timed on token ids, every other unit on the activations it receives. Under DDP, rank 0 builds it and the other ranks
     load it after a barrier: ``path`` must be on a file system every rank sees.
 
     Args:
         path: the latency table's JSON file.
         batch_size: examples per timed forward call (BINAS CPU: 1).
         threads: CPU threads while timing (BINAS CPU: 1).
-        input_size: ``(C, H, W)`` of one example (default: inferred from the first training batch).
+        input_size: ``(C, H, W)`` of one example, ``(seq_len,)`` for token inputs (default:
+            inferred from the first training batch).
+        vocab_size: the network takes token ids in ``[0, vocab_size)`` (a language model);
+            ``None`` (default): float inputs. Required when the first batch holds integers.
         repeats: timed calls per measurement.
         warmup: untimed calls before them.
         supernet: dotted attribute path of the supernet in the LightningModule, when it has several.
@@ -94,6 +102,7 @@ class LatencyProfiler(Callback):
         calibration_archs: int = 10,
         seed: int = 0,
         rebuild: bool = False,
+        vocab_size: int | None = None,
     ) -> None:
         if not isinstance(path, (str, Path)) or not str(path):
             raise ValueError(f"`path` must be a file path (str or Path), got {path!r}")
@@ -102,7 +111,7 @@ class LatencyProfiler(Callback):
         # Validates every setting now rather than at the first batch; a stand-in size until known.
         self._settings_kwargs = dict(
             batch_size=batch_size, threads=threads, repeats=repeats, warmup=warmup, device=device or "cpu", dtype=dtype,
-            statistic=statistic, pin_malloc=pin_malloc, runtime=runtime,
+            statistic=statistic, pin_malloc=pin_malloc, runtime=runtime, vocab_size=vocab_size,
         )
         ProfileSettings(input_size=input_size if input_size is not None else (1,), **self._settings_kwargs)
         if not isinstance(calibration_archs, int) or isinstance(calibration_archs, bool) or calibration_archs < 1:
@@ -147,7 +156,14 @@ class LatencyProfiler(Callback):
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self.latency_table is None:
             if self.input_size is None:
-                self.input_size = tuple(_first_tensor(batch).shape[1:])
+                first = _first_tensor(batch)
+                if not (first.is_floating_point() or first.is_complex()) and self._settings_kwargs["vocab_size"] is None:
+                    raise ValueError(
+                        f"LatencyProfiler: the first training batch holds {first.dtype} inputs of shape {tuple(first.shape)} "
+                        "(token ids?) but `vocab_size` is None; pass LatencyProfiler(vocab_size=...) so that the table is "
+                        "timed on token ids of the network's vocabulary"
+                    )
+                self.input_size = tuple(first.shape[1:])
             self._profile(trainer)
 
     # -- work --------------------------------------------------------------------------------
@@ -172,7 +188,7 @@ class LatencyProfiler(Callback):
                 raise RuntimeError(f"LatencyProfiler: the table rank 0 left at {self.path} does not apply here: {'; '.join(reasons)}")
             self.latency_table = table
         # Deterministic counts: every rank computes them itself instead of reading files.
-        self.flops_table = build_flops_table(supernet, settings.input_size)
+        self.flops_table = build_flops_table(supernet, settings.input_size, vocab_size=settings.vocab_size)
         self.params_table = build_params_table(supernet)
         if self._restored is not None and self._restored.get("model") not in (None, self.latency_table.metadata.get("model")):
             rank_zero_warn("LatencyProfiler: the resumed checkpoint was profiled for another supernet than this table's")
@@ -180,7 +196,7 @@ class LatencyProfiler(Callback):
         high, _ = self.latency_table.extreme(largest=True)
         rank_zero_info(
             f"LatencyProfiler: latency table {self.path} ({settings.device}, {settings.runtime}, {settings.threads} thread(s), batch {settings.batch_size}, "
-            f"input {tuple(settings.input_size)}): {low:.3f}-{high:.3f} ms over the space"
+            f"input {tuple(settings.input_size)}{'' if settings.vocab_size is None else ' token ids'}): {low:.3f}-{high:.3f} ms over the space"
         )
 
     # -- state -------------------------------------------------------------------------------

@@ -76,6 +76,7 @@ __all__ = [
     "build_flops_table",
     "build_latency_table",
     "build_params_table",
+    "integer_input_units",
     "keep_rng_state",
     "load_or_build",
     "model_signature",
@@ -166,8 +167,21 @@ def stage_blocks(supernet: Supernet, staged: StagedSpace | None = None) -> list[
     return out
 
 
+def _network_input(shape: Shape, vocab_size: int | None) -> torch.Tensor:
+    """Zeros of the network's input: floats, or token id 0 (valid for any vocabulary)."""
+    return torch.zeros(shape, dtype=torch.float32 if vocab_size is None else torch.long)
+
+
+def _timed(module: nn.Module, shape: Shape, vocab_size: int | None) -> tuple:
+    """A :func:`time_modules` item: ``(module, shape)``, with the vocabulary only for token inputs."""
+    return (module, shape) if vocab_size is None else (module, shape, vocab_size)
+
+
 def _capture(supernet: Supernet, units: list[list[nn.Module | None]], arch: Mapping[str, Any], input_shape: Shape,
-             only: set[tuple[int, int]] | None = None) -> dict[tuple[int, int], tuple[Shape, Shape]]:
+             only: set[tuple[int, int]] | None = None, *, vocab_size: int | None = None,
+             integer: set[tuple[int, int]] | None = None) -> dict[tuple[int, int], tuple[Shape, Shape]]:
+    """Each unit's ``(input shape, output shape)`` in one forward of ``arch``; units whose input is
+    integer (token ids) are added to ``integer`` when given."""
     seen: dict[tuple[int, int], tuple[Shape, Shape]] = {}
     handles = []
     for s, row in enumerate(units):
@@ -179,9 +193,11 @@ def _capture(supernet: Supernet, units: list[list[nn.Module | None]], arch: Mapp
                 if not args or not isinstance(args[0], torch.Tensor) or not isinstance(output, torch.Tensor):
                     raise ValueError(f"unit {key} ({type(module).__name__}) must take and return one tensor to be profiled")
                 seen[key] = (tuple(args[0].shape), tuple(output.shape))
+                if integer is not None and not (args[0].is_floating_point() or args[0].is_complex()):
+                    integer.add(key)
             handles.append(unit.register_forward_hook(hook))
     try:
-        x = torch.zeros(input_shape)
+        x = _network_input(input_shape, vocab_size)
         with supernet.activated(arch), torch.inference_mode():
             supernet(x)
     finally:
@@ -191,12 +207,14 @@ def _capture(supernet: Supernet, units: list[list[nn.Module | None]], arch: Mapp
 
 
 @keep_rng_state()
-def block_shapes(supernet: Supernet, input_shape: Sequence[int], staged: StagedSpace | None = None) -> BlockShapes:
+def block_shapes(supernet: Supernet, input_shape: Sequence[int], staged: StagedSpace | None = None, *,
+                 vocab_size: int | None = None) -> BlockShapes:
     """Input and output shape of every unit under each of its configurations,
     ``[stage][block][config] -> (in_shape, out_shape)`` (``None`` for units without a module).
 
-    Runs a CPU copy of the supernet in eval mode on zeros of ``input_shape`` (batch included)
-    with forward hooks, under the largest and the smallest arch. A unit whose shapes agree under
+    Runs a CPU copy of the supernet in eval mode on zeros of ``input_shape`` (batch included;
+    token id 0 when ``vocab_size`` is given: a language model's ``(batch, seq_len)``) with
+    forward hooks, under the largest and the smallest arch. A unit whose shapes agree under
     both has them under every configuration; the others (a unit reading the width of the layer
     before it, say) are captured once per configuration, under the largest arch with the unit's
     decisions set, and checked against the smallest arch.
@@ -211,8 +229,8 @@ def block_shapes(supernet: Supernet, input_shape: Sequence[int], staged: StagedS
     units = stage_blocks(work, staged)
     shape = tuple(int(v) for v in input_shape)
     largest_arch, smallest_arch = work.space.largest(), work.space.smallest()
-    largest = _capture(work, units, largest_arch, shape)
-    smallest = _capture(work, units, smallest_arch, shape)
+    largest = _capture(work, units, largest_arch, shape, vocab_size=vocab_size)
+    smallest = _capture(work, units, smallest_arch, shape, vocab_size=vocab_size)
     missing = [(s, b) for s, row in enumerate(units) for b, unit in enumerate(row) if unit is not None and (s, b) not in largest]
     if missing:
         raise ValueError(f"blocks {missing} did not run under the largest arch; cannot capture their input shapes")
@@ -233,7 +251,7 @@ def block_shapes(supernet: Supernet, input_shape: Sequence[int], staged: StagedS
                 arch = {**largest_arch, **dict(zip(stage.block_labels[b], values))}
                 key = json.dumps(arch, sort_keys=True, default=str)
                 if key not in by_arch:
-                    by_arch[key] = _capture(work, units, arch, shape)
+                    by_arch[key] = _capture(work, units, arch, shape, vocab_size=vocab_size)
                 per_config.append(by_arch[key][s, b])
             small = tuple(smallest_arch[lab] for lab in stage.block_labels[b])
             if (s, b) in smallest and per_config[configs.index(small)] != smallest[s, b]:
@@ -269,8 +287,23 @@ def _unique_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _flops(module: nn.Module, shape: Shape) -> int:
-    """FLOPs of one call of ``module`` (a copy we own: it is moved) on an input of ``shape``."""
+def integer_input_units(supernet: Supernet, input_shape: Sequence[int], vocab_size: int | None,
+                        staged: StagedSpace | None = None) -> set[tuple[int, int]]:
+    """``(stage, block)`` of the units that receive integer inputs (a language model's token
+    embedding) when the network is fed ``vocab_size`` token ids; empty for float inputs."""
+    if vocab_size is None:
+        return set()
+    staged = staged or StagedSpace.of(supernet)
+    with keep_rng_state():
+        work = copy.deepcopy(supernet).cpu().float().eval()
+    integer: set[tuple[int, int]] = set()
+    _capture(work, stage_blocks(work, staged), work.space.largest(), tuple(input_shape), vocab_size=vocab_size, integer=integer)
+    return integer
+
+
+def _flops(module: nn.Module, shape: Shape, integer: bool = False) -> int:
+    """FLOPs of one call of ``module`` (a copy we own: it is moved) on an input of ``shape``
+    (token id 0 when ``integer``)."""
     module = module.eval()
     # Counting needs shapes only: meta tensors skip the arithmetic. Modules that cannot run on
     # the meta device are counted on CPU zeros instead.
@@ -278,7 +311,7 @@ def _flops(module: nn.Module, shape: Shape) -> int:
         try:
             module.to(device=device, dtype=torch.float32)
             with FlopCounterMode(display=False) as counter, torch.inference_mode():
-                module(torch.zeros(shape, device=device))
+                module(torch.zeros(shape, device=device, dtype=torch.long if integer else torch.float32))
             return int(counter.get_total_flops())
         except (NotImplementedError, RuntimeError):
             if device == "cpu":
@@ -315,7 +348,8 @@ def build_params_table(supernet: Supernet, *, base: Mapping[str, Any] | None = N
 
 
 @keep_rng_state()
-def build_flops_table(supernet: Supernet, input_size: Sequence[int], *, base: Mapping[str, Any] | None = None) -> BilinearTable:
+def build_flops_table(supernet: Supernet, input_size: Sequence[int], *, base: Mapping[str, Any] | None = None,
+                      vocab_size: int | None = None) -> BilinearTable:
     """FLOPs at batch 1, in MFLOPs, counted by ``torch.utils.flop_counter.FlopCounterMode``.
 
     ``FlopCounterMode`` counts matrix products and convolutions, 2 FLOPs per multiply-accumulate
@@ -325,24 +359,27 @@ def build_flops_table(supernet: Supernet, input_size: Sequence[int], *, base: Ma
 
     Args:
         supernet: the supernet (only read).
-        input_size: ``(C, H, W)`` of one example.
+        input_size: ``(C, H, W)`` of one example (``(seq_len,)`` for token inputs).
         base: arch giving the labels outside the blocks (default: the largest).
+        vocab_size: the network takes token ids (see :class:`ProfileSettings`); ``None``: floats.
     """
     _check_supernet(supernet)
     staged = StagedSpace.of(supernet)
     base = supernet.space.validate(base) if base is not None else supernet.space.largest()
     shape = (1, *_input_size(input_size))
-    shapes = block_shapes(supernet, shape, staged)
+    shapes = block_shapes(supernet, shape, staged, vocab_size=vocab_size)
+    integer = integer_input_units(supernet, shape, vocab_size, staged)
     block = np.zeros((staged.num_stages, staged.max_blocks, staged.num_configs))
     for s, b, c, module in _block_exports(supernet, staged, base):
-        block[s, b, c] = _flops(module, shapes[s][b][c][0]) / 1e6
+        block[s, b, c] = _flops(module, shapes[s][b][c][0], (s, b) in integer) / 1e6
     probe = BilinearTable(staged, 0.0, block, name="flops")
-    constant = _flops(supernet.export(base), shape) / 1e6 - probe.predict(base)
+    constant = _flops(supernet.export(base), shape, vocab_size is not None) / 1e6 - probe.predict(base)
     return BilinearTable(
         staged, constant, block, name="flops", unit="MFLOPs",
         metadata={
             "profiler_version": PROFILER_VERSION, "model": model_signature(supernet), "input_size": list(shape[1:]),
             "batch_size": 1, "counter": "torch.utils.flop_counter.FlopCounterMode", "base_arch": base,
+            **({} if vocab_size is None else {"vocab_size": vocab_size}),
         },
     )
 
@@ -363,7 +400,7 @@ def time_archs(supernet: Supernet, archs: Sequence[Mapping[str, Any]], settings:
     """
     _check_supernet(supernet)
     subnets = [supernet.export(arch) for arch in archs]
-    return time_modules([(subnet, settings.batch_shape) for subnet in subnets], settings, seed=seed)
+    return time_modules([_timed(subnet, settings.batch_shape, settings.vocab_size) for subnet in subnets], settings, seed=seed)
 
 
 @keep_rng_state()
@@ -400,18 +437,20 @@ def build_latency_table(
     started = time.perf_counter()
     staged = StagedSpace.of(supernet)
     base = supernet.space.validate(base) if base is not None else supernet.space.largest()
-    shapes = block_shapes(supernet, settings.batch_shape, staged)
+    shapes = block_shapes(supernet, settings.batch_shape, staged, vocab_size=settings.vocab_size)
+    integer = integer_input_units(supernet, settings.batch_shape, settings.vocab_size, staged)
     full = (staged.num_stages, staged.max_blocks, staged.num_configs)
     value, median, fastest, p10, p90 = (np.zeros(full) for _ in range(5))
     # Identical blocks (same exported layers, same shapes) share one measurement.
     keys, unique = np.empty(full, dtype=object), {}
     for s, b, c, module in _block_exports(supernet, staged, base):
         in_shape, out_shape = shapes[s][b][c]
-        key = f"{module!r}|in={in_shape}|out={out_shape}"
+        vocab = settings.vocab_size if (s, b) in integer else None  # a token embedding is timed on token ids
+        key = f"{module!r}|in={in_shape}|out={out_shape}" + ("" if vocab is None else f"|tokens<{vocab}")
         keys[s, b, c] = key
-        unique.setdefault(key, (module, in_shape))
+        unique.setdefault(key, _timed(module, in_shape, vocab))
     archs = supernet.space.sample_many(calibration_archs, derive_seed(seed, CALIBRATION_STREAM))
-    calibration = [(supernet.export(arch), settings.batch_shape) for arch in archs]
+    calibration = [_timed(supernet.export(arch), settings.batch_shape, settings.vocab_size) for arch in archs]
     if progress is not None:
         progress(
             f"timing {len(unique)} distinct blocks for {int(staged.config_exists().sum())} entries "
@@ -424,7 +463,7 @@ def build_latency_table(
     # timed in the same rounds measures that cost; it is taken off every block entry and the fixed
     # part, estimated below from whole subnets, keeps the one call they really make. Eager runs call
     # every block as a module inside the network too, so nothing is taken off there.
-    empty = [(nn.Identity(), settings.batch_shape)] if settings.runtime != "eager" else []
+    empty = [_timed(nn.Identity(), settings.batch_shape, settings.vocab_size)] if settings.runtime != "eager" else []
     timed = time_modules(list(unique.values()) + calibration + empty, settings, seed=seed)
     results, timings = dict(zip(unique, timed[: len(unique)])), timed[len(unique) : len(unique) + len(calibration)]
     # One number off every statistic of an entry keeps min <= p10 <= median <= p90.
@@ -488,7 +527,10 @@ def stale_reasons(metadata: Mapping[str, Any], supernet: Supernet, settings: Pro
         reasons.append(f"profiler version {metadata.get('profiler_version')!r} != {PROFILER_VERSION}")
     if metadata.get("model") != model_signature(supernet):
         reasons.append("the supernet differs (model signature changed)")
-    expected = {"settings": settings.to_dict(), "device": device_info(settings)}
+    if (metadata.get("settings") or {}).get("vocab_size") != settings.vocab_size:
+        # Not in to_dict() for float inputs, so the loop below would not see a token table used for floats.
+        reasons.append(f"settings.vocab_size is {(metadata.get('settings') or {}).get('vocab_size')!r}, now {settings.vocab_size!r}")
+    expected = {"settings": {k: v for k, v in settings.to_dict().items() if k != "vocab_size"}, "device": device_info(settings)}
     for group, want in expected.items():
         have = metadata.get(group) or {}
         for key, value in want.items():

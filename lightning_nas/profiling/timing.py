@@ -40,6 +40,7 @@ __all__ = [
     "TimingResult",
     "cpu_model",
     "device_info",
+    "example_input",
     "num_threads",
     "pin_malloc_thresholds",
     "time_module",
@@ -82,6 +83,10 @@ class ProfileSettings:
             run in an ONNX Runtime session with ``threads`` intra-op threads; needs
             ``pip install 'lightning-nas[onnx]'``). The converted runtimes are CPU only, ONNX
             Runtime float32 only. See :mod:`lightning_nas.profiling.runtimes`.
+        vocab_size: ``None`` (default) for float inputs; an int for a language model, whose input
+            is then integer token ids of shape ``(batch_size, *input_size)`` (``input_size =
+            (seq_len,)``) drawn uniformly from ``[0, vocab_size)``. Blocks inside the network are
+            timed on what they really receive (float activations after the embedding).
     """
 
     input_size: tuple[int, ...]
@@ -95,6 +100,7 @@ class ProfileSettings:
     statistic: str = "median"
     pin_malloc: bool = False
     runtime: str = "eager"
+    vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         size = self.input_size
@@ -106,6 +112,8 @@ class ProfileSettings:
         _positive_int("repeats", self.repeats)
         _positive_int("warmup", self.warmup, minimum=0)
         _positive_int("rounds", self.rounds)
+        if self.vocab_size is not None:
+            _positive_int("vocab_size", self.vocab_size)
         if not isinstance(self.pin_malloc, bool):
             raise ValueError(f"`pin_malloc` must be a bool, got {self.pin_malloc!r}")
         if self.statistic not in STATISTICS:
@@ -138,7 +146,19 @@ class ProfileSettings:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["input_size"] = list(self.input_size)
+        if out["vocab_size"] is None:
+            # Float-input settings keep the keys of tables written before token inputs existed.
+            del out["vocab_size"]
         return out
+
+
+def example_input(shape: Sequence[int], vocab_size: int | None = None, *, seed: int = 0) -> torch.Tensor:
+    """A random CPU input of ``shape`` (batch included): standard-normal floats, or with
+    ``vocab_size`` integer token ids (``torch.long``) uniform in ``[0, vocab_size)``."""
+    generator = torch.Generator().manual_seed(seed)
+    if vocab_size is None:
+        return torch.randn(tuple(shape), generator=generator)
+    return torch.randint(0, _positive_int("vocab_size", vocab_size), tuple(shape), generator=generator)
 
 
 @dataclass(frozen=True)
@@ -228,7 +248,9 @@ def time_modules(items: Sequence[tuple[nn.Module, Sequence[int]]], settings: Pro
     in all, split evenly over the rounds.
 
     Args:
-        items: ``(module, input_shape)`` pairs, shapes with the batch dimension (see :func:`time_module`).
+        items: ``(module, input_shape)`` pairs, shapes with the batch dimension (see
+            :func:`time_module`), or ``(module, input_shape, vocab_size)`` triples for modules
+            that take token ids (see :func:`example_input`; ``None`` for floats).
         settings: device, dtype, threads, warm-up, repeats and rounds.
         seed: seed of the random inputs (the same seed for every module).
 
@@ -237,13 +259,17 @@ def time_modules(items: Sequence[tuple[nn.Module, Sequence[int]]], settings: Pro
     """
     device, dtype = settings.torch_device, settings.torch_dtype
     prepared = []
-    for module, input_shape in items:
+    for item in items:
+        if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+            raise ValueError(f"`items` must hold (module, input_shape) or (module, input_shape, vocab_size) tuples, got {item!r}")
+        module, input_shape, vocab = (*item, None) if len(item) == 2 else item
         if not isinstance(module, nn.Module):
             raise ValueError(f"`module` must be an nn.Module, got {type(module).__name__}")
         shape = tuple(input_shape)
         if not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
             raise ValueError(f"`input_shape` must be a tuple of positive ints, got {input_shape!r}")
-        x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device=device, dtype=dtype)
+        x = example_input(shape, vocab, seed=seed)
+        x = x.to(device=device) if vocab is not None else x.to(device=device, dtype=dtype)  # token ids stay integers
         prepared.append((module.to(device=device, dtype=dtype), x))
     if settings.pin_malloc and device.type == "cpu":
         pin_malloc_thresholds()

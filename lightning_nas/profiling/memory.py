@@ -1,0 +1,285 @@
+"""Memory tables of a supernet: the KV cache and the training activation memory, as additive
+:class:`~lightning_nas.bilinear.BilinearTable` s that a :class:`~lightning_nas.solvers.Limit` bounds.
+
+Both quantities are sums over the network's layers, so the structure-based unit tables
+(:meth:`~lightning_nas.spaces.staged.StagedSpace.from_supernet`: one table per unit, over the joint
+values of the decisions it reads) represent them exactly, as they do FLOPs and parameters:
+
+* **KV cache** (:func:`build_kv_cache_table`): the keys and values an autoregressive model keeps
+  for a context of ``T`` tokens, ``2 · B · T · h · d`` elements for every self-attention with ``h``
+  heads of ``d`` dimensions (``2 · B · T · E`` for an ``nn.MultiheadAttention``), in bytes of the
+  attention's weights. A skipped or cut layer keeps none.
+* **Activation memory** (:func:`build_activation_memory_table`): the bytes of the tensors one
+  training forward saves for the backward pass (the activations that dominate training memory
+  on top of weights, gradients and optimiser state, which follow the parameter table). Measured,
+  not modelled: each unit's exported module runs one forward in train mode under
+  ``torch.autograd.graph.saved_tensors_hooks`` on its real input shape (with ``requires_grad`` as
+  in the network), and the distinct storages it saves are summed, parameters and buffers
+  excluded (views of one storage count once). The fixed part is the whole network's count minus
+  its units' for the base arch, and the table checks itself on the smallest arch: the sum is
+  exact when no tensor crossing a unit boundary is saved on both sides of it (a residual add,
+  the usual last op of a block, saves nothing); otherwise the build warns with the difference.
+
+Both are in bytes (``unit="bytes"``), for the batch size and input size given (a language model's
+``(batch, seq_len)`` token ids with ``vocab_size``).
+
+Example::
+
+    kv = build_kv_cache_table(gpt, (256,), batch_size=8, vocab_size=128)
+    search_constrained(accuracy, [Limit(latency, upper=5.0), Limit(kv, upper=64 * 2**20)])
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lightning_nas.bilinear import BilinearTable
+from lightning_nas.nn.attention import MultiheadSelfAttention
+from lightning_nas.profiling.tables import (
+    PROFILER_VERSION,
+    _block_exports,
+    _check_supernet,
+    _input_size,
+    block_shapes,
+    integer_input_units,
+    keep_rng_state,
+    model_signature,
+    stage_blocks,
+)
+from lightning_nas.spaces.staged import StagedSpace
+from lightning_nas.supernet import Supernet
+
+__all__ = ["build_activation_memory_table", "build_kv_cache_table", "kv_cache_bytes", "saved_activation_bytes"]
+
+
+def _network_input(shape: tuple[int, ...], vocab_size: int | None, requires_grad: bool = False) -> torch.Tensor:
+    if vocab_size is not None:
+        return torch.zeros(shape, dtype=torch.long)
+    return torch.zeros(shape, requires_grad=requires_grad)
+
+
+def _check_batch(batch_size: Any) -> int:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}")
+    return batch_size
+
+
+def _check_vocab(vocab_size: Any) -> int | None:
+    if vocab_size is not None and (not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1):
+        raise ValueError(f"`vocab_size` must be an int >= 1 or None (float inputs), got {vocab_size!r}")
+    return vocab_size
+
+
+# -- measurements of one module ---------------------------------------------------------------
+def kv_cache_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of keys and values that ``module``'s self-attentions keep for the input ``x``.
+
+    Every :class:`~lightning_nas.nn.MultiheadSelfAttention` called with ``(B, T, E)`` keeps
+    ``2 · B · T · num_heads · head_dim`` elements, every ``nn.MultiheadAttention`` called with keys
+    ``(B, S, ·)`` (batch first) or ``(S, B, ·)`` keeps ``2 · B · S · embed_dim``; each element has the
+    size of the attention's weights. Runs one forward in eval mode without gradients.
+
+    Args:
+        module: any module (an exported subnet or one of its units).
+        x: its input.
+
+    Returns:
+        The bytes, summed over every call of every attention module.
+    """
+    total = [0]
+
+    def self_attention(m: MultiheadSelfAttention, args, output) -> None:
+        b, t = args[0].shape[0], args[0].shape[1]
+        total[0] += 2 * b * t * m.num_heads * m.head_dim * m.qkv.weight.element_size()
+
+    def torch_attention(m: nn.MultiheadAttention, args, kwargs, output) -> None:
+        key = kwargs.get("key", args[1] if len(args) > 1 else None)
+        if key is None:
+            return
+        b, s = (key.shape[0], key.shape[1]) if m.batch_first or key.dim() == 2 else (key.shape[1], key.shape[0])
+        total[0] += 2 * b * s * m.embed_dim * m.out_proj.weight.element_size()
+
+    handles = []
+    for m in module.modules():
+        if isinstance(m, MultiheadSelfAttention):
+            handles.append(m.register_forward_hook(self_attention))
+        elif isinstance(m, nn.MultiheadAttention):
+            handles.append(m.register_forward_hook(torch_attention, with_kwargs=True))
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, training in modes:
+            m.training = training
+    return total[0]
+
+
+def saved_activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors one training forward of ``module`` on ``x`` saves for the backward pass.
+
+    The forward runs in train mode with gradients enabled under
+    ``torch.autograd.graph.saved_tensors_hooks``; every saved tensor's storage is counted once
+    (views of one storage, such as the query, key and value slices of one projection, share it),
+    and the module's own parameters and buffers are not counted. Train/eval flags are restored.
+
+    Args:
+        module: any module whose parameters require gradients.
+        x: its input (give it ``requires_grad=True`` when, in the network, it depends on weights
+            before it: some operations save more then).
+
+    Returns:
+        The bytes, an int.
+    """
+    own = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        pointer = storage.data_ptr()
+        if pointer and pointer not in own:
+            saved[pointer] = storage.nbytes()
+        return tensor
+
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        module.train()
+        # The output keeps every saved tensor alive until counted, so no storage address is reused.
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            output = module(x)
+        total = sum(saved.values())
+        del output
+    finally:
+        for m, training in modes:
+            m.training = training
+    return total
+
+
+# -- tables -----------------------------------------------------------------------------------
+def _unit_inputs(supernet: Supernet, staged: StagedSpace, shape: tuple[int, ...], vocab_size: int | None) -> dict[tuple[int, int], bool]:
+    """Whether each unit's input requires a gradient in a training forward of the largest arch."""
+    with keep_rng_state():
+        work = copy.deepcopy(supernet).cpu().float().train()
+    units = stage_blocks(work, staged)
+    needs: dict[tuple[int, int], bool] = {}
+    handles = []
+    for s, row in enumerate(units):
+        for b, unit in enumerate(row):
+            if unit is None:
+                continue
+
+            def hook(module, args, output, key=(s, b)) -> None:  # returns None: the output is kept
+                needs.setdefault(key, bool(args[0].requires_grad))
+            handles.append(unit.register_forward_hook(hook))
+    try:
+        with work.activated(work.space.largest()), torch.enable_grad():
+            work(_network_input(shape, vocab_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return needs
+
+
+def _build(
+    supernet: Supernet, input_size: Sequence[int], batch_size: int, vocab_size: int | None, base: Mapping[str, Any] | None,
+    name: str, measure, training: bool, description: str,
+) -> BilinearTable:
+    _check_supernet(supernet)
+    shape = (_check_batch(batch_size), *_input_size(input_size))
+    vocab_size = _check_vocab(vocab_size)
+    staged = StagedSpace.of(supernet)
+    base = supernet.space.validate(base) if base is not None else supernet.space.largest()
+    shapes = block_shapes(supernet, shape, staged, vocab_size=vocab_size)
+    integer = integer_input_units(supernet, shape, vocab_size, staged)
+    grad = _unit_inputs(supernet, staged, shape, vocab_size) if training else {}
+    block = np.zeros((staged.num_stages, staged.max_blocks, staged.num_configs))
+    for s, b, c, module in _block_exports(supernet, staged, base):
+        in_shape = shapes[s][b][c][0]
+        x = torch.zeros(in_shape, dtype=torch.long) if (s, b) in integer else torch.zeros(in_shape, requires_grad=grad.get((s, b), False))
+        block[s, b, c] = measure(module.float(), x)
+
+    def whole(arch: Mapping[str, Any]) -> int:
+        return measure(supernet.export(arch).float(), _network_input(shape, vocab_size))
+
+    probe = BilinearTable(staged, 0.0, block, name=name)
+    constant = whole(base) - probe.predict(base)
+    table = BilinearTable(
+        staged, constant, block, name=name, unit="bytes",
+        metadata={
+            "profiler_version": PROFILER_VERSION, "model": model_signature(supernet), "input_size": list(shape[1:]),
+            "batch_size": shape[0], "vocab_size": vocab_size, "measure": description, "base_arch": base,
+        },
+    )
+    smallest = supernet.space.smallest()
+    measured, predicted = whole(smallest), table.predict(smallest)
+    if abs(measured - predicted) > 0.5:
+        warnings.warn(
+            f"the {name} table predicts {predicted:.0f} bytes for the smallest arch but the network measures {measured}: "
+            "its units do not add up exactly (a tensor crossing a unit boundary is counted on both sides, or the fixed "
+            "part depends on decisions); treat it as an estimate",
+            stacklevel=3,
+        )
+    table.metadata["check_smallest_bytes"] = {"measured": measured, "predicted": predicted}
+    return table
+
+
+@keep_rng_state()
+def build_kv_cache_table(
+    supernet: Supernet,
+    input_size: Sequence[int],
+    *,
+    batch_size: int = 1,
+    vocab_size: int | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> BilinearTable:
+    """The KV cache of every subnet for a context of ``input_size`` (see :func:`kv_cache_bytes`).
+
+    Args:
+        supernet: the supernet (only read: units are exported copies).
+        input_size: one example's input: ``(seq_len,)`` for token ids, ``(C, H, W)`` for images.
+        batch_size: sequences held at once.
+        vocab_size: the network takes token ids (any valid vocabulary size; ids 0 are used).
+        base: arch giving the labels outside the units (default: the largest).
+
+    Returns:
+        ``BilinearTable(name="kv_cache", unit="bytes")``; exact for every arch (a sum over attention
+        layers).
+    """
+    return _build(supernet, input_size, batch_size, vocab_size, base, "kv_cache", kv_cache_bytes, False,
+                  "2 * B * T * heads * head_dim elements per self-attention, bytes of its weights")
+
+
+@keep_rng_state()
+def build_activation_memory_table(
+    supernet: Supernet,
+    input_size: Sequence[int],
+    *,
+    batch_size: int = 1,
+    vocab_size: int | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> BilinearTable:
+    """The activation memory of a training step of every subnet (see :func:`saved_activation_bytes`).
+
+    Args:
+        supernet: the supernet (only read: units are exported copies, measured in float32).
+        input_size: one example's input: ``(C, H, W)``, or ``(seq_len,)`` for token ids.
+        batch_size: examples per training step.
+        vocab_size: the network takes token ids.
+        base: arch giving the labels outside the units (default: the largest).
+
+    Returns:
+        ``BilinearTable(name="activation_memory", unit="bytes")``; ``metadata["check_smallest_bytes"]``
+        holds the smallest arch's measured and predicted bytes (a warning is emitted when they differ).
+    """
+    return _build(supernet, input_size, batch_size, vocab_size, base, "activation_memory", saved_activation_bytes, True,
+                  "bytes of distinct non-parameter storages saved for backward by one train-mode forward")
