@@ -6,7 +6,10 @@ match the teacher's softened predictions. Every subnet then learns the same func
 capacity, which makes one-shot accuracies far more consistent with each other: on the estimator
 benchmark it raises the bilinear estimator's Kendall τ from 0.44 to 0.70 (benchmarks/RESULTS.md).
 
-Use it inside an ordinary ``training_step``; :class:`~lightning_nas.callbacks.UniformSampling`
+The sandwich rule (largest, smallest and random subnets every step, the others distilled from the
+largest) needs no code here: ``UniformSampling(sandwich=True)`` runs it from callback hooks around an
+unchanged ``training_step``, using :func:`distillation_kl` and :func:`logits_of`. Or use the loss
+below inside an ordinary ``training_step``; :class:`~lightning_nas.callbacks.UniformSampling`
 activates the students before the step, as without distillation::
 
     def training_step(self, batch, batch_idx):

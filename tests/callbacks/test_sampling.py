@@ -300,3 +300,19 @@ def test_sandwich_refuses_manual_optimisation():
 
     with pytest.raises(MisconfigurationException, match="automatic optimisation"):
         fit([UniformSampling(sandwich=True)], max_steps=1, model=Manual())
+
+
+def test_sequence_logits_are_distilled_per_position_and_logits_are_found_in_outputs():
+    from types import SimpleNamespace
+
+    from lightning_nas.distillation import distillation_kl, logits_of
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 5, 7, generator=g), torch.randn(2, 5, 7, generator=g)
+    torch.testing.assert_close(distillation_kl(student, teacher, 2.0), distillation_kl(student.reshape(10, 7), teacher.reshape(10, 7), 2.0))
+    for output in (student, SimpleNamespace(logits=student), {"logits": student}, (student, None)):
+        assert logits_of(output) is student
+    with pytest.raises(ValueError, match=r"cannot find the logits in the network's output of type str"):
+        logits_of("nope")
+    with pytest.raises(ValueError, match=r"must both be \(B, K\) or \(B, ..., K\) of one shape"):
+        distillation_kl(torch.zeros(3), torch.zeros(3))
