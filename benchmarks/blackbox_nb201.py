@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -63,8 +64,12 @@ SCRIPT = "benchmarks/blackbox_nb201.py"
 DEFAULT_TABLE, DEFAULT_DATASET = "nb201_cifar10.csv", "CIFAR-10"
 #: NAS-Bench-201 column prefixes and the datasets they name.
 DATASETS = {"c10": "CIFAR-10", "c100": "CIFAR-100", "imagenet16": "ImageNet16-120"}
-#: The project's target for BO + pretraining (mean evaluations to the optimum), where one is set.
-TARGET_BO_MEAN = {"CIFAR-10": 60.0}
+#: The project's targets (issue 23), the same on every dataset: method -> (mean at most, max at most); a
+#: max equal to the method's cap means "no seed at the cap".
+TARGETS = {"BO + pretraining": (45.0, 150.0), "BO MF + pretraining": (40.0, None), "BO": (None, None),
+           "RANK-NOSH": (None, None)}
+#: Proxies BO pretrains on with --proxy-cache (as benchmarks/proxies_nb201.py's BO comparison).
+PROXIES = ("log_synflow", "naswot", "jacob_cov")
 DEFAULT_LATENCY = "lat_ms_pixel3"
 #: Thesis Table 5.3 (evaluations to the optimum: mean; CIFAR-10 and CIFAR-100 only).
 PAPER_MEAN = {
@@ -126,9 +131,34 @@ BO_SETTINGS = dict(steps=100, targets="rank")
 MF_SETTINGS = dict(p=5, q=3, f=10, initial=5, steps=20, warm_start=True)  # fidelities: the table's lowest and highest
 
 
-def methods(evaluator: TabularEvaluator) -> list[tuple[str, Callable[[int], Strategy], bool, float]]:
+def proxy_cost_model(evaluator: TabularEvaluator, cache: Path) -> tuple[Callable[[dict], dict], list[dict]]:
+    """A cost model giving the table's costs plus the cached proxies (:data:`PROXIES`; NaN for an arch
+    not in the cache), and the cached archs (BO's ``pretrain_on``).
+
+    ``cache`` is the JSON file ``benchmarks/proxies_nb201.py --cache`` writes (cells scored once: the
+    proxies of 15,625 cells take hours on a CPU). ``log_synflow`` is ``log(synflow)`` (−inf for 0).
+    """
+    from lightning_nas.spaces.nb201 import nb201_from_op_code, nb201_op_code
+
+    data = json.loads(Path(cache).read_text())
+    table: dict[str, dict[str, float]] = {}
+    for row in data["rows"]:
+        synflow = float(row["synflow"])
+        table[row["op_code"]] = {"log_synflow": math.log(synflow) if synflow > 0 else -math.inf,
+                                 "naswot": float(row["naswot"]), "jacob_cov": float(row["jacob_cov"])}
+    missing = dict.fromkeys(PROXIES, math.nan)
+
+    def costs(arch: dict) -> dict:
+        return {**evaluator.costs(arch), **table.get(nb201_op_code(arch), missing)}
+
+    return costs, [nb201_from_op_code(code) for code in table]
+
+
+def methods(evaluator: TabularEvaluator, proxy_cache: Path | None = None
+            ) -> list[tuple[str, Callable[[int], Strategy], bool, float]]:
     """(name, make(seed), multi-fidelity?, cap) for section 1 and 2. The multi-fidelity rows need two
-    fidelities (the table's lowest and highest) and are left out of a table with one."""
+    fidelities (the table's lowest and highest) and are left out of a table with one; the proxy
+    pretraining rows need ``proxy_cache``."""
     space = nb201_search_space()
     costs = evaluator.costs
     settings = cost_settings(evaluator, None)
@@ -153,21 +183,30 @@ def methods(evaluator: TabularEvaluator) -> list[tuple[str, Callable[[int], Stra
             (f"RANK-NOSH ({low:g} → {full:g}, eta 3)", lambda s: RankNOSH(space, seed=s, levels=(low, full), eta=3),
              True, 300),
         ]
+    if proxy_cache is not None:
+        with_proxies, cached = proxy_cost_model(evaluator, proxy_cache)
+        proxy_bo = dict(cost_model=with_proxies, pretrain_on=cached, **BO_SETTINGS)
+        rows += [
+            ("BO + proxy pretraining",
+             lambda s: BayesianOptimization(space, seed=s, pretrain_metrics=PROXIES, **proxy_bo), False, 300),
+            ("BO + params/FLOPs/latency + proxy pretraining",
+             lambda s: BayesianOptimization(space, seed=s, pretrain_metrics=pretrain + PROXIES, **proxy_bo), False, 300),
+        ]
     return rows
 
 
 _WORKER: dict = {}  # per-process table, evaluator and methods (the strategy factories are lambdas: not picklable)
 
 
-def _run_seed(table: Path, columns: str, name: str, seed: int) -> dict:
+def _run_seed(table: Path, columns: str, name: str, seed: int, proxy_cache: Path | None = None) -> dict:
     """``run_one`` for method ``name`` and ``seed`` in a worker process (``--jobs``); ``columns`` is the
     column mapping as JSON."""
-    if _WORKER.get("key") != (table, columns):
+    if _WORKER.get("key") != (table, columns, proxy_cache):
         torch.set_num_threads(1)
         bench = TabularBenchmark.from_csv(table)
         evaluator = TabularEvaluator.from_mapping(bench, json.loads(columns))
-        _WORKER.update(key=(table, columns), evaluator=evaluator, optimum=optimum_of(evaluator),
-                       methods={m[0]: m[1:] for m in methods(evaluator)})
+        _WORKER.update(key=(table, columns, proxy_cache), evaluator=evaluator, optimum=optimum_of(evaluator),
+                       methods={m[0]: m[1:] for m in methods(evaluator, proxy_cache)})
     make, multi, cap = _WORKER["methods"][name]
     return run_one(make, seed, _WORKER["evaluator"], _WORKER["optimum"], multi, cap)
 
@@ -252,7 +291,30 @@ def constrained(args, evaluator: TabularEvaluator, bench: TabularBenchmark) -> d
     return out
 
 
-def report(args, rows: dict, cons: dict, command: str, evaluator: TabularEvaluator, dataset: str | None) -> str:
+def target_verdicts(rows: dict) -> list[str]:
+    """One line per method with a target (:data:`TARGETS`; the RANK-NOSH row is matched by prefix)."""
+    out = []
+    for target_name, (mean_max, max_max) in TARGETS.items():
+        name = next((n for n in rows if n == target_name or (target_name == "RANK-NOSH" and n.startswith(target_name))),
+                    None)
+        if name is None:
+            continue
+        r = rows[name]
+        counts = [x["reached"] if x["reached"] is not None else r["cap"] for x in r["runs"]]
+        capped = sum(x["reached"] is None for x in r["runs"])
+        checks = []
+        if mean_max is not None:
+            checks.append((f"mean {statistics.mean(counts):.1f} ≤ {mean_max:g}", statistics.mean(counts) <= mean_max))
+        if max_max is not None:
+            checks.append((f"every seed within {max_max:g} (max {max(counts):.1f})", max(counts) <= max_max))
+        checks.append((f"no seed at the cap ({capped} of {len(counts)} at {r['cap']:g})", capped == 0))
+        out.append(f"{name} ({len(counts)} seeds): " + "; ".join(f"{text}: {'met' if ok else 'MISSED'}"
+                                                                 for text, ok in checks))
+    return out
+
+
+def report(args, rows: dict, cons: dict, command: str, evaluator: TabularEvaluator, dataset: str | None,
+           overhead: dict | None = None) -> str:
     n = args.seeds
     begin, end = markers(args.table, dataset)
     bench = evaluator.benchmark
@@ -280,8 +342,14 @@ def report(args, rows: dict, cons: dict, command: str, evaluator: TabularEvaluat
         "(lr 5e-3, minibatch 16), targets as rank-based normal scores, MC-PI, batches of 8 (first batch random); "
         f"pretraining on {', '.join(f'`{c}`' for c in settings['pretrain'])} of 2000 archs (500 steps, lr 1e-2); "
         f"MF: fidelities {low:g} and {full:g} epochs, p = 5, q = 3, f = 10 (thesis schedule), refits warm-started from "
-        "the previous refit, 20 steps each. "
-        f"Settings: `{BO_SETTINGS}`, MF `{MF_SETTINGS}`."
+        "the previous refit, 20 steps each. Stall fallback (BO and RANK-NOSH): places a flat acquisition cannot "
+        "rank, and half of each batch after 16 equivalent evaluations without a better full-fidelity result, go "
+        "half to the unevaluated cells nearest the incumbent, half to the members' largest disagreement. "
+        + (f"Proxy rows: pretraining on {', '.join(PROXIES)} of the {len(json.loads(args.proxy_cache.read_text())['rows'])} "
+           f"cells in `{args.proxy_cache.name}` (`benchmarks/proxies_nb201.py --cache`; the same cells for every seed). "
+           if args.proxy_cache is not None else "")
+        + "Settings: "
+        f"`{BO_SETTINGS}`, MF `{MF_SETTINGS}`."
         + (f" Seeds ran in {args.jobs} worker processes side by side (overheads below are disturbed)."
            if args.jobs > 1 else ""),
         "",
@@ -325,14 +393,85 @@ def report(args, rows: dict, cons: dict, command: str, evaluator: TabularEvaluat
               "| method | ms / proposal |", "|---|---:|"]
     for name, r in rows.items():
         lines.append(f"| {name} | {statistics.median(x['overhead_ms'] for x in r['runs']):.2f} |")
-    bo = rows.get("BO + pretraining")
-    target = TARGET_BO_MEAN.get(dataset)
-    if bo is not None:
-        bo_mean = statistics.mean(x["reached"] if x["reached"] is not None else bo["cap"] for x in bo["runs"])
-        verdict = "no target set" if target is None else f"target ≤ {target:g}: {'met' if bo_mean <= target else 'MISSED'}"
-        lines += ["", f"BO + pretraining mean evaluations to the optimum: {bo_mean:.1f} ({verdict})."]
+    if overhead is not None:
+        lines += _overhead_lines(overhead)
+    verdicts = target_verdicts(rows)
+    if verdicts:
+        lines += ["", "### Targets (issue 23, the same on every dataset)", ""] + [f"- {v}" for v in verdicts]
     lines.append(end)
     return "\n".join(lines) + "\n"
+
+
+def ask_overhead(evaluator: TabularEvaluator, observations: int = 100, batches: int = 5, seed: int = 0) -> dict:
+    """Time BO's proposals once ``observations`` results are told (the issue's protocol), beside
+    Optuna's TPE in the same process when Optuna is installed.
+
+    BO + pretraining (pretraining excluded: it runs once, before the first proposal; timed apart) is
+    driven by ask/tell on the table until ``observations`` results, then each of the next ``batches``
+    iterations is timed (refit + acquisition over every unevaluated cell): ms per proposal = the
+    iteration's time / its proposals. TPE (``optuna.samplers.TPESampler(seed=seed)``, the six edges as
+    categorical parameters) is timed the same way, per ``ask`` + suggestions.
+    """
+    from lightning_nas.strategies.base import Observation
+
+    space = nb201_search_space()
+    full = evaluator.full_fidelity
+    valid = evaluator.valid_columns[full]
+    out: dict = {"observations": observations}
+    settings = cost_settings(evaluator, None)
+    strategy = BayesianOptimization(space, seed=seed, cost_model=evaluator.costs, pretrain_metrics=settings["pretrain"],
+                                    **BO_SETTINGS)
+    start = time.perf_counter()
+    strategy._pretrain()
+    out["pretrain_s"] = time.perf_counter() - start
+    per_proposal, number = [], 0
+    while len(per_proposal) < batches:
+        start = time.perf_counter()
+        proposals = strategy.ask(strategy.batch_size)
+        elapsed = time.perf_counter() - start
+        if number >= observations:
+            per_proposal.append(1e3 * elapsed / len(proposals))
+        for p in proposals:
+            strategy.tell(Observation(number, p.arch, full, evaluator.benchmark.value(p.arch, valid)))
+            number += 1
+    out["bo_ms"] = per_proposal
+    out["bo_batch"] = strategy.batch_size
+    try:
+        import optuna
+    except ImportError:
+        out["tpe_ms"] = None
+        return out
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    tpe = []
+    for i in range(observations + 20):
+        start = time.perf_counter()
+        trial = study.ask()
+        arch = {d.label: trial.suggest_categorical(d.label, list(d.values)) for d in space}
+        elapsed = time.perf_counter() - start
+        if i >= observations:
+            tpe.append(1e3 * elapsed)
+        study.tell(trial, evaluator.benchmark.value(arch, valid))
+    out["tpe_ms"], out["optuna"] = tpe, optuna.__version__
+    return out
+
+
+def _overhead_lines(o: dict) -> list[str]:
+    lines = ["", f"### Proposal overhead at {o['observations']} observations (issue 23 protocol)", "",
+             f"BO + pretraining: each of the {len(o['bo_ms'])} iterations after {o['observations']} results "
+             f"(refit + acquisition over every unevaluated cell, {o['bo_batch']} proposals each) timed alone; "
+             f"pretraining ({o['pretrain_s']:.1f} s, once per search) apart.", "",
+             "| method | median ms / proposal | min | max | target |", "|---|---:|---:|---:|---|"]
+    bo = o["bo_ms"]
+    lines.append(f"| BO + pretraining | {statistics.median(bo):.1f} | {min(bo):.1f} | {max(bo):.1f} | ≤ 20: "
+                 f"{'met' if statistics.median(bo) <= 20 else 'MISSED'} |")
+    if o.get("tpe_ms") is None:
+        lines += ["", "Optuna TPE: not measured (optuna is not installed in this environment)."]
+    else:
+        tpe = o["tpe_ms"]
+        lines.append(f"| Optuna {o['optuna']} TPE (same run) | {statistics.median(tpe):.1f} | {min(tpe):.1f} | "
+                     f"{max(tpe):.1f} | |")
+    return lines
 
 
 def _constrained_lines(cons: dict, n: int) -> list[str]:
@@ -375,6 +514,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip the latency-limit section (e.g. with --only, to rerun BO variants alone)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="worker processes running seeds side by side (1 for the overhead timings)")
+    parser.add_argument("--proxy-cache", type=Path, default=None, metavar="JSON",
+                        help="zero-cost proxies of NB201 cells from `benchmarks/proxies_nb201.py --cache`: adds BO rows "
+                             f"pretrained on {', '.join(PROXIES)} of the cached cells (instead of / beside the table's "
+                             "params, FLOPs and latency)")
+    parser.add_argument("--no-overhead", action="store_true",
+                        help="skip the proposal-overhead section (BO at 100 observations beside Optuna TPE)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print the section without writing --out")
     args = parser.parse_args(argv)
@@ -390,7 +535,9 @@ def main(argv: list[str] | None = None) -> None:
         bench = TabularBenchmark.from_csv(args.table)
         evaluator = TabularEvaluator.from_mapping(bench, mapping, where=where)
         cost_settings(evaluator, args.latency)  # a bad --latency fails now, not after the long sections
-    except (ValueError, OSError) as err:
+        if args.proxy_cache is not None:
+            proxy_cost_model(evaluator, args.proxy_cache)
+    except (ValueError, OSError, KeyError) as err:
         parser.error(str(err))
     dataset = dataset_of(evaluator, args.dataset)
     print(f"{args.table.name}: dataset {dataset or 'unknown (no paper figures)'}, columns {json.dumps(evaluator.mapping())}, "
@@ -398,14 +545,15 @@ def main(argv: list[str] | None = None) -> None:
     columns = json.dumps(evaluator.mapping())
     optimum = optimum_of(evaluator)
     rows = {}
-    for name, make, multi, cap in methods(evaluator):
+    for name, make, multi, cap in methods(evaluator, args.proxy_cache):
         if args.only and not any(name.startswith(o) for o in args.only):
             continue
         t = time.perf_counter()
         seeds = args.mf_seeds if name.startswith("BO MF") else args.seeds
         if args.jobs > 1:
             with ProcessPoolExecutor(args.jobs) as pool:
-                runs = list(pool.map(_run_seed, [args.table] * seeds, [columns] * seeds, [name] * seeds, range(seeds)))
+                runs = list(pool.map(_run_seed, [args.table] * seeds, [columns] * seeds, [name] * seeds, range(seeds),
+                                     [args.proxy_cache] * seeds))
         else:
             runs = [run_one(make, seed, evaluator, optimum, multi, cap) for seed in range(seeds)]
         rows[name] = {"runs": runs, "cap": cap}
@@ -413,7 +561,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: reached at {counts} ({time.perf_counter() - t:.0f} s)", flush=True)
     has_latency = cost_settings(evaluator, args.latency)["latency"] is not None
     cons = None if args.no_constrained or not has_latency else constrained(args, evaluator, bench)
-    section = report(args, rows, cons, command, evaluator, dataset)
+    overhead = None if args.no_overhead else ask_overhead(evaluator)
+    section = report(args, rows, cons, command, evaluator, dataset, overhead)
     print(section)
     print(f"({time.perf_counter() - start:.0f} s)")
     if not args.no_write:

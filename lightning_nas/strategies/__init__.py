@@ -1,7 +1,8 @@
 """Black-box search strategies behind one ask/tell interface, a driver with budgets, and storage."""
 
 from lightning_nas.strategies.base import BatchStrategy, Constraint, Observation, Proposal, Strategy
-from lightning_nas.strategies.bo import ACQUISITIONS, TARGET_SCALES, BayesianOptimization, acquisition, normal_scores
+from lightning_nas.strategies.bo import (ACQUISITIONS, TARGET_SCALES, BayesianOptimization, acquisition, normal_scores,
+                                         pretraining_targets)
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.driver import Budget, EvaluationError, run_search
 from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble, masked_huber
@@ -44,6 +45,7 @@ __all__ = [
     "one_hot",
     "pairwise_ranking_loss",
     "pareto_mask",
+    "pretraining_targets",
     "run_search",
     "select_batch",
 ]

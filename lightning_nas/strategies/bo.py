@@ -68,7 +68,7 @@ from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble
 from lightning_nas.strategies.exploration import evaluations_since_improvement, hamming_to, select_batch
 
-__all__ = ["ACQUISITIONS", "BayesianOptimization", "TARGET_SCALES", "acquisition", "normal_scores"]
+__all__ = ["ACQUISITIONS", "BayesianOptimization", "TARGET_SCALES", "acquisition", "normal_scores", "pretraining_targets"]
 
 ACQUISITIONS = ("pi", "ei", "ucb")
 TARGET_SCALES = ("standard", "rank")
@@ -91,6 +91,33 @@ def normal_scores(values: torch.Tensor) -> torch.Tensor:
             ranks[tied] = ranks[tied].mean()
     quantile = (ranks + 0.5) / len(values)
     return (torch.special.ndtri(quantile)).float()
+
+
+def pretraining_targets(values: torch.Tensor) -> torch.Tensor:
+    """Zero-cost metric values ``(N, K)`` as pretraining targets: NaN stays missing, ``±inf`` becomes a
+    finite extreme.
+
+    A proxy's −inf is a verdict, not a gap: NASWOT's singular kernel or jacob_cov's constant Jacobian
+    mark a network whose inputs cannot be told apart, i.e. among the worst. Dropping it would hide that
+    from the surrogate, and the number itself cannot be fitted, so −inf becomes the column's finite
+    minimum minus one (population) std of its finite values, +inf the maximum plus one std. A column
+    without two distinct finite values uses a step of 1. A column with no finite value stays missing.
+
+    Returns:
+        ``(N, K)`` float64, finite or NaN.
+    """
+    out = values.double().clone()
+    for k in range(out.shape[1]):
+        column = out[:, k]
+        finite = column[torch.isfinite(column)]
+        if len(finite) == 0:
+            column[torch.isinf(column)] = math.nan
+            continue
+        std = float(finite.std(unbiased=False)) if len(finite) > 1 else 0.0
+        step = std if std > 0 else 1.0
+        column[column == -math.inf] = float(finite.min()) - step
+        column[column == math.inf] = float(finite.max()) + step
+    return out
 
 
 def acquisition(predictions: torch.Tensor, best: float, kind: str = "pi", ucb_beta: float = 1.0) -> torch.Tensor:
@@ -133,7 +160,9 @@ class BayesianOptimization(BatchStrategy):
         lr: Adam learning rate of each refit.
         minibatch: minibatch size of each refit.
         pretrain_metrics: cost-model metrics to pretrain on (needs ``cost_model``); empty: no pretraining.
-        pretrain_archs: pretraining set size.
+        pretrain_archs: pretraining set size (uniform draws; the whole space when it is smaller).
+        pretrain_on: the pretraining archs themselves, instead of ``pretrain_archs`` draws: e.g. the
+            archs whose costly zero-cost proxies were computed and cached.
         pretrain_steps: pretraining Adam steps.
         pretrain_lr: pretraining learning rate.
         fidelities: ``(low, high)`` epochs for the multi-fidelity schedule; ``None``: one fidelity
@@ -158,7 +187,8 @@ class BayesianOptimization(BatchStrategy):
                  ucb_beta: float = 1.0, batch_size: int = 8, initial: int = 8, candidates: int = 20_000,
                  members: int = 6, trunk: Sequence[int] = (64, 64, 64), branch: int = 64, steps: int = 200,
                  lr: float = 5e-3, minibatch: int = 16, pretrain_metrics: Sequence[str] = (),
-                 pretrain_archs: int = 2000, pretrain_steps: int = 500, pretrain_lr: float = 1e-2,
+                 pretrain_archs: int = 2000, pretrain_on: Sequence[dict[str, Any]] | None = None,
+                 pretrain_steps: int = 500, pretrain_lr: float = 1e-2,
                  fidelities: tuple[float, float] | None = None, p: int = 5, q: int = 3, f: int = 10,
                  targets: str = "rank", warm_start: bool = False, stall_window: float | None = 16.0,
                  explore: float = 0.5) -> None:
@@ -197,6 +227,13 @@ class BayesianOptimization(BatchStrategy):
         self.members, self.trunk, self.branch = members, tuple(trunk), branch
         self.steps, self.lr, self.minibatch = steps, lr, minibatch
         self.pretrain_archs, self.pretrain_steps, self.pretrain_lr = pretrain_archs, pretrain_steps, pretrain_lr
+        if pretrain_on is not None:
+            pretrain_on = [space.validate(a) for a in pretrain_on]
+            if not pretrain_on:
+                raise ValueError("`pretrain_on` must hold at least one arch, got an empty sequence")
+            if not self.pretrain_metrics:
+                raise ValueError("`pretrain_on` needs `pretrain_metrics` (the metrics to pretrain on)")
+        self.pretrain_on = pretrain_on
         self.fidelities = None if fidelities is None else (float(fidelities[0]), float(fidelities[1]))
         self.p, self.q, self.f = p, q, f
         self.stall_window = None if stall_window is None else float(stall_window)
@@ -210,7 +247,7 @@ class BayesianOptimization(BatchStrategy):
         self._pretrained: dict[str, torch.Tensor] | None = None
         self._candidates = CandidatePool(space, candidates)
 
-    config_attributes = BatchStrategy.config_attributes + ("_pretrained", "_candidates")
+    config_attributes = BatchStrategy.config_attributes + ("_pretrained", "_candidates", "pretrain_on")
 
     # -- one iteration -------------------------------------------------------------------------
     def _next_batch(self) -> list[Proposal]:
@@ -225,6 +262,9 @@ class BayesianOptimization(BatchStrategy):
         if self.batches == 0 or not self.history:
             return self._random_batch([(low, self.initial)])
         model, head, best = self._fit()
+        # Each member's prediction of the incumbent (its max over the archs observed on the driving head).
+        seen = [o.arch for o in self.history if self._fidelity_head(o.fidelity) == head - len(self.pretrain_metrics)]
+        member_best = model.predict(one_hot(self.space, seen), head).double().amax(1, keepdim=True)
         stalled = self.stall_window is not None and \
             evaluations_since_improvement(self.history, high) >= self.stall_window
         incumbent = self.best()
@@ -240,7 +280,7 @@ class BayesianOptimization(BatchStrategy):
             chosen, reason = select_batch(
                 scores.numpy(), predictions.mean(0).numpy(), predictions.std(0, unbiased=False).numpy(), count,
                 distance=None if anchor is None else hamming_to(x.numpy(), anchor), feasible=feasible,
-                stalled=stalled, explore=self.explore)
+                stalled=stalled, explore=self.explore, fallback=(predictions > member_best).double().mean(0).numpy())
             if reason is not None:
                 self.explorations.append((self.batches, reason))
             for i in chosen:
@@ -282,18 +322,18 @@ class BayesianOptimization(BatchStrategy):
         if self._pretrained is None:
             model = self._new_model(derive_seed(self.seed, 1))
             rng = np.random.default_rng(derive_seed(self.seed, 2))
-            if self.space.size <= self.pretrain_archs:
+            if self.pretrain_on is not None:
+                archs = [dict(a) for a in self.pretrain_on]
+            elif self.space.size <= self.pretrain_archs:
                 archs = list(self.space.enumerate())
             else:
                 archs = [{d.label: d.values[int(rng.integers(len(d.values)))] for d in self.space}
                          for _ in range(self.pretrain_archs)]
             x = one_hot(self.space, archs)
             y = torch.full((len(archs), self._heads()), float("nan"))
-            for i, arch in enumerate(archs):
-                costs = self.cost_model(arch)
-                # A non-finite cost (a table's missing cell) is a missing target, not a number to fit.
-                y[i, : len(self.pretrain_metrics)] = torch.tensor(
-                    [float(costs[m]) if math.isfinite(float(costs[m])) else math.nan for m in self.pretrain_metrics])
+            metrics = torch.tensor([[float(self.cost_model(a)[m]) for m in self.pretrain_metrics] for a in archs],
+                                   dtype=torch.float64).reshape(len(archs), len(self.pretrain_metrics))
+            y[:, : len(self.pretrain_metrics)] = pretraining_targets(metrics).float()
             model.set_standardisation(y)
             fit_ensemble(model, x, y, steps=self.pretrain_steps, lr=self.pretrain_lr, batch_size=self.minibatch,
                          seed=derive_seed(self.seed, 3))

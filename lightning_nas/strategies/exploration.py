@@ -3,15 +3,19 @@
 A surrogate-driven search can stop learning in two ways, and each has a cheap, general signal:
 
 - **A flat acquisition.** Monte-Carlo PI (or EI) is 0 for every candidate once no ensemble member
-  predicts any candidate above the best result: the acquisition then ranks nothing, and the batch
-  would be filled by the tie-break (the ensemble mean) alone, i.e. pure exploitation of a surrogate
-  that has just said it sees nothing better. :func:`select_batch` gives the acquisition only the
-  places it can fill with candidates it actually distinguishes (a value above its minimum).
+  predicts any candidate above the best result. Regression to the mean makes this the rule rather
+  than the exception: fitted members under-predict the top of their training data, the incumbent
+  included. The acquisition then ranks nothing, and the batch would be filled by the tie-break (the
+  ensemble mean) alone, i.e. pure exploitation of a surrogate that has just said it sees nothing
+  better. :func:`select_batch` gives the acquisition only the places it can fill with candidates it
+  actually distinguishes (a value above its minimum), then a ``fallback`` acquisition (BO: each
+  member is a sample of the function, so compare it with its *own* prediction of the incumbent,
+  the ensemble version of a noisy PI, which shrinkage cannot flatten).
 - **No progress.** The best full-fidelity result has not improved for ``window`` equivalent full
   evaluations (:func:`evaluations_since_improvement`): the surrogate keeps proposing from one family.
 
-The places the acquisition does not fill (flat), or an ``explore`` share of the batch (no progress),
-go to two kinds of exploratory moves, half each:
+The places neither fills (flat), or an ``explore`` share of the batch (no progress), go to two kinds
+of exploratory moves, half each:
 
 1. **Trust-region moves**: the unevaluated candidates closest to the incumbent in Hamming distance
    (decisions that differ), nearest first, ties by the acquisition, then by the optimistic
@@ -76,7 +80,8 @@ def hamming_to(x: np.ndarray, incumbent: np.ndarray) -> np.ndarray:
 
 def select_batch(acq: np.ndarray, mean: np.ndarray, std: np.ndarray, count: int, *,
                  distance: np.ndarray | None = None, feasible: np.ndarray | None = None,
-                 stalled: bool = False, explore: float = 0.5) -> tuple[np.ndarray, str | None]:
+                 stalled: bool = False, explore: float = 0.5,
+                 fallback: np.ndarray | None = None) -> tuple[np.ndarray, str | None]:
     """Indices of up to ``count`` candidates: by the acquisition where it ranks them, else exploratory.
 
     Args:
@@ -91,6 +96,9 @@ def select_batch(acq: np.ndarray, mean: np.ndarray, std: np.ndarray, count: int,
         stalled: no progress for the caller's window: at least ``ceil(explore · count)`` places are
             exploratory.
         explore: the exploratory share of a stalled batch, in ``[0, 1]``.
+        fallback: ``(N,)`` a second acquisition for the places a flat ``acq`` leaves (BO: each
+            member's probability of beating its *own* prediction of the incumbent); the places it
+            cannot rank either are exploratory.
 
     Returns:
         ``(indices, reason)``: ``reason`` is ``None`` when the acquisition chose the whole batch,
@@ -125,6 +133,18 @@ def select_batch(acq: np.ndarray, mean: np.ndarray, std: np.ndarray, count: int,
             n_acq, reason = keep, "stalled"
     order = np.lexsort((-mean, -acq, infeasible))  # feasible, then acquisition, then mean
     chosen = list(order[:n_acq])
+    if fallback is not None and reason == "flat":
+        fallback = np.asarray(fallback, dtype=np.float64)
+        if len(fallback) != n:
+            raise ValueError(f"`fallback` must have one entry per candidate ({n}), got {len(fallback)}")
+        free = pick.copy()
+        free[chosen] = False
+        if free.any():
+            ranked = free & (fallback > fallback[free].min())
+            n_more = min(count - len(chosen), int(ranked.sum()))
+            more = np.lexsort((-mean, -fallback, ~ranked))[:n_more]
+            chosen += list(more)
+            n_acq += n_more
     left = count - n_acq
     if left:
         taken = np.zeros(n, dtype=bool)

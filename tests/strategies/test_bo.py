@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_nas.strategies.bo import BayesianOptimization, acquisition
+from lightning_nas.strategies.bo import BayesianOptimization, acquisition, pretraining_targets
 from lightning_nas.strategies.candidates import one_hot
 from lightning_nas.strategies.codec import decode_state, encode_state
 from lightning_nas.strategies.driver import Budget, run_search
@@ -151,15 +151,46 @@ def test_bad_arguments() -> None:
             bo(**{name: value})
 
 
-def test_non_finite_zero_cost_metrics_are_missing_pretraining_targets() -> None:
+def test_nan_zero_cost_metrics_are_missing_and_infinite_ones_extremes() -> None:
     evaluator = SyntheticEvaluator()
 
-    def costs(arch):  # a table with missing cells for some archs
-        return {"cost": math.nan if arch["l0"] == 0 else math.inf if arch["l0"] == 1 else evaluator.costs(arch)["cost"]}
+    def costs(arch):  # a table with missing cells (NaN) and a dead-network proxy (-inf) for some archs
+        return {"cost": math.nan if arch["l0"] == 0 else -math.inf if arch["l0"] == 1 else evaluator.costs(arch)["cost"]}
 
     strategy = bo(2, cost_model=costs, pretrain_metrics=["cost"], pretrain_archs=64, pretrain_steps=10)
     weights = strategy._pretrain()
     assert all(torch.isfinite(w).all() for w in weights.values())
+    inf, nan = math.inf, math.nan
+    values = torch.tensor([[1.0, nan, -inf, inf], [3.0, nan, 2.0, 5.0], [-inf, nan, 2.0, inf], [inf, nan, -inf, 1.0]],
+                          dtype=torch.float64)
+    out = pretraining_targets(values)
+    # Column 0: finite {1, 3}, std 1 -> -inf = 0, +inf = 4; column 1 stays missing; column 2: one finite
+    # value (step 1); column 3: finite {5, 1}, std 2.
+    expected = torch.tensor([[1.0, nan, 1.0, 7.0], [3.0, nan, 2.0, 5.0], [0.0, nan, 2.0, 7.0], [4.0, nan, 1.0, 1.0]],
+                            dtype=torch.float64)
+    assert torch.equal(torch.isnan(out), torch.isnan(expected))
+    assert torch.allclose(torch.nan_to_num(out), torch.nan_to_num(expected))
+    assert torch.isnan(pretraining_targets(torch.tensor([[inf], [-inf]]))).all()  # nothing finite: missing
+
+
+def test_pretraining_on_given_archs() -> None:
+    evaluator = SyntheticEvaluator()
+    archs = evaluator.all_archs()[:40]
+    calls = []
+
+    def costs(arch):
+        calls.append(arch)
+        return evaluator.costs(arch)
+
+    strategy = bo(0, cost_model=costs, pretrain_metrics=["cost"], pretrain_on=archs, pretrain_steps=5)
+    strategy._pretrain()
+    assert calls == archs
+    with pytest.raises(ValueError, match="`pretrain_on` needs `pretrain_metrics`"):
+        bo(cost_model=costs, pretrain_on=archs)
+    with pytest.raises(ValueError, match="`pretrain_on` must hold at least one arch"):
+        bo(cost_model=costs, pretrain_metrics=["cost"], pretrain_on=[])
+    with pytest.raises(ValueError, match="unknown label"):
+        bo(cost_model=costs, pretrain_metrics=["cost"], pretrain_on=[{"nope": 1}])
 
 
 def test_one_hot_equals_search_space_encoding() -> None:

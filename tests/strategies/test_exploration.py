@@ -74,6 +74,17 @@ def test_a_flat_acquisition_triggers_trust_region_and_disagreement() -> None:
     assert select_batch(acq, mean, std, 3, distance=None)[0].tolist() == [7, 5, 9]
 
 
+def test_a_fallback_acquisition_fills_what_a_flat_one_leaves_then_exploration() -> None:
+    acq, mean = np.zeros(8), np.zeros(8)
+    std = np.array([0, 0, 0, 0, 0, 0, 0, 1.0])
+    distance = np.array([2, 2, 2, 2, 2, 1, 2, 2])
+    fallback = np.array([0, 0.5, 0, 1.0, 0, 0, 0, 0])  # ranks two candidates: 3, then 1
+    chosen, reason = select_batch(acq, mean, std, 4, distance=distance, fallback=fallback)
+    assert reason == "flat" and chosen.tolist() == [3, 1, 5, 7]
+    with pytest.raises(ValueError, match="`fallback` must have one entry per candidate"):
+        select_batch(acq, mean, std, 4, fallback=fallback[:2])
+
+
 def test_stalled_batches_explore_a_share_and_respect_feasibility() -> None:
     acq = np.linspace(1.0, 0.1, 10)
     mean, std = np.zeros(10), np.linspace(0.0, 1.0, 10)
