@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, TensorDataset
 # benchmarks/ is the script's directory: the other benchmarks' helpers are imported, not copied.
 from latency_mape import TARGET as TARGET_MAPE
 from results_file import machine, publish
-from train_step import TARGET_AB, TARGET_CD, measure
+from train_step import TARGET_AB, TARGET_CD, make_step, measure
 
 import lightning.pytorch as pl
 
@@ -72,20 +72,22 @@ def batch_for(name: str, n: int, seq_len: int, seed: int) -> tuple[torch.Tensor,
     return x[rows], y[rows]
 
 
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, before=None):
-    """One SGD step of ``model`` on ``(x, y)``; cross-entropy over every output position."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    model.train()
+class Positions(nn.Module):
+    """``model``'s outputs with every position a row, ``(B, ..., K) -> (N, K)``, so that
+    ``train_step.make_step``'s cross-entropy covers a language model's ``(B, T, V)`` logits too."""
 
-    def step(i: int) -> None:
-        if before is not None:
-            before(i)
-        optimizer.zero_grad(set_to_none=True)
-        out = model(x)
-        nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1)).backward()
-        optimizer.step()
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
 
-    return step
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out.reshape(-1, out.shape[-1])
+
+
+def positions_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, before=None):
+    """``train_step.make_step`` (one SGD step) with the cross-entropy over every output position."""
+    return make_step(Positions(model), x, y.reshape(-1), before=before)
 
 
 # -- 1. training step --------------------------------------------------------------------------------
@@ -104,8 +106,8 @@ def train_step_part(args: argparse.Namespace) -> dict:
         def sample(i: int, net=per_example, space=space, batch=batch) -> None:
             net.activate_indices(space.sample_indices(batch, seed=i))
 
-        steps = {"a": make_step(fixed, x, y), "b": make_step(fixed.export(arch), x, y),
-                 "c": make_step(per_example, x, y, before=sample), "d": make_step(fixed.export(arch), x, y)}
+        steps = {"a": positions_step(fixed, x, y), "b": positions_step(fixed.export(arch), x, y),
+                 "c": positions_step(per_example, x, y, before=sample), "d": positions_step(fixed.export(arch), x, y)}
         print(f"[train step] {name}: batch {tuple(x.shape)}", flush=True)
         times, rounds = measure(steps, argparse.Namespace(repeats=args.train_repeats, warmup=3, steps=args.train_steps, device="cpu"))
         med = {k: statistics.median(v) for k, v in times.items()}
