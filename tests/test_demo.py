@@ -48,8 +48,12 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     if all(r["verify_tries"] == 1 for r in summary["targets"]):  # a rejected pick moves to a smaller arch
         assert summary["targets"][1]["table_acc"] >= summary["targets"][0]["table_acc"] - 1e-12
     cal = summary["calibration"]
-    for r in summary["targets"]:  # the printed prediction: the table's, through the line fit on the random subnets
-        assert r["predicted_acc"] == pytest.approx(cal["intercept"] + cal["slope"] * r["table_acc"])
+    for r in summary["targets"]:  # the printed prediction: the table's, corrected by its error on the measured neighbours
+        near = r["neighbours"]
+        assert 1 <= len(near["archs"]) <= 8 and len(near["measured_acc"]) == len(near["table_acc"]) == len(near["archs"])
+        assert r["predicted_acc"] == pytest.approx(r["table_acc"] + np.mean(np.subtract(near["measured_acc"], near["table_acc"])))
+        assert r["line_acc"] == pytest.approx(cal["intercept"] + cal["slope"] * r["table_acc"])
+        assert all(sum(a[k] != r["arch"][k] for k in a) == 1 for a in near["archs"])
     fit = np.polyfit(summary["random"]["predicted_acc"], summary["random"]["measured_acc"], 1)
     assert [cal["slope"], cal["intercept"]] == pytest.approx(list(fit))
     assert set(summary["ranking"]) >= {"full", "num_subnets", "all_random"}
@@ -218,3 +222,42 @@ def test_a_killed_demo_command_leaves_no_empty_run_directory(tmp_path):
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
     if (tmp_path / "latency_table.json").exists():
         assert json.loads((tmp_path / "latency_table.json").read_text())["name"] == "latency"
+
+
+def test_best_neighbours_are_distinct_networks_one_change_away_within_the_bound():
+    from lightning_nas.demo import DEMO_SPACE, best_neighbours
+    from lightning_nas.spaces import binas_supernet
+    from lightning_nas.spaces.staged import StagedSpace
+
+    supernet = binas_supernet("tiny", num_classes=10, **DEMO_SPACE)
+    staged, space = StagedSpace.of(supernet), supernet.space
+
+    class Table:  # any table with predict / predict_many: a fixed score per decision value
+        def __init__(self, seed):
+            self.rng = np.random.default_rng(seed)
+            self.score = {(d.label, repr(v)): float(self.rng.normal()) for d in space for v in d.values}
+
+        def predict(self, arch):
+            return sum(self.score[(k, repr(v))] for k, v in arch.items())
+
+        def predict_many(self, archs):
+            return np.array([self.predict(a) for a in archs])
+
+    def network(a):
+        configs, depths = staged.indices(a)
+        return depths.tobytes() + configs[staged.active(depths)].tobytes()
+
+    accuracy, latency = Table(0), Table(1)
+    for arch in space.sample_many(5, seed=3):
+        bound = latency.predict(arch) + 0.5
+        near = best_neighbours(staged, arch, accuracy, latency, bound, count=6)
+        assert 1 <= len(near) <= 6
+        assert all(sum(a[k] != arch[k] for k in arch) == 1 for a in near)
+        keys = {network(a) for a in near}
+        assert len(keys) == len(near) and network(arch) not in keys  # inactive-block changes are not new networks
+        assert all(latency.predict(a) <= bound for a in near)
+        scores = accuracy.predict_many(near)
+        assert list(scores) == sorted(scores, reverse=True)
+        everything = best_neighbours(staged, arch, accuracy, latency, bound, count=10_000)
+        assert near == everything[:len(near)] and min(accuracy.predict_many(everything)) <= scores.min()
+    assert best_neighbours(staged, arch, accuracy, latency, -1e9, count=6) == []
