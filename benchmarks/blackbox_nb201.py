@@ -273,7 +273,7 @@ def constrained(args, evaluator: TabularEvaluator, bench: TabularBenchmark) -> d
         "random (cost-model filter)": lambda s: RandomSearch(space, seed=s, constraints=constraint,
                                                               cost_model=evaluator.costs),
     }
-    out = {"latency": latency, "limit": limit, "true_test": true_test, "true_valid": bench.value(opt_arch, valid),
+    out = {"seeds": args.seeds, "latency": latency, "limit": limit, "true_test": true_test, "true_valid": bench.value(opt_arch, valid),
            "feasible": int(feasible.sum()), "rows": {}}
     for name, make in makers.items():
         tests, evals, found = [], [], 0
@@ -289,6 +289,14 @@ def constrained(args, evaluator: TabularEvaluator, bench: TabularBenchmark) -> d
                              "evals": statistics.mean(evals), "found": found}
         print(f"constrained {name}: {out['rows'][name]}", flush=True)
     return out
+
+
+def seed_counts(rows: dict) -> str:
+    """``"20"`` when every method ran that many seeds, else ``"method n, ..."``."""
+    counts = {name: len(r["runs"]) for name, r in rows.items()}
+    if len(set(counts.values())) <= 1:
+        return str(next(iter(counts.values()), 0))
+    return ", ".join(f"{name} {n}" for name, n in counts.items())
 
 
 def target_verdicts(rows: dict) -> list[str]:
@@ -334,7 +342,7 @@ def report(args, rows: dict, cons: dict, command: str, evaluator: TabularEvaluat
         f"torch {torch.__version__}, {torch.get_num_threads()} torch thread(s)",
         f"- Command: `{command}`",
         f"- Columns: `{json.dumps(evaluator.mapping())}`.",
-        f"- {n} seeds per method ({args.mf_seeds} for the multi-fidelity BO variants); selection by validation accuracy "
+        f"- Seeds per method: {seed_counts(rows)} (seeds 0, 1, ...); selection by validation accuracy "
         f"(`{valid}`), test accuracy (`{test}`) reported; optimum = {where}valid {bench.value(optimum, valid):.2f}, "
         f"test {opt_test:.2f}. Multi-fidelity methods (BO MF, RANK-NOSH) count equivalent full evaluations "
         f"({low:g}-epoch evaluation = {low / full:.2g}). A run that misses the optimum within its cap counts as the cap.",
@@ -343,7 +351,8 @@ def report(args, rows: dict, cons: dict, command: str, evaluator: TabularEvaluat
         f"pretraining on {', '.join(f'`{c}`' for c in settings['pretrain'])} of 2000 archs (500 steps, lr 1e-2); "
         f"MF: fidelities {low:g} and {full:g} epochs, p = 5, q = 3, f = 10 (thesis schedule), refits warm-started from "
         "the previous refit, 20 steps each. Stall fallback (BO and RANK-NOSH): places a flat acquisition cannot "
-        "rank, and half of each batch after 16 equivalent evaluations without a better full-fidelity result, go "
+        "rank go first to each member's probability of beating its own prediction of the incumbent, the places "
+        "left and half of each batch after 16 equivalent evaluations without a better full-fidelity result go "
         "half to the unevaluated cells nearest the incumbent, half to the members' largest disagreement. "
         + (f"Proxy rows: pretraining on {', '.join(PROXIES)} of the {len(json.loads(args.proxy_cache.read_text())['rows'])} "
            f"cells in `{args.proxy_cache.name}` (`benchmarks/proxies_nb201.py --cache`; the same cells for every seed). "
@@ -487,7 +496,8 @@ def _constrained_lines(cons: dict, n: int) -> list[str]:
         "|---|---:|---:|---:|",
     ]
     for name, r in cons["rows"].items():
-        lines.append(f"| {name} | {r['test_mean']:.2f} ± {r['test_std']:.2f} | {r['found']}/{n} | {r['evals']:.0f} |")
+        lines.append(f"| {name} | {r['test_mean']:.2f} ± {r['test_std']:.2f} | {r['found']}/{cons.get('seeds', n)} | "
+                     f"{r['evals']:.0f} |")
     return lines
 
 
@@ -518,6 +528,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="zero-cost proxies of NB201 cells from `benchmarks/proxies_nb201.py --cache`: adds BO rows "
                              f"pretrained on {', '.join(PROXIES)} of the cached cells (instead of / beside the table's "
                              "params, FLOPs and latency)")
+    parser.add_argument("--skip", nargs="*", default=(), help="leave out methods whose name starts with these")
+    parser.add_argument("--dump", type=Path, default=None, metavar="JSON",
+                        help="also save the runs (per method and seed) and the overhead measurement to this file")
+    parser.add_argument("--from-runs", type=Path, nargs="*", default=None, metavar="JSON",
+                        help="run nothing: build the section from --dump files of runs on this table (e.g. method "
+                             "groups run in parallel processes; later files win for a method in several)")
     parser.add_argument("--no-overhead", action="store_true",
                         help="skip the proposal-overhead section (BO at 100 observations beside Optuna TPE)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
@@ -545,8 +561,28 @@ def main(argv: list[str] | None = None) -> None:
     columns = json.dumps(evaluator.mapping())
     optimum = optimum_of(evaluator)
     rows = {}
+    if args.from_runs is not None:
+        overhead, cons = None, None
+        order = [m[0] for m in methods(evaluator, args.proxy_cache)]
+        commands = []
+        for path in args.from_runs:
+            saved = json.loads(path.read_text())
+            commands.append(saved.get("command", str(path)))
+            rows.update(saved["rows"])
+            overhead = saved.get("overhead") or overhead
+            cons = saved.get("constrained") or cons
+        rows = {name: rows[name] for name in sorted(rows, key=lambda n: order.index(n) if n in order else len(order))}
+        command = "`, `".join(commands) + f"` (in parallel), then `{command}"
+        section = report(args, rows, cons, command, evaluator, dataset, overhead)
+        print(section)
+        if not args.no_write:
+            write_section(args.out, section, *markers(args.table, dataset))
+            print(f"wrote {args.out}")
+        return
     for name, make, multi, cap in methods(evaluator, args.proxy_cache):
         if args.only and not any(name.startswith(o) for o in args.only):
+            continue
+        if any(name.startswith(o) for o in args.skip):
             continue
         t = time.perf_counter()
         seeds = args.mf_seeds if name.startswith("BO MF") else args.seeds
@@ -562,6 +598,8 @@ def main(argv: list[str] | None = None) -> None:
     has_latency = cost_settings(evaluator, args.latency)["latency"] is not None
     cons = None if args.no_constrained or not has_latency else constrained(args, evaluator, bench)
     overhead = None if args.no_overhead else ask_overhead(evaluator)
+    if args.dump is not None:
+        args.dump.write_text(json.dumps({"rows": rows, "overhead": overhead, "constrained": cons, "command": command}))
     section = report(args, rows, cons, command, evaluator, dataset, overhead)
     print(section)
     print(f"({time.perf_counter() - start:.0f} s)")
