@@ -593,6 +593,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             runs = [run_one(make, seed, evaluator, optimum, multi, cap) for seed in range(seeds)]
         rows[name] = {"runs": runs, "cap": cap}
+        if args.dump is not None:  # after every method, so a run stopped by a time limit keeps what it finished
+            args.dump.write_text(json.dumps({"rows": rows, "overhead": None, "constrained": None, "command": command}))
         counts = [x["reached"] for x in runs]
         print(f"{name}: reached at {counts} ({time.perf_counter() - t:.0f} s)", flush=True)
     has_latency = cost_settings(evaluator, args.latency)["latency"] is not None
