@@ -393,10 +393,15 @@ _LAYER_FACTS: dict[str, tuple[Callable[[nn.Module], int], Callable[[nn.Module], 
 }
 
 
-def _sync_config(layers: list[nn.Module], kept: list[int]) -> None:
-    """Make the (exported) Hugging Face config the layers share describe them (see :func:`elastic_layers`)."""
-    config = next((m.config for layer in layers for m in layer.modules() if hasattr(getattr(m, "config", None), "to_dict")), None)
-    facts = _LAYER_FACTS.get(_kind(layers[0])) if layers else None
+def _hf_config(layers: Sequence[nn.Module]) -> Any:
+    """The Hugging Face config the layers' modules share, or ``None``."""
+    modules = (m._template if isinstance(m, SlicedModule) else m for layer in layers for m in layer.modules())
+    return next((m.config for m in modules if hasattr(getattr(m, "config", None), "to_dict")), None)
+
+
+def _sync_config(config: Any, kind: str | None, layers: list[nn.Module], kept: list[int]) -> None:
+    """Make an (exported) Hugging Face config describe the kept layers (see :class:`ElasticLayers`)."""
+    facts = _LAYER_FACTS.get(kind)
     if config is None or facts is None:
         return
     heads, width, width_key = facts
@@ -517,7 +522,15 @@ class ElasticLayers(Mutable):
             for m in layer.modules():
                 if isinstance(getattr(m, "layer_idx", None), int):
                     m.layer_idx = j  # Hugging Face caches index layers by it
-        _sync_config(layers, kept)
+        config = _hf_config([self[i] for i in range(self.n_layers)])
+        if config is not None:
+            # The exported model's copy of the config (the export's deep-copy memo maps the supernet's
+            # config to it), found even when no layer is kept.
+            holder = nn.Module()
+            holder.config = config
+            config = export_child(holder).config
+        first = self[0]
+        _sync_config(config, _kind(first._template if isinstance(first, SlicedModule) else first), layers, kept)
         return nn.Sequential(*layers) if self.sequential else nn.ModuleList(layers)
 
     def extra_repr(self) -> str:
@@ -664,7 +677,7 @@ class _ElasticLayers:
         self.mode, self.min_depth, self.where = mode, min_depth, where
 
     def __call__(self, path: str, module: nn.Module) -> ElasticLayers | None:
-        if type(module) not in (nn.Sequential, nn.ModuleList) or len(module) < 2:
+        if type(module) not in (nn.Sequential, nn.ModuleList) or not len(module):
             return None
         kinds = {_kind(m) for m in module}
         if len(kinds) != 1 or next(iter(kinds)) not in ("timm_block", "gpt2_block", "bert_layer"):

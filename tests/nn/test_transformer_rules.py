@@ -218,3 +218,15 @@ def test_rules_alone_and_their_errors():
         mutate(normed, rules=[elastic_heads()])
     with pytest.raises(ValueError, match="unknown `preset`.*autoformer"):
         mutate(_model("vit_tiny_patch16_224"), preset="vit")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_skipping_every_layer_still_describes_the_config(name):
+    supernet = Supernet(mutate(_model(name), rules=[autoformer(depth="skip")]))
+    arch = {**supernet.space.default(), **{f"{STACK[name]}.{i}.keep": False for i in range(3)}}
+    exported = supernet.export(arch)
+    assert exported.config.num_hidden_layers == 0 and exported.config.layer_num_heads == []
+    assert supernet.module.config.num_hidden_layers == 3  # the supernet's own config is left alone
+    x = _inputs(name)
+    with supernet.activated(arch):
+        assert torch.equal(_run(exported, x), _run(supernet, x))
