@@ -56,7 +56,9 @@ class TableFit:
         measurements: the number of measured networks.
         prior_heldout: the same held-out errors of the (rescaled) prior, for comparison (``None``
             without a prior).
-        details: the ridge weight and the fold assignment seed.
+        details: the ridge weight, the fold assignment seed, and in how many of the ``folds + 1``
+            fits the prior could not be rescaled (it ordered the networks unlike the measurements)
+            and was used as it is.
     """
 
     table: BilinearTable
@@ -191,10 +193,16 @@ def fit_table(
         """``θ`` of the fit on ``rows`` and of the prior rescaled on them (``None`` without a prior)."""
         theta_prior = np.zeros(X.shape[1])
         if prior is not None:
-            rescaled = calibrate_latency(prior, [archs[i] for i in rows], y[rows])
-            theta_prior = _params(rescaled)
+            try:
+                theta_prior = _params(calibrate_latency(prior, [archs[i] for i in rows], y[rows]))
+            except ValueError:
+                # The prior orders these networks unlike the measurements (or not at all): no scale to
+                # fit, so it is used as it is (the data outweigh it wherever they pin an entry down).
+                theta_prior = _params(prior)
+                rejected.append(len(rows))
         return _solve(X[rows], y[rows], theta_prior, ridge), (theta_prior if prior is not None else None)
 
+    rejected: list[int] = []
     k = min(folds, y.size)
     assignment = np.random.default_rng(seed).permutation(y.size) % k
     heldout, heldout_prior = np.zeros_like(y), np.zeros_like(y)
@@ -213,5 +221,5 @@ def fit_table(
     return TableFit(
         table=_table(staged, theta, prior, name, unit, metadata), heldout=errors, margin=margin, quantile=quantile,
         measurements=int(y.size), prior_heldout=None if prior is None else {**_errors(heldout_prior, y), "folds": k},
-        details={"ridge": ridge, "seed": seed},
+        details={"ridge": ridge, "seed": seed, "prior_not_rescaled": len(rejected)},
     )

@@ -135,3 +135,39 @@ def test_the_seed_breaks_ties() -> None:
     runs = {seed: [tuple(r.arch.values()) for r in search(make(seed), flat).done] for seed in range(6)}
     assert runs[0] == [tuple(r.arch.values()) for r in search(make(0), flat).done]
     assert len({tuple(run) for run in runs.values()}) > 1
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 4), st.integers(1, 2), st.integers(1, 3), st.integers(3, 5), st.integers(2, 4))
+def test_max_evaluations_bounds_every_run(seed: int, buckets: int, per_bucket: int, passes: int, layers: int,
+                                          values: int) -> None:
+    from lightning_nas.strategies.layernas import max_evaluations
+
+    evaluator = SyntheticEvaluator(n_layers=layers, n_values=values, seed=seed)
+    space = synthetic_space(layers, values)
+    strategy = LayerNAS(space, seed=seed, cost_model=evaluator.costs, cost="cost", buckets=buckets,
+                        per_bucket=per_bucket, passes=passes)
+    assert len(search(strategy, evaluator)) <= max_evaluations(space, buckets, per_bucket, passes)
+
+
+def test_for_budget_takes_the_most_buckets_that_fit_and_paper_settings_are_the_defaults() -> None:
+    from lightning_nas.strategies.layernas import PAPER_SETTINGS, max_evaluations
+
+    evaluator = SyntheticEvaluator(n_layers=5, n_values=4, seed=3)
+    space = synthetic_space(5, 4)
+    strategy = LayerNAS.for_budget(space, 60, cost_model=evaluator.costs, cost="cost")
+    plan = strategy.plan
+    assert (plan["per_bucket"], plan["passes"]) == (1, 2) and strategy.buckets == plan["buckets"]
+    assert max_evaluations(space, plan["buckets"], 1, 2) <= 60 < max_evaluations(space, plan["buckets"] + 1, 1, 2)
+    assert len(search(strategy, evaluator)) <= 60
+    paper = LayerNAS(space, cost_model=evaluator.costs, cost="cost")
+    assert {"buckets": paper.buckets, "per_bucket": paper.per_bucket, "passes": paper.passes} == PAPER_SETTINGS
+    assert paper.plan is None
+    with pytest.raises(ValueError, match="below the worst case of the smallest search"):
+        LayerNAS.for_budget(space, 5, cost_model=evaluator.costs, cost="cost")
+    with pytest.raises(ValueError, match="needs a bucketing `cost`"):
+        LayerNAS.for_budget(space, 60)
+    with pytest.raises(ValueError, match="`buckets` is what for_budget chooses"):
+        LayerNAS.for_budget(space, 60, cost_model=evaluator.costs, cost="cost", buckets=3)
+    with pytest.raises(ValueError, match="`evaluations` must be an int >= 1"):
+        LayerNAS.for_budget(space, 0, cost_model=evaluator.costs, cost="cost")
