@@ -79,13 +79,14 @@ class Supernet(nn.Module):
     Args:
         module: the network; its choices are discovered at any depth. Unlabelled choices are
             named after their module path.
+        static_shapes: how per-example mode computes (see :attr:`static_shapes`).
 
     Attributes:
         module: the wrapped network.
         space: the :class:`~lightning_nas.spaces.SearchSpace` of its decisions.
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, *, static_shapes: bool = True) -> None:
         super().__init__()
         if not isinstance(module, nn.Module):
             raise ValueError(f"`module` must be an nn.Module, got {type(module).__name__}")
@@ -93,9 +94,43 @@ class Supernet(nn.Module):
         self._choices, self.space = _discover(module)
         object.__setattr__(self, "context", ArchContext())
         self.context.owner = weakref.ref(self)
+        self.static_shapes = static_shapes
         for choice in self._choices:
             choice.attach(self.context)
+        for mutable in self.mutables():
+            # Mutables without a decision of their own (a fixed-width norm inside a DepthChoice) still
+            # need to know which rows run.
+            object.__setattr__(mutable, "_arch_context", self.context)
         self.activate(self.space.default())
+
+    @property
+    def static_shapes(self) -> bool:
+        """How per-example mode computes.
+
+        ``True`` (default): every tensor has the shape the candidate lists fix (largest widths and
+        kernels, every optional block on every row), and rows are told apart by masks folded into
+        weights and batch statistics. Nothing is read back on the host, so a GPU never waits; one
+        ``torch.compile`` graph serves every batch; the step can be captured as a CUDA graph; and
+        each layer costs a fixed handful of operator calls. The arithmetic is the heaviest
+        subnet's (rows of smaller subnets are computed at the largest shapes).
+
+        ``False``: rows are grouped by candidate (a gather per group), so each row costs about its
+        own subnet's arithmetic, but shapes depend on the sampled architectures and grouping reads
+        values on the host (a GPU sync each). Cheaper where arithmetic dominates: a CPU, or very
+        large batches. Mutables that do not support static shapes (they do not declare
+        :attr:`~lightning_nas.nn.Mutable.masks_stopped_rows`) make the enclosing ``DepthChoice``
+        group its rows either way.
+
+        Both compute exactly what each row's own subnet computes.
+        """
+        return self.context.static_shapes
+
+    @static_shapes.setter
+    def static_shapes(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(f"`static_shapes` must be a bool, got {value!r}")
+        self.context.static_shapes = value
+        self.context.clear_cache()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A copy (copy.deepcopy, pickle) owns its copy of the context.
@@ -139,7 +174,8 @@ class Supernet(nn.Module):
         if isinstance(arch, Mapping):
             self.context.values = self.space.validate(arch)
             self.context.indices = self.context.bounds = None
-            self.context.rows = None
+            self.context.rows = self.context.alive = None
+            self.context.clear_cache()
             return
         if isinstance(arch, (str, bytes)) or not isinstance(arch, Iterable):
             raise ValueError(f"`arch` must be a dict {{label: value}} or a non-empty list of dicts (one per example), got {arch!r}")
@@ -185,7 +221,8 @@ class Supernet(nn.Module):
         self.context.values = None
         self.context.indices = checked
         self.context.bounds = bounds if batch else None
-        self.context.rows = None
+        self.context.rows = self.context.alive = None
+        self.context.clear_cache()
 
     @property
     def per_example(self) -> bool:
@@ -210,7 +247,8 @@ class Supernet(nn.Module):
             yield self
         finally:
             self.context.values, self.context.indices, self.context.bounds = saved
-            self.context.rows = None
+            self.context.rows = self.context.alive = None
+            self.context.clear_cache()
 
     # -- export ------------------------------------------------------------------------------
     def export(

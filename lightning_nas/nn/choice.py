@@ -14,11 +14,12 @@ the same label are one decision. The active value of every choice lives in one s
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import numbers
 import weakref
-from collections.abc import Hashable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -75,6 +76,14 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+# Scope tokens of ArchContext caches: a fresh one each time the visible or running rows change.
+_SCOPES = itertools.count(1)
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
 class ArchContext:
     """The active architecture of one supernet, shared by all of its choices.
 
@@ -86,29 +95,87 @@ class ArchContext:
         bounds: per-example mode, ``{label: (lowest, highest)}`` candidate index over the whole batch,
             read once on the host at activation so that mutables need not read them back from a GPU
             (a synchronisation each); ``None`` when unknown.
+        static_shapes: per-example mode computes every tensor at the shape the candidate lists fix
+            (largest widths and kernels, every optional block on every row, rows told apart by
+            masks), so that no value is read back on the host, one compiled graph serves every
+            batch and the step can be captured as a CUDA graph. ``False``: rows are grouped by
+            candidate (less arithmetic, data-dependent shapes, host reads). See
+            :attr:`~lightning_nas.Supernet.static_shapes`.
+        alive: static shapes only: ``BoolTensor (n,)``, which of the visible rows are still running
+            (a :class:`~lightning_nas.nn.DepthChoice` runs its optional blocks on every row and
+            keeps the output of the rows that go that deep); ``None`` when all are. Modules whose
+            output couples rows (batch statistics) take them over the running rows only.
     """
+
+    # Class-level defaults: contexts pickled before these attributes existed still load.
+    static_shapes: bool = True
+    alive: Tensor | None = None
 
     def __init__(self) -> None:
         self.values: dict[str, Any] | None = {}
         self.indices: dict[str, Tensor] | None = None
         self.rows: Tensor | None = None
         self.bounds: dict[str, tuple[int, int]] | None = None
+        self.static_shapes = True
+        self.alive = None
         # The supernet this context belongs to (a weak reference: the supernet holds the context).
         self.owner: weakref.ref | None = None
+        self.clear_cache()
 
     def __getstate__(self) -> dict[str, Any]:
         # A weak reference cannot be pickled, and a copy belongs to no supernet until one adopts it.
-        return {**self.__dict__, "owner": None}
+        return {**self.__dict__, "owner": None, "_cache": {}}
+
+    def clear_cache(self) -> None:
+        """Forget the tensors derived from the active indices (done at every activation)."""
+        self._cache: dict[tuple, Any] = {}
+        self._scope = 0
+
+    def cached(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """``make()``, computed once per activation and set of visible and running rows.
+
+        Masks and per-row sizes derived from the indices are needed by several layers of a step
+        (every layer of one width decision); each would cost operator calls (GPU launches) again.
+        Under ``torch.compile`` nothing is cached: the compiler fuses these calls anyway.
+        """
+        if _compiling():
+            return make()
+        cache = self.__dict__.get("_cache")
+        if cache is None:
+            self.clear_cache()
+            cache = self._cache
+        key = (getattr(self, "_scope", 0), *key)
+        if key not in cache:
+            cache[key] = make()
+        return cache[key]
+
+    @contextlib.contextmanager
+    def _scoped(self, rows: Tensor | None, alive: Tensor | None) -> Iterator[None]:
+        previous = (self.rows, self.alive, getattr(self, "_scope", 0))
+        self.rows, self.alive = rows, alive
+        if not _compiling():
+            self._scope = next(_SCOPES)
+        try:
+            yield
+        finally:
+            self.rows, self.alive = previous[:2]
+            if not _compiling():
+                self._scope = previous[2]
 
     @contextlib.contextmanager
     def route(self, positions: Tensor) -> Iterator[None]:
         """Narrow the visible rows to ``positions`` (indices into the rows visible now)."""
         previous = self.rows
-        self.rows = positions if previous is None else previous.index_select(0, positions.to(previous.device))
-        try:
+        rows = positions if previous is None else previous.index_select(0, positions.to(previous.device))
+        alive = None if self.alive is None else self.alive.index_select(0, positions.to(self.alive.device))
+        with self._scoped(rows, alive):
             yield
-        finally:
-            self.rows = previous
+
+    @contextlib.contextmanager
+    def running(self, alive: Tensor) -> Iterator[None]:
+        """Mark only the visible rows where ``alive`` (``BoolTensor (n,)``) is true as running."""
+        with self._scoped(self.rows, alive if self.alive is None else self.alive & alive):
+            yield
 
 
 class Choice(nn.Module):
@@ -178,8 +245,14 @@ class Choice(nn.Module):
             return None
         idx = ctx.indices[self.label]
         if ctx.rows is not None:
-            idx = idx.index_select(0, ctx.rows.to(idx.device))
+            rows = ctx.rows
+            idx = ctx.cached(("indices", self.label), lambda: idx.index_select(0, rows.to(idx.device)))
         return idx
+
+    def uses_static_shapes(self) -> bool:
+        """Whether per-example mode is active with static shapes (see :class:`ArchContext`)."""
+        ctx = self._context
+        return ctx is not None and ctx.indices is not None and ctx.static_shapes
 
     @property
     def value(self) -> Any:
@@ -244,7 +317,17 @@ class Mutable(nn.Module):
 
     Subclasses implement :meth:`freeze`, returning a static module (no lightning_nas mutable
     inside) equal to this module under ``arch``.
+
+    Attributes:
+        masks_stopped_rows: ``True`` when a row's output never depends on the rows that the
+            context marks as stopped (:attr:`ArchContext.alive`): per-row computations, and batch
+            statistics over the running rows only. A :class:`~lightning_nas.nn.DepthChoice` with
+            static shapes runs its optional blocks on every row only when all the mutables inside
+            declare this (and no plain BatchNorm takes batch statistics there); otherwise it
+            groups the rows that go deep enough (data-dependent shapes, host reads).
     """
+
+    masks_stopped_rows: ClassVar[bool] = False
 
     def freeze(self, arch: dict[str, Any], export_child) -> nn.Module:
         """Static module computing what this module computes under ``arch``.

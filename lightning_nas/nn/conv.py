@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice, Mutable, largest, value_in
-from lightning_nas.nn.elastic_size import active_size, check_fixed, check_size_spec, fit_channels, prefix, size_mask
+from lightning_nas.nn.elastic_size import active_size, check_fixed, check_size_spec, fit_channels, prefix, size_mask, width_mask
 from lightning_nas.nn.routing import route_examples
 
 __all__ = ["ElasticConv2d", "crop_kernel"]
@@ -31,8 +31,12 @@ class ElasticConv2d(Mutable):
     The weight is allocated at the largest widths and kernel; a smaller width uses the channel
     prefix and a smaller kernel the centre crop. Padding keeps the spatial size as a "same"
     convolution would at stride 1 (``dilation * (k - 1) // 2``) unless a fixed ``padding`` is
-    given for a fixed kernel. In per-example mode rows are grouped by kernel size and computed at
-    the largest width of the group, with each row's extra channels zeroed.
+    given for a fixed kernel. In per-example mode with static shapes (the default) a kernel decision
+    costs one convolution at the largest kernel whose per-row weights hold each row's centre crop
+    (zero outside it: exactly the smaller convolution, as "same" padding centres every kernel on
+    the same pixels), with each row's width masks folded into the weights where the weights are
+    per row anyway; otherwise rows are grouped by kernel size and computed at the largest width
+    of the group, with each row's extra channels zeroed.
 
     Args:
         in_channels: int, or the ``Choice`` that sets the width of the layer feeding this one.
@@ -87,6 +91,8 @@ class ElasticConv2d(Mutable):
         self.bias = nn.Parameter(torch.empty(max_out)) if bias else None
         self.reset_parameters()
 
+    masks_stopped_rows = True
+
     def reset_parameters(self) -> None:
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:
@@ -100,6 +106,8 @@ class ElasticConv2d(Mutable):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"ElasticConv2d expects input (B, C, H, W), got shape {tuple(x.shape)}")
+        if self._static_per_example():
+            return self._conv_static(x)
         if isinstance(self.kernel_size, Choice):
             indices = self.kernel_size.example_indices()
             if indices is not None and self.kernel_size.uniform_index() is None:
@@ -121,6 +129,67 @@ class ElasticConv2d(Mutable):
         if out_sizes is not None and not (self.depthwise and bias is None):
             y = y * size_mask(out_sizes, c_out, y.dtype)[:, :, None, None]
         return y
+
+    def _static_per_example(self) -> bool:
+        return any(isinstance(spec, Choice) and spec.uses_static_shapes() for spec in (self.kernel_size, self.in_channels, self.out_channels))
+
+    def _kernel_masks(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """``(n_kernels, K, K)``: 1 inside candidate ``i``'s centre crop of the largest kernel ``K``, cached."""
+        cache = self.__dict__.setdefault("_kernel_mask_cache", {})
+        key = (device, dtype)
+        if key not in cache:
+            full = self.weight.shape[-1]
+            masks = torch.zeros(len(self.kernel_size.values), full, full, dtype=dtype)
+            for i, k in enumerate(self.kernel_size.values):
+                start = (full - k) // 2
+                masks[i, start : start + k, start : start + k] = 1
+            cache[key] = masks.to(device)
+        return cache[key]
+
+    def _conv_static(self, x: Tensor) -> Tensor:
+        """Per-example mode with static shapes: every row at the largest widths (and kernel, when
+        the kernel is a decision), rows told apart by masks; no host reads, no data-dependent shapes."""
+        x = fit_channels(x, self.in_channels, 1, "ElasticConv2d", mask=False)
+        n, c_in = x.shape[:2]
+        c_out = c_in if self.depthwise else active_size(self.out_channels, x.device)[0]
+        dtype = x.dtype
+        in_mask = width_mask(self.in_channels, c_in, dtype, x.device)  # (n, c_in) or None
+        out_mask = in_mask if self.depthwise else width_mask(self.out_channels, c_out, dtype, x.device)
+        kernels = self.kernel_size.example_indices() if isinstance(self.kernel_size, Choice) and len(self.kernel_size.values) > 1 else None
+        full = largest(self.kernel_size)
+        weight = prefix(self.weight, c_out) if self.depthwise else prefix(self.weight, c_out, c_in)
+        weight, bias = crop_kernel(weight, full), prefix(self.bias, c_out)
+        padding = self._padding(full)
+        if kernels is None and not self.depthwise:
+            # One shared weight: mask the activations (1×1 convolutions, widths only).
+            if in_mask is not None:
+                x = x * in_mask[:, :, None, None]
+            y = F.conv2d(x, weight, bias, self.stride, padding, self.dilation)
+            return y if out_mask is None else y * out_mask[:, :, None, None]
+        if kernels is None and in_mask is None:
+            return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, c_in)
+        # Per-row weights (n, c_out, c_in / groups, K, K): each row's kernel crop and widths folded in,
+        # run as one grouped convolution over the rows stacked along the channels.
+        rows = weight[None]
+        if kernels is not None:
+            rows = rows * self._kernel_masks(x.device, weight.dtype).index_select(0, kernels.to(x.device))[:, None, None]
+        if self.depthwise:
+            if in_mask is not None:
+                rows = rows * in_mask.to(weight.dtype)[:, :, None, None, None]
+        else:
+            if in_mask is not None:
+                rows = rows * in_mask.to(weight.dtype)[:, None, :, None, None]
+            if out_mask is not None:
+                rows = rows * out_mask.to(weight.dtype)[:, :, None, None, None]
+        if bias is not None:
+            bias = bias.expand(n, c_out) if out_mask is None else bias * out_mask.to(bias.dtype)
+            bias = bias.reshape(n * c_out)
+        groups = n * c_in if self.depthwise else n
+        y = F.conv2d(
+            x.reshape(1, n * c_in, *x.shape[2:]), rows.reshape(n * c_out, *rows.shape[2:]), bias,
+            self.stride, padding, self.dilation, groups,
+        )
+        return y.view(n, c_out, *y.shape[2:])
 
     def freeze(self, arch: dict[str, Any], export_child) -> nn.Conv2d:
         c_in = value_in(self.in_channels, arch)

@@ -17,8 +17,14 @@ __all__ = ["DepthChoice"]
 class DepthChoice(Mutable):
     """Runs the first ``depth`` blocks of a sequence (BINAS's "sink point").
 
-    Blocks past the chosen depth are not run. In per-example mode each block runs only on the
-    examples that reach it; all exit points must then produce the same shape.
+    Blocks past the chosen depth are not run. In per-example mode all exit points must produce
+    the same shape. With static shapes (the default) every block up to the largest depth runs on
+    every row and each row keeps the output of its own depth; the rows that have stopped are
+    marked (:attr:`~lightning_nas.nn.ArchContext.alive`) so that batch statistics inside leave them
+    out. This needs every mutable inside to honour that mark
+    (:attr:`~lightning_nas.nn.Mutable.masks_stopped_rows`) and no plain BatchNorm taking batch
+    statistics there; otherwise, and without static shapes, each block runs only on the examples
+    that reach it (grouped: data-dependent shapes, host reads).
 
     Args:
         blocks: the blocks, applied in order (each takes and returns one tensor).
@@ -39,12 +45,50 @@ class DepthChoice(Mutable):
         self.blocks = nn.ModuleList(blocks)
         self.choice = Choice(sorted(depths), label, default=max(depths) if default is None else default)
 
+    masks_stopped_rows = True
+
     @property
     def label(self) -> str | None:
         return self.choice.label
 
+    def _rows_separable(self) -> bool:
+        """Whether running stopped rows through the optional blocks leaves the other rows' outputs
+        as they are: every mutable inside masks stopped rows, and no plain BatchNorm takes batch
+        statistics (over all rows) there."""
+        for block in self.blocks[min(self.choice.values):]:
+            for m in block.modules():
+                if isinstance(m, Mutable):
+                    if not m.masks_stopped_rows:
+                        return False
+                elif isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats):
+                    return False
+        return True
+
+    def _forward_static(self, x: Tensor, indices: Tensor) -> Tensor:
+        """Every block up to the largest depth on every row; each row keeps its own depth's output."""
+        context = self.choice._context
+        depth = context.cached(("depths", self.label), lambda: self.choice.values_tensor(indices.device).index_select(0, indices))
+        for i in range(max(self.choice.values)):
+            if i < min(self.choice.values):  # every row runs this block
+                x = self.blocks[i](x)
+                continue
+            running = context.cached(("running", self.label, i), lambda: (depth > i).to(x.device))
+            with context.running(running):
+                y = self.blocks[i](x)
+            if y.shape != x.shape:
+                raise ValueError(
+                    f"per-example mode: block {i} of DepthChoice {self.label!r} maps shape {tuple(x.shape)} to "
+                    f"{tuple(y.shape)}, but examples of different depths share a batch only when every exit has one shape"
+                )
+            x = torch.where(running.view(-1, *([1] * (x.dim() - 1))), y, x)
+        return x
+
     def forward(self, x: Tensor) -> Tensor:
         indices = self.choice.example_indices()
+        if indices is not None and self.choice.uses_static_shapes() and self._rows_separable():
+            if x.shape[0] != indices.shape[0]:
+                raise ValueError(f"per-example mode: input batch size {x.shape[0]} != {indices.shape[0]} active architectures")
+            return self._forward_static(x, indices)
         uniform = None if indices is None else self.choice.uniform_index()
         if indices is None or uniform is not None:
             depth = self.choice.value if indices is None else self.choice.values[uniform]

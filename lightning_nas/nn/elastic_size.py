@@ -9,7 +9,7 @@ from torch import Tensor
 
 from lightning_nas.nn.choice import Choice
 
-__all__ = ["active_size", "check_fixed", "check_size_spec", "fit_channels", "prefix", "size_mask"]
+__all__ = ["active_size", "check_fixed", "check_size_spec", "fit_channels", "prefix", "row_mask", "size_mask", "width_mask"]
 
 
 def check_fixed(layer: str, name: str, value: Any, kind: str, choosable: str) -> None:
@@ -64,15 +64,22 @@ def active_size(spec: int | Choice, device: torch.device) -> tuple[int, Tensor |
     Returns:
         ``(size, per_example)``: in scalar mode (or when all rows agree) the active size and ``None``;
         otherwise the largest size among the rows and a ``LongTensor (n,)`` of each visible row's
-        size. Rows routed to a sub-module are computed at the whole batch's largest size.
+        size. Rows routed to a sub-module are computed at the whole batch's largest size. With
+        static shapes (:attr:`~lightning_nas.nn.ArchContext.static_shapes`) the size is always the
+        largest candidate and the per-example sizes are always given (for a choice of several).
     """
     if not isinstance(spec, Choice):
         return spec, None
     indices = spec.example_indices()
     if indices is None:
         return spec.value, None
-    sizes = spec.values_tensor(indices.device).index_select(0, indices)
     context = spec._context
+    if context.static_shapes:
+        # Shapes from the candidate list alone: nothing read back, one compiled graph for every batch.
+        if len(spec.values) == 1:
+            return spec.values[0], None
+        return max(spec.values), _sizes(spec, indices, device)
+    sizes = spec.values_tensor(indices.device).index_select(0, indices)
     if context.rows is not None and context.bounds is not None and spec.label in context.bounds:
         # Rows routed to a sub-module (a DepthChoice's deeper blocks, an OpChoice candidate): compute
         # at the whole batch's largest size, the width this decision's tensors have outside, so that
@@ -96,6 +103,42 @@ def active_size(spec: int | Choice, device: torch.device) -> tuple[int, Tensor |
     return hi, sizes.to(device)
 
 
+def _sizes(spec: Choice, indices: Tensor, device: torch.device) -> Tensor:
+    """``LongTensor (n,)``: each visible row's size under ``spec`` (cached for the activation)."""
+    return spec._context.cached(
+        ("sizes", spec.label, device), lambda: spec.values_tensor(indices.device).index_select(0, indices).to(device)
+    )
+
+
+def width_mask(spec: int | Choice, size: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
+    """``(n, size)`` 0/1 mask of the channels each visible row uses under ``spec``, or ``None`` when
+    every row uses all ``size`` channels. Cached for the activation (one mask serves every layer of
+    a width decision)."""
+    size_now, per_example = active_size(spec, device)
+    if per_example is None:
+        if size > size_now:
+            raise ValueError(f"width_mask: {size} channels asked, but the active width is {size_now}")
+        return None
+    return spec._context.cached(("width_mask", spec.label, size, dtype, device), lambda: size_mask(per_example, size, dtype))
+
+
+def row_mask(spec: int | Choice, size: int, dtype: torch.dtype, device: torch.device, context) -> Tensor | None:
+    """``(n, size)`` 0/1 mask of the channels each visible row uses (:func:`width_mask`), with the
+    rows that have stopped (:attr:`~lightning_nas.nn.ArchContext.alive`) all zero; ``None`` when
+    every row uses all channels and is running. ``context`` is the supernet's context (or ``None``)."""
+    widths = width_mask(spec, size, dtype, device)
+    alive = None if context is None else context.alive
+    if alive is None:
+        return widths
+    label = spec.label if isinstance(spec, Choice) else None
+
+    def make() -> Tensor:
+        running = alive.to(device=device, dtype=dtype)[:, None]
+        return running.expand(-1, size) if widths is None else widths * running
+
+    return context.cached(("row_mask", label, size, dtype, device), make)
+
+
 def prefix(t: Tensor | None, *sizes: int) -> Tensor | None:
     """The leading ``sizes[d]`` entries of ``t`` along its first ``len(sizes)`` dimensions.
 
@@ -111,7 +154,7 @@ def size_mask(per_example: Tensor, size: int, dtype: torch.dtype) -> Tensor:
     return (torch.arange(size, device=per_example.device) < per_example[:, None]).to(dtype)
 
 
-def fit_channels(x: Tensor, spec: int | Choice, dim: int, layer: str) -> Tensor:
+def fit_channels(x: Tensor, spec: int | Choice, dim: int, layer: str, *, mask: bool = True) -> Tensor:
     """Check the input width of an elastic layer against ``spec`` and zero what a row does not use.
 
     In per-example mode an input may be wider than the widest of the rows seeing it (it was
@@ -123,21 +166,28 @@ def fit_channels(x: Tensor, spec: int | Choice, dim: int, layer: str) -> Tensor:
         spec: the layer's input width (int or ``Choice``).
         dim: the channel dimension (1 for ``(B, C, H, W)``, -1 for ``(B, ..., C)``).
         layer: the layer's name for error messages.
+        mask: zero the channels past each row's width; ``False`` only narrows (for a layer that
+            masks them itself, in its weights or its statistics).
     """
     size, per_example = active_size(spec, x.device)
     width = x.shape[dim]
     if width == size and per_example is None:
         return x
     routed = isinstance(spec, Choice) and spec.example_indices() is not None
+    if routed and per_example is not None and width < size and spec._context.static_shapes:
+        # Static shapes compute at the largest candidate; a producer that computed at the batch's
+        # widest row instead (channels past it are zero for every row) is taken at its width.
+        size = width
     if not routed or not size <= width <= max(spec.values):
         raise ValueError(
             f"{layer} expected {size} input channels in dimension {dim} for the active architecture, got shape "
             f"{tuple(x.shape)}; pass the Choice that sets the previous layer's width as its input width"
         )
-    x = x.narrow(dim, 0, size)
-    if per_example is None:
+    if width != size:
+        x = x.narrow(dim, 0, size)
+    if per_example is None or not mask:
         return x
-    mask = size_mask(per_example, size, x.dtype)
+    rows = width_mask(spec, size, x.dtype, x.device)
     shape = [1] * x.dim()
-    shape[0], shape[dim] = mask.shape
-    return x * mask.view(shape)
+    shape[0], shape[dim] = rows.shape
+    return x * rows.view(shape)

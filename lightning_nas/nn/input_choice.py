@@ -48,6 +48,8 @@ class InputChoice(Mutable):
         self.register_buffer("_selection", mask, persistent=False)
         object.__setattr__(self, "_relaxation", None)
 
+    masks_stopped_rows = True
+
     @property
     def label(self) -> str | None:
         return self.choice.label

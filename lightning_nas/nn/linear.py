@@ -37,6 +37,8 @@ class ElasticLinear(Mutable):
         self.bias = nn.Parameter(torch.empty(largest(out_features))) if bias else None
         self.reset_parameters()
 
+    masks_stopped_rows = True
+
     def reset_parameters(self) -> None:
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.bias is not None:

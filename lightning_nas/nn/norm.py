@@ -7,6 +7,7 @@ subnet would. Training-mode batch statistics of a channel are taken over the row
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,9 +15,134 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice, Mutable, largest, value_in
-from lightning_nas.nn.elastic_size import active_size, check_fixed, check_size_spec, fit_channels, prefix, size_mask
+from lightning_nas.nn.elastic_size import active_size, check_fixed, check_size_spec, fit_channels, prefix, row_mask, size_mask
 
-__all__ = ["ElasticBatchNorm2d", "ElasticLayerNorm"]
+__all__ = ["ElasticBatchNorm2d", "ElasticLayerNorm", "masked_batch_norm"]
+
+
+class _MaskedBatchNormFunction(torch.autograd.Function):
+    """``y = (x * scale + shift) * mask`` per row, with BatchNorm's backward over the masked rows.
+
+    Forward and backward each take a fixed handful of operator calls (two reductions over ``x``,
+    one output pass; backward two reductions and one pass), where the same maths through
+    autograd would take several dozen, each a kernel launch on a GPU.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, invstd, mask, inv_count, batch_stats):
+        # weight, bias, mean, invstd, inv_count: (C,); mask: (n, C) 0/1 in x's dtype.
+        n, c = mask.shape
+        scale = invstd if weight is None else weight * invstd
+        shift = -mean * scale if bias is None else torch.addcmul(bias, mean, scale, value=-1)
+        rows = (torch.stack((scale, shift)).to(x.dtype).view(2, 1, c) * mask).view(2, n, c, 1, 1)
+        ctx.save_for_backward(x, mean, invstd, scale, mask, inv_count)
+        ctx.batch_stats, ctx.has_weight, ctx.has_bias = batch_stats, weight is not None, bias is not None
+        return torch.addcmul(rows[1], x, rows[0])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, mean, invstd, scale, mask, inv_count = ctx.saved_tensors
+        n, c = mask.shape
+        stat = mean.dtype  # reductions in the statistics' precision (float32 for half inputs)
+        per_row = torch.stack((dy.sum((2, 3), dtype=stat), (dy * x).sum((2, 3), dtype=stat)))  # (2, n, C)
+        sum_dy, sum_dy_x = (per_row * mask).sum(1)  # over the rows that use each channel
+        sum_dy_xhat = torch.addcmul(sum_dy_x, mean, sum_dy, value=-1) * invstd
+        d_weight = sum_dy_xhat if ctx.has_weight else None
+        d_bias = sum_dy if ctx.has_bias else None
+        if not ctx.batch_stats:
+            return dy * (scale.to(x.dtype).view(1, c) * mask).view(n, c, 1, 1), d_weight, d_bias, None, None, None, None, None
+        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) = scale * dy - k_x * x + k_0, means
+        # over each channel's rows.
+        k = torch.stack((sum_dy, sum_dy_xhat)) * (scale * inv_count)  # (2, C)
+        k_x = k[1] * invstd
+        k_0 = torch.addcmul(-k[0], k_x, mean)
+        rows = (torch.stack((k_0, scale, k_x)).to(x.dtype).view(3, 1, c) * mask).view(3, n, c, 1, 1)
+        return torch.addcmul(rows[0], dy, rows[1]).addcmul_(x, rows[2], value=-1), d_weight, d_bias, None, None, None, None, None
+
+
+def masked_batch_norm(
+    x: Tensor,
+    mask: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    *,
+    training: bool = True,
+    momentum: float | Tensor = 0.1,
+    num_batches_tracked: Tensor | None = None,
+    eps: float = 1e-5,
+    cache: Callable[[tuple, Callable[[], Any]], Any] | None = None,
+) -> Tensor:
+    """BatchNorm of ``x`` where row ``i`` uses only the channels ``c`` with ``mask[i, c] == 1``.
+
+    What each row's own subnet computes when rows use different channel prefixes (per-example
+    widths) or some rows have stopped (per-example depths): in training, channel ``c``'s batch
+    statistics are taken over the rows that use it, only channels some row uses update their
+    running statistics, and the output is zero where ``mask`` is 0, whatever ``x`` holds there (so
+    ``x`` need not be masked). No host reads, and a fixed number of operator calls.
+
+    Args:
+        x: ``(n, C, H, W)``.
+        mask: ``(n, C)`` of 0/1 in ``x``'s dtype.
+        weight: ``(C,)`` scale, or ``None``.
+        bias: ``(C,)`` shift, or ``None``.
+        running_mean: ``(C,)`` running statistics (updated in place in training), or ``None``.
+        running_var: ``(C,)``, as ``running_mean``.
+        training: use batch statistics (else the running ones, which must then be given).
+        momentum: running-average factor (``nn.BatchNorm2d``'s momentum, or ``1 / batches`` as a
+            tensor for a cumulative average).
+        num_batches_tracked: counted up by one in training when some row uses some channel.
+        eps: added to the variance.
+        cache: ``cache(key, make)`` to reuse what depends on ``mask`` only (its counts) across calls
+            with the same mask tensor, e.g. :meth:`~lightning_nas.nn.ArchContext.cached`.
+
+    Statistics are taken in at least float32 (as ``F.batch_norm`` keeps them for half-precision
+    inputs), outside autocast; the output has ``x``'s dtype.
+
+    Returns:
+        ``(n, C, H, W)``.
+    """
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("masked_batch_norm: `running_mean` and `running_var` are required when `training` is False")
+    with torch.autocast(x.device.type, enabled=False):
+        stat = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        pixels = x.shape[2] * x.shape[3]
+        update = training and running_mean is not None
+        constant = not isinstance(momentum, Tensor)
+
+        def counts() -> tuple[Tensor, ...]:
+            # What depends on the mask only: once per activation for all the norms of one width.
+            count = mask.sum(0, dtype=stat) * pixels  # (C,) elements behind each channel's statistics
+            inv_count = 1 / count.clamp_min(1)
+            seen = count > 0
+            step = seen * momentum if constant else seen.to(stat)
+            # ``mask`` itself is kept with them: its id in the key cannot be reused while the entry lives.
+            return inv_count, mask.to(stat) * inv_count, count / (count - 1).clamp_min(1), step, seen.any().long(), mask
+
+        key = ("bn_counts", id(mask), stat, pixels, momentum if constant else None)
+        inv_count, weighted, unbias, step, any_seen, _ = counts() if cache is None else cache(key, counts)
+        with torch.no_grad():
+            if training:
+                wide = x if x.dtype == stat else x.to(stat)  # half inputs' squares overflow past 256
+                per_row = torch.stack((wide.sum((2, 3)), (wide * wide).sum((2, 3))))  # (2, n, C)
+                mean, mean_square = (per_row * weighted).sum(1)
+                var = torch.addcmul(mean_square, mean, mean, value=-1).clamp_min_(0)
+            else:
+                mean, var = running_mean.to(stat), running_var.to(stat)
+            invstd = (var + eps).rsqrt_()
+            if update:
+                # Through ``.data``, as nn.BatchNorm2d's own update: an earlier full-width forward of this
+                # step (e.g. in-place distillation's teacher) saved these buffers for its backward.
+                weights = step if constant else step * momentum
+                dtype = running_mean.dtype
+                torch._foreach_lerp_(
+                    [running_mean.data, running_var.data], [mean.to(dtype), (var * unbias).to(dtype)], [weights.to(dtype)] * 2
+                )
+                if num_batches_tracked is not None:
+                    num_batches_tracked.add_(any_seen)
+        return _MaskedBatchNormFunction.apply(x, weight, bias, mean, invstd, mask, inv_count, training)
 
 
 class ElasticBatchNorm2d(Mutable):
@@ -31,6 +157,8 @@ class ElasticBatchNorm2d(Mutable):
 
     Shapes: ``(B, C, H, W) -> (B, C, H, W)``.
     """
+
+    masks_stopped_rows = True
 
     def __init__(
         self,
@@ -71,43 +199,38 @@ class ElasticBatchNorm2d(Mutable):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4:
             raise ValueError(f"ElasticBatchNorm2d expects input (B, C, H, W), got shape {tuple(x.shape)}")
-        x = fit_channels(x, self.num_features, 1, "ElasticBatchNorm2d")
+        # The per-example path masks in its statistics and output: the input needs no mask.
+        x = fit_channels(x, self.num_features, 1, "ElasticBatchNorm2d", mask=False)
         c = x.shape[1]
-        _, sizes = active_size(self.num_features, x.device)
-        factor = self._average_factor()
         use_batch_stats = self.training or not self.track_running_stats
         weight, bias = prefix(self.weight, c), prefix(self.bias, c)
         running_mean, running_var = prefix(self.running_mean, c), prefix(self.running_var, c)
-        if sizes is None or not use_batch_stats:
-            y = F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, factor, self.eps)
-            return y if sizes is None else y * size_mask(sizes, c, y.dtype)[:, :, None, None]
-        return self._masked_batch_norm(x, size_mask(sizes, c, x.dtype), weight, bias, running_mean, running_var, factor)
+        context = self._per_example_context()
+        mask = None if context is None else row_mask(self.num_features, c, x.dtype, x.device, context)
+        if mask is not None and use_batch_stats:
+            return self._per_example(x, mask, weight, bias, running_mean, running_var, context)
+        y = F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, self._average_factor(), self.eps)
+        return y if mask is None else y * mask[:, :, None, None]
 
-    def _masked_batch_norm(self, x, mask, weight, bias, running_mean, running_var, factor) -> Tensor:
-        # Each channel's statistics over the rows that use it: what those rows' subnets would see.
-        # ``x`` is already zero past each row's width (fit_channels), so plain sums are masked sums;
-        # the sum-of-squares form needs three passes over ``x`` instead of seven.
-        # Statistics in at least float32, as F.batch_norm keeps them for half-precision inputs (mixed
-        # precision): a float16 element count overflows past 65,504.
-        stat = torch.promote_types(x.dtype, torch.float32)
-        xs = x if x.dtype == stat else x.to(stat)
-        count = (mask.to(stat).sum(0) * x.shape[2] * x.shape[3]).clamp_min(1)  # (C,)
-        mean = xs.sum((0, 2, 3)) / count
-        var = ((xs * xs).sum((0, 2, 3)) / count - mean * mean).clamp_min(0)
-        scale = torch.rsqrt(var + self.eps)
-        if weight is not None:
-            scale = scale * weight
-        shift = -mean * scale if bias is None else bias - mean * scale
-        y = torch.addcmul((shift * mask)[:, :, None, None], xs, scale[None, :, None, None]).to(x.dtype)
-        if running_mean is not None and factor:
-            # Through ``.data``, as nn.BatchNorm2d's own update: an earlier full-width forward of this
-            # step (e.g. in-place distillation's teacher) saved these buffers for its backward.
-            with torch.no_grad():
-                used = mask.sum(0) > 0
-                unbiased = (var * count / (count - 1).clamp_min(1)).to(running_var.dtype)
-                running_mean.data.copy_(torch.where(used, running_mean.lerp(mean.to(running_mean.dtype), factor), running_mean))
-                running_var.data.copy_(torch.where(used, running_var.lerp(unbiased, factor), running_var))
-        return y
+    def _per_example_context(self):
+        """The supernet's context when one architecture per example is active, else ``None``."""
+        if isinstance(self.num_features, Choice):
+            context = self.num_features._context
+        else:  # a fixed width: the context of any choice of the supernet (set by Supernet)
+            context = self.__dict__.get("_arch_context")
+        return context if context is not None and context.indices is not None else None
+
+    def _per_example(self, x, mask, weight, bias, running_mean, running_var, context) -> Tensor:
+        update = self.training and self.track_running_stats
+        if update and self.momentum is None:
+            momentum = 1.0 / (self.num_batches_tracked + 1)  # a tensor: no host read
+        else:
+            momentum = self.momentum
+        return masked_batch_norm(
+            x, mask, weight, bias, running_mean if update else None, running_var if update else None,
+            training=True, momentum=momentum, num_batches_tracked=self.num_batches_tracked if update else None,
+            eps=self.eps, cache=context.cached,
+        )
 
     def freeze(self, arch: dict[str, Any], export_child) -> nn.BatchNorm2d:
         c = value_in(self.num_features, arch)
@@ -156,6 +279,8 @@ class ElasticLayerNorm(Mutable):
 
     Shapes: ``(B, ..., F) -> (B, ..., F)``.
     """
+
+    masks_stopped_rows = True
 
     def __init__(self, normalized_shape: int | Choice, eps: float = 1e-5, elementwise_affine: bool = True) -> None:
         super().__init__()

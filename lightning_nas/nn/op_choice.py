@@ -64,6 +64,8 @@ class OpChoice(Mutable):
         self.choice = Choice(keys, label, default=default)
         object.__setattr__(self, "_relaxation", None)
 
+    masks_stopped_rows = True  # routing narrows the stopped-rows mark with the rows
+
     @property
     def label(self) -> str | None:
         return self.choice.label
