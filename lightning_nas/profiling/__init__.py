@@ -5,10 +5,11 @@
 * :mod:`~lightning_nas.profiling.tables`: per-block tables, reuse-or-rebuild of the table file.
 * :mod:`~lightning_nas.profiling.report`: MAPE of predicted vs end-to-end latency.
 * :mod:`~lightning_nas.profiling.fit`: per-block tables fitted to measured whole networks, with held-out error and margin.
+* :mod:`~lightning_nas.profiling.memory`: KV-cache and training-activation memory as additive tables (usable as limits).
 """
 
 from lightning_nas.profiling.fit import TableFit, design_matrix, fit_table
-
+from lightning_nas.profiling.memory import build_activation_memory_table, build_kv_cache_table, kv_cache_bytes, saved_activation_bytes
 from lightning_nas.profiling.report import LatencyCheck, ReferenceTimer, calibrate_latency, check_latency, mape
 from lightning_nas.profiling.runtimes import RUNTIMES, runtime_callable, runtime_version
 from lightning_nas.profiling.tables import (
@@ -18,6 +19,7 @@ from lightning_nas.profiling.tables import (
     build_flops_table,
     build_latency_table,
     build_params_table,
+    integer_input_units,
     load_or_build,
     model_signature,
     settings_of,
@@ -30,6 +32,7 @@ from lightning_nas.profiling.timing import (
     TimingResult,
     cpu_model,
     device_info,
+    example_input,
     num_threads,
     pin_malloc_thresholds,
     time_module,
@@ -46,7 +49,9 @@ __all__ = [
     "TableFit",
     "backup_path",
     "block_shapes",
+    "build_activation_memory_table",
     "build_flops_table",
+    "build_kv_cache_table",
     "build_latency_table",
     "build_params_table",
     "calibrate_latency",
@@ -54,10 +59,14 @@ __all__ = [
     "cpu_model",
     "design_matrix",
     "device_info",
+    "example_input",
     "fit_table",
+    "integer_input_units",
+    "kv_cache_bytes",
     "load_or_build",
     "mape",
     "model_signature",
+    "saved_activation_bytes",
     "num_threads",
     "pin_malloc_thresholds",
     "runtime_callable",
