@@ -108,3 +108,48 @@ def test_trainer_on_gpu_with_the_callbacks_matches_a_cpu_estimate(tmp_path):
     on_cpu_acc = measure_subnet_accuracies(model.supernet, archs, held_out)
     on_gpu_acc = measure_subnet_accuracies(model.supernet.cuda(), archs, held_out)
     np.testing.assert_allclose(on_gpu_acc, on_cpu_acc, atol=2 / 96)
+
+
+def test_per_example_step_never_syncs_and_captures_as_a_cuda_graph():
+    """A per-example training step with static shapes makes no GPU sync (the device's own check),
+    and replays from a CUDA graph with the same result as eager for fresh architectures."""
+    torch.manual_seed(0)
+    supernet = mobilenet_supernet().cuda().train()
+    x, y = torch.randn(32, 3, 32, 32, device="cuda"), torch.randint(0, 10, (32,), device="cuda")
+    supernet.activate_indices(supernet.space.sample_indices(32, seed=0))
+    supernet(x).sum().backward()  # warm-up: lazily built tables and cuDNN plans
+    supernet.activate_indices(supernet.space.sample_indices(32, seed=5))  # activation copies to the GPU: outside the step
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        torch.nn.functional.cross_entropy(supernet(x), y).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+    # CUDA graph: indices live in static buffers that each step overwrites in place.
+    indices = {label: idx.cuda() for label, idx in supernet.space.sample_indices(32, seed=1).items()}
+    supernet.activate_indices(indices)
+    static = {label: supernet.context.indices[label] for label in indices}
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            supernet.zero_grad(set_to_none=False)
+            torch.nn.functional.cross_entropy(supernet(x), y).backward()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    supernet.zero_grad(set_to_none=False)
+    supernet.context.clear_cache()  # masks derived from the indices must be computed inside the graph
+    with torch.cuda.graph(graph):
+        loss = torch.nn.functional.cross_entropy(supernet(x), y)
+        loss.backward()
+    fresh = supernet.space.sample_indices(32, seed=2)
+    for label, idx in fresh.items():
+        static[label].copy_(idx)
+    supernet.zero_grad(set_to_none=False)
+    graph.replay()
+    replayed = loss.detach().clone()
+    eager = mobilenet_supernet().cuda().train()
+    eager.load_state_dict(supernet.state_dict())
+    eager.activate_indices(fresh)
+    torch.testing.assert_close(replayed, torch.nn.functional.cross_entropy(eager(x), y), atol=1e-4, rtol=1e-4)

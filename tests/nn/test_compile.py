@@ -1,0 +1,55 @@
+"""``torch.compile`` of supernet training steps: no graph breaks, one graph for every per-example batch.
+
+The CPU inductor backend compiles this model in minutes on a loaded 2-core machine, so the test
+compiles with ``aot_eager`` (Dynamo's graph capture and AOT autograd's joint forward + backward
+graph, run by eager kernels): what breaks graphs or recompiles is decided there, before inductor.
+Set ``LIGHTNING_NAS_INDUCTOR_TESTS=1`` to run the same check with inductor.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+
+from lightning_nas.spaces import mobilenet_supernet
+
+BACKENDS = ["aot_eager"] + (["inductor"] if os.environ.get("LIGHTNING_NAS_INDUCTOR_TESTS") == "1" else [])
+
+
+def loss_of(net, x):
+    return net(x).square().mean()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_example_and_fixed_arch_steps_compile_whole_and_exact(backend):
+    torch.manual_seed(0)
+    net = mobilenet_supernet(stem_channels=8, stages=((8, 1, 2),), head_channels=8).train()
+    eager = copy.deepcopy(net)
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.backends.registry.lookup_backend(backend)(gm, example_inputs)
+
+    torch._dynamo.reset()
+    step = torch.compile(loss_of, backend=counting, fullgraph=True)  # fullgraph: a graph break raises
+    x = torch.randn(4, 3, 8, 8)
+    activations = [net.space.sample_indices(4, seed) for seed in range(2)] + [net.space.largest()]
+    for arch in activations:
+        for model in (net, eager):
+            (model.activate_indices if isinstance(next(iter(arch.values())), torch.Tensor) else model.activate)(arch)
+            model.zero_grad(set_to_none=True)
+        compiled_loss, eager_loss = step(net, x), loss_of(eager, x)
+        compiled_loss.backward()
+        eager_loss.backward()
+        torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-6, rtol=1e-5)
+        for (name, p), q in zip(net.named_parameters(), eager.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
+        for (name, b), c in zip(net.named_buffers(), eager.buffers()):
+            torch.testing.assert_close(b, c, atol=1e-6, rtol=1e-5, msg=name)
+    # One graph serves both per-example batches (shapes fixed by the candidate lists); the
+    # fixed architecture is a second one.
+    assert len(graphs) == 2
