@@ -597,9 +597,14 @@ def main(argv: list[str] | None = None) -> None:
                 runs = list(pool.map(_run_seed, [args.table] * seeds, [columns] * seeds, [name] * seeds, range(seeds),
                                      [args.proxy_cache] * seeds))
         else:
-            runs = [run_one(make, seed, evaluator, optimum, multi, cap) for seed in range(seeds)]
+            runs = []
+            for seed in range(seeds):
+                runs.append(run_one(make, seed, evaluator, optimum, multi, cap))
+                if args.dump is not None:  # after every seed, so a run stopped by a time limit keeps what it did
+                    args.dump.write_text(json.dumps({"rows": {**rows, name: {"runs": runs, "cap": cap}},
+                                                     "overhead": None, "constrained": None, "command": command}))
         rows[name] = {"runs": runs, "cap": cap}
-        if args.dump is not None:  # after every method, so a run stopped by a time limit keeps what it finished
+        if args.dump is not None:
             args.dump.write_text(json.dumps({"rows": rows, "overhead": None, "constrained": None, "command": command}))
         counts = [x["reached"] for x in runs]
         print(f"{name}: reached at {counts} ({time.perf_counter() - t:.0f} s)", flush=True)
