@@ -306,12 +306,14 @@ def _flops(module: nn.Module, shape: Shape, integer: bool = False) -> int:
     (token id 0 when ``integer``)."""
     module = module.eval()
     # Counting needs shapes only: meta tensors skip the arithmetic. Modules that cannot run on
-    # the meta device are counted on CPU zeros instead.
+    # the meta device (a Hugging Face GPT-2) are counted on CPU zeros instead, from a copy kept
+    # aside: moving to meta drops the weights and buffers the CPU run needs.
     for device in ("meta", "cpu"):
         try:
-            module.to(device=device, dtype=torch.float32)
+            work = copy.deepcopy(module) if device == "meta" else module
+            work.to(device=device, dtype=torch.float32)
             with FlopCounterMode(display=False) as counter, torch.inference_mode():
-                module(torch.zeros(shape, device=device, dtype=torch.long if integer else torch.float32))
+                work(torch.zeros(shape, device=device, dtype=torch.long if integer else torch.float32))
             return int(counter.get_total_flops())
         except (NotImplementedError, RuntimeError):
             if device == "cpu":
