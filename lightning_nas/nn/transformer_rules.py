@@ -515,6 +515,25 @@ class ElasticLayers(Mutable):
             x = layer(x, *args, **kwargs)
         return x
 
+    def stage_layout(self) -> list[tuple[str, tuple[Any, ...], tuple[str, ...]]]:
+        """The stages the structure-based pipeline (:meth:`~lightning_nas.spaces.StagedSpace.from_supernet`)
+        reads from this stack: ``[(depth label, depth candidates, names of the block children)]``.
+
+        * ``"prefix"``: one stage of all the layers (blocks ``"0"``, ``"1"``...), its depth the
+          ``{label}.depth`` decision, as for a :class:`~lightning_nas.nn.DepthChoice`;
+        * ``"skip"``: one stage per layer, holding that layer alone, whose depth is the layer's
+          ``{label}.{i}.keep`` decision: ``False`` (0 blocks run) or ``True`` (1 block; a bool is
+          the int 0 / 1). A skipped layer is then an inactive block: additive tables charge it
+          nothing (its input passes on unchanged), and its accuracy gain is that stage's depth gain;
+        * ``None``: no stage (every layer is an ordinary always-active unit).
+        """
+        if self.mode == "prefix":
+            choice = self.decisions[0]
+            return [(choice.label, tuple(choice.values), tuple(str(i) for i in range(self.n_layers)))]
+        if self.mode == "skip":
+            return [(choice.label, tuple(choice.values), (str(i),)) for i, choice in enumerate(self.decisions)]
+        return []
+
     def freeze(self, arch: dict[str, Any], export_child) -> nn.Module:
         kept = [i for i in range(self.n_layers) if self._runs(i, arch)]
         layers = [export_child(self[i]) for i in kept]

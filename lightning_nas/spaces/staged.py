@@ -61,7 +61,9 @@ class Stage:
 
     Attributes:
         depth_label: label of the depth decision, or ``None`` for a fixed depth (all blocks run).
-        depths: candidate depths, sorted, each in ``[0, len(block_labels)]``.
+        depths: candidate depths, sorted, each in ``[0, len(block_labels)]``: the depth decision's
+            own candidates, ints (``False`` / ``True`` for the on/off decision of a layer that can
+            be skipped, a stage of one block: a bool is the int 0 / 1, and the arch keeps the bool).
         block_labels: per block position, the labels whose values form its configuration.
         configs: per block position, its configurations: tuples of values, one per label, in the
             order of ``itertools.product`` over the labels' candidate values.
@@ -84,6 +86,21 @@ class Stage:
 def _unit(space: SearchSpace, labels: Sequence[str]) -> tuple[tuple[str, ...], tuple[tuple[Any, ...], ...]]:
     labels = tuple(labels)
     return labels, tuple(itertools.product(*(space[lab].values for lab in labels)))
+
+
+def _stage_layout(module: Any) -> list[tuple[str, tuple[Any, ...], tuple[str, ...]]] | None:
+    """The stages ``module`` forms, ``[(depth label, depth candidates, block child names)]``: one for a
+    ``DepthChoice``, what :meth:`ElasticLayers.stage_layout <lightning_nas.nn.ElasticLayers.stage_layout>`
+    says for a stack of transformer layers (``[]``: one without a depth decision), ``None`` for
+    any other module."""
+    from lightning_nas.nn.depth_choice import DepthChoice
+    from lightning_nas.nn.transformer_rules import ElasticLayers
+
+    if isinstance(module, DepthChoice):
+        return [(module.label, tuple(module.choice.values), tuple(f"blocks.{i}" for i in range(len(module.blocks))))]
+    if isinstance(module, ElasticLayers):
+        return module.stage_layout()
+    return None
 
 
 class StagedSpace:
@@ -213,6 +230,14 @@ class StagedSpace:
         * every :class:`~lightning_nas.nn.DepthChoice` is a stage; its ``blocks`` are the block
           positions, and a block's configuration is the joint value of the decisions its modules
           read;
+        * a stack of transformer layers decorated by :func:`~lightning_nas.nn.transformer_rules.elastic_layers`
+          (an :class:`~lightning_nas.nn.ElasticLayers`) forms the stages its ``stage_layout()``
+          gives: with a depth (``mode="prefix"``) one stage whose blocks are the layers, as a
+          DepthChoice; with "skip any layer" (``mode="skip"``) one stage per layer, holding that
+          layer, whose depth is its ``keep`` decision (``False``: 0 blocks, ``True``: 1), so that a
+          skipped layer is an inactive block (it costs nothing in an additive table, exactly) and
+          every on/off choice stays independent for the solvers; without a depth decision each
+          layer is an always-active unit;
         * outside the DepthChoices, each outermost module that reads decisions and contains no
           DepthChoice is an always-active unit; a container (``nn.Sequential``, ``ModuleList``,
           ``ModuleDict``) whose children all read decisions (a stage of fixed depth) is split into
@@ -224,14 +249,14 @@ class StagedSpace:
           module, path ``None``), which owns the decision's accuracy gain.
 
         Raises:
-            ValueError: a DepthChoice nested in another one's block or inside another mutable
-                (an ``OpChoice`` candidate, say), or a single module whose decisions have more
-                than ``max_unit_configs`` joint values — each naming the module path.
+            ValueError: a DepthChoice or ElasticLayers nested in another one's block or inside
+                another mutable (an ``OpChoice`` candidate, say), or a single module or block whose
+                decisions have more than ``max_unit_configs`` joint values — each naming the module
+                path.
         """
         from torch import nn
 
         from lightning_nas.nn.choice import Choice, Mutable
-        from lightning_nas.nn.depth_choice import DepthChoice
         from lightning_nas.supernet import Supernet
 
         if not isinstance(supernet, Supernet):
@@ -247,8 +272,8 @@ class StagedSpace:
                     seen.setdefault(m.label)
             return tuple(seen)
 
-        def holds_depth(module) -> bool:
-            return any(isinstance(m, DepthChoice) for m in module.modules())
+        def holds_depth(module) -> bool:  # a stage, i.e. a depth decision, somewhere inside
+            return any(_stage_layout(m) for m in module.modules())
 
         def size(labels) -> int:
             return math.prod(len(space[lab].values) for lab in labels)
@@ -257,18 +282,33 @@ class StagedSpace:
             return f"{path}.{name}" if path else name
 
         def visit(module, path: str) -> None:
-            if isinstance(module, DepthChoice):
-                units, paths = [], []
-                for i, block in enumerate(module.blocks):
-                    block_path = join(path, f"blocks.{i}")
-                    if holds_depth(block):
-                        raise ValueError(
-                            f"the DepthChoice {module.label!r} at {path or '<root>'!r} has a DepthChoice inside its block "
-                            f"{block_path!r}; nested depth decisions are not supported: make them consecutive stages"
-                        )
-                    units.append(_unit(space, [lab for lab in labels_in(block) if lab != module.label]))
-                    paths.append(block_path)
-                stages.append(Stage(module.label, tuple(module.choice.values), tuple(u[0] for u in units), tuple(u[1] for u in units), tuple(paths)))
+            layout = _stage_layout(module)
+            if layout:
+                what = f"the {type(module).__name__} at {path or '<root>'!r}"
+                for depth_label, depths, names in layout:
+                    units, paths = [], []
+                    for name in names:
+                        block, block_path = module.get_submodule(name), join(path, name)
+                        if holds_depth(block):
+                            raise ValueError(
+                                f"{what} (depth decision {depth_label!r}) has a depth decision (a DepthChoice or an "
+                                f"ElasticLayers) inside its block {block_path!r}; nested depth decisions are not supported: "
+                                "make them consecutive stages"
+                            )
+                        labels = [lab for lab in labels_in(block) if lab != depth_label]
+                        if size(labels) > max_unit_configs:
+                            raise ValueError(
+                                f"block {block_path!r} of {what} reads decisions {labels!r} with {size(labels)} joint values, "
+                                f"more than max_unit_configs={max_unit_configs}; its tables would be over all of them: "
+                                "give it fewer decisions or raise the limit"
+                            )
+                        units.append(_unit(space, labels))
+                        paths.append(block_path)
+                    stages.append(Stage(depth_label, tuple(depths), tuple(u[0] for u in units), tuple(u[1] for u in units), tuple(paths)))
+                return
+            if layout is not None:  # a stack without a depth decision: each layer is a unit of its own
+                for name, child in module.named_children():
+                    visit(child, join(path, name))
                 return
             if isinstance(module, Choice):
                 fixed.append((path, (module.label,)))  # read in the forward of a module that also holds a DepthChoice
@@ -276,7 +316,12 @@ class StagedSpace:
             labels = labels_in(module)
             if not labels:
                 return
-            if not holds_depth(module):
+            # Modules holding a stage (or a stack of layers, each a unit) are opened up; a mutable
+            # holding a depth decision cannot be (its candidates run alternatively).
+            split = any(_stage_layout(m) is not None for m in module.modules())
+            if isinstance(module, Mutable) and split and not holds_depth(module):
+                split = False
+            if not split:
                 children = list(module.named_children())
                 # A chain of blocks that each read decisions (a stage of fixed depth) is one unit per
                 # block: smaller tables, and additive as a stage's blocks are. A container with
@@ -294,9 +339,11 @@ class StagedSpace:
                     fixed.append((path, labels))
                     return
             elif isinstance(module, Mutable):
+                inner = next((name, m) for name, m in module.named_modules() if _stage_layout(m))
                 raise ValueError(
-                    f"{type(module).__name__} {path or '<root>'!r} holds a DepthChoice inside one of its candidates: its "
-                    "blocks run only when that candidate is chosen, which the stage structure cannot express"
+                    f"{type(module).__name__} {path or '<root>'!r} holds the {type(inner[1]).__name__} {join(path, inner[0])!r} "
+                    "inside one of its candidates: its blocks run only when that candidate is chosen, which the stage "
+                    "structure cannot express"
                 )
             for name, child in module.named_children():
                 visit(child, join(path, name))
@@ -320,17 +367,16 @@ class StagedSpace:
         """The staged view the pipeline uses: of a supernet, of a bare space (:meth:`from_space`), or itself.
 
         A supernet's structure is read from its modules (:meth:`from_supernet`), except for a
-        supernet without any ``DepthChoice`` whose labels follow the ``stage{s}.block{b}.*`` /
+        supernet without any ``DepthChoice`` (or ``ElasticLayers`` with a depth) whose labels follow the ``stage{s}.block{b}.*`` /
         ``stage{s}.depth`` pattern: there the labels are the only statement of its stages (a
         model that reads its decisions itself), so :meth:`from_space` is used, as before.
         """
-        from lightning_nas.nn.depth_choice import DepthChoice
         from lightning_nas.supernet import Supernet
 
         if isinstance(obj, StagedSpace):
             return obj
         if isinstance(obj, Supernet):
-            if not any(isinstance(m, DepthChoice) for m in obj.module.modules()):
+            if not any(_stage_layout(m) for m in obj.module.modules()):
                 try:
                     return cls.from_space(obj.space)
                 except ValueError:

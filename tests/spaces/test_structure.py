@@ -6,6 +6,8 @@ whose units share decisions and whose blocks and stages differ in size.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -162,7 +164,7 @@ def test_unsupported_structures_are_clear_errors():
     with pytest.raises(ValueError, match="nested depth decisions"):
         StagedSpace.from_supernet(nested)
     in_op = ln.Supernet(nn.Sequential(ln.OpChoice([ln.DepthChoice([nn.Identity()] * 2, [1, 2], "d"), nn.Identity()], "op")))
-    with pytest.raises(ValueError, match="holds a DepthChoice inside one of its candidates"):
+    with pytest.raises(ValueError, match=r"OpChoice '0' holds the DepthChoice '0\.[\w.]+' inside one of its candidates"):
         StagedSpace.from_supernet(in_op)
     # A module with too many joint values is split into its children; a single layer cannot be.
     split = StagedSpace.from_supernet(ln.Supernet(Reads([ln.Choice(list(range(20)), f"x{i}") for i in range(3)])), max_unit_configs=100)
@@ -303,3 +305,90 @@ def test_heuristics_pick_only_configurations_a_block_has(method):
     configs, _ = staged.indices(result.arch)
     assert (configs[staged.block_exists()] < staged.config_counts()[staged.block_exists()]).all()
     assert result.objective <= exact.objective + 1e-9
+
+
+# -- existing transformers decorated by mutate: ElasticLayers stacks -----------------------------------
+
+
+@functools.cache
+def decorated_vit(mode: str, layers: int, min_depth: int) -> ln.Supernet:
+    """A 16-wide timm ViT of ``layers`` blocks (2 heads, MLP 32/64: 4 configurations per block) whose
+    depth is a prefix (``min_depth``..``layers``) or an on/off decision per block."""
+    import timm
+
+    from lightning_nas.nn import mutate
+    from lightning_nas.nn.transformer_rules import autoformer
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=8, patch_size=4, in_chans=1, embed_dim=16,
+                            depth=layers, num_heads=2, num_classes=3)
+    rule = autoformer(head_ratios=(0.5, 1.0), mlp_ratios=(0.5, 1.0), depth=mode, min_depth=min_depth)
+    return ln.Supernet(mutate(vit, rules=[rule]))
+
+
+@functools.cache
+def decorated_params_table(mode: str, layers: int, min_depth: int) -> BilinearTable:
+    from lightning_nas.profiling import build_params_table
+
+    return build_params_table(decorated_vit(mode, layers, min_depth))
+
+
+def test_elastic_layers_become_stages():
+    prefix = StagedSpace.of(decorated_vit("prefix", 3, 1))
+    (stage,) = prefix.stages
+    assert stage.depth_label == "blocks.depth" and stage.depths == (1, 2, 3) and stage.paths == ("blocks.0", "blocks.1", "blocks.2")
+    assert stage.block_labels[1] == ("blocks.1.attn.num_heads", "blocks.1.mlp.hidden_features") and len(stage.configs[1]) == 4
+    skip = StagedSpace.of(decorated_vit("skip", 2, 1))
+    assert [(st.depth_label, st.depths, st.paths) for st in skip.stages] == [("blocks.0.keep", (False, True), ("blocks.0",)),
+                                                                            ("blocks.1.keep", (False, True), ("blocks.1",))]
+    # An arch goes through the indices and back with its bools (True is not the candidate 1).
+    arch = {**skip.space.largest(), "blocks.0.keep": False}
+    back = skip.to_arch(*skip.indices(arch))
+    assert back == arch and back["blocks.0.keep"] is False and back["blocks.1.keep"] is True
+    # Without a depth decision every layer is an always-active unit of its own.
+    (fixed,) = StagedSpace.of(decorated_vit(None, 2, 1)).stages
+    assert fixed.depth_label is None and fixed.paths == ("blocks.0", "blocks.1")
+
+
+@settings(max_examples=30, deadline=None)
+@given(mode=st.sampled_from(["prefix", "skip"]), layers=st.integers(1, 3), min_depth=st.integers(0, 2), seed=st.integers(0, 2**16),
+       q=st.floats(0.05, 0.95))
+def test_milp_equals_brute_force_on_decorated_transformers(mode, layers, min_depth, seed, q):
+    """Random accuracy / latency tables and the real (exact) parameter table of decorated ViTs:
+    the MILP's optimum under either limit is the brute-force optimum over every arch."""
+    supernet = decorated_vit(mode, layers, min(min_depth, layers - 1))
+    staged = StagedSpace.of(supernet)
+    rng = np.random.default_rng(seed)
+    accuracy, latency = random_table(staged, rng, "accuracy"), random_table(staged, rng, "latency")
+    params = decorated_params_table(mode, layers, min(min_depth, layers - 1))
+    archs = list(supernet.space.enumerate())
+    acc = accuracy.predict_many(archs)
+    for table in (latency, params):
+        cost = table.predict_many(archs)
+        limit = float(np.quantile(cost, q))
+        best = search_constrained(accuracy, Limit(table, upper=limit))
+        assert best.status == "optimal" and table.predict(best.arch) <= limit + 1e-6
+        assert best.objective == pytest.approx(acc[cost <= limit + 1e-7].max(), abs=1e-6)
+        assert accuracy.predict(best.arch) == pytest.approx(best.objective, abs=1e-9)
+
+
+def test_params_table_of_a_decorated_transformer_is_exact():
+    """A skipped layer costs nothing: the additive table equals the exported model's count."""
+    supernet = decorated_vit("skip", 3, 1)
+    params = decorated_params_table("skip", 3, 1)
+    for arch in supernet.space.sample_many(8, 0) + [supernet.space.smallest(), supernet.space.largest()]:
+        assert params.predict(arch) == sum(p.numel() for p in supernet.export(arch).parameters())
+
+
+def test_unsupported_decorated_structures_name_the_module():
+    import copy
+
+    stack = copy.deepcopy(decorated_vit("prefix", 2, 1).module.blocks)
+    nested = ln.Supernet(nn.Sequential(ln.DepthChoice([nn.Sequential(nn.Identity(), stack)], [0, 1], "outer")))
+    with pytest.raises(ValueError, match=r"inside its block '0\.blocks\.0'; nested depth decisions are not supported"):
+        StagedSpace.from_supernet(nested)
+    inner = ln.Supernet(nn.Sequential(ln.OpChoice([copy.deepcopy(stack), nn.Identity()], "op")))
+    with pytest.raises(ValueError, match=r"OpChoice '0' holds the ElasticLayers '0\.[\w.]+' inside one of its candidates"):
+        StagedSpace.from_supernet(inner)
+    with pytest.raises(ValueError, match=r"block 'blocks\.0' of the ElasticLayers at 'blocks' reads decisions .* 4 joint values, more than max_unit_configs=3"):
+        StagedSpace.from_supernet(decorated_vit("prefix", 2, 1), max_unit_configs=3)
