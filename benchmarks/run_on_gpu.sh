@@ -4,6 +4,10 @@
 #
 #   [GPU_STEPS="tests train_step ..."] bash benchmarks/run_on_gpu.sh OUT_DIR [TRAIN_SECONDS] [TOTAL_SECONDS]
 #
+# The issue-21 training-step sweep alone (about 9 minutes: fits one 10-minute device call):
+#
+#   GPU_STEPS="train_step" bash benchmarks/run_on_gpu.sh "$OUT"
+#
 # Writes OUT_DIR/RESULTS.md (benchmarks/RESULTS.md with the GPU sections added or replaced; splice
 # those into benchmarks/RESULTS.md) and OUT_DIR/gpu.log. GPU_STEPS picks the steps (default all:
 # env tests train_step latency estimator). Every step has its own time limit and a failed step does
@@ -36,13 +40,17 @@ if wanted tests; then
     step 150 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/profiling/test_timing.py
 fi
 if wanted train_step; then
-    step 90 "$py" benchmarks/train_step.py --device cuda --repeats 3 --out "$out/RESULTS.md"
-    step 90 "$py" benchmarks/train_step.py --device cuda --space binas --repeats 3 --out "$out/RESULTS.md"
-    step 90 "$py" benchmarks/train_step.py --device cuda --space binas --batch-size 512 --repeats 3 --out "$out/RESULTS.md"
-    step 120 "$py" benchmarks/train_step.py --device cuda --space binas-imagenet --repeats 3 --out "$out/RESULTS.md"
-    # Where the arithmetic hides the per-example path's extra operator calls (RESULTS.md GPU notes).
-    step 150 "$py" benchmarks/train_step.py --device cuda --space binas-imagenet --batch-size 256 --repeats 2 --warmup 2 --out "$out/RESULTS.md"
-    step 180 "$py" benchmarks/train_step.py --device cuda --space binas-imagenet --batch-size 512 --repeats 2 --warmup 2 --out "$out/RESULTS.md"
+    # Issue 21: per-example (c) vs heaviest static subnet (d), eager vs torch.compile vs CUDA graph,
+    # at batch 64/128/256/512 on the tiny preset (32²) and the paper's ImageNet backbone (224²),
+    # with operator calls and host reads per step; one section of RESULTS.md each.
+    for batch in 64 128 256 512; do
+        step 55 "$py" benchmarks/train_step.py --device cuda --space binas --batch-size "$batch" --compile --cuda-graph \
+            --steps 30 --repeats 1 --warmup 2 --threads 8 --out "$out/RESULTS.md"
+    done
+    for batch in 64 128 256 512; do
+        step 80 "$py" benchmarks/train_step.py --device cuda --space binas-imagenet --batch-size "$batch" --compile --cuda-graph \
+            --steps 30 --repeats 1 --warmup 2 --threads 8 --out "$out/RESULTS.md"
+    done
 fi
 if wanted latency; then
     step 150 "$py" benchmarks/latency_mape.py --device cuda --malloc default --out "$out/RESULTS.md"

@@ -15,7 +15,14 @@ hits all of them alike:
 
 ``--breakdown`` adds (c) variants where only one kind of decision (widths, kernels, depths) is
 sampled per example and the others are fixed at the largest, to show where the overhead of (c) goes.
-Each space writes its own sections of the results file.
+``--grouped`` adds (c-grouped): per-example mode with ``Supernet.static_shapes = False`` (rows
+grouped by candidate: data-dependent shapes, host reads). ``--compile`` adds (c) and (d) through
+``torch.compile`` (``--compile-backend``, default inductor; the compile time is reported, not
+timed); ``--cuda-graph`` (CUDA only) adds them captured as CUDA graphs (forward, backward and SGD
+step replayed; (c) copies each step's fresh indices into the graph's index buffers).
+Every run also counts, per training step (forward + backward + SGD step, activation excluded),
+the aten operator calls and the host reads (a GPU sync each) of (a), (c), (c-grouped) and (d)
+(``lightning_nas.profiling.counters``). Each space writes its own sections of the results file.
 
 A step is forward + cross-entropy + backward + SGD step on the same batch. Each round runs
 ``--warmup`` untimed steps then ``--steps`` timed steps of every configuration; medians are over
@@ -41,9 +48,10 @@ import torch
 from torch import nn
 
 from results_file import device_title, machine, marker_suffix, publish  # benchmarks/ is the script's directory
+from lightning_nas.profiling.counters import HostReadCounter, OperatorCounter
 from lightning_nas.spaces import binas_supernet, mobilenet_supernet
 
-TARGET_AB, TARGET_CD = 1.10, 1.5
+TARGET_AB, TARGET_CD, TARGET_CALLS = 1.10, 1.5, 2.0
 # Per space: (builder, description for the report, decision kinds for --breakdown).
 SPACES = {
     "mobilenet": (mobilenet_supernet, "`mobilenet_supernet()` defaults", ("expand", "kernel", "depth")),
@@ -57,30 +65,95 @@ NAMES = {
     "b": "exported largest arch",
     "c": "supernet, per-example archs",
     "d": "heaviest static subnet",
+    "c-grouped": "supernet, per-example archs, rows grouped (`static_shapes=False`)",
+    "c-compiled": "(c) through `torch.compile`",
+    "d-compiled": "(d) through `torch.compile`",
+    "c-graph": "(c) replayed from a CUDA graph",
+    "d-graph": "(d) replayed from a CUDA graph",
 }
 
 
-def markers(breakdown: bool, space: str = "mobilenet", device: str = "cpu", batch_size: int = 64) -> tuple[str, str]:
+def markers(breakdown: bool, space: str = "mobilenet", device: str = "cpu", batch_size: int = 64, variants: str = "") -> tuple[str, str]:
     """Delimiters of this script's section of the results file (one section per space, mode, batch size and device type)."""
     name = ("benchmarks/train_step.py" + ("" if space == "mobilenet" else f" --space {space}") + (" --breakdown" if breakdown else "")
-            + ("" if batch_size == 64 else f" --batch-size {batch_size}") + marker_suffix(device))
+            + variants + ("" if batch_size == 64 else f" --batch-size {batch_size}") + marker_suffix(device))
     return f"<!-- {name}: begin -->", f"<!-- {name}: end -->"
 
 
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, before: Callable[[int], None] | None = None) -> Callable[[int], None]:
+def _loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(x), y)
+
+
+class Step:
+    """One SGD training step of ``model`` on ``(x, y)``; ``before(step)`` runs first (arch sampling).
+
+    ``loss`` computes the loss (``_loss`` or a ``torch.compile`` of it). ``step.count(i)`` runs
+    step ``i`` counting the operator calls and host reads of its forward, backward and SGD step.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, before: Callable[[int], None] | None = None,
+                 loss: Callable[..., torch.Tensor] = _loss) -> None:
+        self.model, self.x, self.y, self.before, self.loss = model.train(), x, y, before, loss
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def body(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss(self.model, self.x, self.y).backward()
+        self.optimizer.step()
+
+    def __call__(self, i: int) -> None:
+        if self.before is not None:
+            self.before(i)
+        self.body()
+
+    def count(self, i: int) -> tuple[OperatorCounter, HostReadCounter]:
+        if self.before is not None:
+            self.before(i)
+        with OperatorCounter() as ops, HostReadCounter() as reads:
+            self.body()
+        return ops, reads
+
+
+def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, before: Callable[[int], None] | None = None) -> Step:
     """One SGD training step of ``model`` on ``(x, y)``; ``before(step)`` runs first (arch sampling)."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    model.train()
+    return Step(model, x, y, before)
 
-    def step(i: int) -> None:
-        if before is not None:
-            before(i)
-        optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
 
-    return step
+class GraphStep(Step):
+    """A :class:`Step` captured as a CUDA graph after ``warmup`` eager steps and replayed.
+
+    For per-example mode, ``before(i)`` activates fresh indices; they are copied into the index
+    tensors the graph was captured with (the step's only host-to-device traffic).
+    """
+
+    def __init__(self, model, x, y, before=None, supernet=None, warmup: int = 3) -> None:
+        super().__init__(model, x, y, before)
+        self.supernet = supernet
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for i in range(warmup):
+                Step.__call__(self, i)
+        torch.cuda.current_stream().wait_stream(side)
+        if supernet is not None:
+            supernet.context.clear_cache()  # masks from the indices are computed inside the graph
+            self.buffers = dict(supernet.context.indices)
+        self.graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=False)  # the graph writes into these gradient tensors
+        with torch.cuda.graph(self.graph):
+            self.loss(self.model, self.x, self.y).backward()
+            self.optimizer.step()
+
+    def body(self) -> None:
+        self.graph.replay()
+
+    def __call__(self, i: int) -> None:
+        if self.before is not None:
+            self.before(i)
+            for label, buffer in self.buffers.items():
+                buffer.copy_(self.supernet.context.indices[label], non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=False)
+        self.graph.replay()
 
 
 def build(args: argparse.Namespace) -> dict[str, Callable[[int], None]]:
@@ -95,12 +168,15 @@ def build(args: argparse.Namespace) -> dict[str, Callable[[int], None]]:
     fixed.activate(largest)
     exported = fixed.export(largest).to(args.device)
     heaviest = fixed.export(largest).to(args.device)
-    per_example = builder().to(args.device)
-    per_example.load_state_dict(fixed.state_dict())
+    space, full = fixed.space, fixed.space.indices(largest)
 
-    space, full = per_example.space, per_example.space.indices(largest)
+    def copy(static_shapes: bool = True):
+        model = builder().to(args.device)
+        model.load_state_dict(fixed.state_dict())
+        model.static_shapes = static_shapes
+        return model
 
-    def sampler(kinds: tuple[str, ...] | None) -> Callable[[int], None]:
+    def sampler(model, kinds: tuple[str, ...] | None = None) -> Callable[[int], None]:
         """Fresh per-example indices (of the decisions whose label ends in ``.kind`` for a kind in
         ``kinds``, or of all decisions for ``None``); the others stay at the largest candidate."""
 
@@ -109,20 +185,54 @@ def build(args: argparse.Namespace) -> dict[str, Callable[[int], None]]:
             for label in indices:
                 if kinds is not None and label.rpartition(".")[2] not in kinds:
                     indices[label] = torch.full((args.batch_size,), full[label])
-            per_example.activate_indices(indices)
+            model.activate_indices(indices)
 
         return sample
 
+    per_example = copy()
     steps = {
-        "a": make_step(fixed, x, y),
-        "b": make_step(exported, x, y),
-        "c": make_step(per_example, x, y, before=sampler(None)),
-        "d": make_step(heaviest, x, y),
+        "a": Step(fixed, x, y),
+        "b": Step(exported, x, y),
+        "c": Step(per_example, x, y, before=sampler(per_example)),
+        "d": Step(heaviest, x, y),
     }
     if args.breakdown:
         for kind in SPACES[args.space][2]:
-            steps[f"c-{kind}"] = make_step(per_example, x, y, before=sampler((kind,)))
+            steps[f"c-{kind}"] = Step(per_example, x, y, before=sampler(per_example, (kind,)))
+    if args.grouped:
+        grouped = copy(static_shapes=False)
+        steps["c-grouped"] = Step(grouped, x, y, before=sampler(grouped))
+    args.compile_seconds = {}
+    if args.compile:
+        for key, model, before in (("c", copy(), None), ("d", fixed.export(largest).to(args.device), None)):
+            if key == "c":
+                before = sampler(model)
+            compiled = torch.compile(_loss, backend=args.compile_backend)
+            step = steps[f"{key}-compiled"] = Step(model, x, y, before=before, loss=compiled)
+            started = time.perf_counter()
+            step(0)  # the compilation (each per-example batch reuses this graph)
+            args.compile_seconds[key] = time.perf_counter() - started
+            print(f"compiled ({key}) in {args.compile_seconds[key]:.1f} s", flush=True)
+    if args.cuda_graph:
+        graphed = copy()
+        try:
+            steps["c-graph"] = GraphStep(graphed, x, y, before=sampler(graphed), supernet=graphed)
+        except RuntimeError as err:  # a mutable without static-shape support syncs or changes shapes
+            print(f"(c-graph) not captured: {str(err).splitlines()[0]}", flush=True)
+        steps["d-graph"] = GraphStep(fixed.export(largest).to(args.device), x, y)
     return steps
+
+
+def count(steps: dict[str, Step]) -> dict[str, tuple[int, int, int, str]]:
+    """Per configuration (a, c, c-grouped, d): operator calls, kernel calls (not views) and host
+    reads of one training step after a warm-up step, and the reading operators."""
+    counts = {}
+    for key in ("a", "c", "c-grouped", "d"):
+        if key in steps:
+            steps[key](10_000)  # warm-up: lazily built tables and caches
+            ops, reads = steps[key].count(10_001)
+            counts[key] = (ops.total, ops.kernels, reads.total, reads.summary())
+    return counts
 
 
 def measure(steps: dict[str, Callable[[int], None]], args: argparse.Namespace) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
@@ -158,21 +268,24 @@ def measure(steps: dict[str, Callable[[int], None]], args: argparse.Namespace) -
     return times, rounds
 
 
-def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list[dict[str, float]], command: str) -> str:
+def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list[dict[str, float]], command: str,
+           counts: dict[str, tuple[int, int, int, str]] | None = None) -> str:
     med = {k: statistics.median(v) for k, v in times.items()}
     ab, cd = med["a"] / med["b"], med["c"] / med["d"]
     per_round_ab = [r["a"] / r["b"] for r in rounds]
     per_round_cd = [r["c"] / r["d"] for r in rounds]
     names = dict(NAMES)
     for key in med:
-        if key.startswith("c-"):
+        if key.startswith("c-") and key not in NAMES:
             names[key] = f"per-example, only the `*.{key[2:]}` decisions sampled (others largest)"
-    begin, end = markers(args.breakdown, args.space, args.device, args.batch_size)
+    begin, end = markers(args.breakdown, args.space, args.device, args.batch_size, variants(args))
     title = "per-example overhead breakdown" if args.breakdown else "supernet vs exported subnet"
     if args.space != "mobilenet":
         title += f", {args.space} space"
     if args.batch_size != 64:
         title += f", batch {args.batch_size}"
+    if variants(args):
+        title += ", " + " and ".join(v.strip("- ") for v in variants(args).split())
     lines = [
         begin,
         f"## Training-step time: {title} ({device_title(args.device)})",
@@ -182,6 +295,8 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list
         f"- Command: `{command}`",
         f"- Model: {SPACES[args.space][1]}, batch {args.batch_size} × 3 × {args.image_size} × {args.image_size}, "
         f"SGD (momentum 0.9), same batch every step",
+        *([f"- Compiled with `torch.compile(backend={args.compile_backend!r})`; compile time (first step, not timed): "
+           + ", ".join(f"({k}) {v:.0f} s" for k, v in args.compile_seconds.items())] if args.compile_seconds else []),
         f"- {args.repeats} rounds × {args.steps} timed steps per configuration (after {args.warmup} warm-up steps "
         f"per configuration and round), interleaved {', '.join(med)} per round; medians over all {args.repeats * args.steps} timed steps",
         "",
@@ -189,6 +304,8 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list
         "|---|---:|---:|",
     ]
     for key, name in names.items():
+        if key not in med:
+            continue
         lines.append(f"| ({key}) {name} | {1e3 * med[key]:.2f} | {1e3 * min(times[key]):.2f} |")
     lines += [
         "",
@@ -198,9 +315,33 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list
         f"≤ {TARGET_AB:.2f} | {'met' if ab <= TARGET_AB else 'MISSED'} |",
         f"| c/d per-example supernet / heaviest subnet | {cd:.3f} | {', '.join(f'{v:.3f}' for v in per_round_cd)} | "
         f"≤ {TARGET_CD:.2f} | {'met' if cd <= TARGET_CD else 'MISSED'} |",
-        end,
     ]
+    for variant in ("grouped", "compiled", "graph"):
+        if f"c-{variant}" in med and f"d-{variant}" in med:
+            ratio = med[f"c-{variant}"] / med[f"d-{variant}"]
+            lines.append(f"| c/d, both {variant} | {ratio:.3f} | | ≤ {TARGET_CD:.2f} | {'met' if ratio <= TARGET_CD else 'MISSED'} |")
+        elif f"c-{variant}" in med:
+            lines.append(f"| c-{variant}/d | {med[f'c-{variant}'] / med['d']:.3f} | | ≤ {TARGET_CD:.2f} | |")
+    if counts:
+        static_calls = counts["d"][0]
+        lines += [
+            "",
+            "Operator calls and host reads per training step (forward + backward + SGD step; activation excluded), "
+            "counted with `lightning_nas.profiling.counters` (aten calls below autograd; kernel calls leave out views; "
+            f"a host read is a GPU sync on a GPU). Target: (c) calls ≤ {TARGET_CALLS:.0f}× (d).",
+            "",
+            "| configuration | operator calls | kernel calls | × (d) calls | host reads |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for key, (total, kernels, reads, summary) in counts.items():
+            lines.append(f"| ({key}) {names[key]} | {total} | {kernels} | {total / static_calls:.2f} | {reads} |")
+    lines.append(end)
     return "\n".join(lines) + "\n"
+
+
+def variants(args: argparse.Namespace) -> str:
+    """The options that add configurations, as they appear in the section marker."""
+    return "".join(f" --{name}" for name in ("grouped", "compile", "cuda-graph") if getattr(args, name.replace("-", "_")))
 
 
 
@@ -219,6 +360,10 @@ def main(argv: list[str] | None = None) -> None:
         "--breakdown", action="store_true",
         help="also time per-example mode with only the widths, only the kernels or only the depths sampled",
     )
+    parser.add_argument("--grouped", action="store_true", help="also time per-example mode with rows grouped (static_shapes=False)")
+    parser.add_argument("--compile", action="store_true", help="also time (c) and (d) through torch.compile")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
+    parser.add_argument("--cuda-graph", action="store_true", help="also time (c) and (d) replayed from CUDA graphs (CUDA only)")
     parser.add_argument("--no-write", action="store_true", help="print the section without writing --out")
     args = parser.parse_args(argv)
     if args.image_size is None:
@@ -227,9 +372,19 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--steps must be at least 30")
     if args.repeats < 1 or args.warmup < 0 or args.batch_size < 1:
         parser.error("--repeats and --batch-size must be positive, --warmup non-negative")
+    if args.cuda_graph and torch.device(args.device).type != "cuda":
+        parser.error("--cuda-graph needs --device cuda")
     torch.set_num_threads(args.threads)
-    publish("train_step.py", argv, args.out, not args.no_write, lambda command: report(args, *measure(build(args), args), command),
-            *markers(args.breakdown, args.space, args.device, args.batch_size))
+
+    def run(command: str) -> str:
+        steps = build(args)
+        counts = count(steps)
+        for key, (total, kernels, reads, summary) in counts.items():
+            print(f"({key}) {total} operator calls, {kernels} kernel calls, {reads} host reads {summary}", flush=True)
+        return report(args, *measure(steps, args), command, counts)
+
+    publish("train_step.py", argv, args.out, not args.no_write, run,
+            *markers(args.breakdown, args.space, args.device, args.batch_size, variants(args)))
 
 
 if __name__ == "__main__":
