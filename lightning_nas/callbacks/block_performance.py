@@ -13,6 +13,7 @@ from lightning_nas.bilinear import BilinearTable
 from lightning_nas.callbacks._checks import check_not_empty, check_supernet_path, is_int, plain_state, require_finite, resolve_split
 from lightning_nas.io import check_writable
 from lightning_nas.estimators.block_performance import (
+    REFERENCES,
     BlockPerformance,
     estimate_block_performance,
     estimate_block_performance_sampled,
@@ -44,7 +45,8 @@ class BlockPerformanceEstimation(Callback):
         method: ``"algorithm1"`` (one host, ``O(m·n)`` evaluations) or ``"sampled"`` (Eq. 3).
         num_hosts: hosts of the sampled estimator.
         seed: seed of the sampled hosts.
-        reference: ``Ñ`` (an arch, ``"first"``, ``"last"``, or ``None`` for the default arch).
+        reference: ``Ñ``: an arch, or one of :data:`~lightning_nas.estimators.block_performance.REFERENCES`
+            (``None``: ``"mean"``, signed deltas against each node's mean option).
         tables: extra additive metrics ``{name: table}`` (latency, energy) to estimate alongside.
         path: JSON file for the result.
         supernet: dotted attribute path of the supernet in the LightningModule, when it has several.
@@ -81,8 +83,8 @@ class BlockPerformanceEstimation(Callback):
             raise ValueError(f"`num_hosts` must be a positive int, got {num_hosts!r}")
         if not is_int(seed, 0):
             raise ValueError(f"`seed` must be a non-negative int, got {seed!r}")
-        if reference is not None and not isinstance(reference, Mapping) and reference not in ("first", "last"):
-            raise ValueError(f"`reference` must be an arch dict, 'first', 'last' or None, got {reference!r}")
+        if reference is not None and not isinstance(reference, Mapping) and reference not in REFERENCES:
+            raise ValueError(f"`reference` must be an arch dict, one of {REFERENCES} or None, got {reference!r}")
         if tables is not None and (not isinstance(tables, Mapping) or not all(isinstance(t, BilinearTable) for t in tables.values())):
             raise ValueError(f"`tables` must be a dict {{name: BilinearTable}} or None, got {tables!r}")
         if batch_to_xy is not None and not callable(batch_to_xy):

@@ -306,6 +306,8 @@ def test_callback_estimates_at_train_end_and_round_trips(oracle, tmp_path):
         BlockPerformanceEstimation(loader, "big")
     with pytest.raises(ValueError, match="`method` must be one of"):
         BlockPerformanceEstimation(loader, flops, method="greedy")
+    for reference in ("mean", "host", "default", "first", "last"):  # the estimator's reference modes, all accepted
+        assert BlockPerformanceEstimation(loader, flops, reference=reference).reference == reference
 
 
 def test_eq6_form_uses_the_space_mean_flops():
