@@ -534,17 +534,22 @@ def main(argv: list[str] | None = None) -> None:
                         help="zero-cost proxies of NB201 cells from `benchmarks/proxies_nb201.py --cache`: adds BO rows "
                              f"pretrained on {', '.join(PROXIES)} of the cached cells (instead of / beside the table's "
                              "params, FLOPs and latency)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds run are first-seed, first-seed + 1, ... (more seeds in another process, merged "
+                             "with --from-runs)")
     parser.add_argument("--skip", nargs="*", default=(), help="leave out methods whose name starts with these")
     parser.add_argument("--dump", type=Path, default=None, metavar="JSON",
                         help="also save the runs (per method and seed) and the overhead measurement to this file")
     parser.add_argument("--from-runs", type=Path, nargs="*", default=None, metavar="JSON",
                         help="run nothing: build the section from --dump files of runs on this table (e.g. method "
-                             "groups run in parallel processes; later files win for a method in several)")
+                             "groups or seed ranges run in parallel processes; a method's runs are merged by seed)")
     parser.add_argument("--no-overhead", action="store_true",
                         help="skip the proposal-overhead section (BO at 100 observations beside Optuna TPE)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print the section without writing --out")
     args = parser.parse_args(argv)
+    if args.first_seed < 0:
+        parser.error("--first-seed must be non-negative")
     if args.seeds < 1 or args.mf_seeds < 1:
         parser.error("--seeds and --mf-seeds must be at least 1")
     if args.jobs < 1:
@@ -571,13 +576,19 @@ def main(argv: list[str] | None = None) -> None:
         overhead, cons = None, None
         order = [m[0] for m in methods(evaluator, args.proxy_cache)]
         commands = []
+        by_seed: dict[str, dict[int, dict]] = {}
+        caps: dict[str, float] = {}
         for path in args.from_runs:
             saved = json.loads(path.read_text())
             commands.append(saved.get("command", str(path)))
-            rows.update(saved["rows"])
+            for name, r in saved["rows"].items():
+                caps[name] = r["cap"]
+                for i, run in enumerate(r["runs"]):  # a seed in several files: the runs are identical (seeded)
+                    by_seed.setdefault(name, {}).setdefault(saved.get("first_seed", 0) + i, run)
             overhead = saved.get("overhead") or overhead
             cons = saved.get("constrained") or cons
-        rows = {name: rows[name] for name in sorted(rows, key=lambda n: order.index(n) if n in order else len(order))}
+        rows = {name: {"runs": [by_seed[name][k] for k in sorted(by_seed[name])], "cap": caps[name]}
+                for name in sorted(by_seed, key=lambda n: order.index(n) if n in order else len(order))}
         command = "`, `".join(commands) + f"` (in parallel), then `{command}"
         section = report(args, rows, cons, command, evaluator, dataset, overhead)
         print(section)
@@ -594,25 +605,29 @@ def main(argv: list[str] | None = None) -> None:
         seeds = args.mf_seeds if name.startswith("BO MF") else args.seeds
         if args.jobs > 1:
             with ProcessPoolExecutor(args.jobs) as pool:
-                runs = list(pool.map(_run_seed, [args.table] * seeds, [columns] * seeds, [name] * seeds, range(seeds),
+                runs = list(pool.map(_run_seed, [args.table] * seeds, [columns] * seeds, [name] * seeds,
+                                     range(args.first_seed, args.first_seed + seeds),
                                      [args.proxy_cache] * seeds))
         else:
             runs = []
-            for seed in range(seeds):
+            for seed in range(args.first_seed, args.first_seed + seeds):
                 runs.append(run_one(make, seed, evaluator, optimum, multi, cap))
                 if args.dump is not None:  # after every seed, so a run stopped by a time limit keeps what it did
                     args.dump.write_text(json.dumps({"rows": {**rows, name: {"runs": runs, "cap": cap}},
-                                                     "overhead": None, "constrained": None, "command": command}))
+                                                     "overhead": None, "constrained": None, "command": command,
+                                                     "first_seed": args.first_seed}))
         rows[name] = {"runs": runs, "cap": cap}
         if args.dump is not None:
-            args.dump.write_text(json.dumps({"rows": rows, "overhead": None, "constrained": None, "command": command}))
+            args.dump.write_text(json.dumps({"rows": rows, "overhead": None, "constrained": None, "command": command,
+                                                     "first_seed": args.first_seed}))
         counts = [x["reached"] for x in runs]
         print(f"{name}: reached at {counts} ({time.perf_counter() - t:.0f} s)", flush=True)
     has_latency = cost_settings(evaluator, args.latency)["latency"] is not None
     cons = None if args.no_constrained or not has_latency else constrained(args, evaluator, bench)
     overhead = None if args.no_overhead else ask_overhead(evaluator)
     if args.dump is not None:
-        args.dump.write_text(json.dumps({"rows": rows, "overhead": overhead, "constrained": cons, "command": command}))
+        args.dump.write_text(json.dumps({"rows": rows, "overhead": overhead, "constrained": cons, "command": command,
+                                         "first_seed": args.first_seed}))
     section = report(args, rows, cons, command, evaluator, dataset, overhead)
     print(section)
     print(f"({time.perf_counter() - start:.0f} s)")
