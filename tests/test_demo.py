@@ -80,7 +80,9 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     lat = summary["latency"]
     assert lat["statistic"] == "min" and lat["calibration"]["scale"] > 0 and "built now" in summary["latency_table_note"]
     for r in summary["targets"]:
-        assert r["verify_tries"] >= 1 and r["verified_ms"] > 0
+        assert r["verify_tries"] >= 1
+        # None only when verification gave up (a heavily loaded machine): the unverified pick is reported and flagged.
+        assert r["verified_ms"] is None or r["verified_ms"] > 0
         assert r["over_budget"] == (r["measured_ms"] > r["target_ms"])
         assert ("OVER" in text) or not r["over_budget"]
     assert checks["largest re-measured latency"]["met"] == (not any(r["over_budget"] for r in summary["targets"]))
