@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_nas as ln
+from lightning_nas.bilinear import BilinearTable
 from lightning_nas.callbacks import ContributionEstimation, LatencyProfiler, UniformSampling
 from lightning_nas.classification import SupernetClassifier
 from lightning_nas.nn import Mutable, mutate
@@ -101,6 +102,9 @@ def test_whole_pipeline_on_a_decorated_transformer(name, tmp_path):
     accuracy, latency, params = estimate.accuracy_model, profile.latency_table, profile.params_table
     assert np.isfinite(accuracy.block).all() and np.isfinite(latency.block).all()
     assert latency.metadata["settings"].get("vocab_size") == vocab
+    # The table file (its structure holds the keep decisions' False/True depths) loads back.
+    reloaded = BilinearTable.load(tmp_path / "latency.json", staged)
+    assert reloaded.predict(net.space.smallest()) == pytest.approx(latency.predict(net.space.smallest()))
     memory = build_activation_memory_table(net, input_size, batch_size=2, vocab_size=vocab)
     archs = _all_archs(net.space)
     # Parameter counts are exactly additive, skipped layers included.

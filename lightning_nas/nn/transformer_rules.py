@@ -516,7 +516,7 @@ class ElasticLayers(Mutable):
         return x
 
     def stage_layout(self) -> list[tuple[str, tuple[Any, ...], tuple[str, ...]]]:
-        """The stages the structure-based pipeline (:meth:`~lightning_nas.spaces.StagedSpace.from_supernet`)
+        """The stages the structure-based pipeline (:meth:`~lightning_nas.spaces.staged.StagedSpace.from_supernet`)
         reads from this stack: ``[(depth label, depth candidates, names of the block children)]``.
 
         * ``"prefix"``: one stage of all the layers (blocks ``"0"``, ``"1"``...), its depth the
