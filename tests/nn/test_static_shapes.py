@@ -18,7 +18,9 @@ FIXTURE_OK = settings(max_examples=8, deadline=None, suppress_health_check=[Heal
 
 def tiny_mobilenet() -> ln.Supernet:
     torch.manual_seed(0)
-    return mobilenet_supernet(stem_channels=8, stages=((8, 1, 2), (16, 2, 3)), head_channels=16)
+    net = mobilenet_supernet(stem_channels=8, stages=((8, 1, 2), (16, 2, 3)), head_channels=16)
+    net.static_shapes = True  # "auto" groups rows on a CPU
+    return net
 
 
 def step(net: ln.Supernet, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -123,7 +125,21 @@ def test_operator_calls_of_a_per_example_step_stay_bounded():
 
 def test_static_shapes_must_be_a_bool():
     net = tiny_mobilenet()
-    with pytest.raises(ValueError, match="`static_shapes` must be a bool, got 'yes'"):
+    with pytest.raises(ValueError, match="`static_shapes` must be True, False or 'auto', got 'yes'"):
         net.static_shapes = "yes"
-    with pytest.raises(ValueError, match="`static_shapes` must be a bool"):
+    with pytest.raises(ValueError, match="`static_shapes` must be True, False or 'auto'"):
         ln.Supernet(torch.nn.Identity(), static_shapes=1)
+
+
+def test_auto_static_shapes_group_rows_on_a_cpu_and_use_static_shapes_elsewhere():
+    net = mobilenet_supernet(stem_channels=8, stages=((8, 1, 2),), head_channels=8)
+    assert net.static_shapes == "auto"
+    net.activate(net.space.sample_many(3, seed=0))
+    assert net.context.static_shapes is False  # parameters on the CPU: grouped rows
+    net._resolve_static_shapes(torch.device("cuda"))
+    assert net.context.static_shapes is True
+    net.static_shapes = False
+    net._resolve_static_shapes(torch.device("cuda"))
+    assert net.context.static_shapes is False and net.static_shapes is False
+    net.static_shapes = True
+    assert net.context.static_shapes is True
