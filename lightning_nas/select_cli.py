@@ -118,7 +118,8 @@ def staged_from_structure(structure: list[dict[str, Any]]) -> Any:
     stages = []
     try:
         for st in structure:
-            depth_label, depths = st["depth_label"], tuple(int(d) for d in st["depths"])
+            # A layer's keep decision is a depth of False / True (0 / 1 blocks): kept as bools, the supernet's values.
+            depth_label, depths = st["depth_label"], tuple(d if isinstance(d, bool) else int(d) for d in st["depths"])
             if depth_label is not None:
                 values.setdefault(depth_label, [])
                 values[depth_label] += [d for d in depths if d not in values[depth_label]]

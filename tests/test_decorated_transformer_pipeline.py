@@ -11,6 +11,7 @@ the solvers' exactness on it are tested with Hypothesis in ``tests/spaces/test_s
 from __future__ import annotations
 
 import itertools
+import json
 
 import lightning.pytorch as pl
 import numpy as np
@@ -28,6 +29,7 @@ from lightning_nas.nn import Mutable, mutate
 from lightning_nas.nn.transformer_rules import autoformer
 from lightning_nas.profiling.memory import build_activation_memory_table
 from lightning_nas.spaces import LanguageModel, char_dataset, next_token_accuracy
+from lightning_nas.select_cli import staged_from_structure
 from lightning_nas.spaces.staged import StagedSpace
 
 SEQ_LEN, VOCAB = 12, 128
@@ -105,6 +107,9 @@ def test_whole_pipeline_on_a_decorated_transformer(name, tmp_path):
     # The table file (its structure holds the keep decisions' False/True depths) loads back.
     reloaded = BilinearTable.load(tmp_path / "latency.json", staged)
     assert reloaded.predict(net.space.smallest()) == pytest.approx(latency.predict(net.space.smallest()))
+    # ... also without the supernet (`lightning-nas select` rebuilds the space from the file): bools stay bools.
+    rebuilt = staged_from_structure(json.loads((tmp_path / "latency.json").read_text())["structure"])
+    assert rebuilt.space.validate(net.space.smallest()) == net.space.smallest()
     memory = build_activation_memory_table(net, input_size, batch_size=2, vocab_size=vocab)
     archs = _all_archs(net.space)
     # Parameter counts are exactly additive, skipped layers included.
