@@ -370,6 +370,13 @@ class BinasBlock(Mutable):
     projection runs once, followed by one pass that applies each row's (ratio, SE) BatchNorm. Every
     BatchNorm's batch statistics are taken over the rows (and channels) that use it.
 
+    With static shapes (:attr:`~lightning_nas.Supernet.static_shapes`) every row runs at the widest
+    expansion with its extra channels masked, all kernels in one depthwise convolution (filters
+    zero-padded to the largest kernel) and SE on (gate 1 where it is off), even when the rows
+    agree: fixed shapes, no host reads. Rows a :class:`~lightning_nas.nn.DepthChoice` has stopped
+    are left out of every batch statistic (:attr:`masks_stopped_rows`), so a stage runs its
+    optional blocks on every row instead of grouping them by depth.
+
     Args:
         in_channels: input width.
         out_channels: output width.
@@ -382,6 +389,8 @@ class BinasBlock(Mutable):
 
     Shapes: ``(B, in_channels, H, W) -> (B, out_channels, ceil(H / stride), ceil(W / stride))``.
     """
+
+    masks_stopped_rows = True  # static shapes: stopped rows are masked out of every batch statistic
 
     def __init__(
         self,
@@ -417,6 +426,11 @@ class BinasBlock(Mutable):
         self.bn_pwl = nn.ModuleList(nn.BatchNorm2d(out_channels) for _ in range(2 * len(self.hidden)))
         self.act = _activation(activation)
         self._tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def norms_masking_stopped_rows(self) -> list[nn.BatchNorm2d]:
+        """The plain BatchNorms this block applies itself (never called as modules), whose batch
+        statistics leave out the rows a :class:`~lightning_nas.nn.DepthChoice` has stopped."""
+        return [self.bn_pw, *self.bn_dw, *self.bn_pwl]
 
     # -- scalar mode: one configuration for all rows --------------------------------------------
     def _run_config(self, x: Tensor, ratio: int, kernel: int, se: int) -> Tensor:
@@ -459,6 +473,38 @@ class BinasBlock(Mutable):
         z = F.conv2d(y, prefix(self.conv_pwl.weight, self.out_channels, wide))
         return grouped_batch_norm(z, self.bn_pwl, (2 * ratio + se).to(x.device))
 
+    def _run_rows_static(self, x: Tensor, ratio: Tensor, kernel: Tensor, se: Tensor) -> Tensor:
+        """Per-example rows at the shapes the candidate lists fix: the widest expansion, the largest
+        kernel and SE on every row, rows told apart by masks; nothing read back on the host.
+
+        Rows the context marks as stopped (:attr:`~lightning_nas.nn.ArchContext.alive`) are left out
+        of every batch statistic and come out zero.
+        """
+        context = self.expand._context
+        alive = context.alive
+        n, device = x.shape[0], x.device
+        wide, se_width = max(self.hidden), max(self.se_hidden)
+
+        def masks() -> tuple[Tensor | None, Tensor | None]:
+            hidden_of, se_hidden_of = self._widths(ratio.device)
+            mask = None if min(self.hidden) == wide else size_mask(hidden_of.index_select(0, ratio).to(device), wide, x.dtype)
+            running = None if alive is None else alive.to(device=device, dtype=x.dtype)[:, None]
+            if running is not None:
+                mask = running.expand(n, wide) if mask is None else mask * running
+            out_mask = None if running is None else running.expand(n, self.out_channels)
+            return mask, out_mask
+
+        # Every block of a decision shares these (one set per activation and running rows).
+        mask, out_mask = context.cached(("binas_masks", self.expand.label, x.dtype, device), masks)
+        y = self.act(grouped_batch_norm(F.conv2d(x, self.conv_pw.weight), [self.bn_pw], None, mask))
+        y = self._depthwise_static(y, kernel.to(device))
+        y = self.act(grouped_batch_norm(y, self.bn_dw, kernel.to(device), mask))
+        # SE on every row: the gate is 1 on rows with SE off (no test of whether any row has it on).
+        se_hidden = self._widths(ratio.device)[1].index_select(0, ratio).to(device)
+        y = self._squeeze_excite(y, se.to(device), se_hidden, se_width)
+        z = F.conv2d(y, self.conv_pwl.weight)
+        return grouped_batch_norm(z, self.bn_pwl, (2 * ratio + se).to(device), out_mask)
+
     def _depthwise(self, y: Tensor, kernel: Tensor, wide: int) -> Tensor:
         """Each row through the depthwise conv of its kernel (rows grouped by kernel)."""
         groups, order = group_rows(kernel, len(self.conv_dw))
@@ -469,6 +515,24 @@ class BinasBlock(Mutable):
             # Bias-free depthwise filters keep each row's zeroed channels at zero.
             outputs.append(F.conv2d(rows, prefix(dw.weight, wide), None, dw.stride, dw.padding, 1, wide))
         return outputs[0] if len(outputs) == 1 else reassemble(outputs, order)
+
+    def _depthwise_static(self, y: Tensor, kernel: Tensor) -> Tensor:
+        """Each row through the depthwise filters of its kernel, all rows in one convolution.
+
+        The filters are zero-padded to the largest kernel ``K`` (a centred ``k×k`` filter padded to
+        ``K×K`` with padding ``K // 2`` computes what it computes with padding ``k // 2``), each
+        row's picked, and the batch run as one depthwise convolution of ``n * wide`` groups.
+        ``y``: ``(n, wide, H, W)``; ``kernel``: ``LongTensor (n,)`` on ``y``'s device.
+        """
+        n, wide, h, w = y.shape
+        big = max(self.kernel.values)
+        filters = []
+        for size, dw in zip(self.kernel.values, self.conv_dw):
+            pad = (big - size) // 2
+            filters.append(F.pad(dw.weight, (pad,) * 4) if pad else dw.weight)
+        weight = _stack(filters).index_select(0, kernel).reshape(n * wide, 1, big, big)  # (n * wide, 1, K, K)
+        z = F.conv2d(y.reshape(1, n * wide, h, w), weight, None, self.stride, big // 2, 1, n * wide)
+        return z.reshape(n, wide, z.shape[2], z.shape[3])
 
     def _squeeze_excite(self, y: Tensor, se: Tensor, reduced: Tensor, width: int | None) -> Tensor:
         """SE on the rows with ``se`` on (gate 1 elsewhere), each at its own reduce width (``width``:
@@ -486,6 +550,13 @@ class BinasBlock(Mutable):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"BinasBlock expects input (B, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         ratio, kernel, se = self.expand.example_indices(), self.kernel.example_indices(), self.se.example_indices()
+        if ratio is not None and self.expand.uses_static_shapes():
+            # Masks even when every row agrees: one graph for every batch, and stopped rows
+            # (a DepthChoice's) kept out of the batch statistics.
+            if x.shape[0] != ratio.shape[0]:
+                raise ValueError(f"per-example mode: input batch size {x.shape[0]} != {ratio.shape[0]} active architectures")
+            y = self._run_rows_static(x, ratio, kernel, se)
+            return y + x if self.has_residual else y
         uniform = [c.uniform_index() for c in (self.expand, self.kernel, self.se)]
         if ratio is None or None not in uniform:
             y = self._run_config(x, *uniform)
