@@ -7,7 +7,8 @@ from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.driver import Budget, EvaluationError, run_search
 from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble, masked_huber
 from lightning_nas.strategies.evolution import RegularizedEvolution
-from lightning_nas.strategies.exploration import evaluations_since_improvement, hamming_to, select_batch
+from lightning_nas.strategies.exploration import (check_stall_arguments, evaluations_since_improvement, hamming_to,
+                                                  select_batch)
 from lightning_nas.strategies.layernas import LayerNAS, cost_bucket
 from lightning_nas.strategies.random_search import RandomSearch
 from lightning_nas.strategies.rank_nosh import RankNOSH, pairwise_ranking_loss
@@ -36,6 +37,7 @@ __all__ = [
     "TARGET_SCALES",
     "TrialRecord",
     "acquisition",
+    "check_stall_arguments",
     "cost_bucket",
     "evaluations_since_improvement",
     "fit_ensemble",

@@ -68,7 +68,8 @@ from lightning_nas.seeding import derive_seed
 from lightning_nas.strategies.base import BatchStrategy, Proposal, arch_key
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble
-from lightning_nas.strategies.exploration import evaluations_since_improvement, hamming_to, select_batch
+from lightning_nas.strategies.exploration import (check_stall_arguments, evaluations_since_improvement, hamming_to,
+                                                  select_batch)
 
 __all__ = ["ACQUISITIONS", "BayesianOptimization", "TARGET_SCALES", "acquisition", "normal_scores", "pretraining_targets"]
 
@@ -215,12 +216,7 @@ class BayesianOptimization(BatchStrategy):
                 raise ValueError(f"`fidelities` must be (low, high) epochs with 0 < low < high, got {fidelities!r}")
             if p + q == 0:
                 raise ValueError("the multi-fidelity schedule needs `p` + `q` >= 1 evaluations per cycle")
-        if stall_window is not None and (isinstance(stall_window, bool) or not isinstance(stall_window, (int, float))
-                                         or not 0 < stall_window < math.inf):
-            raise ValueError(f"`stall_window` must be None or a finite number > 0 (equivalent evaluations), "
-                             f"got {stall_window!r}")
-        if isinstance(explore, bool) or not isinstance(explore, (int, float)) or not 0 <= explore <= 1:
-            raise ValueError(f"`explore` must be a number in [0, 1], got {explore!r}")
+        stall_window, explore = check_stall_arguments(stall_window, explore)
         if targets not in TARGET_SCALES:
             raise ValueError(f"`targets` must be one of {TARGET_SCALES}, got {targets!r}")
         self.targets, self.warm_start = targets, bool(warm_start)
@@ -238,8 +234,7 @@ class BayesianOptimization(BatchStrategy):
         self.pretrain_on = pretrain_on
         self.fidelities = None if fidelities is None else (float(fidelities[0]), float(fidelities[1]))
         self.p, self.q, self.f = p, q, f
-        self.stall_window = None if stall_window is None else float(stall_window)
-        self.explore = float(explore)
+        self.stall_window, self.explore = stall_window, explore
         # Search state (the iteration count is BatchStrategy's `batches`).
         self.proposed: set[tuple] = set()  # (arch key, fidelity) asked so far
         self.fit_seconds: list[float] = []

@@ -36,7 +36,23 @@ import numpy as np
 
 from lightning_nas.strategies.base import Observation, rank_key
 
-__all__ = ["evaluations_since_improvement", "hamming_to", "select_batch"]
+__all__ = ["check_stall_arguments", "evaluations_since_improvement", "hamming_to", "select_batch"]
+
+
+def check_stall_arguments(stall_window: float | None, explore: float) -> tuple[float | None, float]:
+    """``(stall_window, explore)`` as floats, checked: a strategy's stall settings.
+
+    Raises:
+        ValueError: ``stall_window`` is neither ``None`` nor a finite number > 0, or ``explore`` is
+            not a number in ``[0, 1]``.
+    """
+    if stall_window is not None and (isinstance(stall_window, bool) or not isinstance(stall_window, (int, float))
+                                     or not 0 < stall_window < math.inf):
+        raise ValueError(f"`stall_window` must be None or a finite number > 0 (equivalent evaluations), "
+                         f"got {stall_window!r}")
+    if isinstance(explore, bool) or not isinstance(explore, (int, float)) or not 0 <= explore <= 1:
+        raise ValueError(f"`explore` must be a number in [0, 1], got {explore!r}")
+    return (None if stall_window is None else float(stall_window)), float(explore)
 
 
 def evaluations_since_improvement(history: Sequence[Observation], full_fidelity: float | None = None) -> float:

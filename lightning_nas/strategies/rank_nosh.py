@@ -38,7 +38,8 @@ from lightning_nas.seeding import derive_seed
 from lightning_nas.strategies.base import BatchStrategy, Proposal, arch_key
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.ensemble import DeepEnsemble, _adam
-from lightning_nas.strategies.exploration import evaluations_since_improvement, hamming_to, select_batch
+from lightning_nas.strategies.exploration import (check_stall_arguments, evaluations_since_improvement, hamming_to,
+                                                  select_batch)
 
 __all__ = ["RankNOSH", "pairwise_ranking_loss"]
 
@@ -95,14 +96,8 @@ class RankNOSH(BatchStrategy):
                             ("steps", steps), ("pairs_per_step", pairs_per_step)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
-        if stall_window is not None and (isinstance(stall_window, bool) or not isinstance(stall_window, (int, float))
-                                         or not 0 < stall_window < math.inf):
-            raise ValueError(f"`stall_window` must be None or a finite number > 0 (equivalent evaluations), "
-                             f"got {stall_window!r}")
-        if isinstance(explore, bool) or not isinstance(explore, (int, float)) or not 0 <= explore <= 1:
-            raise ValueError(f"`explore` must be a number in [0, 1], got {explore!r}")
-        self.stall_window = None if stall_window is None else float(stall_window)
-        self.explore = float(explore)
+        stall_window, explore = check_stall_arguments(stall_window, explore)
+        self.stall_window, self.explore = stall_window, explore
         self.explorations: list[tuple[int, str]] = []  # (round, "stalled") of rounds with exploratory entries
         self.levels, self.eta, self.new_per_round, self.candidates = levels, float(eta), new_per_round, candidates
         self.members, self.trunk, self.branch = members, tuple(trunk), branch

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,3 +101,12 @@ class HangingEvaluator(SyntheticEvaluator):
             while True:
                 time.sleep(1)
         return super().__call__(arch, fidelity)
+
+
+def done_count(db: Path) -> int:
+    """Trials stored as done in the SQLite search file ``db`` (0 while it does not exist yet)."""
+    try:
+        with sqlite3.connect(str(db), timeout=5.0) as con:
+            return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'done'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,19 +17,11 @@ from lightning_nas.strategies.storage import SQLiteStorage
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from resume_all import STRATEGIES, budget, run  # noqa: E402
-from synthetic import SyntheticEvaluator  # noqa: E402
+from synthetic import SyntheticEvaluator, done_count  # noqa: E402
 
 torch.set_num_threads(1)
 SIZE = 24  # evaluations (multi-fidelity: SIZE / 4 equivalent evaluations)
 KILL_AFTER = 5  # done trials every search must have stored before the kill
-
-
-def _done(db: Path) -> int:
-    try:
-        with sqlite3.connect(str(db), timeout=5.0) as con:
-            return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'done'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
 
 
 def test_every_strategy_resumes_after_kill_9(tmp_path: Path) -> None:
@@ -40,7 +31,7 @@ def test_every_strategy_resumes_after_kill_9(tmp_path: Path) -> None:
                             env=env)
     try:
         deadline = time.monotonic() + 300  # a loaded machine: importing lightning alone can take a minute
-        while (min(_done(tmp_path / f"{n}.db") for n in names) < KILL_AFTER and time.monotonic() < deadline
+        while (min(done_count(tmp_path / f"{n}.db") for n in names) < KILL_AFTER and time.monotonic() < deadline
                and proc.poll() is None):
             time.sleep(0.05)
         assert proc.poll() is None, "the searches finished before they could be killed"
@@ -52,7 +43,7 @@ def test_every_strategy_resumes_after_kill_9(tmp_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
     for name in names:
         db = tmp_path / f"{name}.db"
-        killed_at = _done(db)
+        killed_at = done_count(db)
         assert killed_at >= KILL_AFTER, name
         run(name, db, SIZE, 0.0)  # resume in process: same strategy, evaluator and budget as the script
         resumed = SQLiteStorage(db).trials()
