@@ -589,7 +589,8 @@ def main(argv: list[str] | None = None) -> None:
             cons = saved.get("constrained") or cons
         rows = {name: {"runs": [by_seed[name][k] for k in sorted(by_seed[name])], "cap": caps[name]}
                 for name in sorted(by_seed, key=lambda n: order.index(n) if n in order else len(order))}
-        command = "`, `".join(commands) + f"` (in parallel), then `{command}"
+        command = (f"{len(commands)} runs side by side, one method group or seed range each (`--only`, `--skip`, "
+                   f"`--first-seed`, `--dump`), e.g. `{commands[0]}`; then `{command}`")
         section = report(args, rows, cons, command, evaluator, dataset, overhead)
         print(section)
         if not args.no_write:
