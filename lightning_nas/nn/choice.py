@@ -329,6 +329,12 @@ class Mutable(nn.Module):
 
     masks_stopped_rows: ClassVar[bool] = False
 
+    def norms_masking_stopped_rows(self) -> tuple[nn.Module, ...]:
+        """BatchNorm sub-modules this mutable applies itself with the stopped rows masked out (never
+        called as modules), so that a :class:`~lightning_nas.nn.DepthChoice` need not group rows
+        for them. None by default."""
+        return ()
+
     def freeze(self, arch: dict[str, Any], export_child) -> nn.Module:
         """Static module computing what this module computes under ``arch``.
 

@@ -54,13 +54,17 @@ class DepthChoice(Mutable):
     def _rows_separable(self) -> bool:
         """Whether running stopped rows through the optional blocks leaves the other rows' outputs
         as they are: every mutable inside masks stopped rows, and no plain BatchNorm takes batch
-        statistics (over all rows) there."""
+        statistics (over all rows) there; norms a mutable applies itself with the stopped rows masked
+        (:meth:`~lightning_nas.nn.Mutable.norms_masking_stopped_rows`) do not count."""
         for block in self.blocks[min(self.choice.values):]:
+            owned = {id(norm) for m in block.modules() if isinstance(m, Mutable) and m.masks_stopped_rows
+                     for norm in m.norms_masking_stopped_rows()}
             for m in block.modules():
                 if isinstance(m, Mutable):
                     if not m.masks_stopped_rows:
                         return False
-                elif isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats):
+                elif (isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in owned
+                      and (m.training or not m.track_running_stats)):
                     return False
         return True
 

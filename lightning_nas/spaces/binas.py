@@ -427,10 +427,10 @@ class BinasBlock(Mutable):
         self.act = _activation(activation)
         self._tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
-    def norms_masking_stopped_rows(self) -> list[nn.BatchNorm2d]:
+    def norms_masking_stopped_rows(self) -> tuple[nn.BatchNorm2d, ...]:
         """The plain BatchNorms this block applies itself (never called as modules), whose batch
         statistics leave out the rows a :class:`~lightning_nas.nn.DepthChoice` has stopped."""
-        return [self.bn_pw, *self.bn_dw, *self.bn_pwl]
+        return (self.bn_pw, *self.bn_dw, *self.bn_pwl)
 
     # -- scalar mode: one configuration for all rows --------------------------------------------
     def _run_config(self, x: Tensor, ratio: int, kernel: int, se: int) -> Tensor:

@@ -38,7 +38,9 @@ def assert_same_step(a: ln.Supernet, b: ln.Supernet, x: torch.Tensor) -> None:
     # A block no row reaches gets no gradient from grouped rows and a zero one with static shapes.
     for name in grads_a.keys() | grads_b.keys():
         zero = torch.zeros_like(grads_a.get(name, grads_b.get(name)))
-        torch.testing.assert_close(grads_a.get(name, zero), grads_b.get(name, zero), atol=1e-4, rtol=1e-4, msg=name)
+        # Float rounding, amplified by batch statistics over a few rows, scales with the gradient's size.
+        scale = max(1.0, float(grads_a.get(name, zero).abs().max()))
+        torch.testing.assert_close(grads_a.get(name, zero), grads_b.get(name, zero), atol=1e-4 * scale, rtol=1e-4, msg=name)
     for (name, buf_a), buf_b in zip(a.named_buffers(), b.buffers()):
         torch.testing.assert_close(buf_a, buf_b, atol=1e-6, rtol=1e-5, msg=name)
 
@@ -50,6 +52,7 @@ def test_static_shapes_equal_grouped_rows_in_training(all_mutables_supernet, bui
     """Outputs, gradients and running statistics of a training step agree between the two
     per-example modes (the grouped one computes each row through its own candidates)."""
     static = all_mutables_supernet if build == "all_mutables" else tiny_mobilenet()
+    static.static_shapes = True
     grouped = copy.deepcopy(static)
     grouped.static_shapes = False
     n = 7
