@@ -162,6 +162,10 @@ class DynamicNetwork(nn.Module):
         super().__init__()
         if not isinstance(supernet, Supernet):
             raise ValueError(f"`supernet` must be a lightning_nas.Supernet, got {type(supernet).__name__}")
+        reference = objective.reference if isinstance(objective, BlockPerformance) else supernet.space.default()
+        if isinstance(objective, BlockPerformance) and objective.default_law == "additive":
+            # Signed deltas predict by the additive law (BlockPerformance.default_law): an ordinary table.
+            objective = objective.table("accuracy")
         if isinstance(objective, BlockPerformance):
             full = objective.staged
             accuracy = objective.numerator()
@@ -196,7 +200,6 @@ class DynamicNetwork(nn.Module):
         self._resources = {r.name: _restrict(r, self.staged, self._keep) for r in resources}
         self.solver, self.method = solver, method
         self._slots = self._find_slots(supernet)
-        reference = objective.reference if isinstance(objective, BlockPerformance) else supernet.space.default()
         # A base arch inside the held blocks (free labels from the reference).
         zeros = np.zeros((self.staged.num_stages, self.staged.max_blocks), dtype=np.int64)
         self._base = self.staged.to_arch(zeros, zeros[:, 0], base=reference)

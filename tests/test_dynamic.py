@@ -34,8 +34,9 @@ def setup():
     accuracy = BilinearTable(staged, 0.5, 0.02 * size + rng.normal(0, 0.005, shape), rng.uniform(0, 0.02, dshape), name="accuracy")
     latency = BilinearTable(staged, 1.0, size + rng.uniform(0, 0.3, shape), np.zeros(dshape), name="latency", unit="ms")
     flops = BilinearTable(staged, 5.0, 4 * size, np.zeros(dshape), name="flops")
+    # reference="default": deltas against one arch, so the search is Eq. 5's fractional program.
     perf = estimate_block_performance(lambda archs: {"accuracy": accuracy.predict_many(archs), "latency": latency.predict_many(archs)},
-                                      staged, flops)
+                                      staged, flops, reference="default")
     return supernet, staged, perf, latency
 
 
@@ -84,6 +85,21 @@ def test_result_is_the_best_of_the_held_blocks(setup):
     den = _restrict(perf.flops, restricted, dynamic._keep).predict_indices(configs, depths)
     value = np.where(lat <= 8.0, perf.base["accuracy"] - num / den, -np.inf)
     assert perf.predictor().predict(dynamic.arch) == pytest.approx(value.max(), abs=1e-9)
+
+
+def test_signed_deltas_switch_by_the_additive_law(setup):
+    supernet, staged, _, latency = setup
+    truth = BilinearTable(staged, 0.5, latency.block * 0.01, latency.depth * 0.0, name="accuracy")
+    perf = estimate_block_performance(lambda archs: {"accuracy": truth.predict_many(archs)}, staged,
+                                      BilinearTable(staged, 5.0, 4 * latency.block, latency.depth * 0.0, name="flops"))
+    assert perf.default_law == "additive"  # reference="mean"
+    dynamic = DynamicNetwork(supernet, perf, latency, {"latency": 8.0}, blocks_per_node=2)
+    configs, depths = enumerate_indices(dynamic.staged)
+    from lightning_nas.dynamic import _restrict
+
+    lat = _restrict(latency, dynamic.staged, dynamic._keep).predict_indices(configs, depths)
+    value = _restrict(perf.table("accuracy"), dynamic.staged, dynamic._keep).predict_indices(configs, depths)
+    assert perf.predictor().predict(dynamic.arch) == pytest.approx(value[lat <= 8.0].max(), abs=1e-9)
 
 
 def test_infeasible_budget_leaves_the_network_running(setup):

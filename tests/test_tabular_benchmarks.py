@@ -67,7 +67,7 @@ def test_blackbox_uses_the_tables_columns():
 
 def _report(table: str, prefix: str, dataset: str | None) -> str:
     evaluator = TabularEvaluator(benchmark(prefix))
-    args = argparse.Namespace(seeds=1, mf_seeds=1, jobs=1, table=Path(table))
+    args = argparse.Namespace(seeds=1, mf_seeds=1, jobs=1, table=Path(table), proxy_cache=None)
     run = {"reached": 5, "spent": 5, "test100": 40.0, "test200": 41.0, "overhead_ms": 0.1}
     rows = {"random": {"runs": [run], "cap": 15625}, "BO + pretraining": {"runs": [run], "cap": 300}}
     return blackbox.report(args, rows, None, "cmd", evaluator, dataset)
