@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -110,3 +115,24 @@ def done_count(db: Path) -> int:
             return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'done'").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
+
+
+def kill_9_when(arguments: list[str], ready: Callable[[], bool], *, poll: float = 0.05) -> None:
+    """Run ``python arguments...`` (one torch thread) and SIGKILL it as soon as ``ready()`` holds.
+
+    Fails when the process ends before it could be killed; waits up to 300 s for ``ready`` (on a
+    loaded machine importing lightning alone can take a minute).
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, *arguments], env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not ready() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(poll)
+        assert proc.poll() is None, "the search finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL

@@ -1,9 +1,6 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +19,7 @@ from lightning_nas.strategies.results import pareto_mask
 from lightning_nas.strategies.storage import SQLiteStorage
 
 sys.path.insert(0, str(Path(__file__).parent))
-from synthetic import FlakyEvaluator, HangingEvaluator, SyntheticEvaluator, done_count, synthetic_space  # noqa: E402
+from synthetic import FlakyEvaluator, HangingEvaluator, SyntheticEvaluator, done_count, kill_9_when, synthetic_space  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -209,20 +206,7 @@ def test_what_an_evaluator_returns_is_checked() -> None:
 def test_kill_9_and_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     budget = 24
     db = tmp_path / "search.db"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    script = [sys.executable, str(HERE / "resume_script.py"), str(db)]
-    proc = subprocess.Popen([*script, str(budget), "0.05"], env=env)
-    try:
-        deadline = time.monotonic() + 300  # a loaded machine: importing lightning alone can take a minute
-        while done_count(db) < 8 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        assert proc.poll() is None, "the search finished before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    kill_9_when([str(HERE / "resume_script.py"), str(db), str(budget), "0.05"], lambda: done_count(db) >= 8, poll=0.02)
     killed_at = done_count(db)
     assert 8 <= killed_at < budget
     # Resume here (same strategy and evaluator as the script builds): one subprocess start is enough.
