@@ -8,12 +8,27 @@ linear-fractional program of Eq. 5/6 for a :class:`~lightning_nas.estimators.blo
 the MILP for an additive :class:`~lightning_nas.bilinear.BilinearTable`) and then replaces only the
 changed modules of the running network. Solve time and switch time are reported separately.
 
-Blocks are found through the supernet: a stage with a depth decision is a
-:class:`~lightning_nas.nn.DepthChoice` (its exported form is an ``nn.Sequential`` whose items are
-swapped, appended or deleted), a block of a fixed-depth stage with one label is an
-:class:`~lightning_nas.nn.OpChoice` (its exported candidate is swapped by attribute). A block's
-module must depend on its own labels only (widths between blocks fixed), as in the MobileNet,
-BINAS and NB201-style spaces.
+Blocks are found through the supernet's structure (:meth:`StagedSpace.from_supernet
+<lightning_nas.spaces.staged.StagedSpace.from_supernet>`):
+
+* a stage with a depth decision is a :class:`~lightning_nas.nn.DepthChoice` (exported as an
+  ``nn.Sequential``) or a stack of transformer layers decorated by ``mutate(...,
+  preset="autoformer")`` (an :class:`~lightning_nas.nn.ElasticLayers`, exported as the model's own
+  ``nn.Sequential`` / ``nn.ModuleList``: timm ``VisionTransformer.blocks``, GPT-2's ``transformer.h``,
+  BERT's ``encoder.layer``), with a depth (``"prefix"``) or an on/off decision per layer (``"skip"``:
+  one stage per layer). Such a stack is rebuilt from the held layers at each switch: layers are
+  swapped, added or removed in their order, every ``layer_idx`` is renumbered (Hugging Face caches
+  index layers by it) and the model's Hugging Face ``config`` describes the running layers as an
+  export's does (``num_hidden_layers``, ``layer_num_heads``, ``layer_intermediate_sizes``,
+  ``source_layers``); held layers share that config;
+* any other block with a module path (a fixed-depth unit, a layer of a stack without a depth
+  decision) is swapped by attribute in its parent, as is a fixed-depth
+  :class:`~lightning_nas.nn.OpChoice` node.
+
+A block's module must depend on its own labels only (widths between blocks fixed), as in the
+MobileNet, BINAS and NB201-style spaces and the ``autoformer`` preset (heads and MLP width per
+layer); a decision read by several blocks (a shared embedding width) is refused, as is a block that a
+depth decision adds but that is not a DepthChoice's block or a stack's layer.
 
 Example::
 
@@ -39,6 +54,7 @@ from lightning_nas.estimators.block_performance import BlockPerformance
 from lightning_nas.nn.depth_choice import DepthChoice
 from lightning_nas.nn.export import export_subnet
 from lightning_nas.nn.op_choice import OpChoice
+from lightning_nas.nn.transformer_rules import ElasticLayers, _finish_stack, _hf_config
 from lightning_nas.solvers.problem import Limit, SearchResult
 from lightning_nas.spaces.staged import Stage, StagedSpace, structure_difference
 from lightning_nas.supernet import Supernet
@@ -218,6 +234,7 @@ class DynamicNetwork(nn.Module):
         self.arch = result.arch
         configs, depths = self.staged.indices(self.arch)
         self.network = supernet.export(self.arch)
+        self._attach_stacks()
         self._configs, self._depths = configs.copy(), depths.copy()
         # Start from the held modules, so that a switch replaces exactly the positions it reports.
         self._place(configs, depths, force=True)
@@ -225,25 +242,65 @@ class DynamicNetwork(nn.Module):
 
     # -- structure ---------------------------------------------------------------------------------
     def _find_slots(self, supernet: Supernet) -> list[list[tuple[nn.Module, str, str]]]:
-        """Per stage and block: ``(supernet module, path of its container, key)``."""
-        paths = {id(m): p for p, m in supernet.module.named_modules()}
-        depth_choices = {m.label: m for m in supernet.module.modules() if isinstance(m, DepthChoice)}
-        op_choices = {m.label: m for m in supernet.module.modules() if isinstance(m, OpChoice)}
+        """Per stage and block: ``(supernet module, path of its container, key)``; fills :attr:`_stacks`.
+
+        A block that a depth decision adds or removes lives in a *stack*: the ``nn.Sequential`` a
+        :class:`DepthChoice` exports to (its blocks ``blocks.<b>``) or the ``nn.Sequential`` /
+        ``nn.ModuleList`` an :class:`~lightning_nas.nn.ElasticLayers` exports to (its layers
+        ``<i>``: one stage in ``"prefix"`` mode, one stage per layer in ``"skip"`` mode, always-active
+        units without a depth decision). A stack is rebuilt from the held modules at each switch.
+        Every other block is replaced by attribute in its parent module.
+        """
+        root = supernet.module
+        paths = {id(m): p for p, m in root.named_modules()}
+        depth_choices = {m.label: m for m in root.modules() if isinstance(m, DepthChoice)}
+        op_choices = {m.label: m for m in root.modules() if isinstance(m, OpChoice)}
+        # container path -> {"members": [(index in the source stack, stage, block)], "layers": whether it is an
+        # ElasticLayers (its export is renumbered and described by its config), "kind": its layers' kind}
+        self._stacks: dict[str, dict[str, Any]] = {}
+
+        def module_at(path: str) -> nn.Module:
+            return root.get_submodule(path) if path else root
+
+        def join_stack(container: str, index: int, s: int, b: int, layers: ElasticLayers | None) -> None:
+            stack = self._stacks.setdefault(container, {"members": [], "layers": layers is not None,
+                                                        "kind": None if layers is None else layers.layer_kind,
+                                                        "size": None if layers is None or layers.mode is None else len(layers),
+                                                        # the original config (its MLP width when the kept layers' differ)
+                                                        "source": None if layers is None else _hf_config(list(layers.children()))})
+            stack["members"].append((index, s, b))
+
         slots = []
         for s, st in enumerate(self.staged.stages):
             if st.paths:  # read from the supernet's modules: a block's container is its parent module
                 row = []
                 for b, path in enumerate(st.paths):
+                    if path is None:
+                        raise ValueError(f"stage {s} block {b} is a shared decision's own unit (no module): it cannot be swapped")
                     parent, _, key = path.rpartition(".")
-                    if st.depth_label is not None:
-                        parent = parent.rpartition(".")[0]  # <DepthChoice>.blocks.<b>: exported as a Sequential
-                    row.append((supernet.module.get_submodule(path), parent, key))
+                    holder = module_at(parent)
+                    grand, _, name = parent.rpartition(".")
+                    if isinstance(holder, ElasticLayers):
+                        join_stack(parent, int(key), s, b, holder)
+                        row.append((module_at(path), parent, key))
+                    elif name == "blocks" and isinstance(module_at(grand), DepthChoice):
+                        join_stack(grand, int(key), s, b, None)  # <DepthChoice>.blocks.<b>: exported as a Sequential
+                        row.append((module_at(path), grand, key))
+                    elif st.depth_label is not None:
+                        raise ValueError(
+                            f"stage {s} (depth decision {st.depth_label!r}): block {path!r} is neither a block of a DepthChoice "
+                            "nor a layer of an ElasticLayers stack, so DynamicNetwork cannot add or remove it"
+                        )
+                    else:
+                        row.append((module_at(path), parent, key))
                 slots.append(row)
                 continue
             if st.depth_label is not None:
                 dc = depth_choices.get(st.depth_label)
                 if dc is None:
                     raise ValueError(f"stage {s}: no DepthChoice with label {st.depth_label!r} in the supernet")
+                for b in range(len(dc.blocks)):
+                    join_stack(paths[id(dc)], b, s, b, None)
                 slots.append([(block, paths[id(dc)], str(b)) for b, block in enumerate(dc.blocks)])
                 continue
             row = []
@@ -257,7 +314,33 @@ class DynamicNetwork(nn.Module):
                 parent, _, key = paths[id(op)].rpartition(".")
                 row.append((op, parent, key))
             slots.append(row)
+        for container, stack in self._stacks.items():
+            stack["members"].sort()
+            indices = [i for i, _, _ in stack["members"]]
+            if len(set(indices)) != len(indices):
+                raise ValueError(f"the stack {container!r} has a layer read as two blocks; DynamicNetwork cannot hold it")
+            if stack["size"] is not None and len(indices) != stack["size"]:
+                raise ValueError(f"the ElasticLayers {container!r} has {stack['size']} layers but {len(indices)} are blocks of its stages")
         return slots
+
+    def _attach_stacks(self) -> None:
+        """Bind each stack to the running network: its container, the layers that always run and the
+        exported Hugging Face config (layers' ``config`` attributes then share it)."""
+        config = next((m.config for m in self.network.modules() if hasattr(getattr(m, "config", None), "to_dict")), None)
+        for container, stack in self._stacks.items():
+            exported = self.network.get_submodule(container) if container else self.network
+            if not isinstance(exported, (nn.Sequential, nn.ModuleList)):
+                raise ValueError(f"the stack {container!r} exported as a {type(exported).__name__}, not an nn.Sequential / nn.ModuleList")
+            stack["module"] = exported
+            members = {i for i, _, _ in stack["members"]}
+            # Layers without decisions (a stack without a depth decision) run always, at their own index.
+            stack["fixed"] = {i: exported[i] for i in range(len(exported)) if i not in members}
+            stack["config"] = config if stack["layers"] else None
+            stack["current"] = {}  # (stage, block) -> the held module placed there (None: not running)
+        if config is not None:
+            for module in self.held.modules():
+                if hasattr(getattr(module, "config", None), "to_dict"):
+                    module.config = config  # held layers read the running model's config, as its own layers do
 
     def _container(self, s: int, b: int) -> tuple[nn.Module, str]:
         _, parent, key = self._slots[s][b]
@@ -299,30 +382,41 @@ class DynamicNetwork(nn.Module):
 
     def _place(self, configs: np.ndarray, depths: np.ndarray, force: bool = False) -> list[tuple[int, int]]:
         changed = []
+        in_stack = {(s, b) for stack in self._stacks.values() for _, s, b in stack["members"]}
         for s, st in enumerate(self.staged.stages):
-            if st.depth_label is None:
-                for b in range(st.num_blocks):
-                    new = self.held[_key(s, b, int(configs[s, b]))]
-                    container, key = self._container(s, b)
-                    if force or getattr(container, key) is not new:
-                        setattr(container, key, new)
-                        changed.append((s, b))
-                continue
-            container, _ = self._container(s, 0)
-            depth = st.depths[int(depths[s])]
-            for b in range(depth):
+            for b in range(st.num_blocks):
+                if (s, b) in in_stack:
+                    continue
                 new = self.held[_key(s, b, int(configs[s, b]))]
-                if b < len(container):
-                    if force or container[b] is not new:
-                        container[b] = new
-                        changed.append((s, b))
-                else:
-                    container.append(new)
+                container, key = self._container(s, b)
+                if force or getattr(container, key) is not new:
+                    setattr(container, key, new)
                     changed.append((s, b))
-            if len(container) > depth:
-                changed += [(s, b) for b in range(depth, len(container))]
-                del container[depth:]
-        return changed
+        for stack in self._stacks.values():
+            modules, kept, stack_changed = [], [], []
+            entries = sorted([(i, s, b) for i, s, b in stack["members"]] + [(i, -1, -1) for i in stack["fixed"]])
+            for index, s, b in entries:
+                if s < 0:
+                    modules.append(stack["fixed"][index])
+                    kept.append(index)
+                    continue
+                active = b < self.staged.stages[s].depths[int(depths[s])]
+                new = self.held[_key(s, b, int(configs[s, b]))] if active else None
+                if stack["current"].get((s, b)) is not new or (force and active):
+                    stack_changed.append((s, b))
+                    stack["current"][(s, b)] = new
+                if active:
+                    modules.append(new)
+                    kept.append(index)
+            if stack_changed:
+                container = stack["module"]
+                container._modules.clear()
+                for j, module in enumerate(modules):
+                    container._modules[str(j)] = module
+                if stack["layers"]:
+                    _finish_stack(modules, kept, stack["config"], stack["kind"], stack["source"])
+                changed += stack_changed
+        return sorted(changed)
 
     def set_budget(self, budget: Mapping[str, float], resources: BilinearTable | Sequence[BilinearTable] | None = None) -> SwitchReport:
         """Re-solve for ``budget`` (``{resource: upper}``) and swap the changed blocks in place.

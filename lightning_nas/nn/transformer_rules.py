@@ -399,8 +399,9 @@ def _hf_config(layers: Sequence[nn.Module]) -> Any:
     return next((m.config for m in modules if hasattr(getattr(m, "config", None), "to_dict")), None)
 
 
-def _sync_config(config: Any, kind: str | None, layers: list[nn.Module], kept: list[int]) -> None:
-    """Make an (exported) Hugging Face config describe the kept layers (see :class:`ElasticLayers`)."""
+def _sync_config(config: Any, kind: str | None, layers: list[nn.Module], kept: list[int], source: Any) -> None:
+    """Make an (exported) Hugging Face config describe the kept layers (see :class:`ElasticLayers`);
+    ``source`` is the original model's config, whose MLP width stays when the kept layers' widths differ."""
     facts = _LAYER_FACTS.get(kind)
     if config is None or facts is None:
         return
@@ -409,8 +410,23 @@ def _sync_config(config: Any, kind: str | None, layers: list[nn.Module], kept: l
     config.layer_num_heads = [heads(layer) for layer in layers]
     config.layer_intermediate_sizes = [width(layer) for layer in layers]
     config.source_layers = list(kept)
-    if len(set(config.layer_intermediate_sizes)) == 1:
-        setattr(config, width_key, config.layer_intermediate_sizes[0])
+    widths = set(config.layer_intermediate_sizes)
+    # Set from the source each time: a config described again (DynamicNetwork's switches) must not keep
+    # a common width from an earlier set of layers.
+    setattr(config, width_key, widths.pop() if len(widths) == 1 else getattr(source, width_key))
+
+
+def _finish_stack(layers: Sequence[nn.Module], kept: Sequence[int], config: Any, kind: str | None, source: Any) -> None:
+    """Make exported layers ``layers`` (from source indices ``kept``) a consistent stack: every
+    ``layer_idx`` renumbered ``0, 1, ...`` (Hugging Face caches index layers by it) and the Hugging
+    Face ``config`` describing them (:func:`_sync_config`; ``source``: the original model's config).
+    Used by :meth:`ElasticLayers.freeze` and by :class:`~lightning_nas.dynamic.DynamicNetwork` after it
+    swaps layers of a stack."""
+    for j, layer in enumerate(layers):
+        for m in layer.modules():
+            if isinstance(getattr(m, "layer_idx", None), int):
+                m.layer_idx = j
+    _sync_config(config, kind, list(layers), list(kept), source)
 
 
 class ElasticLayers(Mutable):
@@ -515,6 +531,12 @@ class ElasticLayers(Mutable):
             x = layer(x, *args, **kwargs)
         return x
 
+    @property
+    def layer_kind(self) -> str | None:
+        """``"timm_block"``, ``"gpt2_block"`` or ``"bert_layer"``: what the layers are (``None`` for others)."""
+        first = self[0]
+        return _kind(first._template if isinstance(first, SlicedModule) else first)
+
     def stage_layout(self) -> list[tuple[str, tuple[Any, ...], tuple[str, ...]]]:
         """The stages the structure-based pipeline (:meth:`~lightning_nas.spaces.staged.StagedSpace.from_supernet`)
         reads from this stack: ``[(depth label, depth candidates, names of the block children)]``.
@@ -537,19 +559,14 @@ class ElasticLayers(Mutable):
     def freeze(self, arch: dict[str, Any], export_child) -> nn.Module:
         kept = [i for i in range(self.n_layers) if self._runs(i, arch)]
         layers = [export_child(self[i]) for i in kept]
-        for j, layer in enumerate(layers):
-            for m in layer.modules():
-                if isinstance(getattr(m, "layer_idx", None), int):
-                    m.layer_idx = j  # Hugging Face caches index layers by it
-        config = _hf_config([self[i] for i in range(self.n_layers)])
+        config = source = _hf_config([self[i] for i in range(self.n_layers)])
         if config is not None:
             # The exported model's copy of the config (the export's deep-copy memo maps the supernet's
             # config to it), found even when no layer is kept.
             holder = nn.Module()
             holder.config = config
             config = export_child(holder).config
-        first = self[0]
-        _sync_config(config, _kind(first._template if isinstance(first, SlicedModule) else first), layers, kept)
+        _finish_stack(layers, kept, config, self.layer_kind, source)
         return nn.Sequential(*layers) if self.sequential else nn.ModuleList(layers)
 
     def extra_repr(self) -> str:
