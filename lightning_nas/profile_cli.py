@@ -4,7 +4,7 @@ Usage::
 
     lightning-nas profile --space mobilenet --out table.json --threads 1 --batch-size 1 --image-size 32 --check 30
     lightning-nas profile --model mypackage.models:make_supernet --space-kwargs '{"width": 0.5}' --out table.json
-    lightning-nas profile --space binas --space-kwargs '{"preset": "tiny"}' --runtime onnxruntime --out binas_ort.json
+    lightning-nas profile --space binas --space-kwargs '{"preset": "tiny"}' --runtime onnxruntime --fit-archs 40 --out binas_ort.json
     python -m lightning_nas.profile_cli --space binas --out binas_cpu.json --image-size 224
 
 The latency table goes to ``--out`` (reused when it already matches this machine and these
@@ -13,6 +13,8 @@ next to it as ``<stem>.flops.json`` and ``<stem>.params.json``. ``--check N`` ti
 exported subnets end to end and reports the table's mean absolute percentage error (MAPE).
 ``--runtime`` times every block and subnet in the runtime you deploy with: PyTorch eager (default),
 frozen TorchScript, or ONNX Runtime (``pip install 'lightning-nas[onnx]'``); the latter two on CPU.
+``--fit-archs N`` also times N whole subnets with the blocks and fits every entry to them (see
+``build_latency_table``); use it where blocks take tens of microseconds (ONNX Runtime at 32×32).
 """
 
 from __future__ import annotations
@@ -98,6 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
              "not additive: see pin_malloc_thresholds and benchmarks/RESULTS.md)",
     )
     parser.add_argument("--calibration-archs", type=positive_int, default=10, help="random subnets timed to estimate the fixed part")
+    parser.add_argument(
+        "--fit-archs", type=non_negative_int, default=0, metavar="N",
+        help="also time N random whole subnets with the blocks and fit every entry to them and the calibration subnets "
+             "(ridge least squares, the block table as prior; the held-out error is printed). Recommended where blocks take "
+             "tens of microseconds (onnxruntime or torchscript on small inputs), e.g. 40; 0: blocks alone (BINAS Eq. 5)",
+    )
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--check", type=non_negative_int, default=0, metavar="N", help="report the MAPE on N random subnets (0: skip)")
     parser.add_argument("--rebuild", action="store_true", help="rebuild even when --out matches")
@@ -165,8 +173,8 @@ def run(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     latency = load_or_build(
-        supernet, args.out, settings, rebuild=args.rebuild, calibration_archs=args.calibration_archs, seed=args.seed,
-        progress=lambda message: print(f"  {message}", flush=True),
+        supernet, args.out, settings, rebuild=args.rebuild, calibration_archs=args.calibration_archs, fit_archs=args.fit_archs,
+        seed=args.seed, progress=lambda message: print(f"  {message}", flush=True),
     )
     flops = build_flops_table(supernet, settings.input_size)
     params = build_params_table(supernet)
@@ -182,6 +190,13 @@ def run(args: argparse.Namespace) -> int:
         f"latency table: {args.out} ({meta['entries']} entries, {meta['measurements']} distinct measurements, "
         f"created {meta['created']}, {time.perf_counter() - started:.1f} s this run)",
     ]
+    if "heldout" in (meta.get("fit") or {}):
+        fit = meta["fit"]
+        lines.append(
+            f"  entries fitted to {fit['measurements']} whole subnets ({fit['subnets']} fit + calibration): held-out MAPE "
+            f"{fit['heldout']['mape_percent']:.2f} % (max {fit['heldout']['max_error_percent']:.2f} %), the block table rescaled "
+            f"{fit['prior_heldout']['mape_percent']:.2f} %; safety margin {100 * fit['margin']:.2f} %"
+        )
     for table, path in ((latency, args.out), (flops, flops_path), (params, params_path)):
         low, _ = table.extreme()
         high, _ = table.extreme(largest=True)

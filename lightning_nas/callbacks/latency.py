@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.callbacks._checks import check_supernet_path, plain_state
 from lightning_nas.io import check_writable
-from lightning_nas.profiling.tables import build_flops_table, build_params_table, load_or_build, stale_reasons
+from lightning_nas.profiling.tables import check_fit_archs, build_flops_table, build_params_table, load_or_build, stale_reasons
 from lightning_nas.profiling.timing import ProfileSettings
 from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet, find_supernet
@@ -77,6 +77,11 @@ class LatencyProfiler(Callback):
             ``pip install 'lightning-nas[onnx]'``); the latter two on CPU only (see
             :mod:`lightning_nas.profiling.runtimes`).
         calibration_archs: random archs timed end to end to estimate the fixed part.
+        fit_archs: ``0`` (default): the table is the blocks timed alone plus the fixed part.
+            ``N > 0``: ``N`` more random whole subnets are timed with the blocks and every entry
+            is fitted to them (see :func:`~lightning_nas.profiling.build_latency_table`);
+            recommended where blocks take tens of µs (ONNX Runtime or TorchScript on small
+            inputs). A saved table fitted to another number of subnets is rebuilt.
         seed: seed of those archs and of the random inputs.
         rebuild: rebuild even when the file is valid.
 
@@ -100,6 +105,7 @@ class LatencyProfiler(Callback):
         pin_malloc: bool = False,
         runtime: str = "eager",
         calibration_archs: int = 10,
+        fit_archs: int = 0,
         seed: int = 0,
         rebuild: bool = False,
         vocab_size: int | None = None,
@@ -116,6 +122,7 @@ class LatencyProfiler(Callback):
         ProfileSettings(input_size=input_size if input_size is not None else (1,), **self._settings_kwargs)
         if not isinstance(calibration_archs, int) or isinstance(calibration_archs, bool) or calibration_archs < 1:
             raise ValueError(f"`calibration_archs` must be an int >= 1, got {calibration_archs!r}")
+        check_fit_archs(fit_archs, calibration_archs)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ValueError(f"`seed` must be a non-negative int, got {seed!r}")
         if not isinstance(rebuild, bool):
@@ -126,6 +133,7 @@ class LatencyProfiler(Callback):
         self.input_size = input_size
         self.supernet_path = supernet
         self.calibration_archs = calibration_archs
+        self.fit_archs = fit_archs
         self.seed = seed
         self.rebuild = bool(rebuild)
         self.latency_table: BilinearTable | None = None
@@ -174,7 +182,8 @@ class LatencyProfiler(Callback):
         if trainer.is_global_zero:
             try:
                 self.latency_table = load_or_build(
-                    supernet, self.path, settings, rebuild=self.rebuild, calibration_archs=self.calibration_archs, seed=self.seed
+                    supernet, self.path, settings, rebuild=self.rebuild, calibration_archs=self.calibration_archs,
+                    fit_archs=self.fit_archs, seed=self.seed,
                 )
             except BaseException as err:  # every rank must reach the barrier, or the others hang
                 failure = err
@@ -183,7 +192,7 @@ class LatencyProfiler(Callback):
             raise failure
         if not trainer.is_global_zero:
             table = BilinearTable.load(self.path, StagedSpace.of(supernet))
-            reasons = stale_reasons(table.metadata, supernet, settings)
+            reasons = stale_reasons(table.metadata, supernet, settings, fit_archs=self.fit_archs)
             if reasons:
                 raise RuntimeError(f"LatencyProfiler: the table rank 0 left at {self.path} does not apply here: {'; '.join(reasons)}")
             self.latency_table = table
@@ -194,9 +203,12 @@ class LatencyProfiler(Callback):
             rank_zero_warn("LatencyProfiler: the resumed checkpoint was profiled for another supernet than this table's")
         low, _ = self.latency_table.extreme()
         high, _ = self.latency_table.extreme(largest=True)
+        fit = self.latency_table.metadata.get("fit") or {}
+        fitted = (f"; entries fitted to {fit['measurements']} whole subnets, held-out MAPE {fit['heldout']['mape_percent']:.2f} %"
+                  if "heldout" in fit else "")
         rank_zero_info(
             f"LatencyProfiler: latency table {self.path} ({settings.device}, {settings.runtime}, {settings.threads} thread(s), batch {settings.batch_size}, "
-            f"input {tuple(settings.input_size)}{'' if settings.vocab_size is None else ' token ids'}): {low:.3f}-{high:.3f} ms over the space"
+            f"input {tuple(settings.input_size)}{'' if settings.vocab_size is None else ' token ids'}): {low:.3f}-{high:.3f} ms over the space{fitted}"
         )
 
     # -- state -------------------------------------------------------------------------------

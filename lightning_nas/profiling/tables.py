@@ -22,6 +22,14 @@ the user's ``forward`` does around the stages), so it is *estimated*: whole expo
 few random calibration archs are timed, in the same interleaved rounds as the blocks, and the
 table's constant is the median of ``measured − Σ block entries``.
 
+Where blocks take tens of microseconds (ONNX Runtime or TorchScript at 32×32), a block timed alone
+and the same block inside a network differ by more than noise: per-call costs, fusion and
+scheduling across block boundaries, caches. ``build_latency_table(..., fit_archs=N)`` then also
+times ``N`` random whole subnets in the same rounds (so machine drift lands on blocks and subnets
+alike) and fits every entry to them by ridge least squares with the block table as prior
+(:func:`latency_table_of`, :func:`~lightning_nas.profiling.fit.fit_table`); the table's metadata
+records the fit and its cross-validated error next to the block table's.
+
 Additivity is only as good as the machine allows: at large inputs (224×224) on CPU, use
 ``ProfileSettings(pin_malloc=True)`` (glibc's adaptive allocator otherwise makes whole networks
 slower than their blocks), and profile on an otherwise idle machine (isolated blocks keep their
@@ -34,6 +42,8 @@ Example::
     settings = ProfileSettings(input_size=(3, 32, 32), threads=1, repeats=100)
     latency = load_or_build(supernet, "latency.json", settings)     # reused when still valid
     latency.predict(arch)                                          # ms
+    fitted = build_latency_table(supernet, settings, fit_archs=40)  # entries fitted to 50 whole subnets
+    fitted.metadata["fit"]["heldout"]["mape_percent"]             # its cross-validated error, %
     build_flops_table(supernet, (3, 32, 32)).predict(arch)         # MFLOPs at batch 1
 """
 
@@ -76,8 +86,11 @@ __all__ = [
     "build_flops_table",
     "build_latency_table",
     "build_params_table",
+    "check_fit_archs",
+    "fitted_subnets",
     "integer_input_units",
     "keep_rng_state",
+    "latency_table_of",
     "load_or_build",
     "model_signature",
     "settings_of",
@@ -90,8 +103,15 @@ log = logging.getLogger("lightning_nas.profiling")
 
 # 2: the runtime is part of the settings; converted runtimes' call overhead is taken off block entries.
 PROFILER_VERSION = 2
-# Calibration archs and the MAPE check draw from separate streams of the same seed.
+# Calibration archs, the MAPE check (report.CHECK_STREAM = 1) and the fit archs draw from separate
+# streams of the same seed.
 CALIBRATION_STREAM = 0
+FIT_STREAM = 2
+# build_latency_table(fit_archs=N): how the entries are fitted to whole subnets (fit.fit_table).
+FIT_METHOD = ("ridge least squares of every block entry, depth term and the constant to the end-to-end times of the "
+              "calibration and fit subnets (lightning_nas.profiling.fit.fit_table), prior: the block table rescaled to them")
+FIT_RIDGE = 1e-3
+FIT_FOLDS = 5
 
 Shape = tuple[int, ...]
 BlockShapes = list[list[list[tuple[Shape, Shape] | None]]]  # [stage][block][config] -> (input shape, output shape)
@@ -411,6 +431,7 @@ def build_latency_table(
     settings: ProfileSettings,
     *,
     calibration_archs: int = 10,
+    fit_archs: int = 0,
     seed: int = 0,
     base: Mapping[str, Any] | None = None,
     progress: Progress = None,
@@ -421,7 +442,14 @@ def build_latency_table(
         supernet: the supernet (only read: profiling runs on exported copies).
         settings: input size, batch size, device, dtype, threads, warm-up and repeats.
         calibration_archs: random archs whose end-to-end time fixes the constant (at least 1).
-        seed: seed of the calibration archs and of the random inputs.
+        fit_archs: ``0`` (default): the table is the blocks timed alone plus the fixed part
+            (BINAS Eq. 5). ``N > 0``: ``N`` more random whole subnets are timed in the same
+            interleaved rounds as the blocks, and every entry is fitted to them and to the
+            calibration subnets (:func:`~lightning_nas.profiling.fit.fit_table`, the block table
+            as prior); needs ``calibration_archs + N >= 5`` (the held-out error's folds). Use it
+            where blocks take tens of µs (ONNX Runtime or TorchScript at 32×32), where a block
+            alone and the same block inside a network differ by per-call costs and fusion.
+        seed: seed of the calibration and fit archs and of the random inputs.
         base: arch giving the labels outside the blocks (default: the largest).
         progress: called with short progress messages.
 
@@ -430,12 +458,17 @@ def build_latency_table(
         alone (``settings.statistic`` of the repeats: the median by default); ``constant`` the
         estimated fixed part; ``metadata`` the settings, the device, the model signature,
         per-entry statistics (``spread``: median, min, p10 and p90 arrays ``(S, D, C)``), the
-        calibration residuals and the number of distinct measurements.
+        calibration residuals and the number of distinct measurements. With ``fit_archs``, the
+        entries (and per-stage depth terms) are the fitted ones and ``metadata["fit"]`` records
+        the fit (see :func:`latency_table_of`): the measured subnets, how the fit was made and
+        its held-out error beside that of the block table; ``spread`` and ``constant_estimate``
+        keep the blocks' own measurements.
     """
     _check_supernet(supernet)
     _check_seed(seed)
     if not isinstance(calibration_archs, int) or isinstance(calibration_archs, bool) or calibration_archs < 1:
         raise ValueError(f"`calibration_archs` must be an int >= 1, got {calibration_archs!r}")
+    check_fit_archs(fit_archs, calibration_archs)
     started = time.perf_counter()
     staged = StagedSpace.of(supernet)
     base = supernet.space.validate(base) if base is not None else supernet.space.largest()
@@ -452,11 +485,13 @@ def build_latency_table(
         keys[s, b, c] = key
         unique.setdefault(key, _timed(module, in_shape, vocab))
     archs = supernet.space.sample_many(calibration_archs, derive_seed(seed, CALIBRATION_STREAM))
-    calibration = [_timed(supernet.export(arch), settings.batch_shape, settings.vocab_size) for arch in archs]
+    fitted = supernet.space.sample_many(fit_archs, derive_seed(seed, FIT_STREAM)) if fit_archs else []
+    calibration = [_timed(supernet.export(arch), settings.batch_shape, settings.vocab_size) for arch in archs + fitted]
     if progress is not None:
         progress(
-            f"timing {len(unique)} distinct blocks for {int(staged.config_exists().sum())} entries "
-            f"and {calibration_archs} calibration subnets, in {settings.rounds} interleaved rounds"
+            f"timing {len(unique)} distinct blocks for {int(staged.config_exists().sum())} entries, "
+            f"{calibration_archs} calibration subnets{f' and {fit_archs} fit subnets' if fit_archs else ''}, "
+            f"in {settings.rounds} interleaved rounds"
         )
     # Blocks and calibration subnets share the rounds, so the fixed part is estimated under the
     # same machine conditions as the block entries it completes.
@@ -467,7 +502,8 @@ def build_latency_table(
     # every block as a module inside the network too, so nothing is taken off there.
     empty = [_timed(nn.Identity(), settings.batch_shape, settings.vocab_size)] if settings.runtime != "eager" else []
     timed = time_modules(list(unique.values()) + calibration + empty, settings, seed=seed)
-    results, timings = dict(zip(unique, timed[: len(unique)])), timed[len(unique) : len(unique) + len(calibration)]
+    results, whole = dict(zip(unique, timed[: len(unique)])), timed[len(unique) : len(unique) + len(calibration)]
+    timings, fit_timings = whole[:calibration_archs], whole[calibration_archs:]
     # One number off every statistic of an entry keeps min <= p10 <= median <= p90.
     overhead = timed[-1].value(settings.statistic) if empty else 0.0
     del calibration
@@ -507,7 +543,103 @@ def build_latency_table(
             },
         },
     }
-    return BilinearTable(staged, constant, value, name="latency", unit="ms", metadata=metadata)
+    if not fit_archs:
+        return BilinearTable(staged, constant, value, name="latency", unit="ms", metadata=metadata)
+    metadata["fit"] = {
+        "method": FIT_METHOD,
+        "subnets": fit_archs,
+        "stream": FIT_STREAM,
+        "ridge": FIT_RIDGE,
+        "folds": FIT_FOLDS,
+        # The fit's own archs; the calibration archs (fitted too) follow from the seed.
+        "archs": fitted,
+        # Both statistics, like the residuals: the table of the other one is fitted without re-measuring.
+        "measured_by_statistic_ms": {stat: [t.value(stat) for t in fit_timings] for stat in ("median", "min")},
+    }
+    table = latency_table_of(BilinearTable(staged, constant, value, name="latency", unit="ms", metadata=metadata), supernet)
+    if progress is not None:
+        summary = table.metadata["fit"]
+        progress(
+            f"entries fitted to {calibration_archs + fit_archs} whole subnets: held-out MAPE "
+            f"{summary['heldout']['mape_percent']:.2f} % (block table rescaled: {summary['prior_heldout']['mape_percent']:.2f} %)"
+        )
+    return table
+
+
+def check_fit_archs(fit_archs: Any, calibration_archs: int) -> int:
+    """``fit_archs`` of :func:`build_latency_table` if valid with ``calibration_archs``, else a ``ValueError``
+    naming it (an int >= 0; when positive, at least 5 whole subnets in all for the held-out folds)."""
+    if not isinstance(fit_archs, int) or isinstance(fit_archs, bool) or fit_archs < 0:
+        raise ValueError(f"`fit_archs` must be an int >= 0 (0: no fit), got {fit_archs!r}")
+    if fit_archs and calibration_archs + fit_archs < max(3, FIT_FOLDS):
+        raise ValueError(
+            f"`fit_archs` + `calibration_archs` must be at least {max(3, FIT_FOLDS)} whole subnets to fit the table and measure "
+            f"its held-out error, got {fit_archs} + {calibration_archs}"
+        )
+    return fit_archs
+
+
+def fitted_subnets(metadata: Mapping[str, Any] | None) -> int:
+    """How many fit subnets a latency table's ``metadata`` records (``fit_archs`` of its build; 0 for
+    a table of blocks alone, including every table made before fitting existed)."""
+    fit = (metadata or {}).get("fit") if isinstance(metadata, Mapping) else None
+    return int(fit.get("subnets", 0)) if isinstance(fit, Mapping) else 0
+
+
+def latency_table_of(table: BilinearTable, supernet: Supernet, statistic: str | None = None, *, fitted: bool = True) -> BilinearTable:
+    """A latency table of ``statistic`` rebuilt from what ``build_latency_table`` measured, without re-measuring.
+
+    The block entries are ``metadata["spread"][statistic]`` and the fixed part the median of the
+    calibration residuals of that statistic (BINAS Eq. 5). When the build timed fit subnets
+    (``fit_archs``) and ``fitted`` is true, every entry, each stage's depth terms and the constant
+    are then fitted by ridge least squares to the calibration and fit subnets' end-to-end times
+    (:func:`~lightning_nas.profiling.fit.fit_table` with that block table as prior, rescaled
+    first, so entries the subnets do not pin down keep the blocks' values). The result's
+    ``metadata["fit"]`` adds ``heldout`` (``folds``-fold cross-validated ``mape_percent``,
+    ``max_error_percent``, ``rmse`` in ms), ``prior_heldout`` (the same for the rescaled block
+    table), ``margin`` (90th percentile of the held-out under-prediction, see
+    :meth:`~lightning_nas.profiling.fit.TableFit.safe_upper`) and ``statistic``.
+
+    Args:
+        table: a table made by :func:`build_latency_table` (its metadata holds the measurements).
+        supernet: the supernet it was built for (to redraw the calibration archs from the seed).
+        statistic: ``"median"`` or ``"min"`` (default: the table's own).
+        fitted: ``False``: the block table only, even when fit subnets were measured.
+
+    Raises:
+        ValueError: a table whose metadata lacks the measurements, or an unknown statistic.
+    """
+    from lightning_nas.profiling.fit import fit_table
+
+    meta = table.metadata if isinstance(table.metadata, Mapping) else {}
+    statistic = statistic or (meta.get("settings") or {}).get("statistic", "median")
+    try:
+        estimate = meta["constant_estimate"]
+        blocks = np.asarray(meta["spread"][statistic], dtype=np.float64)
+        residuals = np.asarray(estimate["residuals_by_statistic_ms"][statistic], dtype=np.float64)
+    except (KeyError, TypeError) as err:
+        raise ValueError(
+            f"table {table.name!r} has no per-statistic measurements of {statistic!r} in its metadata (made by build_latency_table "
+            f"with statistic 'median' or 'min'?): {type(err).__name__}: {err}"
+        ) from err
+    blocks_table = BilinearTable(table.staged, float(np.median(residuals)), blocks, name="latency", unit="ms", metadata=dict(meta))
+    fit = meta.get("fit")
+    if not fitted or not isinstance(fit, Mapping):
+        blocks_table.metadata.pop("fit", None)
+        return blocks_table
+    calibration = supernet.space.sample_many(int(estimate["calibration_archs"]), derive_seed(int(meta["seed"]), CALIBRATION_STREAM))
+    archs = calibration + [supernet.space.validate(a) for a in fit["archs"]]
+    # The calibration subnets' end-to-end times are what their residuals were computed from.
+    measured = np.concatenate([residuals + BilinearTable(table.staged, 0.0, blocks, name="latency").predict_many(calibration),
+                               np.asarray(fit["measured_by_statistic_ms"][statistic], dtype=np.float64)])
+    result = fit_table(table.staged, archs, measured, prior=blocks_table, ridge=float(fit["ridge"]), folds=int(fit["folds"]),
+                       seed=int(meta["seed"]), name="latency", unit="ms")
+    summary = {**fit, "statistic": statistic, "measurements": result.measurements, "heldout": result.heldout,
+               "prior_heldout": result.prior_heldout, "margin": result.margin, "quantile": result.quantile,
+               "prior_not_rescaled": result.details["prior_not_rescaled"]}
+    fitted_table = result.table
+    return BilinearTable(table.staged, fitted_table.constant, fitted_table.block, fitted_table.depth, name="latency", unit="ms",
+                         metadata={**meta, "fit": summary})
 
 
 # -- reuse or rebuild --------------------------------------------------------------------------
@@ -521,10 +653,14 @@ def settings_of(table: BilinearTable) -> ProfileSettings:
     return ProfileSettings(**raw)
 
 
-def stale_reasons(metadata: Mapping[str, Any], supernet: Supernet, settings: ProfileSettings) -> list[str]:
+def stale_reasons(metadata: Mapping[str, Any], supernet: Supernet, settings: ProfileSettings, *,
+                  fit_archs: int | None = None) -> list[str]:
     """Why a table with ``metadata`` does not apply to ``supernet`` measured with ``settings`` here
-    (an empty list when it does)."""
+    (an empty list when it does); with ``fit_archs``, also when the table was fitted to another
+    number of whole subnets (:func:`build_latency_table`; 0: not fitted)."""
     reasons = []
+    if fit_archs is not None and fitted_subnets(metadata) != fit_archs:
+        reasons.append(f"fitted to {fitted_subnets(metadata)} fit subnets, now {fit_archs} asked (fit_archs)")
     if metadata.get("profiler_version") != PROFILER_VERSION:
         reasons.append(f"profiler version {metadata.get('profiler_version')!r} != {PROFILER_VERSION}")
     if metadata.get("model") != model_signature(supernet):
@@ -579,6 +715,7 @@ def load_or_build(
     *,
     rebuild: bool = False,
     calibration_archs: int = 10,
+    fit_archs: int = 0,
     seed: int = 0,
     progress: Progress = None,
 ) -> BilinearTable:
@@ -594,10 +731,13 @@ def load_or_build(
         settings: how to measure.
         rebuild: rebuild even when the file is valid.
         calibration_archs: see :func:`build_latency_table`.
+        fit_archs: see :func:`build_latency_table`; a table fitted to another number of subnets
+            (a table of blocks alone, for ``fit_archs > 0``) is rebuilt.
         seed: see :func:`build_latency_table`.
         progress: see :func:`build_latency_table`.
     """
     _check_supernet(supernet)
+    check_fit_archs(fit_archs, calibration_archs)
     path = Path(path)
     # Checked before a build that can take minutes, not when its result is saved.
     check_writable(path, "latency table path")
@@ -621,7 +761,7 @@ def load_or_build(
             if not isinstance(table.metadata, Mapping):
                 reasons.append("its metadata is not an object")
             else:
-                reasons += stale_reasons(table.metadata, supernet, settings)
+                reasons += stale_reasons(table.metadata, supernet, settings, fit_archs=fit_archs)
             if not reasons:
                 log.info("latency table %s reused (same supernet, settings and device)", path)
                 return table
@@ -630,7 +770,8 @@ def load_or_build(
         log.warning("latency table %s is rebuilt: %s", path, "; ".join(reasons))
     else:
         log.info("building latency table %s", path)
-    table = build_latency_table(supernet, settings, calibration_archs=calibration_archs, seed=seed, progress=progress)
+    table = build_latency_table(supernet, settings, calibration_archs=calibration_archs, fit_archs=fit_archs, seed=seed,
+                                progress=progress)
     if existed:
         backup = backup_path(path)
         # A copy, not a rename: the path keeps a complete file until the new one replaces it.

@@ -101,6 +101,19 @@ def test_profiler_times_in_the_requested_runtime(tmp_path):
     assert profiler.settings.runtime == "onnxruntime" and (profiler.latency_table.block > 0).any()
 
 
+def test_profiler_fits_the_table_to_whole_subnets(tmp_path):
+    profiler = LatencyProfiler(tmp_path / "lat.json", input_size=(3, 16, 16), fit_archs=4, **FAST)
+    fit([profiler], max_steps=1)
+    meta = profiler.latency_table.metadata
+    assert meta["fit"]["subnets"] == 4 and meta["fit"]["measurements"] == 5 and meta["fit"]["heldout"]["mape_percent"] >= 0
+    again = LatencyProfiler(tmp_path / "lat.json", input_size=(3, 16, 16), fit_archs=4, **FAST)
+    fit([again], max_steps=1)
+    assert again.latency_table.metadata["created"] == meta["created"] and not (tmp_path / "lat.json.bak").exists()
+    unfitted = LatencyProfiler(tmp_path / "lat.json", input_size=(3, 16, 16), **FAST)  # another fit_archs: rebuilt
+    fit([unfitted], max_steps=1)
+    assert "fit" not in unfitted.latency_table.metadata and (tmp_path / "lat.json.bak").exists()
+
+
 def test_state_restores_the_inferred_input_size(tmp_path):
     profiler = LatencyProfiler(tmp_path / "lat.json", **FAST)
     fresh = LatencyProfiler(tmp_path / "lat.json", **FAST)
@@ -120,6 +133,8 @@ def test_state_restores_the_inferred_input_size(tmp_path):
         (dict(dtype="half"), "dtype"),
         (dict(runtime="tflite"), "runtime"),
         (dict(calibration_archs=0), "calibration_archs"),
+        (dict(fit_archs=-1), "fit_archs"),
+        (dict(fit_archs=2, calibration_archs=1), "fit_archs"),
         (dict(seed=-1), "seed"),
     ],
 )

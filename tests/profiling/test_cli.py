@@ -51,6 +51,19 @@ def test_profile_bad_arguments(tmp_path, capsys, extra, message):
     assert not (tmp_path / "t.json").exists()
 
 
+def test_profile_fits_the_table_to_whole_subnets(tmp_path, capsys):
+    out = tmp_path / "table.json"
+    argv = ["--space", "mobilenet", "--out", str(out), "--space-kwargs", TINY, "--image-size", "16", "--repeats", "3",
+            "--warmup", "0", "--calibration-archs", "1", "--fit-archs", "4", "--no-pin-malloc"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "entries fitted to 5 whole subnets (4 fit + calibration): held-out MAPE" in text
+    assert json.loads(out.read_text())["metadata"]["fit"]["subnets"] == 4
+    with pytest.raises(SystemExit) as exc:
+        main(argv[:-3] + ["--fit-archs", "2"])
+    assert exc.value.code == 2 and "`fit_archs`" in capsys.readouterr().err
+
+
 def test_add_arguments_and_run_plug_into_a_parent_cli(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="lightning-nas")
     commands = parser.add_subparsers(dest="command", required=True)
