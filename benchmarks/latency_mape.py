@@ -11,6 +11,13 @@ Both per-entry statistics come from the same measurements: ``median`` (the defau
 table's metadata (per-entry minima and the calibration residuals of the minima); nothing is
 re-measured.
 
+Two tables per build (``--fit-archs N``, default 40; 0 leaves the second out): ``blocks``, the
+per-block table of BINAS Eq. 5 (every block timed alone, the fixed part from the calibration
+subnets), and ``fitted``, the same build with ``N`` more random whole subnets timed in the same
+interleaved rounds and every entry fitted to them and the calibration subnets
+(``build_latency_table(fit_archs=N)``, ``latency_table_of``). Both are checked on the same
+end-to-end timings of the same ``--num-archs`` subnets, which neither was built from.
+
 Spaces: ``mobilenet`` (defaults, 32×32), and, when ``lightning_nas.spaces.binas`` exists, ``binas``
 tiny preset (32×32) and ImageNet preset (224×224; ``--skip-imagenet`` leaves it out).
 
@@ -30,6 +37,7 @@ Usage::
     .venv/bin/python benchmarks/latency_mape.py                 # rewrites its section of RESULTS.md
     .venv/bin/python benchmarks/latency_mape.py --no-write --skip-imagenet
     .venv/bin/python benchmarks/latency_mape.py --no-write --runtime onnxruntime --malloc pinned --skip-imagenet
+    .venv/bin/python benchmarks/latency_mape.py --no-write --fit-archs 0 --skip-imagenet   # blocks tables only
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ from results_file import device_title, machine, marker_suffix, publish  # benchm
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.profiling import RUNTIMES, ProfileSettings, build_latency_table, check_latency, cpu_model, mape, time_modules
 from lightning_nas.profiling.report import CHECK_STREAM
-from lightning_nas.profiling.tables import CALIBRATION_STREAM
+from lightning_nas.profiling.tables import CALIBRATION_STREAM, latency_table_of
 from lightning_nas.seeding import derive_seed
 from lightning_nas.spaces import create_space
 
@@ -78,7 +86,9 @@ def cases(skip_imagenet: bool, runtimes: list[str], imagenet_runtimes: list[str]
 
 
 def min_table(table: BilinearTable) -> BilinearTable:
-    """The same table with per-entry minima and the fixed part re-estimated from the minima."""
+    """The block table of per-entry minima, the fixed part re-estimated from the minima (what
+    ``latency_table_of(table, supernet, "min", fitted=False)`` gives; kept for ``any_model.py``,
+    which has no supernet at hand there)."""
     meta = table.metadata
     residuals = meta["constant_estimate"]["residuals_by_statistic_ms"]["min"]
     return BilinearTable(table.staged, float(np.median(residuals)), np.array(meta["spread"]["min"]), name="latency", unit="ms",
@@ -119,32 +129,42 @@ def run_case(label: str, name: str, kwargs: dict, image_size: int, runtime: str,
     label = f"{label}, malloc {malloc}"
     print(f"[{label}, {runtime}] building the table ({settings.repeats} repeats, {settings.threads} thread)", flush=True)
     started = time.perf_counter()
-    table = build_latency_table(supernet, settings, calibration_archs=args.calibration_archs, seed=args.seed)
+    table = build_latency_table(supernet, settings, calibration_archs=args.calibration_archs, fit_archs=args.fit_archs, seed=args.seed)
     build_s = time.perf_counter() - started
     archs = supernet.space.sample_many(args.num_archs, derive_seed(args.seed, CHECK_STREAM))
     overhead = call_overhead_ms(settings)
     result = {"label": label, "malloc": malloc, "runtime": runtime, "image_size": image_size, "table": table, "build_s": build_s,
-              "check_s": 0.0}
-    for stat, tab in (("median", table), ("min", min_table(table))):
+              "check_s": 0.0, "rows": []}
+    for stat in ("median", "min"):
+        tables = {"blocks": latency_table_of(table, supernet, stat, fitted=False)}
+        if args.fit_archs:
+            tables["fitted"] = latency_table_of(table, supernet, stat)
         # Each statistic's check re-times the table's calibration subnets in the same rounds as the
         # checked ones: their time now / at the build is the machine's speed drift since the build.
         started = time.perf_counter()
-        check = check_latency(supernet, tab, archs=archs, settings=dataclasses.replace(settings, statistic=stat), seed=args.seed)
+        check = check_latency(supernet, tables["blocks"], archs=archs, settings=dataclasses.replace(settings, statistic=stat),
+                              seed=args.seed)
         result["check_s"] += time.perf_counter() - started
-        predicted, measured = check.predicted, check.measured
-        errors = 100 * (predicted - measured) / measured
-        # Converted runtimes' tables already have an empty graph's time taken off every block (PROFILER_VERSION 2).
-        corrected = without_call_overhead(tab, stat, overhead[stat], supernet, args).predict_many(archs) if runtime == "eager" else None
-        result[stat] = {
-            "mape": check.mape, "max": float(np.abs(errors).max()), "bias": float(errors.mean()),
-            "measured": (float(measured.min()), float(measured.max())), "constant": tab.constant,
-            "speed": check.speed, "mape_at_build_speed": check.mape_at_build_speed,
-            "overhead_ms": overhead[stat], "mape_without_overhead": None if corrected is None else mape(corrected, measured),
-        }
-        print(f"[{label}, {runtime}] {stat}: MAPE {result[stat]['mape']:.2f} % (max {result[stat]['max']:.2f} %, bias "
-              f"{result[stat]['bias']:+.2f} %); speed now/build {check.speed:.3f}, MAPE at build speed "
-              f"{check.mape_at_build_speed:.2f} %; call overhead {1e3 * overhead[stat]:.1f} us, MAPE without it "
-              f"{_percent(result[stat]['mape_without_overhead'])}", flush=True)
+        measured = check.measured
+        for kind, tab in tables.items():
+            predicted = tab.predict_many(archs)
+            errors = 100 * (predicted - measured) / measured
+            # Converted runtimes' tables already have an empty graph's time taken off every block (PROFILER_VERSION 2).
+            corrected = (without_call_overhead(tab, stat, overhead[stat], supernet, args).predict_many(archs)
+                         if runtime == "eager" and kind == "blocks" else None)
+            fit = tab.metadata.get("fit") or {}
+            row = {
+                "table": kind, "statistic": stat, "mape": mape(predicted, measured), "max": float(np.abs(errors).max()),
+                "bias": float(errors.mean()), "measured": (float(measured.min()), float(measured.max())), "constant": tab.constant,
+                "speed": check.speed, "mape_at_build_speed": mape(check.speed * predicted, measured),
+                "overhead_ms": overhead[stat], "mape_without_overhead": None if corrected is None else mape(corrected, measured),
+                "heldout": fit["heldout"]["mape_percent"] if "heldout" in fit else None,
+            }
+            result["rows"].append(row)
+            print(f"[{label}, {runtime}] {stat}, {kind}: MAPE {row['mape']:.2f} % (max {row['max']:.2f} %, bias "
+                  f"{row['bias']:+.2f} %); speed now/build {check.speed:.3f}, MAPE at build speed "
+                  f"{row['mape_at_build_speed']:.2f} %; fit held-out {_percent(row['heldout'])}; call overhead "
+                  f"{1e3 * overhead[stat]:.1f} us, MAPE without it {_percent(row['mape_without_overhead'])}", flush=True)
     return result
 
 
@@ -184,28 +204,38 @@ def report(results: list[dict], args: argparse.Namespace, command: str) -> str:
         f"- Machine: {host if cpu else machine(args.device)}, load average {os.getloadavg()[0]:.1f} at the end",
         f"- Command: `{command}`",
         f"- Settings: batch {args.batch_size}, {args.threads} thread, float32, eval mode, inference mode; {args.warmup} warm-up + "
-        f"{args.repeats} timed calls per measurement; {args.calibration_archs} calibration subnets for the fixed part; "
-        f"{args.num_archs} other random subnets checked (seed {args.seed}); device `{first['device']['device_name']}`",
-        "- Prediction: `table.predict(arch)` = fixed part + Σ active blocks' isolated times (BINAS Eq. 5); measured: the "
-        "exported subnet end to end with the same settings, runtime and statistic",
+        f"{args.repeats} timed calls per measurement; {args.calibration_archs} calibration subnets for the fixed part"
+        + (f", {args.fit_archs} more fit subnets for the `fitted` tables" if args.fit_archs else "")
+        + f"; {args.num_archs} other random subnets checked (seed {args.seed}); device `{first['device']['device_name']}`",
+        "- Prediction: `blocks`: `table.predict(arch)` = fixed part + Σ active blocks' isolated times (BINAS Eq. 5)"
+        + ("; `fitted`: the same build's entries, depth terms and fixed part fitted by ridge least squares to the "
+           f"{args.calibration_archs + args.fit_archs} whole subnets timed in its rounds (`build_latency_table(fit_archs="
+           f"{args.fit_archs})`, the block table as prior)" if args.fit_archs else "")
+        + "; measured: the exported subnet end to end with the same settings, runtime and statistic",
         f"- Runtimes: {runtimes_line(results)}",
         "",
-        "| space, allocator | runtime | input | entries / distinct measurements | build (s) | check (s) | statistic | fixed part (ms) | "
-        "measured range (ms) | MAPE (%) | max error (%) | mean signed error (%) | speed now / build | MAPE at build speed (%) | "
-        "target | call overhead (µs) | MAPE, overhead off blocks (%) |",
-        "|---|---|---|---:|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| space, allocator | runtime | input | entries / distinct measurements | build (s) | check (s) | statistic | table | "
+        "fixed part (ms) | measured range (ms) | MAPE (%) | max error (%) | mean signed error (%) | speed now / build | "
+        "MAPE at build speed (%) | target | fit held-out MAPE (%) | call overhead (µs) | MAPE, overhead off blocks (%) |",
+        "|---|---|---|---:|---:|---:|---|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for r in results:
         meta = r["table"].metadata
-        for stat in ("median", "min"):
-            s = r[stat]
+        for s in r["rows"]:
             lines.append(
                 f"| {r['label']} | {r['runtime']} | {r['image_size']}² | {meta['entries']} / {meta['measurements']} | {r['build_s']:.0f} | {r['check_s']:.0f} | "
-                f"{stat} | {s['constant']:.3f} | {s['measured'][0]:.3f}–{s['measured'][1]:.3f} | {s['mape']:.2f} | {s['max']:.2f} | "
-                f"{s['bias']:+.2f} | {s['speed']:.3f} | {s['mape_at_build_speed']:.2f} | "
-                f"≤ {TARGET:.0f} %: {_verdict(s)} | {1e3 * s['overhead_ms']:.1f} | "
+                f"{s['statistic']} | {s['table']} | {s['constant']:.3f} | {s['measured'][0]:.3f}–{s['measured'][1]:.3f} | {s['mape']:.2f} | "
+                f"{s['max']:.2f} | {s['bias']:+.2f} | {s['speed']:.3f} | {s['mape_at_build_speed']:.2f} | "
+                f"≤ {TARGET:.0f} %: {_verdict(s)} | {_percent(s['heldout']).removesuffix(' %')} | {1e3 * s['overhead_ms']:.1f} | "
                 f"{_percent(s['mape_without_overhead']).removesuffix(' %')} |"
             )
+    lines += [] if not args.fit_archs else [
+        "",
+        "`table`: `blocks` and `fitted` come from one build (its `build (s)` includes timing the fit subnets) and are checked "
+        "on the same timings of the same subnets. `fit held-out MAPE`: the fitted table's 5-fold cross-validated error on "
+        "the build's own whole subnets (recorded in `metadata['fit']`); the check's MAPE adds the machine's drift between "
+        "the build and the check.",
+    ]
     lines += [
         "",
         "`call overhead`: one call of `x + 1` on a single number in the runtime (Python call, ONNX Runtime session run, "
@@ -214,8 +244,8 @@ def report(results: list[dict], args: argparse.Namespace, command: str) -> str:
         "`MAPE, overhead off blocks`: the same table with that overhead taken off every block entry and the fixed part "
         "re-estimated from the same calibration residuals (no re-measurement); it matters where blocks take tens of µs "
         "(ONNX Runtime at 32²). The torchscript and onnxruntime tables already take an empty graph's time off every block "
-        "(PROFILER_VERSION 2), so their `MAPE (%)` is this figure and the column shows —; for eager it is what the same "
-        "correction would give.",
+        "(PROFILER_VERSION 2), so their `MAPE (%)` is this figure and the column shows —; for eager `blocks` it is what the "
+        "same correction would give.",
     ]
     lines += [
         "",
@@ -257,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--num-archs", type=int, default=30, help="random subnets checked (at least 30)")
     parser.add_argument("--calibration-archs", type=int, default=10)
+    parser.add_argument("--fit-archs", type=int, default=40,
+                        help="whole subnets timed with the blocks for the fitted table (0: blocks table only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-imagenet", action="store_true", help="leave out the 224×224 BINAS space")
     parser.add_argument(
@@ -276,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.num_archs < 30:
         parser.error("--num-archs must be at least 30")
+    if args.fit_archs < 0 or (args.fit_archs and args.calibration_archs + args.fit_archs < 5):
+        parser.error("--fit-archs must be 0 or a count that makes at least 5 whole subnets with --calibration-archs")
     conditions = [c.strip() for c in args.malloc.split(",") if c.strip()]
     if not conditions or any(c not in ("default", "pinned") for c in conditions) or conditions == ["pinned", "default"]:
         parser.error("--malloc must list default and/or pinned, default first (pinning cannot be undone)")
