@@ -85,13 +85,10 @@ def normal_scores(values: torch.Tensor) -> torch.Tensor:
     range into a sliver of the Huber loss's unit scale.
     """
     values = values.double()
-    order = values.argsort()
-    ranks = torch.empty_like(values)
-    ranks[order] = torch.arange(len(values), dtype=torch.float64)
-    for v in values.unique():  # mean rank of ties
-        tied = values == v
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
+    _, group, counts = values.unique(return_inverse=True, return_counts=True)  # sorted distinct values
+    # Tied values take the mean of the ranks they span: first rank of the group + (count - 1) / 2.
+    first = torch.cumsum(counts, 0) - counts
+    ranks = (first + (counts - 1) / 2.0).double()[group]
     quantile = (ranks + 0.5) / len(values)
     return (torch.special.ndtri(quantile)).float()
 
@@ -259,30 +256,53 @@ class BayesianOptimization(BatchStrategy):
         if self.batches == 0 or not self.history:
             return self._random_batch([(low, self.initial)])
         model, head, best = self._fit()
+        # An enumerable space is scored in one pass (M, S): every candidate and every observed arch alike,
+        # each fidelity's pool then being a subset by position (no re-encoding, one forward pass).
+        scored = model.predict(self._candidates.enumeration()[1], head).double() if self._candidates.enumerable \
+            else None
         # Each member's prediction of the incumbent (its max over the archs observed on the driving head).
         seen = [o.arch for o in self.history if self._fidelity_head(o.fidelity) == head - len(self.pretrain_metrics)]
-        member_best = model.predict(one_hot(self.space, seen), head).double().amax(1, keepdim=True)
+        member_best = self._predictions(model, head, seen, scored).amax(1, keepdim=True)
         stalled = self.stall_window is not None and \
             evaluations_since_improvement(self.history, high) >= self.stall_window
         incumbent = self.best()
         anchor = one_hot(self.space, [incumbent.arch])[0].numpy() if incumbent is not None else None
         batch = []
         for fidelity, count in plan:
-            pool, x = self._pool(fidelity)
-            if not pool or count == 0:
+            if count == 0:
                 continue
-            predictions = model.predict(x, head).double()
+            if scored is not None:
+                archs, x_all, _ = self._candidates.enumeration()
+                keep = self._candidates.available(self._blocked(fidelity))
+                pool, x, predictions = [archs[i] for i in keep], x_all.numpy()[keep], scored[:, torch.from_numpy(keep)]
+            else:
+                pool, encoded = self._pool(fidelity)
+                x = encoded.numpy()
+                predictions = model.predict(encoded, head).double() if pool else None
+            if not pool:
+                continue
             scores = acquisition(predictions, best, self.kind, self.ucb_beta)
             feasible = np.array([self.predicted_violation(a) <= 0.0 for a in pool]) if self.constraints else None
             chosen, reason = select_batch(
                 scores.numpy(), predictions.mean(0).numpy(), predictions.std(0, unbiased=False).numpy(), count,
-                distance=None if anchor is None else hamming_to(x.numpy(), anchor), feasible=feasible,
+                distance=None if anchor is None else hamming_to(x, anchor), feasible=feasible,
                 stalled=stalled, explore=self.explore, fallback=(predictions > member_best).double().mean(0).numpy())
             if reason is not None:
                 self.explorations.append((self.batches, reason))
             for i in chosen:
                 batch.append(self._propose(pool[int(i)], fidelity))
         return batch
+
+    def _predictions(self, model: DeepEnsemble, head: int, archs: Sequence[dict[str, Any]],
+                     scored: torch.Tensor | None) -> torch.Tensor:
+        """``(M, len(archs))`` predictions of ``head``: columns of ``scored`` (the whole enumeration's)
+        when every arch is in it, else a forward pass."""
+        if scored is not None:
+            index = self._candidates.enumeration()[2]
+            positions = [index.get(arch_key(a)) for a in archs]
+            if None not in positions:
+                return scored[:, positions]
+        return model.predict(one_hot(self.space, archs), head).double()
 
     def _random_batch(self, plan) -> list[Proposal]:
         """Uniformly random archs not yet proposed at their fidelity; with constraints and a cost model,
@@ -300,11 +320,14 @@ class BayesianOptimization(BatchStrategy):
         self.proposed.add((arch_key(arch), fidelity))
         return Proposal(arch, fidelity)
 
+    def _blocked(self, fidelity: float | None) -> set[tuple]:
+        """Keys of the archs not to propose at ``fidelity``: proposed at it (or, for a low fidelity, at the high one)."""
+        return {k for k, f in self.proposed if f == fidelity or (self.fidelities and f == self.fidelities[1])}
+
     def _pool(self, fidelity: float | None) -> tuple[list[dict[str, Any]], torch.Tensor]:
         """Candidates not yet proposed at ``fidelity`` (nor, for a low fidelity, at the high one)."""
-        blocked = {k for k, f in self.proposed if f == fidelity or (self.fidelities and f == self.fidelities[1])}
         parents = [o.arch for o in sorted(self.history, key=lambda o: o.value, reverse=True)[:10]]
-        return self._candidates(self, blocked, parents)
+        return self._candidates(self, self._blocked(fidelity), parents)
 
     # -- the surrogate -------------------------------------------------------------------------
     def _heads(self) -> int:

@@ -43,23 +43,46 @@ class CandidatePool:
 
     def __init__(self, space: SearchSpace, limit: int) -> None:
         self.space, self.limit = space, limit
-        self._all: tuple[list[dict[str, Any]], list[tuple], torch.Tensor] | None = None
+        self._all: tuple[list[dict[str, Any]], list[tuple], torch.Tensor, dict[tuple, int]] | None = None
 
     @property
     def enumerable(self) -> bool:
         return self.space.size <= self.limit
+
+    def enumeration(self) -> tuple[list[dict[str, Any]], torch.Tensor, dict[tuple, int]]:
+        """Every arch of an enumerable space, their encodings ``(S, encoding_size)`` and the position of
+        each :func:`arch_key` (listed and encoded once per process: a surrogate can score the whole
+        space in one pass and pick any subset by index, without re-encoding).
+
+        Raises:
+            ValueError: the space has more than ``limit`` archs.
+        """
+        if not self.enumerable:
+            raise ValueError(f"the space has {self.space.size} archs, more than the candidate limit {self.limit}: "
+                             "it is sampled, not enumerated")
+        if self._all is None:
+            archs = list(self.space.enumerate())
+            keys = [arch_key(a) for a in archs]
+            self._all = (archs, keys, one_hot(self.space, archs), {k: i for i, k in enumerate(keys)})
+        archs, _, x, index = self._all
+        return archs, x, index
+
+    def available(self, exclude: Collection[tuple] = ()) -> np.ndarray:
+        """Positions in :meth:`enumeration` of the archs whose key is not in ``exclude``, ascending
+        (``O(len(exclude))``, not a pass over the space)."""
+        archs, _, index = self.enumeration()
+        keep = np.ones(len(archs), dtype=bool)
+        keep[[index[k] for k in exclude if k in index]] = False
+        return np.flatnonzero(keep)
 
     def __call__(self, strategy: Strategy, exclude: Collection[tuple] = (),
                  parents: Sequence[Mapping[str, Any]] = ()) -> tuple[list[dict[str, Any]], torch.Tensor]:
         """Candidates whose :func:`arch_key` is not in ``exclude``, and their encodings ``(N, encoding_size)``.
         Random draws use ``strategy``'s generator."""
         if self.enumerable:
-            if self._all is None:
-                archs = list(self.space.enumerate())
-                self._all = (archs, [arch_key(a) for a in archs], one_hot(self.space, archs))
-            archs, keys, x = self._all
-            keep = [i for i, k in enumerate(keys) if k not in exclude]
-            return [archs[i] for i in keep], x[keep]
+            archs, x, _ = self.enumeration()
+            keep = self.available(exclude)
+            return [archs[i] for i in keep], x[torch.from_numpy(keep)]
         pool: dict[tuple, dict[str, Any]] = {}
         for i in range(2 * self.limit):
             if len(pool) >= self.limit:
