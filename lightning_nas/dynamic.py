@@ -148,7 +148,9 @@ def _restricted_space(staged: StagedSpace, keep: np.ndarray) -> StagedSpace:
 
 def _restrict(table: BilinearTable, staged: StagedSpace, keep: np.ndarray) -> BilinearTable:
     block = np.take_along_axis(table.block, keep, -1)
-    return BilinearTable(staged, table.constant, block, table.depth, name=table.name, unit=table.unit, link=table.link)
+    # The metadata travels: it says how the table aggregates (a peak-memory table is a maximum).
+    return BilinearTable(staged, table.constant, block, table.depth, name=table.name, unit=table.unit, link=table.link,
+                         metadata=table.metadata)
 
 
 class DynamicNetwork(nn.Module):

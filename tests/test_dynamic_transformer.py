@@ -137,3 +137,20 @@ def test_a_depth_block_outside_any_stack_is_refused():
     latency = BilinearTable(staged, 1.0, np.ones((1, 2, 2)), name="latency")
     with pytest.raises(ValueError, match="neither a block of a DepthChoice nor a layer of an ElasticLayers"):
         DynamicNetwork(supernet, accuracy, latency, {"latency": 10.0}, blocks_per_node=2)
+
+
+def test_a_peak_memory_budget_is_a_maximum():
+    from lightning_nas.profiling.memory import build_peak_memory_table, peak_inference_bytes
+
+    supernet = vit_supernet()
+    staged = StagedSpace.from_supernet(supernet)
+    accuracy, latency = tables(staged, seed=2)
+    peak = build_peak_memory_table(supernet, (1, 8, 8), batch_size=3)
+    x = CASES["vit-prefix"][1]()
+    dynamic = DynamicNetwork(supernet, accuracy, [latency, peak], {}, blocks_per_node=3).eval()
+    largest = peak_inference_bytes(dynamic.network, x)
+    for bound in (largest - 1, largest * 0.8):
+        report = dynamic.set_budget({"peak_memory": bound})
+        measured = peak_inference_bytes(dynamic.network, x)
+        assert measured == report.result.resources["peak_memory"] <= bound
+        check_running(dynamic, supernet, x)

@@ -49,6 +49,7 @@ from lightning_nas.solvers.problem import (
     NotOptimalWarning,
     SearchResult,
     check_top_k,
+    max_extreme,
 )
 
 __all__ = [
@@ -274,6 +275,7 @@ class MilpModel:
         prune: leave out configs another config of the same block beats or ties on every table
             (exact, see :func:`dominated_configs`; a bound changed later by :meth:`set_limit`
             keeps its direction, so the pruning stays valid).
+        minimise_max: ``minimise`` is a max-type table: minimise its largest running term.
 
     Attributes:
         model: the Pyomo model; ``model.upper[k]`` / ``model.lower[k]`` are mutable parameters of
@@ -281,7 +283,8 @@ class MilpModel:
         build_seconds: wall time of building it.
     """
 
-    def __init__(self, problem: ConstrainedProblem, formulation: str = "compact", minimise=None, prune: bool = True) -> None:
+    def __init__(self, problem: ConstrainedProblem, formulation: str = "compact", minimise=None, prune: bool = True,
+                 minimise_max: bool = False) -> None:
         if formulation not in FORMULATIONS:
             raise ValueError(f"`formulation` must be one of {FORMULATIONS}, got {formulation!r}")
         start = time.perf_counter()
@@ -323,14 +326,30 @@ class MilpModel:
         if minimise is None:
             self.offset = problem.objective.constant + sum(problem.objective.depth[s, 0] for s in idx.fixed_depth)
             m.obj = pyo.Objective(expr=_linear_expr(pyo, problem.objective, idx, m.w, m.beta, offset=False), sense=pyo.maximize)
+        elif minimise_max:
+            # min z with z >= every running term: z >= floor + (entry - floor) * binary, floor = the
+            # fixed terms' largest (always part of the max), exact for binaries.
+            floor = max([minimise.constant] + [minimise.depth[s, 0] for s in idx.fixed_depth])
+            m.z = pyo.Var(bounds=(floor, None))
+            terms = [(minimise.block[s, b, c], m.w[s, b, c]) for (s, b, c) in idx.w]
+            terms += [(minimise.depth[s, j], m.beta[s, j]) for (s, j) in idx.beta]
+            terms = [(float(v), x) for v, x in terms if v > floor]
+            m.z_above = pyo.Constraint(pyo.Set(initialize=range(len(terms)), ordered=True),
+                                       rule=lambda m, i: m.z >= floor + (terms[i][0] - floor) * terms[i][1])
+            self.offset = 0.0
+            m.obj = pyo.Objective(expr=m.z, sense=pyo.minimize)
         else:
             self.offset = minimise.constant + sum(minimise.depth[s, 0] for s in idx.fixed_depth)
             m.obj = pyo.Objective(expr=_linear_expr(pyo, minimise, idx, m.w, m.beta, offset=False), sense=pyo.minimize)
         self.sense = "min" if minimise is not None else "max"
         self.prune = prune
-        self._minimise = minimise
+        self._minimise, self._minimise_max = minimise, minimise_max
         table = problem.objective if minimise is None else minimise
-        self.default_abs_gap = 1e-9 * max(table.extreme(largest=True, additive=True)[0] - table.extreme(additive=True)[0], 1e-12)
+        if minimise_max:
+            span = max_extreme(table, largest=True)[0] - max_extreme(table)[0]
+        else:
+            span = table.extreme(largest=True, additive=True)[0] - table.extreme(additive=True)[0]
+        self.default_abs_gap = 1e-9 * max(span, 1e-12)
         self._add_limits(pyo, m, problem.limits, lambda t: _linear_expr(pyo, t, idx, m.w, m.beta))
         self.build_seconds = time.perf_counter() - start
 
@@ -339,9 +358,36 @@ class MilpModel:
         lows = [k for k, lim in enumerate(limits) if lim.lower is not None]
         m.upper = pyo.Param(ups, mutable=True, initialize={k: limits[k].upper for k in ups}, within=pyo.Reals)
         m.lower = pyo.Param(lows, mutable=True, initialize={k: limits[k].lower for k in lows}, within=pyo.Reals)
-        exprs = {k: expr(limits[k].table) for k in sorted(set(ups) | set(lows))}
-        m.limit_upper = pyo.Constraint(ups, rule=lambda m, k: exprs[k] <= m.upper[k])
+        sums = [k for k in ups if limits[k].aggregate == "sum"]
+        exprs = {k: expr(limits[k].table) for k in sorted(set(sums) | set(lows))}
+        m.limit_upper = pyo.Constraint(sums, rule=lambda m, k: exprs[k] <= m.upper[k])
         m.limit_lower = pyo.Constraint(lows, rule=lambda m, k: exprs[k] >= m.lower[k])
+        # A maximum's upper bound, unit by unit: a configuration (a depth option) whose entry exceeds
+        # the bound may not be chosen, (entry - U) * binary <= 0, exact for binaries and linear in the
+        # mutable U. The constant and fixed-depth entries are checked in solve().
+        idx = self.idx
+        peaks = [k for k in ups if limits[k].aggregate == "max"]
+        units = [(k, "w", s, b, c) for k in peaks for (s, b, c) in idx.w]
+        units += [(k, "beta", s, j, 0) for k in peaks for (s, j) in idx.beta]
+
+        def per_unit(m, i):
+            k, kind, s, b, c = units[i]
+            table = limits[k].table
+            if kind == "w":
+                return (float(table.block[s, b, c]) - m.upper[k]) * m.w[s, b, c] <= 0
+            return (float(table.depth[s, b]) - m.upper[k]) * m.beta[s, b] <= 0
+
+        m.limit_max = pyo.Constraint(pyo.Set(initialize=range(len(units)), ordered=True), rule=per_unit)
+
+    def _fixed_terms_exceed(self) -> bool:
+        """A max-type limit's bound below the part no choice changes (its constant, the entries of
+        single-option stages): no arch meets it."""
+        for k in self.problem.max_limits:
+            table = self.problem.limits[k].table
+            fixed = max([table.constant] + [table.depth[s, 0] for s in self.idx.fixed_depth])
+            if fixed > float(self.model.upper[k].value) + 1e-7:
+                return True
+        return False
 
     def add_no_good(self, configs: np.ndarray, depths: np.ndarray) -> None:
         """Cut off one arch (index arrays ``(S, D)`` configs, ``(S,)`` depth indices), exactly.
@@ -408,6 +454,8 @@ class MilpModel:
         if abs_gap is None:
             abs_gap = self.default_abs_gap
         time_limit = check_time_limit(time_limit)
+        if self._fixed_terms_exceed():
+            return {"status": "infeasible", "solver_seconds": 0.0, "termination": "a max-type limit below its fixed part"}
         if not (self.idx.w or self.idx.beta or self.idx.x):
             return self._solve_without_choices()
         # A fresh solver object each time (run_solver): HiGHS 1.16 re-solving a MIP after a bound
@@ -429,7 +477,12 @@ class MilpModel:
         if not p.feasible(resources):
             return {"status": "infeasible", "solver_seconds": 0.0, "termination": "no choices"}
         table = p.objective if self.sense == "max" else self._minimise
-        value = float(table.additive_indices(p.complete_configs(configs), depths))
+        if self._minimise_max:
+            from lightning_nas.solvers.problem import max_indices
+
+            value = float(max_indices(table, p.complete_configs(configs), depths))
+        else:
+            value = float(table.additive_indices(p.complete_configs(configs), depths))
         return {"status": "optimal", "configs": configs, "depths": depths, "value": value, "bound": value,
                 "gap": 0.0, "solver_seconds": 0.0, "termination": "no choices"}
 
@@ -560,6 +613,15 @@ def diagnose_infeasibility(problem: ConstrainedProblem, *, solver: str = "appsi_
                 continue
             sub = problem.with_limits(others)
             table = lim.table
+            if lim.aggregate == "max":
+                model = MilpModel(sub, formulation, minimise=table, minimise_max=True)
+                out = model.solve(solver, time_limit=remaining())
+                if out["status"] != "optimal":
+                    continue
+                achieved = float(lim.predict_indices(out["configs"], out["depths"]))
+                if achieved > bound + 1e-7:
+                    found.append((lim, which, bound, achieved, out))
+                continue
             if which == "lower":
                 # Largest value = -(smallest of the negated table).
                 from lightning_nas.bilinear import BilinearTable
@@ -631,11 +693,23 @@ def build_miqcp(problem: ConstrainedProblem):
     m.obj = pyo.Objective(expr=exprs[problem.objective.name], sense=pyo.maximize)
     limits = problem.limits
     for k, lim in enumerate(limits):
-        exprs[lim.name] = bilinear(lim.table)
-    ups = [k for k, lim in enumerate(limits) if lim.upper is not None]
+        if lim.aggregate == "sum":
+            exprs[lim.name] = bilinear(lim.table)
+    ups = [k for k, lim in enumerate(limits) if lim.upper is not None and lim.aggregate == "sum"]
     lows = [k for k, lim in enumerate(limits) if lim.lower is not None]
     m.limit_upper = pyo.Constraint(ups, rule=lambda m, k: exprs[limits[k].name] <= limits[k].upper)
     m.limit_lower = pyo.Constraint(lows, rule=lambda m, k: exprs[limits[k].name] >= limits[k].lower)
+    # A maximum's upper bound, unit by unit (see MilpModel): a running configuration, or a depth
+    # option, whose entry exceeds the bound is forbidden; (entry - U) * α * a <= 0 for a running block.
+    units = []
+    for k in problem.max_limits:
+        table, upper = limits[k].table, limits[k].upper
+        for s, b, c in idx.w:
+            if table.block[s, b, c] > upper:
+                reach = idx.reach[s, b]
+                units.append(m.alpha[s, b, c] if reach is None else m.alpha[s, b, c] * pyo.quicksum(m.beta[r] for r in reach))
+        units += [m.beta[s, j] for s, j in idx.beta if table.depth[s, j] > upper]
+    m.limit_max = pyo.Constraint(pyo.Set(initialize=range(len(units)), ordered=True), rule=lambda m, i: units[i] <= 0)
     m._nas_index = idx
     return m, exprs
 

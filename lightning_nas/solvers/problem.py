@@ -10,6 +10,17 @@ Every method of :func:`lightning_nas.solvers.search_constrained` works on a
 :class:`ConstrainedProblem`, which validates the inputs once and evaluates all tables on index
 arrays, and returns a :class:`SearchResult`.
 
+A limit is *additive* (``aggregate="sum"``, the default: the table's value is a sum over the
+running units) or a *maximum* (``aggregate="max"``: the value is ``max(constant, depth[s, d_s],
+block[s, b, c_sb] for every running block)``, e.g. the peak inference memory of
+:func:`~lightning_nas.profiling.memory.build_peak_memory_table`, whose table says so in
+``metadata["aggregate"]``). A maximum is not additive, but its upper bound is exactly a set of
+per-unit linear constraints, ``max_u m_u(x_u) <= U`` iff ``m_u(x_u) <= U`` for every running unit
+``u``: the MILP forbids each configuration and depth option whose entry exceeds ``U`` (``(m - U) w
+<= 0`` on its binary), and the brute-force and heuristic paths evaluate the maximum itself
+(:func:`max_indices`). A lower bound on a maximum is a disjunction (some unit at least ``L``) and is
+refused.
+
 Feasibility is checked on the exact table values with an absolute tolerance of
 :data:`FEASIBILITY_TOL` (in each table's unit), the default primal feasibility tolerance of HiGHS,
 so that an arch the MILP solver accepts is never reported infeasible.
@@ -28,6 +39,7 @@ from lightning_nas.bilinear import BilinearTable, _structure
 from lightning_nas.spaces.staged import StagedSpace
 
 __all__ = [
+    "AGGREGATES",
     "FEASIBILITY_TOL",
     "ConstrainedProblem",
     "InfeasibleError",
@@ -38,9 +50,12 @@ __all__ = [
     "SearchResult",
     "check_table_finite",
     "check_top_k",
+    "max_extreme",
+    "max_indices",
 ]
 
 FEASIBILITY_TOL = 1e-7
+AGGREGATES = ("sum", "max")
 
 
 class InfeasibleError(ValueError):
@@ -84,17 +99,21 @@ class NotOptimalWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Limit:
-    """Bounds on one additive resource.
+    """Bounds on one resource.
 
     Args:
         table: the resource model (``table.name`` names it in results; names must be unique).
         upper: the largest allowed value (``None``: no upper bound), in ``table.unit``.
         lower: the smallest allowed value (``None``: no lower bound).
+        aggregate: how the table's entries make an arch's value: ``"sum"`` (additive: latency,
+            FLOPs, parameters, KV cache) or ``"max"`` (the largest running entry: peak memory; upper
+            bounds only). ``None``: the table's ``metadata["aggregate"]``, else ``"sum"``.
     """
 
     table: BilinearTable
     upper: float | None = None
     lower: float | None = None
+    aggregate: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.table, BilinearTable):
@@ -102,6 +121,16 @@ class Limit:
         if self.table.link != "identity":
             # The solvers bound the additive form; a linked table's bound would need the link applied first.
             raise ValueError(f"`Limit.table` must be additive (link 'identity'); {self.table.name!r} has link {self.table.link!r}")
+        stated = (self.table.metadata or {}).get("aggregate")
+        if stated is not None and stated not in AGGREGATES:
+            raise ValueError(f"table {self.table.name!r} has metadata['aggregate'] = {stated!r}; allowed: {AGGREGATES}")
+        if self.aggregate is None:
+            object.__setattr__(self, "aggregate", stated or "sum")
+        elif self.aggregate not in AGGREGATES:
+            raise ValueError(f"`aggregate` of the limit on {self.table.name!r} must be one of {AGGREGATES}, got {self.aggregate!r}")
+        elif stated is not None and stated != self.aggregate:
+            raise ValueError(f"`aggregate`={self.aggregate!r} contradicts table {self.table.name!r}, whose values are a "
+                             f"{stated!r} over its units (metadata['aggregate']); leave `aggregate` out")
         for which in ("upper", "lower"):
             value = getattr(self, which)
             if value is None:
@@ -111,6 +140,9 @@ class Limit:
             object.__setattr__(self, which, float(value))
         if self.upper is None and self.lower is None:
             raise ValueError(f"limit on {self.table.name!r} needs an `upper` or a `lower` bound, got neither")
+        if self.aggregate == "max" and self.lower is not None:
+            raise ValueError(f"limit on {self.table.name!r} (a maximum over units): only an `upper` bound is supported; a "
+                             "lower bound on a maximum is a disjunction (some unit at least that large), not per-unit constraints")
         if self.upper is not None and self.lower is not None and self.lower > self.upper:
             raise ValueError(f"limit on {self.table.name!r}: `lower` ({self.lower}) must not exceed `upper` ({self.upper})")
 
@@ -118,8 +150,115 @@ class Limit:
     def name(self) -> str:
         return self.table.name
 
+    def predict_indices(self, configs: np.ndarray, depths: np.ndarray) -> np.ndarray:
+        """The limited value ``(...)`` for ``(..., S, D)`` config and ``(..., S)`` depth indices (sum or max)."""
+        if self.aggregate == "max":
+            return max_indices(self.table, configs, depths)
+        return self.table.predict_indices(configs, depths)
+
+    def predict(self, arch: Mapping[str, Any]) -> float:
+        """The limited value of one arch: the table's sum, or for ``aggregate="max"`` its largest running entry."""
+        configs, depths = self.table.staged.indices(arch)
+        return float(self.predict_indices(configs, depths))
+
+    def extreme(self, largest: bool = False) -> tuple[float, dict[str, Any]]:
+        """The smallest (``largest=True``: largest) value any arch reaches, and such an arch."""
+        if self.aggregate == "max":
+            return max_extreme(self.table, largest=largest)
+        return self.table.extreme(largest=largest)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"lower": self.lower, "upper": self.upper, "unit": self.table.unit}
+        out = {"lower": self.lower, "upper": self.upper, "unit": self.table.unit}
+        if self.aggregate != "sum":
+            out["aggregate"] = self.aggregate
+        return out
+
+
+def max_indices(table: BilinearTable, configs: np.ndarray, depths: np.ndarray) -> np.ndarray:
+    """``(...)`` the largest of ``table.constant``, each stage's depth entry and each running block's
+    entry, for ``(..., S, D)`` config indices and ``(..., S)`` depth indices: the value of a
+    max-type table (peak memory)."""
+    st = table.staged
+    configs, depths = np.asarray(configs, dtype=np.int64), np.asarray(depths, dtype=np.int64)
+    block = np.broadcast_to(table.block, configs.shape + table.block.shape[-1:])
+    entries = np.take_along_axis(block, configs[..., None], -1)[..., 0]  # (..., S, D)
+    running = st.active(depths) & st.block_exists()
+    blocks = np.where(running, entries, -np.inf).max((-2, -1))
+    depth = np.broadcast_to(table.depth, depths.shape + table.depth.shape[-1:])
+    stages = np.take_along_axis(depth, depths[..., None], -1)[..., 0].max(-1)
+    return np.maximum(np.maximum(blocks, stages), table.constant)
+
+
+def max_extreme(table: BilinearTable, largest: bool = False) -> tuple[float, dict[str, Any]]:
+    """The smallest (or largest) value a max-type table takes over the archs of its space, exactly, and such an arch.
+
+    The smallest is the least threshold ``U`` among the table's values at which some arch has every
+    term ``<= U``: per stage, a depth option whose entry and whose running blocks' cheapest
+    configurations fit (found by bisection; decisions shared by several units are enumerated
+    jointly, as in ``BilinearTable.extreme``). The largest is the largest term any arch runs.
+    """
+    st = table.staged
+    exists, depth_exists = st.config_exists(), st.depth_exists()
+    if largest:
+        best, arch = table.constant, st.space.default()
+        can_run = np.arange(st.max_blocks) < np.array([max(stage.depths) for stage in st.stages])[:, None]
+        value = np.where(exists & can_run[..., None], table.block, -np.inf)
+        s, b, c = np.unravel_index(int(np.argmax(value)), value.shape)
+        if value[s, b, c] > best:
+            stage = st.stages[s]
+            arch = dict(st.space.largest())
+            if stage.depth_label is not None:
+                arch[stage.depth_label] = max(stage.depths)
+            arch.update(zip(stage.block_labels[b], stage.configs[b][c]))
+            best = float(value[s, b, c])
+        dvalue = np.where(depth_exists, table.depth, -np.inf)
+        s, j = np.unravel_index(int(np.argmax(dvalue)), dvalue.shape)
+        if dvalue[s, j] > best:
+            arch = dict(st.space.default())
+            if st.stages[s].depth_label is not None:
+                arch[st.stages[s].depth_label] = st.stages[s].depths[j]
+            best = float(dvalue[s, j])
+        return float(best), st.space.validate(arch)
+    candidates = np.unique(np.concatenate([[table.constant], table.block[exists], table.depth[depth_exists]]))
+    candidates = candidates[candidates >= table.constant]
+    best: tuple[float, dict[str, Any]] | None = None
+    for assignment in st.shared_assignments():
+        allowed = st.consistent_with(assignment)
+
+        def fits(threshold: float) -> tuple[np.ndarray, np.ndarray] | None:
+            configs = np.zeros((st.num_stages, st.max_blocks), dtype=np.int64)
+            depths = np.zeros(st.num_stages, dtype=np.int64)
+            for s, stage in enumerate(st.stages):
+                ok = allowed[s] & (table.block[s] <= threshold)  # (D, C)
+                chosen = None
+                for j, d in enumerate(stage.depths):
+                    if table.depth[s, j] <= threshold and all(ok[b].any() for b in range(d)):
+                        chosen = j
+                        break
+                if chosen is None:
+                    return None
+                depths[s] = chosen
+                for b in range(stage.num_blocks):
+                    pick = ok[b] if ok[b].any() else allowed[s, b]
+                    configs[s, b] = int(np.argmax(pick)) if pick.any() else 0
+            return configs, depths
+
+        lo, hi = 0, len(candidates) - 1
+        if fits(candidates[hi]) is None:
+            continue  # this joint value of the shared decisions leaves some stage without a fitting depth
+        while lo < hi:  # feasibility is monotone in the threshold
+            mid = (lo + hi) // 2
+            if fits(candidates[mid]) is None:
+                lo = mid + 1
+            else:
+                hi = mid
+        configs, depths = fits(candidates[lo])
+        value = float(max_indices(table, configs, depths))
+        if best is None or value < best[0]:
+            best = (value, st.to_arch(configs, depths))
+    if best is None:
+        raise ValueError(f"table {table.name!r}: no arch of its space is consistent")  # unreachable for a valid space
+    return best
 
 
 @dataclass
@@ -275,7 +414,7 @@ class ConstrainedProblem:
         # Resource ranges put violations of different units on one scale.
         ranges = []
         for lim in self.limits:
-            lo, hi = lim.table.extreme()[0], lim.table.extreme(largest=True)[0]
+            lo, hi = lim.extreme()[0], lim.extreme(largest=True)[0]
             ranges.append(hi - lo if hi > lo else 1.0)
         self.ranges = np.array(ranges)
 
@@ -294,8 +433,14 @@ class ConstrainedProblem:
     def evaluate(self, configs: np.ndarray, depths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Objective ``(...)`` and resources ``(..., K)`` for ``(..., S, D)`` configs and ``(..., S)`` depth indices."""
         configs, depths = np.asarray(configs), np.asarray(depths)
-        values = np.stack([t.predict_indices(configs, depths) for t in self._tables], -1)
+        values = np.stack([self.objective.predict_indices(configs, depths)]
+                          + [lim.predict_indices(configs, depths) for lim in self.limits], -1)
         return values[..., 0], values[..., 1:]
+
+    @property
+    def max_limits(self) -> list[int]:
+        """Indices of the limits on a maximum (``aggregate="max"``)."""
+        return [k for k, lim in enumerate(self.limits) if lim.aggregate == "max"]
 
     def violation(self, resources: np.ndarray) -> np.ndarray:
         """``(...)`` total violation of the limits, each in units of its resource's range (0 when feasible)."""
@@ -363,7 +508,7 @@ class ConstrainedProblem:
         """
         for lim in self.limits:
             if lim.upper is not None:
-                smallest, arch = lim.table.extreme()
+                smallest, arch = lim.extreme()
                 if smallest > lim.upper + FEASIBILITY_TOL:
                     raise InfeasibleError(
                         f"no arch meets {lim.name} <= {lim.upper!r}{_unit(lim)}: the smallest achievable {lim.name} is "
@@ -385,7 +530,7 @@ class ConstrainedProblem:
         archs = [self.objective.extreme(largest=True)[1]]
         for lim in self.limits:
             if lim.upper is not None:
-                archs.append(lim.table.extreme()[1])
+                archs.append(lim.extreme()[1])
             if lim.lower is not None:
                 archs.append(lim.table.extreme(largest=True)[1])
         configs, depths = self.staged.indices_many(archs)

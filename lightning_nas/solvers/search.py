@@ -141,6 +141,10 @@ def _dispatch(problem: ConstrainedProblem, method: str, solver: str | None, seed
             f"method={method!r} changes one block at a time, which cannot keep the decisions several blocks share "
             f"({problem.staged.shared_labels!r}) consistent; use method='milp' (exact, links the shared decisions)"
         )
+    if method == "bcfw" and problem.max_limits:
+        names = [problem.names[k] for k in problem.max_limits]
+        raise ValueError(f"method='bcfw' bounds additive tables in its linear programs; the limits on {names} are maxima over "
+                         "units (aggregate='max'); use method='milp' (exact), 'miqcp' or 'evolution'")
     # A single bound beyond reach is found exactly and cheaply, whatever the method.
     problem.check_each_limit()
     if method == "milp":

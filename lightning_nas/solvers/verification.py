@@ -83,7 +83,7 @@ def _tightened(current: Limit, original: Limit, predicted: float, measured: floa
     if upper is not None and lower is not None and lower > upper:
         raise InfeasibleError(f"no room left between the tightened bounds of {original.name!r} ({lower:.6g} > {upper:.6g})",
                               resource=original.name)
-    return Limit(current.table, upper=upper, lower=lower)
+    return Limit(current.table, upper=upper, lower=lower, aggregate=current.aggregate)
 
 
 def verify_result(
