@@ -155,6 +155,7 @@ class ElasticConv2d(Mutable):
         dtype = x.dtype
         in_mask = width_mask(self.in_channels, c_in, dtype, x.device)  # (n, c_in) or None
         out_mask = in_mask if self.depthwise else width_mask(self.out_channels, c_out, dtype, x.device)
+        spatial = lambda spec, size, dims=2, dtype=dtype: width_mask(spec, size, dtype, x.device, spatial=dims)  # noqa: E731 (cached views)
         kernels = self.kernel_size.example_indices() if isinstance(self.kernel_size, Choice) and len(self.kernel_size.values) > 1 else None
         full = largest(self.kernel_size)
         weight = prefix(self.weight, c_out) if self.depthwise else prefix(self.weight, c_out, c_in)
@@ -163,9 +164,9 @@ class ElasticConv2d(Mutable):
         if kernels is None and not self.depthwise:
             # One shared weight: mask the activations (1×1 convolutions, widths only).
             if in_mask is not None:
-                x = x * in_mask[:, :, None, None]
+                x = x * spatial(self.in_channels, c_in)
             y = F.conv2d(x, weight, bias, self.stride, padding, self.dilation)
-            return y if out_mask is None else y * out_mask[:, :, None, None]
+            return y if out_mask is None else y * spatial(self.out_channels, c_out)
         if kernels is None and in_mask is None:
             return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, c_in)
         # Per-row weights (n, c_out, c_in / groups, K, K): each row's kernel crop and widths folded in,
@@ -175,7 +176,7 @@ class ElasticConv2d(Mutable):
             rows = rows * self._kernel_masks(x.device, weight.dtype).index_select(0, kernels.to(x.device))[:, None, None]
         if self.depthwise:
             if in_mask is not None:
-                rows = rows * in_mask.to(weight.dtype)[:, :, None, None, None]
+                rows = rows * spatial(self.in_channels, c_in, 3, weight.dtype)
         else:
             if in_mask is not None:
                 rows = rows * in_mask.to(weight.dtype)[:, None, :, None, None]

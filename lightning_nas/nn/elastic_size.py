@@ -110,33 +110,42 @@ def _sizes(spec: Choice, indices: Tensor, device: torch.device) -> Tensor:
     )
 
 
-def width_mask(spec: int | Choice, size: int, dtype: torch.dtype, device: torch.device) -> Tensor | None:
+def width_mask(spec: int | Choice, size: int, dtype: torch.dtype, device: torch.device, *, spatial: int = 0) -> Tensor | None:
     """``(n, size)`` 0/1 mask of the channels each visible row uses under ``spec``, or ``None`` when
     every row uses all ``size`` channels. Cached for the activation (one mask serves every layer of
-    a width decision)."""
+    a width decision). ``spatial=k`` gives it as ``(n, size, 1, ..., 1)`` with ``k`` trailing ones,
+    to broadcast over images (``k=2``), also cached: a view is an operator call too."""
     size_now, per_example = active_size(spec, device)
     if per_example is None:
         if size > size_now:
             raise ValueError(f"width_mask: {size} channels asked, but the active width is {size_now}")
         return None
-    return spec._context.cached(("width_mask", spec.label, size, dtype, device), lambda: size_mask(per_example, size, dtype))
+    cached = spec._context.cached
+    mask = cached(("width_mask", spec.label, size, dtype, device), lambda: size_mask(per_example, size, dtype))
+    return mask if not spatial else cached(("width_mask", spec.label, size, dtype, device, spatial), lambda: _spatial(mask, spatial))
 
 
-def row_mask(spec: int | Choice, size: int, dtype: torch.dtype, device: torch.device, context) -> Tensor | None:
+def _spatial(mask: Tensor, spatial: int) -> Tensor:
+    return mask.view(*mask.shape, *([1] * spatial))
+
+
+def row_mask(spec: int | Choice, size: int, dtype: torch.dtype, device: torch.device, context, *, spatial: int = 0) -> Tensor | None:
     """``(n, size)`` 0/1 mask of the channels each visible row uses (:func:`width_mask`), with the
     rows that have stopped (:attr:`~lightning_nas.nn.ArchContext.alive`) all zero; ``None`` when
-    every row uses all channels and is running. ``context`` is the supernet's context (or ``None``)."""
-    widths = width_mask(spec, size, dtype, device)
+    every row uses all channels and is running. ``context`` is the supernet's context (or ``None``);
+    ``spatial`` as in :func:`width_mask`."""
     alive = None if context is None else context.alive
     if alive is None:
-        return widths
+        return width_mask(spec, size, dtype, device, spatial=spatial)
+    widths = width_mask(spec, size, dtype, device)
     label = spec.label if isinstance(spec, Choice) else None
 
     def make() -> Tensor:
         running = alive.to(device=device, dtype=dtype)[:, None]
         return running.expand(-1, size) if widths is None else widths * running
 
-    return context.cached(("row_mask", label, size, dtype, device), make)
+    mask = context.cached(("row_mask", label, size, dtype, device), make)
+    return mask if not spatial else context.cached(("row_mask", label, size, dtype, device, spatial), lambda: _spatial(mask, spatial))
 
 
 def prefix(t: Tensor | None, *sizes: int) -> Tensor | None:
@@ -187,6 +196,8 @@ def fit_channels(x: Tensor, spec: int | Choice, dim: int, layer: str, *, mask: b
         x = x.narrow(dim, 0, size)
     if per_example is None or not mask:
         return x
+    if dim == 1:
+        return x * width_mask(spec, size, x.dtype, x.device, spatial=x.dim() - 2)
     rows = width_mask(spec, size, x.dtype, x.device)
     shape = [1] * x.dim()
     shape[0], shape[dim] = rows.shape

@@ -21,44 +21,40 @@ __all__ = ["ElasticBatchNorm2d", "ElasticLayerNorm", "masked_batch_norm"]
 
 
 class _MaskedBatchNormFunction(torch.autograd.Function):
-    """``y = (x * scale + shift) * mask`` per row, with BatchNorm's backward over the masked rows.
+    """Training-mode BatchNorm over masked rows, built from the native kernels.
 
-    Forward and backward each take a fixed handful of operator calls (two reductions over ``x``,
-    one output pass; backward two reductions and one pass), where the same maths through
-    autograd would take several dozen, each a kernel launch on a GPU.
+    With ``r = N / count`` per channel (``N`` elements in all, ``count`` behind the channel's
+    statistics), the native kernels on the whole batch give the masked ones exactly: the batch
+    statistics of ``x * mask`` scale by ``r`` into the masked ones, and the native backward fed
+    ``dy * mask * r`` has the masked means in it, off by ``(r - 1) * scale * dy`` on the active
+    entries. Forward and backward are then a handful of calls each (one native kernel, a
+    reduction, a few ``(C,)`` or ``(n, C)`` products), where the same maths spelt out in
+    elementwise operators takes several dozen, each a kernel launch on a GPU.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, invstd, mask, inv_count, batch_stats):
-        # weight, bias, mean, invstd, inv_count: (C,); mask: (n, C) 0/1 in x's dtype.
-        n, c = mask.shape
-        scale = invstd if weight is None else weight * invstd
-        shift = -mean * scale if bias is None else torch.addcmul(bias, mean, scale, value=-1)
-        rows = (torch.stack((scale, shift)).to(x.dtype).view(2, 1, c) * mask).view(2, n, c, 1, 1)
-        ctx.save_for_backward(x, mean, invstd, scale, mask, inv_count)
-        ctx.batch_stats, ctx.has_weight, ctx.has_bias = batch_stats, weight is not None, bias is not None
-        return torch.addcmul(rows[1], x, rows[0])
+    def forward(ctx, x, weight, bias, mask4, scaled_mask4, ratio, mean, var, invstd, eps):
+        # x: (n, C, H, W); mask4: (n, C, 1, 1) 0/1 in x's dtype, scaled_mask4 the same times r;
+        # ratio = r, mean, var, invstd: (C,) in the statistics' precision, the batch statistics
+        # over the rows that use each channel.
+        y = torch.ops.aten._native_batch_norm_legit_no_training(x, weight, bias, mean, var, 0.0, eps)[0]
+        ctx.save_for_backward(x, weight, mean, invstd, mask4, scaled_mask4, ratio)
+        ctx.eps, ctx.needs = eps, (weight is not None, bias is not None)
+        return y * mask4
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, mean, invstd, scale, mask, inv_count = ctx.saved_tensors
-        n, c = mask.shape
-        stat = mean.dtype  # reductions in the statistics' precision (float32 for half inputs)
-        per_row = torch.stack((dy.sum((2, 3), dtype=stat), (dy * x).sum((2, 3), dtype=stat)))  # (2, n, C)
-        sum_dy, sum_dy_x = (per_row * mask).sum(1)  # over the rows that use each channel
-        sum_dy_xhat = torch.addcmul(sum_dy_x, mean, sum_dy, value=-1) * invstd
-        d_weight = sum_dy_xhat if ctx.has_weight else None
-        d_bias = sum_dy if ctx.has_bias else None
-        if not ctx.batch_stats:
-            return dy * (scale.to(x.dtype).view(1, c) * mask).view(n, c, 1, 1), d_weight, d_bias, None, None, None, None, None
-        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) = scale * dy - k_x * x + k_0, means
-        # over each channel's rows.
-        k = torch.stack((sum_dy, sum_dy_xhat)) * (scale * inv_count)  # (2, C)
-        k_x = k[1] * invstd
-        k_0 = torch.addcmul(-k[0], k_x, mean)
-        rows = (torch.stack((k_0, scale, k_x)).to(x.dtype).view(3, 1, c) * mask).view(3, n, c, 1, 1)
-        return torch.addcmul(rows[0], dy, rows[1]).addcmul_(x, rows[2], value=-1), d_weight, d_bias, None, None, None, None, None
+        x, weight, mean, invstd, mask4, scaled_mask4, ratio = ctx.saved_tensors
+        dx, d_weight, d_bias = torch.ops.aten.native_batch_norm_backward(
+            dy * scaled_mask4, x, weight, None, None, mean, invstd, True, ctx.eps, [True, *ctx.needs]
+        )
+        scale = invstd if weight is None else weight * invstd
+        # The native dx holds r * scale * dy on the active entries where scale * dy belongs.
+        dx = torch.addcmul(dx, dy, (scale - scale * ratio).view(1, -1, 1, 1).to(dy.dtype)).mul_(mask4)
+        d_weight = None if d_weight is None else d_weight / ratio
+        d_bias = None if d_bias is None else d_bias / ratio
+        return dx, d_weight, d_bias, None, None, None, None, None, None, None
 
 
 def masked_batch_norm(
@@ -107,32 +103,36 @@ def masked_batch_norm(
     if not training and (running_mean is None or running_var is None):
         raise ValueError("masked_batch_norm: `running_mean` and `running_var` are required when `training` is False")
     with torch.autocast(x.device.type, enabled=False):
+        if not training:
+            return F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps) * mask.view(*mask.shape, 1, 1)
         stat = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
         pixels = x.shape[2] * x.shape[3]
-        update = training and running_mean is not None
         constant = not isinstance(momentum, Tensor)
 
         def counts() -> tuple[Tensor, ...]:
             # What depends on the mask only: once per activation for all the norms of one width.
             count = mask.sum(0, dtype=stat) * pixels  # (C,) elements behind each channel's statistics
-            inv_count = 1 / count.clamp_min(1)
+            ratio = (mask.shape[0] * pixels) / count.clamp_min(1)
             seen = count > 0
             step = seen * momentum if constant else seen.to(stat)
             # ``mask`` itself is kept with them: its id in the key cannot be reused while the entry lives.
-            return inv_count, mask.to(stat) * inv_count, count / (count - 1).clamp_min(1), step, seen.any().long(), mask
+            scaled_mask4 = (mask.to(stat) * ratio).to(x.dtype).view(*mask.shape, 1, 1)
+            mask4 = mask.view(*mask.shape, 1, 1)
+            return mask4, ratio, scaled_mask4, count / (count - 1).clamp_min(1), step, seen.any(), mask
 
         key = ("bn_counts", id(mask), stat, pixels, momentum if constant else None)
-        inv_count, weighted, unbias, step, any_seen, _ = counts() if cache is None else cache(key, counts)
+        mask4, ratio, scaled_mask4, unbias, step, any_seen, _ = counts() if cache is None else cache(key, counts)
+
         with torch.no_grad():
-            if training:
-                wide = x if x.dtype == stat else x.to(stat)  # half inputs' squares overflow past 256
-                per_row = torch.stack((wide.sum((2, 3)), (wide * wide).sum((2, 3))))  # (2, n, C)
-                mean, mean_square = (per_row * weighted).sum(1)
-                var = torch.addcmul(mean_square, mean, mean, value=-1).clamp_min_(0)
-            else:
-                mean, var = running_mean.to(stat), running_var.to(stat)
+            wide = x if x.dtype == stat else x.to(stat)  # half inputs' squares overflow past 256
+            # The statistics of x * mask over every row, scaled by N / count, are those over the
+            # rows that use each channel.
+            var, mean = torch.var_mean(wide * mask4, (0, 2, 3), correction=0)
+            square = torch.addcmul(var, mean, mean).mul_(ratio)
+            mean = mean.mul_(ratio)
+            var = square.addcmul_(mean, mean, value=-1).clamp_min_(0)
             invstd = (var + eps).rsqrt_()
-            if update:
+            if running_mean is not None:
                 # Through ``.data``, as nn.BatchNorm2d's own update: an earlier full-width forward of this
                 # step (e.g. in-place distillation's teacher) saved these buffers for its backward.
                 weights = step if constant else step * momentum
@@ -142,7 +142,7 @@ def masked_batch_norm(
                 )
                 if num_batches_tracked is not None:
                     num_batches_tracked.add_(any_seen)
-        return _MaskedBatchNormFunction.apply(x, weight, bias, mean, invstd, mask, inv_count, training)
+        return _MaskedBatchNormFunction.apply(x, weight, bias, mask4, scaled_mask4, ratio, mean, var, invstd, eps)
 
 
 class ElasticBatchNorm2d(Mutable):
@@ -210,7 +210,7 @@ class ElasticBatchNorm2d(Mutable):
         if mask is not None and use_batch_stats:
             return self._per_example(x, mask, weight, bias, running_mean, running_var, context)
         y = F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, self._average_factor(), self.eps)
-        return y if mask is None else y * mask[:, :, None, None]
+        return y if mask is None else y * row_mask(self.num_features, c, x.dtype, x.device, context, spatial=2)
 
     def _per_example_context(self):
         """The supernet's context when one architecture per example is active, else ``None``."""
