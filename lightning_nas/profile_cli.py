@@ -158,6 +158,7 @@ def _create_model(spec: str, kwargs: dict[str, Any]):
 def run(args: argparse.Namespace) -> int:
     """Build (or reuse) the tables for ``args`` (see :func:`add_arguments`), print a summary; returns 0."""
     from lightning_nas.profiling import ProfileSettings, build_flops_table, build_params_table, check_latency, load_or_build
+    from lightning_nas.profiling.tables import fit_summary
 
     if args.model is not None:
         supernet = _create_model(args.model, dict(args.space_kwargs))
@@ -190,13 +191,8 @@ def run(args: argparse.Namespace) -> int:
         f"latency table: {args.out} ({meta['entries']} entries, {meta['measurements']} distinct measurements, "
         f"created {meta['created']}, {time.perf_counter() - started:.1f} s this run)",
     ]
-    if "heldout" in (meta.get("fit") or {}):
-        fit = meta["fit"]
-        lines.append(
-            f"  entries fitted to {fit['measurements']} whole subnets ({fit['subnets']} fit + calibration): held-out MAPE "
-            f"{fit['heldout']['mape_percent']:.2f} % (max {fit['heldout']['max_error_percent']:.2f} %), the block table rescaled "
-            f"{fit['prior_heldout']['mape_percent']:.2f} %; safety margin {100 * fit['margin']:.2f} %"
-        )
+    if "chosen" in (meta.get("fit") or {}):
+        lines.append(f"  {fit_summary(meta['fit'])}")
     for table, path in ((latency, args.out), (flops, flops_path), (params, params_path)):
         low, _ = table.extreme()
         high, _ = table.extreme(largest=True)

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from lightning_nas.bilinear import BilinearTable
 from lightning_nas.callbacks._checks import check_supernet_path, plain_state
 from lightning_nas.io import check_writable
-from lightning_nas.profiling.tables import check_fit_archs, build_flops_table, build_params_table, load_or_build, stale_reasons
+from lightning_nas.profiling.tables import build_flops_table, build_params_table, check_fit_archs, fit_summary, load_or_build, stale_reasons
 from lightning_nas.profiling.timing import ProfileSettings
 from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet, find_supernet
@@ -204,8 +204,7 @@ class LatencyProfiler(Callback):
         low, _ = self.latency_table.extreme()
         high, _ = self.latency_table.extreme(largest=True)
         fit = self.latency_table.metadata.get("fit") or {}
-        fitted = (f"; entries fitted to {fit['measurements']} whole subnets, held-out MAPE {fit['heldout']['mape_percent']:.2f} %"
-                  if "heldout" in fit else "")
+        fitted = f"; {fit_summary(fit)}" if "chosen" in fit else ""
         rank_zero_info(
             f"LatencyProfiler: latency table {self.path} ({settings.device}, {settings.runtime}, {settings.threads} thread(s), batch {settings.batch_size}, "
             f"input {tuple(settings.input_size)}{'' if settings.vocab_size is None else ' token ids'}): {low:.3f}-{high:.3f} ms over the space{fitted}"

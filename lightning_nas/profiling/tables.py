@@ -87,6 +87,7 @@ __all__ = [
     "build_latency_table",
     "build_params_table",
     "check_fit_archs",
+    "fit_summary",
     "fitted_subnets",
     "integer_input_units",
     "keep_rng_state",
@@ -109,8 +110,12 @@ CALIBRATION_STREAM = 0
 FIT_STREAM = 2
 # build_latency_table(fit_archs=N): how the entries are fitted to whole subnets (fit.fit_table).
 FIT_METHOD = ("ridge least squares of every block entry, depth term and the constant to the end-to-end times of the "
-              "calibration and fit subnets (lightning_nas.profiling.fit.fit_table), prior: the block table rescaled to them")
-FIT_RIDGE = 1e-3
+              "calibration and fit subnets (lightning_nas.profiling.fit.fit_table), prior: the block table rescaled to them; "
+              "of the fits at each ridge and the block table itself, the one of least cross-validated MAPE")
+# Small: the subnets decide every entry they pin down; large: close to the block table rescaled.
+FIT_RIDGES = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+# A fit replaces the block table only when its held-out MAPE is at least this fraction lower.
+FIT_MIN_GAIN = 0.1
 FIT_FOLDS = 5
 
 Shape = tuple[int, ...]
@@ -549,7 +554,7 @@ def build_latency_table(
         "method": FIT_METHOD,
         "subnets": fit_archs,
         "stream": FIT_STREAM,
-        "ridge": FIT_RIDGE,
+        "ridges": list(FIT_RIDGES),
         "folds": FIT_FOLDS,
         # The fit's own archs; the calibration archs (fitted too) follow from the seed.
         "archs": fitted,
@@ -559,10 +564,7 @@ def build_latency_table(
     table = latency_table_of(BilinearTable(staged, constant, value, name="latency", unit="ms", metadata=metadata), supernet)
     if progress is not None:
         summary = table.metadata["fit"]
-        progress(
-            f"entries fitted to {calibration_archs + fit_archs} whole subnets: held-out MAPE "
-            f"{summary['heldout']['mape_percent']:.2f} % (block table rescaled: {summary['prior_heldout']['mape_percent']:.2f} %)"
-        )
+        progress(fit_summary(summary))
     return table
 
 
@@ -577,6 +579,17 @@ def check_fit_archs(fit_archs: Any, calibration_archs: int) -> int:
             f"its held-out error, got {fit_archs} + {calibration_archs}"
         )
     return fit_archs
+
+
+def fit_summary(fit: Mapping[str, Any]) -> str:
+    """One line on a latency table's ``metadata["fit"]``: which table was kept and its held-out error."""
+    blocks = fit["blocks_error"]["mape_percent"]
+    if fit["chosen"] == "blocks":
+        return (f"fit to {fit['measurements']} whole subnets not kept: the block table's error on them ({blocks:.2f} %) is below "
+                f"every fit's held-out MAPE (best {min(c['mape_percent'] for c in fit['candidates'][1:]):.2f} %)")
+    return (f"entries fitted to {fit['measurements']} whole subnets (ridge {fit['ridge']:g}): held-out MAPE "
+            f"{fit['heldout']['mape_percent']:.2f} % (max {fit['heldout']['max_error_percent']:.2f} %), the block table's "
+            f"{blocks:.2f} %; safety margin {100 * fit['margin']:.2f} %")
 
 
 def fitted_subnets(metadata: Mapping[str, Any] | None) -> int:
@@ -594,11 +607,19 @@ def latency_table_of(table: BilinearTable, supernet: Supernet, statistic: str | 
     (``fit_archs``) and ``fitted`` is true, every entry, each stage's depth terms and the constant
     are then fitted by ridge least squares to the calibration and fit subnets' end-to-end times
     (:func:`~lightning_nas.profiling.fit.fit_table` with that block table as prior, rescaled
-    first, so entries the subnets do not pin down keep the blocks' values). The result's
-    ``metadata["fit"]`` adds ``heldout`` (``folds``-fold cross-validated ``mape_percent``,
-    ``max_error_percent``, ``rmse`` in ms), ``prior_heldout`` (the same for the rescaled block
-    table), ``margin`` (90th percentile of the held-out under-prediction, see
-    :meth:`~lightning_nas.profiling.fit.TableFit.safe_upper`) and ``statistic``.
+    first, so entries the subnets do not pin down keep the blocks' values), at each ridge weight
+    of ``metadata["fit"]["ridges"]``. The fit of least ``folds``-fold cross-validated MAPE replaces
+    the block table only when that error is at least 10 % (``FIT_MIN_GAIN``) below the block
+    table's MAPE on the same subnets (only its constant came from some of them). So a fit that
+    follows noise (outlier subnet times on a loaded machine, about as many subnets as entries)
+    is not kept. The least of five cross-validated errors is slightly optimistic.
+
+    The result's ``metadata["fit"]`` adds ``statistic``, ``chosen`` (``"fitted"`` or
+    ``"blocks"``), ``ridge`` (``None`` for the block table), ``heldout`` (the chosen table's
+    ``mape_percent``, ``max_error_percent``, ``rmse`` in ms), ``blocks_error`` (the block
+    table's), ``prior_heldout`` (the block table rescaled to the subnets, cross-validated),
+    ``candidates`` (every candidate's MAPE), ``measurements`` and ``margin`` (90th percentile of
+    the held-out under-prediction, see :meth:`~lightning_nas.profiling.fit.TableFit.safe_upper`).
 
     Args:
         table: a table made by :func:`build_latency_table` (its metadata holds the measurements).
@@ -609,7 +630,6 @@ def latency_table_of(table: BilinearTable, supernet: Supernet, statistic: str | 
     Raises:
         ValueError: a table whose metadata lacks the measurements, or an unknown statistic.
     """
-    from lightning_nas.profiling.fit import fit_table
 
     meta = table.metadata if isinstance(table.metadata, Mapping) else {}
     statistic = statistic or (meta.get("settings") or {}).get("statistic", "median")
@@ -632,14 +652,37 @@ def latency_table_of(table: BilinearTable, supernet: Supernet, statistic: str | 
     # The calibration subnets' end-to-end times are what their residuals were computed from.
     measured = np.concatenate([residuals + BilinearTable(table.staged, 0.0, blocks, name="latency").predict_many(calibration),
                                np.asarray(fit["measured_by_statistic_ms"][statistic], dtype=np.float64)])
-    result = fit_table(table.staged, archs, measured, prior=blocks_table, ridge=float(fit["ridge"]), folds=int(fit["folds"]),
-                       seed=int(meta["seed"]), name="latency", unit="ms")
-    summary = {**fit, "statistic": statistic, "measurements": result.measurements, "heldout": result.heldout,
-               "prior_heldout": result.prior_heldout, "margin": result.margin, "quantile": result.quantile,
-               "prior_not_rescaled": result.details["prior_not_rescaled"]}
-    fitted_table = result.table
-    return BilinearTable(table.staged, fitted_table.constant, fitted_table.block, fitted_table.depth, name="latency", unit="ms",
-                         metadata={**meta, "fit": summary})
+    chosen, summary = _choose_fit(blocks_table, archs, measured, [float(r) for r in fit["ridges"]], int(fit["folds"]), int(meta["seed"]))
+    return BilinearTable(table.staged, chosen.constant, chosen.block, chosen.depth, name="latency", unit="ms",
+                         metadata={**meta, "fit": {**fit, "statistic": statistic, **summary}})
+
+
+def _choose_fit(blocks: BilinearTable, archs: list[dict[str, Any]], measured: np.ndarray, ridges: list[float], folds: int,
+                seed: int) -> tuple[BilinearTable, dict[str, Any]]:
+    """``blocks`` or its fit at one of ``ridges``, by their error on networks they were not fitted
+    on: each fit's cross-validated MAPE against the block table's MAPE on all ``measured`` subnets
+    (only its constant came from some of them). The best fit is kept only when its error is at
+    least ``FIT_MIN_GAIN`` below the block table's: whole-subnet times under load carry outliers a
+    least-squares fit follows, a fit with about as many subnets as entries interpolates their
+    noise, and the least of several cross-validated errors is optimistic."""
+    from lightning_nas.profiling.fit import fit_table
+
+    predicted = blocks.predict_many(archs)
+    ratio = measured / predicted - 1.0
+    blocks_error = {"mape_percent": float(np.mean(np.abs(predicted / measured - 1.0)) * 100),
+                    "max_error_percent": float(np.abs(ratio).max() * 100), "rmse": float(np.sqrt(np.mean((predicted - measured) ** 2)))}
+    candidates = [{"table": "blocks", "mape_percent": blocks_error["mape_percent"]}]
+    fits = [fit_table(blocks.staged, archs, measured, prior=blocks, ridge=ridge, folds=folds, seed=seed, name="latency", unit="ms")
+            for ridge in ridges]
+    candidates += [{"table": "fitted", "ridge": ridge, "mape_percent": f.heldout["mape_percent"]} for ridge, f in zip(ridges, fits)]
+    best = int(np.argmin([f.heldout["mape_percent"] for f in fits]))
+    common = {"measurements": int(measured.size), "blocks_error": blocks_error, "prior_heldout": fits[best].prior_heldout,
+              "candidates": candidates, "min_gain": FIT_MIN_GAIN}
+    if fits[best].heldout["mape_percent"] < (1.0 - FIT_MIN_GAIN) * blocks_error["mape_percent"]:
+        return fits[best].table, {"chosen": "fitted", "ridge": ridges[best], "heldout": fits[best].heldout,
+                                  "margin": fits[best].margin, "quantile": fits[best].quantile, **common}
+    return blocks, {"chosen": "blocks", "ridge": None, "heldout": blocks_error, "margin": max(0.0, float(np.quantile(ratio, 0.9))),
+                    "quantile": 0.9, **common}
 
 
 # -- reuse or rebuild --------------------------------------------------------------------------

@@ -57,7 +57,8 @@ def test_profile_fits_the_table_to_whole_subnets(tmp_path, capsys):
             "--warmup", "0", "--calibration-archs", "1", "--fit-archs", "4", "--no-pin-malloc"]
     assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "entries fitted to 5 whole subnets (4 fit + calibration): held-out MAPE" in text
+    # Fitted or kept as blocks, by the measurements (real timings of a tiny space): both say so.
+    assert "entries fitted to 5 whole subnets (ridge" in text or "fit to 5 whole subnets not kept" in text
     assert json.loads(out.read_text())["metadata"]["fit"]["subnets"] == 4
     with pytest.raises(SystemExit) as exc:
         main(argv[:-3] + ["--fit-archs", "2"])

@@ -51,9 +51,37 @@ def test_fitted_entries_predict_whole_subnets_the_block_table_misses(tiny, fast_
     assert fit_error < block_error / 10
     fit = table.metadata["fit"]
     assert fit["subnets"] == 30 and fit["measurements"] == 34 and len(fit["archs"]) == 30
-    assert fit["statistic"] == "median" and fit["heldout"]["mape_percent"] < fit["prior_heldout"]["mape_percent"]
+    assert fit["statistic"] == "median" and fit["chosen"] == "fitted" and fit["ridge"] in fit["ridges"]
+    assert fit["heldout"]["mape_percent"] < fit["prior_heldout"]["mape_percent"] < fit["blocks_error"]["mape_percent"]
+    assert fit["heldout"]["mape_percent"] == min(c["mape_percent"] for c in fit["candidates"])
+    assert len(fit["candidates"]) == 1 + len(fit["ridges"]) and fit["candidates"][0]["table"] == "blocks"
     assert fit["heldout"]["folds"] == 5 and fit["margin"] >= 0 and "fit_table" in fit["method"]
     json.dumps(table.metadata)  # serialisable as is
+
+
+def test_a_fit_that_follows_noise_is_not_kept(tiny, fast_settings, monkeypatch):
+    # Blocks add up exactly (the network's time is its parameters' plus a fixed part), but every
+    # whole subnet is timed with a large zero-mean error: no fit can predict other subnets better
+    # than the blocks themselves, and the block table is kept as it is.
+    noise = np.random.default_rng(0)
+
+    def fake(items, settings, **kwargs):
+        out = []
+        for module, shape, *_ in items:
+            ms = MS_PER_PARAM * sum(p.numel() for p in module.parameters())
+            if tuple(shape) == settings.batch_shape:
+                ms *= 1 + noise.choice([-0.3, 0.3])
+            out.append(TimingResult.from_samples([ms]))
+        return out
+
+    monkeypatch.setattr(tables_module, "time_modules", fake)
+    table = build_latency_table(tiny, fast_settings, calibration_archs=5, fit_archs=30)
+    fit = table.metadata["fit"]
+    assert fit["chosen"] == "blocks" and fit["ridge"] is None and fit["heldout"] == fit["blocks_error"]
+    assert fit["blocks_error"]["mape_percent"] * (1 - fit["min_gain"]) <= min(c["mape_percent"] for c in fit["candidates"][1:])
+    blocks = latency_table_of(table, tiny, fitted=False)
+    np.testing.assert_array_equal(table.block, blocks.block)
+    assert table.constant == blocks.constant and not table.depth.any()
 
 
 def test_block_measurements_are_those_of_an_unfitted_build(tiny, fast_settings, monkeypatch):
