@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice, Mutable, largest, value_in
-from lightning_nas.nn.elastic_size import active_size, check_fixed, check_size_spec, fit_channels, size_mask
+from lightning_nas.nn.elastic_size import check_fixed, check_size_spec
+from lightning_nas.nn.linear import cached_active_size, fit_features, rows_mask
 
 __all__ = ["ElasticMultiheadAttention", "MultiheadSelfAttention", "attention_mask"]
 
@@ -180,6 +181,10 @@ class ElasticMultiheadAttention(Mutable):
         self.out_proj_bias = nn.Parameter(torch.empty(e)) if bias else None
         self.reset_parameters()
 
+    # Set by an ElasticTransformerBlock whose norm before the attention zeroes each row's features
+    # past the row's width: the input mask is skipped (one operator call less each way).
+    input_masked = False
+
     def reset_parameters(self) -> None:
         """``nn.MultiheadAttention``'s initialisation: Xavier-uniform projections, zero biases."""
         nn.init.xavier_uniform_(self.in_proj_weight)
@@ -213,11 +218,11 @@ class ElasticMultiheadAttention(Mutable):
         _check_input(x, "ElasticMultiheadAttention")
         if attn_mask is not None and not isinstance(attn_mask, Tensor):
             raise ValueError(f"`attn_mask` must be a Tensor or None, got {type(attn_mask).__name__}")
-        x = fit_channels(x, self.embed_dim, -1, "ElasticMultiheadAttention")
+        x = fit_features(self, x, self.embed_dim, "ElasticMultiheadAttention", mask=not self.input_masked)
         b, t, e = x.shape
-        h, heads = active_size(self.num_heads, x.device)
-        d, dims = active_size(self.head_dim, x.device)
-        _, widths = active_size(self.embed_dim, x.device)
+        h, heads = cached_active_size(self.num_heads, x.device)
+        d, dims = cached_active_size(self.head_dim, x.device)
+        _, widths = cached_active_size(self.embed_dim, x.device)
         w_in, b_in, w_out, b_out = self.sliced_weights(e, h, d)
         qkv = F.linear(x, w_in, b_in).view(b, t, 3, h, d).permute(2, 0, 3, 1, 4)  # (3, B, h, T, d)
         q, k, v = qkv[0], qkv[1], qkv[2]
@@ -225,17 +230,16 @@ class ElasticMultiheadAttention(Mutable):
         if dims is not None:
             # Each row's scores over its own d dimensions, scaled by its own 1/sqrt(d): zeroing the
             # query's other dimensions is enough for the scores; the values' are zeroed below.
-            dim_mask = size_mask(dims, d, q.dtype)[:, None, None, :]  # (B, 1, 1, d)
-            q = q * (dim_mask * dims.to(q.dtype).rsqrt()[:, None, None, None])
-            v = v * dim_mask
+            q = q * rows_mask(self, self.head_dim, d, q.dtype, q.device, (-1, 1, 1, d), scale=True)  # (B, 1, 1, d)
+            v = v * rows_mask(self, self.head_dim, d, v.dtype, v.device, (-1, 1, 1, d))
             scale = 1.0
         if heads is not None:
-            v = v * size_mask(heads, h, v.dtype)[:, :, None, None]  # a row's unused heads output zero
+            v = v * rows_mask(self, self.num_heads, h, v.dtype, v.device, (-1, h, 1, 1))  # a row's unused heads output zero
         mask = attention_mask(attn_mask, self.causal, b, t)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal and mask is None, scale=scale)
         y = F.linear(out.transpose(1, 2).reshape(b, t, h * d), w_out, b_out)
         if widths is not None:
-            y = y * size_mask(widths, e, y.dtype)[:, None, :]
+            y = y * rows_mask(self, self.embed_dim, e, y.dtype, y.device, (-1, 1, e))
         return y
 
     # -- importance ----------------------------------------------------------------------------

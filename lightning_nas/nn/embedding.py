@@ -9,17 +9,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice, Mutable, largest, value_in
-from lightning_nas.nn.elastic_size import active_size, check_fixed, check_size_spec, fit_channels, size_mask
+from lightning_nas.nn.elastic_size import check_fixed, check_size_spec
+from lightning_nas.nn.linear import cached_active_size, fit_features, rows_mask
 
 __all__ = ["ElasticEmbedding", "ElasticPositionalEmbedding", "PositionalEmbedding"]
 
 
-def _mask_rows(y: Tensor, widths: Tensor | None) -> Tensor:
-    """Zero each row's features past its own width (``widths (B,)``); ``y`` is ``(B, ..., F)``."""
+def _mask_rows(owner: nn.Module, y: Tensor, spec: int | Choice, widths: Tensor | None) -> Tensor:
+    """Zero each row's features past its own width under ``spec`` (``widths (B,)``, or ``None``: keep
+    all); ``y`` is ``(B, ..., F)``."""
     if widths is None:
         return y
-    mask = size_mask(widths, y.shape[-1], y.dtype)
-    return y * mask.view(mask.shape[0], *([1] * (y.dim() - 2)), y.shape[-1])
+    return y * rows_mask(owner, spec, y.shape[-1], y.dtype, y.device, (-1, *([1] * (y.dim() - 2)), y.shape[-1]))
 
 
 class ElasticEmbedding(Mutable):
@@ -54,8 +55,8 @@ class ElasticEmbedding(Mutable):
     def forward(self, ids: Tensor) -> Tensor:
         if ids.is_floating_point() or ids.dtype == torch.bool or ids.dim() < 1:
             raise ValueError(f"ElasticEmbedding expects integer token ids of shape (B, ...), got dtype {ids.dtype}, shape {tuple(ids.shape)}")
-        e, widths = active_size(self.embedding_dim, ids.device)
-        return _mask_rows(F.embedding(ids, self.weight[:, :e], self.padding_idx), widths)
+        e, widths = cached_active_size(self.embedding_dim, ids.device)
+        return _mask_rows(self, F.embedding(ids, self.weight[:, :e], self.padding_idx), self.embedding_dim, widths)
 
     def freeze(self, arch: dict[str, Any], export_child) -> nn.Embedding:
         e = value_in(self.embedding_dim, arch)
@@ -128,9 +129,9 @@ class ElasticPositionalEmbedding(Mutable):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3 or x.shape[1] > self.max_length:
             raise ValueError(f"ElasticPositionalEmbedding expects (B, T <= {self.max_length}, E), got {tuple(x.shape)}")
-        x = fit_channels(x, self.embed_dim, -1, "ElasticPositionalEmbedding")
-        _, widths = active_size(self.embed_dim, x.device)
-        return x + _mask_rows(self.weight[: x.shape[1], : x.shape[2]].expand(x.shape[0], -1, -1), widths)
+        x = fit_features(self, x, self.embed_dim, "ElasticPositionalEmbedding")
+        _, widths = cached_active_size(self.embed_dim, x.device)
+        return x + _mask_rows(self, self.weight[: x.shape[1], : x.shape[2]].expand(x.shape[0], -1, -1), self.embed_dim, widths)
 
     def freeze(self, arch: dict[str, Any], export_child) -> PositionalEmbedding:
         e = value_in(self.embed_dim, arch)

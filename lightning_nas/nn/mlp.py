@@ -61,6 +61,10 @@ class ElasticMLP(Mutable):
         self.fc1 = ElasticLinear(in_features, hidden_features, bias=bias)
         self.act = act
         self.fc2 = ElasticLinear(hidden_features, in_features if out_features is None else out_features, bias=bias)
+        # fc1 zeroes each row's hidden neurons past its width; an activation that keeps 0 at 0 keeps
+        # them zero, so fc2 need not mask its input again (checked on this activation instance).
+        with torch.no_grad():
+            self.fc2.input_masked = bool((act(torch.zeros(4)) == 0).all())
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))

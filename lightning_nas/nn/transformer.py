@@ -168,6 +168,9 @@ class ElasticTransformerBlock(TransformerBlock, Mutable):
         attn = ElasticMultiheadAttention(embed_dim, num_heads, head_dim, bias=bias, causal=causal)
         mlp = ElasticMLP(embed_dim, mlp_hidden, activation=activation, bias=bias)
         super().__init__(ElasticLayerNorm(embed_dim, eps), attn, ElasticLayerNorm(embed_dim, eps), mlp, norm_first)
+        # Pre-norm: the attention and the MLP read an ElasticLayerNorm's output, whose features past
+        # each row's width are zero (per-example mode), so they skip masking their input.
+        attn.input_masked = mlp.fc1.input_masked = norm_first
 
     def reorder_by_importance(self) -> None:
         """Sort the heads and the MLP's hidden neurons by importance (function preserved; see
