@@ -12,6 +12,7 @@ from torch import nn
 import lightning_nas as ln
 from lightning_nas.nn import Choice, recalibrate_batch_norm
 from lightning_nas.nn.conv import crop_kernel
+from lightning_nas.nn.norm import masked_batch_norm
 
 
 @settings(max_examples=25, deadline=None)
@@ -64,6 +65,47 @@ def test_per_example_batch_norm_training_statistics_use_only_active_rows():
     assert torch.equal(y[:2, 2:], torch.zeros_like(y[:2, 2:]))
     torch.testing.assert_close(bn.running_mean[2:], x[2:, 2:].mean((0, 2, 3)))
     torch.testing.assert_close(y[:, :2], F.batch_norm(x[:, :2], None, None, training=True), atol=1e-5, rtol=1e-5)
+
+
+def _masked_batch_norm_by_definition(x, mask, weight, bias, eps=1e-5):
+    """Each channel normalised over the entries of the rows that use it, spelt out (autograd gives the backward)."""
+    m4 = mask[:, :, None, None]
+    count = (mask.sum(0) * x.shape[2] * x.shape[3]).clamp_min(1)
+    mean = (x * m4).sum((0, 2, 3)) / count
+    var = ((x - mean[:, None, None]) ** 2 * m4).sum((0, 2, 3)) / count
+    y = (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + eps)
+    y = y if weight is None else y * weight[:, None, None]
+    y = y if bias is None else y + bias[:, None, None]
+    return y * m4, mean, var, mask.sum(0) * x.shape[2] * x.shape[3]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 6), c=st.integers(1, 5), h=st.integers(1, 3), affine=st.sampled_from(["both", "weight", "none"]),
+    seed=st.integers(0, 2**16),
+)
+def test_masked_batch_norm_equals_its_definition_with_gradients_and_running_statistics(n, c, h, affine, seed):
+    """Any 0/1 mask (not only prefixes; all-zero channels and rows included), in float64: output,
+    gradients of input, weight and bias, and the running statistics of the channels some row uses."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, h + 1, generator=g, dtype=torch.float64) * 3 + 1
+    mask = (torch.rand(n, c, generator=g) < 0.6).double()
+    weight = torch.randn(c, generator=g, dtype=torch.float64).requires_grad_() if affine != "none" else None
+    bias = torch.randn(c, generator=g, dtype=torch.float64).requires_grad_() if affine == "both" else None
+    running_mean, running_var = torch.zeros(c, dtype=torch.float64), torch.ones(c, dtype=torch.float64)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = masked_batch_norm(x1, mask, weight, bias, running_mean, running_var, momentum=0.5)
+    expected, mean, var, count = _masked_batch_norm_by_definition(x2, mask, weight, bias)
+    torch.testing.assert_close(y, expected, atol=1e-10, rtol=1e-9)
+    dy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    params = [p for p in (weight, bias) if p is not None]
+    for got, want in zip(torch.autograd.grad(y, [x1, *params], dy), torch.autograd.grad(expected, [x2, *params], dy)):
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-8)
+    seen = count > 0
+    unbiased = var.detach() * count / (count - 1).clamp_min(1)
+    torch.testing.assert_close(running_mean[seen], 0.5 * mean.detach()[seen])
+    torch.testing.assert_close(running_var[seen], 0.5 + 0.5 * unbiased[seen])
+    assert torch.all(running_mean[~seen] == 0) and torch.all(running_var[~seen] == 1)
 
 
 def test_from_layers_share_the_original_parameters():

@@ -108,8 +108,9 @@ def test_a_per_example_step_reads_nothing_on_the_host():
 
 def test_operator_calls_of_a_per_example_step_stay_bounded():
     """Operator calls (kernel launches on a GPU) of a per-example training step against the static
-    subnet's: a regression bound (measured 3.9x on this 5-block model at batch 8, grouped rows 4.2x;
-    every elastic BatchNorm costs ~30 small calls against the static one's 2 or 3)."""
+    subnet's: a regression bound (measured 3.04x on this 5-block model at batch 8, grouped rows 3.6x;
+    an elastic BatchNorm makes ~14 calls forward and ~8 backward against the static one's 3 and 1,
+    plus ~14 once per distinct mask for its counts)."""
     net = tiny_mobilenet().train()
     x = torch.randn(8, 3, 8, 8)
     static = net.export(net.space.largest()).train()
@@ -123,7 +124,7 @@ def test_operator_calls_of_a_per_example_step_stay_bounded():
     static_calls = calls(static)
     net.activate_indices(net.space.sample_indices(8, 0))
     per_example = calls(net)
-    assert per_example <= 4.2 * static_calls, (per_example, static_calls)
+    assert per_example <= 3.3 * static_calls, (per_example, static_calls)
 
 
 def test_static_shapes_must_be_a_bool():
