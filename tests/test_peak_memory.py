@@ -73,7 +73,7 @@ def test_peak_of_a_small_network_by_hand():
 
 
 @pytest.mark.parametrize("name", sorted(SPACES))
-def test_table_predicts_the_measured_peak_of_random_subnets(name):
+def test_table_predicts_the_measured_peak_of_random_subnets(name, tmp_path):
     build, size, vocab = SPACES[name]
     supernet = build()
     table = build_peak_memory_table(supernet, size, batch_size=BATCH, vocab_size=vocab)
@@ -83,6 +83,9 @@ def test_table_predicts_the_measured_peak_of_random_subnets(name):
     for seed in range(6):
         arch = supernet.space.sample(seed)
         assert limit.predict(arch) == measured_peak(supernet, arch, size, vocab), arch
+    # A table file keeps the aggregate: a limit on the loaded table is a limit on the maximum.
+    loaded = BilinearTable.load(table.save(tmp_path / "peak.json"), table.staged)
+    assert Limit(loaded, upper=1.0).aggregate == "max"
 
 
 @pytest.mark.parametrize("name", ["vit-tiny", "gpt-tiny"])

@@ -16,7 +16,7 @@ import lightning_nas as ln
 from lightning_nas.callbacks import ContributionEstimation, LatencyProfiler, UniformSampling
 from lightning_nas.classification import SupernetClassifier
 from lightning_nas.profiling import ProfileSettings
-from lightning_nas.profiling.memory import build_activation_memory_table, build_kv_cache_table
+from lightning_nas.profiling.memory import build_activation_memory_table, build_kv_cache_table, build_peak_memory_table
 from lightning_nas.profiling.tables import stale_reasons
 from lightning_nas.profiling.timing import example_input
 from lightning_nas.spaces import LanguageModel, char_dataset, create_space, next_token_accuracy
@@ -63,13 +63,15 @@ def test_whole_pipeline(name, tmp_path):
     assert latency.metadata["settings"].get("vocab_size") == vocab
     assert np.isfinite(latency.block).all() and latency.extreme(largest=True)[0] > latency.extreme()[0]
     memory = (build_kv_cache_table if vocab else build_activation_memory_table)(net, input_size, batch_size=2, vocab_size=vocab)
+    peak = build_peak_memory_table(net, input_size, batch_size=2, vocab_size=vocab)  # a maximum over units
     archs = _all_archs(net.space)
     value = accuracy.predict_many(archs)
-    for table in (latency, params, memory):
-        costs = table.predict_many(archs)
+    configs, depths = accuracy.staged.indices_many(archs)
+    for table in (latency, params, memory, peak):
+        costs = ln.Limit(table, upper=0.0).predict_indices(configs, depths)  # sums, or the peak's max
         budget = float(np.quantile(costs, 0.4))
         best = ln.search_constrained(accuracy, ln.Limit(table, upper=budget))
-        assert table.predict(best.arch) <= budget + 1e-6
+        assert best.resources[table.name] == ln.Limit(table, upper=budget).predict(best.arch) <= budget + 1e-6
         assert accuracy.predict(best.arch) == pytest.approx(value[costs <= budget + 1e-9].max(), abs=1e-9)
     net.eval()
     x = held_out.tensors[0][:4]
