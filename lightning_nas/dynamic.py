@@ -331,6 +331,12 @@ class DynamicNetwork(nn.Module):
         config = next((m.config for m in self.network.modules() if hasattr(getattr(m, "config", None), "to_dict")), None)
         for container, stack in self._stacks.items():
             exported = self.network.get_submodule(container) if container else self.network
+            if isinstance(exported, nn.Identity) and not stack["layers"] and container:
+                # A DepthChoice at depth 0 exports as nn.Identity: an empty Sequential computes the same
+                # and can take blocks back.
+                parent, _, key = container.rpartition(".")
+                exported = nn.Sequential()
+                setattr(self.network.get_submodule(parent) if parent else self.network, key, exported)
             if not isinstance(exported, (nn.Sequential, nn.ModuleList)):
                 raise ValueError(f"the stack {container!r} exported as a {type(exported).__name__}, not an nn.Sequential / nn.ModuleList")
             stack["module"] = exported

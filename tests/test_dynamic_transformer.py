@@ -154,3 +154,20 @@ def test_a_peak_memory_budget_is_a_maximum():
         measured = peak_inference_bytes(dynamic.network, x)
         assert measured == report.result.resources["peak_memory"] <= bound
         check_running(dynamic, supernet, x)
+
+
+def test_a_stage_switched_to_depth_zero_and_back():
+    torch.manual_seed(0)
+    blocks = [ln.OpChoice({"conv": nn.Conv2d(4, 4, 3, padding=1), "pool": nn.AvgPool2d(3, 1, 1)}, f"op{i}") for i in range(2)]
+    supernet = ln.Supernet(nn.Sequential(nn.Conv2d(3, 4, 1), ln.DepthChoice(blocks, [0, 1, 2], "depth"), nn.ReLU())).eval()
+    staged = StagedSpace.from_supernet(supernet)
+    accuracy = BilinearTable(staged, 0.5, np.array([[[0.2, 0.1], [0.2, 0.1]]]), np.array([[0.0, 0.01, 0.02]]), name="accuracy")
+    latency = BilinearTable(staged, 1.0, np.array([[[3.0, 1.0], [3.0, 1.0]]]), name="latency")
+    x = torch.randn(2, 3, 8, 8)
+    dynamic = DynamicNetwork(supernet, accuracy, latency, {"latency": 1.5}, blocks_per_node=2).eval()
+    assert dynamic.arch["depth"] == 0
+    for bound, depth in ((10.0, 2), (1.5, 0), (2.5, 1)):
+        report = dynamic.set_budget({"latency": bound})
+        assert report.arch["depth"] == depth
+        with torch.no_grad():
+            assert torch.equal(dynamic(x), supernet.export(report.arch)(x))
