@@ -171,3 +171,12 @@ def test_a_stage_switched_to_depth_zero_and_back():
         assert report.arch["depth"] == depth
         with torch.no_grad():
             assert torch.equal(dynamic(x), supernet.export(report.arch)(x))
+
+
+def test_a_width_shared_by_every_layer_is_refused_by_name():
+    from lightning_nas.spaces import create_space
+
+    supernet = create_space("vit-tiny")
+    accuracy, latency = tables(StagedSpace.from_supernet(supernet), seed=0)
+    with pytest.raises(ValueError, match=r"decisions \['embed_dim'\] are read by several blocks"):
+        DynamicNetwork(supernet, accuracy, latency, {"latency": 100.0}, blocks_per_node=2)
