@@ -317,6 +317,28 @@ def build_activation_memory_table(
 
 
 # -- peak inference memory ------------------------------------------------------------------------
+_STORAGE_LIFETIMES_CHECKED = False
+
+
+def _check_storage_lifetimes() -> None:
+    """The count relies on a storage's Python object living as long as the storage (torch keeps it
+    for tensors' storages); checked once, so that an older torch fails loudly instead of undercounting."""
+    global _STORAGE_LIFETIMES_CHECKED
+    if _STORAGE_LIFETIMES_CHECKED:
+        return
+    died = []
+    tensor = torch.zeros(4)
+    storage = tensor.untyped_storage()
+    weakref.finalize(storage, died.append, True)
+    del storage
+    alive_while_referenced = not died
+    del tensor
+    if not alive_while_referenced or not died:
+        raise RuntimeError(f"torch {torch.__version__} does not tie a storage's Python object to the storage's lifetime; "
+                           "peak inference memory cannot be measured by live storages with it")
+    _STORAGE_LIFETIMES_CHECKED = True
+
+
 class _LiveStorages(TorchDispatchMode):
     """Counts the bytes of the tensor storages aten operators create that are still referenced.
 
@@ -329,6 +351,7 @@ class _LiveStorages(TorchDispatchMode):
 
     def __init__(self, exclude: set[int]) -> None:
         super().__init__()
+        _check_storage_lifetimes()
         self.exclude = exclude
         self.live: dict[int, int] = {}
         self.current = self.peak = self.outside = 0
