@@ -73,7 +73,7 @@ from lightning_nas.io import check_writable, read_json
 from lightning_nas.nn.choice import Choice
 from lightning_nas.nn.depth_choice import DepthChoice
 from lightning_nas.nn.export import export_subnet
-from lightning_nas.profiling.timing import ProfileSettings, TimingResult, device_info, time_modules
+from lightning_nas.profiling.timing import STATISTICS, ProfileSettings, TimingResult, device_info, time_modules
 from lightning_nas.seeding import derive_seed
 from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet
@@ -585,8 +585,9 @@ def fit_summary(fit: Mapping[str, Any]) -> str:
     """One line on a latency table's ``metadata["fit"]``: which table was kept and its held-out error."""
     blocks = fit["blocks_error"]["mape_percent"]
     if fit["chosen"] == "blocks":
-        return (f"fit to {fit['measurements']} whole subnets not kept: the block table's error on them ({blocks:.2f} %) is below "
-                f"every fit's held-out MAPE (best {min(c['mape_percent'] for c in fit['candidates'][1:]):.2f} %)")
+        best = min(c["mape_percent"] for c in fit["candidates"][1:])
+        return (f"fit to {fit['measurements']} whole subnets not kept: the best fit's held-out MAPE ({best:.2f} %) is not "
+                f"{100 * fit['min_gain']:.0f} % below the block table's error on them ({blocks:.2f} %)")
     return (f"entries fitted to {fit['measurements']} whole subnets (ridge {fit['ridge']:g}): held-out MAPE "
             f"{fit['heldout']['mape_percent']:.2f} % (max {fit['heldout']['max_error_percent']:.2f} %), the block table's "
             f"{blocks:.2f} %; safety margin {100 * fit['margin']:.2f} %")
@@ -630,9 +631,10 @@ def latency_table_of(table: BilinearTable, supernet: Supernet, statistic: str | 
     Raises:
         ValueError: a table whose metadata lacks the measurements, or an unknown statistic.
     """
-
     meta = table.metadata if isinstance(table.metadata, Mapping) else {}
     statistic = statistic or (meta.get("settings") or {}).get("statistic", "median")
+    if statistic not in STATISTICS:
+        raise ValueError(f"`statistic` must be one of {STATISTICS}, got {statistic!r}")
     try:
         estimate = meta["constant_estimate"]
         blocks = np.asarray(meta["spread"][statistic], dtype=np.float64)

@@ -129,3 +129,5 @@ def test_bad_fit_archs_are_named(tiny, fast_settings, tmp_path, fit_archs, calib
 def test_latency_table_of_needs_the_build_measurements(tiny):
     with pytest.raises(ValueError, match="per-statistic measurements"):
         latency_table_of(build_params_table(tiny), tiny, "median")
+    with pytest.raises(ValueError, match="`statistic`.*'mean'"):
+        latency_table_of(build_params_table(tiny), tiny, "mean")
