@@ -15,6 +15,21 @@ from lightning_nas.nn.linear import ElasticLinear
 __all__ = ["ElasticMLP"]
 
 
+def _keeps_zero(act: nn.Module) -> bool:
+    """Whether ``act`` maps zeros to zeros (GELU, ReLU, SiLU, Tanh: yes; Sigmoid: no); an activation that
+    cannot run on a small zero tensor counts as no (its layer then keeps masking its input)."""
+    training = act.training
+    act.eval()  # no running statistics or dropout state touched by the probe
+    try:
+        with torch.no_grad():
+            out = act(torch.zeros(2, 4))
+    except Exception:  # any failure only means the mask is kept
+        return False
+    finally:
+        act.train(training)
+    return isinstance(out, Tensor) and bool((out == 0).all())
+
+
 class ElasticMLP(Mutable):
     """``fc2(activation(fc1(x)))`` with an elastic hidden width (a prefix of the hidden neurons).
 
@@ -63,8 +78,7 @@ class ElasticMLP(Mutable):
         self.fc2 = ElasticLinear(hidden_features, in_features if out_features is None else out_features, bias=bias)
         # fc1 zeroes each row's hidden neurons past its width; an activation that keeps 0 at 0 keeps
         # them zero, so fc2 need not mask its input again (checked on this activation instance).
-        with torch.no_grad():
-            self.fc2.input_masked = bool((act(torch.zeros(4)) == 0).all())
+        self.fc2.input_masked = _keeps_zero(act)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
