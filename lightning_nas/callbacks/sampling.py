@@ -66,8 +66,10 @@ class UniformSampling(Callback):
       would distil the teacher into itself); the first call of the step is the teacher's;
     * the supernet returns logits ``(B, K)`` or ``(B, ..., K)`` (a language model's ``(B, T, V)``),
       or an output whose ``logits`` are (see :func:`~lightning_nas.distillation.logits_of`);
-    * one device (DDP would not average the students' gradients: their backward runs outside
-      DDP's forward), so a multi-process run is refused.
+    * under data parallelism (DDP) the students' backward runs after the strategy has averaged the
+      teacher's gradients, outside its forward: the callback averages the students' part of every
+      supernet gradient over the ranks itself (one all-reduce through ``trainer.strategy.reduce``),
+      so every rank applies the same step, the one a single process would on the whole batch.
 
     The random students of a step are a pure function of ``(seed, global_step, micro-batch)``
     (one arch each, or one per example with ``per_sample=True``); gradient accumulation divides
@@ -140,11 +142,6 @@ class UniformSampling(Callback):
 
     # -- hooks -------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self.sandwich and trainer.world_size > 1:
-            raise MisconfigurationException(
-                f"UniformSampling(sandwich=True) runs on one device only (world size {trainer.world_size}): the students' "
-                "backward runs after the strategy's gradient synchronisation, so their gradients would differ across ranks"
-            )
         if self.sandwich and not pl_module.automatic_optimization:
             raise MisconfigurationException(
                 "UniformSampling(sandwich=True) adds the students' gradients in on_after_backward, under automatic "
@@ -234,6 +231,10 @@ class UniformSampling(Callback):
         scaler = getattr(trainer.precision_plugin, "scaler", None)  # AMP: the teacher's loss was scaled too
         losses = {}
         saved = (supernet.context.values, supernet.context.indices, supernet.context.bounds)
+        # Under data parallelism the students' backward runs after the strategy has averaged the
+        # teacher's gradients: their part is averaged here, so every rank applies the same step.
+        params = [p for p in supernet.parameters() if p.requires_grad] if trainer.world_size > 1 else []
+        synced = [None if p.grad is None else p.grad.clone() for p in params]
         try:
             for name, arch in self.student_archs(teacher.shape[0], trainer.global_step, micro).items():
                 if isinstance(arch, dict) and all(isinstance(v, torch.Tensor) for v in arch.values()) and arch:
@@ -248,6 +249,8 @@ class UniformSampling(Callback):
         finally:
             supernet.context.values, supernet.context.indices, supernet.context.bounds = saved
             supernet.context.rows = None
+        if params:
+            _average_students_gradients(trainer, params, synced)
         return losses
 
     # -- decisions ---------------------------------------------------------------------------
@@ -288,3 +291,21 @@ class UniformSampling(Callback):
             if value != getattr(self, key):
                 rank_zero_warn(f"UniformSampling: resuming with the checkpoint's {key}={value!r} instead of {getattr(self, key)!r}")
             setattr(self, key, value)
+
+
+def _average_students_gradients(trainer: Trainer, params: list[torch.Tensor], synced: list[torch.Tensor | None]) -> None:
+    """Average over the ranks what the students added to each gradient since ``synced`` (one
+    all-reduce of one flat buffer; a parameter without a gradient on some rank counts as zero there)."""
+    added = [
+        torch.zeros_like(p) if p.grad is None else (p.grad if before is None else p.grad - before)
+        for p, before in zip(params, synced)
+    ]
+    flat = trainer.strategy.reduce(torch.cat([a.reshape(-1) for a in added]), reduce_op="mean")
+    offset = 0
+    for p, before, a in zip(params, synced, added):
+        mean = flat[offset : offset + a.numel()].view_as(p)
+        offset += a.numel()
+        if p.grad is None:
+            p.grad = mean.clone()
+        else:  # in place: the strategy may keep gradients as views of its buckets
+            p.grad.copy_(mean if before is None else before + mean)
