@@ -21,6 +21,10 @@ as often as the held-out networks did. Pairwise terms between adjacent blocks ar
 tables here are additive (:class:`~lightning_nas.bilinear.BilinearTable`), which is what the MILP
 solves exactly.
 
+``build_latency_table(..., fit_archs=N)`` (:mod:`~lightning_nas.profiling.tables`) uses it on
+whole subnets timed in the same rounds as the blocks, at several ridge weights, and keeps a fit
+only when its held-out error clearly beats the block table's.
+
 Example::
 
     fit = fit_table(staged, archs, measured_ms, prior=latency_lut, name="latency", unit="ms")
