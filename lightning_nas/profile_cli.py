@@ -103,8 +103,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--fit-archs", type=non_negative_int, default=0, metavar="N",
         help="also time N random whole subnets with the blocks and fit every entry to them and the calibration subnets "
-             "(ridge least squares, the block table as prior; the held-out error is printed). Recommended where blocks take "
-             "tens of microseconds (onnxruntime or torchscript on small inputs), e.g. 40; 0: blocks alone (BINAS Eq. 5)",
+             "(ridge least squares, the block table as prior), kept only when its held-out error is at least 10 %% below the "
+             "block table's (both are printed). Recommended where blocks take tens of microseconds (onnxruntime or "
+             "torchscript on small inputs), e.g. 40; 0: blocks alone (BINAS Eq. 5)",
     )
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--check", type=non_negative_int, default=0, metavar="N", help="report the MAPE on N random subnets (0: skip)")
