@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice
 
-__all__ = ["active_size", "check_fixed", "check_size_spec", "fit_channels", "prefix", "row_mask", "size_mask", "width_mask"]
+__all__ = [
+    "active_size", "cached_active_size", "check_fixed", "check_size_spec", "fit_channels", "fit_features", "prefix", "row_mask",
+    "rows_mask", "size_mask", "width_mask",
+]
 
 
 def check_fixed(layer: str, name: str, value: Any, kind: str, choosable: str) -> None:
@@ -202,3 +205,48 @@ def fit_channels(x: Tensor, spec: int | Choice, dim: int, layer: str, *, mask: b
     shape = [1] * x.dim()
     shape[0], shape[dim] = rows.shape
     return x * rows.view(shape)
+
+
+# -- per-example masks with few operator calls (shared by the elastic transformer modules) ------------
+def cached_active_size(spec: int | Choice, device: torch.device) -> tuple[int, Tensor | None]:
+    """:func:`active_size`, computed once per activation and set of
+    visible rows: a width read by many layers (the residual stream's) costs its per-row sizes once."""
+    if not isinstance(spec, Choice) or spec.example_indices() is None:
+        return active_size(spec, device)
+    return spec._context.cached(("active_size", spec.label, device), lambda: active_size(spec, device))
+
+
+def rows_mask(owner: nn.Module, spec: Choice, size: int, dtype: torch.dtype, device: torch.device, shape: tuple[int, ...],
+              scale: bool = False) -> Tensor:
+    """The visible rows' 0/1 masks of the first ``size`` entries of ``spec`` (row ``i`` keeps its own
+    value's prefix), viewed as ``shape`` (``-1`` for the rows, ``size`` where the entries go,
+    ``1`` elsewhere); ``scale``: each row's mask times ``1 / sqrt(its value)``.
+
+    One ``index_select`` of a ``(candidates, size)`` table (built once per module, size, dtype and
+    device) and one ``view``, cached per activation and set of visible rows; the plain
+    ``size_mask`` costs an ``index_select``, ``arange``, a comparison, a cast and a view per layer.
+    Only for per-example mode (``spec.example_indices()`` not ``None``).
+    """
+    def make() -> Tensor:
+        tables = owner.__dict__.setdefault("_mask_tables", {})
+        key = (spec.label, size, dtype, device, scale)
+        if key not in tables:
+            values = torch.tensor(spec.values, device=device)
+            table = (torch.arange(size, device=device) < values[:, None]).to(dtype)
+            tables[key] = table * values.to(dtype).rsqrt()[:, None] if scale else table
+        mask = tables[key].index_select(0, spec.example_indices().to(device))
+        return mask.view(shape)
+
+    return spec._context.cached(("rows_mask", spec.label, size, dtype, device, shape, scale), make)
+
+
+def fit_features(owner: nn.Module, x: Tensor, spec: int | Choice, layer: str, *, mask: bool = True) -> Tensor:
+    """:func:`fit_channels` on the last dimension, with the mask of
+    :func:`rows_mask` (the common per-example case: the input at the active width). ``mask=False``
+    when the producer already zeroed each row's features past its width (only narrows)."""
+    size, per_example = cached_active_size(spec, x.device)
+    if per_example is None or x.shape[-1] != size:
+        return fit_channels(x, spec, -1, layer, mask=mask)  # scalar mode, or a narrowing (and its checks)
+    if not mask:
+        return x
+    return x * rows_mask(owner, spec, size, x.dtype, x.device, (-1, *([1] * (x.dim() - 2)), size))

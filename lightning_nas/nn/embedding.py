@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice, Mutable, largest, value_in
 from lightning_nas.nn.elastic_size import check_fixed, check_size_spec
-from lightning_nas.nn.linear import cached_active_size, fit_features, rows_mask
+from lightning_nas.nn.elastic_size import cached_active_size, fit_features, rows_mask
 
 __all__ = ["ElasticEmbedding", "ElasticPositionalEmbedding", "PositionalEmbedding"]
 

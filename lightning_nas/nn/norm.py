@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice, Mutable, largest, value_in
-from lightning_nas.nn.elastic_size import active_size, check_fixed, check_size_spec, fit_channels, prefix, row_mask, size_mask
+from lightning_nas.nn.elastic_size import (
+    cached_active_size, check_fixed, check_size_spec, fit_channels, fit_features, prefix, row_mask, rows_mask,
+)
 
 __all__ = ["ElasticBatchNorm2d", "ElasticLayerNorm", "masked_batch_norm"]
 
@@ -294,20 +296,26 @@ class ElasticLayerNorm(Mutable):
         self.bias = nn.Parameter(torch.zeros(n)) if elementwise_affine else None
 
     def forward(self, x: Tensor) -> Tensor:
-        x = fit_channels(x, self.normalized_shape, -1, "ElasticLayerNorm")
-        c = x.shape[-1]
-        _, sizes = active_size(self.normalized_shape, x.device)
-        weight, bias = prefix(self.weight, c), prefix(self.bias, c)
+        spec = self.normalized_shape
+        _, sizes = cached_active_size(spec, x.device)
         if sizes is None:
-            return F.layer_norm(x, (c,), weight, bias, self.eps)
-        mask = size_mask(sizes, c, x.dtype).view(x.shape[0], *([1] * (x.dim() - 2)), c)
-        count = mask.sum(-1, keepdim=True)
-        mean = (x * mask).sum(-1, keepdim=True) / count
-        centred = (x - mean) * mask
-        y = centred * torch.rsqrt(centred.pow(2).sum(-1, keepdim=True) / count + self.eps)
-        if weight is not None:
-            y = (y * weight + bias) * mask
-        return y
+            x = fit_channels(x, spec, -1, "ElasticLayerNorm")
+            c = x.shape[-1]
+            return F.layer_norm(x, (c,), prefix(self.weight, c), prefix(self.bias, c), self.eps)
+        # Per-example widths: each row normalised over its own prefix, in a dozen calls (every
+        # mask and count cached per activation, as every layer of the residual stream shares them).
+        x = fit_features(self, x, spec, "ElasticLayerNorm")
+        c = x.shape[-1]
+        shape = (-1, *([1] * (x.dim() - 2)), c)
+        mask = rows_mask(self, spec, c, x.dtype, x.device, shape)
+        inverse = spec._context.cached(
+            ("inverse_count", spec.label, c, x.dtype, x.device, shape), lambda: mask.sum(-1, keepdim=True).reciprocal()
+        )
+        centred = (x - x.sum(-1, keepdim=True) * inverse) * mask
+        y = centred * torch.rsqrt((centred * centred).sum(-1, keepdim=True) * inverse + self.eps)
+        if self.weight is None:
+            return y
+        return torch.addcmul(prefix(self.bias, c) * mask, y, prefix(self.weight, c))
 
     def freeze(self, arch: dict[str, Any], export_child) -> nn.LayerNorm:
         c = value_in(self.normalized_shape, arch)
