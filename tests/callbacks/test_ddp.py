@@ -37,13 +37,12 @@ def test_ddp_sandwich_step_is_the_mean_of_the_ranks_sandwich_gradients(tmp_path)
     computed here by hand on each rank's shard (the students' gradients are averaged by the callback,
     not by DDP)."""
     import torch
-    from torch import nn
 
     sys.path.insert(0, str(SCRIPT.parent))
     import ddp_sandwich_script as script
+    from sandwich import sandwich_gradient
 
     from lightning_nas.callbacks import UniformSampling
-    from lightning_nas.distillation import distillation_kl
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_"))}
     done = subprocess.run(
@@ -54,25 +53,10 @@ def test_ddp_sandwich_step_is_the_mean_of_the_ranks_sandwich_gradients(tmp_path)
     net = script.supernet()
     cb = UniformSampling(3, sandwich=True, num_random=2, per_sample=True)  # per-example students: the harder case
     cb._supernet = net
-    grads = []
-    for rank in (0, 1):  # each rank's own shard of the first batch, as recorded by the script
-        x, y = ranks[rank]["batch"]
-        net.zero_grad()
-        with net.activated(net.space.largest()):
-            teacher = net(x)
-        loss = nn.functional.cross_entropy(teacher, y)
-        for arch in cb.student_archs(4, 0, 0).values():
-            if all(isinstance(v, torch.Tensor) for v in arch.values()):
-                net.activate_indices(arch)
-                student = net(x)
-            else:
-                with net.activated(arch):
-                    student = net(x)
-            loss = loss + distillation_kl(student, teacher.detach())
-        loss.backward()
-        grads.append({name: (torch.zeros_like(p) if p.grad is None else p.grad.clone()) for name, p in net.named_parameters()})
-    for name, p in net.named_parameters():
-        expected = p.detach() - 0.1 * (grads[0][name] + grads[1][name]) / 2
+    # Each rank's own shard of the first batch, as recorded by the script.
+    grads = [sandwich_gradient(net, net, cb, *ranks[rank]["batch"]) for rank in (0, 1)]
+    for i, (name, p) in enumerate(net.named_parameters()):
+        expected = p.detach() - 0.1 * (grads[0][i] + grads[1][i]) / 2
         torch.testing.assert_close(ranks[0]["weights"][name], expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(ranks[1]["weights"][name], ranks[0]["weights"][name], rtol=0, atol=0)
     assert not torch.equal(ranks[0]["batch"][0], ranks[1]["batch"][0])  # the ranks saw different examples

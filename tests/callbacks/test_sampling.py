@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -11,6 +14,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import lightning_nas as ln
 from lightning_nas.callbacks import UniformSampling
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sandwich import sandwich_gradient  # noqa: E402
 
 
 def tiny_supernet() -> ln.Supernet:
@@ -179,26 +185,6 @@ def test_bad_eval_arch_and_missing_supernet_fail_at_setup():
 
 
 # -- the sandwich rule -------------------------------------------------------------------------
-def _sandwich_gradient(model: Classifier, cb: UniformSampling, x, y, step: int = 0) -> list[torch.Tensor]:
-    """The gradient the sandwich step must apply, computed by hand: CE of the largest subnet plus
-    each student's KL to the largest's (detached) soft targets."""
-    net = model.backbone.net
-    model.zero_grad()
-    with net.activated(net.space.largest()):
-        teacher = net(x)
-    loss = nn.functional.cross_entropy(teacher, y)
-    for arch in cb.student_archs(x.shape[0], step, 0).values():
-        if all(isinstance(v, torch.Tensor) for v in arch.values()):
-            net.activate_indices(arch)
-            student = net(x)
-        else:
-            with net.activated(arch):
-                student = net(x)
-        loss = loss + ln.distillation.distillation_kl(student, teacher.detach())
-    loss.backward()
-    return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
-
-
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_sandwich_step_applies_teacher_plus_distilled_students_gradient(per_sample):
     # One SGD step (no momentum) moves the weights by -lr * gradient: it must be the hand-made one.
@@ -206,7 +192,7 @@ def test_sandwich_step_applies_teacher_plus_distilled_students_gradient(per_samp
     before = Classifier()
     trainer, model = fit([cb], max_steps=1, model=Classifier())
     x, y = next(iter(loader()))
-    expected = _sandwich_gradient(before, cb, x, y)
+    expected = sandwich_gradient(before, before.backbone.net, cb, x, y)
     for p0, p1, g in zip(before.parameters(), model.parameters(), expected):
         torch.testing.assert_close(p1.detach(), p0.detach() - 0.05 * g, rtol=1e-5, atol=1e-6)
     students = cb.student_archs(6, 0, 0)
@@ -249,7 +235,7 @@ def test_sandwich_logs_student_losses_and_scales_them_under_accumulation():
     _, accumulated = fit([cb2], max_steps=1, accumulate_grad_batches=2, model=Classifier())
     before = Classifier()
     batches = iter(loader())
-    grads = [_sandwich_gradient(before, cb2, *next(batches)) for _ in range(2)]
+    grads = [sandwich_gradient(before, before.backbone.net, cb2, *next(batches)) for _ in range(2)]
     for p0, p1, g1, g2 in zip(before.parameters(), accumulated.parameters(), *grads):
         torch.testing.assert_close(p1.detach(), p0.detach() - 0.05 * (g1 + g2) / 2, rtol=1e-5, atol=1e-6)
 
