@@ -232,9 +232,12 @@ class UniformSampling(Callback):
         losses = {}
         saved = (supernet.context.values, supernet.context.indices, supernet.context.bounds)
         # Under data parallelism the students' backward runs after the strategy has averaged the
-        # teacher's gradients: their part is averaged here, so every rank applies the same step.
+        # teacher's gradients: those are set aside so the students' backward writes only their part,
+        # which is averaged here, so every rank applies the same step.
         params = [p for p in supernet.parameters() if p.requires_grad] if trainer.world_size > 1 else []
-        synced = [None if p.grad is None else p.grad.clone() for p in params]
+        synced = [p.grad for p in params]
+        for p in params:
+            p.grad = None
         try:
             for name, arch in self.student_archs(teacher.shape[0], trainer.global_step, micro).items():
                 if isinstance(arch, dict) and all(isinstance(v, torch.Tensor) for v in arch.values()) and arch:
@@ -246,6 +249,10 @@ class UniformSampling(Callback):
                     loss = distillation_kl(student.float(), teacher.float(), self.temperature)
                 (loss * scale if scaler is None else scaler.scale(loss * scale)).backward()
                 losses[name] = loss.detach()
+        except BaseException:
+            for p, grad in zip(params, synced):
+                p.grad = grad
+            raise
         finally:
             supernet.context.values, supernet.context.indices, supernet.context.bounds = saved
             supernet.context.rows = None
@@ -294,18 +301,14 @@ class UniformSampling(Callback):
 
 
 def _average_students_gradients(trainer: Trainer, params: list[torch.Tensor], synced: list[torch.Tensor | None]) -> None:
-    """Average over the ranks what the students added to each gradient since ``synced`` (one
-    all-reduce of one flat buffer; a parameter without a gradient on some rank counts as zero there)."""
-    added = [
-        torch.zeros_like(p) if p.grad is None else (p.grad if before is None else p.grad - before)
-        for p, before in zip(params, synced)
-    ]
-    flat = trainer.strategy.reduce(torch.cat([a.reshape(-1) for a in added]), reduce_op="mean")
+    """Average the students' gradients (each ``p.grad``, none counting as zero) over the ranks in one
+    all-reduce of one flat buffer, and add them to the teacher's averaged ``synced`` gradients, which
+    become the parameters' gradients again (the same tensors: a strategy may keep them as views of
+    its buckets)."""
+    flat = torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params])
+    flat = trainer.strategy.reduce(flat, reduce_op="mean")
     offset = 0
-    for p, before, a in zip(params, synced, added):
-        mean = flat[offset : offset + a.numel()].view_as(p)
-        offset += a.numel()
-        if p.grad is None:
-            p.grad = mean.clone()
-        else:  # in place: the strategy may keep gradients as views of its buckets
-            p.grad.copy_(mean if before is None else before + mean)
+    for p, teacher in zip(params, synced):
+        mean = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+        p.grad = mean.clone() if teacher is None else teacher.add_(mean)
