@@ -20,9 +20,9 @@ Speed (a BO search refits and rescores every few evaluations, so both run hundre
   bookkeeping (~0.3 ms a step, more than the arithmetic) were most of it: a refit's step is
   ~2.5x faster on one CPU thread, with the same gradient (tested against autograd).
 - :meth:`DeepEnsemble.predict` folds LayerNorm's centring into the linear layer (centring is
-  linear: ``z − mean(z) = x(W − mean_j W) + (b − mean_j b)``), leaving one norm reduction, one
-  fused affine and SiLU per block: scoring 15,625 NB201 cells is ~1.6x faster than
-  ``F.layer_norm`` followed by the affine.
+  linear: ``z − mean(z) = x(W − mean_j W) + (b − mean_j b)``), leaving one norm reduction, the
+  affine and SiLU per block, in place in buffers reused across chunks: scoring 15,625 NB201 cells
+  is ~1.7x faster than ``F.layer_norm`` followed by the affine.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class DeepEnsemble(nn.Module):
 
         Equal to :meth:`forward` up to float rounding; LayerNorm's centring is folded into each
         linear layer's weights (see the module docstring), so a block costs one matrix product, one
-        norm reduction, one fused affine and a SiLU.
+        norm reduction, the affine and a SiLU, all in place in reused buffers.
         """
         folded = []
         for block in self.blocks(head):
@@ -132,16 +132,25 @@ class DeepEnsemble(nn.Module):
             folded.append((w - w.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True), block.norm_weight,
                            block.norm_bias, math.sqrt(w.shape[-1])))
         head_w, head_b = self.heads[head].weight, self.heads[head].bias
-        out = []
+        width = max(w.shape[-1] for w, *_ in folded)
+        rows = min(chunk, len(x))
+        # Two activation buffers used in turn and a norm buffer, reused by every chunk: no multi-MB
+        # allocation (and page faults) per operation (~10 % of the time on one CPU thread).
+        buffers = (torch.empty(self.members, rows, width), torch.empty(self.members, rows, width))
+        norms = torch.empty(self.members, rows, 1)
+        pred = torch.empty(self.members, len(x), 1)
         for i in range(0, len(x), chunk):
-            h = x[i:i + chunk].unsqueeze(0).expand(self.members, -1, -1)
-            for w, b, gain, shift, root in folded:
-                z = torch.baddbmm(b, h, w)  # already centred: mean over features 0
+            n = min(chunk, len(x) - i)
+            h = x[i:i + n].unsqueeze(0).expand(self.members, -1, -1)
+            for k, (w, b, gain, shift, root) in enumerate(folded):
+                z = buffers[k % 2][:, :n, :w.shape[-1]]
+                torch.baddbmm(b, h, w, out=z)  # already centred: mean over features 0
                 # rsqrt(mean(z²) + eps) = 1 / sqrt(||z||² / width + eps), LayerNorm's biased variance and eps
-                scale = torch.linalg.vector_norm(z, dim=-1, keepdim=True).div_(root).square_().add_(_LN_EPS).rsqrt_()
-                h = F.silu(torch.addcmul(shift, z.mul_(scale), gain), inplace=True)
-            out.append(torch.baddbmm(head_b, h, head_w)[..., 0])
-        pred = torch.cat(out, dim=1) if out else torch.zeros(self.members, 0)
+                scale = torch.linalg.vector_norm(z, dim=-1, keepdim=True, out=norms[:, :n])
+                scale.div_(root).square_().add_(_LN_EPS).rsqrt_()
+                h = F.silu(z.mul_(scale).mul_(gain).add_(shift), inplace=True)
+            torch.baddbmm(head_b, h, head_w, out=pred[:, i:i + n])
+        pred = pred[..., 0]
         return pred * self.target_std[head] + self.target_mean[head]
 
     def set_standardisation(self, targets: Tensor) -> None:
