@@ -181,6 +181,10 @@ class ElasticMultiheadAttention(Mutable):
         self.out_proj_bias = nn.Parameter(torch.empty(e)) if bias else None
         self.reset_parameters()
 
+    # Every row's output reads only that row (no batch statistics): rows a DepthChoice has stopped
+    # leave the others' outputs as they are, so the stack may run with static shapes.
+    masks_stopped_rows = True
+
     # Set by an ElasticTransformerBlock whose norm before the attention zeroes each row's features
     # past the row's width: the input mask is skipped (one operator call less each way).
     input_masked = False

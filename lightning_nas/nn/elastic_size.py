@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ from lightning_nas.nn.choice import Choice
 
 __all__ = [
     "active_size", "cached_active_size", "check_fixed", "check_size_spec", "fit_channels", "fit_features", "prefix", "row_mask",
-    "rows_mask", "size_mask", "width_mask",
+    "rows_mask", "rows_scaled_mask", "size_mask", "width_mask",
 ]
 
 
@@ -250,3 +251,26 @@ def fit_features(owner: nn.Module, x: Tensor, spec: int | Choice, layer: str, *,
     if not mask:
         return x
     return x * rows_mask(owner, spec, size, x.dtype, x.device, (-1, *([1] * (x.dim() - 2)), size))
+
+
+def rows_scaled_mask(owner: nn.Module, spec: Choice, size: int, dtype: torch.dtype, device: torch.device,
+                     shape: tuple[int, ...], name: str, factor: Callable[[int], float]) -> Tensor:
+    """:func:`rows_mask` with row ``i``'s mask times ``factor(its value)`` (``name`` tells factors
+    apart in the caches): e.g. ``1 / value`` makes a row's mean over its own prefix one matrix
+    product, so that a layer reads an input whose entries past each row's width are not zero
+    without masking it first.
+
+    Returns the ``(n, ...)`` tensor viewed as ``shape`` (``-1`` for the rows, ``size`` where the
+    entries go, ``1`` elsewhere), cached per activation and set of visible rows; the per-candidate
+    table is built once per module, size, dtype, device and ``name``.
+    """
+    def make() -> Tensor:
+        tables = owner.__dict__.setdefault("_mask_tables", {})
+        key = (spec.label, size, dtype, device, name)
+        if key not in tables:
+            values = torch.tensor(spec.values, device=device)
+            factors = torch.tensor([float(factor(v)) for v in spec.values], dtype=torch.float64, device=device)
+            tables[key] = ((torch.arange(size, device=device) < values[:, None]) * factors[:, None]).to(dtype)
+        return tables[key].index_select(0, spec.example_indices().to(device)).view(shape)
+
+    return spec._context.cached(("rows_scaled_mask", spec.label, size, dtype, device, shape, name), make)

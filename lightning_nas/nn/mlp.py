@@ -80,6 +80,10 @@ class ElasticMLP(Mutable):
         # them zero, so fc2 need not mask its input again (checked on this activation instance).
         self.fc2.input_masked = _keeps_zero(act)
 
+    # Per-row layers around an activation without per-neuron state (no batch statistics): rows a
+    # DepthChoice has stopped leave the others' outputs as they are.
+    masks_stopped_rows = True
+
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from lightning_nas.nn.choice import Choice, Mutable, largest, value_in
 from lightning_nas.nn.elastic_size import (
     cached_active_size, check_fixed, check_size_spec, fit_channels, fit_features, prefix, row_mask, rows_mask,
+    rows_scaled_mask,
 )
 
 __all__ = ["ElasticBatchNorm2d", "ElasticLayerNorm", "masked_batch_norm"]
@@ -302,20 +303,26 @@ class ElasticLayerNorm(Mutable):
             x = fit_channels(x, spec, -1, "ElasticLayerNorm")
             c = x.shape[-1]
             return F.layer_norm(x, (c,), prefix(self.weight, c), prefix(self.bias, c), self.eps)
-        # Per-example widths: each row normalised over its own prefix, in a dozen calls (every
-        # mask and count cached per activation, as every layer of the residual stream shares them).
-        x = fit_features(self, x, spec, "ElasticLayerNorm")
+        # Per-example widths: row i normalised over its own first e_i of the C features, through one
+        # native layer_norm (one fused kernel each way instead of a dozen masked calls): with mu_i
+        # the row's mean over its prefix, z = (x - mu_i) * mask * sqrt(C / e_i) is zero past e_i and
+        # has mean 0 and variance var_i (the prefix's) over all C features, so layer_norm(z) is the
+        # row's normalised prefix times sqrt(C / e_i), undone by the output scale sqrt(e_i / C).
+        # The mean is the sum of x * mask / e_i, so entries past a row's width (an unmasked
+        # residual sum) never count: the input is not masked first. (A batched matrix product
+        # would be one call fewer but costs several element-wise calls' time on a CPU.)
+        x = fit_features(self, x, spec, "ElasticLayerNorm", mask=False)
         c = x.shape[-1]
         shape = (-1, *([1] * (x.dim() - 2)), c)
-        mask = rows_mask(self, spec, c, x.dtype, x.device, shape)
-        inverse = spec._context.cached(
-            ("inverse_count", spec.label, c, x.dtype, x.device, shape), lambda: mask.sum(-1, keepdim=True).reciprocal()
-        )
-        centred = (x - x.sum(-1, keepdim=True) * inverse) * mask
-        y = centred * torch.rsqrt((centred * centred).sum(-1, keepdim=True) * inverse + self.eps)
+        average = rows_scaled_mask(self, spec, c, x.dtype, x.device, shape, "mean", lambda e: 1.0 / e)
+        stretch = rows_scaled_mask(self, spec, c, x.dtype, x.device, shape, "stretch", lambda e: (c / e) ** 0.5)
+        shrink = rows_scaled_mask(self, spec, c, x.dtype, x.device, shape, "shrink", lambda e: (e / c) ** 0.5)
+        mean = (x * average).sum(-1, keepdim=True)  # (B, ..., 1)
+        y = F.layer_norm((x - mean) * stretch, (c,), prefix(self.weight, c), None, self.eps)
         if self.weight is None:
-            return y
-        return torch.addcmul(prefix(self.bias, c) * mask, y, prefix(self.weight, c))
+            return y * shrink
+        mask = rows_mask(self, spec, c, x.dtype, x.device, shape)
+        return torch.addcmul(prefix(self.bias, c) * mask, y, shrink)
 
     def freeze(self, arch: dict[str, Any], export_child) -> nn.LayerNorm:
         c = value_in(self.normalized_shape, arch)

@@ -172,6 +172,9 @@ class ElasticTransformerBlock(TransformerBlock, Mutable):
         # each row's width are zero (per-example mode), so they skip masking their input.
         attn.input_masked = mlp.fc1.input_masked = norm_first
 
+    # Its parts are per-row (each declares it): the block adds nothing across rows.
+    masks_stopped_rows = True
+
     def reorder_by_importance(self) -> None:
         """Sort the heads and the MLP's hidden neurons by importance (function preserved; see
         :meth:`ElasticMultiheadAttention.reorder_heads` and :meth:`ElasticMLP.reorder_hidden`)."""

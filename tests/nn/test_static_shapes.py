@@ -147,3 +147,36 @@ def test_auto_static_shapes_group_rows_on_a_cpu_and_use_static_shapes_elsewhere(
     assert net.context.static_shapes is False and net.static_shapes is False
     net.static_shapes = True
     assert net.context.static_shapes is True
+
+
+@pytest.mark.parametrize("space", ["gpt-tiny", "vit-tiny"])
+def test_transformer_stacks_run_static_shapes_exactly_without_host_reads(space):
+    """The elastic attention, MLP and block compute each row from that row alone, so a transformer
+    stack's DepthChoice runs its optional blocks on every row with static shapes (no grouping, no
+    host reads), with the outputs and gradients of the grouped rows."""
+    from lightning_nas.spaces import create_space
+
+    torch.manual_seed(0)
+    static = create_space(space).train()
+    static.static_shapes = True
+    grouped = copy.deepcopy(static)
+    grouped.static_shapes = False
+    n = 6
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 128, (n, 12), generator=g) if space == "gpt-tiny" else torch.randn(n, 1, 8, 8, generator=g)
+    indices = static.space.sample_indices(n, 3)
+    depths = [k for k in indices if k.endswith("depth")]
+    assert depths and len(set(indices[depths[0]].tolist())) > 1  # rows of different depths share the batch
+    results = []
+    for net in (static, grouped):
+        net.activate_indices(indices)
+        with HostReadCounter() as reads:
+            out = net(x)
+            out.square().mean().backward()
+        results.append((out.detach(), {k: p.grad for k, p in net.named_parameters() if p.grad is not None}, reads.total))
+    (out_s, grads_s, reads_s), (out_g, grads_g, reads_g) = results
+    assert reads_s == 0 and reads_g > 0
+    torch.testing.assert_close(out_s, out_g, atol=1e-5, rtol=1e-4)
+    for name in grads_s.keys() | grads_g.keys():
+        zero = torch.zeros_like(grads_s.get(name, grads_g.get(name)))
+        torch.testing.assert_close(grads_s.get(name, zero), grads_g.get(name, zero), atol=1e-5, rtol=1e-4, msg=name)
