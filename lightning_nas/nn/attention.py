@@ -188,6 +188,10 @@ class ElasticMultiheadAttention(Mutable):
     # Set by an ElasticTransformerBlock whose norm before the attention zeroes each row's features
     # past the row's width: the input mask is skipped (one operator call less each way).
     input_masked = False
+    # Cleared by a container whose consumer ignores each row's output features past the row's
+    # width (a pre-norm transformer stream, read by ElasticLayerNorms only): the output mask is skipped,
+    # so those entries hold whatever the full-width computation gives.
+    mask_output = True
 
     def reset_parameters(self) -> None:
         """``nn.MultiheadAttention``'s initialisation: Xavier-uniform projections, zero biases."""
@@ -242,7 +246,7 @@ class ElasticMultiheadAttention(Mutable):
         mask = attention_mask(attn_mask, self.causal, b, t)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal and mask is None, scale=scale)
         y = F.linear(out.transpose(1, 2).reshape(b, t, h * d), w_out, b_out)
-        if widths is not None:
+        if widths is not None and self.mask_output:
             y = y * rows_mask(self, self.embed_dim, e, y.dtype, y.device, (-1, 1, e))
         return y
 

@@ -52,11 +52,17 @@ class ElasticEmbedding(Mutable):
             with torch.no_grad():
                 self.weight[self.padding_idx].zero_()
 
+    # Cleared by a container whose consumer ignores each row's output features past the row's
+    # width (a pre-norm transformer stream, read by ElasticLayerNorms only): the output mask is skipped,
+    # so those entries hold whatever the full-width computation gives.
+    mask_output = True
+
     def forward(self, ids: Tensor) -> Tensor:
         if ids.is_floating_point() or ids.dtype == torch.bool or ids.dim() < 1:
             raise ValueError(f"ElasticEmbedding expects integer token ids of shape (B, ...), got dtype {ids.dtype}, shape {tuple(ids.shape)}")
         e, widths = cached_active_size(self.embedding_dim, ids.device)
-        return _mask_rows(self, F.embedding(ids, self.weight[:, :e], self.padding_idx), self.embedding_dim, widths)
+        y = F.embedding(ids, self.weight[:, :e], self.padding_idx)
+        return _mask_rows(self, y, self.embedding_dim, widths) if self.mask_output else y
 
     def freeze(self, arch: dict[str, Any], export_child) -> nn.Embedding:
         e = value_in(self.embedding_dim, arch)
@@ -126,11 +132,18 @@ class ElasticPositionalEmbedding(Mutable):
         self.max_length, self.embed_dim = max_length, embed_dim
         self.weight = nn.Parameter(torch.randn(max_length, largest(embed_dim)) * init_std)
 
+    # Cleared by a container whose consumer ignores each row's features past the row's width (a
+    # pre-norm transformer stream): neither the input nor the added positions are masked then, so
+    # those entries hold whatever comes in plus the full-width positions.
+    mask_output = True
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 3 or x.shape[1] > self.max_length:
             raise ValueError(f"ElasticPositionalEmbedding expects (B, T <= {self.max_length}, E), got {tuple(x.shape)}")
-        x = fit_features(self, x, self.embed_dim, "ElasticPositionalEmbedding")
+        x = fit_features(self, x, self.embed_dim, "ElasticPositionalEmbedding", mask=self.mask_output)
         _, widths = cached_active_size(self.embed_dim, x.device)
+        if not self.mask_output:
+            return x + self.weight[: x.shape[1], : x.shape[2]]
         return x + _mask_rows(self, self.weight[: x.shape[1], : x.shape[2]].expand(x.shape[0], -1, -1), self.embed_dim, widths)
 
     def freeze(self, arch: dict[str, Any], export_child) -> PositionalEmbedding:

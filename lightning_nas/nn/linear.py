@@ -41,6 +41,10 @@ class ElasticLinear(Mutable):
     # Set by a container whose producer zeroes each row's input features past the row's width
     # (an ElasticMLP whose activation maps 0 to 0, after its first layer): the input mask is skipped.
     input_masked = False
+    # Cleared by a container whose consumer ignores each row's output features past the row's
+    # width (a pre-norm transformer stream, read by ElasticLayerNorms only): the output mask is skipped,
+    # so those entries hold whatever the full-width computation gives.
+    mask_output = True
 
     def reset_parameters(self) -> None:
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
@@ -52,7 +56,7 @@ class ElasticLinear(Mutable):
         x = fit_features(self, x, self.in_features, "ElasticLinear", mask=not self.input_masked)
         c_out, out_sizes = cached_active_size(self.out_features, x.device)
         y = F.linear(x, prefix(self.weight, c_out, x.shape[-1]), prefix(self.bias, c_out))
-        if out_sizes is not None:
+        if out_sizes is not None and self.mask_output:
             y = y * rows_mask(self, self.out_features, c_out, y.dtype, y.device, (-1, *([1] * (y.dim() - 2)), c_out))
         return y
 

@@ -292,6 +292,13 @@ class ElasticTransformerEncoder(TransformerEncoder):
             blocks.append(SkipChoice(block, sub(f"{i}.keep")) if skip_layers else block)
         layers = nn.Sequential(*blocks) if depths is None else DepthChoice(blocks, depths, sub("depth"))
         super().__init__(layers, ElasticLayerNorm(embed, eps) if norm_first else None)
+        if norm_first:
+            # Inside a pre-norm stack the residual stream is read only by ElasticLayerNorms (each
+            # block's two and the final one), which ignore a row's features past its width and zero
+            # them in their outputs: the attention and MLP outputs added to the stream need no mask
+            # of their own (per-example mode; two calls fewer per block each way).
+            for block in self.blocks():
+                block.attn.mask_output = block.mlp.fc2.mask_output = False
 
     def blocks(self) -> list[ElasticTransformerBlock]:
         """The layers, in order (inside their ``SkipChoice`` when ``skip_layers``)."""

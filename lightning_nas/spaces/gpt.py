@@ -168,7 +168,12 @@ def gpt_tiny_supernet(
         embed, depth, list(num_heads), list(mlp_ratios), depths=None if depths is None else list(depths),
         skip_layers=skip_layers, causal=True, label="enc",
     )
-    return Supernet(TinyGPT(TokenEmbedding(vocab_size, max_length, embed), encoder, ElasticLinear(embed, vocab_size)))
+    tokens, head = TokenEmbedding(vocab_size, max_length, embed), ElasticLinear(embed, vocab_size)
+    # The pre-norm encoder's ElasticLayerNorms ignore each row's features past its width and zero them
+    # (per-example mode): the embeddings need not mask them, nor the head its input (the final norm's).
+    tokens.tokens.mask_output = tokens.positions.mask_output = False
+    head.input_masked = True
+    return Supernet(TinyGPT(tokens, encoder, head))
 
 
 class LanguageModel(pl.LightningModule):

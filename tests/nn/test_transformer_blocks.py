@@ -276,3 +276,25 @@ def test_staged_structure_and_exact_flops_and_params_tables():
             exported(torch.randn(1, LENGTH, 8))
         assert flops.predict(arch) == pytest.approx(counter.get_total_flops() / 1e6, abs=1e-9)
         assert params.predict(arch) == pytest.approx(sum(p.numel() for p in exported.parameters()))
+
+
+@pytest.mark.parametrize("static_shapes", [True, False])
+@pytest.mark.parametrize("space", ["gpt-tiny", "vit-tiny"])
+def test_registered_spaces_per_example_rows_equal_their_exports(space, static_shapes):
+    """The registered transformer spaces leave the embeddings' and the blocks' outputs unmasked
+    inside the pre-norm stream (its norms ignore each row's features past its width): every row
+    still computes exactly its own exported subnet, in both per-example modes."""
+    from lightning_nas.spaces import create_space
+
+    torch.manual_seed(1)
+    net = create_space(space).train()
+    _randomise(net, 1)
+    net.static_shapes = static_shapes
+    n = 8
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 128, (n, 12), generator=g) if space == "gpt-tiny" else torch.randn(n, 1, 8, 8, generator=g)
+    archs = net.space.sample_many(n, 5)
+    net.activate(archs)
+    together = net(x)
+    for i, arch in enumerate(archs):
+        torch.testing.assert_close(together[i : i + 1], net.export(arch).train()(x[i : i + 1]), atol=1e-5, rtol=1e-4)
