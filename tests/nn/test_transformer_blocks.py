@@ -298,3 +298,43 @@ def test_registered_spaces_per_example_rows_equal_their_exports(space, static_sh
     together = net(x)
     for i, arch in enumerate(archs):
         torch.testing.assert_close(together[i : i + 1], net.export(arch).train()(x[i : i + 1]), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape", [(5, 8), (5, 3, 8)])
+def test_per_example_layer_norm_rows_and_gradients_equal_each_rows_own_norm(affine, shape):
+    """ElasticLayerNorm per example (one native layer_norm, its own backward): each row's output and
+    the input / weight / bias gradients equal nn.LayerNorm over the row's own prefix, whatever its
+    input holds past that prefix (the row's output there is zero, its gradient there zero)."""
+    from lightning_nas.nn import ElasticLayerNorm
+
+    torch.manual_seed(0)
+    width = Choice([3, 5, 8], "e", default=8)
+    norm = ElasticLayerNorm(width, elementwise_affine=affine).double()
+    if affine:
+        _randomise(norm, 0)
+    net = ln.Supernet(norm)
+    widths = [3, 8, 5, 3, 5]
+    net.activate([{"e": e} for e in widths])
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).requires_grad_()
+    weights = torch.randn(shape, dtype=torch.float64)
+    out = net(x)
+    (out * weights).sum().backward()
+    grads = {name: p.grad.clone() for name, p in norm.named_parameters()}
+    expected_grads = {name: torch.zeros_like(p) for name, p in norm.named_parameters()}
+    for i, e in enumerate(widths):
+        alone = nn.LayerNorm(e, elementwise_affine=affine).double()
+        if affine:
+            with torch.no_grad():
+                alone.weight.copy_(norm.weight[:e])
+                alone.bias.copy_(norm.bias[:e])
+        xi = x.detach()[i : i + 1, ..., :e].clone().requires_grad_()
+        yi = alone(xi)
+        (yi * weights[i : i + 1, ..., :e]).sum().backward()
+        torch.testing.assert_close(out[i : i + 1, ..., :e], yi)
+        assert torch.all(out[i, ..., e:] == 0) and torch.all(x.grad[i, ..., e:] == 0)
+        torch.testing.assert_close(x.grad[i : i + 1, ..., :e], xi.grad)
+        for name, p in alone.named_parameters():
+            expected_grads[name][:e] += p.grad
+    for name in grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], msg=name)
