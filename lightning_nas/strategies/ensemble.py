@@ -17,12 +17,13 @@ Speed (a BO search refits and rescores every few evaluations, so both run hundre
   ``Linear → LayerNorm → affine → SiLU`` blocks) and writes every parameter's gradient into one
   flat buffer, which Adam updates in a few whole-buffer operations. At a search's sizes (M · 16
   rows) a step is all per-operator overhead, and autograd's graph and ``torch.optim``'s per-step
-  bookkeeping (~0.3 ms a step, more than the arithmetic) were most of it: a refit's step is
-  ~2.5x faster on one CPU thread, with the same gradient (tested against autograd).
+  bookkeeping were most of it: a refit of 100 steps on 100 NB201 results takes 90 ms instead of
+  166 ms on one CPU thread (measured side by side), with the same gradient (tested against
+  autograd).
 - :meth:`DeepEnsemble.predict` folds LayerNorm's centring into the linear layer (centring is
   linear: ``z − mean(z) = x(W − mean_j W) + (b − mean_j b)``), leaving one norm reduction, the
   affine and SiLU per block, in place in buffers reused across chunks: scoring 15,625 NB201 cells
-  is ~1.7x faster than ``F.layer_norm`` followed by the affine.
+  takes 69 ms instead of 123 ms with ``F.layer_norm`` and the affine (one CPU thread, side by side).
 """
 
 from __future__ import annotations
