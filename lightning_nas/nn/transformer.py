@@ -135,8 +135,11 @@ class ElasticTransformerBlock(TransformerBlock, Mutable):
     Its parts: ``norm1``/``norm2`` :class:`~lightning_nas.nn.ElasticLayerNorm` over ``embed_dim``,
     ``attn`` :class:`~lightning_nas.nn.ElasticMultiheadAttention` and ``mlp``
     :class:`~lightning_nas.nn.ElasticMLP` (``embed_dim -> mlp_hidden -> embed_dim``). In per-example
-    mode each row's features past its own embedding width stay zero through the residual sums, so
-    every row computes exactly its own subnet.
+    mode every row computes exactly its own subnet: the norms read only each row's own features, and
+    a block on its own returns zeros past each row's width. Inside a pre-norm
+    :class:`ElasticTransformerEncoder` the attention and MLP outputs are not masked (their
+    ``mask_output`` is cleared): the stream's features past a row's width then hold values that
+    only the norms read, and they ignore them; the encoder's final norm zeroes them.
 
     Args:
         embed_dim: int or ``Choice``: the residual stream's width (give every block the same one).
