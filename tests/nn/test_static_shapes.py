@@ -50,14 +50,16 @@ def assert_same_step(a: ln.Supernet, b: ln.Supernet, x: torch.Tensor) -> None:
 @given(seed=st.integers(0, 2**31 - 1))
 def test_static_shapes_equal_grouped_rows_in_training(all_mutables_supernet, build, seed):
     """Outputs, gradients and running statistics of a training step agree between the two
-    per-example modes (the grouped one computes each row through its own candidates)."""
-    static = all_mutables_supernet if build == "all_mutables" else tiny_mobilenet()
+    per-example modes (the grouped one computes each row through its own candidates). In float64:
+    batch statistics over a few rows amplify float32 rounding past any fixed tolerance on some
+    seeds (seen: a 1.3e-3 gradient difference that is 6e-14 in float64)."""
+    static = (all_mutables_supernet if build == "all_mutables" else tiny_mobilenet()).double()
     static.static_shapes = True
     grouped = copy.deepcopy(static)
     grouped.static_shapes = False
     n = 7
     indices = static.space.sample_indices(n, seed)
-    x = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+    x = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     for net in (static, grouped):
         net.train().activate_indices(indices)
     assert_same_step(static, grouped, x)
