@@ -68,7 +68,7 @@ from torch.utils.data import DataLoader, TensorDataset
 # benchmarks/ is the script's directory: the other benchmarks' helpers are imported, not copied.
 from latency_mape import TARGET as TARGET_MAPE
 from latency_mape import min_table
-from results_file import machine, publish
+from results_file import publish
 from solve_time import TARGET_SECONDS
 from train_step import TARGET_AB, TARGET_CD, make_step, measure
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import hashlib
 import io
 import json
 import linecache
@@ -53,8 +52,7 @@ import sys
 import tempfile
 import textwrap
 import time
-import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -809,7 +807,7 @@ def objective_nan_constant_after_construction(c):
 
 @case(A, "latency")
 def latency_nan_constant_after_construction(c):
-    from lightning_nas import InfeasibleError, Limit
+    from lightning_nas import Limit
 
     acc, lat, _ = tables()
     lat.constant = NAN
@@ -1431,7 +1429,6 @@ def darts_select_after_nan_loss(c):
 
 @case(A, ok=True, timeout=120)
 def checkpoint_with_every_callback_resumes(c):
-    import lightning.pytorch as pl
     import torch
 
     net = tiny_net()
@@ -1996,7 +1993,7 @@ def search_storage_read_only_dir(c):
 
 @case(A, ok=True, timeout=90)
 def search_runs_and_resumes(c):
-    out = c.cli(*_S, "--budget", "3", "--storage", c.tmp / "ok.db")
+    c.cli(*_S, "--budget", "3", "--storage", c.tmp / "ok.db")
     out2 = c.cli(*_S, "--budget", "5", "--storage", c.tmp / "ok.db")
     if "5 trials" not in out2:
         c.wrong(f"resume output: {out2[-200:]}")

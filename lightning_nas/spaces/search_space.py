@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_nas.nn.choice import candidate_key, canonical_value
+from lightning_nas.nn.choice import candidate_key
 
 __all__ = ["Decision", "SearchSpace", "make_generator"]
 
