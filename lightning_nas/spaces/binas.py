@@ -30,7 +30,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -118,81 +118,144 @@ def _batch_norm(x: Tensor, bn: nn.BatchNorm2d) -> Tensor:
 
 
 class _GroupedBatchNormFunction(torch.autograd.Function):
-    """``y = x * scale[group] * mask + shift[group] * mask`` with BatchNorm's backward per group.
+    """``y = (x * scale[group] + shift[group]) * mask`` with BatchNorm's backward per group.
 
-    Forward and backward each take a few fused passes over ``x`` (as ``F.batch_norm`` does), where
-    the same maths through autograd would take a dozen.
+    The ``G`` norms' weights and biases come in as separate tensors (stacking them through autograd
+    would add a stack and, in backward, a select per norm), and every pass gathers the per-row
+    coefficients of all norms in one call, so forward and backward take a fixed handful of calls
+    each (about 7 and 20) whatever ``G``, each a fused pass over ``x`` or a small ``(G, C)`` product.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, invstd, group, onehot, mask, count, batch_stats):
-        # weight, bias, mean, invstd, count: (G, C); group: (n,) or None, onehot: (n, G) or None (its
-        # one-hot form, in the statistics' dtype); mask: (n, C) or None;
-        # batch_stats: whether each group's statistics are the batch's (so depend on x): a bool for
-        # all groups, else a (G, 1) bool tensor.
-        scale = weight * invstd
-        shift = bias - mean * scale
-        row_scale, row_shift = _cast(_rows(torch.stack((scale, shift)), group, mask, x.shape[0]), x.dtype)
-        ctx.save_for_backward(x, weight, mean, invstd, group, onehot, mask, count, batch_stats if isinstance(batch_stats, Tensor) else None)
-        ctx.batch_stats = batch_stats if not isinstance(batch_stats, Tensor) else None
+    def forward(ctx, x, layout, mean, invstd, batch_stats, *params):
+        # layout: _Layout (what depends on the rows' groups and masks only); mean, invstd: (G, C) in
+        # the statistics' precision; batch_stats: whether each group's statistics are the batch's
+        # (so depend on x): a bool for all groups, else a (G, 1) bool tensor; params: the G weights
+        # then the G biases, (C,) each.
+        g = len(params) // 2
+        scale = _stack(params[:g]) * invstd
+        shift = torch.addcmul(_stack(params[g:]), mean, scale, value=-1)
+        row_scale, row_shift = _cast(layout.rows(torch.stack((scale, shift))), x.dtype)
+        ctx.save_for_backward(x, mean, invstd, scale, batch_stats if isinstance(batch_stats, Tensor) else None)
+        ctx.layout, ctx.batch_stats, ctx.param_dtype = layout, batch_stats, params[0].dtype
         return torch.addcmul(row_shift, x, row_scale)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, weight, mean, invstd, group, onehot, mask, count, flags = ctx.saved_tensors
-        batch_stats = ctx.batch_stats if flags is None else flags
-        n, stat = x.shape[0], mean.dtype  # reductions in the statistics' precision (float32 for half inputs)
-        dy_sum = dy.sum((2, 3), dtype=stat)  # (n, C)
-        dy_x = (dy * x).sum((2, 3), dtype=stat)
-        if mask is not None:
-            dy_sum, dy_x = dy_sum * mask, dy_x * mask
-        if group is None:
-            sum_dy, sum_dy_x = dy_sum.sum(0, keepdim=True), dy_x.sum(0, keepdim=True)
-        else:
-            sum_dy, sum_dy_x = onehot.T @ dy_sum, onehot.T @ dy_x  # (G, C)
-        sum_dy_xhat = (sum_dy_x - mean * sum_dy) * invstd
-        d_weight, d_bias = _cast(sum_dy_xhat, weight.dtype), _cast(sum_dy, weight.dtype)
-        scale = weight * invstd
+        x, mean, invstd, scale, flags = ctx.saved_tensors
+        layout, batch_stats = ctx.layout, (ctx.batch_stats if flags is None else flags)
+        c, stat = x.shape[1], mean.dtype  # reductions in the statistics' precision (float32 for half inputs)
+        # Per (norm, channel): the sums of dy and dy * x over the elements behind its statistics.
+        sums = torch.cat((dy.sum((2, 3), dtype=stat), (dy * x).sum((2, 3), dtype=stat)), 1)  # (n, 2C)
+        sum_dy, sum_dy_x = layout.group_sum(sums).split(c, 1)  # (G, C) each
+        sum_dy_xhat = torch.addcmul(sum_dy_x, mean, sum_dy, value=-1).mul_(invstd)
+        d_weight, d_bias = _cast(sum_dy_xhat, ctx.param_dtype), _cast(sum_dy, ctx.param_dtype)
+        grads = (*d_weight.unbind(0), *d_bias.unbind(0))
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, *grads
         if batch_stats is False:
-            row_scale = _cast(_rows(scale[None], group, mask, n)[0], x.dtype)
-            return dy * row_scale, d_weight, d_bias, None, None, None, None, None, None, None
-        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) for batch statistics, scale * dy otherwise.
-        safe = count.clamp_min(1)
-        k_x = scale * invstd * sum_dy_xhat / safe
-        k_0 = k_x * mean - scale * sum_dy / safe
+            return dy * _cast(layout.rows(scale[None])[0], x.dtype), None, None, None, None, *grads
+        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) for batch statistics (means over the
+        # M elements of the statistic), scale * dy otherwise:
+        # dx = scale * dy + k_0 - k_x * x with k_x = scale * invstd * sum(dy * xhat) / M and
+        # k_0 = k_x * mean - scale * sum(dy) / M.
+        a = scale * layout.inv_elements
+        k_x = (a * invstd).mul_(sum_dy_xhat)
+        k_0 = torch.addcmul(k_x * mean, a, sum_dy, value=-1)
         if batch_stats is not True:
             k_x, k_0 = k_x * batch_stats, k_0 * batch_stats
-        row_k0, row_scale, row_kx = _cast(_rows(torch.stack((k_0, scale, -k_x)), group, mask, n), x.dtype)
-        return torch.addcmul(row_k0, dy, row_scale).addcmul_(x, row_kx), d_weight, d_bias, None, None, None, None, None, None, None
+        row_k0, row_scale, row_kx = _cast(layout.rows(torch.stack((k_0, scale, k_x))), x.dtype)
+        return torch.addcmul(row_k0, dy, row_scale).addcmul_(x, row_kx, value=-1), None, None, None, None, *grads
 
 
-def _rows(per_group: Tensor, group: Tensor | None, mask: Tensor | None, n: int) -> Tensor:
-    """``(K, G, C)`` coefficients to ``(K, n, C, 1, 1)`` per row (zero where ``mask`` is 0)."""
-    k, _, c = per_group.shape
-    rows = per_group.index_select(1, group) if group is not None else per_group.expand(k, n, c)
-    if mask is not None:
-        rows = rows * mask
-    return rows.reshape(k, n, c, 1, 1)
+class _Layout:
+    """What a grouped BatchNorm call needs from the rows' groups and masks only (no values of ``x``).
+
+    Computed once per activation for all the norms that share a group and a mask when a ``cache``
+    is given (the blocks of one decision share them); it keeps ``group`` and ``mask`` alive, so a
+    cache keyed by their ids cannot meet a new tensor at a reused id.
+
+    Attributes (``G`` norms, ``n`` rows, ``C`` channels; ``stat`` the statistics' dtype):
+        group: ``(n,)`` or ``None``; mask: ``(n, C)`` in ``x``'s dtype or ``None``.
+        inv_rows2: ``(G, 2C)`` ``1 / rows`` behind each statistic, twice (means of row means and of
+            row mean squares).
+        inv_elements, unbias: ``(G, C)`` ``1 / M`` and ``M / (M - 1)``, ``M`` the elements behind
+            each statistic (clamped to at least 1).
+        seen: ``(G, C)`` bool, some row uses the statistic; seen_any: per norm, a ``()`` bool tensor.
+    """
+
+    def __init__(self, group: Tensor | None, mask: Tensor | None, groups: int, n: int, c: int, pixels: int, stat: torch.dtype, device) -> None:
+        self.group, self.mask = group, mask
+        # onehot_t: (G, n) one-hot of each row's group, transposed for the sums over rows.
+        self.onehot_t = None if group is None else _one_hot(group, groups, stat).T
+        used = None if mask is None else _cast(mask, stat)
+        self.mask2 = None if used is None else torch.cat((used, used), 1)
+        if used is not None:
+            rows = used.sum(0, keepdim=True) if group is None else self.onehot_t @ used
+        elif group is not None:
+            rows = self.onehot_t.sum(1, keepdim=True).expand(groups, c)
+        else:
+            rows = torch.full((1, c), float(n), dtype=stat, device=device)
+        safe = rows.clamp_min(1)
+        inv_rows = 1 / safe
+        self.inv_rows2 = torch.cat((inv_rows, inv_rows), 1)
+        elements = rows * pixels
+        self.inv_elements = inv_rows / pixels
+        self.unbias = elements / (elements - 1).clamp_min(1)
+        self.seen = rows > 0
+        self.seen_any = list(self.seen.any(1).unbind())
+        self._lerp_weights: dict[tuple[float, torch.dtype], list[Tensor]] = {}
+
+    def group_sum(self, per_row: Tensor) -> Tensor:
+        """``(n, 2C)`` per-row values to ``(G, 2C)`` sums over the rows (and channels) of each statistic."""
+        if self.mask2 is not None:
+            per_row = per_row * self.mask2
+        return per_row.sum(0, keepdim=True) if self.onehot_t is None else self.onehot_t @ per_row
+
+    def rows(self, per_group: Tensor) -> Tensor:
+        """``(K, G, C)`` coefficients to ``(K, n, C, 1, 1)`` per row (zero where ``mask`` is 0)."""
+        rows = per_group.index_select(1, self.group) if self.group is not None else per_group
+        if self.mask is not None:
+            rows = rows * self.mask  # broadcasts a single group's (K, 1, C) over the rows too
+        return rows.reshape(*rows.shape, 1, 1)  # (K, 1, C, 1, 1) broadcasts over the rows
+
+    def lerp_weights(self, momentum: float, dtype: torch.dtype) -> list[Tensor]:
+        """Per norm, ``(C,)`` running-average weights: ``momentum`` where seen, else 0."""
+        key = (momentum, dtype)
+        if key not in self._lerp_weights:
+            self._lerp_weights[key] = list(_cast(self.seen * momentum, dtype).unbind())
+        return self._lerp_weights[key]
 
 
-def grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+def grouped_batch_norm(
+    x: Tensor,
+    norms: Sequence[nn.BatchNorm2d],
+    group: Tensor | None = None,
+    mask: Tensor | None = None,
+    *,
+    cache: Callable[[tuple, Callable[[], Any]], Any] | None = None,
+) -> Tensor:
     """Row ``i`` of ``x`` normalised by ``norms[group[i]]``, each norm's statistics over its own rows.
 
     This is what each row's own subnet computes when the rows of a batch use different BatchNorms
     (one per candidate) and different channel prefixes: in training mode, channel ``c`` of norm ``g``
     takes its batch statistics over the rows ``i`` with ``group[i] == g`` and ``mask[i, c] == 1``,
     and only those norms and channels update their running statistics (and only norms that some
-    row uses count the batch in ``num_batches_tracked``). Two reductions over ``x`` give the
-    statistics of all norms and one pass the output (backward: two reductions and two passes); no
-    gathers, no host synchronisation, and a fixed number of operator calls whatever the number of
-    norms (each call costs a GPU launch).
+    row uses count the batch in ``num_batches_tracked``). One reduction over ``x`` (each row's mean
+    and variance) and one ``(G, n) @ (n, 2C)`` product give the statistics of all norms, and one
+    pass the output (backward: two reductions, one product and two passes); no gathers, no host
+    synchronisation, and a fixed number of operator calls whatever the number of norms (each call
+    costs a GPU launch).
 
     Args:
         x: ``(n, C, H, W)``; ``C`` is at most each norm's ``num_features`` (channel prefixes are used).
         norms: the candidate BatchNorms (affine, tracking running statistics).
         group: ``LongTensor (n,)`` in ``[0, len(norms))``; ``None`` when there is one norm.
         mask: ``(n, C)`` of 0/1 (same dtype as ``x``): the channels each row uses; ``None`` for all.
+        cache: ``cache(key, make)`` to reuse what depends on ``group`` and ``mask`` only (one-hot
+            form, counts) across calls with the same tensors, e.g.
+            :meth:`~lightning_nas.nn.ArchContext.cached`; ``None`` computes it each call.
 
     Statistics are taken in at least float32 and outside autocast (as ``F.batch_norm`` keeps them for
     half-precision inputs: a half-precision element count overflows past 65,504), so mixed-precision
@@ -204,29 +267,24 @@ def grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor
     if group is None and len(norms) != 1:
         raise ValueError(f"`group` is required with {len(norms)} norms")
     with torch.autocast(x.device.type, enabled=False):
-        return _grouped_batch_norm(x, norms, group, mask)
+        return _grouped_batch_norm(x, norms, group, mask, cache)
 
 
-def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor | None, mask: Tensor | None) -> Tensor:
-    n, c = x.shape[:2]
+def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor | None, mask: Tensor | None, cache) -> Tensor:
+    n, c, h, w = x.shape
     stat = torch.promote_types(x.dtype, torch.float32)
-    weight, bias = (_stack([prefix(getattr(bn, name), c) for bn in norms]) for name in ("weight", "bias"))  # (G, C)
     batch_stats = [bn.training or not bn.track_running_stats for bn in norms]
     updates = [bn.training and bn.track_running_stats for bn in norms]
     with torch.no_grad():
-        pixels = x.shape[2] * x.shape[3]
-        onehot = None if group is None else _one_hot(group, len(norms), stat)  # (n, G)
-        group_sum = (lambda t: t.sum(0, keepdim=True)) if onehot is None else (lambda t: onehot.T @ t)  # (n, C) -> (G, C)
-        used = _cast(mask, stat) if mask is not None else None
-        count = group_sum(used if used is not None else x.new_ones(n, c, dtype=stat)) * pixels
-        safe = count.clamp_min(1)
+        make = lambda: _Layout(group, mask, len(norms), n, c, h * w, stat, x.device)  # noqa: E731
+        layout = make() if cache is None else cache(("grouped_bn", id(group), id(mask), len(norms), n, c, h * w, stat), make)
         if any(batch_stats):
             wide_x = _cast(x, stat)  # a float32 copy for half inputs only: their squares overflow past 256
-            sums, squares = wide_x.sum((2, 3)), (wide_x * wide_x).sum((2, 3))
-            if used is not None:
-                sums, squares = sums * used, squares * used
-            mean = group_sum(sums) / safe
-            var = (group_sum(squares) / safe - mean * mean).clamp_min(0)
+            # Each row's mean and mean square, averaged over the rows of each statistic.
+            var, mean = torch.var_mean(wide_x, (2, 3), correction=0)  # (n, C)
+            moments = layout.group_sum(torch.cat((mean, torch.addcmul(var, mean, mean)), 1)).mul_(layout.inv_rows2)
+            mean, square = moments.split(c, 1)  # (G, C) each
+            var = torch.addcmul(square, mean, mean, value=-1).clamp_min_(0)
         if all(batch_stats):
             use_mean, use_var, flags = mean, var, True
         else:
@@ -238,10 +296,11 @@ def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tenso
             else:
                 use_mean, use_var, flags = running_mean, running_var, False
         eps = {bn.eps for bn in norms}
-        invstd = torch.rsqrt(use_var + (eps.pop() if len(eps) == 1 else x.new_tensor([bn.eps for bn in norms])[:, None]))
+        invstd = (use_var + (eps.pop() if len(eps) == 1 else x.new_tensor([bn.eps for bn in norms], dtype=stat)[:, None])).rsqrt_()
         if any(updates):
-            _update_running_stats([bn for bn, u in zip(norms, updates) if u], [g for g, u in enumerate(updates) if u], mean, var, count, c)
-    return _GroupedBatchNormFunction.apply(x, weight, bias, use_mean, invstd, group, onehot, mask, count, flags)
+            _update_running_stats(norms, updates, layout, mean, var, c)
+    params = [prefix(bn.weight, c) for bn in norms] + [prefix(bn.bias, c) for bn in norms]
+    return _GroupedBatchNormFunction.apply(x, layout, use_mean, invstd, flags, *params)
 
 
 def _one_hot(group: Tensor, groups: int, dtype: torch.dtype) -> Tensor:
@@ -254,31 +313,34 @@ def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def _stack(tensors: list[Tensor]) -> Tensor:
+def _stack(tensors: Sequence[Tensor]) -> Tensor:
     return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
 
 
-def _update_running_stats(norms: list[nn.BatchNorm2d], groups: list[int], mean: Tensor, var: Tensor, count: Tensor, c: int) -> None:
-    """Move the running statistics of ``norms`` (rows ``groups`` of the ``(G, C)`` batch statistics)
-    toward the batch's where they saw data, as ``nn.BatchNorm2d`` does; count the batch for the norms
-    that some row used. A fixed handful of calls for all norms (``_foreach`` ops)."""
-    if len(groups) != count.shape[0]:
-        index = torch.tensor(groups, device=count.device)
-        mean, var, count = mean.index_select(0, index), var.index_select(0, index), count.index_select(0, index)
-    seen = count > 0  # (G, C)
-    torch._foreach_add_([bn.num_batches_tracked for bn in norms], list(seen.any(1).unbind()))
-    momenta = {bn.momentum for bn in norms}
+def _update_running_stats(norms: Sequence[nn.BatchNorm2d], updates: list[bool], layout: _Layout, mean: Tensor, var: Tensor, c: int) -> None:
+    """Move the running statistics of the norms with ``updates[g]`` (rows ``g`` of the ``(G, C)``
+    batch statistics) toward the batch's where they saw data, as ``nn.BatchNorm2d`` does; count the
+    batch for the norms that some row used. A fixed handful of calls for all norms (``_foreach`` ops
+    on the rows of the statistics)."""
+    picked = [g for g, u in enumerate(updates) if u]
+    torch._foreach_add_([norms[g].num_batches_tracked for g in picked], [layout.seen_any[g] for g in picked])
+    dtype = norms[picked[0]].running_mean.dtype
+    momenta = {norms[g].momentum for g in picked}
     if None in momenta or len(momenta) > 1:  # cumulative averages (momentum None) weigh by 1 / batches seen
-        factor = torch.stack([1.0 / bn.num_batches_tracked if bn.momentum is None else count.new_tensor(bn.momentum) for bn in norms])
-        weights = torch.where(seen, factor.to(count.dtype)[:, None], 0.0)
+        factor = torch.stack([
+            mean.new_zeros(()) if not u else _cast(1.0 / bn.num_batches_tracked, mean.dtype) if bn.momentum is None else mean.new_tensor(bn.momentum)
+            for bn, u in zip(norms, updates)
+        ])
+        weights = list(_cast(torch.where(layout.seen, factor[:, None], 0.0), dtype).unbind())
     else:
-        weights = seen.to(count.dtype) * momenta.pop()
-    unbiased = var * count / (count - 1).clamp_min(1)
-    dtype = norms[0].running_mean.dtype
-    weights = list(_cast(weights, dtype).unbind())
+        weights = layout.lerp_weights(momenta.pop(), dtype)
+    means, variances = _cast(mean, dtype).unbind(), _cast(var * layout.unbias, dtype).unbind()
     # ``.data``: see ElasticBatchNorm2d (an earlier forward may have saved these buffers).
-    for name, batch in (("running_mean", mean), ("running_var", unbiased)):
-        torch._foreach_lerp_([prefix(getattr(bn, name).data, c) for bn in norms], list(_cast(batch, dtype).unbind()), weights)
+    torch._foreach_lerp_(
+        [prefix(norms[g].running_mean.data, c) for g in picked] + [prefix(norms[g].running_var.data, c) for g in picked],
+        [means[g] for g in picked] + [variances[g] for g in picked],
+        [weights[g] for g in picked] * 2,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,7 +531,7 @@ class BinasBlock(Mutable):
         y = self.act(grouped_batch_norm(y, self.bn_dw, kernel.to(x.device), mask))
         se_bounds = self.se.index_bounds()
         if (se_bounds[1] == 1) if se_bounds else bool(se.any()):
-            y = self._squeeze_excite(y, se.to(x.device), se_hidden_of.index_select(0, ratio).to(x.device), se_width)
+            y = self._squeeze_excite(y, *self._se_masks(se.to(x.device), se_hidden_of.index_select(0, ratio).to(x.device), se_width, y.dtype))
         z = F.conv2d(y, prefix(self.conv_pwl.weight, self.out_channels, wide))
         return grouped_batch_norm(z, self.bn_pwl, (2 * ratio + se).to(x.device))
 
@@ -485,25 +547,29 @@ class BinasBlock(Mutable):
         n, device = x.shape[0], x.device
         wide, se_width = max(self.hidden), max(self.se_hidden)
 
-        def masks() -> tuple[Tensor | None, Tensor | None]:
+        def masks() -> tuple[Tensor | None, Tensor | None, Tensor, Tensor, Tensor, Tensor, Tensor]:
             hidden_of, se_hidden_of = self._widths(ratio.device)
             mask = None if min(self.hidden) == wide else size_mask(hidden_of.index_select(0, ratio).to(device), wide, x.dtype)
             running = None if alive is None else alive.to(device=device, dtype=x.dtype)[:, None]
             if running is not None:
                 mask = running.expand(n, wide) if mask is None else mask * running
             out_mask = None if running is None else running.expand(n, self.out_channels)
-            return mask, out_mask
+            # The output norms' group (ratio, SE pair) and SE's per-row reduce widths and on/off.
+            out_group = (2 * ratio + se).to(device)
+            return (mask, out_mask, kernel.to(device), out_group, *self._se_masks(se.to(device), se_hidden_of.index_select(0, ratio).to(device), se_width, x.dtype))
 
-        # Every block of a decision shares these (one set per activation and running rows).
-        mask, out_mask = context.cached(("binas_masks", self.expand.label, x.dtype, device), masks)
-        y = self.act(grouped_batch_norm(F.conv2d(x, self.conv_pw.weight), [self.bn_pw], None, mask))
-        y = self._depthwise_static(y, kernel.to(device))
-        y = self.act(grouped_batch_norm(y, self.bn_dw, kernel.to(device), mask))
+        # Every block of the same decisions shares these (one set per activation and running rows),
+        # and with them what its grouped norms derive from them (``cache``).
+        labels = (self.expand.label, self.kernel.label, self.se.label)
+        mask, out_mask, kernel, out_group, *se_masks = context.cached(("binas_masks", *labels, x.dtype, device), masks)
+        cache = context.cached
+        y = self.act(grouped_batch_norm(F.conv2d(x, self.conv_pw.weight), [self.bn_pw], None, mask, cache=cache))
+        y = self._depthwise_static(y, kernel)
+        y = self.act(grouped_batch_norm(y, self.bn_dw, kernel, mask, cache=cache))
         # SE on every row: the gate is 1 on rows with SE off (no test of whether any row has it on).
-        se_hidden = self._widths(ratio.device)[1].index_select(0, ratio).to(device)
-        y = self._squeeze_excite(y, se.to(device), se_hidden, se_width)
+        y = self._squeeze_excite(y, *se_masks)
         z = F.conv2d(y, self.conv_pwl.weight)
-        return grouped_batch_norm(z, self.bn_pwl, (2 * ratio + se).to(device), out_mask)
+        return grouped_batch_norm(z, self.bn_pwl, out_group, out_mask, cache=cache)
 
     def _depthwise(self, y: Tensor, kernel: Tensor, wide: int) -> Tensor:
         """Each row through the depthwise conv of its kernel (rows grouped by kernel)."""
@@ -534,17 +600,28 @@ class BinasBlock(Mutable):
         z = F.conv2d(y.reshape(1, n * wide, h, w), weight, None, self.stride, big // 2, 1, n * wide)
         return z.reshape(n, wide, z.shape[2], z.shape[3])
 
-    def _squeeze_excite(self, y: Tensor, se: Tensor, reduced: Tensor, width: int | None) -> Tensor:
-        """SE on the rows with ``se`` on (gate 1 elsewhere), each at its own reduce width (``width``:
-        at least the widest, or ``None`` to read it from ``reduced``)."""
-        wide = y.shape[1]
+    @staticmethod
+    def _se_masks(se: Tensor, reduced: Tensor, width: int | None, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """What SE needs from the rows' decisions: ``(n, width)`` reduce-width mask (``width``: at
+        least the widest of ``reduced``, or ``None`` to read it from ``reduced``), and ``(n, 1)``
+        SE on (1.0 / 0.0) and off (its complement)."""
         width = int(reduced.max()) if width is None else width
+        on = (se > 0).to(dtype)[:, None]
+        return size_mask(reduced, width, dtype), on, 1 - on
+
+    def _squeeze_excite(self, y: Tensor, reduce_mask: Tensor, on: Tensor, off: Tensor) -> Tensor:
+        """SE on the rows with ``on`` 1 (gate 1 where ``off`` is 1), each at its own reduce width
+        (``reduce_mask``, see :meth:`_se_masks`)."""
+        n, wide = y.shape[:2]
+        width = reduce_mask.shape[1]
         s = y.mean((2, 3))  # (n, wide)
-        r_mask = size_mask(reduced, width, y.dtype)
-        r = F.relu(F.linear(s, self.se_reduce.weight[:width, :wide, 0, 0], self.se_reduce.bias[:width])) * r_mask
-        gate = F.hardsigmoid(F.linear(r, self.se_expand.weight[:wide, :width, 0, 0], self.se_expand.bias[:wide]))
-        gate = torch.where(se[:, None] > 0, gate, torch.ones_like(gate))
-        return y * gate[:, :, None, None]
+        # Whole weights are viewed, not sliced: a no-op slice still costs a copy in backward.
+        w_reduce = prefix(self.se_reduce.weight, width, wide).flatten(1)
+        w_expand = prefix(self.se_expand.weight, wide, width).flatten(1)
+        r = F.relu(F.linear(s, w_reduce, prefix(self.se_reduce.bias, width))) * reduce_mask
+        gate = F.hardsigmoid(F.linear(r, w_expand, prefix(self.se_expand.bias, wide)))
+        gate = torch.addcmul(off, gate, on)  # exactly the gate where SE is on, exactly 1 where off
+        return y * gate.view(n, wide, 1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

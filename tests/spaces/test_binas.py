@@ -451,8 +451,8 @@ def _reference_grouped_norm(x, norms, group, mask):
 
 
 @settings(max_examples=15, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 6), training=st.integers(0, 7))
-def test_grouped_batch_norm_gradients_match_autograd(seed, n, training):
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 6), training=st.integers(0, 7), cached=st.booleans())
+def test_grouped_batch_norm_gradients_match_autograd(seed, n, training, cached):
     g = torch.Generator().manual_seed(seed)
     groups, c = 3, 4
     norms = [nn.BatchNorm2d(c + 1).double().train(bool(training >> k & 1)) for k in range(groups)]
@@ -466,7 +466,12 @@ def test_grouped_batch_norm_gradients_match_autograd(seed, n, training):
     mask = (torch.arange(c) < torch.randint(1, c + 1, (n,), generator=g)[:, None]).double()
     upstream = torch.randn(n, c, 3, 2, dtype=torch.float64, generator=g)
     params = lambda ns: [bn.weight for bn in ns] + [bn.bias for bn in ns]  # noqa: E731
-    got = grouped_batch_norm(x, norms, group, mask)
+    store = {}
+    cache = (lambda key, make: store[key] if key in store else store.setdefault(key, make())) if cached else None  # noqa: E731
+    if cached:  # a first call fills the cache, the second reuses it (running statistics do not enter the output)
+        grouped_batch_norm(x, norms, group, mask, cache=cache)
+        assert len(store) == 1
+    got = grouped_batch_norm(x, norms, group, mask, cache=cache)
     grads = torch.autograd.grad((got * upstream).sum(), [x, *params(norms)])
     expected = _reference_grouped_norm(x, references, group, mask)
     expected_grads = torch.autograd.grad((expected * upstream).sum(), [x, *params(references)], allow_unused=True)
