@@ -20,7 +20,27 @@ from lightning_nas.nn.elastic_size import (
     rows_scaled_mask,
 )
 
-__all__ = ["ElasticBatchNorm2d", "ElasticLayerNorm", "masked_batch_norm"]
+__all__ = ["ElasticBatchNorm2d", "ElasticLayerNorm", "lerp_running_stats", "masked_batch_norm"]
+
+
+def lerp_running_stats(buffers: list[Tensor], batch: list[Tensor], weights: list[Tensor]) -> None:
+    """``buffers[i] += weights[i] * (batch[i] - buffers[i])`` in place for all ``i``, in one call.
+
+    Hidden from autograd as ``nn.BatchNorm2d``'s own update of its running statistics is: an
+    earlier forward of the same step (e.g. in-place distillation's teacher) may have saved these
+    buffers for its backward. Their version counters are kept rather than each buffer taken
+    through ``.data`` (an operator call per buffer); under ``torch.compile``, through ``.data``.
+
+    Args:
+        buffers: running statistics, ``(C,)`` each (or prefixes of them).
+        batch: the batch's statistics, same shapes and dtypes.
+        weights: the averaging weights, same shapes (0 where a channel saw no data).
+    """
+    if torch.compiler.is_compiling():
+        torch._foreach_lerp_([b.data for b in buffers], batch, weights)
+        return
+    with torch.autograd.grad_mode._unsafe_preserve_version_counter(tuple(buffers)):
+        torch._foreach_lerp_(buffers, batch, weights)
 
 
 class _MaskedBatchNormFunction(torch.autograd.Function):
@@ -29,34 +49,34 @@ class _MaskedBatchNormFunction(torch.autograd.Function):
     With ``r = N / count`` per channel (``N`` elements in all, ``count`` behind the channel's
     statistics), the native kernels on the whole batch give the masked ones exactly: the batch
     statistics of ``x * mask`` scale by ``r`` into the masked ones, and the native backward fed
-    ``dy * mask * r`` has the masked means in it, off by ``(r - 1) * scale * dy`` on the active
-    entries. Forward and backward are then a handful of calls each (one native kernel, a
-    reduction, a few ``(C,)`` or ``(n, C)`` products), where the same maths spelt out in
-    elementwise operators takes several dozen, each a kernel launch on a GPU.
+    ``dy * mask`` gives the weight and bias gradients as they are, and an input gradient whose mean
+    terms, times ``r``, are the masked ones, off by ``(1 - r) * scale * dy`` on the active entries.
+    Forward and backward are then a handful of calls each (one native kernel, a reduction, a few
+    ``(C,)`` or ``(n, C)`` products), where the same maths spelt out in elementwise operators takes
+    several dozen, each a kernel launch on a GPU.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mask4, scaled_mask4, ratio, mean, var, invstd, eps):
+    def forward(ctx, x, weight, bias, mask4, scaled_mask4, keep, mean, var, invstd, eps):
         # x: (n, C, H, W); mask4: (n, C, 1, 1) 0/1 in x's dtype, scaled_mask4 the same times r;
-        # ratio = r, mean, var, invstd: (C,) in the statistics' precision, the batch statistics
+        # keep = 1 - r, mean, var, invstd: (C,) in the statistics' precision, the batch statistics
         # over the rows that use each channel.
         y = torch.ops.aten._native_batch_norm_legit_no_training(x, weight, bias, mean, var, 0.0, eps)[0]
-        ctx.save_for_backward(x, weight, mean, invstd, mask4, scaled_mask4, ratio)
+        ctx.save_for_backward(x, weight, mean, invstd, mask4, scaled_mask4, keep)
         ctx.eps, ctx.needs = eps, (weight is not None, bias is not None)
         return y * mask4
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, weight, mean, invstd, mask4, scaled_mask4, ratio = ctx.saved_tensors
+        x, weight, mean, invstd, mask4, scaled_mask4, keep = ctx.saved_tensors
+        dy = dy * mask4
         dx, d_weight, d_bias = torch.ops.aten.native_batch_norm_backward(
-            dy * scaled_mask4, x, weight, None, None, mean, invstd, True, ctx.eps, [True, *ctx.needs]
+            dy, x, weight, None, None, mean, invstd, True, ctx.eps, [True, *ctx.needs]
         )
         scale = invstd if weight is None else weight * invstd
-        # The native dx holds r * scale * dy on the active entries where scale * dy belongs.
-        dx = torch.addcmul(dx, dy, (scale - scale * ratio).view(1, -1, 1, 1).to(dy.dtype)).mul_(mask4)
-        d_weight = None if d_weight is None else d_weight / ratio
-        d_bias = None if d_bias is None else d_bias / ratio
+        # r times the native dx holds the masked means; its r * scale * dy should be scale * dy.
+        dx = torch.addcmul(dx * scaled_mask4, dy, (scale * keep).view(1, -1, 1, 1).to(dy.dtype))
         return dx, d_weight, d_bias, None, None, None, None, None, None, None
 
 
@@ -114,17 +134,21 @@ def masked_batch_norm(
 
         def counts() -> tuple[Tensor, ...]:
             # What depends on the mask only: once per activation for all the norms of one width.
-            count = mask.sum(0, dtype=stat) * pixels  # (C,) elements behind each channel's statistics
-            ratio = (mask.shape[0] * pixels) / count.clamp_min(1)
-            seen = count > 0
+            rows = mask.sum(0, dtype=stat)  # (C,) rows behind each channel's statistics
+            ratio = mask.shape[0] / rows.clamp_min(1)
+            seen = rows > 0
             step = seen * momentum if constant else seen.to(stat)
             # ``mask`` itself is kept with them: its id in the key cannot be reused while the entry lives.
             scaled_mask4 = (mask.to(stat) * ratio).to(x.dtype).view(*mask.shape, 1, 1)
             mask4 = mask.view(*mask.shape, 1, 1)
-            return mask4, ratio, scaled_mask4, count / (count - 1).clamp_min(1), step, seen.any(), mask
+            return mask4, ratio, scaled_mask4, 1 - ratio, rows, step, seen.any(), mask
 
-        key = ("bn_counts", id(mask), stat, pixels, momentum if constant else None)
-        mask4, ratio, scaled_mask4, unbias, step, any_seen, _ = counts() if cache is None else cache(key, counts)
+        def unbiasing() -> Tensor:  # ``M / (M - 1)``, ``M`` the elements behind each statistic
+            count = rows * pixels
+            return count / (count - 1).clamp_min(1)
+
+        key = ("bn_counts", id(mask), stat, momentum if constant else None)
+        mask4, ratio, scaled_mask4, keep, rows, step, any_seen, _ = counts() if cache is None else cache(key, counts)
 
         with torch.no_grad():
             wide = x if x.dtype == stat else x.to(stat)  # half inputs' squares overflow past 256
@@ -136,16 +160,13 @@ def masked_batch_norm(
             var = square.addcmul_(mean, mean, value=-1).clamp_min_(0)
             invstd = (var + eps).rsqrt_()
             if running_mean is not None:
-                # Through ``.data``, as nn.BatchNorm2d's own update: an earlier full-width forward of this
-                # step (e.g. in-place distillation's teacher) saved these buffers for its backward.
                 weights = step if constant else step * momentum
                 dtype = running_mean.dtype
-                torch._foreach_lerp_(
-                    [running_mean.data, running_var.data], [mean.to(dtype), (var * unbias).to(dtype)], [weights.to(dtype)] * 2
-                )
+                unbias = unbiasing() if cache is None else cache((*key, pixels), unbiasing)
+                lerp_running_stats([running_mean, running_var], [mean.to(dtype), (var * unbias).to(dtype)], [weights.to(dtype)] * 2)
                 if num_batches_tracked is not None:
                     num_batches_tracked.add_(any_seen)
-        return _MaskedBatchNormFunction.apply(x, weight, bias, mask4, scaled_mask4, ratio, mean, var, invstd, eps)
+        return _MaskedBatchNormFunction.apply(x, weight, bias, mask4, scaled_mask4, keep, mean, var, invstd, eps)
 
 
 class ElasticBatchNorm2d(Mutable):

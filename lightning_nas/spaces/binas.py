@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from lightning_nas.nn.choice import Choice, Mutable
 from lightning_nas.nn.depth_choice import DepthChoice
 from lightning_nas.nn.elastic_size import prefix, size_mask
+from lightning_nas.nn.norm import lerp_running_stats
 from lightning_nas.nn.routing import group_rows, reassemble, take_rows
 from lightning_nas.spaces.mobilenet import make_divisible
 from lightning_nas.spaces.registry import register_space
@@ -335,9 +336,8 @@ def _update_running_stats(norms: Sequence[nn.BatchNorm2d], updates: list[bool], 
     else:
         weights = layout.lerp_weights(momenta.pop(), dtype)
     means, variances = _cast(mean, dtype).unbind(), _cast(var * layout.unbias, dtype).unbind()
-    # ``.data``: see ElasticBatchNorm2d (an earlier forward may have saved these buffers).
-    torch._foreach_lerp_(
-        [prefix(norms[g].running_mean.data, c) for g in picked] + [prefix(norms[g].running_var.data, c) for g in picked],
+    lerp_running_stats(
+        [prefix(norms[g].running_mean, c) for g in picked] + [prefix(norms[g].running_var, c) for g in picked],
         [means[g] for g in picked] + [variances[g] for g in picked],
         [weights[g] for g in picked] * 2,
     )
