@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from lightning_nas.nn.choice import Choice, Mutable
 from lightning_nas.nn.depth_choice import DepthChoice
 from lightning_nas.nn.elastic_size import prefix, size_mask
-from lightning_nas.nn.norm import lerp_running_stats
+from lightning_nas.nn.norm import lerp_running_stats, masked_batch_norm
 from lightning_nas.nn.routing import group_rows, reassemble, take_rows
 from lightning_nas.spaces.mobilenet import make_divisible
 from lightning_nas.spaces.registry import register_space
@@ -189,7 +189,7 @@ class _Layout:
     def __init__(self, group: Tensor | None, mask: Tensor | None, groups: int, n: int, c: int, pixels: int, stat: torch.dtype, device) -> None:
         self.group, self.mask = group, mask
         # onehot_t: (G, n) one-hot of each row's group, transposed for the sums over rows.
-        self.onehot_t = None if group is None else _one_hot(group, groups, stat).T
+        self.onehot_t = None if group is None else torch.zeros(groups, n, dtype=stat, device=device).scatter_(0, group[None], 1.0)
         used = None if mask is None else _cast(mask, stat)
         self.mask2 = None if used is None else torch.cat((used, used), 1)
         if used is not None:
@@ -271,7 +271,29 @@ def grouped_batch_norm(
         return _grouped_batch_norm(x, norms, group, mask, cache)
 
 
+def _single_batch_norm(x: Tensor, bn: nn.BatchNorm2d, mask: Tensor | None, cache) -> Tensor:
+    """One norm for every row: the native kernels (through :func:`masked_batch_norm` with a mask),
+    fewer calls each way than the grouped pass."""
+    c = x.shape[1]
+    weight, bias, running_mean, running_var = (prefix(t, c) for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))
+    if mask is None and bn.momentum is not None:  # (momentum None would read the batch count on the host)
+        return F.batch_norm(x, running_mean, running_var, weight, bias, bn.training or not bn.track_running_stats, _average_factor(bn), bn.eps)
+    if mask is None:
+        mask = x.new_ones(x.shape[:2])
+    if not (bn.training or not bn.track_running_stats):
+        return masked_batch_norm(x, mask, weight, bias, running_mean, running_var, training=False, eps=bn.eps)
+    update = bn.training and bn.track_running_stats
+    momentum = 1.0 / (bn.num_batches_tracked + 1) if update and bn.momentum is None else bn.momentum  # a tensor: no host read
+    return masked_batch_norm(
+        x, mask, weight, bias, running_mean if update else None, running_var if update else None, training=True,
+        momentum=0.0 if momentum is None else momentum, num_batches_tracked=bn.num_batches_tracked if update else None,
+        eps=bn.eps, cache=cache,
+    )
+
+
 def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor | None, mask: Tensor | None, cache) -> Tensor:
+    if len(norms) == 1:
+        return _single_batch_norm(x, norms[0], mask, cache)
     n, c, h, w = x.shape
     stat = torch.promote_types(x.dtype, torch.float32)
     batch_stats = [bn.training or not bn.track_running_stats for bn in norms]
@@ -302,11 +324,6 @@ def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tenso
             _update_running_stats(norms, updates, layout, mean, var, c)
     params = [prefix(bn.weight, c) for bn in norms] + [prefix(bn.bias, c) for bn in norms]
     return _GroupedBatchNormFunction.apply(x, layout, use_mean, invstd, flags, *params)
-
-
-def _one_hot(group: Tensor, groups: int, dtype: torch.dtype) -> Tensor:
-    """``F.one_hot(group, groups)`` as ``dtype``, without its range check (a host read: a GPU sync)."""
-    return (group[:, None] == torch.arange(groups, device=group.device)).to(dtype)
 
 
 def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -602,26 +619,23 @@ class BinasBlock(Mutable):
 
     @staticmethod
     def _se_masks(se: Tensor, reduced: Tensor, width: int | None, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-        """What SE needs from the rows' decisions: ``(n, width)`` reduce-width mask (``width``: at
-        least the widest of ``reduced``, or ``None`` to read it from ``reduced``), and ``(n, 1)``
-        SE on (1.0 / 0.0) and off (its complement)."""
+        """What SE needs from the rows' decisions: ``(n, width, 1, 1)`` reduce-width mask (``width``:
+        at least the widest of ``reduced``, or ``None`` to read it from ``reduced``), and
+        ``(n, 1, 1, 1)`` SE on (1.0 / 0.0) and off (its complement)."""
         width = int(reduced.max()) if width is None else width
-        on = (se > 0).to(dtype)[:, None]
-        return size_mask(reduced, width, dtype), on, 1 - on
+        on = (se > 0).to(dtype).view(-1, 1, 1, 1)
+        return size_mask(reduced, width, dtype).view(-1, width, 1, 1), on, 1 - on
 
     def _squeeze_excite(self, y: Tensor, reduce_mask: Tensor, on: Tensor, off: Tensor) -> Tensor:
         """SE on the rows with ``on`` 1 (gate 1 where ``off`` is 1), each at its own reduce width
         (``reduce_mask``, see :meth:`_se_masks`)."""
-        n, wide = y.shape[:2]
-        width = reduce_mask.shape[1]
-        s = y.mean((2, 3))  # (n, wide)
-        # Whole weights are viewed, not sliced: a no-op slice still costs a copy in backward.
-        w_reduce = prefix(self.se_reduce.weight, width, wide).flatten(1)
-        w_expand = prefix(self.se_expand.weight, wide, width).flatten(1)
-        r = F.relu(F.linear(s, w_reduce, prefix(self.se_reduce.bias, width))) * reduce_mask
-        gate = F.hardsigmoid(F.linear(r, w_expand, prefix(self.se_expand.bias, wide)))
-        gate = torch.addcmul(off, gate, on)  # exactly the gate where SE is on, exactly 1 where off
-        return y * gate.view(n, wide, 1, 1)
+        wide, width = y.shape[1], reduce_mask.shape[1]
+        s = y.mean((2, 3), keepdim=True)  # (n, wide, 1, 1)
+        # 1×1 convolutions, as in the exported SqueezeExcite: one call each way, where a linear layer
+        # on (n, wide) takes transposes and a product per gradient.
+        r = F.conv2d(s, prefix(self.se_reduce.weight, width, wide), prefix(self.se_reduce.bias, width))
+        gate = F.conv2d(F.relu(r) * reduce_mask, prefix(self.se_expand.weight, wide, width), prefix(self.se_expand.bias, wide))
+        return y * torch.addcmul(off, F.hardsigmoid(gate), on)  # exactly the gate where SE is on, exactly 1 where off
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
