@@ -20,9 +20,10 @@ grouped by candidate: data-dependent shapes, host reads). ``--compile`` adds (c)
 ``torch.compile`` (``--compile-backend``, default inductor; the compile time is reported, not
 timed); ``--cuda-graph`` (CUDA only) adds them captured as CUDA graphs (forward, backward and SGD
 step replayed; (c) copies each step's fresh indices into the graph's index buffers).
-Every run also counts, per training step (forward + backward + SGD step, activation excluded),
-the aten operator calls and the host reads (a GPU sync each) of (a), (c), (c-grouped) and (d)
-(``lightning_nas.profiling.counters``). Each space writes its own sections of the results file.
+Every run also counts, per training step (activation excluded), the aten operator calls and the
+host reads (a GPU sync each) of (a), (c), (c-grouped) and (d) (``lightning_nas.profiling.counters``):
+forward + backward alone, and the whole step with SGD as a for-loop over the parameters (the CPU
+default) and with ``foreach=True`` (the CUDA default). Each space writes its own sections of the results file.
 
 A step is forward + cross-entropy + backward + SGD step on the same batch. Each round runs
 ``--warmup`` untimed steps then ``--steps`` timed steps of every configuration; medians are over
@@ -43,6 +44,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -88,7 +90,8 @@ class Step:
     """One SGD training step of ``model`` on ``(x, y)``; ``before(step)`` runs first (arch sampling).
 
     ``loss`` computes the loss (``_loss`` or a ``torch.compile`` of it). ``step.count(i)`` runs
-    step ``i`` counting the operator calls and host reads of its forward, backward and SGD step.
+    step ``i`` counting the operator calls and host reads of its forward, backward and SGD step;
+    ``step.count_phases(i)`` counts forward + backward apart and the step with either kind of SGD.
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, before: Callable[[int], None] | None = None,
@@ -112,6 +115,27 @@ class Step:
         with OperatorCounter() as ops, HostReadCounter() as reads:
             self.body()
         return ops, reads
+
+    def count_phases(self, i: int) -> dict[str, Any]:
+        """Step ``i``'s operator calls: ``"forward+backward"``, and the whole step with SGD as a
+        for-loop over the parameters (``"step, SGD for-loop"``: ``torch.optim.SGD``'s default on a
+        CPU) and with ``foreach=True`` (``"step, SGD foreach"``: its default on CUDA), each
+        ``(calls, kernel calls)``; ``"reads"``: its host reads (a ``HostReadCounter``)."""
+        if self.before is not None:
+            self.before(i)
+        self.optimizer.zero_grad(set_to_none=True)
+        with HostReadCounter() as reads:
+            with OperatorCounter() as ops:
+                self.loss(self.model, self.x, self.y).backward()
+            counts: dict[str, Any] = {"forward+backward": (ops.total, ops.kernels), "reads": reads}
+            for foreach in (False, True):
+                # A fresh optimiser of each kind, counted at its second step (the first creates the momentum buffers).
+                optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, foreach=foreach)
+                optimizer.step()
+                with OperatorCounter() as step:
+                    optimizer.step()
+                counts[f"step, SGD {'foreach' if foreach else 'for-loop'}"] = (ops.total + step.total, ops.kernels + step.kernels)
+        return counts
 
 
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, before: Callable[[int], None] | None = None) -> Step:
@@ -223,15 +247,20 @@ def build(args: argparse.Namespace) -> dict[str, Callable[[int], None]]:
     return steps
 
 
-def count(steps: dict[str, Step]) -> dict[str, tuple[int, int, int, str]]:
-    """Per configuration (a, c, c-grouped, d): operator calls, kernel calls (not views) and host
-    reads of one training step after a warm-up step, and the reading operators."""
+COUNTED = ("forward+backward", "step, SGD for-loop", "step, SGD foreach")
+
+
+def count(steps: dict[str, Step]) -> dict[str, dict[str, Any]]:
+    """Per configuration (a, c, c-grouped, d), after a warm-up step: operator calls and kernel
+    calls (not views) of forward + backward, and of the whole step with either SGD (``COUNTED``),
+    and the host reads (``"reads"``) with the reading operators (``"summary"``)."""
     counts = {}
     for key in ("a", "c", "c-grouped", "d"):
         if key in steps:
             steps[key](10_000)  # warm-up: lazily built tables and caches
-            ops, reads = steps[key].count(10_001)
-            counts[key] = (ops.total, ops.kernels, reads.total, reads.summary())
+            counted = steps[key].count_phases(10_001)
+            reads = counted.pop("reads")
+            counts[key] = {**counted, "reads": reads.total, "summary": reads.summary()}
     return counts
 
 
@@ -269,7 +298,7 @@ def measure(steps: dict[str, Callable[[int], None]], args: argparse.Namespace) -
 
 
 def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list[dict[str, float]], command: str,
-           counts: dict[str, tuple[int, int, int, str]] | None = None) -> str:
+           counts: dict[str, dict[str, Any]] | None = None) -> str:
     med = {k: statistics.median(v) for k, v in times.items()}
     ab, cd = med["a"] / med["b"], med["c"] / med["d"]
     per_round_ab = [r["a"] / r["b"] for r in rounds]
@@ -323,18 +352,21 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list
         elif f"c-{variant}" in med:
             lines.append(f"| c-{variant}/d | {med[f'c-{variant}'] / med['d']:.3f} | | ≤ {TARGET_CD:.2f} | |")
     if counts:
-        static_calls = counts["d"][0]
         lines += [
             "",
-            "Operator calls and host reads per training step (forward + backward + SGD step; activation excluded), "
-            "counted with `lightning_nas.profiling.counters` (aten calls below autograd; kernel calls leave out views; "
-            f"a host read is a GPU sync on a GPU). Target: (c) calls ≤ {TARGET_CALLS:.0f}× (d).",
+            "Operator calls and host reads per training step (activation excluded), counted with "
+            "`lightning_nas.profiling.counters` (aten calls below autograd, as calls / kernel calls: kernel calls leave out views; "
+            "a host read is a GPU sync on a GPU): forward + backward alone, and the whole step with SGD (momentum 0.9) "
+            "as a for-loop over the parameters (`torch.optim.SGD`'s default on a CPU, what the times above use) and with "
+            "`foreach=True` (its default on CUDA: a handful of calls for all parameters, so the per-candidate "
+            f"parameters cost no calls there). Target: (c) calls ≤ {TARGET_CALLS:.0f}× (d).",
             "",
-            "| configuration | operator calls | kernel calls | × (d) calls | host reads |",
-            "|---|---:|---:|---:|---:|",
+            "| configuration | " + " | ".join(f"{what}: calls / kernels | × (d)" for what in COUNTED) + " | host reads |",
+            "|---|" + "---:|---:|" * len(COUNTED) + "---:|",
         ]
-        for key, (total, kernels, reads, summary) in counts.items():
-            lines.append(f"| ({key}) {names[key]} | {total} | {kernels} | {total / static_calls:.2f} | {reads} |")
+        for key, counted in counts.items():
+            cells = [f"{counted[what][0]} / {counted[what][1]} | {counted[what][0] / counts['d'][what][0]:.2f}" for what in COUNTED]
+            lines.append(f"| ({key}) {names[key]} | " + " | ".join(cells) + f" | {counted['reads']} |")
     lines.append(end)
     return "\n".join(lines) + "\n"
 
@@ -379,8 +411,9 @@ def main(argv: list[str] | None = None) -> None:
     def run(command: str) -> str:
         steps = build(args)
         counts = count(steps)
-        for key, (total, kernels, reads, summary) in counts.items():
-            print(f"({key}) {total} operator calls, {kernels} kernel calls, {reads} host reads {summary}", flush=True)
+        for key, counted in counts.items():
+            print(f"({key}) " + ", ".join(f"{what} {counted[what][0]} calls ({counted[what][1]} kernel calls)" for what in COUNTED)
+                  + f", {counted['reads']} host reads {counted['summary']}", flush=True)
         return report(args, *measure(steps, args), command, counts)
 
     publish("train_step.py", argv, args.out, not args.no_write, run,
