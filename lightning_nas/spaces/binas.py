@@ -189,7 +189,7 @@ class _Layout:
     def __init__(self, group: Tensor | None, mask: Tensor | None, groups: int, n: int, c: int, pixels: int, stat: torch.dtype, device) -> None:
         self.group, self.mask = group, mask
         # onehot_t: (G, n) one-hot of each row's group, transposed for the sums over rows.
-        self.onehot_t = None if group is None else torch.zeros(groups, n, dtype=stat, device=device).scatter_(0, group[None], 1.0)
+        self.onehot_t = None if group is None else _eye(groups, stat, device).index_select(1, group)
         used = None if mask is None else _cast(mask, stat)
         self.mask2 = None if used is None else torch.cat((used, used), 1)
         if used is not None:
@@ -295,7 +295,7 @@ def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tenso
     if len(norms) == 1:
         return _single_batch_norm(x, norms[0], mask, cache)
     n, c, h, w = x.shape
-    stat = torch.promote_types(x.dtype, torch.float32)
+    stat = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32  # (torch.promote_types is an operator call)
     batch_stats = [bn.training or not bn.track_running_stats for bn in norms]
     updates = [bn.training and bn.track_running_stats for bn in norms]
     with torch.no_grad():
@@ -324,6 +324,19 @@ def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tenso
             _update_running_stats(norms, updates, layout, mean, var, c)
     params = [prefix(bn.weight, c) for bn in norms] + [prefix(bn.bias, c) for bn in norms]
     return _GroupedBatchNormFunction.apply(x, layout, use_mean, invstd, flags, *params)
+
+
+_EYES: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+
+
+def _eye(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``torch.eye(n)`` (made once per size, dtype and device: its columns are one-hot rows)."""
+    if torch.compiler.is_compiling():  # no tensors kept across calls inside a graph (the compiler folds this)
+        return torch.eye(n, dtype=dtype, device=device)
+    key = (n, dtype, torch.device(device))
+    if key not in _EYES:
+        _EYES[key] = torch.eye(n, dtype=dtype, device=device)
+    return _EYES[key]
 
 
 def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
