@@ -53,9 +53,11 @@ Choices of ours where the thesis is silent:
   version also made every place a flat PI left exploratory; on both NB201 tables that cost
   evaluations (BO + pretraining, 20 seeds, CIFAR-10 / CIFAR-100: 55.3 / 49.0 against 51.1 / 39.4;
   see :mod:`~lightning_nas.strategies.exploration`).
-- **Speed**: the ensemble's refits use a hand-written gradient and an in-place Adam, and an
-  enumerable space is scored once per iteration (candidates and observed archs by position); see
-  :mod:`~lightning_nas.strategies.ensemble`.
+- **Speed**: the ensemble's refits use a hand-written gradient and a fused in-place Adam, an
+  enumerable space is scored once per iteration (candidates and observed archs by position), a
+  batch is picked by partial sorts (:func:`~lightning_nas.strategies.exploration.lexsort_top`), and
+  a refit that loads its weights (pretrained or warm) reuses one module instead of initialising a
+  new one; see :mod:`~lightning_nas.strategies.ensemble`.
 - Targets standardised per head (after the rank transform, if any); ``initial`` uniform proposals
   before the first fit; candidates predicted infeasible by the cost model are dropped when any
   feasible one remains.
@@ -264,9 +266,10 @@ class BayesianOptimization(BatchStrategy):
         self._warm: dict[str, torch.Tensor] | None = None  # the last refit's weights (warm_start)
         # Rebuilt on demand, not stored (see config_attributes).
         self._pretrained: dict[str, torch.Tensor] | None = None
+        self._model: DeepEnsemble | None = None  # the module refits load their weights into
         self._candidates = CandidatePool(space, candidates)
 
-    config_attributes = BatchStrategy.config_attributes + ("_pretrained", "_candidates", "pretrain_on")
+    config_attributes = BatchStrategy.config_attributes + ("_pretrained", "_model", "_candidates", "pretrain_on")
 
     # -- one iteration -------------------------------------------------------------------------
     def _next_batch(self) -> list[Proposal]:
@@ -290,7 +293,7 @@ class BayesianOptimization(BatchStrategy):
         member_best = self._predictions(model, head, seen, scored).amax(1, keepdim=True)
         stalled = self.stall_window is not None and \
             evaluations_since_improvement(self.history, high) >= self.stall_window
-        incumbent = self.best()
+        incumbent = self.best() if stalled else None  # the trust region's centre (only a stall explores)
         anchor = one_hot(self.space, [incumbent.arch])[0].numpy() if incumbent is not None else None
         batch = []
         for fidelity, count in plan:
@@ -390,11 +393,14 @@ class BayesianOptimization(BatchStrategy):
     def _fit(self) -> tuple[DeepEnsemble, int, float]:
         """Refit on every result; returns the model, the head that drives the acquisition and its best value."""
         start = time.perf_counter()
-        model = self._new_model(derive_seed(self.seed, 4, self.batches))
-        if self.warm_start and self._warm is not None:
-            model.load_state_dict(self._warm)
-        elif self.pretrain_metrics:
-            model.load_state_dict(self._pretrain())
+        if (self.warm_start and self._warm is not None) or self.pretrain_metrics:
+            # Every weight is loaded: reuse one module instead of initialising a new one only to overwrite it.
+            if self._model is None:
+                self._model = self._new_model(0)
+            model = self._model
+            model.load_state_dict(self._warm if self.warm_start and self._warm is not None else self._pretrain())
+        else:
+            model = self._new_model(derive_seed(self.seed, 4, self.batches))
         n_metrics = len(self.pretrain_metrics)
         x = one_hot(self.space, [o.arch for o in self.history])
         y = torch.full((len(self.history), self._heads()), float("nan"))

@@ -16,7 +16,7 @@ from lightning_nas.strategies.base import Observation
 from lightning_nas.strategies.bo import BayesianOptimization
 from lightning_nas.strategies.candidates import one_hot
 from lightning_nas.strategies.driver import Budget, run_search
-from lightning_nas.strategies.exploration import evaluations_since_improvement, hamming_to, select_batch
+from lightning_nas.strategies.exploration import evaluations_since_improvement, hamming_to, lexsort_top, select_batch
 from lightning_nas.strategies.rank_nosh import RankNOSH
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -139,3 +139,15 @@ def test_bad_stall_arguments() -> None:
             make(stall_window=0)
         with pytest.raises(ValueError, match=r"`explore` must be a number in \[0, 1\]"):
             make(explore=-0.1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40), st.integers(0, 45), st.integers(1, 4), st.integers(0, 2**32 - 1))
+def test_lexsort_top_equals_the_head_of_a_full_lexsort(n: int, count: int, n_keys: int, seed: int) -> None:
+    # Few distinct values per key, so that ties (at the threshold, in every key) are the common case.
+    rng = np.random.default_rng(seed)
+    keys = [rng.integers(0, int(rng.integers(1, 4)), n).astype(float) if rng.random() < 0.7 else rng.normal(size=n)
+            for _ in range(n_keys)]
+    if rng.random() < 0.3:
+        keys[-1] = keys[-1] > 0  # a boolean primary key, as the feasibility mask
+    assert lexsort_top(keys, count).tolist() == np.lexsort(keys)[:count].tolist()
