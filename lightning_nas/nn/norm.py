@@ -76,7 +76,7 @@ class _MaskedBatchNormFunction(torch.autograd.Function):
         )
         scale = invstd if weight is None else weight * invstd
         # r times the native dx holds the masked means; its r * scale * dy should be scale * dy.
-        dx = torch.addcmul(dx * scaled_mask4, dy, (scale * keep).view(1, -1, 1, 1).to(dy.dtype))
+        dx = dx.mul_(scaled_mask4).addcmul_(dy, (scale * keep).view(1, -1, 1, 1).to(dy.dtype))  # dx: the kernel's own, fresh
         return dx, d_weight, d_bias, None, None, None, None, None, None, None
 
 
