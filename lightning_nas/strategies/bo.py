@@ -53,7 +53,7 @@ Choices of ours where the thesis is silent:
   version also made every place a flat PI left exploratory; on both NB201 tables that cost
   evaluations (BO + pretraining, 20 seeds, CIFAR-10 / CIFAR-100: 55.3 / 49.0 against 51.1 / 39.4;
   see :mod:`~lightning_nas.strategies.exploration`).
-- **Speed**: the ensemble's refits use a hand-written gradient and a fused in-place Adam, an
+- **Speed**: the ensemble's refits use a hand-written gradient and an in-place Adam, an
   enumerable space is scored once per iteration (candidates and observed archs by position), a
   batch is picked by partial sorts (:func:`~lightning_nas.strategies.exploration.lexsort_top`), and
   a refit that loads its weights (pretrained or warm) reuses one module instead of initialising a

@@ -15,14 +15,12 @@ Speed (a BO search refits and rescores every few evaluations, so both run hundre
 
 - :func:`fit_ensemble` computes the gradient by hand (the network is a fixed stack of
   ``Linear → LayerNorm → affine → SiLU`` blocks) and writes every parameter's gradient into one
-  flat buffer, which ATen's fused Adam kernel updates in one call (:class:`_FlatAdam`). At a
+  flat buffer, which Adam updates in a few whole-buffer operations (:class:`_FlatAdam`). At a
   search's sizes (M · 16 rows) a step is all per-operator overhead, and autograd's graph and
   ``torch.optim``'s per-step bookkeeping were most of it: a refit of 100 steps on 100 NB201
-  results took 90 ms instead of 166 ms on one CPU thread (measured side by side), with the same
-  gradient (tested against autograd); the fused Adam, every step's minibatches gathered at once
-  and the heads' outer products as broadcast multiplies bring it to ~78 ms (2026-12-03, shared
-  2-core VM, load ~1.7; on both NB201 tables every BO seed still reaches the optimum at the same
-  evaluation).
+  results takes 90 ms instead of 166 ms on one CPU thread (measured side by side), with the same
+  gradient (tested against autograd). Every step's minibatches are drawn and gathered at once
+  (the same draws as one call per step).
 - :meth:`DeepEnsemble.predict` folds LayerNorm's centring into the linear layer (centring is
   linear: ``z − mean(z) = x(W − mean_j W) + (b − mean_j b)``), leaving one norm reduction, the
   affine and SiLU per block, in place in buffers reused across chunks: scoring 15,625 NB201 cells
@@ -152,7 +150,7 @@ class DeepEnsemble(nn.Module):
                 # rsqrt(mean(z²) + eps) = 1 / sqrt(||z||² / width + eps), LayerNorm's biased variance and eps
                 scale = torch.linalg.vector_norm(z, dim=-1, keepdim=True, out=norms[:, :n])
                 scale.div_(root).square_().add_(_LN_EPS).rsqrt_()
-                h = F.silu(torch.addcmul(shift, z.mul_(scale), gain, out=z), inplace=True)
+                h = F.silu(z.mul_(scale).mul_(gain).add_(shift), inplace=True)
             torch.baddbmm(head_b, h, head_w, out=pred[:, i:i + n])
         pred = pred[..., 0]
         return pred * self.target_std[head] + self.target_mean[head]
@@ -247,39 +245,28 @@ class _FlatAdam:
     (betas 0.9 / 0.999, eps 1e-8, bias-corrected, no weight decay) without its per-step Python
     bookkeeping, which at a refit's sizes costs more than the update itself.
 
-    The update is ATen's fused Adam kernel (the one ``torch.optim.Adam(fused=True)`` calls; one
-    pass over the buffer instead of six: 47 µs against 132 µs per step for a BO refit's ~90,000
-    parameters on one CPU thread), or the same algorithm in whole-buffer operations on a torch
-    without it (:attr:`fused` says which).
+    Not ATen's fused Adam kernel, although it is ~85 µs per step faster here (~8 ms per BO refit):
+    it rounds differently, and on NB201 that alone reshuffled the multi-fidelity and proxy-pretrained
+    BO runs seed by seed (one multi-fidelity seed reached the evaluation cap), so the searches would
+    no longer reproduce the published runs.
     """
 
     def __init__(self, param: Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
         self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
         self.m, self.v, self.t = torch.zeros_like(param), torch.zeros_like(param), 0
-        self.denom = torch.empty_like(param)  # sqrt(v) of the unfused path (no new tensor per step)
-        self._step = torch.zeros((), dtype=torch.float32)  # the fused kernel's step count (it reads it)
-        self.fused = _FUSED_ADAM is not None and param.device.type == "cpu" and param.dtype == torch.float32
+        self.denom = torch.empty_like(param)  # sqrt(v), written in place every step
 
     @torch.no_grad()
     def step(self, grad: Tensor) -> None:
         """One update of ``param`` from ``grad`` (same shape)."""
         self.t += 1
         beta1, beta2 = self.betas
-        if self.fused:
-            self._step += 1
-            _FUSED_ADAM([self.param], [grad], [self.m], [self.v], [], [self._step], lr=self.lr, beta1=beta1,
-                        beta2=beta2, weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)
-            return
         self.m.lerp_(grad, 1 - beta1)
         self.v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         # lr/bc1 · m / (sqrt(v)/sqrt(bc2) + eps) = (lr·sqrt(bc2)/bc1) · m / (sqrt(v) + eps·sqrt(bc2)): one op fewer
         root = math.sqrt(1 - beta2 ** self.t)
         denom = torch.sqrt(self.v, out=self.denom).add_(self.eps * root)
         self.param.addcdiv_(self.m, denom, value=-self.lr * root / (1 - beta1 ** self.t))
-
-
-#: ATen's fused Adam (``torch.optim.Adam(fused=True)``'s kernel), where this torch has one.
-_FUSED_ADAM = getattr(getattr(torch.ops.aten, "_fused_adam_", None), "default", None)
 
 
 class _ManualStep:
