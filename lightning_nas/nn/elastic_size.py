@@ -228,17 +228,9 @@ def rows_mask(owner: nn.Module, spec: Choice, size: int, dtype: torch.dtype, dev
     ``size_mask`` costs an ``index_select``, ``arange``, a comparison, a cast and a view per layer.
     Only for per-example mode (``spec.example_indices()`` not ``None``).
     """
-    def make() -> Tensor:
-        tables = owner.__dict__.setdefault("_mask_tables", {})
-        key = (spec.label, size, dtype, device, scale)
-        if key not in tables:
-            values = torch.tensor(spec.values, device=device)
-            table = (torch.arange(size, device=device) < values[:, None]).to(dtype)
-            tables[key] = table * values.to(dtype).rsqrt()[:, None] if scale else table
-        mask = tables[key].index_select(0, spec.example_indices().to(device))
-        return mask.view(shape)
-
-    return spec._context.cached(("rows_mask", spec.label, size, dtype, device, shape, scale), make)
+    if scale:
+        return rows_scaled_mask(owner, spec, size, dtype, device, shape, "rsqrt", lambda v: v ** -0.5)
+    return rows_scaled_mask(owner, spec, size, dtype, device, shape, "mask", lambda v: 1.0)
 
 
 def fit_features(owner: nn.Module, x: Tensor, spec: int | Choice, layer: str, *, mask: bool = True) -> Tensor:

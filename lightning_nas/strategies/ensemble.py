@@ -138,9 +138,9 @@ class DeepEnsemble(nn.Module):
         rows = min(chunk, len(x))
         # Two activation buffers used in turn and a norm buffer, reused by every chunk: no multi-MB
         # allocation (and page faults) per operation (~10 % of the time on one CPU thread).
-        buffers = (torch.empty(self.members, rows, width), torch.empty(self.members, rows, width))
-        norms = torch.empty(self.members, rows, 1)
-        pred = torch.empty(self.members, len(x), 1)
+        buffers = (x.new_empty(self.members, rows, width), x.new_empty(self.members, rows, width))
+        norms = x.new_empty(self.members, rows, 1)
+        pred = x.new_empty(self.members, len(x), 1)
         for i in range(0, len(x), chunk):
             n = min(chunk, len(x) - i)
             h = x[i:i + n].unsqueeze(0).expand(self.members, -1, -1)

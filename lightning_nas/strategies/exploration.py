@@ -130,11 +130,15 @@ def lexsort_top(keys: Sequence[np.ndarray], count: int) -> np.ndarray:
             break
         key = keys[level][idx]
         threshold = np.partition(key, count - 1)[count - 1]  # the count-th smallest at this level
-        ahead = idx[key < threshold]  # certainly taken; ordered by every key
+        if threshold != threshold:  # NaN, which both sorts put last: every number is ahead, NaNs tie
+            below, tie = key == key, key != key
+        else:
+            below, tie = key < threshold, key == threshold
+        ahead = idx[below]  # certainly taken; ordered by every key
         if len(ahead):
             out.append(ahead[np.lexsort([k[ahead] for k in keys])])
         count -= len(ahead)
-        idx = idx[key == threshold]  # the rest come from the tie at the threshold, by the next keys
+        idx = idx[tie]  # the rest come from the tie at the threshold, by the next keys
         level -= 1
     return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
 

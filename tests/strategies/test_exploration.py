@@ -151,3 +151,14 @@ def test_lexsort_top_equals_the_head_of_a_full_lexsort(n: int, count: int, n_key
     if rng.random() < 0.3:
         keys[-1] = keys[-1] > 0  # a boolean primary key, as the feasibility mask
     assert lexsort_top(keys, count).tolist() == np.lexsort(keys)[:count].tolist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 30), st.integers(0, 35), st.integers(0, 2**32 - 1))
+def test_lexsort_top_orders_nan_as_np_lexsort(n: int, count: int, seed: int) -> None:
+    # A diverged surrogate predicts NaN: it must not shorten the batch (np.lexsort puts NaN last).
+    rng = np.random.default_rng(seed)
+    keys = [rng.integers(0, 3, n).astype(float) for _ in range(3)]
+    for k in keys:
+        k[rng.random(n) < 0.4] = np.nan
+    assert lexsort_top(keys, count).tolist() == np.lexsort(keys)[:count].tolist()
