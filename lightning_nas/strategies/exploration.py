@@ -117,6 +117,8 @@ def lexsort_top(keys: Sequence[np.ndarray], count: int) -> np.ndarray:
         ``(min(count, N),)`` int64 indices, in ``np.lexsort``'s order.
     """
     keys = [np.asarray(k) for k in keys]
+    if len({k.shape for k in keys}) > 1 or any(k.ndim != 1 for k in keys):
+        raise ValueError(f"lexsort_top: `keys` must be 1-D arrays of one length; got shapes {[k.shape for k in keys]}")
     n = len(keys[0]) if keys else 0
     count = max(0, min(int(count), n))
     out: list[np.ndarray] = []

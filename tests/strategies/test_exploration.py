@@ -162,3 +162,8 @@ def test_lexsort_top_orders_nan_as_np_lexsort(n: int, count: int, seed: int) -> 
     for k in keys:
         k[rng.random(n) < 0.4] = np.nan
     assert lexsort_top(keys, count).tolist() == np.lexsort(keys)[:count].tolist()
+
+
+def test_lexsort_top_refuses_keys_of_different_lengths() -> None:
+    with pytest.raises(ValueError, match=r"`keys` must be 1-D arrays of one length; got shapes \[\(3,\), \(2,\)\]"):
+        lexsort_top([np.zeros(3), np.zeros(2)], 1)
