@@ -48,6 +48,15 @@ class ElasticConv2d(Mutable):
         depthwise: one filter per channel (``groups = channels``); ``out_channels`` must then be
             ``in_channels`` (the same int or ``Choice``).
         bias: learn an additive bias.
+        input_zeroed: the input is already zero on each row's channels past its width (e.g. it
+            comes from an ``ElasticBatchNorm2d`` of the same width, through an activation that
+            keeps 0 at 0): with static shapes the input is then not masked again.
+        output_masked: the layer fed by this one masks each row's channels past its width itself
+            (an ``ElasticBatchNorm2d`` of the same width, which masks its statistics and its
+            output): with static shapes the output is then left unmasked (for a depthwise
+            convolution, its filters: a channel's output depends on that channel's input only).
+            Either flag saves an elementwise call forward and one backward per layer; the
+            grouped-rows path masks as before.
 
     Shapes: input ``(B, C_in, H, W)`` with ``C_in`` the active input width; output ``(B, C_out, H', W')``.
     """
@@ -63,6 +72,8 @@ class ElasticConv2d(Mutable):
         dilation: int = 1,
         depthwise: bool = False,
         bias: bool = True,
+        input_zeroed: bool = False,
+        output_masked: bool = False,
     ) -> None:
         super().__init__()
         check_size_spec("in_channels", in_channels)
@@ -75,6 +86,8 @@ class ElasticConv2d(Mutable):
         check_fixed("ElasticConv2d", "dilation", dilation, "int>=1", choosable)
         check_fixed("ElasticConv2d", "depthwise", depthwise, "bool", choosable)
         check_fixed("ElasticConv2d", "bias", bias, "bool", choosable)
+        check_fixed("ElasticConv2d", "input_zeroed", input_zeroed, "bool", choosable)
+        check_fixed("ElasticConv2d", "output_masked", output_masked, "bool", choosable)
         if padding is not None and isinstance(kernel_size, Choice):
             raise ValueError("`padding` can only be fixed for a fixed kernel_size; use padding=None with a kernel Choice")
         if depthwise and out_channels is not in_channels and out_channels != in_channels:
@@ -86,6 +99,8 @@ class ElasticConv2d(Mutable):
         self.padding = padding
         self.dilation = dilation
         self.depthwise = depthwise
+        self.input_zeroed = input_zeroed
+        self.output_masked = output_masked
         max_out, max_k = largest(self.out_channels), largest(kernel_size)
         self.weight = nn.Parameter(torch.empty(max_out, 1 if depthwise else largest(in_channels), max_k, max_k))
         self.bias = nn.Parameter(torch.empty(max_out)) if bias else None
@@ -134,7 +149,9 @@ class ElasticConv2d(Mutable):
         return any(isinstance(spec, Choice) and spec.uses_static_shapes() for spec in (self.kernel_size, self.in_channels, self.out_channels))
 
     def _kernel_masks(self, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """``(n_kernels, K, K)``: 1 inside candidate ``i``'s centre crop of the largest kernel ``K``, cached."""
+        """``(n_kernels, 1, 1, K, K)``: 1 inside candidate ``i``'s centre crop of the largest kernel
+        ``K``, cached; shaped so that the rows' masks (one ``index_select``) broadcast against the
+        ``(C_out, C_in / groups, K, K)`` weight into per-row weights without views."""
         cache = self.__dict__.setdefault("_kernel_mask_cache", {})
         key = (device, dtype)
         if key not in cache:
@@ -143,7 +160,7 @@ class ElasticConv2d(Mutable):
             for i, k in enumerate(self.kernel_size.values):
                 start = (full - k) // 2
                 masks[i, start : start + k, start : start + k] = 1
-            cache[key] = masks.to(device)
+            cache[key] = masks.view(len(masks), 1, 1, full, full).to(device)
         return cache[key]
 
     def _conv_static(self, x: Tensor) -> Tensor:
@@ -153,8 +170,13 @@ class ElasticConv2d(Mutable):
         n, c_in = x.shape[:2]
         c_out = c_in if self.depthwise else active_size(self.out_channels, x.device)[0]
         dtype = x.dtype
-        in_mask = width_mask(self.in_channels, c_in, dtype, x.device)  # (n, c_in) or None
-        out_mask = in_mask if self.depthwise else width_mask(self.out_channels, c_out, dtype, x.device)
+        # A mask the neighbouring layers make redundant is skipped (``input_zeroed``, ``output_masked``);
+        # a depthwise filter's input mask is its output mask.
+        in_mask = None if self.input_zeroed or (self.depthwise and self.output_masked) else width_mask(self.in_channels, c_in, dtype, x.device)
+        if self.depthwise:
+            out_mask = in_mask
+        else:
+            out_mask = None if self.output_masked else width_mask(self.out_channels, c_out, dtype, x.device)
         spatial = lambda spec, size, dims=2, dtype=dtype: width_mask(spec, size, dtype, x.device, spatial=dims)  # noqa: E731 (cached views)
         kernels = self.kernel_size.example_indices() if isinstance(self.kernel_size, Choice) and len(self.kernel_size.values) > 1 else None
         full = largest(self.kernel_size)
@@ -171,9 +193,11 @@ class ElasticConv2d(Mutable):
             return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, c_in)
         # Per-row weights (n, c_out, c_in / groups, K, K): each row's kernel crop and widths folded in,
         # run as one grouped convolution over the rows stacked along the channels.
-        rows = weight[None]
         if kernels is not None:
-            rows = rows * self._kernel_masks(x.device, weight.dtype).index_select(0, kernels.to(x.device))[:, None, None]
+            # (n, 1, 1, K, K) * (c_out, c_in / groups, K, K): per-row weights in one product.
+            rows = self._kernel_masks(x.device, weight.dtype).index_select(0, kernels.to(x.device)) * weight
+        else:
+            rows = weight[None]
         if self.depthwise:
             if in_mask is not None:
                 rows = rows * spatial(self.in_channels, c_in, 3, weight.dtype)

@@ -43,6 +43,33 @@ def lerp_running_stats(buffers: list[Tensor], batch: list[Tensor], weights: list
         torch._foreach_lerp_(buffers, batch, weights)
 
 
+def _count_table(tables: dict | None, kind: str, n: int, extra: Any, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A lookup table indexed by a channel's row count ``k`` in ``0..n`` (built in float64, once per
+    key when ``tables`` is given).
+
+    ``kind="factors"``, ``extra`` the momentum (a float, or ``None`` for a tensor momentum):
+    ``(3, n + 1)`` rows ``r = n / max(k, 1)``, the running-average weight (``momentum`` where
+    ``k > 0``, else 0; 0/1 for ``None``) and ``1 - r``. ``kind="unbias"``, ``extra`` the pixels
+    ``P`` per row: ``(n + 1,)`` of ``M / max(M - 1, 1)`` with ``M = k * P`` (the unbiasing factor of
+    a variance over ``M`` elements; 0 for ``k = 0``, whose weight is 0).
+    """
+    key = (kind, n, extra, dtype, device)
+    if tables is not None and key in tables:
+        return tables[key]
+    k = torch.arange(n + 1, dtype=torch.float64)
+    if kind == "factors":
+        ratio = n / k.clamp_min(1)
+        step = (k > 0).to(torch.float64) * (1.0 if extra is None else extra)
+        table = torch.stack([ratio, step, 1 - ratio])
+    else:
+        count = k * extra
+        table = count / (count - 1).clamp_min(1)
+    table = table.to(device=device, dtype=dtype)
+    if tables is not None:
+        tables[key] = table
+    return table
+
+
 class _MaskedBatchNormFunction(torch.autograd.Function):
     """Training-mode BatchNorm over masked rows, built from the native kernels.
 
@@ -93,6 +120,7 @@ def masked_batch_norm(
     num_batches_tracked: Tensor | None = None,
     eps: float = 1e-5,
     cache: Callable[[tuple, Callable[[], Any]], Any] | None = None,
+    tables: dict | None = None,
 ) -> Tensor:
     """BatchNorm of ``x`` where row ``i`` uses only the channels ``c`` with ``mask[i, c] == 1``.
 
@@ -116,6 +144,10 @@ def masked_batch_norm(
         eps: added to the variance.
         cache: ``cache(key, make)`` to reuse what depends on ``mask`` only (its counts) across calls
             with the same mask tensor, e.g. :meth:`~lightning_nas.nn.ArchContext.cached`.
+        tables: a dict kept across calls (e.g. in the calling module's ``__dict__``) where the
+            per-row-count lookup tables (``(3, n + 1)`` factors per batch size and momentum,
+            ``(n + 1,)`` unbiasing factors per batch size and image size) are built once; ``None``
+            builds them at each call.
 
     Statistics are taken in at least float32 (as ``F.batch_norm`` keeps them for half-precision
     inputs), outside autocast; the output has ``x``'s dtype.
@@ -134,18 +166,18 @@ def masked_batch_norm(
 
         def counts() -> tuple[Tensor, ...]:
             # What depends on the mask only: once per activation for all the norms of one width.
-            rows = mask.sum(0, dtype=stat)  # (C,) rows behind each channel's statistics
-            ratio = mask.shape[0] / rows.clamp_min(1)
-            seen = rows > 0
-            step = seen * momentum if constant else seen.to(stat)
+            # Every per-channel factor is a function of the channel's row count k in 0..n, so one
+            # lookup in a (3, n + 1) table built once gives them all (a few calls, not a dozen).
+            rows = torch.count_nonzero(mask, 0)  # (C,) rows behind each channel's statistics
+            factors = _count_table(tables, "factors", mask.shape[0], momentum if constant else None, stat, x.device)
+            ratio, step, keep = factors.index_select(1, rows).unbind(0)
             # ``mask`` itself is kept with them: its id in the key cannot be reused while the entry lives.
-            scaled_mask4 = (mask.to(stat) * ratio).to(x.dtype).view(*mask.shape, 1, 1)
+            scaled_mask4 = (mask * ratio).to(x.dtype).view(*mask.shape, 1, 1)
             mask4 = mask.view(*mask.shape, 1, 1)
-            return mask4, ratio, scaled_mask4, 1 - ratio, rows, step, seen.any(), mask
+            return mask4, ratio, scaled_mask4, keep, rows, step, rows.any(), mask
 
         def unbiasing() -> Tensor:  # ``M / (M - 1)``, ``M`` the elements behind each statistic
-            count = rows * pixels
-            return count / (count - 1).clamp_min(1)
+            return _count_table(tables, "unbias", mask.shape[0], pixels, stat, x.device).index_select(0, rows)
 
         key = ("bn_counts", id(mask), stat, momentum if constant else None)
         mask4, ratio, scaled_mask4, keep, rows, step, any_seen, _ = counts() if cache is None else cache(key, counts)
@@ -154,10 +186,10 @@ def masked_batch_norm(
             wide = x if x.dtype == stat else x.to(stat)  # half inputs' squares overflow past 256
             # The statistics of x * mask over every row, scaled by N / count, are those over the
             # rows that use each channel.
+            # With r = N / count: mean = r * mean0, var = r * var0 + r * (1 - r) * mean0 ** 2.
             var, mean = torch.var_mean(wide * mask4, (0, 2, 3), correction=0)
-            square = torch.addcmul(var, mean, mean).mul_(ratio)
+            var = torch.addcmul(var, mean * keep, mean).mul_(ratio).clamp_min_(0)
             mean = mean.mul_(ratio)
-            var = square.addcmul_(mean, mean, value=-1).clamp_min_(0)
             invstd = (var + eps).rsqrt_()
             if running_mean is not None:
                 weights = step if constant else step * momentum
@@ -253,7 +285,7 @@ class ElasticBatchNorm2d(Mutable):
         return masked_batch_norm(
             x, mask, weight, bias, running_mean if update else None, running_var if update else None,
             training=True, momentum=momentum, num_batches_tracked=self.num_batches_tracked if update else None,
-            eps=self.eps, cache=context.cached,
+            eps=self.eps, cache=context.cached, tables=self.__dict__.setdefault("_count_tables", {}),
         )
 
     def freeze(self, arch: dict[str, Any], export_child) -> nn.BatchNorm2d:
