@@ -125,8 +125,19 @@ def width_mask(spec: int | Choice, size: int, dtype: torch.dtype, device: torch.
             raise ValueError(f"width_mask: {size} channels asked, but the active width is {size_now}")
         return None
     cached = spec._context.cached
-    mask = cached(("width_mask", spec.label, size, dtype, device), lambda: size_mask(per_example, size, dtype))
+    mask = cached(("width_mask", spec.label, size, dtype, device), lambda: _prefix_masks(spec, size, dtype, device))
     return mask if not spatial else cached(("width_mask", spec.label, size, dtype, device, spatial), lambda: _spatial(mask, spatial))
+
+
+def _prefix_masks(spec: Choice, size: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(n, size)``: :func:`size_mask` of the visible rows' sizes under ``spec`` (per-example mode),
+    as one ``index_select`` of a ``(n_values, size)`` table of each candidate's prefix mask, built
+    once per choice, size, dtype and device (``size_mask`` itself costs four calls per mask)."""
+    tables = spec.__dict__.setdefault("_prefix_mask_tables", {})
+    key = (size, dtype, device)
+    if key not in tables:
+        tables[key] = size_mask(spec.values_tensor(device), size, dtype)
+    return tables[key].index_select(0, spec.example_indices().to(device))
 
 
 def _spatial(mask: Tensor, spatial: int) -> Tensor:
@@ -145,7 +156,8 @@ def row_mask(spec: int | Choice, size: int, dtype: torch.dtype, device: torch.de
     label = spec.label if isinstance(spec, Choice) else None
 
     def make() -> Tensor:
-        running = alive.to(device=device, dtype=dtype)[:, None]
+        # The running rows as a column, once per set of running rows for all the widths.
+        running = context.cached(("running_column", dtype, device), lambda: alive.to(device=device, dtype=dtype)[:, None])
         return running.expand(-1, size) if widths is None else widths * running
 
     mask = context.cached(("row_mask", label, size, dtype, device), make)
