@@ -519,6 +519,23 @@ class BinasBlock(Mutable):
             self._tables[device] = (torch.tensor(self.hidden, device=device), torch.tensor(self.se_hidden, device=device))
         return self._tables[device]
 
+    def _static_mask_tables(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-candidate tables whose rows, picked by the rows' decisions, are the static-shape
+        masks: ``(n_ratios, wide)`` expansion-width masks, ``(n_ratios, wide_se, 1, 1)`` SE
+        reduce-width masks, ``(2, 1, 1, 1)`` SE on (0.0, 1.0). Built once per device and dtype: an
+        ``index_select`` per mask instead of the four calls of ``size_mask`` and its views."""
+        tables = self.__dict__.setdefault("_static_tables", {})
+        key = (device, dtype)
+        if key not in tables:
+            hidden, se_hidden = (torch.tensor(v, device=device) for v in (self.hidden, self.se_hidden))
+            wide_se = max(self.se_hidden)
+            tables[key] = (
+                size_mask(hidden, max(self.hidden), dtype),
+                size_mask(se_hidden, wide_se, dtype).view(-1, wide_se, 1, 1),
+                torch.tensor([0.0, 1.0], dtype=dtype, device=device).view(2, 1, 1, 1),
+            )
+        return tables[key]
+
     def _run_rows(self, x: Tensor, ratio: Tensor, kernel: Tensor, se: Tensor) -> Tensor:
         hidden_of, se_hidden_of = self._widths(ratio.device)
         hidden = hidden_of.index_select(0, ratio)  # (n,) expanded width of each row
@@ -553,18 +570,21 @@ class BinasBlock(Mutable):
         context = self.expand._context
         alive = context.alive
         n, device = x.shape[0], x.device
-        wide, se_width = max(self.hidden), max(self.se_hidden)
+        wide = max(self.hidden)
 
         def masks() -> tuple[Tensor | None, Tensor | None, Tensor, Tensor, Tensor, Tensor, Tensor]:
-            hidden_of, se_hidden_of = self._widths(ratio.device)
-            mask = None if min(self.hidden) == wide else size_mask(hidden_of.index_select(0, ratio).to(device), wide, x.dtype)
+            widths, reduce_widths, se_on = self._static_mask_tables(device, x.dtype)
+            rows = ratio.to(device)
+            mask = None if min(self.hidden) == wide else widths.index_select(0, rows)
             running = None if alive is None else alive.to(device=device, dtype=x.dtype)[:, None]
             if running is not None:
                 mask = running.expand(n, wide) if mask is None else mask * running
             out_mask = None if running is None else running.expand(n, self.out_channels)
             # The output norms' group (ratio, SE pair) and SE's per-row reduce widths and on/off.
             out_group = (2 * ratio + se).to(device)
-            return (mask, out_mask, kernel.to(device), out_group, *self._se_masks(se.to(device), se_hidden_of.index_select(0, ratio).to(device), se_width, x.dtype))
+            # SE's per-row reduce-width mask, on and off: one lookup each (see _se_masks).
+            on = se_on.index_select(0, se.to(device))
+            return mask, out_mask, kernel.to(device), out_group, reduce_widths.index_select(0, rows), on, 1 - on
 
         # Every block of the same decisions shares these (one set per activation and running rows),
         # and with them what its grouped norms derive from them (``cache``).
