@@ -52,9 +52,7 @@ from lightning_nas.callbacks import ContributionEstimation, LatencyProfiler, Uni
 from lightning_nas.classification import SupernetClassifier
 from lightning_nas.data import augmented_digits, gratings_dataset, load_image_dataset, split_dataset, to_tensors
 from lightning_nas.estimators import kendall_tau, ranking_report, table2_predictors
-from lightning_nas.estimators.contributions import evaluation_mode
 from lightning_nas.io import atomic_save, atomic_write_json, next_version_dir
-from lightning_nas.nn.calibration import recalibrate_batch_norm
 from lightning_nas.plots import plot_contributions, plot_pareto, plot_ranking
 from lightning_nas.profiling import ReferenceTimer, check_latency, settings_of
 from lightning_nas.solvers import InfeasibleError, Limit, search_constrained
@@ -92,23 +90,18 @@ def measure_subnets(
 
     One-shot: the supernet's weights with one arch active, eval mode. With ``calibration`` (a
     list of training batches, the same for every arch) each arch's BatchNorm statistics are first
-    re-estimated for that arch alone (:func:`~lightning_nas.nn.recalibrate_batch_norm`), so the
-    row equals its exported, recalibrated subnet's outcomes; the supernet's own statistics are
-    restored afterwards. Per-example outcomes give any split's accuracy (``rows.mean(1)``).
+    re-estimated for that arch alone (:func:`~lightning_nas.nn.recalibrate_batch_norm`): the row
+    is its exported, recalibrated subnet's outcomes. The supernet is left as it was. Per-example
+    outcomes give any split's accuracy (``rows.mean(1)``).
     """
-    buffers = dict(supernet.named_buffers())
-    saved = {name: b.clone() for name, b in buffers.items()}
+    # Each arch runs as its exported network in channels-last layout: plain convolutions with no
+    # slicing, and oneDNN's depthwise kernels (1.5-2x faster on a CPU than the supernet's
+    # contiguous, sliced path, measured on the demo's space).
+    batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in loader]
     rows = []
-    with evaluation_mode(supernet, supernet):
-        try:
-            for arch in archs:
-                supernet.activate(arch)
-                if calibration is not None:
-                    recalibrate_batch_norm(supernet, calibration)
-                rows.append(torch.cat([supernet(x).argmax(1) == y for x, y in loader]))
-        finally:
-            for name, value in saved.items():
-                buffers[name].copy_(value)
+    for arch in archs:
+        subnet = supernet.export(arch, calibration_batches=calibration).eval().to(memory_format=torch.channels_last)
+        rows.append(torch.cat([subnet(x).argmax(1) == y for x, y in batches]))
     return torch.stack(rows).numpy()
 
 

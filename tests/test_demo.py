@@ -263,3 +263,39 @@ def test_best_neighbours_are_distinct_networks_one_change_away_within_the_bound(
         everything = best_neighbours(staged, arch, accuracy, latency, bound, count=10_000)
         assert near == everything[:len(near)] and min(accuracy.predict_many(everything)) <= scores.min()
     assert best_neighbours(staged, arch, accuracy, latency, -1e9, count=6) == []
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_measure_subnets_equals_each_arch_active_in_the_supernet(calibrated):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_nas.demo import DEMO_SPACE, measure_subnets
+    from lightning_nas.nn import recalibrate_batch_norm
+    from lightning_nas.spaces import binas_supernet
+
+    torch.manual_seed(0)
+    supernet = binas_supernet("tiny", num_classes=10, **DEMO_SPACE)
+    with torch.no_grad():  # BatchNorm statistics that differ from the defaults, as after training
+        for name, buffer in supernet.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.normal_(0, 0.1)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0)
+    x, y = torch.randn(300, 1, 16, 16), torch.randint(0, 10, (300,))
+    loader = DataLoader(TensorDataset(x, y), batch_size=128)
+    calibration = [(torch.randn(64, 1, 16, 16), torch.zeros(64, dtype=torch.long))] if calibrated else None
+    archs = supernet.space.sample_many(4, seed=5)
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    rows = measure_subnets(supernet, archs, loader, calibration)
+
+    assert rows.shape == (4, 300) and rows.dtype == bool
+    assert all(torch.equal(before[k], v) for k, v in supernet.state_dict().items())  # the supernet is left as it was
+    for arch, row in zip(archs, rows):  # the definition: the arch active in the supernet, eval mode
+        supernet.activate(arch)
+        if calibrated:
+            recalibrate_batch_norm(supernet, calibration)
+        supernet.eval()
+        with torch.no_grad():
+            expected = (supernet(x).argmax(1) == y).numpy()
+        supernet.load_state_dict(before)
+        assert (row == expected).all()
