@@ -79,8 +79,8 @@ from lightning_nas.seeding import derive_seed
 from lightning_nas.strategies.base import BatchStrategy, Proposal, arch_key
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble
-from lightning_nas.strategies.exploration import (check_stall_arguments, evaluations_since_improvement, hamming_to,
-                                                  select_batch)
+from lightning_nas.strategies.exploration import (EXPLORERS, check_stall_arguments, evaluations_since_improvement,
+                                                  hamming_to, select_batch, stream_explorer)
 
 __all__ = ["ACQUISITIONS", "BayesianOptimization", "TARGET_SCALES", "acquisition", "normal_scores", "pretraining_targets"]
 
@@ -204,6 +204,12 @@ class BayesianOptimization(BatchStrategy):
             an ``explore`` share of every batch goes to exploratory moves until the best improves
             (see :mod:`~lightning_nas.strategies.exploration`); ``None``: never.
         explore: the exploratory share of a batch while stalled, in ``[0, 1]``.
+        explore_with: what fills the stalled share's places that are not trust-region moves:
+            ``"interaction"`` (an exploratory stream: batch UCB of a pairwise-interaction GP fitted
+            on the random start and the stream's own results,
+            :func:`~lightning_nas.strategies.exploration.stream_explorer`), ``"disagreement"`` (the
+            members' largest std) or ``"auto"``: ``"disagreement"`` with ``pretrain_metrics``,
+            ``"interaction"`` without (see the module docstring).
 
     Attributes:
         explorations: ``(iteration, reason)`` of every batch with exploratory places: ``"flat"``
@@ -218,8 +224,15 @@ class BayesianOptimization(BatchStrategy):
                  pretrain_steps: int = 500, pretrain_lr: float = 1e-2,
                  fidelities: tuple[float, float] | None = None, p: int = 5, q: int = 3, f: int = 10,
                  targets: str = "rank", warm_start: bool = False, stall_window: float | None = 16.0,
-                 explore: float = 0.5) -> None:
+                 explore: float = 0.5, explore_with: str = "auto") -> None:
         super().__init__(space, seed=seed, constraints=constraints, cost_model=cost_model)
+        if explore_with not in ("auto",) + EXPLORERS:
+            raise ValueError(f"`explore_with` must be one of {('auto',) + EXPLORERS}, got {explore_with!r}")
+        if explore_with == "auto":
+            # A pretrained ensemble knows the whole space through its prior, so its disagreement is
+            # informed outside the stuck family; without one, only an independent stream is.
+            explore_with = "disagreement" if pretrain_metrics else "interaction"
+        self.explore_with = explore_with
         if acquisition not in ACQUISITIONS:
             raise ValueError(f"`acquisition` must be one of {ACQUISITIONS}, got {acquisition!r}")
         for name, value, low in (("batch_size", batch_size, 1), ("initial", initial, 1), ("candidates", candidates, 1),
@@ -263,6 +276,7 @@ class BayesianOptimization(BatchStrategy):
         self.proposed: set[tuple] = set()  # (arch key, fidelity) asked so far
         self.fit_seconds: list[float] = []
         self.explorations: list[tuple[int, str]] = []  # (iteration, "flat" | "stalled") of exploratory batches
+        self.stream: set[tuple] = set()  # keys of the archs the exploratory stream proposed
         self._warm: dict[str, torch.Tensor] | None = None  # the last refit's weights (warm_start)
         # Rebuilt on demand, not stored (see config_attributes).
         self._pretrained: dict[str, torch.Tensor] | None = None
@@ -312,11 +326,13 @@ class BayesianOptimization(BatchStrategy):
                 continue
             scores = acquisition(predictions, best, self.kind, self.ucb_beta)
             feasible = np.array([self.predicted_violation(a) <= 0.0 for a in pool]) if self.constraints else None
+            explorer = stream_explorer(self.space, self.history, self.initial, self.stream, pool, x) \
+                if stalled and self.explore_with == "interaction" else None
             chosen, reason = select_batch(
                 scores.numpy(), predictions.mean(0).numpy(), predictions.std(0, unbiased=False).numpy(), count,
                 distance=None if anchor is None else hamming_to(x, anchor), feasible=feasible,
                 stalled=stalled, explore=self.explore, fallback=(predictions > member_best).double().mean(0).numpy(),
-                flat="exploit")
+                flat="exploit", explorer=explorer)
             if reason is not None:
                 self.explorations.append((self.batches, reason))
             for i in chosen:

@@ -29,8 +29,23 @@ The places a stall makes exploratory (an ``explore`` share of the batch), or a f
    (decisions that differ), nearest first, ties by the acquisition, then by the optimistic
    ``mean + std`` of the members. On NAS benchmarks local search around the best arch is a strong
    baseline (White et al., 2021), and it needs nothing but the space's decisions.
-2. **Disagreement**: the candidates the members disagree on most (largest std of their
-   predictions), ties by the mean: where one more result changes the surrogate most.
+2. **An exploratory stream** (``explorer``; BO's and RANK-NOSH's default, :func:`stream_explorer`),
+   or without one the candidates the members disagree on most (largest std, ties by the mean).
+
+Why a stream. A search stuck in one family has seen each of the other families' values almost only
+*inside* the stuck family, where they can be poor: on NB201 CIFAR-10 (BO, seed 10) every one of the
+table's 15 best cells has a skip on edge 3←0, a value the search tried 7 times in 300, always next to
+the family's own skips on edges 1←0 and 3←1, where a second skip makes the cell poor. The ensemble
+learns "skip on 3←0 is bad" as a main effect, its members agree (same data), and so neither the
+acquisition, nor disagreement, nor moves near the incumbent (whose identity is 2-3 decisions, the
+rest varying freely) leave the family: 8 such rules left seed 10 or 16 at the cap (RESULTS.md). The
+stream is an independent search started by the stall, like a restart (TuRBO, Eriksson et al., 2019),
+that learns only from the shared random start and its own results, so the stuck family's evidence
+does not steer it. Its model is :class:`InteractionGP`, Bayesian regression on every value and every
+*pair* of values (the kernel of BOCS's second-order model, Baptista & Poloczek, 2018): cheap on a few
+dozen results, deterministic, and its variance stays large for pairs of values never observed
+together, which is what a family's interactions are. It proposes by batch GP-UCB (Desautels et al.,
+2014). Measured on both NB201 tables (20 seeds): see RESULTS.md's black-box sections.
 
 Both signals are functions of the results told, so a resumed search makes the same choices.
 """
@@ -38,14 +53,17 @@ Both signals are functions of the results told, so a resumed search makes the sa
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+from scipy.linalg import cho_factor, cho_solve, solve_triangular
+from scipy.special import ndtri
 
-from lightning_nas.strategies.base import Observation, rank_key
+from lightning_nas.strategies.base import Observation, arch_key, rank_key
 
-__all__ = ["FLAT_FILLS", "check_stall_arguments", "evaluations_since_improvement", "hamming_to", "lexsort_top",
-           "select_batch"]
+__all__ = ["EXPLORERS", "FLAT_FILLS", "InteractionGP", "check_stall_arguments", "evaluations_since_improvement",
+           "hamming_to", "interaction_explorer", "lexsort_top", "normal_scores_np", "select_batch",
+           "stream_explorer"]
 
 
 def check_stall_arguments(stall_window: float | None, explore: float) -> tuple[float | None, float]:
@@ -151,7 +169,8 @@ FLAT_FILLS = ("explore", "exploit")
 def select_batch(acq: np.ndarray, mean: np.ndarray, std: np.ndarray, count: int, *,
                  distance: np.ndarray | None = None, feasible: np.ndarray | None = None,
                  stalled: bool = False, explore: float = 0.5,
-                 fallback: np.ndarray | None = None, flat: str = "explore") -> tuple[np.ndarray, str | None]:
+                 fallback: np.ndarray | None = None, flat: str = "explore",
+                 explorer: Callable[[int, np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, str | None]:
     """Indices of up to ``count`` candidates: by the acquisition where it ranks them, else exploratory.
 
     Args:
@@ -171,6 +190,9 @@ def select_batch(acq: np.ndarray, mean: np.ndarray, std: np.ndarray, count: int,
         flat: what fills the places neither ``acq`` nor ``fallback`` ranks: ``"explore"``
             (exploratory moves) or ``"exploit"`` (the mean, as the acquisition's tie-break: flatness
             alone then makes no place exploratory, only ``stalled`` does).
+        explorer: ``explorer(count, blocked)`` -> up to ``count`` indices of candidates not ``blocked``
+            (``(N,)`` bool): what fills the exploratory places that are not trust-region moves
+            (e.g. :meth:`InteractionGP.ucb_batch`); ``None``: the members' largest disagreement.
 
     Returns:
         ``(indices, reason)``: ``reason`` is ``None`` when the acquisition chose the whole batch,
@@ -216,8 +238,8 @@ def select_batch(acq: np.ndarray, mean: np.ndarray, std: np.ndarray, count: int,
         chosen = list(lexsort_top((-mean, -second, -acq, infeasible), n_exploit))
         if n_exploit < count:
             reason = "stalled"
-        return np.asarray(chosen + _exploratory(chosen, count - n_exploit, mean, std, acq, distance, infeasible),
-                          dtype=np.int64), reason
+        return np.asarray(chosen + _exploratory(chosen, count - n_exploit, mean, std, acq, distance, infeasible,
+                                                explorer), dtype=np.int64), reason
     chosen = list(lexsort_top((-mean, -acq, infeasible), n_acq))  # feasible, then acquisition, then mean
     if fallback is not None and reason == "flat":
         fallback = np.asarray(fallback, dtype=np.float64)
@@ -229,14 +251,15 @@ def select_batch(acq: np.ndarray, mean: np.ndarray, std: np.ndarray, count: int,
             more = lexsort_top((-mean, -fallback, ~ranked), n_more)
             chosen += list(more)
             n_acq += n_more
-    return np.asarray(chosen + _exploratory(chosen, count - n_acq, mean, std, acq, distance, infeasible),
+    return np.asarray(chosen + _exploratory(chosen, count - n_acq, mean, std, acq, distance, infeasible, explorer),
                       dtype=np.int64), reason
 
 
 def _exploratory(chosen: list, left: int, mean: np.ndarray, std: np.ndarray, acq: np.ndarray,
-                 distance: np.ndarray | None, infeasible: np.ndarray) -> list:
+                 distance: np.ndarray | None, infeasible: np.ndarray,
+                 explorer: Callable[[int, np.ndarray], np.ndarray] | None = None) -> list:
     """``left`` exploratory places not in ``chosen``: half (rounded up) trust-region moves, the rest
-    disagreement (see the module docstring); feasible candidates first."""
+    ``explorer``'s picks or disagreement (see the module docstring); feasible candidates first."""
     if left <= 0:
         return []
     taken = np.zeros(len(mean), dtype=bool)
@@ -247,5 +270,193 @@ def _exploratory(chosen: list, left: int, mean: np.ndarray, std: np.ndarray, acq
         local = lexsort_top((-(mean + std), -acq, np.asarray(distance), infeasible | taken), n_local)
         out += list(local)
         taken[local] = True
+    if explorer is not None and left > n_local:
+        picks = [int(i) for i in explorer(left - n_local, infeasible | taken)]
+        taken[picks] = True
+        if len(picks) < left - n_local:  # the feasible ones ran out
+            picks += [int(i) for i in explorer(left - n_local - len(picks), taken)]
+        return out + picks
     spread = lexsort_top((-mean, -std, infeasible | taken), left - n_local)
     return out + list(spread)
+
+
+def normal_scores_np(values: np.ndarray) -> np.ndarray:
+    """Rank-based normal scores ``Φ⁻¹((rank + 0.5) / N)`` of ``values`` ``(N,)``, ties sharing their mean rank
+    (numpy twin of :func:`lightning_nas.strategies.bo.normal_scores`)."""
+    values = np.asarray(values, dtype=np.float64)
+    _, group, counts = np.unique(values, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts
+    ranks = (first + (counts - 1) / 2.0)[group]
+    return ndtri((ranks + 0.5) / len(values))
+
+
+class InteractionGP:
+    """A Gaussian process whose kernel is Bayesian linear regression on every decision's value and every
+    *pair* of decisions' values (second-order, as BOCS, Baptista & Poloczek 2018), for stalled searches.
+
+    Why: a stalled surrogate search keeps sampling one family, so every value of a decision it has seen
+    was seen in (nearly) one context, and an ensemble fitted to those results learns the value's effect
+    *in that context* as if it held everywhere, with no doubt about it (its members agree: same data).
+    The pairwise model's posterior variance is exactly the missing doubt: a candidate whose pairs of
+    values were rarely observed together keeps a large variance however often each value was seen
+    alone. Its upper confidence bound (``mean + beta · std``) therefore puts under-observed values into
+    the contexts the data rate best, instead of the one context they were tried in.
+
+    For one-hot encodings with ``D`` decisions, the features' inner product is the number ``m`` of
+    matching decisions and the number of matching pairs is ``m (m − 1) / 2``, so the kernel is
+    ``k(x, x') = a · ((1 − w) · m / D + w · m (m − 1) / (D (D − 1)))`` (``k(x, x) = a``), with no
+    feature ever built: any categorical space, ``O(n²)`` per candidate. The targets are centred; the
+    pair share ``w`` and the noise are chosen by marginal likelihood on a fixed grid (no tuning to a
+    dataset), ``a`` is the targets' variance. Deterministic: no random draw.
+
+    Args:
+        x: ``(n, E)`` one-hot encodings of the observed archs (one 1 per decision).
+        y: ``(n,)`` their targets (e.g. normal scores: larger is better).
+
+    Raises:
+        ValueError: shapes that do not match, or fewer than 2 observations.
+    """
+
+    #: The grid the marginal likelihood chooses from: the pairwise share of the prior variance and the
+    #: noise variance (fractions of the targets' variance).
+    PAIR_SHARES = (0.0, 0.25, 0.5, 0.75)
+    NOISES = (0.01, 0.05, 0.2)
+
+    def __init__(self, x: np.ndarray, y: np.ndarray) -> None:
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        if x.ndim != 2 or y.shape != (len(x),):
+            raise ValueError(f"InteractionGP: `x` must be (n, E) and `y` (n,), got {x.shape} and {y.shape}")
+        if len(x) < 2:
+            raise ValueError(f"InteractionGP: needs at least 2 observations, got {len(x)}")
+        self.x, self.decisions = x, int(round(float(x[0].sum())))
+        self.offset = float(y.mean())
+        self.scale = float(y.var()) or 1.0
+        r = y - self.offset
+        matches = x @ x.T
+        best = None
+        for w in (self.PAIR_SHARES if self.decisions > 1 else (0.0,)):
+            gram = self._kernel(matches, w)
+            for noise in self.NOISES:
+                try:
+                    factor = cho_factor(gram + noise * self.scale * np.eye(len(x)), lower=True)
+                except np.linalg.LinAlgError:
+                    continue
+                alpha = cho_solve(factor, r)
+                # log marginal likelihood, up to a constant: -(r' K^-1 r + log det K) / 2
+                evidence = -0.5 * float(r @ alpha) - float(np.log(np.diag(factor[0])).sum())
+                if best is None or evidence > best[0]:
+                    best = (evidence, w, noise, factor, alpha)
+        if best is None:
+            raise ValueError("InteractionGP: no kernel of the grid gives a positive definite covariance")
+        _, self.pair_share, noise, self._factor, self._alpha = best
+        self.noise = noise * self.scale
+
+    def _kernel(self, matches: np.ndarray, w: float | None = None) -> np.ndarray:
+        w = self.pair_share if w is None else w
+        d = self.decisions
+        pairs = matches * (matches - 1) / (d * (d - 1)) if d > 1 else 0.0
+        return self.scale * ((1.0 - w) * matches / d + w * pairs)
+
+    def posterior(self, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(mean (N,), variance (N,), v (n, N))`` at ``(N, E)`` candidates; ``v = L⁻¹ k(X, candidates)``
+        gives posterior covariances (``k(a, b) − v_a · v_b``)."""
+        k = self._kernel(np.asarray(candidates, dtype=np.float64) @ self.x.T)  # (N, n)
+        mean = self.offset + k @ self._alpha
+        v = solve_triangular(self._factor[0], k.T, lower=True, check_finite=False)
+        variance = np.maximum(self.scale - np.einsum("ij,ij->j", v, v), 0.0)
+        return mean, variance, v
+
+    def ucb_batch(self, candidates: np.ndarray, count: int, blocked: np.ndarray | None = None,
+                  beta: float = 2.0) -> np.ndarray:
+        """Indices of ``count`` candidates by batch UCB (Desautels et al., 2014): the best
+        ``mean + beta · std``, then the variances updated as if it had been observed (a pick's
+        neighbours lose their doubt; the mean is not), and so on; ``blocked`` ``(N,)`` bool never taken.
+
+        Returns:
+            ``(≤ count,)`` int64 indices, in the order picked (ties by index).
+        """
+        candidates = np.asarray(candidates, dtype=np.float64)
+        n = len(candidates)
+        free = np.ones(n, dtype=bool) if blocked is None else ~np.asarray(blocked, dtype=bool)
+        count = min(int(count), int(free.sum()))
+        if count <= 0:
+            return np.zeros(0, dtype=np.int64)
+        mean, variance, v = self.posterior(candidates)
+        out: list[int] = []
+        updates: list[np.ndarray] = []  # rank-one downdates of the covariance, one per pick
+        for _ in range(count):
+            score = np.where(free, mean + beta * np.sqrt(variance), -np.inf)
+            i = int(np.argmax(score))
+            out.append(i)
+            free[i] = False
+            if len(out) < count:
+                # Covariance with the pick under the current posterior (the earlier picks observed).
+                cov = self._kernel(candidates @ candidates[i]) - v[:, i] @ v
+                for u in updates:
+                    cov -= u * u[i]
+                u = cov / math.sqrt(variance[i] + self.noise)
+                updates.append(u)
+                variance = np.maximum(variance - u * u, 0.0)
+        return np.asarray(out, dtype=np.int64)
+
+
+EXPLORERS = ("interaction", "disagreement")
+
+
+def interaction_explorer(space, history: Sequence[Observation], candidates: np.ndarray,
+                         beta: float = 2.0) -> Callable[[int, np.ndarray], np.ndarray]:
+    """``explorer(count, blocked)`` for :func:`select_batch`: :meth:`InteractionGP.ucb_batch` over
+    ``candidates`` ``(N, E)`` (one-hot), the GP fitted on every result in ``history`` as the normal
+    scores of its fidelity's results (fidelities are not comparable; their ranks are), only when a
+    place needs it."""
+    from lightning_nas.strategies.candidates import one_hot  # candidates imports nothing from here
+
+    fitted: list[InteractionGP] = []
+
+    def explore(count: int, blocked: np.ndarray) -> np.ndarray:
+        if not fitted:
+            y = np.zeros(len(history))
+            fidelities = np.array([o.fidelity for o in history])
+            values = np.array([o.value for o in history], dtype=np.float64)
+            for f in np.unique(fidelities):
+                at = fidelities == f
+                y[at] = normal_scores_np(values[at])
+            fitted.append(InteractionGP(one_hot(space, [o.arch for o in history]).numpy(), y))
+        return fitted[0].ucb_batch(candidates, count, blocked, beta)
+
+    return explore
+
+
+def stream_explorer(space, history: Sequence[Observation], first: int, stream: set, pool: Sequence,
+                    candidates: np.ndarray) -> Callable[[int, np.ndarray], np.ndarray] | None:
+    """The exploratory stream's ``explorer`` for :func:`select_batch` (BO and RANK-NOSH while stalled).
+
+    An independent search inside the stalled one: GP-UCB with the pairwise-interaction kernel
+    (:func:`interaction_explorer`) fitted only on the first ``first`` results (the random start) and the
+    stream's own results, so the family the main search is stuck in, whose results say every other
+    family's values are worse *in that family's context*, does not steer it. Each pick's key
+    (:func:`~lightning_nas.strategies.base.arch_key` of ``pool[i]``) is added to ``stream``, the
+    strategy's stored record, so a resumed search continues the same stream.
+
+    Args:
+        space: the search space.
+        history: every observation, in the order told.
+        first: how many leading observations form the shared random start.
+        stream: the keys of the archs the stream proposed so far (updated in place).
+        pool: the candidates (archs).
+        candidates: ``(len(pool), E)`` their one-hot encodings.
+
+    Returns:
+        ``explorer(count, blocked)``, or ``None`` when fewer than 2 results would fit the GP.
+    """
+    data = [o for i, o in enumerate(history) if i < first or arch_key(o.arch) in stream]
+    if len(data) < 2:
+        return None
+    base = interaction_explorer(space, data, candidates)
+
+    def explorer(count: int, blocked: np.ndarray) -> np.ndarray:
+        picks = base(count, blocked)
+        stream.update(arch_key(pool[int(i)]) for i in picks)
+        return picks
+
+    return explorer

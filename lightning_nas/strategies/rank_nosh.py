@@ -38,8 +38,8 @@ from lightning_nas.seeding import derive_seed
 from lightning_nas.strategies.base import BatchStrategy, Proposal, arch_key
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.ensemble import DeepEnsemble, _adam
-from lightning_nas.strategies.exploration import (check_stall_arguments, evaluations_since_improvement, hamming_to,
-                                                  select_batch)
+from lightning_nas.strategies.exploration import (EXPLORERS, check_stall_arguments, evaluations_since_improvement,
+                                                  hamming_to, select_batch, stream_explorer)
 
 __all__ = ["RankNOSH", "pairwise_ranking_loss"]
 
@@ -78,13 +78,20 @@ class RankNOSH(BatchStrategy):
             the archs the members' scores disagree on most (see
             :mod:`~lightning_nas.strategies.exploration`); ``None``: never.
         explore: the exploratory share of the entries while stalled, in ``[0, 1]``.
+        explore_with: what fills the stalled entries that are not trust-region moves: ``"interaction"``
+            (a pairwise-interaction GP's upper confidence bound) or ``"disagreement"`` (see
+            :class:`~lightning_nas.strategies.bo.BayesianOptimization`).
     """
 
     def __init__(self, space, *, seed: int = 0, constraints=(), cost_model=None, levels: Sequence[float] = (12, 200),
                  eta: float = 3.0, new_per_round: int = 8, candidates: int = 20_000, members: int = 3,
                  trunk: Sequence[int] = (64, 64), branch: int = 32, steps: int = 150, lr: float = 5e-3,
-                 pairs_per_step: int = 64, stall_window: float | None = 16.0, explore: float = 0.5) -> None:
+                 pairs_per_step: int = 64, stall_window: float | None = 16.0, explore: float = 0.5,
+                 explore_with: str = "interaction") -> None:
         super().__init__(space, seed=seed, constraints=constraints, cost_model=cost_model)
+        if explore_with not in EXPLORERS:
+            raise ValueError(f"`explore_with` must be one of {EXPLORERS}, got {explore_with!r}")
+        self.explore_with = explore_with
         levels = tuple(float(x) for x in levels)
         if not levels or not all(0 < x < math.inf for x in levels) or any(b <= a for a, b in zip(levels, levels[1:])):
             raise ValueError(f"`levels` must be positive, strictly ascending fidelities, got {levels!r}")
@@ -99,6 +106,7 @@ class RankNOSH(BatchStrategy):
         stall_window, explore = check_stall_arguments(stall_window, explore)
         self.stall_window, self.explore = stall_window, explore
         self.explorations: list[tuple[int, str]] = []  # (round, "stalled") of rounds with exploratory entries
+        self.stream: set[tuple] = set()  # keys of the archs the exploratory stream entered
         self.levels, self.eta, self.new_per_round, self.candidates = levels, float(eta), new_per_round, candidates
         self.members, self.trunk, self.branch = members, tuple(trunk), branch
         self.steps, self.lr, self.pairs_per_step = steps, lr, pairs_per_step
@@ -150,11 +158,14 @@ class RankNOSH(BatchStrategy):
         stalled = self.stall_window is not None and \
             evaluations_since_improvement(self.history, self.levels[-1]) >= self.stall_window
         incumbent = self.best() if stalled else None
-        distance = None
+        distance, explorer = None, None
         if incumbent is not None:
-            distance = hamming_to(one_hot(self.space, pool).numpy(), one_hot(self.space, [incumbent.arch])[0].numpy())
+            x = one_hot(self.space, pool).numpy()
+            distance = hamming_to(x, one_hot(self.space, [incumbent.arch])[0].numpy())
+            if self.explore_with == "interaction":
+                explorer = stream_explorer(self.space, self.history, self.new_per_round, self.stream, pool, x)
         chosen, reason = select_batch(mean, mean, members.std(0), self.new_per_round, distance=distance,
-                                      feasible=feasible, stalled=stalled, explore=self.explore)
+                                      feasible=feasible, stalled=stalled, explore=self.explore, explorer=explorer)
         if reason is not None:
             self.explorations.append((self.batches, reason))
         return chosen
