@@ -48,8 +48,11 @@ Choices of ours where the thesis is silent:
   member's probability of beating its *own* prediction of the incumbent (shrinkage-immune), then to
   the ensemble mean, PI's tie-break. After ``stall_window`` equivalent evaluations without a better
   full-fidelity result, an ``explore`` share of each batch goes half to trust-region moves (the
-  unevaluated archs nearest the incumbent) and half to the candidates the members disagree on most
-  (:func:`~lightning_nas.strategies.exploration.select_batch` with ``flat="exploit"``). An earlier
+  unevaluated archs nearest the incumbent) and half, without pretraining, to an exploratory stream
+  (an independent GP-UCB search on a pairwise-interaction kernel that learns only from the random
+  start and its own results, so the stuck family does not steer it), with pretraining to the
+  candidates the members disagree on most (``explore_with``;
+  :func:`~lightning_nas.strategies.exploration.select_batch` with ``flat="exploit"``). An earlier
   version also made every place a flat PI left exploratory; on both NB201 tables that cost
   evaluations (BO + pretraining, 20 seeds, CIFAR-10 / CIFAR-100: 55.3 / 49.0 against 51.1 / 39.4;
   see :mod:`~lightning_nas.strategies.exploration`).

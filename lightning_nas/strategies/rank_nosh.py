@@ -19,8 +19,10 @@ and candidates taken from the whole space when it has at most ``candidates`` arc
 mutations of the best otherwise), and the stall fallback shared with BO (``stall_window``, ``explore``):
 the predictor's ranking never goes flat, but it can keep feeding one family, so after
 ``stall_window`` equivalent evaluations without a better top-level result part of each round's entries
-are trust-region moves and disagreement picks. Zero-cost proxies are not used to seed the pool. With an evaluator
-that resumes training (``resumes = True``) a promotion is charged only its extra epochs.
+are trust-region moves and the picks of an exploratory stream (``explore_with``: an independent
+GP-UCB search on a pairwise-interaction kernel; ``"disagreement"``: the members' largest std).
+Zero-cost proxies are not used to seed the pool. With an evaluator that resumes training
+(``resumes = True``) a promotion is charged only its extra epochs.
 """
 
 from __future__ import annotations
@@ -75,8 +77,8 @@ class RankNOSH(BatchStrategy):
         pairs_per_step: arch pairs per predictor training step.
         stall_window: equivalent full evaluations without a better top-level result after which an
             ``explore`` share of each round's entries are trust-region moves around the incumbent and
-            the archs the members' scores disagree on most (see
-            :mod:`~lightning_nas.strategies.exploration`); ``None``: never.
+            the picks of ``explore_with`` (see :mod:`~lightning_nas.strategies.exploration`);
+            ``None``: never.
         explore: the exploratory share of the entries while stalled, in ``[0, 1]``.
         explore_with: what fills the stalled entries that are not trust-region moves: ``"interaction"``
             (a pairwise-interaction GP's upper confidence bound) or ``"disagreement"`` (see
@@ -151,7 +153,8 @@ class RankNOSH(BatchStrategy):
     def _entries(self, pool: list[dict[str, Any]], predict) -> np.ndarray:
         """Indices of the pool archs entering the lowest level: the best-scored, or, once the best
         top-level result has not improved for ``stall_window`` equivalent evaluations, an ``explore``
-        share of trust-region moves and disagreement picks (:func:`select_batch`)."""
+        share of trust-region moves and the exploratory stream's (or disagreement) picks
+        (:func:`select_batch`)."""
         members = predict(pool)
         mean = members.mean(0)
         feasible = np.array([self.predicted_violation(a) <= 0.0 for a in pool]) if self.constraints else None
