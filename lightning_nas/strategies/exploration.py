@@ -53,7 +53,8 @@ RANK-NOSH, 10 seeds, its CIFAR-100 seed at the cap reaches it after 93.4 (the ot
 unchanged). With pretraining the stream did not help on both tables (BO + pretraining, 20 seeds:
 50.8 / 40.4 → 53.1 / 40.0): a pretrained ensemble knows the whole space through its zero-cost prior,
 so its disagreement is informed outside the stuck family too; BO's ``explore_with="auto"`` keeps the
-disagreement there.
+disagreement there. (Multi-fidelity BO + pretraining, 10 seeds, went 34.5 / 46.8 → 34.1 / 38.7 with the
+stream: within that row's seed-to-seed spread, so not evidence enough to make it the default there.)
 
 Both signals are functions of the results told, so a resumed search makes the same choices.
 """
