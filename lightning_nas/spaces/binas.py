@@ -197,10 +197,11 @@ class _Layout:
             rows = self.onehot_t.sum(1, keepdim=True).expand(groups, c)
         else:
             rows = torch.full((1, c), float(n), dtype=stat, device=device)
-        elements = rows * pixels
-        self.inv_elements = 1 / elements.clamp_min(1)
+        # Both factors are functions of a statistic's row count k in 0..n: one lookup in a table
+        # built once per (n, pixels) (five calls, where computing them took seven).
+        counts = rows.to(torch.long).reshape(-1)
+        self.inv_elements, self.unbias = _count_factors(n, pixels, stat, device).index_select(1, counts).view(2, *rows.shape).unbind(0)
         self.inv_elements2 = torch.cat((self.inv_elements, self.inv_elements), 1)
-        self.unbias = elements / (elements - 1).clamp_min(1)
         self.seen = rows > 0
         self.seen_any = list(self.seen.any(1).unbind())
         self._lerp_weights: dict[tuple[float, torch.dtype], list[Tensor]] = {}
@@ -303,6 +304,20 @@ def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tenso
 
 
 _EYES: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+_COUNT_FACTORS: dict[tuple[int, int, torch.dtype, torch.device], Tensor] = {}
+
+
+def _count_factors(n: int, pixels: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(2, n + 1)``: for a statistic over ``k`` of ``n`` rows of ``pixels`` elements each
+    (``M = k * pixels``), ``1 / max(M, 1)`` and ``M / max(M - 1, 1)`` (made once per key, in float64)."""
+    key = (n, pixels, dtype, torch.device(device))
+    if not torch.compiler.is_compiling() and key in _COUNT_FACTORS:
+        return _COUNT_FACTORS[key]
+    elements = torch.arange(n + 1, dtype=torch.float64) * pixels
+    table = torch.stack((1 / elements.clamp_min(1), elements / (elements - 1).clamp_min(1))).to(device=device, dtype=dtype)
+    if not torch.compiler.is_compiling():  # no tensors kept across calls inside a graph
+        _COUNT_FACTORS[key] = table
+    return table
 
 
 def _eye(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
