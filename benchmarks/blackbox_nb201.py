@@ -354,8 +354,9 @@ def report(args, rows: dict, cons: dict, command: str, evaluator: TabularEvaluat
         "probability of beating its own prediction of the incumbent, then to the ensemble mean. Stall fallback "
         "(BO and RANK-NOSH): half of each batch after 16 equivalent evaluations without a better full-fidelity "
         "result goes half to the unevaluated cells nearest the incumbent, half to an exploratory stream (GP-UCB "
-        "on a pairwise-interaction kernel fitted on the first random batch and the stream's own results: RANK-NOSH "
-        "and BO without pretraining) or to the members' largest disagreement (BO with pretraining). "
+        "on a pairwise-interaction kernel fitted on the first random batch and the stream's own results: RANK-NOSH, "
+        "BO without pretraining and multi-fidelity BO, whose refits are warm-started) or to the members' largest "
+        "disagreement (BO with pretraining, every refit from the pretrained weights). "
         + (f"Proxy rows: pretraining on {', '.join(PROXIES)} of the {len(json.loads(args.proxy_cache.read_text())['rows'])} "
            f"cells in `{args.proxy_cache.name}` (`benchmarks/proxies_nb201.py --cache`; the same cells for every seed). "
            if args.proxy_cache is not None else "")

@@ -120,11 +120,17 @@ def test_bo_explores_with_its_stream_only_when_stalled_and_reproduces() -> None:
         BayesianOptimization(synthetic_space(), explore_with="random")
 
 
-def test_auto_streams_without_a_pretrained_prior_only() -> None:
+def test_auto_streams_unless_every_refit_restarts_from_a_pretrained_prior() -> None:
     costs = SyntheticEvaluator().costs
     assert BayesianOptimization(synthetic_space()).explore_with == "interaction"
+    assert BayesianOptimization(synthetic_space(), warm_start=True).explore_with == "interaction"
     assert BayesianOptimization(synthetic_space(), cost_model=costs, pretrain_metrics=["cost"]).explore_with \
         == "disagreement"
+    # Warm-started refits (the multi-fidelity schedule's) drift from the prior: the stream.
+    assert BayesianOptimization(synthetic_space(), cost_model=costs, pretrain_metrics=["cost"], warm_start=True,
+                                fidelities=(1.0, 4.0)).explore_with == "interaction"
+    assert BayesianOptimization(synthetic_space(), cost_model=costs, pretrain_metrics=["cost"], warm_start=True,
+                                explore_with="disagreement").explore_with == "disagreement"
     assert BayesianOptimization(synthetic_space(), cost_model=costs, pretrain_metrics=["cost"],
                                 explore_with="interaction").explore_with == "interaction"
 
