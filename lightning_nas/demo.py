@@ -200,7 +200,7 @@ def run_demo(
     strength: float = 0.75,
     space: Mapping[str, Any] | None = None,
     target_fractions: Sequence[float] = (0.2, 0.5, 0.8),
-    estimation_passes: int = 80,
+    estimation_passes: int = 40,
     estimator: str = "log_error",
     num_ranked: int = 40,
     num_random: int = 100,
