@@ -66,6 +66,10 @@ __all__ = ["DEMO_SPACE", "SupernetClassifier", "accuracy", "best_neighbours", "f
 LATENCY_ATTEMPTS = 3
 #: One-change neighbours of a pick measured to correct its accuracy prediction.
 NEIGHBOURS = 8
+#: Calibrated latency table's MAPE (%) on the random subnets above which their timings are reported as
+#: disturbed: idle runs of the demo give 1-3 %; 18 % was seen with four processes on two cores, where
+#: the load changed while the subnets were timed and the budgets no longer meant what they said.
+DISTURBED_MAPE = 10.0
 
 #: The demo's search space: ``binas_supernet("tiny", **DEMO_SPACE)``.
 DEMO_SPACE: dict[str, Any] = dict(in_chans=1, max_depth=3, min_depth=1, expand_ratios=(2, 6), kernel_sizes=(3,))
@@ -123,6 +127,12 @@ class _StageClock(pl.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._mark(self.train_end)
+
+
+def _disturbed_warning(mape_percent: float) -> str:
+    return (f"warning: latency timings disturbed (calibrated table {mape_percent:.1f} % off the random subnets' timings, "
+            f"idle runs 1-3 %): other jobs' load changed while they were timed, so budgets and the latency check are "
+            "unreliable; rerun on a quieter machine, or with --threads 1 beside other jobs")
 
 
 def _say(message: str) -> None:
@@ -336,6 +346,9 @@ def run_demo(
             check = check_latency(supernet, latency_table, archs=randoms)
         random_ms = check.measured.astype(float)
         latency_model = check.calibrated(latency_table)
+        disturbed = latency_model.metadata["calibration"]["mape_after_percent"] > DISTURBED_MAPE
+        if disturbed and progress:
+            _say(_disturbed_warning(latency_model.metadata["calibration"]["mape_after_percent"]))
 
         # Three budgets: quantiles of the calibrated latency of random subnets. The solver's bound is the
         # table's quantile less the headroom, mapped through the calibration: monotone, so the first pick
@@ -498,7 +511,7 @@ def run_demo(
             "latency": {"statistic": settings.statistic, "repeats": settings.repeats, "headroom": latency_headroom,
                         "mape_table_percent": check.mape, "mape_calibrated_percent": latency_model.metadata["calibration"]["mape_after_percent"],
                         "calibration": {k: latency_model.metadata["calibration"][k] for k in ("offset", "scale", "archs")},
-                        "drift": drift, "speed_at_start": check.speed},
+                        "drift": drift, "speed_at_start": check.speed, "disturbed": bool(disturbed)},
             "ranking": {"num_subnets": num_ranked, **ranking, "all_random": {"num_subnets": num_random, "kendall_tau": tau_all}},
             "measured": truth,
             "calibration": calibration_fit,
@@ -606,6 +619,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"latency ({lat['statistic']} of {lat['repeats']} calls): table MAPE {lat['mape_table_percent']:.1f} % on the random subnets, "
         f"{lat['mape_calibrated_percent']:.1f} % after calibration on them ({lat['calibration']['offset']:+.3f} ms + "
         f"{lat['calibration']['scale']:.3f} × table); range {summary['latency_range_ms'][0]:.3f}–{summary['latency_range_ms'][1]:.3f} ms",
+        *([_disturbed_warning(lat["mape_calibrated_percent"])] if lat.get("disturbed") else []),
         "",
         f"{'target ms':>9} {'pred ms':>8} {'verified':>8} {'tries':>5} {'meas ms':>8} {'':>4} {'table':>6} {'pred acc':>8} "
         f"{'meas acc':>8} {'recalib':>8} {'tuned':>8} {'beats':>6} {'params':>8} {'solve s':>8}",

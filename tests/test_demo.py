@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lightning_nas.cli import main
-from lightning_nas.demo import format_summary, run_demo
+from lightning_nas.demo import DISTURBED_MAPE, format_summary, run_demo
 
 TINY = dict(epochs=1, finetune_epochs=1, max_examples=60, copies=(2, 2, 2), estimation_passes=2, num_ranked=6, num_random=8,
             profile_repeats=3, target_fractions=(0.3, 0.7), progress=False)
@@ -79,6 +79,12 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     # Latency: every pick verified by measuring, then timed again; a pick over its budget is flagged and fails the check.
     lat = summary["latency"]
     assert lat["statistic"] == "min" and lat["calibration"]["scale"] > 0 and "built now" in summary["latency_table_note"]
+    # Timings that the calibrated table cannot follow are reported as disturbed, in the JSON and the printed report.
+    assert lat["disturbed"] == (lat["mape_calibrated_percent"] > DISTURBED_MAPE)
+    assert ("timings disturbed" in text) == lat["disturbed"]
+    for mape in (DISTURBED_MAPE + 8, 2.0):
+        noisy = {**summary, "latency": {**lat, "mape_calibrated_percent": mape, "disturbed": mape > DISTURBED_MAPE}}
+        assert ("timings disturbed" in format_summary(noisy)) == (mape > DISTURBED_MAPE)
     for r in summary["targets"]:
         assert r["verify_tries"] >= 1
         # None only when verification gave up (a heavily loaded machine): the unverified pick is reported and flagged.
