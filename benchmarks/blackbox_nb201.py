@@ -484,11 +484,14 @@ def _overhead_lines(o: dict) -> list[str]:
     lines.append(f"| BO + pretraining | {statistics.median(bo):.1f} | {min(bo):.1f} | {max(bo):.1f} | "
                  f"{statistics.median(bo_cpu):.1f} | {verdict} (wall) |")
     if o.get("tpe_ms") is None:
-        lines += ["", "Optuna TPE: not measured (optuna is not installed in this environment)."]
+        lines += ["", "Optuna TPE: not measured (optuna is not installed in this environment; it is not a project "
+                      "dependency: `uv run --locked --with optuna python benchmarks/blackbox_nb201.py ...` adds it)."]
     else:
         tpe, tpe_cpu = o["tpe_ms"], o.get("tpe_cpu_ms") or [math.nan]
         lines.append(f"| Optuna {o['optuna']} TPE (same run) | {statistics.median(tpe):.1f} | {min(tpe):.1f} | "
                      f"{max(tpe):.1f} | {statistics.median(tpe_cpu):.1f} | |")
+        lines += ["", "Optuna is not a project dependency: this comparison ran with "
+                      "`uv run --locked --with optuna python benchmarks/blackbox_nb201.py ...`."]
     return lines
 
 
