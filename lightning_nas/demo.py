@@ -64,6 +64,11 @@ __all__ = ["DEMO_SPACE", "SupernetClassifier", "accuracy", "best_neighbours", "f
 
 #: How many times a pick's latency is timed (the fastest counts) before it is found over its budget.
 LATENCY_ATTEMPTS = 3
+#: Random subnets timed beside each pick to scale its time to the machine's speed when the budgets were
+#: set: the speed is their median ratio, whose scatter (one arch's ratio: 1.5-2 % std on this CPU) falls
+#: as 1/sqrt(K), 0.9 % for 6 against 0.7 % for 10, well inside the headroom; each one costs as much
+#: time as the pick itself in every timing.
+REFERENCES = 6
 #: One-change neighbours of a pick measured to correct its accuracy prediction.
 NEIGHBOURS = 8
 #: Calibrated latency table's MAPE (%) on the random subnets above which their timings are reported as
@@ -310,7 +315,7 @@ def run_demo(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or free_cores())
     try:
-        model = SupernetClassifier(supernet, num_classes, lr=lr, epochs=epochs, distill=True, warmup=0.05)
+        model = SupernetClassifier(supernet, num_classes, lr=lr, epochs=epochs, distill=True, warmup=0.05, channels_last=True)
         options = ({"shrinkage": "empirical_bayes", "paired": estimation_passes >= 2} if estimator == "means"
                    else {"fit": "log_error", "allocation": "adaptive"})
         estimation = ContributionEstimation(
@@ -365,7 +370,7 @@ def run_demo(
         # Picks are timed beside some of the random subnets timed above and scaled to the machine's speed
         # then (fastest of up to LATENCY_ATTEMPTS timings), so another job starting or stopping mid-run
         # is not taken for a slower or faster arch.
-        timer = ReferenceTimer(supernet, settings, randoms[:10], random_ms[:10], attempts=LATENCY_ATTEMPTS, seed=seed)
+        timer = ReferenceTimer(supernet, settings, randoms[:REFERENCES], random_ms[:REFERENCES], attempts=LATENCY_ATTEMPTS, seed=seed)
 
         found = []
         with _stage("solving", times, progress):
@@ -434,7 +439,7 @@ def run_demo(
                 recalibrated = accuracy(supernet.export(arch, calibration_batches=batches), val)
                 atomic_write_json(run_dir / f"arch_{k}.json", arch)
             with _stage("fine-tuning", times, progress):
-                tuned = SupernetClassifier(subnet.train(), num_classes, lr=0.02, epochs=finetune_epochs)
+                tuned = SupernetClassifier(subnet.train(), num_classes, lr=0.02, epochs=finetune_epochs, channels_last=True)
                 _trainer(finetune_epochs, run_dir, f"finetune_{k}", [], progress).fit(tuned, train)
                 finetuned = accuracy(subnet, val)
                 atomic_save(subnet.state_dict(), run_dir / f"subnet_{k}.pt")

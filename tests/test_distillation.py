@@ -133,3 +133,29 @@ def test_trainer_under_bf16_mixed_precision_learns():
 def test_temperature_must_be_a_finite_positive_float(temperature):
     with pytest.raises(ValueError, match=r"`temperature` must be a finite float > 0, got"):
         distillation_kl(torch.zeros(2, 3), torch.zeros(2, 3), temperature)
+
+
+def test_channels_last_classifier_keeps_its_weights_and_inputs_channels_last_and_computes_the_same():
+    torch.manual_seed(0)
+    contiguous = SUPERNETS["binas"]()
+    model = SupernetClassifier(copy.deepcopy(contiguous), 4, distill=True, channels_last=True)
+    reference = SupernetClassifier(contiguous, 4, distill=True)
+    convs = [p for p in model.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs) and not all(p.is_contiguous() for p in convs)
+    x = torch.randn(8, 3, 16, 16)
+    assert model._layout(x).is_contiguous(memory_format=torch.channels_last) and model._layout(x[:, 0, 0]).dim() == 2
+    indices = contiguous.space.sample_indices(8, torch.Generator().manual_seed(1))
+    outputs = []
+    for m in (reference, model):
+        m.supernet.train().activate_indices(indices)
+        out = m(x)
+        (out.square().mean() + inplace_distillation_loss(m.supernet, m._layout(x), torch.arange(8) % 4)[0]).backward()
+        outputs.append((out, [p.grad for p in m.parameters()]))
+    (a, grads_a), (b, grads_b) = outputs
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    for ga, gb in zip(grads_a, grads_b):
+        assert (ga is None) == (gb is None)
+        if ga is not None:
+            torch.testing.assert_close(gb, ga, rtol=1e-3, atol=1e-5)
+    with pytest.raises(ValueError, match="`channels_last` must be a bool"):
+        SupernetClassifier(nn.Linear(2, 2), 2, channels_last="yes")

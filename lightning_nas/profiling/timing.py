@@ -222,9 +222,9 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
 def time_module(module: nn.Module, input_shape: Sequence[int], settings: ProfileSettings, *, seed: int = 0) -> TimingResult:
     """Time ``module`` on a random input of ``input_shape``.
 
-    The module and input are moved to ``settings.device`` / ``settings.dtype`` (the module in
-    place: pass a copy if that matters); its train/eval flags are restored afterwards, and so is
-    the thread count.
+    The module and input are moved to ``settings.device`` / ``settings.dtype`` and the module's
+    weights to the default (contiguous) memory layout (in place: pass a copy if that matters);
+    its train/eval flags are restored afterwards, and so is the thread count.
 
     Args:
         module: the module; called as ``module(x)``.
@@ -270,7 +270,9 @@ def time_modules(items: Sequence[tuple[nn.Module, Sequence[int]]], settings: Pro
             raise ValueError(f"`input_shape` must be a tuple of positive ints, got {input_shape!r}")
         x = example_input(shape, vocab, seed=seed)
         x = x.to(device=device) if vocab is not None else x.to(device=device, dtype=dtype)  # token ids stay integers
-        prepared.append((module.to(device=device, dtype=dtype), x))
+        # Weights in the default layout, as the inputs: a supernet trained channels-last would
+        # otherwise time its blocks with layout conversions that its table's other entries lack.
+        prepared.append((module.to(device=device, dtype=dtype, memory_format=torch.contiguous_format), x))
     if settings.pin_malloc and device.type == "cpu":
         pin_malloc_thresholds()
     rounds = min(settings.rounds, settings.repeats)

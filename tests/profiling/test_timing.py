@@ -179,3 +179,12 @@ def test_pin_malloc_in_a_fresh_process():
     # Pinning is process-wide and irreversible: keep it out of the test process.
     done = subprocess.run([sys.executable, "-c", PIN_SCRIPT], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_time_module_times_weights_in_the_default_layout():
+    # A supernet trained channels-last exports channels-last blocks; timed as they are, with
+    # contiguous inputs, they would pay layout conversions that the table's other entries do not.
+    conv = nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    time_module(conv, (1, 4, 8, 8), ProfileSettings(input_size=(4, 8, 8), repeats=2, warmup=0))
+    assert conv.weight.is_contiguous()
