@@ -154,16 +154,31 @@ def proxy_cost_model(evaluator: TabularEvaluator, cache: Path) -> tuple[Callable
     return costs, [nb201_from_op_code(code) for code in table]
 
 
+def pretraining(evaluator: TabularEvaluator, proxy_cache: Path | None = None) -> dict:
+    """BO's recommended pretraining (the "BO + pretraining" row and the overhead protocol's): the
+    table's free cost columns (params, FLOPs, latency) on 2000 draws and, with ``proxy_cache``, the
+    cached zero-cost proxies (:data:`PROXIES`) beside them on the cached cells (``pretrain_also``;
+    each metric is learnt from every arch that has it). Keyword arguments of
+    :class:`~lightning_nas.strategies.bo.BayesianOptimization`."""
+    pretrain = cost_settings(evaluator, None)["pretrain"]
+    if proxy_cache is None:
+        return dict(cost_model=evaluator.costs, pretrain_metrics=pretrain)
+    with_proxies, cached = proxy_cost_model(evaluator, proxy_cache)
+    return dict(cost_model=with_proxies, pretrain_metrics=pretrain + PROXIES, pretrain_also=cached)
+
+
 def methods(evaluator: TabularEvaluator, proxy_cache: Path | None = None
             ) -> list[tuple[str, Callable[[int], Strategy], bool, float]]:
     """(name, make(seed), multi-fidelity?, cap) for section 1 and 2. The multi-fidelity rows need two
     fidelities (the table's lowest and highest) and are left out of a table with one; the proxy
-    pretraining rows need ``proxy_cache``."""
+    pretraining rows need ``proxy_cache``, which also adds the proxies to "BO + pretraining"
+    (:func:`pretraining`; "BO + params/FLOPs/latency pretraining" then keeps the cost columns alone)."""
     space = nb201_search_space()
     costs = evaluator.costs
     settings = cost_settings(evaluator, None)
     pretrain = settings["pretrain"]
     bo = dict(cost_model=costs, **BO_SETTINGS)
+    recommended = pretraining(evaluator, proxy_cache)
     low, full = min(evaluator.fidelities), evaluator.full_fidelity
     mf = {**MF_SETTINGS, "fidelities": (low, full)}
     rows = [
@@ -173,7 +188,7 @@ def methods(evaluator: TabularEvaluator, proxy_cache: Path | None = None
          lambda s: LayerNAS(space, seed=s, cost_model=costs, cost=settings["flops"], buckets=10, per_bucket=2, passes=3),
          False, 3000),
         ("BO", lambda s: BayesianOptimization(space, seed=s, **bo), False, 300),
-        ("BO + pretraining", lambda s: BayesianOptimization(space, seed=s, pretrain_metrics=pretrain, **bo), False, 300),
+        ("BO + pretraining", lambda s: BayesianOptimization(space, seed=s, **{**bo, **recommended}), False, 300),
     ]
     if low < full:
         rows += [
@@ -191,6 +206,9 @@ def methods(evaluator: TabularEvaluator, proxy_cache: Path | None = None
              lambda s: BayesianOptimization(space, seed=s, pretrain_metrics=PROXIES, **proxy_bo), False, 300),
             ("BO + params/FLOPs/latency + proxy pretraining",
              lambda s: BayesianOptimization(space, seed=s, pretrain_metrics=pretrain + PROXIES, **proxy_bo), False, 300),
+            # "BO + pretraining" without the proxies beside the cost columns (the row it was before them).
+            ("BO + params/FLOPs/latency pretraining",
+             lambda s: BayesianOptimization(space, seed=s, pretrain_metrics=pretrain, **bo), False, 300),
         ]
     return rows
 
@@ -346,9 +364,14 @@ def report(args, rows: dict, cons: dict, command: str, evaluator: TabularEvaluat
         f"(`{valid}`), test accuracy (`{test}`) reported; optimum = {where}valid {bench.value(optimum, valid):.2f}, "
         f"test {opt_test:.2f}. Multi-fidelity methods (BO MF, RANK-NOSH) count equivalent full evaluations "
         f"({low:g}-epoch evaluation = {low / full:.2g}). A run that misses the optimum within its cap counts as the cap.",
-        "- BO: 6 members, trunk 64-64-64, branch 64, 100 Adam steps per refit from the pretrained (or fresh) weights "
+        "- BO: 6 members, trunk 64-64-64, branch 64, hard-swish activations, 100 Adam steps (ATen's fused kernel) per "
+        "refit from the pretrained (or fresh) weights "
         "(lr 5e-3, minibatch 16), targets as rank-based normal scores, MC-PI, batches of 8 (first batch random); "
-        f"pretraining on {', '.join(f'`{c}`' for c in settings['pretrain'])} of 2000 archs (500 steps, lr 1e-2); "
+        f"pretraining on {', '.join(f'`{c}`' for c in settings['pretrain'])} of 2000 archs (500 steps, lr 1e-2)"
+        + (f", and for the BO + pretraining row (the recommended pretraining) also on {', '.join(PROXIES)} of the "
+           f"cached cells beside them (`pretrain_also`: each metric learnt from every arch that has it; "
+           "BO + params/FLOPs/latency pretraining and BO MF + pretraining: the cost columns alone)"
+           if args.proxy_cache is not None else "") + "; "
         f"MF: fidelities {low:g} and {full:g} epochs, p = 5, q = 3, f = 10 (thesis schedule), refits warm-started from "
         "the previous refit, 20 steps each. Flat acquisition (BO): places MC-PI cannot rank go to each member's "
         "probability of beating its own prediction of the incumbent, then to the ensemble mean. Stall fallback "
@@ -357,7 +380,8 @@ def report(args, rows: dict, cons: dict, command: str, evaluator: TabularEvaluat
         "on a pairwise-interaction kernel fitted on the first random batch and the stream's own results: RANK-NOSH, "
         "BO without pretraining and multi-fidelity BO, whose refits are warm-started) or to the members' largest "
         "disagreement (BO with pretraining, every refit from the pretrained weights). "
-        + (f"Proxy rows: pretraining on {', '.join(PROXIES)} of the {len(json.loads(args.proxy_cache.read_text())['rows'])} "
+        + (f"Proxy rows (BO + proxy pretraining, BO + params/FLOPs/latency + proxy pretraining): pretraining only on "
+           f"{', '.join(PROXIES)} (and the cost columns) of the {len(json.loads(args.proxy_cache.read_text())['rows'])} "
            f"cells in `{args.proxy_cache.name}` (`benchmarks/proxies_nb201.py --cache`; the same cells for every seed). "
            if args.proxy_cache is not None else "")
         + "Settings: "
@@ -414,11 +438,13 @@ def report(args, rows: dict, cons: dict, command: str, evaluator: TabularEvaluat
     return "\n".join(lines) + "\n"
 
 
-def ask_overhead(evaluator: TabularEvaluator, observations: int = 100, batches: int = 5, seed: int = 0) -> dict:
+def ask_overhead(evaluator: TabularEvaluator, observations: int = 100, batches: int = 5, seed: int = 0,
+                 proxy_cache: Path | None = None) -> dict:
     """Time BO's proposals once ``observations`` results are told (the issue's protocol), beside
     Optuna's TPE in the same process when Optuna is installed.
 
-    BO + pretraining (pretraining excluded: it runs once, before the first proposal; timed apart) is
+    BO + pretraining (:func:`pretraining`, with the proxies when ``proxy_cache`` is given; pretraining
+    excluded: it runs once, before the first proposal; timed apart) is
     driven by ask/tell on the table until ``observations`` results, then each of the next ``batches``
     iterations is timed (refit + acquisition over every unevaluated cell): ms per proposal = the
     iteration's time / its proposals. TPE (``optuna.samplers.TPESampler(seed=seed)``, the six edges as
@@ -430,9 +456,7 @@ def ask_overhead(evaluator: TabularEvaluator, observations: int = 100, batches: 
     full = evaluator.full_fidelity
     valid = evaluator.valid_columns[full]
     out: dict = {"observations": observations}
-    settings = cost_settings(evaluator, None)
-    strategy = BayesianOptimization(space, seed=seed, cost_model=evaluator.costs, pretrain_metrics=settings["pretrain"],
-                                    **BO_SETTINGS)
+    strategy = BayesianOptimization(space, seed=seed, **pretraining(evaluator, proxy_cache), **BO_SETTINGS)
     start = time.perf_counter()
     strategy._pretrain()
     out["pretrain_s"] = time.perf_counter() - start
@@ -631,7 +655,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: reached at {counts} ({time.perf_counter() - t:.0f} s)", flush=True)
     has_latency = cost_settings(evaluator, args.latency)["latency"] is not None
     cons = None if args.no_constrained or not has_latency else constrained(args, evaluator, bench)
-    overhead = None if args.no_overhead else ask_overhead(evaluator)
+    overhead = None if args.no_overhead else ask_overhead(evaluator, proxy_cache=args.proxy_cache)
     if args.dump is not None:
         args.dump.write_text(json.dumps({"rows": rows, "overhead": overhead, "constrained": cons, "command": command,
                                          "first_seed": args.first_seed}))

@@ -7,7 +7,11 @@ proposes the best-scoring batch. Options, all from the thesis:
 - **Pretraining** on zero-cost metrics (``pretrain_metrics``: columns of the cost model such as
   parameters, FLOPs, latency) of ``pretrain_archs`` unevaluated architectures, all metrics at once
   (one head per metric on the shared trunk). The search then starts every refit from the pretrained
-  weights and trains the trunk together with fresh fidelity heads.
+  weights and trains the trunk together with fresh fidelity heads. Costly zero-cost proxies
+  (:mod:`lightning_nas.proxies`: synflow, NASWOT, jacob_cov), computed on a few archs, go beside
+  the free cost columns with ``pretrain_also`` (a metric the cost model gives as NaN for an arch is
+  missing there); compared with the cost columns alone on both NB201 tables in RESULTS.md
+  (``benchmarks/blackbox_nb201.py --proxy-cache``).
 - **Acquisition**: Monte-Carlo probability of improvement over the members (``"pi"``, default;
   ties broken by the ensemble mean), Monte-Carlo expected improvement (``"ei"``) or mean +
   ``ucb_beta`` · std (``"ucb"``). See :func:`acquisition`.
@@ -61,7 +65,9 @@ Choices of ours where the thesis is silent:
   An earlier version also made every place a flat PI left exploratory; on both NB201 tables that cost
   evaluations (BO + pretraining, 20 seeds, CIFAR-10 / CIFAR-100: 55.3 / 49.0 against 51.1 / 39.4;
   see :mod:`~lightning_nas.strategies.exploration`).
-- **Speed**: the ensemble's refits use a hand-written gradient and an in-place Adam, an
+- **Speed**: the ensemble's refits use a hand-written gradient and ATen's fused Adam kernel, its
+  blocks hard-swish instead of SiLU (``activation``; SiLU's exponential was a third of the time
+  of scoring the 15,625 NB201 cells every iteration), an
   enumerable space is scored once per iteration (candidates and observed archs by position), a
   batch is picked by partial sorts (:func:`~lightning_nas.strategies.exploration.lexsort_top`), and
   a refit that loads its weights (pretrained or warm) reuses one module instead of initialising a
@@ -86,7 +92,7 @@ import torch
 from lightning_nas.seeding import derive_seed
 from lightning_nas.strategies.base import BatchStrategy, Proposal, arch_key
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
-from lightning_nas.strategies.ensemble import DeepEnsemble, fit_ensemble
+from lightning_nas.strategies.ensemble import ACTIVATIONS, DeepEnsemble, fit_ensemble
 from lightning_nas.strategies.exploration import (EXPLORERS, check_stall_arguments, evaluations_since_improvement,
                                                   hamming_to, select_batch, stream_explorer)
 
@@ -191,6 +197,9 @@ class BayesianOptimization(BatchStrategy):
         members: ensemble size M.
         trunk: ensemble trunk widths (thesis: :data:`~lightning_nas.strategies.ensemble.THESIS_TRUNK`).
         branch: ensemble branch width (thesis: 512).
+        activation: the ensemble blocks' activation (:data:`~lightning_nas.strategies.ensemble.ACTIVATIONS`):
+            ``"hardswish"`` (default; SiLU's shape without its exponential, which was a third of
+            the time of scoring an enumerable space every iteration) or ``"silu"``.
         steps: Adam steps of each refit.
         lr: Adam learning rate of each refit.
         minibatch: minibatch size of each refit.
@@ -198,6 +207,10 @@ class BayesianOptimization(BatchStrategy):
         pretrain_archs: pretraining set size (uniform draws; the whole space when it is smaller).
         pretrain_on: the pretraining archs themselves, instead of ``pretrain_archs`` draws: e.g. the
             archs whose costly zero-cost proxies were computed and cached.
+        pretrain_also: archs pretrained on in addition to the draws (or ``pretrain_on``): e.g. the
+            cells whose costly proxies are cached, beside ``pretrain_archs`` draws that carry the free
+            cost columns. A metric the cost model gives as NaN for an arch is missing there (the
+            ensemble's loss skips it), so every metric is learnt from every arch that has it.
         pretrain_steps: pretraining Adam steps.
         pretrain_lr: pretraining learning rate.
         fidelities: ``(low, high)`` epochs for the multi-fidelity schedule; ``None``: one fidelity
@@ -226,10 +239,10 @@ class BayesianOptimization(BatchStrategy):
 
     def __init__(self, space, *, seed: int = 0, constraints=(), cost_model=None, acquisition: str = "pi",
                  ucb_beta: float = 1.0, batch_size: int = 8, initial: int = 8, candidates: int = 20_000,
-                 members: int = 6, trunk: Sequence[int] = (64, 64, 64), branch: int = 64, steps: int = 200,
+                 members: int = 6, trunk: Sequence[int] = (64, 64, 64), branch: int = 64, activation: str = "hardswish", steps: int = 200,
                  lr: float = 5e-3, minibatch: int = 16, pretrain_metrics: Sequence[str] = (),
                  pretrain_archs: int = 2000, pretrain_on: Sequence[dict[str, Any]] | None = None,
-                 pretrain_steps: int = 500, pretrain_lr: float = 1e-2,
+                 pretrain_also: Sequence[dict[str, Any]] = (), pretrain_steps: int = 500, pretrain_lr: float = 1e-2,
                  fidelities: tuple[float, float] | None = None, p: int = 5, q: int = 3, f: int = 10,
                  targets: str = "rank", warm_start: bool = False, stall_window: float | None = 16.0,
                  explore: float = 0.5, explore_with: str = "auto") -> None:
@@ -271,6 +284,9 @@ class BayesianOptimization(BatchStrategy):
         self.kind, self.ucb_beta = acquisition, ucb_beta
         self.batch_size, self.initial, self.candidates = batch_size, initial, candidates
         self.members, self.trunk, self.branch = members, tuple(trunk), branch
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"`activation` must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
         self.steps, self.lr, self.minibatch = steps, lr, minibatch
         self.pretrain_archs, self.pretrain_steps, self.pretrain_lr = pretrain_archs, pretrain_steps, pretrain_lr
         if pretrain_on is not None:
@@ -280,6 +296,9 @@ class BayesianOptimization(BatchStrategy):
             if not self.pretrain_metrics:
                 raise ValueError("`pretrain_on` needs `pretrain_metrics` (the metrics to pretrain on)")
         self.pretrain_on = pretrain_on
+        self.pretrain_also = [space.validate(a) for a in pretrain_also]
+        if self.pretrain_also and not self.pretrain_metrics:
+            raise ValueError("`pretrain_also` needs `pretrain_metrics` (the metrics to pretrain on)")
         self.fidelities = None if fidelities is None else (float(fidelities[0]), float(fidelities[1]))
         self.p, self.q, self.f = p, q, f
         self.stall_window, self.explore = stall_window, explore
@@ -294,7 +313,8 @@ class BayesianOptimization(BatchStrategy):
         self._model: DeepEnsemble | None = None  # the module refits load their weights into
         self._candidates = CandidatePool(space, candidates)
 
-    config_attributes = BatchStrategy.config_attributes + ("_pretrained", "_model", "_candidates", "pretrain_on")
+    config_attributes = BatchStrategy.config_attributes + ("_pretrained", "_model", "_candidates", "pretrain_on",
+                                                           "pretrain_also")
 
     # -- one iteration -------------------------------------------------------------------------
     def _next_batch(self) -> list[Proposal]:
@@ -392,7 +412,7 @@ class BayesianOptimization(BatchStrategy):
 
     def _new_model(self, seed: int) -> DeepEnsemble:
         return DeepEnsemble(self.space.encoding_size, self._heads(), members=self.members, trunk=self.trunk,
-                            branch=self.branch, seed=seed)
+                            branch=self.branch, seed=seed, activation=self.activation)
 
     def _pretrain(self) -> dict[str, torch.Tensor]:
         """Weights after pretraining on the zero-cost metrics (deterministic from the seed)."""
@@ -406,9 +426,11 @@ class BayesianOptimization(BatchStrategy):
             else:
                 archs = [{d.label: d.values[int(rng.integers(len(d.values)))] for d in self.space}
                          for _ in range(self.pretrain_archs)]
+            archs += [dict(a) for a in self.pretrain_also]
             x = one_hot(self.space, archs)
             y = torch.full((len(archs), self._heads()), float("nan"))
-            metrics = torch.tensor([[float(self.cost_model(a)[m]) for m in self.pretrain_metrics] for a in archs],
+            costs = [self.cost_model(a) for a in archs]  # once per arch: a proxy's cost model may be costly
+            metrics = torch.tensor([[float(c[m]) for m in self.pretrain_metrics] for c in costs],
                                    dtype=torch.float64).reshape(len(archs), len(self.pretrain_metrics))
             y[:, : len(self.pretrain_metrics)] = pretraining_targets(metrics).float()
             model.set_standardisation(y)

@@ -193,6 +193,35 @@ def test_pretraining_on_given_archs() -> None:
         bo(cost_model=costs, pretrain_metrics=["cost"], pretrain_on=[{"nope": 1}])
 
 
+def test_pretraining_also_on_given_archs_beside_the_draws() -> None:
+    evaluator = SyntheticEvaluator()
+    extra = evaluator.all_archs()[:10]
+    calls = []
+
+    def costs(arch):  # "proxy" known only on the extra archs (NaN elsewhere), "cost" everywhere
+        calls.append(arch)
+        known = any(arch == e for e in extra)
+        return {**evaluator.costs(arch), "proxy": float(arch["l0"]) if known else math.nan}
+
+    strategy = bo(0, cost_model=costs, pretrain_metrics=["cost", "proxy"], pretrain_archs=30, pretrain_also=extra,
+                  pretrain_steps=5)
+    weights = strategy._pretrain()
+    assert len(calls) == 40 and calls[30:] == extra  # the 30 draws, then the given archs
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert "pretrain_also" not in strategy.state_dict()  # configuration, not search state
+    with pytest.raises(ValueError, match="`pretrain_also` needs `pretrain_metrics`"):
+        bo(cost_model=costs, pretrain_also=extra)
+    with pytest.raises(ValueError, match="unknown label"):
+        bo(cost_model=costs, pretrain_metrics=["cost"], pretrain_also=[{"nope": 1}])
+
+
+def test_activation_reaches_the_ensemble() -> None:
+    assert bo(0)._new_model(0).activation == "hardswish"
+    assert bo(0, activation="silu")._new_model(0).trunk[0].activation == "silu"
+    with pytest.raises(ValueError, match="`activation` must be one of"):
+        bo(activation="gelu")
+
+
 def test_one_hot_equals_search_space_encoding() -> None:
     space = synthetic_space(3, 5)
     archs = space.sample_many(20, seed=0)

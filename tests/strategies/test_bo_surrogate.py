@@ -20,10 +20,11 @@ from synthetic import synthetic_space  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.mark.parametrize("activation", ["silu", "hardswish"])
 @pytest.mark.parametrize("missing", [0.0, 0.4])
-def test_hand_written_gradient_equals_autograd(missing: float) -> None:
+def test_hand_written_gradient_equals_autograd(missing: float, activation: str) -> None:
     generator = torch.Generator().manual_seed(0)
-    model = DeepEnsemble(12, 3, members=4, trunk=(16, 8), branch=8, seed=1)
+    model = DeepEnsemble(12, 3, members=4, trunk=(16, 8), branch=8, seed=1, activation=activation)
     x = torch.randn(4, 10, 12, generator=generator)
     target = torch.randn(4, 10, 3, generator=generator) * 2  # beyond Huber's δ = 1 too
     target[torch.rand(4, 10, 3, generator=generator) < missing] = float("nan")
@@ -41,11 +42,15 @@ def test_hand_written_gradient_equals_autograd(missing: float) -> None:
     assert all(p.grad is None for p in (*model.branches[1].parameters(), *model.heads[1].parameters()))
 
 
-def test_flat_adam_equals_torch_adam() -> None:
+@pytest.mark.parametrize("fused", [True, False])
+def test_flat_adam_equals_torch_adam(fused: bool) -> None:
     generator = torch.Generator().manual_seed(0)
     mine = torch.randn(50, generator=generator)
     theirs = torch.nn.Parameter(mine.clone())
     adam, reference = _FlatAdam(mine, 1e-2), torch.optim.Adam([theirs], lr=1e-2)
+    if not fused:  # the fallback of a torch without ATen's fused kernel
+        adam.fused, adam.denom = False, torch.empty_like(mine)
+    assert adam.fused == fused
     for _ in range(20):
         grad = torch.randn(50, generator=generator)
         adam.step(grad)
@@ -54,13 +59,23 @@ def test_flat_adam_equals_torch_adam() -> None:
     torch.testing.assert_close(mine, theirs.detach(), rtol=1e-6, atol=1e-7)
 
 
-def test_folded_prediction_equals_forward() -> None:
-    model = DeepEnsemble(10, 2, members=3, trunk=(16, 16), branch=8, seed=2)
+@pytest.mark.parametrize("activation", ["silu", "hardswish"])
+def test_folded_prediction_equals_forward(activation: str) -> None:
+    model = DeepEnsemble(10, 2, members=3, trunk=(16, 16), branch=8, seed=2, activation=activation)
     model.target_mean[1], model.target_std[1] = 0.7, 3.0
     x = torch.randn(300, 10, generator=torch.Generator().manual_seed(1))
     expected = model(x).detach()[..., 1] * 3.0 + 0.7
     for chunk in (64, 2048):  # several chunks and one
         torch.testing.assert_close(model.predict(x, 1, chunk=chunk), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_activation_is_checked_and_changes_only_the_nonlinearity() -> None:
+    with pytest.raises(ValueError, match="`activation` must be one of"):
+        DeepEnsemble(10, 2, activation="relu")
+    silu, hard = (DeepEnsemble(10, 2, members=3, seed=2, activation=a) for a in ("silu", "hardswish"))
+    assert all(torch.equal(a, b) for a, b in zip(silu.state_dict().values(), hard.state_dict().values()))
+    x = torch.randn(50, 10, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(silu.predict(x, 0), hard.predict(x, 0))
 
 
 def test_pool_positions_equal_a_pass_over_the_space() -> None:
