@@ -177,8 +177,8 @@ def test_a_per_example_step_with_stage_depths_reads_nothing_on_the_host():
 def test_operator_calls_stay_bounded():
     """Operator calls (kernel launches on a GPU) of a per-example training step with static shapes
     against grouped rows and the largest static subnet: a regression bound (kernel calls measured
-    on this model at batch 8, fixed depths, on 2026-12-03: 767, grouped rows 983, the subnet 271,
-    i.e. 2.83x, from 1135 and 4.19x before; the 12 elastic BatchNorms make most of them)."""
+    on this model at batch 8, fixed depths, on 2026-12-03: 731, grouped rows 935, the subnet 271,
+    i.e. 2.70x, from 767 (2.83x) and, earlier, 1135 (4.19x); the 12 elastic BatchNorms make most of them)."""
     net = small_binas(min_depth=2, max_depth=2).train()
     x = _input(8, 0)
 
@@ -196,12 +196,12 @@ def test_operator_calls_stay_bounded():
     net.activate_indices(indices)
     grouped = calls(net)
     assert static <= grouped, (static, grouped)
-    assert static <= 3.0 * subnet, (static, subnet)
+    assert static <= 2.8 * subnet, (static, subnet)
 
 
 def test_grouped_norm_count_factors_table():
-    """``1 / M`` and ``M / (M - 1)`` by row count (``M = k * pixels``, clamped to 1), as the grouped
-    BatchNorm's layout looks them up, and kept per key."""
+    """``1 / M``, ``M / (M - 1)`` and whether ``k > 0`` by row count (``M = k * pixels``, clamped
+    to 1), as the grouped BatchNorm's layout looks them up, and kept per key."""
     from lightning_nas.spaces.binas import _count_factors
 
     table = _count_factors(4, 6, torch.float64, torch.device("cpu"))
@@ -212,3 +212,4 @@ def test_grouped_norm_count_factors_table():
     assert _count_factors(4, 6, torch.float64, torch.device("cpu")) is table
     one_pixel = _count_factors(2, 1, torch.float32, torch.device("cpu"))
     assert one_pixel.dtype == torch.float32 and one_pixel[1].tolist() == [0.0, 1.0, 2.0]  # M = 1: no unbiasing by 1 / 0
+    torch.testing.assert_close(table[2], (elements > 0).double())  # seen: some row behind the statistic
