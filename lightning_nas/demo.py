@@ -50,7 +50,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_nas.callbacks import ContributionEstimation, LatencyProfiler, UniformSampling
 from lightning_nas.classification import SupernetClassifier
-from lightning_nas.bilinear import BilinearTable
 from lightning_nas.data import augmented_digits, gratings_dataset, load_image_dataset, split_dataset, to_tensors
 from lightning_nas.estimators import kendall_tau, ranking_report, table2_predictors
 from lightning_nas.io import atomic_save, atomic_write_json, next_version_dir
@@ -139,16 +138,6 @@ def _disturbed_warning(mape_percent: float) -> str:
     return (f"warning: latency timings disturbed (calibrated table {mape_percent:.1f} % off the random subnets' timings, "
             f"idle runs 1-3 %): other jobs' load changed while they were timed, so budgets and the latency check are "
             "unreliable; rerun on a quieter machine, or with --threads 1 beside other jobs")
-
-
-def _scaled(table: BilinearTable, factor: float) -> BilinearTable:
-    """``factor ×`` the table (every entry and the constant; an identity-link table, as latency's)."""
-    if factor == 1.0:
-        return table
-    if table.link != "identity":
-        raise ValueError(f"only an identity-link table scales entry by entry, got link {table.link!r}")
-    return BilinearTable(table.staged, factor * table.constant, factor * table.block, factor * table.depth,
-                         name=table.name, unit=table.unit, metadata={**table.metadata, "scaled": factor})
 
 
 def _say(message: str) -> None:
@@ -383,15 +372,10 @@ def run_demo(
         # is not taken for a slower or faster arch.
         timer = ReferenceTimer(supernet, settings, randoms[:REFERENCES], random_ms[:REFERENCES], attempts=LATENCY_ATTEMPTS, seed=seed)
 
-        # The picks sit in the space's accurate corner, where the calibrated table under-predicted their
-        # measured time by 1-7 % in development runs, so most first picks were measured over the bound and
-        # replaced. The median measured / predicted ratio of the archs verified so far scales the table the
-        # next budget's solver sees (the measurements are still checked against the bound itself).
-        found, ratios, scales = [], [], []
+        found = []
         with _stage("solving", times, progress):
             for target, bound in zip(targets, bounds):
-                scales.append(float(np.median(ratios)) if ratios else 1.0)
-                limit = Limit(_scaled(latency_model, scales[-1]), upper=bound)
+                limit = Limit(latency_model, upper=bound)
                 try:
                     # Every attempt, as at the end (no early stop once within the bound): the
                     # references' fastest times then set the speed as they will at the end. A single
@@ -402,7 +386,6 @@ def run_demo(
                     _say(f"budget {target:.3f} ms: {err}")
                     found.append(search_constrained(accuracy_table, [limit]))
                     found[-1].details["verification"] = getattr(err, "tries", [])
-                ratios += [t["measured"]["latency"] * scales[-1] / t["predicted"]["latency"] for t in found[-1].details["verification"]]
         picks = [f.arch for f in found]
         # A pick's accuracy is predicted from its neighbourhood: the best one-change neighbours that fit the
         # same bound are measured with the random subnets, and the table's mean error on them corrects the
@@ -450,7 +433,7 @@ def run_demo(
 
         near_table = [accuracy_table.predict_many(group) if group else np.zeros(0) for group in near]
         results = []
-        for k, (target, bound, result, arch) in enumerate(zip(targets, bounds, found, picks)):
+        for k, (target, result, arch) in enumerate(zip(targets, found, picks)):
             with _stage("export", times, progress):
                 subnet = supernet.export(arch, calibration_batches=calibration)
                 recalibrated = accuracy(supernet.export(arch, calibration_batches=batches), val)
@@ -467,9 +450,7 @@ def run_demo(
                 "arch": arch,
                 "status": result.status,
                 "solve_seconds": result.solve_seconds,
-                "predicted_ms": float(latency_model.predict(arch)),
-                "bound_ms": bound,
-                "latency_scale": scales[k],
+                "predicted_ms": result.resources["latency"],
                 "verified_ms": result.details.get("measured", {}).get("latency"),
                 "verify_tries": len(result.details["verification"]),
                 "measured_ms": float(pick_ms[k]),
@@ -663,9 +644,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
     cal = summary["calibration"]
     line_accs = ", ".join(f"{r['line_acc']:.3f}" for r in summary["targets"])
-    scales = ", ".join(f"{r.get('latency_scale', 1.0):.3f}" for r in summary["targets"])
-    lines += [f"(pred ms: the calibrated latency table (the solver saw it times {scales}: the median measured / predicted "
-              f"ratio of the archs verified for the smaller budgets); verified: the pick measured during the search, within the budget less "
+    lines += [f"(pred ms: the calibrated latency table; verified: the pick measured during the search, within the budget less "
               f"{lat['headroom']:.0%} headroom after the listed tries; meas ms: timed again at the end beside reference "
               f"subnets and scaled to the speed the budgets were measured at (raw times in summary.json), OVER when above the budget; "
               f"table: the accuracy table's prediction; pred acc: the table corrected by its mean error on the pick's best "

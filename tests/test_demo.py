@@ -24,13 +24,6 @@ def shared_out(tmp_path_factory):
     return tmp_path_factory.mktemp("demo")
 
 
-def assert_looser_budget_allows_more(summary) -> None:
-    """Where no pick was rejected, the pick of the budget the solver saw as looser scores at least as high by the table."""
-    a, b = summary["targets"][:2]
-    if a["verify_tries"] == b["verify_tries"] == 1 and b["bound_ms"] / b["latency_scale"] >= a["bound_ms"] / a["latency_scale"]:
-        assert b["table_acc"] >= a["table_acc"] - 1e-12
-
-
 def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     tmp_path = shared_out
     before = torch.get_num_threads()
@@ -46,15 +39,14 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     low, high = summary["latency_range_ms"]
     for r in summary["targets"]:
         assert r["status"] == "optimal"
-        # The solver saw the calibrated table times the measured / predicted ratio of the archs verified before.
-        assert low <= r["predicted_ms"] and r["latency_scale"] * r["predicted_ms"] <= r["bound_ms"] + 1e-9 < r["target_ms"]
+        assert low <= r["predicted_ms"] <= r["target_ms"] + 1e-9
         assert 0.0 <= r["one_shot_acc"] <= 1.0 and 0.0 <= r["finetuned_acc"] <= 1.0
         assert r["measured_ms"] > 0
         assert 0 <= r["random_within_budget"] <= 8
     # Targets are quantiles of random subnets' predicted latency: the looser one allows more.
     assert summary["targets"][0]["target_ms"] <= summary["targets"][1]["target_ms"]
-    assert summary["targets"][0]["latency_scale"] == 1.0 and all(r["latency_scale"] > 0 for r in summary["targets"])
-    assert_looser_budget_allows_more(summary)
+    if all(r["verify_tries"] == 1 for r in summary["targets"]):  # a rejected pick moves to a smaller arch
+        assert summary["targets"][1]["table_acc"] >= summary["targets"][0]["table_acc"] - 1e-12
     cal = summary["calibration"]
     for r in summary["targets"]:  # the printed prediction: the table's, corrected by its error on the measured neighbours
         near = r["neighbours"]
@@ -112,7 +104,7 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     assert Path(again["run_dir"]) != run and (Path(again["run_dir"]) / "summary.json").exists()
     assert again["latency_table_note"].startswith("reused: built ") and "reused" in format_summary(again)
     for first, second in zip(summary["targets"], again["targets"]):
-        if first["verify_tries"] == second["verify_tries"] == 1 and first["latency_scale"] == second["latency_scale"]:
+        if first["verify_tries"] == second["verify_tries"] == 1:
             assert first["arch"] == second["arch"]
     assert again["random"]["measured_acc"] == summary["random"]["measured_acc"]
 
@@ -123,7 +115,8 @@ def test_demo_with_the_conditional_means_estimator_and_recalibrated_truth(shared
     assert table["link"] == "identity" and table["metadata"]["shrinkage"] == "empirical_bayes" and summary["estimator"] == "means"
     assert "recalibrated" in summary["measured"] and "recalibrated" in format_summary(summary)
     assert all(r["status"] == "optimal" for r in summary["targets"])
-    assert_looser_budget_allows_more(summary)
+    if all(r["verify_tries"] == 1 for r in summary["targets"]):
+        assert summary["targets"][1]["table_acc"] >= summary["targets"][0]["table_acc"] - 1e-12
 
 
 def test_an_interrupted_demo_leaves_no_empty_run_directory(tmp_path, monkeypatch):
@@ -312,21 +305,3 @@ def test_measure_subnets_equals_each_arch_active_in_the_supernet(calibrated):
             expected = (supernet(x).argmax(1) == y).numpy()
         supernet.load_state_dict(before)
         assert (row == expected).all()
-
-
-def test_a_scaled_latency_table_predicts_that_factor_times_the_table():
-    from lightning_nas.bilinear import BilinearTable
-    from lightning_nas.demo import DEMO_SPACE, _scaled
-    from lightning_nas.spaces import binas_supernet
-    from lightning_nas.spaces.staged import StagedSpace
-
-    supernet = binas_supernet("tiny", num_classes=10, **DEMO_SPACE)
-    staged = StagedSpace.of(supernet)
-    rng = np.random.default_rng(0)
-    block = rng.random((staged.num_stages, staged.max_blocks, staged.num_configs))
-    table = BilinearTable(staged, 0.5, block, rng.random((staged.num_stages, staged.max_depth_options)), name="latency", unit="ms")
-    archs = supernet.space.sample_many(5, 0)
-    assert _scaled(table, 1.0) is table
-    scaled = _scaled(table, 1.04)
-    assert scaled.name == "latency" and scaled.metadata["scaled"] == 1.04
-    np.testing.assert_allclose(scaled.predict_many(archs), 1.04 * table.predict_many(archs))
