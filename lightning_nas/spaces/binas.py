@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -230,7 +231,6 @@ class _Layout:
 
     def __init__(self, group: Tensor | None, mask: Tensor | None, groups: int, n: int, c: int, pixels: int, stat: torch.dtype, device) -> None:
         self.group, self.mask = group, mask
-        self.mask4 = None if mask is None else mask.view(n, c, 1, 1)  # for the single-norm kernels
         # onehot_t: (G, n) one-hot of each row's group, transposed for the sums over rows.
         self.onehot_t = None if group is None else _eye(groups, stat, device).index_select(1, group)
         used = None if mask is None else _cast(mask, stat)
@@ -263,6 +263,11 @@ class _Layout:
         if self.mask is not None:
             rows = rows * self.mask  # broadcasts a single group's (K, 1, C) over the rows too
         return rows.reshape(*rows.shape, 1, 1)  # (K, 1, C, 1, 1) broadcasts over the rows
+
+    @functools.cached_property
+    def mask4(self) -> Tensor | None:
+        """``mask`` as ``(n, C, 1, 1)`` (for the single-norm kernels; made when first asked for)."""
+        return None if self.mask is None else self.mask.view(*self.mask.shape, 1, 1)
 
     def lerp_weights(self, momentum: float, dtype: torch.dtype) -> list[Tensor]:
         """Per norm, ``(C,)`` running-average weights: ``momentum`` where seen, else 0."""
