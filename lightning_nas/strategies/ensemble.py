@@ -26,8 +26,11 @@ Speed (a BO search refits and rescores every few evaluations, so both run hundre
   affine and the activation per block, in place in buffers reused across chunks: scoring 15,625
   NB201 cells takes 69 ms instead of 123 ms with ``F.layer_norm`` and the affine (SiLU, one CPU
   thread, side by side).
-- SiLU's exponential was then a third of the scoring time; ``activation="hardswish"`` (BO's
-  default) replaces it with a few comparisons and multiplies (:data:`ACTIVATIONS`).
+- SiLU's exponential was then a third of the scoring time; ``activation="hardswish"`` replaces it
+  with a few comparisons and multiplies (:data:`ACTIVATIONS`), and ``fused_adam=True`` runs ATen's
+  fused Adam kernel (:class:`_FlatAdam`). Both are opt-in: they change the model or the float
+  rounding, and on NB201 that reshuffled the BO searches seed by seed, with seeds at the cap that
+  the defaults do not have (RESULTS.md, issue 23 notes).
 """
 
 from __future__ import annotations
@@ -222,7 +225,7 @@ def _adam(params, lr: float) -> torch.optim.Adam:
 
 
 def fit_ensemble(model: DeepEnsemble, x: Tensor, targets: Tensor, *, steps: int, lr: float = 5e-3,
-                 batch_size: int = 16, seed: int = 0) -> float:
+                 batch_size: int = 16, seed: int = 0, fused_adam: bool = False) -> float:
     """Train ``model`` on ``x`` ``(N, in)`` and ``targets`` ``(N, T)`` (NaN = missing) with Adam.
 
     Each member draws its own minibatches (independent shuffles). Targets are standardised with the
@@ -234,7 +237,8 @@ def fit_ensemble(model: DeepEnsemble, x: Tensor, targets: Tensor, *, steps: int,
     The loss is :func:`masked_huber`; its gradient is computed by hand (:class:`_ManualStep`, equal
     to autograd's up to float rounding) into one flat buffer, and Adam (:class:`_FlatAdam`, the
     algorithm and defaults of ``torch.optim.Adam``) updates every parameter at once in a few
-    operations (see the module docstring for why).
+    operations (see the module docstring for why); ``fused_adam=True``: ATen's fused kernel instead
+    (faster, rounds differently; see :class:`_FlatAdam`).
 
     Returns:
         The last step's loss.
@@ -253,7 +257,7 @@ def fit_ensemble(model: DeepEnsemble, x: Tensor, targets: Tensor, *, steps: int,
     observed = None if bool(seen.all()) else seen.float()
     scaled = torch.nan_to_num(scaled, nan=0.0)
     step = _ManualStep(model, active)
-    adam = _FlatAdam(step.flat.data, lr)
+    adam = _FlatAdam(step.flat.data, lr, fused=fused_adam)
     batch = min(batch_size, len(x))
     loss = 0.0
     model.train()
@@ -274,17 +278,20 @@ class _FlatAdam:
     (betas 0.9 / 0.999, eps 1e-8, bias-corrected, no weight decay) without its per-step Python
     bookkeeping, which at a refit's sizes costs more than the update itself.
 
-    The update is ATen's fused Adam kernel (``torch._fused_adam_``, what ``torch.optim.Adam(fused=True)``
-    runs), called directly: one pass over the ~90,000 floats of a BO refit instead of six whole-buffer
-    operations (55 µs against 150 µs a step on one CPU thread, ~9 ms per 100-step refit; through
-    ``torch.optim.Adam(fused=True)`` its bookkeeping makes it 300 µs). It rounds differently from the
-    six-operation form, which a torch without the kernel falls back to.
+    ``fused=True`` runs ATen's fused Adam kernel (``torch._fused_adam_``, what
+    ``torch.optim.Adam(fused=True)`` runs) directly, where this torch has it: one pass over the
+    ~90,000 floats of a BO refit instead of six whole-buffer operations (55 µs against 150 µs a step
+    on one CPU thread, ~9 ms per 100-step refit; through ``torch.optim.Adam(fused=True)`` its
+    bookkeeping makes it 300 µs). Not the default: it rounds differently, and on NB201 that alone
+    reshuffled the multi-fidelity and proxy-pretrained BO runs seed by seed (one multi-fidelity seed
+    reached the evaluation cap), so the searches would no longer reproduce the published runs.
     """
 
-    def __init__(self, param: Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    def __init__(self, param: Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 fused: bool = False) -> None:
         self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
         self.m, self.v, self.t = torch.zeros_like(param), torch.zeros_like(param), 0
-        self.fused = hasattr(torch, "_fused_adam_")
+        self.fused = bool(fused) and hasattr(torch, "_fused_adam_")
         self.steps = torch.zeros((), dtype=torch.float32)  # the kernel's step count (it reads, not increments, it)
         self.denom = None if self.fused else torch.empty_like(param)  # sqrt(v), written in place every step
 

@@ -47,9 +47,7 @@ def test_flat_adam_equals_torch_adam(fused: bool) -> None:
     generator = torch.Generator().manual_seed(0)
     mine = torch.randn(50, generator=generator)
     theirs = torch.nn.Parameter(mine.clone())
-    adam, reference = _FlatAdam(mine, 1e-2), torch.optim.Adam([theirs], lr=1e-2)
-    if not fused:  # the fallback of a torch without ATen's fused kernel
-        adam.fused, adam.denom = False, torch.empty_like(mine)
+    adam, reference = _FlatAdam(mine, 1e-2, fused=fused), torch.optim.Adam([theirs], lr=1e-2)
     assert adam.fused == fused
     for _ in range(20):
         grad = torch.randn(50, generator=generator)
