@@ -229,7 +229,8 @@ class _Layout:
             ``()`` bool tensor.
     """
 
-    def __init__(self, group: Tensor | None, mask: Tensor | None, groups: int, n: int, c: int, pixels: int, stat: torch.dtype, device) -> None:
+    def __init__(self, group: Tensor | None, mask: Tensor | None, groups: int, n: int, c: int, pixels: int, stat: torch.dtype, device,
+                 momentum: float | None = None) -> None:
         self.group, self.mask = group, mask
         # onehot_t: (G, n) one-hot of each row's group, transposed for the sums over rows.
         self.onehot_t = None if group is None else _eye(groups, stat, device).index_select(1, group)
@@ -244,11 +245,13 @@ class _Layout:
         # The factors and whether a statistic is seen are functions of its row count k in 0..n: one
         # lookup in a table built once per (n, pixels) (five calls, where computing them took eight).
         counts = rows.to(torch.long).reshape(-1)
-        table = _count_factors(n, pixels, stat, device).index_select(1, counts).view(3, *rows.shape)
-        self.inv_elements, self.unbias, self.seen = table.unbind(0)
+        table = _count_factors(n, pixels, stat, device, momentum).index_select(1, counts).view(-1, *rows.shape)
+        self.inv_elements, self.unbias, self.seen, *weights = table.unbind(0)
         self.inv_elements2 = torch.cat((self.inv_elements, self.inv_elements), 1)
         self.seen_any = list(self.seen.any(1).unbind())
         self._lerp_weights: dict[tuple[float, torch.dtype], list[Tensor]] = {}
+        if weights:  # the norms' common momentum where seen, from the same lookup
+            self._lerp_weights[(momentum, stat)] = list(weights[0].unbind())
 
     def group_sum(self, per_row: Tensor, masked: bool = False) -> Tensor:
         """``(n, 2C)`` per-row values to ``(G, 2C)`` sums over the rows (and channels) of each
@@ -330,8 +333,10 @@ def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tenso
     batch_stats = [bn.training or not bn.track_running_stats for bn in norms]
     updates = [bn.training and bn.track_running_stats for bn in norms]
     with torch.no_grad():
-        make = lambda: _Layout(group, mask, len(norms), n, c, h * w, stat, x.device)  # noqa: E731
-        layout = make() if cache is None else cache(("grouped_bn", id(group), id(mask), len(norms), n, c, h * w, stat), make)
+        momenta = {bn.momentum for bn in norms}
+        momentum = momenta.pop() if len(momenta) == 1 and any(updates) else None  # a common float (or None) in the table
+        make = lambda: _Layout(group, mask, len(norms), n, c, h * w, stat, x.device, momentum)  # noqa: E731
+        layout = make() if cache is None else cache(("grouped_bn", id(group), id(mask), len(norms), n, c, h * w, stat, momentum), make)
         if any(batch_stats):
             wide_x = _cast(x, stat)  # a float32 copy for half inputs only: their squares overflow past 256
             # Each row's sums and sums of squares, summed over the rows of each statistic and divided
@@ -366,15 +371,18 @@ _EYES: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
 _COUNT_FACTORS: dict[tuple[int, int, torch.dtype, torch.device], Tensor] = {}
 
 
-def _count_factors(n: int, pixels: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+def _count_factors(n: int, pixels: int, dtype: torch.dtype, device: torch.device, momentum: float | None = None) -> Tensor:
     """``(3, n + 1)``: for a statistic over ``k`` of ``n`` rows of ``pixels`` elements each
-    (``M = k * pixels``), ``1 / max(M, 1)``, ``M / max(M - 1, 1)`` and whether ``k > 0`` (1.0 / 0.0)
-    (made once per key, in float64)."""
-    key = (n, pixels, dtype, torch.device(device))
+    (``M = k * pixels``), ``1 / max(M, 1)``, ``M / max(M - 1, 1)`` and whether ``k > 0`` (1.0 / 0.0);
+    with a ``momentum``, ``(4, n + 1)``: then the running-average weight, ``momentum`` where
+    ``k > 0``, else 0 (made once per key, in float64)."""
+    key = (n, pixels, dtype, torch.device(device), momentum)
     if not torch.compiler.is_compiling() and key in _COUNT_FACTORS:
         return _COUNT_FACTORS[key]
     elements = torch.arange(n + 1, dtype=torch.float64) * pixels
-    table = torch.stack((1 / elements.clamp_min(1), elements / (elements - 1).clamp_min(1), (elements > 0).to(torch.float64)))
+    seen = (elements > 0).to(torch.float64)
+    rows = [1 / elements.clamp_min(1), elements / (elements - 1).clamp_min(1), seen] + ([] if momentum is None else [seen * momentum])
+    table = torch.stack(rows)
     table = table.to(device=device, dtype=dtype)
     if not torch.compiler.is_compiling():  # no tensors kept across calls inside a graph
         _COUNT_FACTORS[key] = table

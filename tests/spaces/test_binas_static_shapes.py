@@ -200,8 +200,9 @@ def test_operator_calls_stay_bounded():
 
 
 def test_grouped_norm_count_factors_table():
-    """``1 / M``, ``M / (M - 1)`` and whether ``k > 0`` by row count (``M = k * pixels``, clamped
-    to 1), as the grouped BatchNorm's layout looks them up, and kept per key."""
+    """``1 / M``, ``M / (M - 1)``, whether ``k > 0`` and (given a momentum) the running-average
+    weight by row count (``M = k * pixels``, clamped to 1), as the grouped BatchNorm's layout looks
+    them up, and kept per key."""
     from lightning_nas.spaces.binas import _count_factors
 
     table = _count_factors(4, 6, torch.float64, torch.device("cpu"))
@@ -213,3 +214,8 @@ def test_grouped_norm_count_factors_table():
     one_pixel = _count_factors(2, 1, torch.float32, torch.device("cpu"))
     assert one_pixel.dtype == torch.float32 and one_pixel[1].tolist() == [0.0, 1.0, 2.0]  # M = 1: no unbiasing by 1 / 0
     torch.testing.assert_close(table[2], (elements > 0).double())  # seen: some row behind the statistic
+    # With the norms' common momentum: a fourth row, the running-average weights (0 where unseen).
+    weighted = _count_factors(4, 6, torch.float64, torch.device("cpu"), 0.25)
+    assert weighted.shape == (4, 5) and weighted is not table
+    torch.testing.assert_close(weighted[:3], table)
+    torch.testing.assert_close(weighted[3], torch.tensor([0.0, 0.25, 0.25, 0.25, 0.25], dtype=torch.float64))
