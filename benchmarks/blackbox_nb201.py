@@ -364,8 +364,7 @@ def report(args, rows: dict, cons: dict, command: str, evaluator: TabularEvaluat
         f"(`{valid}`), test accuracy (`{test}`) reported; optimum = {where}valid {bench.value(optimum, valid):.2f}, "
         f"test {opt_test:.2f}. Multi-fidelity methods (BO MF, RANK-NOSH) count equivalent full evaluations "
         f"({low:g}-epoch evaluation = {low / full:.2g}). A run that misses the optimum within its cap counts as the cap.",
-        "- BO: 6 members, trunk 64-64-64, branch 64, hard-swish activations, 100 Adam steps (ATen's fused kernel) per "
-        "refit from the pretrained (or fresh) weights "
+        "- BO: 6 members, trunk 64-64-64, branch 64, SiLU, 100 Adam steps per refit from the pretrained (or fresh) weights "
         "(lr 5e-3, minibatch 16), targets as rank-based normal scores, MC-PI, batches of 8 (first batch random); "
         f"pretraining on {', '.join(f'`{c}`' for c in settings['pretrain'])} of 2000 archs (500 steps, lr 1e-2)"
         + (f", and for the BO + pretraining row (the recommended pretraining) also on {', '.join(PROXIES)} of the "
