@@ -2,7 +2,8 @@
 
 Each of the ``M`` members is ``trunk → branch_t → head_t`` for every target ``t``: the trunk
 (``Linear → LayerNorm → activation`` blocks, SiLU or its cheaper stand-in hard-swish: see
-:data:`ACTIVATIONS`) embeds the architecture encoding, a branch (``Linear → LayerNorm → activation``) and a ``Linear(·, 1)`` head predict one target (a zero-cost metric
+:data:`ACTIVATIONS`) embeds the architecture encoding, a branch (``Linear → LayerNorm →
+activation``) and a ``Linear(·, 1)`` head predict one target (a zero-cost metric
 for pretraining, or a fidelity's accuracy). The members are independently initialised and see
 independently shuffled minibatches; their spread is the surrogate's uncertainty.
 
