@@ -270,7 +270,9 @@ def run_demo(
         threads: torch threads for training and accuracy measurement (latency is timed on the
             table's own setting, 1 thread). Default: :func:`free_cores`, every core when the machine is
             idle, else the cores other jobs leave free (at least 1), measured at the start: threads
-            that compete with another job for a core slow training down many times over.
+            that compete with another job for a core slow training down many times over. A seed
+            repeats its results on the same number of threads (channels-last convolutions round
+            differently on 1 and 2).
         progress: show progress bars and stage lines (on stderr).
 
     Returns:

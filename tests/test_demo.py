@@ -100,7 +100,9 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
 
     # A second run reuses the latency table (and says so), writes a new version and finds the same archs
     # wherever the verification accepted the first pick (timings decide only when it rejects one).
-    again = run_demo(out=tmp_path, **TINY)
+    # The same thread count: channels-last convolutions round differently on 1 and 2 threads (one
+    # validation image out of 24 flipped for a random subnet), so results repeat per seed and thread count.
+    again = run_demo(out=tmp_path, **{**TINY, "threads": 1})
     assert Path(again["run_dir"]) != run and (Path(again["run_dir"]) / "summary.json").exists()
     assert again["latency_table_note"].startswith("reused: built ") and "reused" in format_summary(again)
     for first, second in zip(summary["targets"], again["targets"]):
