@@ -93,7 +93,7 @@ import torch
 from lightning_nas.seeding import derive_seed
 from lightning_nas.strategies.base import BatchStrategy, Proposal, arch_key
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
-from lightning_nas.strategies.ensemble import ACTIVATIONS, DeepEnsemble, fit_ensemble
+from lightning_nas.strategies.ensemble import DeepEnsemble, check_activation, fit_ensemble
 from lightning_nas.strategies.exploration import (EXPLORERS, check_stall_arguments, evaluations_since_improvement,
                                                   hamming_to, select_batch, stream_explorer)
 
@@ -290,9 +290,7 @@ class BayesianOptimization(BatchStrategy):
         self.kind, self.ucb_beta = acquisition, ucb_beta
         self.batch_size, self.initial, self.candidates = batch_size, initial, candidates
         self.members, self.trunk, self.branch = members, tuple(trunk), branch
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"`activation` must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
-        self.activation, self.fused_adam = activation, bool(fused_adam)
+        self.activation, self.fused_adam = check_activation(activation), bool(fused_adam)
         self.steps, self.lr, self.minibatch = steps, lr, minibatch
         self.pretrain_archs, self.pretrain_steps, self.pretrain_lr = pretrain_archs, pretrain_steps, pretrain_lr
         if pretrain_on is not None:

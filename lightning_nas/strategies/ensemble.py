@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ACTIVATIONS", "DeepEnsemble", "THESIS_BRANCH", "THESIS_TRUNK", "fit_ensemble", "masked_huber"]
+__all__ = ["ACTIVATIONS", "DeepEnsemble", "check_activation", "THESIS_BRANCH", "THESIS_TRUNK", "fit_ensemble", "masked_huber"]
 
 #: Trunk and branch widths of the thesis (Appendix A); the defaults here are smaller, for CPU speed.
 THESIS_TRUNK: tuple[int, ...] = (64, 128, 256, 256, 256)
@@ -61,7 +61,8 @@ ACTIVATIONS = {
 }
 
 
-def _check_activation(activation: str) -> str:
+def check_activation(activation: str) -> str:
+    """``activation`` if it names one of :data:`ACTIVATIONS`, else a ``ValueError`` that lists them."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"`activation` must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     return activation
@@ -86,7 +87,7 @@ class _MemberBlock(nn.Module):
     def __init__(self, members: int, in_features: int, out_features: int, generator: torch.Generator,
                  activation: str = "silu") -> None:
         super().__init__()
-        self.activation = _check_activation(activation)
+        self.activation = check_activation(activation)
         self.linear = _MemberLinear(members, in_features, out_features, generator)
         self.norm_weight = nn.Parameter(torch.ones(members, 1, out_features))
         self.norm_bias = nn.Parameter(torch.zeros(members, 1, out_features))
@@ -118,7 +119,7 @@ class DeepEnsemble(nn.Module):
     def __init__(self, in_features: int, targets: int, *, members: int = 6, trunk: Sequence[int] = (64, 64, 64),
                  branch: int = 64, seed: int = 0, activation: str = "silu") -> None:
         super().__init__()
-        _check_activation(activation)
+        check_activation(activation)
         for name, value in (("in_features", in_features), ("targets", targets), ("members", members),
                             ("branch", branch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
