@@ -290,7 +290,9 @@ class BayesianOptimization(BatchStrategy):
         self.kind, self.ucb_beta = acquisition, ucb_beta
         self.batch_size, self.initial, self.candidates = batch_size, initial, candidates
         self.members, self.trunk, self.branch = members, tuple(trunk), branch
-        self.activation, self.fused_adam = check_activation(activation), bool(fused_adam)
+        if not isinstance(fused_adam, bool):
+            raise ValueError(f"`fused_adam` must be a bool, got {fused_adam!r}")
+        self.activation, self.fused_adam = check_activation(activation), fused_adam
         self.steps, self.lr, self.minibatch = steps, lr, minibatch
         self.pretrain_archs, self.pretrain_steps, self.pretrain_lr = pretrain_archs, pretrain_steps, pretrain_lr
         if pretrain_on is not None:

@@ -224,6 +224,8 @@ def test_activation_and_fused_adam_reach_the_ensemble() -> None:
     assert [r.arch for r in again.done] == [r.arch for r in first.done]
     with pytest.raises(ValueError, match="`activation` must be one of"):
         bo(activation="gelu")
+    with pytest.raises(ValueError, match="`fused_adam` must be a bool"):
+        bo(fused_adam="no")
 
 
 def test_one_hot_equals_search_space_encoding() -> None:
