@@ -293,8 +293,9 @@ def _exploratory(chosen: list, left: int, mean: np.ndarray, std: np.ndarray, acq
 
 
 def normal_scores_np(values: np.ndarray) -> np.ndarray:
-    """Rank-based normal scores ``Φ⁻¹((rank + 0.5) / N)`` of ``values`` ``(N,)``, ties sharing their mean rank
-    (numpy twin of :func:`lightning_nas.strategies.bo.normal_scores`)."""
+    """Rank-based normal scores ``Φ⁻¹((rank + 0.5) / N)`` of ``values`` ``(N,)``, ties sharing their mean rank,
+    float64 ``(N,)``: the exploratory stream's GP targets, and, rounded to float32, the BO surrogate's
+    (:func:`lightning_nas.strategies.bo.normal_scores` calls this: one implementation for both)."""
     values = np.asarray(values, dtype=np.float64)
     _, group, counts = np.unique(values, return_inverse=True, return_counts=True)
     first = np.cumsum(counts) - counts

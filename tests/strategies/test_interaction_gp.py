@@ -4,6 +4,7 @@ BO / RANK-NOSH handing a stalled batch's non-local exploratory places to it."""
 from __future__ import annotations
 
 import itertools
+import statistics
 import sys
 from pathlib import Path
 
@@ -31,9 +32,14 @@ def encode(codes: np.ndarray, n_values: int) -> np.ndarray:
     return x
 
 
-def test_normal_scores_np_equals_the_torch_version() -> None:
+def test_normal_scores_one_implementation_for_bo_and_the_stream() -> None:
+    # BO's float32 scores are the stream's float64 ones rounded: one code path, no twin that could drift.
     values = np.array([3.0, 1.0, 2.0, 2.0, -5.0, 7.5])
-    assert np.allclose(normal_scores_np(values), normal_scores(torch.tensor(values)).double().numpy(), atol=1e-6)
+    scores = normal_scores_np(values)
+    assert torch.equal(normal_scores(torch.tensor(values)), torch.from_numpy(scores).float())
+    # Against the definition: ranks 4, 1, 2.5, 2.5, 0, 5 (ties share their mean rank) of N = 6.
+    expected = [statistics.NormalDist().inv_cdf((r + 0.5) / 6) for r in (4, 1, 2.5, 2.5, 0, 5)]
+    assert np.allclose(scores, expected, rtol=0, atol=1e-12)
 
 
 def test_the_gp_learns_an_interaction_and_doubts_unseen_pairs() -> None:
