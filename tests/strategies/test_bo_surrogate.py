@@ -12,7 +12,7 @@ import torch
 
 from lightning_nas.strategies.base import arch_key
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
-from lightning_nas.strategies.ensemble import DeepEnsemble, _FlatAdam, _ManualStep, masked_huber
+from lightning_nas.strategies.ensemble import DeepEnsemble, _FlatAdam, _ManualStep, fit_ensemble, masked_huber
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic import synthetic_space  # noqa: E402
@@ -55,6 +55,39 @@ def test_flat_adam_equals_torch_adam(fused: bool) -> None:
         theirs.grad = grad.clone()
         reference.step()
     torch.testing.assert_close(mine, theirs.detach(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("activation", ["silu", "hardswish"])
+@pytest.mark.parametrize("missing", [0.0, 0.4])
+def test_compiled_refit_loop_is_bit_identical_to_the_python_steps(missing: float, activation: str) -> None:
+    # fit_ensemble runs its loop through TorchScript for speed; it must give the very bits of stepping
+    # _ManualStep.gradient and _FlatAdam.step from Python with the same draws (the searches depend on it).
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.rand(40, 12, generator=generator) < 0.3).float()
+    y = torch.randn(40, 3, generator=generator)
+    y[torch.rand(40, 3, generator=generator) < missing] = float("nan")
+    y[:, 1] = float("nan")  # an idle head, as a search's pretraining heads
+    compiled, stepped = (DeepEnsemble(12, 3, members=4, trunk=(16, 8), branch=8, seed=1, activation=activation)
+                         for _ in range(2))
+    for model in (compiled, stepped):
+        model.set_standardisation(y)
+    loss = fit_ensemble(compiled, x, y, steps=23, lr=5e-3, batch_size=8, seed=3)
+    active = [0, 2]
+    scaled = ((y - stepped.target_mean) / stepped.target_std)[:, active]
+    observed = None if missing == 0 else (~torch.isnan(scaled)).float()
+    scaled = torch.nan_to_num(scaled)
+    idx = torch.randint(40, (23, 4, 8), generator=torch.Generator().manual_seed(3))  # fit_ensemble's draws
+    step = _ManualStep(stepped, active)
+    adam = _FlatAdam(step.flat.data, 5e-3)
+    for i in range(23):
+        expected_loss = step.gradient(x[idx[i]], scaled[idx[i]], None if observed is None else observed[idx[i]],
+                                      want_loss=i == 22)
+        adam.step(step.flat.grad)
+    step.write_back()
+    assert loss == expected_loss
+    assert all(torch.equal(a, b) for a, b in zip(compiled.state_dict().values(), stepped.state_dict().values()))
+    assert not torch.equal(compiled.trunk[0].linear.weight, DeepEnsemble(12, 3, members=4, trunk=(16, 8), branch=8,
+                                                                          seed=1).trunk[0].linear.weight)  # trained
 
 
 @pytest.mark.parametrize("activation", ["silu", "hardswish"])
