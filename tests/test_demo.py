@@ -307,3 +307,35 @@ def test_measure_subnets_equals_each_arch_active_in_the_supernet(calibrated):
             expected = (supernet(x).argmax(1) == y).numpy()
         supernet.load_state_dict(before)
         assert (row == expected).all()
+
+
+def test_subnets_are_measured_with_batch_norm_folded_and_untraceable_ones_as_they_are():
+    from torch import nn
+
+    from lightning_nas.demo import DEMO_SPACE, _batch_norm_folded
+    from lightning_nas.spaces import binas_supernet
+
+    torch.manual_seed(0)
+    supernet = binas_supernet("tiny", num_classes=10, **DEMO_SPACE)
+    with torch.no_grad():
+        for name, buffer in supernet.named_buffers():
+            if name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0)
+    subnet = supernet.export(supernet.space.sample_many(1, seed=1)[0]).eval()
+    x = torch.randn(16, 1, 16, 16)
+    with torch.no_grad():
+        expected = subnet(x)
+        folded = _batch_norm_folded(subnet)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+        torch.testing.assert_close(folded(x), expected, rtol=1e-5, atol=1e-5)
+
+    class Branching(nn.Module):  # control flow on a tensor value: torch.fx cannot trace it
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            return self.bn(self.conv(x)) if x.sum() > 0 else x
+
+    branching = Branching().eval()
+    assert _batch_norm_folded(branching) is branching and isinstance(branching.bn, nn.BatchNorm2d)
