@@ -1,18 +1,19 @@
-"""Run by test_contribution.py: 2-process CPU DDP (gloo) with ContributionEstimation; each rank writes its table."""
+"""DDP scenario `contribution` of ddp_scenarios.py (read by test_contribution.py): 2-process CPU DDP (gloo) with
+ContributionEstimation; each rank writes its table."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 
 import lightning.pytorch as pl
 import torch
-from test_contribution import DATA, DDP_RUNS, gratings_dataset, tiny_model  # this script's directory is on sys.path
+from test_contribution import DATA, DDP_RUNS, gratings_dataset, tiny_model  # ddp_scenarios.py's directory is on sys.path
 from torch.utils.data import DataLoader
 
 from lightning_nas.callbacks import UniformSampling
 from lightning_nas.callbacks.contribution import ContributionEstimation
+
 
 def ddp_model():
     model = tiny_model()
@@ -22,8 +23,9 @@ def ddp_model():
     return model
 
 
-def main() -> None:
-    out = sys.argv[1]
+def run(out: str, mode: None = None) -> None:
+    """One epoch of 2 steps with the DDP_RUNS estimates; each rank writes out/rank<r>.json, rank 0 also the weights
+    (out/model.pt). The scenario has no modes."""
     held_out = DataLoader(gratings_dataset(70, seed=2, **DATA), batch_size=10)  # 7 batches: uneven shards
     callbacks = {name: ContributionEstimation(held_out, seed=5, **options) for name, options in DDP_RUNS.items()}
     trainer = pl.Trainer(
@@ -38,9 +40,3 @@ def main() -> None:
         json.dump({"tables": tables, "world_size": trainer.world_size}, f)
     if trainer.global_rank == 0:
         torch.save(model.state_dict(), os.path.join(out, "model.pt"))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

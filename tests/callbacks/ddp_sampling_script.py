@@ -1,10 +1,10 @@
-"""Run by test_ddp.py: 2-process CPU DDP (gloo) training with UniformSampling; each rank writes its archs."""
+"""DDP scenario `sampling:<mode>` of ddp_scenarios.py (read by test_ddp.py): 2-process CPU DDP (gloo) training with
+UniformSampling; each rank writes its archs."""
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 
 import lightning.pytorch as pl
 import torch
@@ -38,32 +38,27 @@ class Model(pl.LightningModule):
 
 
 class Record(pl.Callback):
-    def __init__(self) -> None:
-        self.archs = []
+    def __init__(self, out: str) -> None:
+        self.out, self.archs = out, []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.archs.append([trainer.global_step, pl_module.net.active_arch])
 
     def on_train_end(self, trainer, pl_module):
-        path = os.path.join(sys.argv[1], f"rank{trainer.global_rank}.json")
+        path = os.path.join(self.out, f"rank{trainer.global_rank}.json")
         with open(path, "w") as f:
             json.dump({"archs": self.archs, "global_step": trainer.global_step, "world_size": trainer.world_size}, f)
 
 
-def main() -> None:
-    per_sample = sys.argv[2] == "per_sample"
+def run(out: str, mode: str) -> None:
+    """Train 2 epochs under DDP with UniformSampling drawing per batch (mode "per_batch") or per example ("per_sample");
+    each rank writes out/rank<r>.json."""
+    per_sample = mode == "per_sample"
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(64, 5, generator=g), torch.randint(0, 2, (64,), generator=g))
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true", max_epochs=2,
-        callbacks=[UniformSampling(11, per_sample=per_sample), Record()], logger=False, enable_checkpointing=False,
+        callbacks=[UniformSampling(11, per_sample=per_sample), Record(out)], logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
     )
     trainer.fit(Model(), DataLoader(data, batch_size=4))
-    # Tear gloo down before interpreter exit; a live process group can abort at shutdown.
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,9 +1,9 @@
-"""Run by test_ddp.py: one sandwich step under 2-process CPU DDP (gloo); each rank saves its weights."""
+"""DDP scenario `sandwich:<mode>` of ddp_scenarios.py (read by test_ddp.py): one sandwich step under 2-process CPU DDP
+(gloo); each rank saves its weights."""
 
 from __future__ import annotations
 
 import os
-import sys
 
 import lightning.pytorch as pl
 import torch
@@ -46,8 +46,10 @@ class Model(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def main() -> None:
-    out, per_sample = sys.argv[1], sys.argv[2] == "per_sample"
+def run(out: str, mode: str) -> None:
+    """One sandwich step with students drawn per example (mode "per_sample") or per batch ("per_batch"); each rank saves
+    its weights and its shard of the batch to out/rank<r>.pt."""
+    per_sample = mode == "per_sample"
     model = Model()
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true", max_steps=1,
@@ -57,9 +59,3 @@ def main() -> None:
     trainer.fit(model, DataLoader(data(), batch_size=4))
     weights = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
     torch.save({"weights": weights, "batch": model.seen}, os.path.join(out, f"rank{trainer.global_rank}.pt"))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

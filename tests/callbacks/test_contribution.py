@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -186,17 +182,15 @@ def test_bad_arguments_are_rejected():
         ContributionEstimation(None)
 
 
-def test_ddp_ranks_share_the_single_process_estimate(tmp_path):
-    script = Path(__file__).with_name("ddp_contribution_script.py")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_"))}
-    done = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+@pytest.mark.ddp_scenario("contribution")
+def test_ddp_ranks_share_the_single_process_estimate(ddp_runs):
+    out = ddp_runs("contribution")  # ddp_contribution_script.py, run by the conftest's one DDP launch
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)
     assert ranks[0]["tables"] == ranks[1]["tables"]
     # The same weights estimated by one process over all 7 batches give the same tables.
     model = tiny_model()
-    model.load_state_dict(torch.load(tmp_path / "model.pt"))
+    model.load_state_dict(torch.load(out / "model.pt"))
     held_out = DataLoader(gratings_dataset(70, seed=2, **DATA), batch_size=10)
     for name, options in DDP_RUNS.items():
         single = estimate_contributions(model.supernet, held_out, seed=5, **options)

@@ -1,25 +1,21 @@
 """DartsSearch + PerturbationSelection under real 2-process CPU DDP (gloo): α gradients are averaged and PT's
-held-out counts summed, so both ranks hold the same α and make the same decisions."""
+held-out counts summed, so both ranks hold the same α and make the same decisions.
+
+The run is a scenario of ddp_scenarios.py, made by the one DDP launch of the conftest's `ddp_runs` fixture."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).with_name("ddp_darts_script.py")
 
-
-@pytest.mark.parametrize("method", ["2"])  # second order: the unrolled gradient is all-reduced too
-def test_ddp_ranks_hold_identical_alpha(tmp_path, method):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_"))}
-    done = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), method], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+@pytest.mark.parametrize(  # second order: the unrolled gradient is all-reduced too
+    "method", [pytest.param(method, marks=pytest.mark.ddp_scenario(f"darts:{method}"), id=method) for method in ("2",)]
+)
+def test_ddp_ranks_hold_identical_alpha(ddp_runs, method):
+    out = ddp_runs(f"darts:{method}")
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)
     # 64 examples, 2 ranks, batch 8: 4 steps per epoch, 2 epochs.
     assert ranks[0]["steps"] == ranks[1]["steps"] == 8

@@ -1,26 +1,22 @@
-"""UniformSampling under real 2-process CPU DDP (gloo): every rank trains the same path."""
+"""UniformSampling under real 2-process CPU DDP (gloo): every rank trains the same path.
+
+The runs are scenarios of ddp_scenarios.py, all made by one DDP launch (the conftest's `ddp_runs` fixture)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).with_name("ddp_sampling_script.py")
 
-
-@pytest.mark.parametrize("mode", ["per_batch", "per_sample"])
-def test_ddp_ranks_activate_the_same_arch_every_step(tmp_path, mode):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_"))}
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path), mode], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+@pytest.mark.parametrize(
+    "scenario", [pytest.param(f"sampling:{mode}", marks=pytest.mark.ddp_scenario(f"sampling:{mode}"), id=mode) for mode in ("per_batch", "per_sample")]
+)
+def test_ddp_ranks_activate_the_same_arch_every_step(ddp_runs, scenario):
+    out = ddp_runs(scenario)
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)
     # 64 examples, 2 ranks, batch 4: 8 steps per epoch, 2 epochs, run to the end.
     assert all(r["global_step"] == 16 and len(r["archs"]) == 16 for r in ranks)
@@ -28,28 +24,22 @@ def test_ddp_ranks_activate_the_same_arch_every_step(tmp_path, mode):
     assert len({json.dumps(a) for _, a in ranks[0]["archs"]}) > 1
 
 
-SANDWICH_SCRIPT = Path(__file__).with_name("ddp_sandwich_script.py")
-
-
-def test_ddp_sandwich_step_is_the_mean_of_the_ranks_sandwich_gradients(tmp_path):
+@pytest.mark.ddp_scenario("sandwich:per_sample")
+def test_ddp_sandwich_step_is_the_mean_of_the_ranks_sandwich_gradients(ddp_runs):
     """One SGD step of the sandwich under 2-rank DDP: both ranks hold the same weights, and they
     moved by -lr times the mean over ranks of each rank's teacher CE + distilled students gradient,
     computed here by hand on each rank's shard (the students' gradients are averaged by the callback,
     not by DDP)."""
     import torch
 
-    sys.path.insert(0, str(SCRIPT.parent))
+    sys.path.insert(0, str(Path(__file__).parent))
     import ddp_sandwich_script as script
     from sandwich import sandwich_gradient
 
     from lightning_nas.callbacks import UniformSampling
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_"))}
-    done = subprocess.run(
-        [sys.executable, str(SANDWICH_SCRIPT), str(tmp_path), "per_sample"], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    out = ddp_runs("sandwich:per_sample")
+    ranks = [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
     net = script.supernet()
     cb = UniformSampling(3, sandwich=True, num_random=2, per_sample=True)  # per-example students: the harder case
     cb._supernet = net

@@ -145,47 +145,10 @@ def test_bad_arguments_name_the_argument(tmp_path, kwargs, name):
         LatencyProfiler(3)
 
 
-DDP_SCRIPT = '''
-import json, os, sys
-import lightning.pytorch as pl
-import torch
-sys.path.insert(0, sys.argv[2])
-from test_latency import Classifier, loader
-from lightning_nas.callbacks.latency import LatencyProfiler
-
-
-class Report(pl.Callback):
-    def on_train_end(self, trainer, pl_module):
-        table = profiler.latency_table
-        with open(os.path.join(sys.argv[1], f"rank{trainer.global_rank}.json"), "w") as f:
-            json.dump({"block": table.block.tolist(), "created": table.metadata["created"], "world_size": trainer.world_size}, f)
-
-
-profiler = LatencyProfiler(os.path.join(sys.argv[1], "lat.json"), repeats=3, warmup=1, calibration_archs=1)
-trainer = pl.Trainer(
-    accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true", max_steps=2, callbacks=[profiler, Report()],
-    logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-)
-trainer.fit(Classifier(), loader())
-if torch.distributed.is_initialized():
-    torch.distributed.destroy_process_group()
-'''
-
-
-def test_ddp_rank_zero_builds_and_the_others_load(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = tmp_path / "ddp_latency.py"
-    script.write_text(DDP_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_"))}
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), str(Path(__file__).parent)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+@pytest.mark.ddp_scenario("latency")
+def test_ddp_rank_zero_builds_and_the_others_load(ddp_runs):
+    out = ddp_runs("latency")  # ddp_latency_script.py, run by the conftest's one DDP launch
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)
     assert ranks[0] == ranks[1]  # rank 1 loaded what rank 0 measured
-    assert not list(tmp_path.glob("lat.json.bak*"))
+    assert not list(out.glob("lat.json.bak*"))
