@@ -21,6 +21,10 @@ KILL_AFTER = 5  # done trials every search must have stored before the kill
 
 
 def test_every_strategy_resumes_after_kill_9(tmp_path: Path) -> None:
+    """Also the driver's kill -9 test: the "evolution" search is the one test_driver.py used to kill in a process of
+    its own (same strategy, evaluator and budget); its checks are all here (stopped before the end, as the resumed
+    search is longer than what was killed and as long as the straight one; numbered 0..n-1, all done, the straight
+    run's archs, none twice)."""
     names = list(STRATEGIES)
     kill_9_when([str(HERE / "resume_all.py"), str(tmp_path), str(SIZE), "0.03", *names],
                 lambda: min(done_count(tmp_path / f"{n}.db") for n in names) >= KILL_AFTER)
