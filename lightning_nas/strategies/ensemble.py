@@ -509,7 +509,7 @@ _COMPILED: list[Callable] = []
 
 
 def _train_steps_compiled() -> Callable:
-    """:func:`_train_steps` compiled by TorchScript once per process (~0.3 s), run by its plain interpreter
+    """:func:`_train_steps` compiled by TorchScript once per process (~0.04 s), run by its plain interpreter
     (``optimized_execution(False)``: no profiling passes that could fuse operators, i.e. round
     differently); the Python function itself where this torch has no TorchScript."""
     if not _COMPILED:
