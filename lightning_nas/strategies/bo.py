@@ -370,7 +370,7 @@ class BayesianOptimization(BatchStrategy):
             explorer = stream_explorer(self.space, self.history, self.initial, self.stream, pool, x) \
                 if stalled and self.explore_with == "interaction" else None
             chosen, reason = select_batch(
-                scores.numpy(), predictions.mean(0).numpy(), predictions.std(0, unbiased=False).numpy(), count,
+                scores.numpy(), predictions.mean(0).numpy(), lambda: predictions.std(0, unbiased=False).numpy(), count,
                 distance=None if anchor is None else hamming_to(x, anchor), feasible=feasible,
                 stalled=stalled, explore=self.explore, fallback=(predictions > member_best).double().mean(0).numpy(),
                 flat="exploit", explorer=explorer)

@@ -74,6 +74,29 @@ def test_a_flat_acquisition_triggers_trust_region_and_disagreement() -> None:
     assert select_batch(acq, mean, std, 3, distance=None)[0].tolist() == [7, 5, 9]
 
 
+def test_std_given_as_a_function_is_computed_only_for_exploratory_places() -> None:
+    acq = np.zeros(10)
+    acq[7] = 0.5
+    mean = np.arange(10.0)
+    std = np.array([0, 0, 0, 0, 0, 5, 0, 0, 0, 1.0])
+    distance = np.array([3, 1, 2, 1, 2, 3, 3, 3, 3, 3])
+    calls = []
+
+    def lazy() -> np.ndarray:
+        calls.append(1)
+        return std
+
+    # An exploratory batch: the same choice as with the array, the function called once.
+    assert select_batch(acq, mean, lazy, 5, distance=distance)[0].tolist() == \
+        select_batch(acq, mean, std, 5, distance=distance)[0].tolist()
+    assert calls == [1]
+    # A batch the acquisition, then the mean, fills without exploratory places (not stalled): never called.
+    assert select_batch(acq, mean, lazy, 5, distance=distance, flat="exploit")[0].tolist() == [7, 9, 8, 6, 5]
+    assert calls == [1]
+    with pytest.raises(ValueError, match="`std` must have one entry per candidate"):
+        select_batch(acq, mean, lambda: std[:3], 5, distance=distance)
+
+
 def test_a_fallback_acquisition_fills_what_a_flat_one_leaves_then_exploration() -> None:
     acq, mean = np.zeros(8), np.zeros(8)
     std = np.array([0, 0, 0, 0, 0, 0, 0, 1.0])
