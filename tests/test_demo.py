@@ -111,8 +111,27 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     assert again["random"]["measured_acc"] == summary["random"]["measured_acc"]
 
 
-def test_demo_with_the_conditional_means_estimator_and_recalibrated_truth(shared_out):
+def test_demo_with_the_conditional_means_estimator_and_recalibrated_truth(shared_out, monkeypatch):
+    import dataclasses
+
+    import lightning_nas.demo as demo
+
+    # The random subnets' first timings disturbed (every other one 1.6x slower, as when another job
+    # starts mid-stage): the demo times them again and keeps each one's faster time.
+    checks = []
+
+    def check_latency(*args, **kwargs):
+        check = demo_check_latency(*args, **kwargs)
+        if not checks:
+            check = dataclasses.replace(check, measured=check.measured * np.resize([1.0, 1.6], len(check)))
+        checks.append(check)
+        return check
+
+    demo_check_latency = demo.check_latency
+    monkeypatch.setattr(demo, "check_latency", check_latency)
     summary = run_demo(out=shared_out, estimator="means", **{**TINY, "calibration_batches": 1})
+    assert len(checks) == 2 and summary["latency"]["retimed"] and "timed twice" in format_summary(summary)
+    np.testing.assert_array_equal(summary["random"]["measured_ms"], np.minimum(checks[0].measured, checks[1].measured))
     table = json.loads((Path(summary["run_dir"]) / "accuracy_table.json").read_text())
     assert table["link"] == "identity" and table["metadata"]["shrinkage"] == "empirical_bayes" and summary["estimator"] == "means"
     assert "recalibrated" in summary["measured"] and "recalibrated" in format_summary(summary)

@@ -106,6 +106,21 @@ class LatencyCheck:
         """``table`` refitted to these measurements: :func:`calibrate_latency` with this check's archs."""
         return calibrate_latency(table, self.archs, self.measured)
 
+    def fastest_of(self, other: LatencyCheck) -> LatencyCheck:
+        """Each arch's faster measurement of this check and ``other`` (a check of the same archs, in the
+        same order, by the same table and settings), with the spread of the run that gave it.
+
+        Another job on the machine lengthens calls and never shortens them, so the faster of two
+        timings taken at different moments is the less disturbed one; ``speed`` is the faster
+        check's. Raises ``ValueError`` when the archs differ.
+        """
+        if list(self.archs) != list(other.archs):
+            raise ValueError("`other` must be a check of the same archs in the same order")
+        mine = self.measured <= other.measured
+        return LatencyCheck(archs=self.archs, predicted=self.predicted, measured=np.where(mine, self.measured, other.measured),
+                            p10=np.where(mine, self.p10, other.p10), p90=np.where(mine, self.p90, other.p90),
+                            speed=min(self.speed, other.speed))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "mape_percent": self.mape,

@@ -160,3 +160,22 @@ def test_reference_timer_bad_input(tiny, fast_settings):
         ReferenceTimer(tiny, fast_settings, refs, [1.0, 0.0])
     with pytest.raises(ValueError, match="`attempts` must be an int >= 1"):
         ReferenceTimer(tiny, fast_settings, refs, [1.0, 2.0], attempts=0)
+
+
+def test_fastest_of_two_checks_keeps_each_archs_faster_timing():
+    from lightning_nas.profiling.report import LatencyCheck
+
+    archs = [{"a": 1}, {"a": 2}, {"a": 3}]
+    first = LatencyCheck(archs, np.array([1.0, 2.0, 3.0]), np.array([1.5, 2.0, 3.6]), np.array([1.4, 1.9, 3.5]),
+                         np.array([1.7, 2.2, 3.9]), speed=1.3)
+    second = LatencyCheck(archs, np.array([1.0, 2.0, 3.0]), np.array([1.1, 2.4, 3.0]), np.array([1.0, 2.3, 2.9]),
+                          np.array([1.2, 2.6, 3.1]), speed=1.05)
+    both = first.fastest_of(second)
+    np.testing.assert_array_equal(both.measured, [1.1, 2.0, 3.0])
+    np.testing.assert_array_equal(both.p10, [1.0, 1.9, 2.9])  # the spread of the run that gave the time
+    np.testing.assert_array_equal(both.p90, [1.2, 2.2, 3.1])
+    assert both.speed == 1.05 and both.archs == archs
+    np.testing.assert_array_equal(both.predicted, first.predicted)
+    assert both.mape < first.mape
+    with pytest.raises(ValueError, match="same archs"):
+        first.fastest_of(LatencyCheck(archs[::-1], second.predicted, second.measured, second.p10, second.p90))
