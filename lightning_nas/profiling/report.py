@@ -114,6 +114,8 @@ class LatencyCheck:
         timings taken at different moments is the less disturbed one; ``speed`` is the faster
         check's. Raises ``ValueError`` when the archs differ.
         """
+        if not isinstance(other, LatencyCheck):
+            raise ValueError(f"`other` must be a LatencyCheck, got {type(other).__name__}")
         if list(self.archs) != list(other.archs):
             raise ValueError("`other` must be a check of the same archs in the same order")
         mine = self.measured <= other.measured

@@ -177,5 +177,7 @@ def test_fastest_of_two_checks_keeps_each_archs_faster_timing():
     assert both.speed == 1.05 and both.archs == archs
     np.testing.assert_array_equal(both.predicted, first.predicted)
     assert both.mape < first.mape
+    with pytest.raises(ValueError, match="`other` must be a LatencyCheck, got ndarray"):
+        first.fastest_of(second.measured)
     with pytest.raises(ValueError, match="same archs"):
         first.fastest_of(LatencyCheck(archs[::-1], second.predicted, second.measured, second.p10, second.p90))
