@@ -31,7 +31,7 @@ from lightning_nas.profiling.timing import ProfileSettings
 from lightning_nas.seeding import derive_seed
 from lightning_nas.supernet import Supernet
 
-__all__ = ["LatencyCheck", "ReferenceTimer", "calibrate_latency", "check_latency", "mape"]
+__all__ = ["LatencyCheck", "ReferenceTimer", "TimedVerify", "calibrate_latency", "check_latency", "mape"]
 
 # Separate from the table's calibration stream (0), so checked archs are drawn independently.
 CHECK_STREAM = 1
@@ -304,9 +304,25 @@ class ReferenceTimer:
                 break
         return fastest[: len(archs)] / speed, speed
 
-    def verifier(self, bound: float | None = None, name: str = "latency") -> Callable[[dict[str, Any]], dict[str, float]]:
-        """A ``verify`` for :func:`~lightning_nas.solvers.search_constrained`: ``arch -> {name: ms}``; with
-        ``bound``, the attempts stop as soon as the arch is timed within it."""
-        done = None if bound is None else (lambda ms: bool(ms[0] <= bound))
-        return lambda arch: {name: float(self([arch], done)[0][0])}
+    def verifier(self, bound: float | None = None, name: str = "latency") -> TimedVerify:
+        """A ``verify`` for :func:`~lightning_nas.solvers.search_constrained`: ``arch -> {name: ms}``, and a
+        solution pool timed side by side in one call (``many``); with ``bound``, the attempts stop as
+        soon as every arch is timed within it."""
+        return TimedVerify(self, bound, name)
+
+
+class TimedVerify:
+    """``verify`` of a :class:`ReferenceTimer` (see :meth:`ReferenceTimer.verifier`)."""
+
+    def __init__(self, timer: ReferenceTimer, bound: float | None, name: str) -> None:
+        self.timer, self.bound, self.name = timer, bound, name
+
+    def __call__(self, arch: Mapping[str, Any]) -> dict[str, float]:
+        return self.many([arch])[0]
+
+    def many(self, archs: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
+        """Times ``archs`` together, beside the references: ``[{name: ms}, ...]`` in their order."""
+        done = None if self.bound is None else (lambda ms: bool((ms <= self.bound).all()))
+        times, _ = self.timer(archs, done)
+        return [{self.name: float(t)} for t in times]
 

@@ -13,8 +13,13 @@ With a solution pool (``top_k > 1``: the k best distinct archs by the model, see
 :func:`~lightning_nas.solvers.search_constrained`) every member is measured, up to ``max_tries``
 measurements in all, and the best one that meets every original bound is returned: the best by
 the *measured* objective when ``verify`` also returns the objective's name (e.g. the validation
-accuracy a table look-up or a trained subnet gives), else the best by the model. Only when no
-member fits are the bounds tightened by the members' errors and a new pool solved.
+accuracy a table look-up or a trained subnet gives), else the best by the model. A ``verify`` with
+a ``many`` method (``[arch, ...] -> [measurements, ...]``) measures a pool in one call, e.g. all
+members timed side by side. Only when no member fits is a new pool solved, under bounds tightened
+by the *median* error of the members that broke them (one member's error is a noisy estimate of
+the model's error near the bound: tightening by the worst of k members left picks far inside their
+budgets), by at least the smallest overshoot, and below every one of those members' predictions.
+An arch measured once is never measured again: it reappears in a later pool only as a known failure.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from lightning_nas.solvers.problem import ConstrainedProblem, InfeasibleError, L
 __all__ = ["Verify", "check_verify", "verify_result"]
 
 #: Measures an arch: ``arch -> {resource name: measured value}`` (in each limited table's unit),
-#: optionally with the objective's name too (its measured value ranks the archs of a pool).
+#: optionally with the objective's name too (its measured value ranks the archs of a pool). It may
+#: also have ``many(archs) -> [measurements, ...]``, one per arch in order, used for a pool.
 Verify = Callable[[dict[str, Any]], Mapping[str, float]]
 
 
@@ -73,17 +79,38 @@ def _overshoot(limit: Limit, value: float) -> float:
     return over
 
 
-def _tightened(current: Limit, original: Limit, predicted: float, measured: float) -> Limit:
-    error = measured - predicted  # > 0: the model under-predicts this arch
+def _tightened(current: Limit, original: Limit, predicted: list[float], measured: list[float]) -> Limit:
+    """``current`` tightened after members predicted at ``predicted`` measured ``measured``, each outside
+    ``original`` (same order): by their median error, by at least the smallest overshoot, and past
+    every prediction (so none of them is proposed again under the same bound)."""
+    p, m = np.asarray(predicted, dtype=np.float64), np.asarray(measured, dtype=np.float64)
     upper, lower = current.upper, current.lower
-    if original.upper is not None and measured > original.upper:
-        upper = min(current.upper - (measured - original.upper), original.upper - error)
-    if original.lower is not None and measured < original.lower:
-        lower = max(current.lower + (original.lower - measured), original.lower - error)
+    if original.upper is not None and (m > original.upper).any():
+        over = m > original.upper
+        upper = min(current.upper - float((m[over] - original.upper).min()), original.upper - float(np.median(m[over] - p[over])),
+                    float(np.nextafter(p[over].max(), -np.inf)))
+    if original.lower is not None and (m < original.lower).any():
+        under = m < original.lower
+        lower = max(current.lower + float((original.lower - m[under]).min()), original.lower + float(np.median(p[under] - m[under])),
+                    float(np.nextafter(p[under].min(), np.inf)))
     if upper is not None and lower is not None and lower > upper:
         raise InfeasibleError(f"no room left between the tightened bounds of {original.name!r} ({lower:.6g} > {upper:.6g})",
                               resource=original.name)
     return Limit(current.table, upper=upper, lower=lower, aggregate=current.aggregate)
+
+
+def _measure(verify: Verify, archs: list[dict[str, Any]], problem: ConstrainedProblem) -> list[dict[str, float]]:
+    many = getattr(verify, "many", None)
+    if many is None or len(archs) == 1:
+        return [_check_measured(verify(dict(a)), problem) for a in archs]
+    out = list(many([dict(a) for a in archs]))
+    if len(out) != len(archs):
+        raise ValueError(f"`verify.many` returned {len(out)} measurements for {len(archs)} archs; return one per arch, in order")
+    return [_check_measured(m, problem) for m in out]
+
+
+def _key(arch: Mapping[str, Any]) -> str:
+    return repr(sorted(arch.items()))
 
 
 def verify_result(
@@ -123,19 +150,19 @@ def verify_result(
     objective = problem.objective.name
     current = problem
     tries: list[dict[str, Any]] = []
+    known: dict[str, dict[str, float]] = {}  # measured archs (all of them failures while the loop runs)
     while True:
         candidates = list(result.pool) or [result]
+        new = [c for c in candidates if _key(c.arch) not in known][: max_tries - len(tries)]
         met_here: list[tuple[SearchResult, dict[str, float]]] = []
-        violating: list[tuple[SearchResult, dict[str, float]]] = []
-        for candidate in candidates:
-            if len(tries) >= max_tries:
-                break
-            measured = _check_measured(verify(dict(candidate.arch)), problem)
+        for candidate, measured in zip(new, _measure(verify, [c.arch for c in new], problem) if new else []):
             resources = {n: v for n, v in measured.items() if n != objective}
             met = all(_overshoot(original[n], v) <= 0 for n, v in resources.items())
             tries.append({"arch": dict(candidate.arch), "predicted": {n: candidate.resources[n] for n in resources},
                           "measured": measured, "bounds": current.limits_dict(), "met": met})
-            (met_here if met else violating).append((candidate, measured))
+            known[_key(candidate.arch)] = measured
+            if met:
+                met_here.append((candidate, measured))
         if met_here:
             by_measurement = all(objective in m for _, m in met_here)
             # Pool order is the model's order; max() keeps the first of equal measurements.
@@ -145,16 +172,18 @@ def verify_result(
             chosen.details["evaluations"] = len(tries)
             chosen.pool = list(result.pool)
             return chosen
+        violating = [(c, known[_key(c.arch)]) for c in candidates if _key(c.arch) in known]
         reason = None
         if len(tries) >= max_tries:
             reason = f"{max_tries} picks measured outside their bounds (max_verify={max_tries})"
         else:
             try:
                 limits = list(current.limits)
-                for candidate, measured in violating:
-                    limits = [_tightened(lim, original[name], candidate.resources[name], measured[name])
-                              if name in measured and _overshoot(original[name], measured[name]) > 0 else lim
-                              for name, lim in zip(current.names, limits)]
+                for i, name in enumerate(current.names):
+                    broke = [(c.resources[name], m[name]) for c, m in violating
+                             if name in m and _overshoot(original[name], m[name]) > 0]
+                    if broke:
+                        limits[i] = _tightened(limits[i], original[name], *map(list, zip(*broke)))
                 current = current.with_limits(limits)
                 result = solve(current)
             except InfeasibleError as err:

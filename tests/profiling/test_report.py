@@ -148,6 +148,12 @@ def test_reference_timer_keeps_the_fastest_timing_and_scales_by_the_references(t
     slowdowns, calls = iter([2.0, 1.5, 1.2]), []
     assert report.ReferenceTimer(tiny, fast_settings, references, [1.0, 2.0]).verifier(bound=0.6)(archs[0])["latency"] == pytest.approx(0.5)
     assert calls == [3]
+    # A pool is timed in one call beside the references, until every member is within the bound.
+    for bound, attempts in ((0.85, [4]), (0.7, [4, 4, 4])):
+        slowdowns, calls = iter([2.0, 1.5, 1.2]), []
+        verify = report.ReferenceTimer(tiny, fast_settings, references, [1.0, 2.0]).verifier(bound=bound)
+        assert [m["latency"] for m in verify.many(archs[:2])] == pytest.approx([0.5, 0.8])
+        assert calls == attempts  # 0.8 > 0.7: every attempt
 
 
 def test_reference_timer_bad_input(tiny, fast_settings):
