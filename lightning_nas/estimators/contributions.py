@@ -899,17 +899,28 @@ def _log_error_records(supernet, indexer, accumulator, forward, score, x, y, n, 
     have = torch.zeros(n, dtype=torch.long)
 
     def run_to(target: Tensor) -> None:
-        for p in range(int(have.min()), int(target.max())):
-            rows = torch.nonzero((have <= p) & (target > p))[:, 0]
-            if len(rows) == 0:
-                continue
-            index = rows.to(y.device)
-            draw = supernet.space.sample_indices(len(rows), derive_generator(seed, p, i))
-            supernet.activate_indices(draw)
-            logits = forward(x if len(rows) == n else apply_to_collection(x, Tensor, lambda t: t[index]))
-            target_y = y if len(rows) == n else y[index]
-            accumulator.update(*indexer.to_staged(draw), score(logits, target_y), groups[rows])
-            margins[p, rows] = logit_margin(logits, target_y).detach().double().cpu()
+        # Every record still owed, pass by pass, each arch drawn as above; then run in forward calls of
+        # n records whatever their passes (each example runs its own arch, so a record does not depend
+        # on the others in its call). Pass by pass, the adaptive passes made many small calls: 39 of the
+        # demo's 46 s of estimation, against ~15 s for the same records in calls of n.
+        owed = [(p, torch.nonzero((have <= p) & (target > p))[:, 0]) for p in range(int(have.min()), int(target.max()))]
+        owed = [(p, rows) for p, rows in owed if len(rows)]
+        if owed:
+            passes_of = torch.cat([torch.full((len(rows),), p) for p, rows in owed])
+            rows_of = torch.cat([rows for _, rows in owed])
+            draws = [supernet.space.sample_indices(len(rows), derive_generator(seed, p, i)) for p, rows in owed]
+            draw_of = {label: torch.cat([d[label] for d in draws]) for label in draws[0]}
+            whole = torch.arange(n)
+            for start in range(0, len(rows_of), n):
+                rows = rows_of[start:start + n]
+                draw = {label: v[start:start + n] for label, v in draw_of.items()}
+                index = rows.to(y.device)
+                full = len(rows) == n and bool((rows == whole).all())
+                supernet.activate_indices(draw)
+                logits = forward(x if full else apply_to_collection(x, Tensor, lambda t: t[index]))
+                target_y = y if full else y[index]
+                accumulator.update(*indexer.to_staged(draw), score(logits, target_y), groups[rows])
+                margins[passes_of[start:start + n], rows] = logit_margin(logits, target_y).detach().double().cpu()
         have.copy_(torch.maximum(have, target))
 
     def spread() -> Tensor:

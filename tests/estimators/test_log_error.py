@@ -138,6 +138,22 @@ def test_estimate_contributions_log_error_path(oracle, allocation):
     assert kendall_tau(table.predict_indices(ex["configs"], ex["depths"]), ex["p"]) > 0.5
 
 
+def test_adaptive_records_run_in_calls_of_the_batch_size(oracle):
+    # The adaptive passes owe records to some examples only; they share forward calls of up to the
+    # loader's batch size instead of one small call per pass.
+    loader, sizes = oracle.loader(600, 100), []
+
+    def forward(x):
+        sizes.append(len(x))
+        return oracle.supernet(x)
+
+    table = estimate_contributions(oracle.supernet, loader, passes=6, seed=2, fit="log_error", allocation="adaptive", forward=forward)
+    assert sum(sizes) == table.metadata["examples"] and max(sizes) <= 100
+    assert len(sizes) <= table.metadata["examples"] // 100 + 3 * 6  # at most one part-filled call per batch and stage
+    plain = estimate_contributions(oracle.supernet, loader, passes=6, seed=2, fit="log_error", allocation="adaptive")
+    assert plain.to_dict() == table.to_dict()
+
+
 def test_sharded_ranks_give_the_single_process_fit(oracle):
     loader = oracle.loader(700, 100)  # 7 batches: uneven shards
     single = estimate_contributions(oracle.supernet, loader, passes=4, seed=4, fit="log_error", allocation="adaptive")
