@@ -63,7 +63,8 @@ from lightning_nas.spaces import binas_supernet
 from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet
 
-__all__ = ["DEMO_SPACE", "SupernetClassifier", "accuracy", "best_neighbours", "format_summary", "gratings_dataset", "measure_subnets", "run_demo"]
+__all__ = ["DEMO_SPACE", "SupernetClassifier", "accuracy", "best_neighbours", "format_summary", "gratings_dataset", "measure_subnets",
+           "pick_accuracy", "run_demo"]
 
 #: How many times a pick's latency is timed (the fastest counts) before it is found over its budget.
 LATENCY_ATTEMPTS = 3
@@ -346,8 +347,12 @@ def run_demo(
         estimation = ContributionEstimation(
             held_out, method="one_pass", passes=estimation_passes, seed=seed, path=run_dir / "accuracy_table.json", **options,
         )
+        # Malloc thresholds pinned before the first timing: glibc otherwise adapts them to the allocation
+        # history (training, accuracy in batches of 256), and the same subnets timed minutes apart then
+        # disagreed by 4-18 % (median over 30 subnets, re-exported, six runs) against 1.5-6 % pinned; a
+        # run's picks all measured ~10 % slower at the end than when verified.
         profiler = LatencyProfiler(out / "latency_table.json", input_size=(in_chans, image_size, image_size), repeats=profile_repeats,
-                                   statistic="min", seed=seed)
+                                   statistic="min", pin_malloc=True, seed=seed)
         sampling = UniformSampling(seed, per_sample=True, eval_arch="per_sample")
         marks: dict[str, float] = {}
         callbacks = [
@@ -423,11 +428,11 @@ def run_demo(
                     found.append(search_constrained(accuracy_table, [limit]))
                     found[-1].details["verification"] = getattr(err, "tries", [])
         picks = [f.arch for f in found]
-        # A pick's accuracy is predicted from its neighbourhood: the best one-change neighbours that fit the
-        # same bound are measured with the random subnets, and the table's mean error on them corrects the
-        # pick's table value. The line fitted on random subnets holds for the middle of the space; the picks
-        # sit at its top, where the table's error is shared by similar archs (in development runs the line
-        # missed the picks by +0.6 to +0.9 points, the neighbours by +0.1 to +0.5).
+        # A pick's accuracy is predicted from its neighbourhood (pick_accuracy): the best one-change neighbours
+        # that fit the same bound are measured with the random subnets, and the table's mean error on them
+        # corrects the pick's table value. The line fitted on random subnets holds for the middle of the space;
+        # the picks sit at its top, where the table's error is shared by similar archs (in development runs
+        # the line missed the picks by +0.6 to +0.9 points, the neighbours by +0.1 to +0.5).
         staged = StagedSpace.of(supernet)
         near = [best_neighbours(staged, arch, accuracy_table, latency_model, bound, NEIGHBOURS) for arch, bound in zip(picks, bounds)]
 
@@ -494,8 +499,8 @@ def run_demo(
                 "measured_ms": float(pick_ms[k]),
                 "measured_raw_ms": float(pick_ms[k] * drift),
                 "over_budget": bool(pick_ms[k] > target),
-                "predicted_acc": float(result.objective + np.mean(near_acc[k] - near_table[k]) if near[k]
-                                       else intercept + slope * result.objective),
+                "predicted_acc": pick_accuracy(result.objective, near_acc[k] - near_table[k], intercept + slope * result.objective,
+                                               calibration_fit["residual_std"]),
                 "line_acc": float(intercept + slope * result.objective),
                 "neighbours": {"archs": near[k], "table_acc": near_table[k].tolist(), "measured_acc": near_acc[k].tolist()},
                 "table_acc": result.objective,
@@ -579,6 +584,33 @@ def run_demo(
         raise
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def pick_accuracy(table_acc: float, neighbour_errors: Sequence[float] | np.ndarray, line_acc: float, line_std: float) -> float:
+    """A pick's predicted accuracy: the table corrected by its mean error on measured neighbours, and the
+    line fitted on random subnets, weighted by the inverse of their variances.
+
+    The neighbours' mean error has variance ``s² / k`` (``s``: their errors' standard deviation, or
+    ``line_std`` for a single neighbour); the line's prediction of one arch has variance
+    ``line_std²`` (its residual scatter). Agreeing neighbours dominate (8 neighbours within 0.5
+    points of each other: weight ~0.95); few that disagree lean on the line (5 neighbours spread over
+    3 points once put a pick's prediction 1.0 point off; the line was 0.1 off).
+
+    Args:
+        table_acc: the accuracy table's prediction for the pick (fraction).
+        neighbour_errors: ``(k,)`` measured minus table accuracy of its neighbours (fractions; may be empty).
+        line_acc: the line's prediction for the pick (fraction).
+        line_std: the line's residual standard deviation on the random subnets (fraction).
+    """
+    errors = np.asarray(neighbour_errors, dtype=np.float64)
+    if errors.size == 0:
+        return float(line_acc)
+    spread = errors.std(ddof=1) if errors.size >= 2 else line_std
+    neighbours_var, line_var = spread ** 2 / errors.size, line_std ** 2
+    if neighbours_var + line_var == 0:
+        return float(table_acc + errors.mean())
+    weight = line_var / (neighbours_var + line_var)
+    return float(weight * (table_acc + errors.mean()) + (1 - weight) * line_acc)
 
 
 def best_neighbours(staged: StagedSpace, arch: Mapping[str, Any], table, limit_table, bound: float, count: int) -> list[dict[str, Any]]:
@@ -687,9 +719,9 @@ def format_summary(summary: dict[str, Any]) -> str:
               f"{lat['headroom']:.0%} headroom; timed: archs timed until one fitted, up to {VERIFY_POOL} best at a time; meas ms: timed again at the end beside reference "
               f"subnets and scaled to the speed the budgets were measured at (raw times in summary.json), OVER when above the budget; "
               f"table: the accuracy table's prediction; pred acc: the table corrected by its mean error on the pick's best "
-              f"one-change neighbours within the same bound (measured; up to {NEIGHBOURS}), where the line fitted on the random "
-              f"subnets, {cal['intercept']:.3f} + {cal['slope']:.2f} × table (residual std {cal['residual_std']:.4f}), "
-              f"would say {line_accs}; "
+              f"one-change neighbours within the same bound (measured; up to {NEIGHBOURS}), averaged by inverse variance with "
+              f"the line fitted on the random subnets, {cal['intercept']:.3f} + {cal['slope']:.2f} × table (residual std "
+              f"{cal['residual_std']:.4f}), which alone would say {line_accs}; "
               f"meas acc: the exported subnet before fine-tuning, {summary['measured']}; recalib: BatchNorm re-estimated on "
               "8×256 training images; tuned: after fine-tuning; beats: share of the random subnets measured within the same "
               "budget that it beats)", "", "targets:"]

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lightning_nas.cli import main
-from lightning_nas.demo import DISTURBED_MAPE, format_summary, run_demo
+from lightning_nas.demo import DISTURBED_MAPE, format_summary, pick_accuracy, run_demo
 
 TINY = dict(epochs=1, finetune_epochs=1, max_examples=60, copies=(2, 2, 2), estimation_passes=2, num_ranked=6, num_random=8,
             profile_repeats=3, target_fractions=(0.3, 0.7), progress=False)
@@ -51,7 +51,8 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     for r in summary["targets"]:  # the printed prediction: the table's, corrected by its error on the measured neighbours
         near = r["neighbours"]
         assert 1 <= len(near["archs"]) <= 8 and len(near["measured_acc"]) == len(near["table_acc"]) == len(near["archs"])
-        assert r["predicted_acc"] == pytest.approx(r["table_acc"] + np.mean(np.subtract(near["measured_acc"], near["table_acc"])))
+        assert r["predicted_acc"] == pytest.approx(pick_accuracy(r["table_acc"], np.subtract(near["measured_acc"], near["table_acc"]),
+                                                                 r["line_acc"], cal["residual_std"]))
         assert r["line_acc"] == pytest.approx(cal["intercept"] + cal["slope"] * r["table_acc"])
         assert all(sum(a[k] != r["arch"][k] for k in a) == 1 for a in near["archs"])
     fit = np.polyfit(summary["random"]["predicted_acc"], summary["random"]["measured_acc"], 1)
@@ -362,3 +363,24 @@ def test_subnets_are_measured_with_batch_norm_folded_and_untraceable_ones_as_the
 
     branching = Branching().eval()
     assert _batch_norm_folded(branching) is branching and isinstance(branching.bn, nn.BatchNorm2d)
+
+
+def test_pick_accuracy_weights_neighbours_and_line_by_inverse_variance():
+    # Neighbours agreeing within 0.2 points dominate; the line's residual std is 0.8 points.
+    agree = [0.010, 0.012, 0.011, 0.009]
+    s2 = np.var(agree, ddof=1) / 4
+    w = 0.008**2 / (0.008**2 + s2)
+    assert pick_accuracy(0.70, agree, 0.69, 0.008) == pytest.approx(w * 0.7105 + (1 - w) * 0.69)
+    assert w > 0.99
+    # Few, scattered neighbours lean on the line: the prediction lies between the two, nearer the line
+    # as the neighbours scatter more.
+    def weight(errors):  # of the neighbours' prediction, from where the result lies between the two
+        return (pick_accuracy(0.70, errors, 0.69, 0.008) - 0.69) / (0.70 + np.mean(errors) - 0.69)
+
+    scattered, wide = [-0.001, 0.004, 0.03], [-0.026, 0.004, 0.055]  # the same mean, a wider spread
+    assert 0 < weight(wide) < weight(scattered) < 1
+    # One neighbour: its error's variance is taken as the line's, so the two are averaged; none: the line.
+    assert pick_accuracy(0.70, [0.02], 0.69, 0.008) == pytest.approx((0.72 + 0.69) / 2)
+    assert pick_accuracy(0.70, [], 0.69, 0.008) == 0.69
+    # No scatter at all: the neighbours' correction.
+    assert pick_accuracy(0.70, [0.01, 0.01], 0.69, 0.0) == pytest.approx(0.71)
