@@ -96,6 +96,14 @@ def midpoint_limit(values: np.ndarray, q: float) -> float | None:
     return float((distinct[i] + distinct[i + 1]) / 2)
 
 
+def measured_truth(table: BilinearTable, seed: int, scale: float = 0.05, stream: int = 1):
+    """A 'real' measurement: ``table`` plus an arch-dependent error of ``-scale`` to ``2 * scale`` of each
+    block's value (a model that under-predicts more often than it over-predicts): ``arch -> value``."""
+    rng = np.random.default_rng(seed + stream)
+    error = BilinearTable(table.staged, 0.0, table.block * rng.uniform(-scale, 2 * scale, table.block.shape), name=table.name, unit=table.unit)
+    return lambda arch: brute_value(table, arch) + brute_value(error, arch)
+
+
 @pytest.fixture(scope="session")
 def inst():
     """The helpers above, for tests (pytest's importlib mode does not import sibling modules)."""
@@ -106,4 +114,5 @@ def inst():
         brute_value=brute_value,
         enumerate_values=enumerate_values,
         midpoint_limit=midpoint_limit,
+        measured_truth=measured_truth,
     )

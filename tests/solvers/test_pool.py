@@ -106,13 +106,6 @@ def test_top_k_errors(inst):
         solve_fractional(acc, lat, top_k=True)
 
 
-def _pool_truth(inst, lat, seed, scale=0.08):
-    """A 'real' latency: the table plus an arch-dependent error of up to ``scale`` of each block's cost."""
-    rng = np.random.default_rng(seed + 7)
-    error = BilinearTable(lat.staged, 0.0, lat.block * rng.uniform(-scale, 2 * scale, lat.block.shape), name="latency", unit="ms")
-    return lambda arch: inst.brute_value(lat, arch) + inst.brute_value(error, arch)
-
-
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), q=st.floats(0.2, 0.9), k=st.integers(2, 4))
 def test_verified_pool_against_brute_force(inst, seed, q, k):
@@ -121,7 +114,7 @@ def test_verified_pool_against_brute_force(inst, seed, q, k):
     upper = inst.midpoint_limit(values[:, 1], q)
     if upper is None:
         return
-    truth = _pool_truth(inst, lat, seed)
+    truth = inst.measured_truth(lat, seed, scale=0.08, stream=7)
     try:
         result = search_constrained(acc, Limit(lat, upper=upper), top_k=k, max_verify=4 * k,
                                     verify=lambda a: {"latency": truth(a)})

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_nas.bilinear import BilinearTable
 from lightning_nas.solvers import InfeasibleError, Limit, pareto_sweep, search_constrained
-
-
-def _truth(inst, lat, seed, scale=0.05):
-    """A 'real' latency: the table plus an arch-dependent error of up to ``scale`` of each block's cost."""
-    rng = np.random.default_rng(seed + 1)
-    error = BilinearTable(lat.staged, 0.0, lat.block * rng.uniform(-scale, 2 * scale, lat.block.shape), name="latency", unit="ms")
-    return lambda arch: {"latency": inst.brute_value(lat, arch) + inst.brute_value(error, arch)}
 
 
 @settings(max_examples=30, deadline=None)
@@ -26,12 +17,12 @@ def test_accepted_pick_measures_within_the_budget_and_is_the_best_the_tightened_
     upper = inst.midpoint_limit(values[:, 1], q)
     if upper is None:
         return
-    measure = _truth(inst, lat, seed)
+    measure = inst.measured_truth(lat, seed)
     calls = []
 
     def verify(arch):
         calls.append(arch)
-        return measure(arch)
+        return {"latency": measure(arch)}
 
     try:
         result = search_constrained(acc, Limit(lat, upper=upper), verify=verify, max_verify=20)
@@ -41,8 +32,8 @@ def test_accepted_pick_measures_within_the_budget_and_is_the_best_the_tightened_
         return
     tries = result.details["verification"]
     assert len(tries) == len(calls) and tries[-1]["met"] and not any(t["met"] for t in tries[:-1])
-    assert result.details["measured"]["latency"] == pytest.approx(measure(result.arch)["latency"])
-    assert measure(result.arch)["latency"] <= upper
+    assert result.details["measured"]["latency"] == pytest.approx(measure(result.arch))
+    assert measure(result.arch) <= upper
     # The bound the solver saw shrinks strictly with each failed try.
     seen = [t["bounds"]["latency"]["upper"] for t in tries]
     assert all(b < a for a, b in zip(seen, seen[1:]))
@@ -95,10 +86,11 @@ def test_pareto_sweep_verifies_each_target(inst):
     space, staged, acc, (lat,), _ = inst.random_instance(11)
     archs, values = inst.enumerate_values(space, [acc, lat])
     targets = [inst.midpoint_limit(values[:, 1], q) for q in (0.3, 0.6, 0.9)]
-    measure = _truth(inst, lat, 11)
-    for target, result in zip(sorted(targets), pareto_sweep(acc, lat, targets, verify=measure, max_verify=20)):
+    measure = inst.measured_truth(lat, 11)
+    verify = lambda a: {"latency": measure(a)}  # noqa: E731
+    for target, result in zip(sorted(targets), pareto_sweep(acc, lat, targets, verify=verify, max_verify=20)):
         if result.status != "infeasible":
-            assert measure(result.arch)["latency"] <= target and result.details["verification"][-1]["met"]
+            assert measure(result.arch) <= target and result.details["verification"][-1]["met"]
 
 
 @pytest.mark.parametrize("verify, max_verify, match", [
