@@ -242,7 +242,7 @@ def run_demo(
     num_random: int = 100,
     calibration_batches: int = 0,
     profile_repeats: int = 50,
-    latency_headroom: float = 0.05,
+    latency_headroom: float = 0.07,
     threads: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -287,7 +287,10 @@ def run_demo(
             measure within ``budget × (1 − latency_headroom)`` when the search verifies it. One
             arch's time, scaled to the references' speed, moved by 1.5-2 % (std; up to 7 %) between
             two timings on this CPU, idle or beside a competing thread (2 % let a fresh-clone run end
-            1 % over a budget, its pick verified at 0.96 of it).
+            1 % over a budget, its pick verified at 0.96 of it). A pool's kept member is the one that
+            timed within the bound, so its verified time is low by chance more often than not: in 18
+            picks of six runs the time at the end was a median 3 % above the verified one (up to
+            +9 %), and with 5 % one pick ended 1 % over its budget.
         threads: torch threads for training and accuracy measurement (latency is timed on the
             table's own setting, 1 thread). Default: :func:`free_cores`, every core when the machine is
             idle, else the cores other jobs leave free (at least 1), measured at the start: threads
