@@ -242,7 +242,7 @@ def run_demo(
     num_random: int = 100,
     calibration_batches: int = 0,
     profile_repeats: int = 50,
-    latency_headroom: float = 0.07,
+    latency_headroom: float = 0.05,
     threads: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -290,7 +290,8 @@ def run_demo(
             1 % over a budget, its pick verified at 0.96 of it). A pool's kept member is the one that
             timed within the bound, so its verified time is low by chance more often than not: in 18
             picks of six runs the time at the end was a median 3 % above the verified one (up to
-            +9 %), and with 5 % one pick ended 1 % over its budget.
+            +9 %). 7 % was tried: three runs in an unsteady phase of this VM then met every budget
+            but missed "beats" (64-86 %), so 5 % stays until a series shows 7 % better.
         threads: torch threads for training and accuracy measurement (latency is timed on the
             table's own setting, 1 thread). Default: :func:`free_cores`, every core when the machine is
             idle, else the cores other jobs leave free (at least 1), measured at the start: threads
