@@ -551,6 +551,7 @@ def run_demo(
         times["total"] = time.perf_counter() - started
         summary = {
             "run_dir": str(run_dir),
+            "seed": seed,
             "dataset": dataset,
             "examples": {"train": len(train_set), "held_out": len(held_set), "val": len(val_set)},
             "space_size": space_.size,

@@ -29,6 +29,7 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     before = torch.get_num_threads()
     summary = run_demo(out=tmp_path, **{**TINY, "threads": 1})
     assert summary["threads"] == 1 and torch.get_num_threads() == before  # the caller's setting is restored
+    assert summary["seed"] == 0  # with the thread count, what repeats a run
     run = Path(summary["run_dir"])
     assert json.loads((run / "accuracy_table.json").read_text())["link"] == "log_error"  # the default estimator
     assert json.loads((run / "summary.json").read_text())["targets"] == json.loads(json.dumps(summary["targets"]))

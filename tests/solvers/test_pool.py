@@ -142,7 +142,7 @@ def test_verified_pool_against_brute_force(inst, seed, q, k):
     # pick is its first member, in the model's order, that measured within the budget.
     last = bounds[-1]
     fits = np.sort(_distinct_values(acc, [Limit(lat, upper=last)]))[::-1][:k]
-    assert np.allclose([r.objective for r in result.pool], fits, atol=1e-9)
+    assert np.allclose([r.objective for r in result.pool], fits, atol=1e-6)  # HiGHS's tolerances, as in test_verification
     met = {str(t["arch"]) for t in tries if t["met"]}
     assert result.arch == next(r.arch for r in result.pool if str(r.arch) in met)
 

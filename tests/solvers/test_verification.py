@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lightning_nas.solvers import InfeasibleError, Limit, pareto_sweep, search_constrained
@@ -11,6 +11,7 @@ from lightning_nas.solvers import InfeasibleError, Limit, pareto_sweep, search_c
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), q=st.floats(0.1, 0.9))
+@example(seed=18, q=0.5)  # two archs 3e-7 apart in accuracy: HiGHS returned the lower as optimal
 def test_accepted_pick_measures_within_the_budget_and_is_the_best_the_tightened_model_allows(inst, seed, q):
     space, staged, acc, (lat,), _ = inst.random_instance(seed)
     archs, values = inst.enumerate_values(space, [acc, lat])
@@ -39,7 +40,8 @@ def test_accepted_pick_measures_within_the_budget_and_is_the_best_the_tightened_
     assert all(b < a for a, b in zip(seen, seen[1:]))
     # The pick is the exact optimum under the last bound the solver saw (brute force).
     fits = values[:, 1] <= seen[-1] + 1e-7
-    assert result.objective == pytest.approx(values[fits, 0].max(), abs=1e-9)
+    # To HiGHS's tolerances (1e-7 feasibility): a near-tie 3e-7 apart was once returned as optimal.
+    assert result.objective == pytest.approx(values[fits, 0].max(), abs=1e-6)
 
 
 def test_an_exact_model_is_accepted_at_the_first_try(inst):
