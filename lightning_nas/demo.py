@@ -597,8 +597,8 @@ def pick_accuracy(table_acc: float, neighbour_errors: Sequence[float] | np.ndarr
 
     The neighbours' mean error has variance ``s² / k`` (``s``: their errors' standard deviation, or
     ``line_std`` for a single neighbour); the line's prediction of one arch has variance
-    ``line_std²`` (its residual scatter). Agreeing neighbours dominate (8 neighbours within 0.5
-    points of each other: weight ~0.95); few that disagree lean on the line (5 neighbours spread over
+    ``line_std²`` (its residual scatter). Agreeing neighbours dominate (8 neighbours whose errors have a
+    0.5-point standard deviation: weight ~0.95); few that disagree lean on the line (5 neighbours spread over
     3 points once put a pick's prediction 1.0 point off; the line was 0.1 off).
 
     Args:
