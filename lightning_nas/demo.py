@@ -18,7 +18,8 @@ with the split-half reliability of those accuracies (two halves of disjoint orig
 Latency is the fastest of the timed calls (another job on the machine lengthens calls, hardly the
 fastest); the table is calibrated on the random subnets (fixed part and scale), and the exact MILP
 is solved for three latency targets with ``verify=`` and a solution pool: the best few archs by the
-model are timed together beside reference subnets (:class:`~lightning_nas.profiling.ReferenceTimer`),
+model are timed together beside random subnets of about the budget's latency
+(:meth:`~lightning_nas.profiling.ReferenceTimer.near`),
 the most accurate one within its budget less the headroom is kept, and a new pool is solved when none
 fits; each pick is timed again at the end and flagged when over. It exports
 each subnet, measures it and fine-tunes it briefly, and prints the targets it set itself (met / MISSED): the estimator's
@@ -68,10 +69,10 @@ __all__ = ["DEMO_SPACE", "SupernetClassifier", "accuracy", "best_neighbours", "f
 
 #: How many times a pick's latency is timed (the fastest counts) before it is found over its budget.
 LATENCY_ATTEMPTS = 3
-#: Random subnets timed beside each pick to scale its time to the machine's speed when the budgets were
-#: set: the speed is their median ratio, whose scatter (one arch's ratio: 1.5-2 % std on this CPU) falls
-#: as 1/sqrt(K), 0.9 % for 6 against 0.7 % for 10, well inside the headroom; each one costs as much
-#: time as the pick itself in every timing.
+#: Random subnets (those timed closest to its budget) timed beside each pick to scale its time to the
+#: machine's speed when the budgets were set: the speed is their median ratio, whose scatter (one
+#: arch's ratio: 1.5-2 % std on this CPU) falls as 1/sqrt(K), 0.9 % for 6 against 0.7 % for 10, well
+#: inside the headroom; each one costs as much time as the pick itself in every timing.
 REFERENCES = 6
 #: The best archs by the model verified together per budget (one timing beside the references): the
 #: most accurate that measures within the budget is kept. One pick at a time, a failed pick's error
@@ -411,14 +412,15 @@ def run_demo(
         targets = [fit["offset"] + fit["scale"] * q for q in quantiles]
         bounds = [fit["offset"] + fit["scale"] * q * (1 - latency_headroom) for q in quantiles]
 
-        # Picks are timed beside some of the random subnets timed above and scaled to the machine's speed
-        # then (fastest of up to LATENCY_ATTEMPTS timings), so another job starting or stopping mid-run
-        # is not taken for a slower or faster arch.
-        timer = ReferenceTimer(supernet, settings, randoms[:REFERENCES], random_ms[:REFERENCES], attempts=LATENCY_ATTEMPTS, seed=seed)
+        # Picks are timed beside the random subnets whose times above were closest to their budget and
+        # scaled to the machine's speed then (fastest of up to LATENCY_ATTEMPTS timings), so another job
+        # starting or stopping mid-run is not taken for a slower or faster arch.
+        timers = [ReferenceTimer.near(target, supernet, settings, randoms, random_ms, REFERENCES, attempts=LATENCY_ATTEMPTS, seed=seed)
+                  for target in targets]
 
         found = []
         with _stage("solving", times, progress):
-            for target, bound in zip(targets, bounds):
+            for target, bound, timer in zip(targets, bounds, timers):
                 limit = Limit(latency_model, upper=bound)
                 try:
                     # Every attempt, as at the end (no early stop once within the bound): the
@@ -474,7 +476,9 @@ def run_demo(
 
         # The truth, part 3: the picks timed again at the end, independently of the search, the same way.
         with _stage("re-measuring latency", times, progress):
-            pick_ms, drift = timer(picks)
+            # Each pick beside its own budget's references, as when it was verified.
+            timed = [timer([arch]) for timer, arch in zip(timers, picks)]
+            pick_ms, drift = np.array([ms[0] for ms, _ in timed]), np.array([speed for _, speed in timed])
 
         near_table = [accuracy_table.predict_many(group) if group else np.zeros(0) for group in near]
         results = []
@@ -501,7 +505,8 @@ def run_demo(
                 # The model's best arch under the bound measured within it (the pick, then, depends on the seed alone).
                 "first_kept": bool(result.details["verification"]) and result.details["verification"][0]["arch"] == result.arch,
                 "measured_ms": float(pick_ms[k]),
-                "measured_raw_ms": float(pick_ms[k] * drift),
+                "measured_raw_ms": float(pick_ms[k] * drift[k]),
+                "speed_at_end": float(drift[k]),
                 "over_budget": bool(pick_ms[k] > target),
                 "predicted_acc": pick_accuracy(result.objective, near_acc[k] - near_table[k], intercept + slope * result.objective,
                                                calibration_fit["residual_std"]),
@@ -544,7 +549,7 @@ def run_demo(
             {"check": "measured accuracy non-decreasing with the budget", "value": float(min(np.diff(accs), default=0.0)),
              "target": ">= 0", "met": bool(all(b >= a for a, b in zip(accs, accs[1:])))},
             {"check": "largest re-measured latency of a pick / its budget (at the speed the budgets were measured at; "
-                      f"the machine ran {abs(drift - 1):.0%} {'slower' if drift > 1 else 'faster'} at the end)",
+                      f"at the end the references took {_ratios(drift)} their first times)",
              "value": max(r["measured_ms"] / r["target_ms"] for r in results), "target": "<= 1",
              "met": not any(r["over_budget"] for r in results)},
         ]
@@ -570,7 +575,7 @@ def run_demo(
             "latency": {"statistic": settings.statistic, "repeats": settings.repeats, "headroom": latency_headroom,
                         "mape_table_percent": check.mape, "mape_calibrated_percent": latency_model.metadata["calibration"]["mape_after_percent"],
                         "calibration": {k: latency_model.metadata["calibration"][k] for k in ("offset", "scale", "archs")},
-                        "drift": drift, "speed_at_start": check.speed, "retimed": bool(retimed), "disturbed": bool(disturbed)},
+                        "drift": drift.tolist(), "speed_at_start": check.speed, "retimed": bool(retimed), "disturbed": bool(disturbed)},
             "ranking": {"num_subnets": num_ranked, **ranking, "all_random": {"num_subnets": num_random, "kendall_tau": tau_all}},
             "measured": truth,
             "calibration": calibration_fit,
@@ -680,6 +685,12 @@ def _busy_cores(window_s: float) -> float | None:
     return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / (total1 - total0))
 
 
+def _ratios(ratios: np.ndarray) -> str:
+    """A range of ratios as printed: ``"1.04-1.07×"``, or ``"1.04×"`` when they agree to two decimals."""
+    low, high = f"{np.min(ratios):.2f}", f"{np.max(ratios):.2f}"
+    return f"{low}×" if low == high else f"{low}-{high}×"
+
+
 def _ms(value: float | None) -> str:
     return "failed" if value is None else f"{value:.3f}"
 
@@ -721,8 +732,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     cal = summary["calibration"]
     line_accs = ", ".join(f"{r['line_acc']:.3f}" for r in summary["targets"])
     lines += [f"(pred ms: the calibrated latency table; verified: the pick measured during the search, within the budget less "
-              f"{lat['headroom']:.0%} headroom; timed: archs timed until one fitted, up to {VERIFY_POOL} best at a time; meas ms: timed again at the end beside reference "
-              f"subnets and scaled to the speed the budgets were measured at (raw times in summary.json), OVER when above the budget; "
+              f"{lat['headroom']:.0%} headroom; timed: archs timed until one fitted, up to {VERIFY_POOL} best at a time; meas ms: timed again at the end beside the same "
+              f"{REFERENCES} random subnets closest to the budget and scaled to the speed the budgets were measured at (raw times in summary.json), OVER when above the budget; "
               f"table: the accuracy table's prediction; pred acc: the table corrected by its mean error on the pick's best "
               f"one-change neighbours within the same bound (measured; up to {NEIGHBOURS}), averaged by inverse variance with "
               f"the line fitted on the random subnets, {cal['intercept']:.3f} + {cal['slope']:.2f} × table (residual std "

@@ -92,7 +92,10 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
         # None only when verification gave up (a heavily loaded machine): the unverified pick is reported and flagged.
         assert r["verified_ms"] is None or r["verified_ms"] > 0
         assert r["over_budget"] == (r["measured_ms"] > r["target_ms"])
+        # Re-measured beside its own budget's references, scaled by their speed then.
+        assert r["measured_raw_ms"] == pytest.approx(r["measured_ms"] * r["speed_at_end"])
         assert ("OVER" in text) or not r["over_budget"]
+    assert lat["drift"] == [r["speed_at_end"] for r in summary["targets"]]
     assert checks["largest re-measured latency"]["met"] == (not any(r["over_budget"] for r in summary["targets"]))
     for stage in ("data", "profiling", "training", "estimation", "solving", "measuring latency", "measuring accuracy", "export",
                   "fine-tuning"):

@@ -288,6 +288,23 @@ class ReferenceTimer:
             raise ValueError(f"`attempts` must be an int >= 1, got {attempts!r}")
         self.supernet, self.settings, self.attempts, self.seed = supernet, settings, attempts, seed
 
+    @classmethod
+    def near(cls, target_ms: float, supernet: Supernet, settings: ProfileSettings, archs: Sequence[Mapping[str, Any]],
+             archs_ms: Sequence[float] | np.ndarray, count: int, **kwargs: Any) -> "ReferenceTimer":
+        """A timer whose references are the ``count`` of ``archs`` (timed before at ``archs_ms``, ``(N,)`` in ms)
+        closest in time to ``target_ms``: archs timed against a budget near ``target_ms`` are then scaled by
+        subnets of about their size. When the machine's speed changed within a run, references of any size
+        left whole pools of picks 10-15 % above their predictions: small and large subnets need not slow down
+        by the same factor. ``kwargs`` go to the constructor."""
+        archs_ms = np.asarray(archs_ms, dtype=np.float64)
+        if archs_ms.shape != (len(archs),):
+            raise ValueError(f"`archs_ms` must have one time per arch ({len(archs)}), got shape {archs_ms.shape}")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= len(archs):
+            raise ValueError(f"`count` must be an int in [1, {len(archs)}] (the archs given), got {count!r}")
+        # Stable sort: ties keep the archs' order, so the choice depends on the timings alone.
+        closest = np.argsort(np.abs(archs_ms - target_ms), kind="stable")[:count]
+        return cls(supernet, settings, [archs[i] for i in closest], archs_ms[closest], **kwargs)
+
     def __call__(self, archs: Sequence[Mapping[str, Any]], done: Callable[[np.ndarray], bool] | None = None) -> tuple[np.ndarray, float]:
         """``(N,)`` times of ``archs`` in ms at the references' first speed, and that speed ratio (now / then).
 

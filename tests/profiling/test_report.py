@@ -187,3 +187,19 @@ def test_fastest_of_two_checks_keeps_each_archs_faster_timing():
         first.fastest_of(second.measured)
     with pytest.raises(ValueError, match="same archs"):
         first.fastest_of(LatencyCheck(archs[::-1], second.predicted, second.measured, second.p10, second.p90))
+
+
+def test_reference_timer_near_picks_references_of_similar_latency(tiny, fast_settings):
+    from lightning_nas.profiling.report import ReferenceTimer
+
+    archs = tiny.space.sample_many(5, 3)
+    ms = [4.0, 1.0, 2.9, 3.1, 2.0]
+    timer = ReferenceTimer.near(3.0, tiny, fast_settings, archs, ms, 3, attempts=2, seed=7)
+    # 2.9 and 3.1 tie at 0.1 from the target: the archs' order breaks it; then 2.0 and 4.0 tie, 2.0 comes last.
+    assert timer.references == [tiny.space.validate(archs[i]) for i in (2, 3, 0)]
+    np.testing.assert_array_equal(timer.reference_ms, [2.9, 3.1, 4.0])
+    assert (timer.attempts, timer.seed) == (2, 7)
+    with pytest.raises(ValueError, match="one time per arch"):
+        ReferenceTimer.near(3.0, tiny, fast_settings, archs, ms[:4], 3)
+    with pytest.raises(ValueError, match=r"`count` must be an int in \[1, 5\]"):
+        ReferenceTimer.near(3.0, tiny, fast_settings, archs, ms, 6)
