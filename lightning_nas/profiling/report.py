@@ -267,7 +267,7 @@ class ReferenceTimer:
         references: ``K >= 1`` archs timed before (e.g. some of the random subnets a table was calibrated on).
         reference_ms: ``(K,)`` their times then, in ms, the same statistic.
         attempts: most interleaved timings per call (at least 1).
-        seed: seed of the random inputs.
+        seed: seed of the random inputs and of the timing order (a stream per attempt).
 
     Example::
 
@@ -312,8 +312,9 @@ class ReferenceTimer:
         """
         archs = list(archs)
         statistic, fastest, speed = self.settings.statistic, None, 1.0
-        for _ in range(self.attempts):
-            timed = time_archs(self.supernet, archs + self.references, self.settings, seed=self.seed)
+        for attempt in range(self.attempts):
+            # A new seed each attempt, so each draws its own orders of the interleaved rounds.
+            timed = time_archs(self.supernet, archs + self.references, self.settings, seed=derive_seed(self.seed, attempt))
             now = np.array([t.value(statistic) for t in timed])
             fastest = now if fastest is None else np.minimum(fastest, now)
             speed = float(np.median(fastest[len(archs):] / self.reference_ms))

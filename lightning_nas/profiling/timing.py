@@ -239,7 +239,8 @@ def time_module(module: nn.Module, input_shape: Sequence[int], settings: Profile
 
 
 def time_modules(items: Sequence[tuple[nn.Module, Sequence[int]]], settings: ProfileSettings, *, seed: int = 0) -> list[TimingResult]:
-    """Time several modules, interleaved: ``settings.rounds`` rounds, each timing every module in turn.
+    """Time several modules, interleaved: ``settings.rounds`` rounds, each timing every module in turn
+    (in a new order each round, drawn from ``seed``).
 
     A slow spell of the machine (another job, a frequency change) then lands on every module
     alike instead of on whichever was being timed, so the *ratios* between the results (what an
@@ -252,7 +253,7 @@ def time_modules(items: Sequence[tuple[nn.Module, Sequence[int]]], settings: Pro
             :func:`time_module`), or ``(module, input_shape, vocab_size)`` triples for modules
             that take token ids (see :func:`example_input`; ``None`` for floats).
         settings: device, dtype, threads, warm-up, repeats and rounds.
-        seed: seed of the random inputs (the same seed for every module).
+        seed: seed of the random inputs (the same seed for every module) and of the rounds' orders.
 
     Returns:
         One ``TimingResult`` per item, in order, in milliseconds.
@@ -287,11 +288,16 @@ def time_modules(items: Sequence[tuple[nn.Module, Sequence[int]]], settings: Pro
         # graph (BatchNorm with running statistics), and all conversions happen before any timing.
         calls = [runtime_callable(module, x, settings) for module, x in prepared]
         stack.enter_context(torch.inference_mode())
+        # Each round in its own seeded order. Beside a matrix-product loop, some modules of one call
+        # were ~1.45x slow in every round while others were not; in a fixed order, a competing job
+        # whose period is near a round's length can slow the same module each round (one subnet timed
+        # 44 % slow beside references of its size, in the order it had been timed in minutes before).
+        order = np.random.default_rng(seed)
         for r, share in enumerate(shares):
-            for call, out in zip(calls, samples):
+            for i in order.permutation(len(calls)):
                 for _ in range(settings.warmup if r == 0 else min(1, settings.warmup)):
-                    call()
-                out.extend(timer(call, share, device))
+                    calls[i]()
+                samples[i].extend(timer(calls[i], share, device))
     return [TimingResult.from_samples(values) for values in samples]
 
 

@@ -151,10 +151,22 @@ def test_time_modules_interleaves_rounds():
             return x
 
     settings = ProfileSettings(input_size=(2,), repeats=7, warmup=2, rounds=3)
-    a, b = time_modules([(Tag("a"), (1, 2)), (Tag("b"), (1, 2))], settings)
-    assert len(a.samples_ms) == len(b.samples_ms) == 7
-    # Round 1: 2 warm-up + 3 timed calls each; rounds 2 and 3: 1 warm-up + 2 timed each.
-    assert "".join(order) == "a" * 5 + "b" * 5 + ("a" * 3 + "b" * 3) * 2
+    firsts = set()
+    for seed in range(8):
+        order.clear()
+        a, b = time_modules([(Tag("a"), (1, 2)), (Tag("b"), (1, 2))], settings, seed=seed)
+        assert len(a.samples_ms) == len(b.samples_ms) == 7
+        # Round 1: 2 warm-up + 3 timed calls each; rounds 2 and 3: 1 warm-up + 2 timed each; every
+        # module once per round, in the round's own order.
+        calls = "".join(order)
+        rounds = [calls[:10], calls[10:16], calls[16:]]
+        assert [sorted(r) for r in rounds] == [sorted("a" * 5 + "b" * 5), sorted("aaabbb"), sorted("aaabbb")]
+        assert all(r in (x * (len(r) // 2) + y * (len(r) // 2) for x, y in ("ab", "ba")) for r in rounds)
+        firsts.update(r[0] for r in rounds)
+        order.clear()
+        time_modules([(Tag("a"), (1, 2)), (Tag("b"), (1, 2))], settings, seed=seed)
+        assert "".join(order) == calls  # the seed decides the orders
+    assert firsts == {"a", "b"}  # not a fixed order: a periodic competing job would hit one module every round
     with pytest.raises(ValueError, match="`rounds`"):
         ProfileSettings(input_size=(2,), rounds=0)
 
