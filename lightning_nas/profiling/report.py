@@ -267,6 +267,8 @@ class ReferenceTimer:
         references: ``K >= 1`` archs timed before (e.g. some of the random subnets a table was calibrated on).
         reference_ms: ``(K,)`` their times then, in ms, the same statistic.
         attempts: most interleaved timings per call (at least 1).
+        min_attempts: fewest timings before a caller's ``done`` may stop them: the references' fastest
+            times need a few timings to settle, and with one a disturbed reference made a pick look fast.
         seed: seed of the random inputs and of the timing order (a stream per attempt).
 
     Example::
@@ -276,7 +278,7 @@ class ReferenceTimer:
     """
 
     def __init__(self, supernet: Supernet, settings: ProfileSettings, references: Sequence[Mapping[str, Any]],
-                 reference_ms: Sequence[float] | np.ndarray, *, attempts: int = 3, seed: int = 0) -> None:
+                 reference_ms: Sequence[float] | np.ndarray, *, attempts: int = 3, min_attempts: int = 1, seed: int = 0) -> None:
         self.references = [supernet.space.validate(a) for a in references]
         self.reference_ms = np.asarray(reference_ms, dtype=np.float64)
         if not self.references or self.reference_ms.shape != (len(self.references),):
@@ -286,7 +288,10 @@ class ReferenceTimer:
             raise ValueError("`reference_ms` must hold positive finite times")
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ValueError(f"`attempts` must be an int >= 1, got {attempts!r}")
-        self.supernet, self.settings, self.attempts, self.seed = supernet, settings, attempts, seed
+        if isinstance(min_attempts, bool) or not isinstance(min_attempts, int) or not 1 <= min_attempts <= attempts:
+            raise ValueError(f"`min_attempts` must be an int in [1, attempts={attempts}], got {min_attempts!r}")
+        self.supernet, self.settings, self.attempts, self.min_attempts, self.seed = supernet, settings, attempts, min_attempts, seed
+        self.spent = 0  # interleaved timings run so far, over all calls
 
     @classmethod
     def near(cls, target_ms: float, supernet: Supernet, settings: ProfileSettings, archs: Sequence[Mapping[str, Any]],
@@ -308,39 +313,66 @@ class ReferenceTimer:
     def __call__(self, archs: Sequence[Mapping[str, Any]], done: Callable[[np.ndarray], bool] | None = None) -> tuple[np.ndarray, float]:
         """``(N,)`` times of ``archs`` in ms at the references' first speed, and that speed ratio (now / then).
 
-        ``done(times)`` stops the attempts early (e.g. once every arch is within its budget).
+        ``done(times)``, asked after each attempt from the ``min_attempts``-th on, stops the attempts
+        early (e.g. once every arch is within its budget).
         """
         archs = list(archs)
         statistic, fastest, speed = self.settings.statistic, None, 1.0
         for attempt in range(self.attempts):
             # A new seed each attempt, so each draws its own orders of the interleaved rounds.
             timed = time_archs(self.supernet, archs + self.references, self.settings, seed=derive_seed(self.seed, attempt))
+            self.spent += 1
             now = np.array([t.value(statistic) for t in timed])
             fastest = now if fastest is None else np.minimum(fastest, now)
             speed = float(np.median(fastest[len(archs):] / self.reference_ms))
-            if done is not None and done(fastest[: len(archs)] / speed):
+            if done is not None and attempt + 1 >= self.min_attempts and done(fastest[: len(archs)] / speed):
                 break
         return fastest[: len(archs)] / speed, speed
 
-    def verifier(self, bound: float | None = None, name: str = "latency") -> TimedVerify:
+    def verifier(self, bound: float | None = None, name: str = "latency", margin: float = 0.03) -> TimedVerify:
         """A ``verify`` for :func:`~lightning_nas.solvers.search_constrained`: ``arch -> {name: ms}``, and a
-        solution pool timed side by side in one call (``many``); with ``bound``, the attempts stop as
-        soon as every arch is timed within it."""
-        return TimedVerify(self, bound, name)
+        solution pool timed side by side in one call (``many``). With ``bound`` (ms), the attempts stop
+        once the timings settle which arch is kept: see :meth:`TimedVerify.many`."""
+        return TimedVerify(self, bound, name, margin)
 
 
 class TimedVerify:
     """``verify`` of a :class:`ReferenceTimer` (see :meth:`ReferenceTimer.verifier`)."""
 
-    def __init__(self, timer: ReferenceTimer, bound: float | None, name: str) -> None:
-        self.timer, self.bound, self.name = timer, bound, name
+    def __init__(self, timer: ReferenceTimer, bound: float | None, name: str, margin: float = 0.03) -> None:
+        if bound is not None and not (np.isfinite(bound) and bound > 0):
+            raise ValueError(f"`bound` must be a positive finite time in ms or None, got {bound!r}")
+        if not (np.isfinite(margin) and 0 <= margin < 1):
+            raise ValueError(f"`margin` must be a fraction in [0, 1), got {margin!r}")
+        self.timer, self.bound, self.name, self.margin = timer, bound, name, margin
 
     def __call__(self, arch: Mapping[str, Any]) -> dict[str, float]:
         return self.many([arch])[0]
 
-    def many(self, archs: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
-        """Times ``archs`` together, beside the references: ``[{name: ms}, ...]`` in their order."""
-        done = None if self.bound is None else (lambda ms: bool((ms <= self.bound).all()))
-        times, _ = self.timer(archs, done)
-        return [{self.name: float(t)} for t in times]
+    def settled(self, ms: np.ndarray) -> bool:
+        """Whether more timings can no longer change which of the archs timed at ``ms`` (``(N,)``, in
+        order of preference) is kept, the first one within the bound.
 
+        A time only falls with more timings (each arch keeps its fastest), so an arch within
+        ``bound * (1 - margin)`` stays within it; one above ``bound * (1 + margin)`` is taken to stay
+        above. The margins absorb the
+        references' speed, which settles too. Settled: the first arch not clearly over is clearly
+        within, or every arch is clearly over.
+        """
+        for t in ms:
+            if t <= self.bound * (1 - self.margin):
+                return True
+            if t <= self.bound * (1 + self.margin):
+                return False
+        return True
+
+    def many(self, archs: Sequence[Mapping[str, Any]]) -> list[dict[str, float]]:
+        """Times ``archs`` together, beside the references: ``[{name: ms}, ...]`` in their order.
+
+        With a bound, ``archs`` come in order of preference (a solution pool, best first, as
+        :func:`~lightning_nas.solvers.search_constrained` verifies it) and the attempts stop once they
+        are :meth:`settled`: a pool whose best arch is far within the bound costs the timer's
+        ``min_attempts``, not all of its attempts.
+        """
+        times, _ = self.timer(archs, None if self.bound is None else self.settled)
+        return [{self.name: float(t)} for t in times]

@@ -133,27 +133,41 @@ def test_reference_timer_keeps_the_fastest_timing_and_scales_by_the_references(t
     # Attempt k: the machine runs (2, 1.5, 1.2)× slower than when the references took 1 ms and 2 ms.
     slowdowns, calls = iter([2.0, 1.5, 1.2]), []
 
+    base = {repr(a): b for a, b in zip([tiny.space.validate(a) for a in archs + references], [0.5, 0.8, 1.1, 1.0, 2.0])}
+
     def fake_time_archs(supernet, timed, settings, seed=0):
         slow = next(slowdowns)
         calls.append(len(timed))
-        base = [0.5, 0.8, 1.1][: len(timed) - 2] + [1.0, 2.0]
-        return [TimingResult.from_samples([slow * b]) for b in base]
+        return [TimingResult.from_samples([slow * base[repr(tiny.space.validate(a))]]) for a in timed]
 
     monkeypatch.setattr(report, "time_archs", fake_time_archs)
     timer = report.ReferenceTimer(tiny, fast_settings, references, [1.0, 2.0], attempts=3)
     ms, speed = timer(archs)
     assert calls == [5, 5, 5] and speed == pytest.approx(1.2)
     np.testing.assert_allclose(ms, [0.5, 0.8, 1.1])  # at the references' first speed
-    # A verifier stops as soon as its arch is within the bound.
+    # A verifier stops as soon as its arch is within the bound by the margin.
     slowdowns, calls = iter([2.0, 1.5, 1.2]), []
     assert report.ReferenceTimer(tiny, fast_settings, references, [1.0, 2.0]).verifier(bound=0.6)(archs[0])["latency"] == pytest.approx(0.5)
     assert calls == [3]
-    # A pool is timed in one call beside the references, until every member is within the bound.
-    for bound, attempts in ((0.85, [4]), (0.7, [4, 4, 4])):
+    # A pool (best first) is timed in one call beside the references until the arch kept, the first one
+    # within the bound, is settled: 0.8 then 0.5.
+    for bound, margin, attempts in (
+        (0.85, 0.03, [4]),  # 0.8 within 0.85 by more than 3 %: kept
+        (0.81, 0.03, [4, 4, 4]),  # 0.8 within 0.81 but not by 3 %: every attempt
+        (0.79, 0.03, [4, 4, 4]),  # 0.8 over 0.79 but not by 3 %: every attempt
+        (0.7, 0.03, [4]),  # 0.8 over 0.7 by more than 3 %, 0.5 within: 0.5 kept
+        (0.7, 0.2, [4, 4, 4]),  # 0.8 not over 0.7 by 20 %
+        (0.45, 0.03, [4]),  # both over: the pool fails
+    ):
         slowdowns, calls = iter([2.0, 1.5, 1.2]), []
-        verify = report.ReferenceTimer(tiny, fast_settings, references, [1.0, 2.0]).verifier(bound=bound)
-        assert [m["latency"] for m in verify.many(archs[:2])] == pytest.approx([0.5, 0.8])
-        assert calls == attempts  # 0.8 > 0.7: every attempt
+        verify = report.ReferenceTimer(tiny, fast_settings, references, [1.0, 2.0]).verifier(bound=bound, margin=margin)
+        assert [m["latency"] for m in verify.many(archs[1::-1])] == pytest.approx([0.8, 0.5])
+        assert calls == attempts, (bound, margin)
+    # Not before min_attempts timings.
+    slowdowns, calls = iter([2.0, 1.5, 1.2]), []
+    timer = report.ReferenceTimer(tiny, fast_settings, references, [1.0, 2.0], attempts=3, min_attempts=2)
+    assert timer.verifier(bound=0.85).many(archs[1::-1])[1]["latency"] == pytest.approx(0.5)
+    assert calls == [4, 4] and timer.spent == 2
 
 
 def test_reference_timer_bad_input(tiny, fast_settings):
@@ -166,6 +180,13 @@ def test_reference_timer_bad_input(tiny, fast_settings):
         ReferenceTimer(tiny, fast_settings, refs, [1.0, 0.0])
     with pytest.raises(ValueError, match="`attempts` must be an int >= 1"):
         ReferenceTimer(tiny, fast_settings, refs, [1.0, 2.0], attempts=0)
+    with pytest.raises(ValueError, match=r"`min_attempts` must be an int in \[1, attempts=3\], got 4"):
+        ReferenceTimer(tiny, fast_settings, refs, [1.0, 2.0], attempts=3, min_attempts=4)
+    timer = ReferenceTimer(tiny, fast_settings, refs, [1.0, 2.0])
+    with pytest.raises(ValueError, match="`bound` must be a positive finite time"):
+        timer.verifier(bound=0.0)
+    with pytest.raises(ValueError, match=r"`margin` must be a fraction in \[0, 1\)"):
+        timer.verifier(bound=1.0, margin=1.0)
 
 
 def test_fastest_of_two_checks_keeps_each_archs_faster_timing():
