@@ -504,6 +504,7 @@ def run_demo(
                 finetuned = accuracy(subnet, val)
                 atomic_save(subnet.state_dict(), run_dir / f"subnet_{k}.pt")
             fits = random_ms <= target
+            line_acc = float(intercept + slope * result.objective)
             beaten = float((pick_acc[k] > measured[fits]).mean()) if fits.any() else float("nan")
             results.append({
                 "target_ms": target,
@@ -521,9 +522,8 @@ def run_demo(
                 # Interleaved timings (pick or pool beside the references) spent verifying and at the end.
                 "latency_timings": {"verification": spent[k], "end": end_timings[k]},
                 "over_budget": bool(pick_ms[k] > target),
-                "predicted_acc": pick_accuracy(intercept + slope * result.objective, near_acc[k] - (intercept + slope * near_table[k]),
-                                               calibration_fit["residual_std"]),
-                "line_acc": float(intercept + slope * result.objective),
+                "predicted_acc": pick_accuracy(line_acc, near_acc[k] - (intercept + slope * near_table[k]), calibration_fit["residual_std"]),
+                "line_acc": line_acc,
                 "neighbours": {"archs": near[k], "table_acc": near_table[k].tolist(), "measured_acc": near_acc[k].tolist()},
                 "table_acc": result.objective,
                 "one_shot_acc": float(pick_acc[k]),

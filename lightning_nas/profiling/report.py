@@ -355,9 +355,8 @@ class TimedVerify:
 
         A time only falls with more timings (each arch keeps its fastest), so an arch within
         ``bound * (1 - margin)`` stays within it; one above ``bound * (1 + margin)`` is taken to stay
-        above. The margins absorb the
-        references' speed, which settles too. Settled: the first arch not clearly over is clearly
-        within, or every arch is clearly over.
+        above. The margins absorb the references' speed, which settles too. Settled: the first arch
+        not clearly over is clearly within, or every arch is clearly over.
         """
         for t in ms:
             if t <= self.bound * (1 - self.margin):
