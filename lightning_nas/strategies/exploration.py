@@ -129,8 +129,11 @@ def hamming_to(x: np.ndarray, incumbent: np.ndarray) -> np.ndarray:
     Returns:
         ``(N,)`` int distances.
     """
-    decisions = int(round(float(incumbent.sum())))
-    return (decisions - np.rint(x @ incumbent)).astype(np.int64)
+    hot = incumbent > 0.5
+    # A column selection, not ``x @ incumbent``: that product goes to numpy's BLAS, whose thread pool
+    # (not governed by torch.set_num_threads) then kept a second core spinning, ~14 ms of CPU per BO
+    # proposal on 2 cores for no wall time.
+    return int(hot.sum()) - np.count_nonzero(x[:, hot], axis=1).astype(np.int64)
 
 
 def lexsort_top(keys: Sequence[np.ndarray], count: int) -> np.ndarray:

@@ -48,6 +48,18 @@ def test_hamming_to_counts_differing_decisions() -> None:
     assert hamming_to(x, x[0]).tolist() == [0, 1, 4]
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 3), min_size=6, max_size=6), min_size=1, max_size=20), st.integers(0, 19))
+def test_hamming_to_matches_a_decision_by_decision_count(rows: list[list[int]], which: int) -> None:
+    space = synthetic_space(n_layers=6)
+    archs = [{f"l{i}": v for i, v in enumerate(row)} for row in rows]
+    x = one_hot(space, archs).numpy()
+    centre = archs[which % len(archs)]
+    distance = hamming_to(x, x[which % len(archs)])
+    assert distance.dtype == np.int64
+    assert distance.tolist() == [sum(a[k] != centre[k] for k in a) for a in archs]
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(-3, 3), min_size=9, max_size=30, unique=True), st.integers(1, 8))
 def test_a_ranking_acquisition_keeps_the_whole_batch(values: list[float], count: int) -> None:
