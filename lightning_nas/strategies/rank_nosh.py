@@ -20,7 +20,9 @@ mutations of the best otherwise), and the stall fallback shared with BO (``stall
 the predictor's ranking never goes flat, but it can keep feeding one family, so after
 ``stall_window`` equivalent evaluations without a better top-level result part of each round's entries
 are trust-region moves and the picks of an exploratory stream (``explore_with``: an independent
-GP-UCB search on a pairwise-interaction kernel; ``"disagreement"``: the members' largest std).
+GP-UCB search on a pairwise-interaction kernel; ``"disagreement"``: the members' largest std), and the
+same share of each level's promotions goes to the paused archs with the best *measured* results there
+(plain successive halving), which a predictor fitted on the stuck family may rank low.
 Zero-cost proxies are not used to seed the pool. With an evaluator that resumes training
 (``resumes = True``) a promotion is charged only its extra epochs.
 """
@@ -77,9 +79,10 @@ class RankNOSH(BatchStrategy):
         pairs_per_step: arch pairs per predictor training step.
         stall_window: equivalent full evaluations without a better top-level result after which an
             ``explore`` share of each round's entries are trust-region moves around the incumbent and
-            the picks of ``explore_with`` (see :mod:`~lightning_nas.strategies.exploration`);
+            the picks of ``explore_with`` (see :mod:`~lightning_nas.strategies.exploration`), and an
+            ``explore`` share (rounded up) of each level's promotions goes by measured result;
             ``None``: never.
-        explore: the exploratory share of the entries while stalled, in ``[0, 1]``.
+        explore: the exploratory share of the entries (and promotions) while stalled, in ``[0, 1]``.
         explore_with: what fills the stalled entries that are not trust-region moves: ``"interaction"``
             (a pairwise-interaction GP's upper confidence bound) or ``"disagreement"`` (see
             :class:`~lightning_nas.strategies.bo.BayesianOptimization`).
@@ -134,21 +137,34 @@ class RankNOSH(BatchStrategy):
             batch += [self._propose(a, 0) for a in chosen]
         # Restore the pyramid, counting this round's entries; an arch whose evaluation failed has left it.
         failed = {arch_key(f.arch) for f in self.failures}
+        stalled = self._stalled()
         for k in range(len(self.levels) - 1):
             live = {key: lvl for key, lvl in self.level_of.items() if key not in failed}
             at_k = [key for key, lvl in live.items() if lvl >= k]
             above = sum(1 for lvl in live.values() if lvl >= k + 1)
             free = math.ceil(len(at_k) / self.eta) - above
-            paused = [key for key, lvl in live.items() if lvl == k and self._measured(key, k)]
+            measured = self._measured_at(k)
+            paused = [key for key, lvl in live.items() if lvl == k and key in measured]
             if free <= 0 or not paused:
                 continue
-            if score is None:
-                values = np.array([self._value(key, k) for key in paused])
-            else:
-                values = score([self.archs[key] for key in paused])
-            for i in np.argsort(-values, kind="stable")[:free]:
-                batch.append(self._propose(self.archs[paused[int(i)]], k + 1))
+            results = np.array([measured[key] for key in paused])
+            picks: list[int] = []
+            if score is not None and stalled:
+                # Plain successive halving for an explore share of the places: the best measured at this
+                # level. A predictor fitted while the search is stuck in one family can rank low the
+                # very arch whose result says it leads elsewhere (on NB201 CIFAR-100 the best 12-epoch
+                # result of a stuck run, one edit from the optimum, was never promoted).
+                picks = [int(i) for i in np.argsort(-results, kind="stable")[:math.ceil(self.explore * free)]]
+            values = results if score is None else score([self.archs[key] for key in paused])
+            picks += [int(i) for i in np.argsort(-values, kind="stable") if int(i) not in picks][:free - len(picks)]
+            for i in picks:
+                batch.append(self._propose(self.archs[paused[i]], k + 1))
         return batch
+
+    def _stalled(self) -> bool:
+        """No better top-level result for ``stall_window`` equivalent evaluations."""
+        return self.stall_window is not None and \
+            evaluations_since_improvement(self.history, self.levels[-1]) >= self.stall_window
 
     def _entries(self, pool: list[dict[str, Any]], predict) -> np.ndarray:
         """Indices of the pool archs entering the lowest level: the best-scored, or, once the best
@@ -158,8 +174,7 @@ class RankNOSH(BatchStrategy):
         members = predict(pool)
         mean = members.mean(0)
         feasible = np.array([self.predicted_violation(a) <= 0.0 for a in pool]) if self.constraints else None
-        stalled = self.stall_window is not None and \
-            evaluations_since_improvement(self.history, self.levels[-1]) >= self.stall_window
+        stalled = self._stalled()
         incumbent = self.best() if stalled else None
         distance, explorer = None, None
         if incumbent is not None:
@@ -179,11 +194,14 @@ class RankNOSH(BatchStrategy):
         self.archs[key] = dict(arch)
         return Proposal(dict(arch), self.levels[level])
 
-    def _measured(self, key: tuple, level: int) -> bool:
-        return any(arch_key(o.arch) == key and o.fidelity == self.levels[level] for o in self.history)
-
-    def _value(self, key: tuple, level: int) -> float:
-        return max(o.value for o in self.history if arch_key(o.arch) == key and o.fidelity == self.levels[level])
+    def _measured_at(self, level: int) -> dict[tuple, float]:
+        """Arch key -> its best result at ``levels[level]``, for every arch measured there."""
+        out: dict[tuple, float] = {}
+        for o in self.history:
+            if o.fidelity == self.levels[level]:
+                key = arch_key(o.arch)
+                out[key] = max(out.get(key, -math.inf), o.value)
+        return out
 
     def _pool(self) -> list[dict[str, Any]]:
         parents = [o.arch for o in sorted(self.history, key=lambda o: o.value, reverse=True)[:10]]

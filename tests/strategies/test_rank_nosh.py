@@ -4,6 +4,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -76,3 +77,32 @@ def test_bad_arguments() -> None:
         nosh(lr=float("nan"))
     with pytest.raises(ValueError, match="`new_per_round`"):
         nosh(new_per_round=0)
+
+
+@pytest.mark.parametrize("stall_window", [1.0, None])
+def test_a_stall_promotes_the_best_measured_arch_that_the_predictor_ranks_last(stall_window) -> None:
+    from lightning_nas.strategies.base import Observation, arch_key
+
+    rank = nosh(0, new_per_round=6, stall_window=stall_window)
+    first = rank.ask(6)
+    assert {p.fidelity for p in first} == {2.5}
+    told = {arch_key(p.arch): float(i) for i, p in enumerate(first)}  # the last entry measured best
+    for i, p in enumerate(first):
+        rank.tell(Observation(i, p.arch, 2.5, told[arch_key(p.arch)]))
+
+    def predict(archs):  # a predictor stuck elsewhere: the measured order reversed
+        scores = np.array([-told.get(arch_key(a), 0.0) for a in archs])
+        return np.stack([scores, scores])
+
+    rank._fit = lambda: predict
+    promoted = [p for p in rank.ask(len(first) + 6) if p.fidelity == 10.0]
+    # 12 archs at the low level: 4 places above it; no top-level result yet, so 1.5 equivalent
+    # evaluations have passed without improvement.
+    assert len(promoted) == 4
+    keys = [arch_key(p.arch) for p in promoted]
+    best, second = arch_key(first[-1].arch), arch_key(first[-2].arch)
+    if stall_window is None:  # the predictor alone: the 4 it scores highest, the 4 measured worst
+        assert set(keys) == {arch_key(p.arch) for p in first[:4]}
+    else:  # half the places (explore 0.5) by measured result, the rest by the predictor
+        assert keys[:2] == [best, second]
+        assert set(keys[2:]) == {arch_key(p.arch) for p in first[:2]}
