@@ -57,7 +57,10 @@ Choices of ours where the thesis is silent:
   search on a pairwise-interaction kernel that learns only from the random start and its own
   results, so the stuck family does not steer it) or, when pretrained and every refit restarts from
   the pretrained weights, to the candidates the members disagree on most (``explore_with="auto"``;
-  :func:`~lightning_nas.strategies.exploration.select_batch` with ``flat="exploit"``). That prior is
+  :func:`~lightning_nas.strategies.exploration.select_batch` with ``flat="exploit"``); with
+  ``fidelities``, the same share (rounded up) of the high-fidelity places goes first to the archs
+  with the best low-fidelity results not yet evaluated high (successive halving's promotion, which a
+  stuck surrogate can skip: see :meth:`_best_measured`). That prior is
   what informs the disagreement outside the stuck family; warm-started refits (the multi-fidelity
   schedule's) keep it only as far as the data since let them. Measured on both NB201 tables (20
   seeds, CIFAR-10 / CIFAR-100): with cold pretrained refits the stream did not help (BO +
@@ -92,7 +95,7 @@ import numpy as np
 import torch
 
 from lightning_nas.seeding import derive_seed
-from lightning_nas.strategies.base import BatchStrategy, Proposal, arch_key
+from lightning_nas.strategies.base import BatchStrategy, Observation, Proposal, arch_key
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.ensemble import DeepEnsemble, check_activation, fit_ensemble
 from lightning_nas.strategies.exploration import (EXPLORERS, check_stall_arguments, evaluations_since_improvement,
@@ -233,7 +236,8 @@ class BayesianOptimization(BatchStrategy):
             (or fresh) ones; use with fewer ``steps``.
         stall_window: equivalent full evaluations without a better full-fidelity result after which
             an ``explore`` share of every batch goes to exploratory moves until the best improves
-            (see :mod:`~lightning_nas.strategies.exploration`); ``None``: never.
+            (see :mod:`~lightning_nas.strategies.exploration`), and, with ``fidelities``, that share
+            of the high-fidelity places to the best low-fidelity results; ``None``: never.
         explore: the exploratory share of a batch while stalled, in ``[0, 1]``.
         explore_with: what fills the stalled share's places that are not trust-region moves:
             ``"interaction"`` (an exploratory stream: batch UCB of a pairwise-interaction GP fitted
@@ -352,6 +356,14 @@ class BayesianOptimization(BatchStrategy):
         anchor = one_hot(self.space, [incumbent.arch])[0].numpy() if incumbent is not None else None
         batch = []
         for fidelity, count in plan:
+            if stalled and high is not None and fidelity == high:
+                # An explore share of the high-fidelity places by measured low-fidelity result (successive
+                # halving's promotion): a surrogate stuck in one family can leave unpromoted the very
+                # archs whose cheap results lead elsewhere (NB201 CIFAR-10: a stuck run's ten best
+                # 12-epoch results, all above its incumbent at 200 epochs, were never evaluated there).
+                promoted = self._best_measured(low, high, math.ceil(self.explore * count))
+                batch += [self._propose(a, high) for a in promoted]
+                count -= len(promoted)
             if count == 0:
                 continue
             if scored is not None:
@@ -402,6 +414,18 @@ class BayesianOptimization(BatchStrategy):
                 arch = self.steered_draw(self.random_arch, seen, tries=100) or self.random_arch()
                 batch.append(self._propose(arch, fidelity))
         return batch
+
+    def _best_measured(self, low: float, high: float, count: int) -> list[dict[str, Any]]:
+        """Up to ``count`` archs with the best results at ``low`` not yet proposed at ``high``, best first
+        (ties: the earlier result)."""
+        done = {k for k, f in self.proposed if f == high}
+        best: dict[tuple, Observation] = {}
+        for o in self.history:
+            key = arch_key(o.arch)
+            if o.fidelity == low and key not in done and (key not in best or o.value > best[key].value):
+                best[key] = o
+        ranked = sorted(best.values(), key=lambda o: -o.value)  # stable: ties keep the told order
+        return [dict(o.arch) for o in ranked[:count]]
 
     def _propose(self, arch: dict[str, Any], fidelity: float | None) -> Proposal:
         self.proposed.add((arch_key(arch), fidelity))

@@ -202,3 +202,22 @@ def test_lexsort_top_orders_nan_as_np_lexsort(n: int, count: int, seed: int) -> 
 def test_lexsort_top_refuses_keys_of_different_lengths() -> None:
     with pytest.raises(ValueError, match=r"`keys` must be 1-D arrays of one length; got shapes \[\(3,\), \(2,\)\]"):
         lexsort_top([np.zeros(3), np.zeros(2)], 1)
+
+
+@pytest.mark.parametrize("stall_window", [0.5, None])
+def test_a_stalled_multi_fidelity_bo_promotes_its_best_cheap_results(stall_window) -> None:
+    bo = BayesianOptimization(synthetic_space(), seed=0, fidelities=(2.5, 10.0), p=4, q=2, f=2, initial=4,
+                              stall_window=stall_window, **SMALL)
+    first = bo.ask(4)
+    assert {p.fidelity for p in first} == {2.5}
+    values = [3.0, 1.0, 4.0, 2.0]
+    for i, (p, v) in enumerate(zip(first, values)):
+        bo.tell(Observation(i, p.arch, 2.5, v))
+    # The second iteration adds the q = 2 high-fidelity places; with no high-fidelity result yet,
+    # 1.0 equivalent evaluations have passed without improvement.
+    high = [p.arch for p in bo.ask(6) if p.fidelity == 10.0]
+    assert len(high) == 2
+    if stall_window is not None:  # ceil(0.5 · 2) = 1 place by measured result: the best cheap one
+        assert high[0] == first[2].arch
+    assert bo._best_measured(2.5, 10.0, 4) == [p.arch for p in (first[2], first[0], first[3], first[1])
+                                                if p.arch not in high]
