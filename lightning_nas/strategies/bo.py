@@ -95,11 +95,12 @@ import numpy as np
 import torch
 
 from lightning_nas.seeding import derive_seed
-from lightning_nas.strategies.base import BatchStrategy, Observation, Proposal, arch_key
+from lightning_nas.strategies.base import BatchStrategy, Proposal, arch_key
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.ensemble import DeepEnsemble, check_activation, fit_ensemble
-from lightning_nas.strategies.exploration import (EXPLORERS, check_stall_arguments, evaluations_since_improvement,
-                                                  hamming_to, normal_scores_np, select_batch, stream_explorer)
+from lightning_nas.strategies.exploration import (EXPLORERS, best_results_at, check_stall_arguments,
+                                                  evaluations_since_improvement, hamming_to, normal_scores_np,
+                                                  select_batch, stream_explorer)
 
 __all__ = ["ACQUISITIONS", "BayesianOptimization", "TARGET_SCALES", "acquisition", "normal_scores", "pretraining_targets"]
 
@@ -419,12 +420,8 @@ class BayesianOptimization(BatchStrategy):
         """Up to ``count`` archs with the best results at ``low`` not yet proposed at ``high``, best first
         (ties: the earlier result)."""
         done = {k for k, f in self.proposed if f == high}
-        best: dict[tuple, Observation] = {}
-        for o in self.history:
-            key = arch_key(o.arch)
-            if o.fidelity == low and key not in done and (key not in best or o.value > best[key].value):
-                best[key] = o
-        ranked = sorted(best.values(), key=lambda o: -o.value)  # stable: ties keep the told order
+        left = [o for key, o in best_results_at(self.history, low).items() if key not in done]
+        ranked = sorted(left, key=lambda o: -o.value)  # stable: ties keep the order first measured
         return [dict(o.arch) for o in ranked[:count]]
 
     def _propose(self, arch: dict[str, Any], fidelity: float | None) -> Proposal:

@@ -73,9 +73,9 @@ from scipy.special import ndtri
 
 from lightning_nas.strategies.base import Observation, arch_key, rank_key
 
-__all__ = ["EXPLORERS", "FLAT_FILLS", "InteractionGP", "check_stall_arguments", "evaluations_since_improvement",
-           "hamming_to", "interaction_explorer", "lexsort_top", "normal_scores_np", "select_batch",
-           "stream_explorer"]
+__all__ = ["EXPLORERS", "FLAT_FILLS", "InteractionGP", "best_results_at", "check_stall_arguments",
+           "evaluations_since_improvement", "hamming_to", "interaction_explorer", "lexsort_top", "normal_scores_np",
+           "select_batch", "stream_explorer"]
 
 
 def check_stall_arguments(stall_window: float | None, explore: float) -> tuple[float | None, float]:
@@ -117,6 +117,19 @@ def evaluations_since_improvement(history: Sequence[Observation], full_fidelity:
             if best is None or key > best:
                 best, at_best = key, spent
     return spent - at_best
+
+
+def best_results_at(history: Sequence[Observation], fidelity: float) -> dict[tuple, Observation]:
+    """Each arch's best result at ``fidelity`` (ties: the earlier), keyed by
+    :func:`~lightning_nas.strategies.base.arch_key` in the order first measured there: what the
+    promotion fallback of a stalled multi-fidelity search ranks (plain successive halving)."""
+    best: dict[tuple, Observation] = {}
+    for o in history:
+        if o.fidelity == fidelity:
+            key = arch_key(o.arch)
+            if key not in best or o.value > best[key].value:
+                best[key] = o
+    return best
 
 
 def hamming_to(x: np.ndarray, incumbent: np.ndarray) -> np.ndarray:

@@ -42,8 +42,9 @@ from lightning_nas.seeding import derive_seed
 from lightning_nas.strategies.base import BatchStrategy, Proposal, arch_key
 from lightning_nas.strategies.candidates import CandidatePool, one_hot
 from lightning_nas.strategies.ensemble import DeepEnsemble, _adam
-from lightning_nas.strategies.exploration import (EXPLORERS, check_stall_arguments, evaluations_since_improvement,
-                                                  hamming_to, select_batch, stream_explorer)
+from lightning_nas.strategies.exploration import (EXPLORERS, best_results_at, check_stall_arguments,
+                                                  evaluations_since_improvement, hamming_to, select_batch,
+                                                  stream_explorer)
 
 __all__ = ["RankNOSH", "pairwise_ranking_loss"]
 
@@ -143,11 +144,11 @@ class RankNOSH(BatchStrategy):
             at_k = [key for key, lvl in live.items() if lvl >= k]
             above = sum(1 for lvl in live.values() if lvl >= k + 1)
             free = math.ceil(len(at_k) / self.eta) - above
-            measured = self._measured_at(k)
+            measured = best_results_at(self.history, self.levels[k])
             paused = [key for key, lvl in live.items() if lvl == k and key in measured]
             if free <= 0 or not paused:
                 continue
-            results = np.array([measured[key] for key in paused])
+            results = np.array([measured[key].value for key in paused])
             picks: list[int] = []
             if score is not None and stalled:
                 # Plain successive halving for an explore share of the places: the best measured at this
@@ -193,15 +194,6 @@ class RankNOSH(BatchStrategy):
         self.level_of[key] = level
         self.archs[key] = dict(arch)
         return Proposal(dict(arch), self.levels[level])
-
-    def _measured_at(self, level: int) -> dict[tuple, float]:
-        """Arch key -> its best result at ``levels[level]``, for every arch measured there."""
-        out: dict[tuple, float] = {}
-        for o in self.history:
-            if o.fidelity == self.levels[level]:
-                key = arch_key(o.arch)
-                out[key] = max(out.get(key, -math.inf), o.value)
-        return out
 
     def _pool(self) -> list[dict[str, Any]]:
         parents = [o.arch for o in sorted(self.history, key=lambda o: o.value, reverse=True)[:10]]

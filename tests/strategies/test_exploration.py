@@ -16,7 +16,8 @@ from lightning_nas.strategies.base import Observation
 from lightning_nas.strategies.bo import BayesianOptimization
 from lightning_nas.strategies.candidates import one_hot
 from lightning_nas.strategies.driver import Budget, run_search
-from lightning_nas.strategies.exploration import evaluations_since_improvement, hamming_to, lexsort_top, select_batch
+from lightning_nas.strategies.exploration import (best_results_at, evaluations_since_improvement, hamming_to,
+                                                  lexsort_top, select_batch)
 from lightning_nas.strategies.rank_nosh import RankNOSH
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -46,6 +47,14 @@ def test_hamming_to_counts_differing_decisions() -> None:
     archs = [{"l0": 0, "l1": 0, "l2": 0, "l3": 0}, {"l0": 1, "l1": 0, "l2": 0, "l3": 0}, {"l0": 1, "l1": 2, "l2": 3, "l3": 1}]
     x = one_hot(space, archs).numpy()
     assert hamming_to(x, x[0]).tolist() == [0, 1, 4]
+
+
+def test_best_results_at_keeps_each_archs_best_at_that_fidelity_in_first_measured_order() -> None:
+    history = [obs(0, 1.0, 2.5), obs(1, 5.0), obs(2, 3.0, 2.5), Observation(3, {"l0": 0}, 2.5, 4.0),
+               Observation(4, {"l0": 2}, 2.5, 3.0)]
+    best = best_results_at(history, 2.5)
+    assert [(o.arch["l0"], o.value, o.number) for o in best.values()] == [(0, 4.0, 3), (2, 3.0, 2)]  # tie: earlier
+    assert [o.number for o in best_results_at(history, 10.0).values()] == [1]
 
 
 @settings(max_examples=40, deadline=None)
