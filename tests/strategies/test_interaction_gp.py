@@ -15,7 +15,7 @@ import torch
 from lightning_nas.strategies.bo import BayesianOptimization, normal_scores
 from lightning_nas.strategies.codec import decode_state, encode_state
 from lightning_nas.strategies.driver import Budget, run_search
-from lightning_nas.strategies.exploration import InteractionGP, normal_scores_np, select_batch
+from lightning_nas.strategies.exploration import InteractionGP, interaction_explorer, normal_scores_np, select_batch
 from lightning_nas.strategies.rank_nosh import RankNOSH
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -152,3 +152,30 @@ def test_rank_nosh_explores_with_its_stream_only_when_stalled() -> None:
     assert run(stall_window=None).stream == set()
     with pytest.raises(ValueError, match="`explore_with` must be one of"):
         RankNOSH(synthetic_space(), explore_with="random")
+
+
+def test_the_exploratory_gp_runs_on_one_blas_thread_and_restores_the_pool(monkeypatch) -> None:
+    from threadpoolctl import threadpool_info
+
+    from lightning_nas.strategies.base import Observation
+    from lightning_nas.strategies.candidates import one_hot
+
+    def blas_threads() -> set[int]:
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    seen: list[set[int]] = []
+    original = InteractionGP.ucb_batch
+
+    def spy(self, *args, **kwargs):
+        seen.append(blas_threads())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(InteractionGP, "ucb_batch", spy)
+    space = synthetic_space()
+    archs = list(space.enumerate())
+    history = [Observation(i, a, 10.0, float(i % 7)) for i, a in enumerate(archs[:12])]
+    before = blas_threads()
+    picks = interaction_explorer(space, history, one_hot(space, archs).numpy())(3, np.zeros(len(archs), dtype=bool))
+    assert len(picks) == 3
+    assert seen == [{1}]
+    assert blas_threads() == before
