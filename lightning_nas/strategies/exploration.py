@@ -450,8 +450,8 @@ def interaction_explorer(space, history: Sequence[Observation], candidates: np.n
 
     def explore(count: int, blocked: np.ndarray) -> np.ndarray:
         # One BLAS thread: numpy's pool is not governed by torch.set_num_threads, and at these sizes its
-        # second thread mostly spun (a stalled multi-fidelity BO run on 2 cores: CPU 44.8 -> 35.1 s,
-        # wall 36.7 -> 34.2 s, the same proposals).
+        # second thread mostly spun (a stalled multi-fidelity BO run on 2 cores: CPU 44.8 -> 30.6 s,
+        # wall 36.7 -> 29.5 s, the same proposals).
         with threadpool_limits(limits=1, user_api="blas"):
             if not fitted:
                 y = np.zeros(len(history))
