@@ -226,17 +226,19 @@ def build(args: argparse.Namespace) -> dict[str, Callable[[int], None]]:
     if args.grouped:
         grouped = copy(static_shapes=False)
         steps["c-grouped"] = Step(grouped, x, y, before=sampler(grouped))
-    args.compile_seconds = {}
+    args.compile_seconds, args.compile_graphs = {}, {}
     if args.compile:
         for key, model, before in (("c", copy(), None), ("d", fixed.export(largest).to(args.device), None)):
             if key == "c":
                 before = sampler(model)
             compiled = torch.compile(_loss, backend=args.compile_backend)
             step = steps[f"{key}-compiled"] = Step(model, x, y, before=before, loss=compiled)
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
             started = time.perf_counter()
             step(0)  # the compilation (each per-example batch reuses this graph)
             args.compile_seconds[key] = time.perf_counter() - started
-            print(f"compiled ({key}) in {args.compile_seconds[key]:.1f} s", flush=True)
+            graphs = args.compile_graphs[key] = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
+            print(f"compiled ({key}) in {args.compile_seconds[key]:.1f} s, {graphs} graph(s)", flush=True)
     if args.cuda_graph:
         graphed = copy()
         try:
@@ -325,7 +327,9 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list
         f"- Model: {SPACES[args.space][1]}, batch {args.batch_size} × 3 × {args.image_size} × {args.image_size}, "
         f"SGD (momentum 0.9), same batch every step",
         *([f"- Compiled with `torch.compile(backend={args.compile_backend!r})`; compile time (first step, not timed): "
-           + ", ".join(f"({k}) {v:.0f} s" for k, v in args.compile_seconds.items())] if args.compile_seconds else []),
+           + ", ".join(f"({k}) {v:.0f} s" for k, v in args.compile_seconds.items())
+           + "; graphs per step (1: no graph break): " + ", ".join(f"({k}) {v}" for k, v in args.compile_graphs.items())]
+          if args.compile_seconds else []),
         f"- {args.repeats} rounds × {args.steps} timed steps per configuration (after {args.warmup} warm-up steps "
         f"per configuration and round), interleaved {', '.join(med)} per round; medians over all {args.repeats * args.steps} timed steps",
         "",

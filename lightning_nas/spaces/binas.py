@@ -29,7 +29,6 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -184,25 +183,26 @@ class _SingleBatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, layout, mean, var, invstd, eps, weight, bias):
-        # mean, var, invstd: (1, C) in the statistics' precision; weight, bias: (C,).
+    def forward(ctx, x, mask4, layout, mean, var, invstd, eps, weight, bias):
+        # mask4: layout.mask4 (made outside: a graph cannot keep a tensor first made inside the
+        # function); mean, var, invstd: (1, C) in the statistics' precision; weight, bias: (C,).
         y = torch.ops.aten._native_batch_norm_legit_no_training(x, weight, bias, mean.view(-1), var.view(-1), 0.0, eps)[0]
-        ctx.save_for_backward(x, weight, mean, invstd)
+        ctx.save_for_backward(x, mask4, weight, mean, invstd)
         ctx.layout, ctx.eps = layout, eps
-        return y if layout.mask4 is None else y * layout.mask4
+        return y if mask4 is None else y * mask4
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, weight, mean, invstd = ctx.saved_tensors
+        x, mask4, weight, mean, invstd = ctx.saved_tensors
         layout = ctx.layout
-        if layout.mask4 is not None:
-            dy = dy * layout.mask4  # only the rows and channels behind the statistics
+        if mask4 is not None:
+            dy = dy * mask4  # only the rows and channels behind the statistics
         _, d_weight, d_bias = torch.ops.aten.native_batch_norm_backward(
             dy, x, weight, None, None, mean.view(-1), invstd.view(-1), True, ctx.eps, [False, True, True]
         )  # d_weight = sum(dy * xhat), d_bias = sum(dy), per channel
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None, d_weight, d_bias
+            return None, None, None, None, None, None, None, d_weight, d_bias
         # The input gradient as in _GroupedBatchNormFunction.backward, with sum(dy * xhat) and sum(dy) from the kernel.
         scale = weight * invstd  # (1, C)
         a = scale * layout.inv_elements
@@ -210,7 +210,7 @@ class _SingleBatchNormFunction(torch.autograd.Function):
         k_0 = torch.addcmul(k_x * mean, a, d_bias, value=-1)
         row_k0, row_scale, row_kx = _cast(layout.rows(torch.stack((k_0, scale, k_x))), x.dtype)
         dx = torch.addcmul(row_k0, dy, row_scale).addcmul_(x, row_kx, value=-1)
-        return dx, None, None, None, None, None, d_weight, d_bias
+        return dx, None, None, None, None, None, None, d_weight, d_bias
 
 
 class _Layout:
@@ -231,7 +231,7 @@ class _Layout:
 
     def __init__(self, group: Tensor | None, mask: Tensor | None, groups: int, n: int, c: int, pixels: int, stat: torch.dtype, device,
                  momentum: float | None = None) -> None:
-        self.group, self.mask = group, mask
+        self.group, self.mask, self._mask4 = group, mask, None
         # onehot_t: (G, n) one-hot of each row's group, transposed for the sums over rows.
         self.onehot_t = None if group is None else _eye(groups, stat, device).index_select(1, group)
         used = None if mask is None else _cast(mask, stat)
@@ -267,10 +267,13 @@ class _Layout:
             rows = rows * self.mask  # broadcasts a single group's (K, 1, C) over the rows too
         return rows.reshape(*rows.shape, 1, 1)  # (K, 1, C, 1, 1) broadcasts over the rows
 
-    @functools.cached_property
+    @property
     def mask4(self) -> Tensor | None:
-        """``mask`` as ``(n, C, 1, 1)`` (for the single-norm kernels; made when first asked for)."""
-        return None if self.mask is None else self.mask.view(*self.mask.shape, 1, 1)
+        """``mask`` as ``(n, C, 1, 1)`` (for the single-norm kernels; made when first asked for, by
+        hand: ``functools.cached_property`` takes a lock, which breaks a ``torch.compile`` graph)."""
+        if self._mask4 is None and self.mask is not None:
+            self._mask4 = self.mask.view(*self.mask.shape, 1, 1)
+        return self._mask4
 
     def lerp_weights(self, momentum: float, dtype: torch.dtype) -> list[Tensor]:
         """Per norm, ``(C,)`` running-average weights: ``momentum`` where seen, else 0."""
@@ -362,7 +365,7 @@ def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tenso
             _update_running_stats(norms, updates, layout, mean, var, c)
     if len(norms) == 1 and flags is True and isinstance(eps, float) and norms[0].weight.dtype == stat:  # (mixed kernels need float32 parameters)
         bn = norms[0]
-        return _SingleBatchNormFunction.apply(x, layout, use_mean, use_var, invstd, eps, prefix(bn.weight, c), prefix(bn.bias, c))
+        return _SingleBatchNormFunction.apply(x, layout.mask4, layout, use_mean, use_var, invstd, eps, prefix(bn.weight, c), prefix(bn.bias, c))
     params = [prefix(bn.weight, c) for bn in norms] + [prefix(bn.bias, c) for bn in norms]
     return _GroupedBatchNormFunction.apply(x, layout, use_mean, invstd, flags, *params)
 

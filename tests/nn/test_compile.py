@@ -14,19 +14,48 @@ import os
 import pytest
 import torch
 
-from lightning_nas.spaces import mobilenet_supernet
+from lightning_nas.spaces import binas_supernet, mobilenet_supernet
 
 BACKENDS = ["aot_eager"] + (["inductor"] if os.environ.get("LIGHTNING_NAS_INDUCTOR_TESTS") == "1" else [])
+
+
+def small_mobilenet():
+    return mobilenet_supernet(stem_channels=8, stages=((8, 1, 2),), head_channels=8)
+
+
+def small_binas():
+    # Two stages with optional blocks (a DepthChoice), every norm kind: the expansion norm, the
+    # per-kernel and per-(ratio, SE) candidate norms.
+    return binas_supernet(
+        "tiny", num_classes=5, stem_channels=8, ds_channels=8, stage_channels=(8, 16), stage_strides=(1, 2),
+        stage_activations=("relu", "hswish"), min_depth=1, max_depth=2, head_channels=(16, 16),
+    )
+
+
+SUPERNETS = {"mobilenet": small_mobilenet, "binas": small_binas}
 
 
 def loss_of(net, x):
     return net(x).square().mean()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_per_example_and_fixed_arch_steps_compile_whole_and_exact(backend):
+@pytest.mark.parametrize("space", SUPERNETS)
+def test_per_example_step_has_no_graph_breaks(space):
     torch.manual_seed(0)
-    net = mobilenet_supernet(stem_channels=8, stages=((8, 1, 2),), head_channels=8).train()
+    net = SUPERNETS[space]().train()
+    net.static_shapes = True
+    net.activate_indices(net.space.sample_indices(4, 0))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(loss_of)(net, torch.randn(4, 3, 8, 8))
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("space", SUPERNETS)
+def test_per_example_and_fixed_arch_steps_compile_whole_and_exact(space, backend):
+    torch.manual_seed(0)
+    net = SUPERNETS[space]().train()
     net.static_shapes = True  # one graph for every per-example batch ("auto" groups rows on a CPU)
     eager = copy.deepcopy(net)
     graphs = []
