@@ -18,14 +18,14 @@ import itertools
 import math
 import numbers
 import weakref
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ArchContext", "Choice", "Mutable", "candidate_key", "canonical_value", "non_finite_part"]
+__all__ = ["ArchContext", "Choice", "Mutable", "candidate_key", "canonical_value", "non_finite_part", "rows_separable"]
 
 
 def canonical_value(value: Any) -> Any:
@@ -343,6 +343,26 @@ class Mutable(nn.Module):
             export_child: call it on a chosen sub-module to get its own exported copy.
         """
         raise NotImplementedError
+
+
+def rows_separable(modules: Iterable[nn.Module]) -> bool:
+    """Whether running rows through ``modules`` with some rows marked as stopped
+    (:attr:`ArchContext.alive`) leaves the other rows' outputs as they are: every mutable inside
+    masks stopped rows (:attr:`Mutable.masks_stopped_rows`) and no plain BatchNorm takes batch
+    statistics over all rows there (norms a mutable applies itself with the stopped rows masked,
+    :meth:`Mutable.norms_masking_stopped_rows`, do not count). What static shapes need to run a
+    block or candidate on rows that do not use it, instead of grouping the rows that do."""
+    for module in modules:
+        owned = {id(norm) for m in module.modules() if isinstance(m, Mutable) and m.masks_stopped_rows
+                 for norm in m.norms_masking_stopped_rows()}
+        for m in module.modules():
+            if isinstance(m, Mutable):
+                if not m.masks_stopped_rows:
+                    return False
+            elif (isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in owned
+                  and (m.training or not m.track_running_stats)):
+                return False
+    return True
 
 
 def value_in(choice_or_int: Choice | Any, arch: dict[str, Any]) -> Any:

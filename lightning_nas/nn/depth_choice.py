@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_nas.nn.choice import Choice, Mutable
+from lightning_nas.nn.choice import Choice, Mutable, rows_separable
 from lightning_nas.nn.routing import reassemble
 
 __all__ = ["DepthChoice"]
@@ -51,23 +51,6 @@ class DepthChoice(Mutable):
     def label(self) -> str | None:
         return self.choice.label
 
-    def _rows_separable(self) -> bool:
-        """Whether running stopped rows through the optional blocks leaves the other rows' outputs
-        as they are: every mutable inside masks stopped rows, and no plain BatchNorm takes batch
-        statistics (over all rows) there; norms a mutable applies itself with the stopped rows masked
-        (:meth:`~lightning_nas.nn.Mutable.norms_masking_stopped_rows`) do not count."""
-        for block in self.blocks[min(self.choice.values):]:
-            owned = {id(norm) for m in block.modules() if isinstance(m, Mutable) and m.masks_stopped_rows
-                     for norm in m.norms_masking_stopped_rows()}
-            for m in block.modules():
-                if isinstance(m, Mutable):
-                    if not m.masks_stopped_rows:
-                        return False
-                elif (isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in owned
-                      and (m.training or not m.track_running_stats)):
-                    return False
-        return True
-
     def _forward_static(self, x: Tensor, indices: Tensor) -> Tensor:
         """Every block up to the largest depth on every row; each row keeps its own depth's output."""
         context = self.choice._context
@@ -89,7 +72,7 @@ class DepthChoice(Mutable):
 
     def forward(self, x: Tensor) -> Tensor:
         indices = self.choice.example_indices()
-        if indices is not None and self.choice.uses_static_shapes() and self._rows_separable():
+        if indices is not None and self.choice.uses_static_shapes() and rows_separable(self.blocks[min(self.choice.values):]):
             if x.shape[0] != indices.shape[0]:
                 raise ValueError(f"per-example mode: input batch size {x.shape[0]} != {indices.shape[0]} active architectures")
             return self._forward_static(x, indices)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from lightning_nas.nn.choice import Choice, Mutable
-from lightning_nas.nn.routing import route_examples
+from lightning_nas.nn.choice import Choice, Mutable, rows_separable
+from lightning_nas.nn.routing import pad_widths, route_examples
 
 __all__ = ["OpChoice"]
 
@@ -20,7 +21,12 @@ class OpChoice(Mutable):
 
     With a list of candidates the decision's value is the index; with a dict it is the key. In
     per-example mode each example is routed through its own candidate (one gather per used
-    candidate, never every candidate on every example).
+    candidate, never every candidate on every example). With static shapes
+    (:attr:`~lightning_nas.Supernet.static_shapes`) and candidates that compute each row on its own
+    (no plain BatchNorm taking batch statistics, every mutable inside honouring stopped rows, as
+    :class:`~lightning_nas.nn.DepthChoice` requires of its blocks: e.g. squeeze-and-excitation on
+    or off) every candidate runs on every row and each row keeps its own candidate's output, the
+    other rows marked as stopped inside: fixed shapes, no host reads, one compiled graph.
 
     Continuous relaxations (DARTS's softmax(α) mixing, DrNAS's Dirichlet samples) plug in through
     :meth:`set_relaxation` without subclassing: a relaxation is a callable
@@ -97,9 +103,35 @@ class OpChoice(Mutable):
         indices = self.choice.example_indices()
         if indices is None:
             return self.candidate(self.choice.value)(*inputs)
+        if self.choice.uses_static_shapes() and rows_separable(self.candidates.values() if isinstance(self.candidates, nn.ModuleDict)
+                                                               else self.candidates):
+            return self._forward_static(indices, inputs)
         return route_examples(
             self.choice._context, indices, len(self.keys), lambda i, *xs: self.candidates[self.keys[i]](*xs), inputs
         )
+
+    def _forward_static(self, indices: Tensor, inputs: tuple) -> Tensor:
+        """Every candidate on every row (rows of the other candidates marked as stopped while it
+        runs); each row keeps its own candidate's output (channel widths zero-padded to the widest,
+        as routing does)."""
+        for a in inputs:
+            if isinstance(a, Tensor) and a.shape[0] != indices.shape[0]:
+                raise ValueError(f"per-example mode: an input of OpChoice {self.label!r} has batch size {a.shape[0]} "
+                                 f"but {indices.shape[0]} architectures are active")
+        context = self.choice._context
+        outputs, picks = [], []
+        for i, key in enumerate(self.keys):
+            picked = context.cached(("op_rows", self.label, i), lambda i=i: indices == i)
+            with context.running(picked):
+                outputs.append(self.candidates[key](*inputs))
+            picks.append(picked)
+        if any(not isinstance(o, Tensor) for o in outputs):
+            raise TypeError(f"per-example mode: every candidate of OpChoice {self.label!r} must return one batch-first Tensor")
+        outputs = pad_widths(outputs)
+        out = outputs[0]
+        for y, picked in zip(outputs[1:], picks[1:]):
+            out = torch.where(picked.to(y.device).view(-1, *([1] * (y.dim() - 1))), y, out)
+        return out
 
     def freeze(self, arch: dict[str, Any], export_child) -> nn.Module:
         return export_child(self.candidate(arch[self.label]))

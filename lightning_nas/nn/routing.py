@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lightning_nas.nn.choice import ArchContext
 
-__all__ = ["group_rows", "reassemble", "route_examples"]
+__all__ = ["group_rows", "pad_widths", "reassemble", "route_examples"]
 
 
 def group_rows(indices: Tensor, n_candidates: int) -> tuple[list[tuple[int, Tensor]], Tensor]:
@@ -42,14 +42,14 @@ def reassemble(outputs: Sequence[Tensor], order: Tensor) -> Tensor:
     """Concatenate per-group outputs (rows in ``order``) and restore the original row order."""
     if any(not isinstance(o, Tensor) for o in outputs):
         raise TypeError("per-example routing needs every routed candidate to return one batch-first Tensor")
-    stacked = torch.cat(_pad_widths(list(outputs)), 0)
+    stacked = torch.cat(pad_widths(list(outputs)), 0)
     order = order.to(stacked.device)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
     return stacked.index_select(0, inverse)
 
 
-def _pad_widths(outputs: list[Tensor]) -> list[Tensor]:
+def pad_widths(outputs: list[Tensor]) -> list[Tensor]:
     """Zero-pad the channel dimension (1, else the last) so groups computed at different widths stack.
 
     A row's channels past its own width are zero by construction, so zero padding is exact.

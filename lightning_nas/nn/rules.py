@@ -286,12 +286,14 @@ def _check_keeps_zeros(module: nn.Module | None, path: str) -> None:
         )
 
 
-def _elastic_norm(norm: nn.Module, path: str, width: Choice) -> ElasticBatchNorm2d:
+def _elastic_norm(norm: nn.Module, path: str, width: Choice | None) -> ElasticBatchNorm2d:
+    """The elastic form of a block's batch norm at ``width`` (``None``: its own fixed width)."""
     if type(norm) is nn.BatchNorm2d:
         elastic = ElasticBatchNorm2d.from_batch_norm(norm, num_features=width)
     elif type(norm) is _batch_norm_act_type():
-        _check_keeps_zeros(norm.drop, f"{path}.drop")
-        _check_keeps_zeros(norm.act, f"{path}.act")
+        if width is not None:  # (at a fixed width no channel is zeroed)
+            _check_keeps_zeros(norm.drop, f"{path}.drop")
+            _check_keeps_zeros(norm.act, f"{path}.act")
         elastic = ElasticBatchNormAct2d.from_batch_norm_act(norm, num_features=width)
     else:
         raise ValueError(
@@ -347,6 +349,12 @@ def _widen(block: nn.Module, path: str, layout: BlockLayout, width: Choice, reor
             spec["in_channels"] = dims.get("in", spec["in_channels"])
             spec["out_channels"] = dims.get("out", spec["out_channels"])
         new[sub] = _elastic_conv(spec, layer.training)
+    # The block's other norms (its output's) at their fixed widths: an elastic norm leaves the rows
+    # a DepthChoice has stopped out of its batch statistics, so with static shapes the block can
+    # run on every row (no grouping by depth, no host reads); each exports as the norm it was.
+    for sub, layer in block.named_modules():
+        if sub not in new and type(layer) in (nn.BatchNorm2d, _batch_norm_act_type()):
+            new[sub] = _elastic_norm(layer, f"{path}.{sub}", None)
     if reorder:
         # Once-for-All's channel sorting: most important hidden channels first (L1 norm of the
         # projection's weight over them), every layer permuted alike so the block's function is

@@ -14,6 +14,7 @@ import os
 import pytest
 import torch
 
+import lightning_nas as ln
 from lightning_nas.spaces import binas_supernet, mobilenet_supernet
 
 BACKENDS = ["aot_eager"] + (["inductor"] if os.environ.get("LIGHTNING_NAS_INDUCTOR_TESTS") == "1" else [])
@@ -32,7 +33,15 @@ def small_binas():
     )
 
 
-SUPERNETS = {"mobilenet": small_mobilenet, "binas": small_binas}
+def timm_model():
+    # A user's model decorated by the BINAS preset: elastic widths and kernels, SE on/off
+    # (OpChoice), stage depths (DepthChoice) over timm's own blocks and norm-act layers.
+    import timm
+
+    return ln.Supernet(ln.mutate(timm.create_model("mobilenetv3_small_050", num_classes=5), preset="binas"))
+
+
+SUPERNETS = {"mobilenet": small_mobilenet, "binas": small_binas, "timm": timm_model}
 
 
 def loss_of(net, x):

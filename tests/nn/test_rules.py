@@ -26,6 +26,7 @@ import lightning_nas as ln
 from lightning_nas import rules
 from lightning_nas.callbacks import UniformSampling
 from lightning_nas.nn import DepthChoice, ElasticBatchNormAct2d, ElasticConv2d, OpChoice, mutate
+from lightning_nas.profiling.counters import HostReadCounter
 
 sys.path.insert(0, str(Path(__file__).parent))
 from batch_norm import randomise_batch_norm  # noqa: E402
@@ -177,6 +178,39 @@ def test_per_example_mode_gives_each_row_its_own_subnet(name):
         for i, arch in enumerate(archs):
             with supernet.activated(arch):
                 torch.testing.assert_close(rows[i : i + 1], supernet(x[i : i + 1]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_large_100", "resnet18", "torchvision_mobilenet_v2"])
+def test_per_example_static_shapes_equal_grouped_rows_without_host_reads(name):
+    """With static shapes a decorated model's per-example training step reads nothing on the host
+    (SE on/off runs every candidate on every row, stage depths run every block on every row with the
+    stopped rows out of the blocks' norms, the output norms included) and computes what grouping the
+    rows by candidate computes: outputs, gradients, running statistics. Float64: batch statistics
+    over a few rows amplify float32 rounding."""
+    static = ln.Supernet(mutate(_model(name), preset="binas")).double().train()
+    static.static_shapes = True
+    grouped = copy.deepcopy(static)
+    grouped.static_shapes = False
+    n = 6
+    indices = static.space.sample_indices(n, 0)
+    assert any(len(set(v.tolist())) > 1 for label, v in indices.items() if label.endswith("depth"))
+    x = torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    results = []
+    for net in (static, grouped):
+        net.activate_indices(indices)
+        torch.manual_seed(0)  # torchvision's classifier has dropout
+        with HostReadCounter() as reads:
+            out = net(x)
+            (out * torch.linspace(-1, 1, out.shape[1], dtype=out.dtype)).sum().backward()
+        results.append((out.detach(), {k: p.grad for k, p in net.named_parameters() if p.grad is not None}, reads.total))
+    (out_s, grads_s, reads_s), (out_g, grads_g, reads_g) = results
+    assert reads_s == 0 and reads_g > 0
+    torch.testing.assert_close(out_s, out_g, atol=1e-10, rtol=1e-9)
+    for key in grads_s.keys() | grads_g.keys():  # a block no row reaches: no gradient grouped, zero static
+        zero = torch.zeros_like(grads_s.get(key, grads_g.get(key)))
+        torch.testing.assert_close(grads_s.get(key, zero), grads_g.get(key, zero), atol=1e-9, rtol=1e-8, msg=key)
+    for (key, a), b in zip(static.named_buffers(), grouped.buffers()):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10, msg=key)
 
 
 def test_uniform_per_example_sampling_trains_the_preset_model():

@@ -250,3 +250,58 @@ def test_width_mask_is_each_rows_prefix_in_both_per_example_modes():
         assert torch.equal(width_mask(width, 5, torch.float32, torch.device("cpu"), spatial=2), expected[:, :, None, None])
         assert torch.equal(row_mask(width, 5, torch.float32, torch.device("cpu"), net.context), expected)
         net(torch.randn(5, 3, 2, 2)).sum().backward()  # the layers take it too
+
+
+class _OpChoices(torch.nn.Module):
+    """An OpChoice whose candidates compute each row on its own (static shapes run them all on every
+    row), then (``batchwise``) one with a plain BatchNorm in a candidate (batch statistics over its
+    own rows: routed, with host reads)."""
+
+    def __init__(self, batchwise: bool) -> None:
+        super().__init__()
+        nn = torch.nn
+        gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 4, 1), nn.Sigmoid())
+        self.rowwise = ln.OpChoice({"id": nn.Identity(), "conv": nn.Conv2d(4, 4, 3, padding=1), "gate": _Gate(gate)}, "rowwise")
+        self.norm = ln.ElasticBatchNorm2d(4)
+        self.batchwise = ln.OpChoice([nn.Identity(), nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))], "batchwise") if batchwise else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.batchwise(self.norm(self.rowwise(x))).mean((2, 3))
+
+
+class _Gate(torch.nn.Module):
+    def __init__(self, gate: torch.nn.Module) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+@pytest.mark.parametrize("batchwise", [False, True])
+def test_op_choice_runs_rowwise_candidates_on_every_row_with_static_shapes(batchwise):
+    """Row-wise candidates: every candidate on every row, each row keeping its own (no host reads);
+    a candidate with a plain BatchNorm keeps routing rows (its statistics over its own rows). Both
+    exact against grouped rows in training (float64) and against each row's subnet in eval."""
+    torch.manual_seed(0)
+    static = ln.Supernet(_OpChoices(batchwise)).double()
+    static.static_shapes = True
+    grouped = copy.deepcopy(static)
+    grouped.static_shapes = False
+    n = 9
+    indices = static.space.sample_indices(n, 0)
+    indices["rowwise"] = torch.arange(n) % 3  # every candidate used
+    if batchwise:
+        indices["batchwise"] = torch.arange(n) % 2
+    x = torch.randn(n, 4, 5, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for net in (static, grouped):
+        net.train().activate_indices(indices)
+    with HostReadCounter() as reads:
+        copy.deepcopy(static)(x).sum().backward()
+    assert (reads.total > 0) == batchwise, reads.summary()
+    assert_same_step(static, grouped, x)
+    static.eval()
+    rows = static(x)
+    for i in range(n):
+        arch = {label: static.space[label].values[int(v[i])] for label, v in indices.items()}
+        torch.testing.assert_close(rows[i : i + 1], static.export(arch).eval()(x[i : i + 1]), atol=1e-12, rtol=1e-10)
