@@ -11,7 +11,7 @@ from lightning_nas.nn.input_choice import InputChoice
 from lightning_nas.nn.linear import ElasticLinear
 from lightning_nas.nn.mlp import ElasticMLP
 from lightning_nas.nn.mutate import Replacement, mutate
-from lightning_nas.nn.norm import ElasticBatchNorm2d, ElasticLayerNorm
+from lightning_nas.nn.norm import ElasticBatchNorm2d, ElasticLayerNorm, elastic_batch_norms
 from lightning_nas.nn.norm_act import ElasticBatchNormAct2d
 from lightning_nas.nn import rules
 from lightning_nas.nn.rules import elastic_kernel
@@ -50,6 +50,7 @@ __all__ = [
     "SumInputs",
     "TransformerBlock",
     "TransformerEncoder",
+    "elastic_batch_norms",
     "elastic_kernel",
     "export_subnet",
     "mutate",

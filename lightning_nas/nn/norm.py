@@ -20,7 +20,7 @@ from lightning_nas.nn.elastic_size import (
     rows_scaled_mask,
 )
 
-__all__ = ["ElasticBatchNorm2d", "ElasticLayerNorm", "lerp_running_stats", "masked_batch_norm"]
+__all__ = ["ElasticBatchNorm2d", "ElasticLayerNorm", "elastic_batch_norms", "lerp_running_stats", "masked_batch_norm"]
 
 
 def lerp_running_stats(buffers: list[Tensor], batch: list[Tensor], weights: list[Tensor]) -> None:
@@ -323,6 +323,29 @@ class ElasticBatchNorm2d(Mutable):
 
     def extra_repr(self) -> str:
         return f"num_features={self.num_features!r}, eps={self.eps}, momentum={self.momentum}"
+
+
+def elastic_batch_norms(module: nn.Module) -> nn.Module:
+    """Every plain ``nn.BatchNorm2d`` inside ``module`` replaced, in place, by a fixed-width
+    :class:`ElasticBatchNorm2d` sharing its parameters, buffers and training mode; returns
+    ``module`` (converted itself when it is such a norm).
+
+    The elastic norm computes what the plain one does and exports as an ``nn.BatchNorm2d`` again,
+    but in per-example mode with static shapes it leaves the rows marked as stopped
+    (:attr:`~lightning_nas.nn.ArchContext.alive`) out of its batch statistics. An
+    :class:`~lightning_nas.nn.OpChoice` candidate or :class:`~lightning_nas.nn.DepthChoice` block
+    with a norm can then run on every row instead of grouping the rows that use it (no host reads,
+    one compiled graph); with a plain norm it must group them.
+    """
+    if type(module) is nn.BatchNorm2d:
+        elastic = ElasticBatchNorm2d.from_batch_norm(module)
+        elastic.train(module.training)
+        return elastic
+    for name, child in list(module.named_children()):
+        new = elastic_batch_norms(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
 
 
 class ElasticLayerNorm(Mutable):

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from lightning_nas.nn.norm import elastic_batch_norms
 from lightning_nas.nn.op_choice import OpChoice
 from lightning_nas.spaces.darts import ReLUConvBN, Zero
 from lightning_nas.spaces.registry import register_space
@@ -129,11 +130,13 @@ def nb201_from_genotype(genotype: Sequence[Sequence[Sequence[Any]]]) -> dict[str
 
 # -- the network -----------------------------------------------------------------------------
 def _nb201_candidates(channels: int, affine: bool) -> dict[str, nn.Module]:
+    # Elastic (fixed-width) norms: with static shapes an edge runs every candidate on every row,
+    # each norm's statistics over its own rows (exported as plain nn.BatchNorm2d).
     return {
         "none": Zero(),
         "skip_connect": nn.Identity(),
-        "nor_conv_1x1": ReLUConvBN(channels, channels, 1, 1, 0, affine=affine),
-        "nor_conv_3x3": ReLUConvBN(channels, channels, 3, 1, 1, affine=affine),
+        "nor_conv_1x1": elastic_batch_norms(ReLUConvBN(channels, channels, 1, 1, 0, affine=affine)),
+        "nor_conv_3x3": elastic_batch_norms(ReLUConvBN(channels, channels, 3, 1, 1, affine=affine)),
         "avg_pool_3x3": nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
     }
 

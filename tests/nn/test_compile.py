@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import lightning_nas as ln
-from lightning_nas.spaces import binas_supernet, mobilenet_supernet
+from lightning_nas.spaces import binas_supernet, mobilenet_supernet, nb201_supernet
 
 BACKENDS = ["aot_eager"] + (["inductor"] if os.environ.get("LIGHTNING_NAS_INDUCTOR_TESTS") == "1" else [])
 
@@ -41,7 +41,12 @@ def timm_model():
     return ln.Supernet(ln.mutate(timm.create_model("mobilenetv3_small_050", num_classes=5), preset="binas"))
 
 
-SUPERNETS = {"mobilenet": small_mobilenet, "binas": small_binas, "timm": timm_model}
+def small_nb201():
+    # A cell space: every edge an OpChoice of convolutions with norms, a pool, skip and zero.
+    return nb201_supernet(channels=4, cells_per_stage=1)
+
+
+SUPERNETS = {"mobilenet": small_mobilenet, "binas": small_binas, "timm": timm_model, "nb201": small_nb201}
 
 
 def loss_of(net, x):

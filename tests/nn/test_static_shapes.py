@@ -305,3 +305,22 @@ def test_op_choice_runs_rowwise_candidates_on_every_row_with_static_shapes(batch
     for i in range(n):
         arch = {label: static.space[label].values[int(v[i])] for label, v in indices.items()}
         torch.testing.assert_close(rows[i : i + 1], static.export(arch).eval()(x[i : i + 1]), atol=1e-12, rtol=1e-10)
+
+
+def test_nb201_cells_run_every_candidate_on_every_row_exactly():
+    """NB201's edges (convolutions with norms, a pool, skip, zero) with static shapes: no host reads,
+    and what grouping the rows by candidate computes (the norms' statistics over their own rows)."""
+    torch.manual_seed(0)
+    static = ln.spaces.nb201_supernet(channels=4, cells_per_stage=1).double()
+    static.static_shapes = True
+    grouped = copy.deepcopy(static)
+    grouped.static_shapes = False
+    n = 10
+    indices = static.space.sample_indices(n, 5)
+    x = torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    for net in (static, grouped):
+        net.train().activate_indices(indices)
+    with HostReadCounter() as reads:
+        copy.deepcopy(static)(x).sum().backward()
+    assert reads.total == 0, reads.summary()
+    assert_same_step(static, grouped, x)
