@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Mutable
 from lightning_nas.nn.input_choice import InputChoice
+from lightning_nas.nn.norm import elastic_batch_norms
 from lightning_nas.nn.op_choice import OpChoice
 from lightning_nas.seeding import derive_generator, derive_seed
 from lightning_nas.spaces.registry import register_space
@@ -381,7 +382,10 @@ class DartsCell(nn.Module):
             for i in range(j):
                 stride = 2 if reduction and i < 2 else 1
                 ops = _check_ops(edge_ops(kind, j, i), f"operations of {kind} edge {i}->{j}")
-                edges.append(OpChoice({op: OPS[op](channels, stride, affine, True) for op in ops}, f"{kind}.edge_{j}_{i}"))
+                # Fixed-width elastic norms: with static shapes an edge runs every candidate on every
+                # row, each norm's statistics over its own rows (exported as plain nn.BatchNorm2d).
+                candidates = {op: elastic_batch_norms(OPS[op](channels, stride, affine, True)) for op in ops}
+                edges.append(OpChoice(candidates, f"{kind}.edge_{j}_{i}"))
             nodes.append(CellNode(edges, InputChoice(j, 2, f"{kind}.node_{j}")))
         self.nodes = nn.ModuleList(nodes)
 

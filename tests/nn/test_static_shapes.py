@@ -307,11 +307,19 @@ def test_op_choice_runs_rowwise_candidates_on_every_row_with_static_shapes(batch
         torch.testing.assert_close(rows[i : i + 1], static.export(arch).eval()(x[i : i + 1]), atol=1e-12, rtol=1e-10)
 
 
-def test_nb201_cells_run_every_candidate_on_every_row_exactly():
-    """NB201's edges (convolutions with norms, a pool, skip, zero) with static shapes: no host reads,
-    and what grouping the rows by candidate computes (the norms' statistics over their own rows)."""
+CELL_SPACES = {
+    "nb201": lambda: ln.spaces.nb201_supernet(channels=4, cells_per_stage=1),
+    "darts": lambda: ln.spaces.create_space("darts", channels=4, layers=3),
+}
+
+
+@pytest.mark.parametrize("space", CELL_SPACES)
+def test_cell_spaces_run_every_candidate_on_every_row_exactly(space):
+    """NB201's and DARTS's edges (convolutions with norms, pools, skip, zero; DARTS's node inputs
+    too) with static shapes: no host reads, and what grouping the rows by candidate computes (each
+    norm's statistics over its own rows)."""
     torch.manual_seed(0)
-    static = ln.spaces.nb201_supernet(channels=4, cells_per_stage=1).double()
+    static = CELL_SPACES[space]().double()
     static.static_shapes = True
     grouped = copy.deepcopy(static)
     grouped.static_shapes = False
