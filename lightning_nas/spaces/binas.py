@@ -709,6 +709,16 @@ class BinasBlock(Mutable):
         ``y``: ``(n, wide, H, W)``; ``kernel``: ``LongTensor (n,)`` on ``y``'s device.
         """
         n, wide, h, w = y.shape
+        if torch.compiler.is_compiling():
+            # Compiled, each kernel size is its own depthwise convolution of every row, each row
+            # keeping its own kernel's output: inductor lays a graph's convolutions out channels-last,
+            # which made the one convolution of n * wide groups below 4x slower (CPU, fwd + bwd),
+            # while these compile to 0.25x of it (benchmarks/RESULTS.md notes).
+            out = None
+            for i, dw in enumerate(self.conv_dw):
+                z = F.conv2d(y, dw.weight, None, dw.stride, dw.padding, 1, wide)
+                out = z if out is None else torch.where((kernel == i).view(n, 1, 1, 1), z, out)
+            return out
         big = max(self.kernel.values)
         filters = []
         for size, dw in zip(self.kernel.values, self.conv_dw):
