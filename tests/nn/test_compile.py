@@ -91,7 +91,10 @@ def test_per_example_and_fixed_arch_steps_compile_whole_and_exact(space, backend
         eager_loss.backward()
         torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-6, rtol=1e-5)
         for (name, p), q in zip(net.named_parameters(), eager.parameters()):
-            torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
+            # Compiled, kernel decisions run as one convolution per kernel size (eager: one of per-row
+            # filters): the same sums in another order, so float rounding scales with the gradient.
+            scale = 1.0 if q.grad is None else max(1.0, float(q.grad.abs().max()))
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-6 * scale, rtol=1e-5, msg=name)
         for (name, b), c in zip(net.named_buffers(), eager.buffers()):
             torch.testing.assert_close(b, c, atol=1e-6, rtol=1e-5, msg=name)
     # One graph serves both per-example batches (shapes fixed by the candidate lists); the
