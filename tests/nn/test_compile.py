@@ -103,3 +103,42 @@ def test_per_example_and_fixed_arch_steps_compile_whole_and_exact(space, backend
     # One graph serves both per-example batches (shapes fixed by the candidate lists); the
     # fixed architecture is a second one.
     assert len(graphs) == 2
+
+
+def test_trainer_fits_with_the_supernet_compiled_in_place():
+    """The documented Trainer path: the supernet compiled in place (``nn.Module.compile``: same
+    module, same state-dict keys) inside an ordinary LightningModule, per-example sampling from the
+    callback: every step runs the one compiled graph, and training ends where the eager run ends."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lightning_nas.callbacks import UniformSampling
+    from lightning_nas.classification import SupernetClassifier
+
+    torch.manual_seed(0)
+    net = small_binas()
+    net.static_shapes = True
+    model = SupernetClassifier(net, 5, lr=0.05)
+    eager = copy.deepcopy(model)
+    before = copy.deepcopy(model.state_dict())
+    data = TensorDataset(torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(16) % 5)
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return torch._dynamo.backends.registry.lookup_backend("aot_eager")(gm, example_inputs)
+
+    torch._dynamo.reset()
+    model.supernet.compile(backend=counting)
+    for module in (model, eager):
+        trainer = pl.Trainer(
+            max_steps=4, callbacks=[UniformSampling(0, per_sample=True)], logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+        )
+        trainer.fit(module, DataLoader(data, batch_size=4))
+    assert len(graphs) == 1  # four batches of different per-example subnets, one graph
+    assert model.state_dict().keys() == before.keys()
+    for (name, p), q in zip(model.named_parameters(), eager.parameters()):
+        scale = max(1.0, float(q.abs().max()))
+        torch.testing.assert_close(p, q, atol=1e-5 * scale, rtol=1e-5, msg=name)
+    assert any(not torch.equal(model.state_dict()[k], v) for k, v in before.items())
