@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from results_file import device_title, machine, marker_suffix, publish  # benchmarks/ is the script's directory
+from results_file import device_title, machine, marker_suffix, publish, write_section  # benchmarks/ is the script's directory
 from lightning_nas.profiling.counters import HostReadCounter, OperatorCounter
 from lightning_nas.spaces import binas_supernet, mobilenet_supernet
 
@@ -231,14 +231,9 @@ def build(args: argparse.Namespace) -> dict[str, Callable[[int], None]]:
         for key, model, before in (("c", copy(), None), ("d", fixed.export(largest).to(args.device), None)):
             if key == "c":
                 before = sampler(model)
+            # Compiled at its first call (in measure(), whose partial sections keep what ran before it).
             compiled = torch.compile(_loss, backend=args.compile_backend)
-            step = steps[f"{key}-compiled"] = Step(model, x, y, before=before, loss=compiled)
-            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-            started = time.perf_counter()
-            step(0)  # the compilation (each per-example batch reuses this graph)
-            args.compile_seconds[key] = time.perf_counter() - started
-            graphs = args.compile_graphs[key] = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
-            print(f"compiled ({key}) in {args.compile_seconds[key]:.1f} s, {graphs} graph(s)", flush=True)
+            steps[f"{key}-compiled"] = Step(model, x, y, before=before, loss=compiled)
     if args.cuda_graph:
         graphed = copy()
         try:
@@ -266,16 +261,35 @@ def count(steps: dict[str, Step]) -> dict[str, dict[str, Any]]:
     return counts
 
 
-def measure(steps: dict[str, Callable[[int], None]], args: argparse.Namespace) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
-    """Per-configuration step times (seconds) over all rounds, and each round's medians."""
-    times: dict[str, list[float]] = {k: [] for k in steps}
+def measure(steps: dict[str, Callable[[int], None]], args: argparse.Namespace,
+            progress: Callable[[dict[str, list[float]], list[dict[str, float]]], None] | None = None,
+            ) -> tuple[dict[str, list[float]], list[dict[str, float]]]:
+    """Per-configuration step times (seconds) over all rounds, and each round's medians, of the
+    configurations in ``args.only`` (all when empty). A compiled configuration is compiled at its
+    first call (timed apart, in ``args.compile_seconds``). ``progress(times, rounds)`` gets what is
+    measured so far after each configuration (the last round possibly incomplete)."""
+    only = getattr(args, "only", None)  # (other benchmarks pass a Namespace of repeats, warmup, steps, device)
+    keys = [k for k in only if k in steps] if only else list(steps)  # in --only's order (e.g. the compiled pair last)
+    times: dict[str, list[float]] = {k: [] for k in keys}
     rounds: list[dict[str, float]] = []
     counter = 0
     # CUDA runs asynchronously: a step's time is only known once the device has finished it.
     sync = (lambda: torch.cuda.synchronize(args.device)) if torch.device(args.device).type == "cuda" else (lambda: None)
     for r in range(args.repeats):
-        medians = {}
-        for key, step in steps.items():
+        medians: dict[str, float] = {}
+        rounds.append(medians)
+        for key in keys:
+            step = steps[key]
+            if key.endswith("-compiled") and key[:-9] not in args.compile_seconds:
+                graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+                sync()
+                started = time.perf_counter()
+                step(counter)  # the compilation (each per-example batch reuses this graph)
+                sync()
+                args.compile_seconds[key[:-9]] = time.perf_counter() - started
+                graphs = args.compile_graphs[key[:-9]] = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs
+                print(f"compiled ({key[:-9]}) in {args.compile_seconds[key[:-9]]:.1f} s, {graphs} graph(s)", flush=True)
+                counter += 1
             for _ in range(args.warmup):
                 step(counter)
                 counter += 1
@@ -289,22 +303,15 @@ def measure(steps: dict[str, Callable[[int], None]], args: argparse.Namespace) -
                 counter += 1
             times[key] += these
             medians[key] = statistics.median(these)
-        rounds.append(medians)
-        print(
-            f"round {r + 1}/{args.repeats}: "
-            + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in medians.items())
-            + f" | a/b {medians['a'] / medians['b']:.3f} c/d {medians['c'] / medians['d']:.3f}",
-            flush=True,
-        )
+            if progress is not None:
+                progress(times, rounds)
+        print(f"round {r + 1}/{args.repeats}: " + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in medians.items()), flush=True)
     return times, rounds
 
 
 def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list[dict[str, float]], command: str,
            counts: dict[str, dict[str, Any]] | None = None) -> str:
-    med = {k: statistics.median(v) for k, v in times.items()}
-    ab, cd = med["a"] / med["b"], med["c"] / med["d"]
-    per_round_ab = [r["a"] / r["b"] for r in rounds]
-    per_round_cd = [r["c"] / r["d"] for r in rounds]
+    med = {k: statistics.median(v) for k, v in times.items() if v}
     names = dict(NAMES)
     for key in med:
         if key.startswith("c-") and key not in NAMES:
@@ -331,7 +338,7 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list
            + "; graphs per step (1: no graph break): " + ", ".join(f"({k}) {v}" for k, v in args.compile_graphs.items())]
           if args.compile_seconds else []),
         f"- {args.repeats} rounds × {args.steps} timed steps per configuration (after {args.warmup} warm-up steps "
-        f"per configuration and round), interleaved {', '.join(med)} per round; medians over all {args.repeats * args.steps} timed steps",
+        f"per configuration and round), interleaved {', '.join(times)} per round; medians over all timed steps",
         "",
         "| configuration | median step (ms) | min (ms) |",
         "|---|---:|---:|",
@@ -340,21 +347,24 @@ def report(args: argparse.Namespace, times: dict[str, list[float]], rounds: list
         if key not in med:
             continue
         lines.append(f"| ({key}) {name} | {1e3 * med[key]:.2f} | {1e3 * min(times[key]):.2f} |")
-    lines += [
-        "",
-        "| ratio | measured | per-round | target | |",
-        "|---|---:|---|---:|---|",
-        f"| a/b fixed-arch supernet / static subnet | {ab:.3f} | {', '.join(f'{v:.3f}' for v in per_round_ab)} | "
-        f"≤ {TARGET_AB:.2f} | {'met' if ab <= TARGET_AB else 'MISSED'} |",
-        f"| c/d per-example supernet / heaviest subnet | {cd:.3f} | {', '.join(f'{v:.3f}' for v in per_round_cd)} | "
-        f"≤ {TARGET_CD:.2f} | {'met' if cd <= TARGET_CD else 'MISSED'} |",
-    ]
+    lines += ["", "| ratio | measured | per-round | target | |", "|---|---:|---|---:|---|"]
+    for (top, bottom), what, target in ((("a", "b"), "a/b fixed-arch supernet / static subnet", TARGET_AB),
+                                        (("c", "d"), "c/d per-example supernet / heaviest subnet", TARGET_CD)):
+        if top in med and bottom in med:
+            ratio = med[top] / med[bottom]
+            per_round = ", ".join(f"{r[top] / r[bottom]:.3f}" for r in rounds if top in r and bottom in r)
+            lines.append(f"| {what} | {ratio:.3f} | {per_round} | ≤ {target:.2f} | {'met' if ratio <= target else 'MISSED'} |")
     for variant in ("grouped", "compiled", "graph"):
         if f"c-{variant}" in med and f"d-{variant}" in med:
             ratio = med[f"c-{variant}"] / med[f"d-{variant}"]
             lines.append(f"| c/d, both {variant} | {ratio:.3f} | | ≤ {TARGET_CD:.2f} | {'met' if ratio <= TARGET_CD else 'MISSED'} |")
-        elif f"c-{variant}" in med:
+        elif f"c-{variant}" in med and "d" in med:
             lines.append(f"| c-{variant}/d | {med[f'c-{variant}'] / med['d']:.3f} | | ≤ {TARGET_CD:.2f} | |")
+    missing = [f"({k})" for k in times if not times[k]]
+    if rounds and len(rounds[-1]) < len(times):
+        missing.append(f"the rest of round {len(rounds)} of {args.repeats}")
+    if missing:  # a partial section: the run was stopped (a time limit) before these were timed
+        lines += ["", f"Partial: the run stopped before timing {', '.join(missing)}."]
     if counts:
         lines += [
             "",
@@ -384,7 +394,8 @@ def variants(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--space", choices=sorted(SPACES), default="mobilenet", help="the supernet to time")
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per configuration and round (at least 30)")
+    parser.add_argument("--steps", type=int, default=30,
+                        help="timed steps per configuration and round (at least 30 on a CPU, 10 on a GPU, whose step times hardly scatter)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration and round")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -400,17 +411,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compile", action="store_true", help="also time (c) and (d) through torch.compile")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile")
     parser.add_argument("--cuda-graph", action="store_true", help="also time (c) and (d) replayed from CUDA graphs (CUDA only)")
+    parser.add_argument(
+        "--only", default="",
+        help="comma-separated configurations to time (e.g. c,d,c-compiled,d-compiled,c-graph,d-graph); default all. "
+             "Operator calls are counted for (a), (c), (c-grouped) and (d) either way",
+    )
     parser.add_argument("--no-write", action="store_true", help="print the section without writing --out")
     args = parser.parse_args(argv)
     if args.image_size is None:
         args.image_size = IMAGE_SIZES.get(args.space, 32)
-    if args.steps < 30:
-        parser.error("--steps must be at least 30")
+    if args.steps < (10 if torch.device(args.device).type == "cuda" else 30):
+        parser.error("--steps must be at least 30 (10 with a CUDA --device)")
+    args.only = [k.strip() for k in args.only.split(",") if k.strip()]
+    unknown = [k for k in args.only if k not in NAMES]
+    if unknown:
+        parser.error(f"--only: unknown configurations {unknown}; known: {', '.join(NAMES)}")
     if args.repeats < 1 or args.warmup < 0 or args.batch_size < 1:
         parser.error("--repeats and --batch-size must be positive, --warmup non-negative")
     if args.cuda_graph and torch.device(args.device).type != "cuda":
         parser.error("--cuda-graph needs --device cuda")
     torch.set_num_threads(args.threads)
+
+    section = markers(args.breakdown, args.space, args.device, args.batch_size, variants(args))
 
     def run(command: str) -> str:
         steps = build(args)
@@ -418,10 +440,14 @@ def main(argv: list[str] | None = None) -> None:
         for key, counted in counts.items():
             print(f"({key}) " + ", ".join(f"{what} {counted[what][0]} calls ({counted[what][1]} kernel calls)" for what in COUNTED)
                   + f", {counted['reads']} host reads {counted['summary']}", flush=True)
-        return report(args, *measure(steps, args), command, counts)
 
-    publish("train_step.py", argv, args.out, not args.no_write, run,
-            *markers(args.breakdown, args.space, args.device, args.batch_size, variants(args)))
+        def progress(times, rounds):  # a run stopped by a time limit (run_on_gpu.sh) keeps what it measured
+            if not args.no_write:
+                write_section(args.out, report(args, times, rounds, command, counts), *section)
+
+        return report(args, *measure(steps, args, progress), command, counts)
+
+    publish("train_step.py", argv, args.out, not args.no_write, run, *section)
 
 
 if __name__ == "__main__":
