@@ -112,7 +112,9 @@ class Supernet(nn.Module):
 
         ``"auto"``: static shapes on an accelerator (CUDA and others), grouped rows on a CPU, chosen
         from the device of the supernet's parameters at each activation (measured on a CPU: a
-        per-example step 1.33× the heaviest subnet with static shapes, 0.82× grouped).
+        per-example step 1.33× the heaviest subnet with static shapes, 0.82× grouped); and static
+        shapes wherever ``torch.compile`` traces the supernet (grouping rows would break the graph
+        at every choice; compiled, static shapes are the fastest on a CPU too: RESULTS.md).
 
         ``True``: every tensor has the shape the candidate lists fix (largest widths and
         kernels, every optional block on every row), and rows are told apart by masks folded into
@@ -142,6 +144,7 @@ class Supernet(nn.Module):
 
     def _resolve_static_shapes(self, device: torch.device) -> None:
         static = self._static_shapes if isinstance(self._static_shapes, bool) else device.type != "cpu"
+        self.context.static_shapes_when_compiled = self._static_shapes == "auto"
         if static != self.context.static_shapes:
             self.context.static_shapes = static
             self.context.clear_cache()

@@ -100,7 +100,10 @@ class ArchContext:
             masks), so that no value is read back on the host, one compiled graph serves every
             batch and the step can be captured as a CUDA graph. ``False``: rows are grouped by
             candidate (less arithmetic, data-dependent shapes, host reads). See
-            :attr:`~lightning_nas.Supernet.static_shapes`.
+            :attr:`~lightning_nas.Supernet.static_shapes`. With ``static_shapes_when_compiled``
+            (the supernet's ``"auto"``) it is also ``True`` while ``torch.compile`` traces, so that
+            a compiled step gets one graph without breaks wherever it runs.
+        static_shapes_when_compiled: see ``static_shapes``.
         alive: static shapes only: ``BoolTensor (n,)``, which of the visible rows are still running
             (a :class:`~lightning_nas.nn.DepthChoice` runs its optional blocks on every row and
             keeps the output of the rows that go that deep); ``None`` when all are. Modules whose
@@ -108,8 +111,17 @@ class ArchContext:
     """
 
     # Class-level defaults: contexts pickled before these attributes existed still load.
-    static_shapes: bool = True
+    _static_shapes: bool = True
+    static_shapes_when_compiled: bool = False
     alive: Tensor | None = None
+
+    @property
+    def static_shapes(self) -> bool:
+        return self._static_shapes or (self.static_shapes_when_compiled and _compiling())
+
+    @static_shapes.setter
+    def static_shapes(self, value: bool) -> None:
+        self._static_shapes = value
 
     def __init__(self) -> None:
         self.values: dict[str, Any] | None = {}
@@ -121,6 +133,12 @@ class ArchContext:
         # The supernet this context belongs to (a weak reference: the supernet holds the context).
         self.owner: weakref.ref | None = None
         self.clear_cache()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "static_shapes" in state:  # pickled when it was a plain attribute
+            state = {**state, "_static_shapes": state["static_shapes"]}
+            del state["static_shapes"]
+        self.__dict__.update(state)
 
     def __getstate__(self) -> dict[str, Any]:
         # A weak reference cannot be pickled, and a copy belongs to no supernet until one adopts it.

@@ -142,3 +142,32 @@ def test_trainer_fits_with_the_supernet_compiled_in_place():
         scale = max(1.0, float(q.abs().max()))
         torch.testing.assert_close(p, q, atol=1e-5 * scale, rtol=1e-5, msg=name)
     assert any(not torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_auto_static_shapes_compile_whole_on_a_cpu():
+    """``static_shapes="auto"`` (the default) groups rows in an eager step on a CPU but takes static
+    shapes while torch.compile traces: the compiled step is one graph (``fullgraph``) and computes
+    what the eager grouped step computes."""
+    torch.manual_seed(0)
+    net = small_binas().train()
+    assert net.static_shapes == "auto" and not net.context.static_shapes  # a CPU: grouped rows when eager
+    eager = copy.deepcopy(net)
+    torch._dynamo.reset()
+    step = torch.compile(loss_of, backend="aot_eager", fullgraph=True)
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    for seed in range(2):
+        indices = net.space.sample_indices(6, seed)
+        for model in (net, eager):
+            model.activate_indices(indices)
+            model.zero_grad(set_to_none=True)
+        compiled_loss, eager_loss = step(net, x), loss_of(eager, x)
+        compiled_loss.backward()
+        eager_loss.backward()
+        torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-5, rtol=1e-4)
+        for (name, p), q in zip(net.named_parameters(), eager.parameters()):
+            if q.grad is None:  # grouped rows give no gradient to what no row uses; static shapes a zero one
+                assert p.grad is None or not p.grad.any(), name
+                continue
+            scale = max(1.0, float(q.grad.abs().max()))
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-4 * scale, rtol=1e-4, msg=name)
+    assert not net.context.static_shapes  # eager again

@@ -149,6 +149,19 @@ def test_auto_static_shapes_group_rows_on_a_cpu_and_use_static_shapes_elsewhere(
     assert net.context.static_shapes is False and net.static_shapes is False
     net.static_shapes = True
     assert net.context.static_shapes is True
+    # Only "auto" turns static shapes on while torch.compile traces (tests/nn/test_compile.py).
+    assert not net.context.static_shapes_when_compiled
+    net.static_shapes = "auto"
+    assert net.context.static_shapes_when_compiled
+
+
+def test_contexts_pickled_with_the_plain_static_shapes_attribute_still_load():
+    state = ln.nn.ArchContext().__getstate__()
+    del state["_static_shapes"]
+    state["static_shapes"] = False  # the old layout: a plain attribute
+    old = ln.nn.ArchContext.__new__(ln.nn.ArchContext)
+    old.__setstate__(state)
+    assert old.static_shapes is False and "static_shapes" not in vars(old)
 
 
 @pytest.mark.parametrize("space", ["gpt-tiny", "vit-tiny"])
