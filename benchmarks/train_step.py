@@ -2,7 +2,9 @@
 
 ``--space mobilenet`` (default) times ``mobilenet_supernet()``; ``--space binas`` times
 ``binas_supernet(preset="tiny")`` (the BINAS space: expansion, kernel, SE and depth decisions) at
-32×32; ``--space binas-imagenet`` times the paper's ImageNet backbone, ``binas_supernet()``, at 224×224.
+32×32; ``--space binas-imagenet`` times the paper's ImageNet backbone, ``binas_supernet()``, at 224×224;
+``--space timm-mobilenetv3`` a user's model decorated, timm's MobileNetV3-Large under
+``mutate(preset="binas")``.
 
 Four configurations, measured interleaved in rounds (a, b, c, d, a, b, ...) so that machine noise
 hits all of them alike:
@@ -51,7 +53,7 @@ from torch import nn
 
 from results_file import device_title, machine, marker_suffix, publish, write_section  # benchmarks/ is the script's directory
 from lightning_nas.profiling.counters import HostReadCounter, OperatorCounter
-from lightning_nas.spaces import binas_supernet, mobilenet_supernet
+from lightning_nas.spaces import binas_supernet, mobilenet_supernet, timm_supernet
 
 TARGET_AB, TARGET_CD, TARGET_CALLS = 1.10, 1.5, 2.0
 # Per space: (builder, description for the report, decision kinds for --breakdown).
@@ -60,6 +62,12 @@ SPACES = {
     "binas": (lambda: binas_supernet(preset="tiny"), '`binas_supernet(preset="tiny")`', ("expand", "kernel", "se", "depth")),
     # The paper's ImageNet backbone at its own input size (224×224 unless --image-size says otherwise).
     "binas-imagenet": (binas_supernet, "`binas_supernet()` (the ImageNet preset)", ("expand", "kernel", "se", "depth")),
+    # A user's model decorated: timm's MobileNetV3-Large (random weights) under mutate(preset="binas").
+    "timm-mobilenetv3": (
+        lambda: timm_supernet("mobilenetv3_large_100", num_classes=10),
+        '`timm_supernet("mobilenetv3_large_100", num_classes=10)` (`mutate(preset="binas")` on timm\'s model)',
+        ("width", "kernel_size", "se", "depth"),
+    ),
 }
 IMAGE_SIZES = {"binas-imagenet": 224}  # default --image-size per space (else 32)
 NAMES = {
