@@ -73,7 +73,7 @@ def test_per_example_step_has_no_graph_breaks(space):
 def test_per_example_and_fixed_arch_steps_compile_whole_and_exact(space, backend):
     torch.manual_seed(0)
     net = SUPERNETS[space]().train()
-    net.static_shapes = True  # one graph for every per-example batch ("auto" groups rows on a CPU)
+    net.static_shapes = True  # what "auto" takes under compile; the eager copy then runs static shapes too
     eager = copy.deepcopy(net)
     graphs = []
 
