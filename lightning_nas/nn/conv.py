@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice, Mutable, largest, value_in
 from lightning_nas.nn.elastic_size import active_size, check_fixed, check_size_spec, fit_channels, prefix, size_mask, width_mask
-from lightning_nas.nn.routing import route_examples
+from lightning_nas.nn.routing import route_examples, select_rows
 
 __all__ = ["ElasticConv2d", "crop_kernel"]
 
@@ -192,7 +192,7 @@ class ElasticConv2d(Mutable):
         if kernels is None and in_mask is None:
             return F.conv2d(x, weight, bias, self.stride, padding, self.dilation, c_in)
         if torch.compiler.is_compiling():
-            return self._conv_static_compiled(x, weight, bias, kernels, in_mask, out_mask, spatial)
+            return self._conv_static_compiled(x, weight, bias, padding, kernels, in_mask, out_mask, spatial)
         # Per-row weights (n, c_out, c_in / groups, K, K): each row's kernel crop and widths folded in,
         # run as one grouped convolution over the rows stacked along the channels.
         if kernels is not None:
@@ -218,27 +218,23 @@ class ElasticConv2d(Mutable):
         )
         return y.view(n, c_out, *y.shape[2:])
 
-    def _conv_static_compiled(self, x: Tensor, weight: Tensor, bias: Tensor | None, kernels: Tensor | None,
+    def _conv_static_compiled(self, x: Tensor, weight: Tensor, bias: Tensor | None, padding: int, kernels: Tensor | None,
                               in_mask: Tensor | None, out_mask: Tensor | None, spatial) -> Tensor:
         """:meth:`_conv_static` under ``torch.compile``: the widths as masks on the activations and
         each kernel size its own convolution of every row, each row keeping its own kernel's output.
         Inductor lays a graph's convolutions out channels-last, which made the one convolution of
         per-row weights (``n * C`` groups) ~4x slower forward + backward on a CPU; these compile to
         about a quarter of it (benchmarks/RESULTS.md notes)."""
-        n, c_in = x.shape[:2]
+        c_in = x.shape[1]
         c_out = weight.shape[0]
         full = weight.shape[-1]
         if in_mask is not None:
             x = x * spatial(self.in_channels, c_in)
         sizes = self.kernel_size.values if kernels is not None else (full,)
-        kernels = None if kernels is None else kernels.to(x.device)
-        padding = self._padding(full)  # (a fixed padding comes with a fixed kernel only)
-        y = None
-        for i, k in enumerate(sizes):
-            # A centred k×k crop of the K×K filter with padding p is the k×k filter with padding p - (K - k) / 2.
-            z = F.conv2d(x, crop_kernel(weight, k), bias, self.stride, padding - self.dilation * ((full - k) // 2), self.dilation,
-                         c_in if self.depthwise else 1)
-            y = z if y is None else torch.where((kernels == i).view(n, 1, 1, 1), z, y)
+        # A centred k×k crop of the K×K filter with padding p is the k×k filter with padding p - (K - k) / 2.
+        outputs = [F.conv2d(x, crop_kernel(weight, k), bias, self.stride, padding - self.dilation * ((full - k) // 2), self.dilation,
+                            c_in if self.depthwise else 1) for k in sizes]
+        y = outputs[0] if kernels is None else select_rows(outputs, [kernels == i for i in range(len(sizes))])
         # A depthwise filter keeps its masked input channels at zero, unless a bias adds to them.
         if out_mask is not None and not (self.depthwise and bias is None):
             y = y * spatial(self.in_channels if self.depthwise else self.out_channels, c_out)

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from lightning_nas.nn.choice import Choice, Mutable, rows_separable
-from lightning_nas.nn.routing import pad_widths, route_examples
+from lightning_nas.nn.routing import check_batch_sizes, pad_widths, route_examples, select_rows
 
 __all__ = ["OpChoice"]
 
@@ -103,8 +102,7 @@ class OpChoice(Mutable):
         indices = self.choice.example_indices()
         if indices is None:
             return self.candidate(self.choice.value)(*inputs)
-        if self.choice.uses_static_shapes() and rows_separable(self.candidates.values() if isinstance(self.candidates, nn.ModuleDict)
-                                                               else self.candidates):
+        if self.choice.uses_static_shapes() and rows_separable(self.candidates.children()):
             return self._forward_static(indices, inputs)
         return route_examples(
             self.choice._context, indices, len(self.keys), lambda i, *xs: self.candidates[self.keys[i]](*xs), inputs
@@ -114,10 +112,7 @@ class OpChoice(Mutable):
         """Every candidate on every row (rows of the other candidates marked as stopped while it
         runs); each row keeps its own candidate's output (channel widths zero-padded to the widest,
         as routing does)."""
-        for a in inputs:
-            if isinstance(a, Tensor) and a.shape[0] != indices.shape[0]:
-                raise ValueError(f"per-example mode: an input of OpChoice {self.label!r} has batch size {a.shape[0]} "
-                                 f"but {indices.shape[0]} architectures are active")
+        check_batch_sizes(inputs, indices)
         context = self.choice._context
         outputs, picks = [], []
         for i, key in enumerate(self.keys):
@@ -127,11 +122,7 @@ class OpChoice(Mutable):
             picks.append(picked)
         if any(not isinstance(o, Tensor) for o in outputs):
             raise TypeError(f"per-example mode: every candidate of OpChoice {self.label!r} must return one batch-first Tensor")
-        outputs = pad_widths(outputs)
-        out = outputs[0]
-        for y, picked in zip(outputs[1:], picks[1:]):
-            out = torch.where(picked.to(y.device).view(-1, *([1] * (y.dim() - 1))), y, out)
-        return out
+        return select_rows(pad_widths(outputs), picks)
 
     def freeze(self, arch: dict[str, Any], export_child) -> nn.Module:
         return export_child(self.candidate(arch[self.label]))

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lightning_nas.nn.choice import ArchContext
 
-__all__ = ["group_rows", "pad_widths", "reassemble", "route_examples"]
+__all__ = ["check_batch_sizes", "group_rows", "pad_widths", "reassemble", "route_examples", "select_rows"]
 
 
 def group_rows(indices: Tensor, n_candidates: int) -> tuple[list[tuple[int, Tensor]], Tensor]:
@@ -80,6 +80,27 @@ def take_rows(args: Sequence[Any], positions: Tensor) -> list[Any]:
     return [a.index_select(0, positions.to(a.device)) if isinstance(a, Tensor) else a for a in args]
 
 
+def check_batch_sizes(args: Sequence[Any], indices: Tensor) -> None:
+    """Raise unless every batch-first tensor in ``args`` has one row per entry of ``indices``."""
+    for a in args:
+        if isinstance(a, Tensor) and a.shape[0] != indices.shape[0]:
+            raise ValueError(
+                f"per-example mode: an input has batch size {a.shape[0]} but {indices.shape[0]} architectures "
+                "are active; activate one architecture per example of the batch (dimension 0)"
+            )
+
+
+def select_rows(outputs: Sequence[Tensor], picks: Sequence[Tensor]) -> Tensor:
+    """Each row from its own candidate's output, with static shapes: row ``i`` of ``outputs[k]``
+    where ``picks[k][i]`` (``BoolTensor (n,)``; ``picks[0]`` is not read: rows no other mask picks
+    keep ``outputs[0]``). ``outputs``: ``(n, ...)`` tensors of one shape. One ``torch.where`` per
+    candidate after the first; nothing read on the host."""
+    out = outputs[0]
+    for y, picked in zip(outputs[1:], picks[1:]):
+        out = torch.where(picked.to(y.device).view(-1, *([1] * (y.dim() - 1))), y, out)
+    return out
+
+
 def route_examples(
     context: ArchContext,
     indices: Tensor,
@@ -97,12 +118,7 @@ def route_examples(
         run: ``run(candidate_index, *args) -> Tensor`` with the batch in dimension 0.
         args: the module's inputs, batch-first tensors (``(n, ...)``) or constants.
     """
-    for a in args:
-        if isinstance(a, Tensor) and a.shape[0] != indices.shape[0]:
-            raise ValueError(
-                f"per-example mode: an input has batch size {a.shape[0]} but {indices.shape[0]} architectures "
-                "are active; activate one architecture per example of the batch (dimension 0)"
-            )
+    check_batch_sizes(args, indices)
     groups, order = group_rows(indices, n_candidates)
     if len(groups) == 1:
         return run(groups[0][0], *args)

@@ -41,7 +41,7 @@ from lightning_nas.nn.choice import Choice, Mutable
 from lightning_nas.nn.depth_choice import DepthChoice
 from lightning_nas.nn.elastic_size import prefix, size_mask
 from lightning_nas.nn.norm import lerp_running_stats
-from lightning_nas.nn.routing import group_rows, reassemble, take_rows
+from lightning_nas.nn.routing import group_rows, reassemble, select_rows, take_rows
 from lightning_nas.spaces.mobilenet import make_divisible
 from lightning_nas.spaces.registry import register_space
 from lightning_nas.supernet import Supernet
@@ -714,11 +714,8 @@ class BinasBlock(Mutable):
             # keeping its own kernel's output: inductor lays a graph's convolutions out channels-last,
             # which made the one convolution of n * wide groups below 4x slower (CPU, fwd + bwd),
             # while these compile to 0.25x of it (benchmarks/RESULTS.md notes).
-            out = None
-            for i, dw in enumerate(self.conv_dw):
-                z = F.conv2d(y, dw.weight, None, dw.stride, dw.padding, 1, wide)
-                out = z if out is None else torch.where((kernel == i).view(n, 1, 1, 1), z, out)
-            return out
+            outputs = [F.conv2d(y, dw.weight, None, dw.stride, dw.padding, 1, wide) for dw in self.conv_dw]
+            return select_rows(outputs, [kernel == i for i in range(len(outputs))])
         big = max(self.kernel.values)
         filters = []
         for size, dw in zip(self.kernel.values, self.conv_dw):

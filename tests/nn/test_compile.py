@@ -54,6 +54,24 @@ def loss_of(net, x):
     return net(x).square().mean()
 
 
+def assert_same_step(step, net, eager, x, *, atol, rtol, grad_atol=None, zero_for_missing=False):
+    """``step(net, x)`` (compiled) and ``loss_of(eager, x)`` give the same loss and, after backward, the
+    same gradients (absolute tolerance ``grad_atol`` (default ``atol``) times the gradient's largest
+    magnitude, at least 1; ``zero_for_missing``: a gradient the eager step does not make may be zero)."""
+    for model in (net, eager):
+        model.zero_grad(set_to_none=True)
+    compiled_loss, eager_loss = step(net, x), loss_of(eager, x)
+    compiled_loss.backward()
+    eager_loss.backward()
+    torch.testing.assert_close(compiled_loss, eager_loss, atol=atol, rtol=rtol)
+    for (name, p), q in zip(net.named_parameters(), eager.parameters()):
+        if q.grad is None and zero_for_missing:
+            assert p.grad is None or not p.grad.any(), name
+            continue
+        scale = 1.0 if q.grad is None else max(1.0, float(q.grad.abs().max()))
+        torch.testing.assert_close(p.grad, q.grad, atol=(atol if grad_atol is None else grad_atol) * scale, rtol=rtol, msg=name)
+
+
 @pytest.mark.parametrize("space", SUPERNETS)
 def test_per_example_step_has_no_graph_breaks(space):
     torch.manual_seed(0)
@@ -88,16 +106,9 @@ def test_per_example_and_fixed_arch_steps_compile_whole_and_exact(space, backend
     for arch in activations:
         for model in (net, eager):
             (model.activate_indices if isinstance(next(iter(arch.values())), torch.Tensor) else model.activate)(arch)
-            model.zero_grad(set_to_none=True)
-        compiled_loss, eager_loss = step(net, x), loss_of(eager, x)
-        compiled_loss.backward()
-        eager_loss.backward()
-        torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-6, rtol=1e-5)
-        for (name, p), q in zip(net.named_parameters(), eager.parameters()):
-            # Compiled, kernel decisions run as one convolution per kernel size (eager: one of per-row
-            # filters): the same sums in another order, so float rounding scales with the gradient.
-            scale = 1.0 if q.grad is None else max(1.0, float(q.grad.abs().max()))
-            torch.testing.assert_close(p.grad, q.grad, atol=1e-6 * scale, rtol=1e-5, msg=name)
+        # Compiled, kernel decisions run as one convolution per kernel size (eager: one of per-row
+        # filters): the same sums in another order, so float rounding scales with the gradient.
+        assert_same_step(step, net, eager, x, atol=1e-6, rtol=1e-5)
         for (name, b), c in zip(net.named_buffers(), eager.buffers()):
             torch.testing.assert_close(b, c, atol=1e-6, rtol=1e-5, msg=name)
     # One graph serves both per-example batches (shapes fixed by the candidate lists); the
@@ -159,15 +170,6 @@ def test_auto_static_shapes_compile_whole_on_a_cpu():
         indices = net.space.sample_indices(6, seed)
         for model in (net, eager):
             model.activate_indices(indices)
-            model.zero_grad(set_to_none=True)
-        compiled_loss, eager_loss = step(net, x), loss_of(eager, x)
-        compiled_loss.backward()
-        eager_loss.backward()
-        torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-5, rtol=1e-4)
-        for (name, p), q in zip(net.named_parameters(), eager.parameters()):
-            if q.grad is None:  # grouped rows give no gradient to what no row uses; static shapes a zero one
-                assert p.grad is None or not p.grad.any(), name
-                continue
-            scale = max(1.0, float(q.grad.abs().max()))
-            torch.testing.assert_close(p.grad, q.grad, atol=1e-4 * scale, rtol=1e-4, msg=name)
+        # Grouped rows give no gradient to what no row uses; static shapes a zero one.
+        assert_same_step(step, net, eager, x, atol=1e-5, rtol=1e-4, grad_atol=1e-4, zero_for_missing=True)
     assert not net.context.static_shapes  # eager again
