@@ -336,7 +336,12 @@ def elastic_batch_norms(module: nn.Module) -> nn.Module:
     :class:`~lightning_nas.nn.OpChoice` candidate or :class:`~lightning_nas.nn.DepthChoice` block
     with a norm can then run on every row instead of grouping the rows that use it (no host reads,
     one compiled graph); with a plain norm it must group them.
+
+    Raises:
+        ValueError: ``module`` is not an ``nn.Module``.
     """
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"`module` must be an nn.Module, got {type(module).__name__}")
     if type(module) is nn.BatchNorm2d:
         elastic = ElasticBatchNorm2d.from_batch_norm(module)
         elastic.train(module.training)

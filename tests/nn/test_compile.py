@@ -85,12 +85,17 @@ def test_per_example_step_has_no_graph_breaks(space):
 
 
 @pytest.mark.parametrize(
-    ("space", "backend"),
-    [(space, "aot_eager") for space in SUPERNETS] + [(space, "inductor") for space in SUPERNETS if ALL_INDUCTOR or space == "binas"],
+    ("space", "backend", "device"),
+    [(space, "aot_eager", "cpu") for space in SUPERNETS]
+    + [(space, "inductor", "cpu") for space in SUPERNETS if ALL_INDUCTOR or space == "binas"]
+    + [pytest.param("binas", "inductor", "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))],
 )
-def test_per_example_and_fixed_arch_steps_compile_whole_and_exact(space, backend):
+def test_per_example_and_fixed_arch_steps_compile_whole_and_exact(space, backend, device, monkeypatch):
+    # Full float32 convolutions on a GPU (cuDNN takes TF32 by default), so that compiled and eager differ
+    # by rounding only (products already run in float32: torch's default matmul precision, "highest").
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
-    net = SUPERNETS[space]().train()
+    net = SUPERNETS[space]().to(device).train()
     net.static_shapes = True  # what "auto" takes under compile; the eager copy then runs static shapes too
     eager = copy.deepcopy(net)
     graphs = []
@@ -101,7 +106,7 @@ def test_per_example_and_fixed_arch_steps_compile_whole_and_exact(space, backend
 
     torch._dynamo.reset()
     step = torch.compile(loss_of, backend=counting, fullgraph=True)  # fullgraph: a graph break raises
-    x = torch.randn(4, 3, 8, 8)
+    x = torch.randn(4, 3, 8, 8, device=device)
     activations = [net.space.sample_indices(4, seed) for seed in range(2)] + [net.space.largest()]
     for arch in activations:
         for model in (net, eager):

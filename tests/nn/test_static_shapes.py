@@ -345,3 +345,18 @@ def test_cell_spaces_run_every_candidate_on_every_row_exactly(space):
         copy.deepcopy(static)(x).sum().backward()
     assert reads.total == 0, reads.summary()
     assert_same_step(static, grouped, x)
+
+
+def test_elastic_batch_norms_converts_in_place_and_refuses_what_is_not_a_module():
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Sequential(torch.nn.BatchNorm2d(4))).eval()
+    reference = copy.deepcopy(block)
+    keys = block.state_dict().keys()
+    assert ln.nn.elastic_batch_norms(block) is block
+    assert [type(m).__name__ for m in block.modules()].count("ElasticBatchNorm2d") == 2
+    assert block.state_dict().keys() == keys and not block[1].training
+    x = torch.randn(2, 3, 5, 5)
+    torch.testing.assert_close(block(x), reference(x))
+    assert type(ln.nn.elastic_batch_norms(torch.nn.BatchNorm2d(4))) is ln.ElasticBatchNorm2d
+    with pytest.raises(ValueError, match="`module` must be an nn.Module, got str"):
+        ln.nn.elastic_batch_norms("bn")
