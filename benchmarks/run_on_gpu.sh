@@ -42,6 +42,7 @@ if wanted env; then
 fi
 if wanted tests; then
     step 150 "$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/profiling/test_timing.py
+    step 150 "$py" -m pytest -q -p no:cacheprovider tests/nn/test_compile.py -k cuda  # compiled == eager on the GPU
 fi
 # Issue 21: per-example (c) vs heaviest static subnet (d), eager vs torch.compile vs CUDA graph, on
 # the tiny preset (32²) and the paper's ImageNet backbone (224²), with operator calls and host reads
