@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from lightning_nas.cli import main
-from lightning_nas.demo import DISTURBED_MAPE, LATENCY_ATTEMPTS, format_summary, pick_accuracy, run_demo
+from lightning_nas.demo import DISTURBED_MAPE, LATENCY_ATTEMPTS, carry_better_picks, format_summary, pick_accuracy, run_demo
+from lightning_nas.solvers import SearchResult
 
 TINY = dict(epochs=1, finetune_epochs=1, max_examples=60, copies=(2, 2, 2), estimation_passes=2, num_ranked=6, num_random=8,
             profile_repeats=3, target_fractions=(0.3, 0.7), progress=False)
@@ -89,6 +90,9 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
         assert ("timings disturbed" in format_summary(noisy)) == (mape > DISTURBED_MAPE)
     for r in summary["targets"]:
         assert r["verify_tries"] >= 1
+        # Kept by its one-shot accuracy on the held-out split (measured while verifying), printed beside the table's.
+        assert r["verified_ms"] is None or 0.0 <= r["held_out_acc"] <= 1.0
+        assert r["carried_from_bound_ms"] is None or r["carried_from_bound_ms"] < r["target_ms"]
         # None only when verification gave up (a heavily loaded machine): the unverified pick is reported and flagged.
         assert r["verified_ms"] is None or r["verified_ms"] > 0
         assert r["over_budget"] == (r["measured_ms"] > r["target_ms"])
@@ -392,3 +396,24 @@ def test_pick_accuracy_corrects_the_line_by_the_neighbours_residuals_weighted_by
     table, measured = [0.7181, 0.7082, 0.7029, 0.6869, 0.6808, 0.6761, 0.6128], [0.7017, 0.7075, 0.6908, 0.6975, 0.6908, 0.6873, 0.6497]
     line = 0.243 + 0.66 * np.asarray(table)
     assert abs(pick_accuracy(0.7147, np.subtract(measured, line), 0.0084) - 0.7057) < 0.005
+
+
+def _result(arch, held_out=None):
+    details = {} if held_out is None else {"measured": {"latency": 1.0, "accuracy": held_out}}
+    return SearchResult(arch=arch, objective=0.5, resources={"latency": 1.0}, limits={}, method="milp", solver=None,
+                        status="optimal", feasible=True, details=details)
+
+
+def test_a_larger_budget_keeps_a_smaller_budgets_pick_that_measured_better():
+    found = [_result({"a": 2}, 0.80), _result({"a": 1}, 0.70), _result({"a": 3}, 0.75), _result({"a": 4})]
+    bounds = [2.0, 1.0, 3.0, 4.0]  # any order: by bound, picks measure 0.70, 0.80, 0.75 (unverified: none)
+    out = carry_better_picks(found, bounds, "accuracy")
+    assert [r.arch for r in out] == [{"a": 2}, {"a": 1}, {"a": 2}, {"a": 4}]
+    assert out[2].details["carried_from_bound"] == 2.0 and out[2].details["measured"]["accuracy"] == 0.80
+    assert "carried_from_bound" not in out[0].details and "carried_from_bound" not in found[0].details  # inputs untouched
+    assert out[0] is found[0] and out[3] is found[3]
+    # Measured held-out accuracy never falls as the budget grows, among the verified picks.
+    chain = [out[i].details["measured"]["accuracy"] for i in sorted(range(3), key=bounds.__getitem__)]
+    assert chain == sorted(chain)
+    with pytest.raises(ValueError, match="one entry per budget"):
+        carry_better_picks(found, bounds[:2], "accuracy")

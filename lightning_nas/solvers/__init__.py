@@ -21,6 +21,7 @@ from lightning_nas.solvers.problem import (
     SearchResult,
 )
 from lightning_nas.solvers.search import METHODS, pareto_sweep, search_constrained
+from lightning_nas.solvers.verification import MeasuredObjective, with_measured_objective
 
 __all__ = [
     "FEASIBILITY_TOL",
@@ -28,6 +29,7 @@ __all__ = [
     "CharnesCooperModel",
     "FractionalProblem",
     "KNOWN_SOLVERS",
+    "MeasuredObjective",
     "METHODS",
     "ConstrainedProblem",
     "InfeasibleError",
@@ -44,4 +46,5 @@ __all__ = [
     "pareto_sweep",
     "search_constrained",
     "solve_fractional",
+    "with_measured_objective",
 ]

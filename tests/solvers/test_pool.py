@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lightning_nas.bilinear import BilinearTable
-from lightning_nas.solvers import InfeasibleError, Limit, search_constrained, solve_fractional
+from lightning_nas.solvers import InfeasibleError, Limit, search_constrained, solve_fractional, with_measured_objective
 from lightning_nas.solvers.fractional import enumerate_indices
 from lightning_nas.solvers.problem import ConstrainedProblem
 
@@ -189,3 +189,68 @@ def test_a_bad_many_is_refused(inst):
     verify.many = lambda archs: [{"latency": 1.0}]
     with pytest.raises(ValueError, match=r"`verify.many` returned 1 measurements for 3 archs"):
         search_constrained(acc, Limit(lat, upper=upper), top_k=3, verify=verify)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), q=st.floats(0.3, 0.9), k=st.integers(2, 5))
+def test_a_measured_objective_keeps_the_pools_best_measured_member_that_fits(inst, seed, q, k):
+    space, staged, acc, (lat,), _ = inst.random_instance(seed)
+    archs, values = inst.enumerate_values(space, [acc, lat])
+    upper = inst.midpoint_limit(values[:, 1], q)
+    if upper is None:
+        return
+    pool = search_constrained(acc, Limit(lat, upper=upper), top_k=k).pool
+    rng = np.random.default_rng(seed)
+    truth = {str(r.arch): float(v) for r, v in zip(pool, rng.normal(0, 1, len(pool)))}  # unrelated to the model
+    over = {str(r.arch) for r, f in zip(pool, rng.random(len(pool))) if f < 0.3}
+    timed = _CountingVerify(lambda a: inst.brute_value(lat, a) + (10.0 if str(a) in over else 0.0))
+    orders = []
+
+    def measure(batch):
+        orders.append([str(a) for a in batch])
+        return [truth.get(str(a), -9.0) for a in batch]
+
+    verify = with_measured_objective(timed, acc.name, measure)
+    try:
+        result = search_constrained(acc, Limit(lat, upper=upper), top_k=k, max_verify=k, verify=verify)
+    except InfeasibleError:
+        assert all(str(r.arch) in over for r in pool)
+        return
+    fits = [r for r in pool if str(r.arch) not in over]
+    best = max(fits, key=lambda r: truth[str(r.arch)])  # brute force over the measured pool
+    assert result.arch == best.arch
+    assert result.details["measured"][acc.name] == truth[str(best.arch)]
+    assert orders[0] == [str(r.arch) for r in pool]  # the objective is measured on the pool as solved
+    assert timed.single + sum(timed.batches) == k
+
+
+def test_a_measured_objective_meets_the_wrapped_verify_best_measured_first():
+    seen = []
+
+    class Timed:
+        def __call__(self, arch):
+            return self.many([arch])[0]
+
+        def many(self, archs):
+            seen.append([a["x"] for a in archs])
+            return [{"latency": float(a["x"])} for a in archs]
+
+    verify = with_measured_objective(Timed(), "accuracy", lambda archs: [{1: 0.5, 2: 0.9, 3: 0.5}[a["x"]] for a in archs])
+    out = verify.many([{"x": 1}, {"x": 2}, {"x": 3}])
+    assert seen == [[2, 1, 3]]  # best measured first; ties in the given order
+    assert out == [{"latency": 1.0, "accuracy": 0.5}, {"latency": 2.0, "accuracy": 0.9}, {"latency": 3.0, "accuracy": 0.5}]
+    assert verify({"x": 3}) == {"latency": 3.0, "accuracy": 0.5}
+
+
+def test_a_measured_objective_refuses_bad_arguments():
+    timed = lambda arch: {"latency": 1.0}  # noqa: E731
+    with pytest.raises(ValueError, match="`verify` must be a callable"):
+        with_measured_objective(None, "accuracy", len)
+    with pytest.raises(ValueError, match="`name` must be the objective table's name"):
+        with_measured_objective(timed, "", len)
+    with pytest.raises(ValueError, match="`measure` must be a callable"):
+        with_measured_objective(timed, "accuracy", 3)
+    with pytest.raises(ValueError, match=r"one finite objective value per arch \(2\)"):
+        with_measured_objective(timed, "accuracy", lambda archs: [0.5]).many([{"x": 1}, {"x": 2}])
+    with pytest.raises(ValueError, match="one finite objective value per arch"):
+        with_measured_objective(timed, "accuracy", lambda archs: [float("nan")])({"x": 1})
