@@ -42,6 +42,9 @@ def _fraction(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     """Run ``lightning-nas`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     from lightning_nas import profile_cli, search_cli
+    from lightning_nas.seeding import reproducible_blas
+
+    reproducible_blas()  # before any arithmetic: a seed then repeats a run bit for bit on the same number of threads
 
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] in LIGHTNING_SUBCOMMANDS:
