@@ -766,7 +766,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"data: {summary['dataset']} at {summary['image_size']}×{summary['image_size']} "
         f"({ex['train']} train / {ex['held_out']} held-out / {ex['val']} val)",
         f"search space: {summary['decisions']} decisions, {summary['space_size']:,} architectures",
-        f"supernet: {summary['epochs']} epochs in {summary['train_seconds']} s on {summary.get('threads', '?')} torch thread(s); estimated E[Acc] {summary['expected_acc']:.3f}",
+        f"supernet: {summary['epochs']} epochs in {summary['train_seconds']} s on {summary.get('threads', '?')} torch thread(s) "
+        f"(--seed {summary['seed']} --threads {summary.get('threads', '?')} repeats it); estimated E[Acc] {summary['expected_acc']:.3f}",
         f"truth ({summary['measured']}): {summary['random']['num_subnets']} random subnets on {rel['val_examples']} val images: accuracy "
         f"{rel['accuracy_range'][0]:.3f}–{rel['accuracy_range'][1]:.3f} (std {rel['accuracy_std']:.4f}), standard error "
         f"{rel['standard_error']:.4f}; split-half r {rel['split_half_r']:.2f} (full length {rel['spearman_brown']:.2f}), "

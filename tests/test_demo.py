@@ -78,6 +78,7 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     assert checks["largest |measured - predicted| accuracy"]["met"] == (gap <= 0.01)
     text = format_summary(summary)
     assert "target ms" in text and "split-half r" in text and "targets:" in text
+    assert "on 1 torch thread(s) (--seed 0 --threads 1 repeats it)" in text
     assert text.count("met   ") + text.count("MISSED") == 5
     # Latency: every pick verified by measuring, then timed again; a pick over its budget is flagged and fails the check.
     lat = summary["latency"]
