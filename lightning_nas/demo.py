@@ -651,8 +651,8 @@ def carry_better_picks(found: Sequence[SearchResult], bounds: Sequence[float], o
         own = measured(out[k])
         if own is None:
             continue
-        smaller = [j for j in order[:position] if bounds[j] <= bounds[k] and measured(out[j]) is not None]
-        best = max(smaller, key=lambda j: measured(out[j]), default=None)  # already carried forward themselves
+        smaller = [j for j in order[:position] if measured(out[j]) is not None]  # (bounds sorted: all within bounds[k])
+        best = max(smaller, key=lambda j: measured(out[j]), default=None)
         if best is not None and measured(out[best]) > own:
             out[k] = dataclasses.replace(out[best], details={**out[best].details, "carried_from_bound": float(bounds[best])})
     return out

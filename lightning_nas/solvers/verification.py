@@ -71,9 +71,7 @@ class MeasuredObjective:
         order = [int(i) for i in np.argsort(-values, kind="stable")]  # ties keep the model's order
         ordered = [dict(archs[i]) for i in order]
         many = getattr(self.verify, "many", None)
-        measured = list(many(ordered)) if many is not None and len(ordered) > 1 else [self.verify(a) for a in ordered]
-        if len(measured) != len(archs):
-            raise ValueError(f"`verify.many` returned {len(measured)} measurements for {len(archs)} archs; return one per arch, in order")
+        measured = _call_many(many, ordered) if many is not None and len(ordered) > 1 else [self.verify(a) for a in ordered]
         out: list[dict[str, float]] = [{} for _ in archs]
         for i, m in zip(order, measured):
             if not isinstance(m, Mapping):
@@ -163,10 +161,15 @@ def _measure(verify: Verify, archs: list[dict[str, Any]], problem: ConstrainedPr
     many = getattr(verify, "many", None)
     if many is None or len(archs) == 1:
         return [_check_measured(verify(dict(a)), problem) for a in archs]
-    out = list(many([dict(a) for a in archs]))
+    return [_check_measured(m, problem) for m in _call_many(many, [dict(a) for a in archs])]
+
+
+def _call_many(many: Callable[[list[dict[str, Any]]], Any], archs: list[dict[str, Any]]) -> list[Any]:
+    """``verify.many(archs)`` as a list, refused unless it holds one measurement per arch."""
+    out = list(many(archs))
     if len(out) != len(archs):
         raise ValueError(f"`verify.many` returned {len(out)} measurements for {len(archs)} archs; return one per arch, in order")
-    return [_check_measured(m, problem) for m in out]
+    return out
 
 
 def _key(arch: Mapping[str, Any]) -> str:
