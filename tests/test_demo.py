@@ -83,6 +83,9 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     # Latency: every pick verified by measuring, then timed again; a pick over its budget is flagged and fails the check.
     lat = summary["latency"]
     assert lat["statistic"] == "min" and lat["calibration"]["scale"] > 0 and "built now" in summary["latency_table_note"]
+    # Calibrated with the richest terms its 8 random subnets support: a cost per running block, printed.
+    assert lat["calibration"]["terms"] == "blocks" and set(lat["calibration"]["per_block"]) <= {"block"}
+    assert ("ms per block" in text) == bool(lat["calibration"]["per_block"])
     # Timings that the calibrated table cannot follow are reported as disturbed, in the JSON and the printed report.
     assert lat["disturbed"] == (lat["mape_calibrated_percent"] > DISTURBED_MAPE)
     assert ("timings disturbed" in text) == lat["disturbed"]

@@ -198,7 +198,7 @@ def fit_table(
         theta_prior = np.zeros(X.shape[1])
         if prior is not None:
             try:
-                theta_prior = _params(calibrate_latency(prior, [archs[i] for i in rows], y[rows]))
+                theta_prior = _params(calibrate_latency(prior, [archs[i] for i in rows], y[rows], terms="scale"))
             except ValueError:
                 # The prior orders these networks unlike the measurements (or not at all): no scale to
                 # fit, so it is used as it is (the data outweigh it wherever they pin an entry down).

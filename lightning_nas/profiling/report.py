@@ -29,9 +29,10 @@ from lightning_nas.bilinear import BilinearTable
 from lightning_nas.profiling.tables import CALIBRATION_STREAM, settings_of, time_archs
 from lightning_nas.profiling.timing import ProfileSettings
 from lightning_nas.seeding import derive_seed
+from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet
 
-__all__ = ["LatencyCheck", "ReferenceTimer", "TimedVerify", "calibrate_latency", "check_latency", "mape"]
+__all__ = ["CALIBRATION_TERMS", "LatencyCheck", "ReferenceTimer", "TimedVerify", "calibrate_latency", "check_latency", "mape", "per_block_terms"]
 
 # Separate from the table's calibration stream (0), so checked archs are drawn independently.
 CHECK_STREAM = 1
@@ -102,9 +103,9 @@ class LatencyCheck:
         """``(arch, predicted, measured)`` per arch."""
         return [(a, float(p), float(m)) for a, p, m in zip(self.archs, self.predicted, self.measured)]
 
-    def calibrated(self, table: BilinearTable) -> BilinearTable:
+    def calibrated(self, table: BilinearTable, terms: str = "auto") -> BilinearTable:
         """``table`` refitted to these measurements: :func:`calibrate_latency` with this check's archs."""
-        return calibrate_latency(table, self.archs, self.measured)
+        return calibrate_latency(table, self.archs, self.measured, terms=terms)
 
     def fastest_of(self, other: LatencyCheck) -> LatencyCheck:
         """Each arch's faster measurement of this check and ``other`` (a check of the same archs, in the
@@ -205,30 +206,56 @@ def calibration_times(supernet: Supernet, table: BilinearTable, statistic: str) 
     built = residuals + BilinearTable(table.staged, 0.0, blocks, name="latency").predict_many(archs)
     return (archs, built) if (np.isfinite(built).all() and (built > 0).all()) else None
 
-def calibrate_latency(table: BilinearTable, archs: Sequence[Mapping[str, Any]], measured: Sequence[float] | np.ndarray) -> BilinearTable:
-    """The latency table rescaled to end-to-end measurements: ``a + b · table`` by least squares.
+#: What :func:`calibrate_latency` fits besides the table itself (see its ``terms``).
+CALIBRATION_TERMS = ("auto", "scale", "blocks", "decisions")
+
+
+def calibrate_latency(table: BilinearTable, archs: Sequence[Mapping[str, Any]], measured: Sequence[float] | np.ndarray, *,
+                      terms: str = "auto") -> BilinearTable:
+    """The latency table refitted to end-to-end measurements by least squares.
 
     Blocks timed alone and whole subnets timed now differ by a fixed part (stem, head, call
     overhead) and by a factor (cache and memory traffic inside a whole network, and the machine's
-    speed now against its speed during the build). Fitting both on a few measured subnets keeps
-    the table's ranking of blocks and puts its predictions in the units of the measurements, so
-    a budget checked by measuring is met by the arch the solver picks from the calibrated table.
+    speed now against its speed during the build): ``terms="scale"`` fits ``a + b · table``, which
+    keeps the table's ranking of blocks and puts its predictions in the units of the measurements.
+
+    They also differ per block: a block inside a network pays its own call and memory overheads,
+    which timing it alone gets wrong by an amount of its own. ``"blocks"`` adds ``c`` per running
+    block; ``"decisions"`` adds that and, for each decision kind (a label's last part, e.g. ``se``
+    in ``stage0.block1.se``) and value, ``c_v`` per running block set to it (see :func:`per_block_terms`).
+    A search picks archs unlike random ones (the demo's picks run more blocks and fewer SE modules
+    than random subnets of the same latency), so a per-block error that averages out over random
+    archs does not average out at the picks: in the demo's space the scale alone under-predicted the
+    accuracy table's best archs by 0.9-1.6 % (median over 27 per run) while it was unbiased on random
+    archs, and ``"decisions"`` brought that to 0.0-0.1 % (benchmarks/RESULTS.md). Each term stays a
+    table entry, so the result is an additive table the solvers use as before. A term that the
+    measured archs cannot tell apart from the others (constant over them, or a sum of them) is
+    left out (its coefficient 0). ``"auto"`` (the default) fits the richest of ``"decisions"``,
+    ``"blocks"`` and ``"scale"`` that the measured archs support (at least two per coefficient).
 
     Args:
         table: a latency table (identity link).
-        archs: ``N >= 2`` archs of its space, measured end to end.
+        archs: ``N`` archs of its space, measured end to end: at least 2, and at least twice the
+            number of coefficients ``terms`` fits (2 for ``"scale"``).
         measured: ``(N,)`` their times, in the table's unit, the same statistic as the table.
+        terms: ``"auto"``, ``"scale"``, ``"blocks"`` or ``"decisions"`` (see above).
 
     Returns:
-        A new table: every block and depth term times ``b``, constant ``a + b · constant``;
-        ``metadata["calibration"]`` holds ``a``, ``b``, ``N`` and the fit's residuals.
+        A new table: every block and depth term times ``b``, plus each block entry's per-block
+        terms; constant ``a + b · constant``. ``metadata["calibration"]`` holds ``offset`` (``a``),
+        ``scale`` (``b``), ``terms`` (the ones fitted: never ``"auto"``), ``per_block`` (``{"block": c, "se=True": c_v, ...}``, in the
+        table's unit, only the terms fitted), ``archs`` (``N``), the fit's residuals and MAPE
+        before and after.
 
     Raises:
-        ValueError: fewer than 2 archs, lengths that differ, non-positive or non-finite times,
-            predictions that do not vary (no scale to fit), or a fitted scale that is not positive.
+        ValueError: too few archs, lengths that differ, non-positive or non-finite times,
+            predictions that do not vary (no scale to fit), a fitted scale that is not positive,
+            or an unknown ``terms``.
     """
     if not isinstance(table, BilinearTable) or table.link != "identity":
         raise ValueError("`table` must be an additive BilinearTable (link 'identity'), such as a latency table")
+    if terms not in CALIBRATION_TERMS:
+        raise ValueError(f"`terms` must be one of {CALIBRATION_TERMS}, got {terms!r}")
     archs = list(archs)
     measured = np.asarray(measured, dtype=np.float64)
     if measured.ndim != 1 or len(archs) != measured.size or measured.size < 2:
@@ -238,17 +265,76 @@ def calibrate_latency(table: BilinearTable, archs: Sequence[Mapping[str, Any]], 
     predicted = table.predict_many(archs)
     if np.ptp(predicted) <= 1e-12 * max(abs(predicted).max(), 1.0):
         raise ValueError("the table predicts the same value for every calibration arch; give archs of different sizes")
-    scale, offset = np.polyfit(predicted, measured, 1)
+    for kind in (("decisions", "blocks", "scale") if terms == "auto" else (terms,)):
+        names, members = per_block_terms(table.staged, kind)
+        counts = _term_counts(table.staged, members, archs)
+        design = np.column_stack([np.ones(len(archs)), predicted])
+        kept = []
+        for f in range(len(names)):  # a term the archs cannot tell apart from the columns before it is left out
+            candidate = np.column_stack([design, counts[:, f]])
+            if np.linalg.matrix_rank(candidate) == candidate.shape[1]:
+                design, kept = candidate, kept + [f]
+        if kind == "scale" or measured.size >= 2 * design.shape[1]:
+            break
+        if terms != "auto":
+            raise ValueError(f"`terms={terms!r}` fits {design.shape[1]} coefficients here; give at least {2 * design.shape[1]} "
+                             f"measured archs (got {measured.size}), or use terms='auto' or 'scale'")
+    coef = np.linalg.lstsq(design, measured, rcond=None)[0]
+    offset, scale, extra = float(coef[0]), float(coef[1]), coef[2:]
     if not scale > 0:
         raise ValueError(f"the least-squares scale is {scale:.4g}: the table does not order these archs like the "
                          "measurements; re-measure on a quieter machine or rebuild the table")
-    residuals = measured - (offset + scale * predicted)
+    fitted = design @ coef
+    residuals = measured - fitted
+    block = scale * table.block + (members[..., kept] @ extra if kept else 0.0)
     metadata = {**table.metadata, "calibration": {
-        "offset": float(offset), "scale": float(scale), "archs": len(archs), "residuals": residuals.tolist(),
-        "mape_before_percent": mape(predicted, measured), "mape_after_percent": mape(offset + scale * predicted, measured),
+        "offset": offset, "scale": scale, "terms": kind, "per_block": {names[f]: float(c) for f, c in zip(kept, extra)},
+        "archs": len(archs), "residuals": residuals.tolist(),
+        "mape_before_percent": mape(predicted, measured), "mape_after_percent": mape(fitted, measured),
     }}
-    return BilinearTable(table.staged, offset + scale * table.constant, scale * table.block, scale * table.depth,
+    return BilinearTable(table.staged, offset + scale * table.constant, block, scale * table.depth,
                          name=table.name, unit=table.unit, metadata=metadata)
+
+
+def per_block_terms(staged: StagedSpace, terms: str) -> tuple[list[str], np.ndarray]:
+    """The per-block terms of :func:`calibrate_latency`: their names and ``(S, D, C, F)`` membership
+    (1.0 where configuration ``c`` of block ``b`` of stage ``s`` pays term ``f`` when it runs).
+
+    ``"blocks"``: one term, ``"block"``. ``"decisions"``: that, then ``"kind=value"`` for every
+    decision kind and value, those that are some decision's first value last (a kind's values add up
+    to its blocks, so the fit leaves out one of them: the default one, where there is a choice).
+    """
+    if terms == "scale":
+        return [], np.zeros((staged.num_stages, staged.max_blocks, staged.num_configs, 0))
+    cells: list[tuple[int, int, int, str]] = []
+    order: dict[str, tuple[bool, int]] = {"block": (False, -1)}  # name -> (only ever a first value, first seen)
+    for s, stage in enumerate(staged.stages):
+        for b, labels in enumerate(stage.block_labels):
+            for c, values in enumerate(stage.configs[b]):
+                cells.append((s, b, c, "block"))
+                if terms != "decisions":
+                    continue
+                for label, value in zip(labels, values):
+                    name = f"{label.rsplit('.', 1)[-1]}={value}"
+                    first = value == staged.space[label].values[0]
+                    seen_first, seen = order.get(name, (True, len(order)))
+                    order[name] = (seen_first and first, seen)
+                    cells.append((s, b, c, name))
+    names = sorted(order, key=order.__getitem__)
+    index = {name: f for f, name in enumerate(names)}
+    members = np.zeros((staged.num_stages, staged.max_blocks, staged.num_configs, len(names)))
+    for s, b, c, name in cells:
+        members[s, b, c, index[name]] = 1.0
+    return names, members
+
+
+def _term_counts(staged: StagedSpace, members: np.ndarray, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """``(N, F)``: how many of each arch's running blocks pay each term."""
+    configs, depths = staged.indices_many(archs)
+    running = staged.active(depths) & (configs >= 0)
+    s, b = np.meshgrid(np.arange(staged.num_stages), np.arange(staged.max_blocks), indexing="ij")
+    per_block = members[s, b, np.maximum(configs, 0)]  # (N, S, D, F)
+    return (per_block * running[..., None]).sum((1, 2))
 
 
 class ReferenceTimer:

@@ -102,6 +102,67 @@ def test_calibrate_latency_recovers_an_affine_truth(tiny, scale, offset, seed):
     assert table.predict_many(others).tolist() != [] and table.constant == 0.2  # the input table is left alone
 
 
+@hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # `tiny` is only read
+@given(scale=st.floats(0.3, 3.0), offset=st.floats(-0.5, 2.0), per_block=st.floats(-0.05, 0.2),
+       per_value=st.lists(st.floats(-0.05, 0.2), min_size=4, max_size=4), seed=st.integers(0, 10_000))
+def test_calibrate_latency_recovers_per_block_terms(tiny, scale, offset, per_block, per_value, seed):
+    """A truth with a cost per running block and per running block of each decision value (counted here
+    from the arch dicts, apart from the code under test) is recovered, on archs it was not fitted on."""
+    from lightning_nas.bilinear import BilinearTable
+    from lightning_nas.profiling.report import calibrate_latency
+    from lightning_nas.spaces.staged import StagedSpace
+
+    staged = StagedSpace.of(tiny)
+    rng = np.random.default_rng(seed)
+    table = BilinearTable(staged, 0.2, rng.uniform(0.1, 1.0, (staged.num_stages, staged.max_blocks, staged.num_configs)),
+                          name="latency", unit="ms")
+    extra = dict(zip(["kernel=5", "expand=32", "expand=64", "expand=16"], per_value))
+
+    def truth(archs):
+        out = offset + scale * table.predict_many(archs)
+        for i, arch in enumerate(archs):
+            for label, value in arch.items():  # "stage{s}.block{b}.{kind}": runs when b < the stage's depth
+                stage, block, kind = label.split(".") if label.count(".") == 2 else (None, None, None)
+                if kind is not None and int(block[5:]) < arch[f"{stage}.depth"]:
+                    out[i] += extra.get(f"{kind}={value}", 0.0) + (per_block if kind == "kernel" else 0.0)
+        return out
+
+    archs, others = tiny.space.sample_many(30, seed), tiny.space.sample_many(20, seed + 1)
+    measured = truth(archs)
+    if (measured <= 0).any() or (truth(others) <= 0).any():
+        return
+    fitted = calibrate_latency(table, archs, measured, terms="decisions")
+    np.testing.assert_allclose(fitted.predict_many(others), truth(others), rtol=1e-6, atol=1e-9)
+    fit = fitted.metadata["calibration"]
+    assert fit["terms"] == "decisions" and fit["scale"] == pytest.approx(scale, rel=1e-6)
+    assert fit["mape_after_percent"] == pytest.approx(0, abs=1e-6)
+    # expand=16 is each remaining block's other value: its cost is folded into the others and "block".
+    assert set(fit["per_block"]) == {"block", "kernel=5", "expand=32", "expand=64"}
+    assert fit["per_block"]["kernel=5"] == pytest.approx(per_value[0], abs=1e-6)
+    blocks = calibrate_latency(table, archs, offset + scale * table.predict_many(archs), terms="blocks").metadata["calibration"]
+    assert list(blocks["per_block"]) == ["block"] and blocks["per_block"]["block"] == pytest.approx(0, abs=1e-6)
+    # "auto" (the default) fits the richest terms the archs support: two per coefficient.
+    assert calibrate_latency(table, archs, measured).metadata["calibration"]["terms"] == "decisions"
+    assert calibrate_latency(table, archs[:8], measured[:8]).metadata["calibration"]["terms"] == "blocks"
+    assert calibrate_latency(table, archs[:5], measured[:5]).metadata["calibration"]["per_block"] == {}
+
+
+def test_per_block_terms_are_blocks_and_decision_values(tiny):
+    from lightning_nas.profiling.report import per_block_terms
+    from lightning_nas.spaces.staged import StagedSpace
+
+    staged = StagedSpace.of(tiny)
+    names, members = per_block_terms(staged, "decisions")
+    # Values that are only ever a decision's first come last (the fit leaves one value per kind out).
+    assert names == ["block", "kernel=5", "expand=32", "expand=64", "expand=16", "kernel=3"]
+    exists = staged.config_exists()
+    assert (members[..., 0] == exists).all()  # every configuration pays "block"
+    # Each configuration has one kernel and one expand value.
+    np.testing.assert_array_equal(members[..., [1, 5]].sum(-1), exists)
+    np.testing.assert_array_equal(members[..., [2, 3, 4]].sum(-1), exists)
+    assert per_block_terms(staged, "blocks")[0] == ["block"] and per_block_terms(staged, "scale")[1].shape[-1] == 0
+
+
 def test_calibrate_latency_bad_input(tiny, fast_settings):
     from lightning_nas.profiling.report import calibrate_latency
 
@@ -115,6 +176,11 @@ def test_calibrate_latency_bad_input(tiny, fast_settings):
         calibrate_latency(table, archs, [1.0, float("nan"), 2.0])
     with pytest.raises(ValueError, match="same value for every calibration arch"):
         calibrate_latency(table, [archs[0]] * 3, [1.0, 1.1, 1.2])
+    with pytest.raises(ValueError, match="`terms` must be one of"):
+        calibrate_latency(table, archs, [1.0, 1.1, 1.2], terms="all")
+    many = tiny.space.sample_many(8, 1)
+    with pytest.raises(ValueError, match=r"fits \d+ coefficients here; give at least \d+ measured archs \(got 8\)"):
+        calibrate_latency(table, many, 1.0 + table.predict_many(many), terms="decisions")
     predicted = table.predict_many(archs)
     if np.ptp(predicted) > 0:
         with pytest.raises(ValueError, match="does not order these archs"):
