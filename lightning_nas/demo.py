@@ -528,6 +528,11 @@ def run_demo(
                 "predicted_ms": result.resources["latency"],
                 "verified_ms": result.details.get("measured", {}).get("latency"),
                 "verify_tries": len(result.details["verification"]),
+                # Each arch timed while verifying, in order: the calibrated table's latency, the measured one, the
+                # bound the solver saw, whether it met the budget's bound, and its held-out accuracy.
+                "verification": [{"predicted_ms": t["predicted"].get("latency"), "measured_ms": t["measured"].get("latency"),
+                                  "solver_bound_ms": t["bounds"]["latency"]["upper"], "met": t["met"],
+                                  "held_out_acc": t["measured"].get(accuracy_table.name)} for t in result.details["verification"]],
                 # The model's best arch under the bound measured within it and most accurate on the held-out split.
                 "first_kept": bool(result.details["verification"]) and result.details["verification"][0]["arch"] == result.arch,
                 "held_out_acc": result.details.get("measured", {}).get(accuracy_table.name),
