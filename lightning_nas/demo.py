@@ -90,12 +90,13 @@ REFERENCES = 6
 #: table's best archs are the ones it overrates most) and was beaten by up to 10 % of the random
 #: subnets within its budget.
 VERIFY_POOL = 3
-#: What the latency table's calibration on the random subnets fits (``calibrate_latency``'s ``terms``):
-#: with its scale alone, the table under-predicted the pools the solver timed by 0.9-1.6 % (median)
-#: while it was unbiased on random subnets, and the whole first pool measured over its bound in 46 of
-#: 63 budgets (21 runs); a new pool was then solved under a bound tightened by its error, and the picks
-#: sat at 0.83-0.94 of their budgets, where random subnets near the budget beat them.
-LATENCY_TERMS = "auto"  # "decisions" with the 100 random subnets the demo times
+#: What the latency table's calibration on the random subnets fits (``calibrate_latency``'s ``terms``;
+#: "auto" is "decisions" with 100 random subnets: a cost per running block and per decision value). With
+#: its scale alone, the table under-predicted the pools the solver timed by 0.8 % on average (up to 1.6 %)
+#: while it was unbiased on random subnets, and the whole first pool measured over its bound in 46 of 63
+#: budgets (21 runs); a new pool was then solved under a bound tightened by its error, and the picks sat
+#: at 0.83-0.94 of their budgets, where random subnets near the budget beat them.
+LATENCY_TERMS = "auto"
 #: One-change neighbours of a pick measured to correct its accuracy prediction.
 NEIGHBOURS = 8
 #: Calibrated latency table's MAPE (%) on the random subnets above which their timings are reported as

@@ -225,10 +225,13 @@ def calibrate_latency(table: BilinearTable, archs: Sequence[Mapping[str, Any]], 
     in ``stage0.block1.se``) and value, ``c_v`` per running block set to it (see :func:`per_block_terms`).
     A search picks archs unlike random ones (the demo's picks run more blocks and fewer SE modules
     than random subnets of the same latency), so a per-block error that averages out over random
-    archs does not average out at the picks: in the demo's space the scale alone under-predicted the
-    accuracy table's best archs by 0.9-1.6 % (median over 27 per run) while it was unbiased on random
-    archs, and ``"decisions"`` brought that to 0.0-0.1 % (benchmarks/RESULTS.md). Each term stays a
-    table entry, so the result is an additive table the solvers use as before. A term that the
+    archs does not average out at the picks: in the demo's space (4 runs, each calibrated on 100
+    random subnets, timed on the accuracy table's 3 best archs under 9 budgets) the scale alone
+    under-predicted those archs by 0.0-1.6 % (median per run; 0.8 % on average) while it was unbiased on
+    random archs; with ``"decisions"`` they were off by -1.0 to +0.3 % (0.4 % on average, either way).
+    The scale is fitted first and the terms to what it leaves: fitted together they take its place
+    (a table's entries are nearly a sum of such terms). Each term stays a table entry, so the result
+    is an additive table the solvers use as before. A term that the
     measured archs cannot tell apart from the others (constant over them, or a sum of them) is
     left out (its coefficient 0). ``"auto"`` (the default) fits the richest of ``"decisions"``,
     ``"blocks"`` and ``"scale"`` that the measured archs support (at least two per coefficient).
@@ -269,9 +272,8 @@ def calibrate_latency(table: BilinearTable, archs: Sequence[Mapping[str, Any]], 
     if not scale > 0:
         raise ValueError(f"the least-squares scale is {scale:.4g}: the table does not order these archs like the "
                          "measurements; re-measure on a quieter machine or rebuild the table")
-    # The per-block terms fit what the scale leaves: fitted together with it, they take its place (a
-    # table's entries are nearly a sum of such terms), and with the demo's 100 random subnets the scale
-    # fell to 0.40-0.86 and once below 0.
+    # The per-block terms fit what the scale leaves: fitted with it, on the demo's 100 random subnets,
+    # they took its place (it fell from ~0.95 to 0.40-0.86, and once below 0).
     residuals = measured - (offset + scale * predicted)
     for kind in (("decisions", "blocks", "scale") if terms == "auto" else (terms,)):
         names, members = per_block_terms(table.staged, kind)
