@@ -32,7 +32,7 @@ from lightning_nas.seeding import derive_seed
 from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet
 
-__all__ = ["CALIBRATION_TERMS", "LatencyCheck", "ReferenceTimer", "TimedVerify", "calibrate_latency", "check_latency", "mape", "per_block_terms"]
+__all__ = ["AUTO_ARCHS_PER_COEFFICIENT", "CALIBRATION_TERMS", "LatencyCheck", "ReferenceTimer", "TimedVerify", "calibrate_latency", "check_latency", "mape", "per_block_terms"]
 
 # Separate from the table's calibration stream (0), so checked archs are drawn independently.
 CHECK_STREAM = 1
@@ -208,6 +208,9 @@ def calibration_times(supernet: Supernet, table: BilinearTable, statistic: str) 
 
 #: What :func:`calibrate_latency` fits besides the table itself (see its ``terms``).
 CALIBRATION_TERMS = ("auto", "scale", "blocks", "decisions")
+#: ``terms="auto"`` fits the richest terms with at least this many measured archs per coefficient (the
+#: usual rule of thumb for a regression's size: fewer, and the terms fit the timings' noise).
+AUTO_ARCHS_PER_COEFFICIENT = 10
 
 
 def calibrate_latency(table: BilinearTable, archs: Sequence[Mapping[str, Any]], measured: Sequence[float] | np.ndarray, *,
@@ -234,12 +237,13 @@ def calibrate_latency(table: BilinearTable, archs: Sequence[Mapping[str, Any]], 
     is an additive table the solvers use as before. A term that the
     measured archs cannot tell apart from the others (constant over them, or a sum of them) is
     left out (its coefficient 0). ``"auto"`` (the default) fits the richest of ``"decisions"``,
-    ``"blocks"`` and ``"scale"`` that the measured archs support (at least two per coefficient).
+    ``"blocks"`` and ``"scale"`` with at least 10 measured archs per coefficient (the demo's space:
+    5 coefficients for ``"decisions"``, so 50 archs; a space whose blocks have many widths needs more).
 
     Args:
         table: a latency table (identity link).
-        archs: ``N`` archs of its space, measured end to end: at least 2, and at least twice the
-            number of coefficients ``terms`` fits (2 for ``"scale"``).
+        archs: ``N`` archs of its space, measured end to end: at least 2, and, for ``"blocks"`` or
+            ``"decisions"``, at least twice the number of coefficients they fit (2 for the scale).
         measured: ``(N,)`` their times, in the table's unit, the same statistic as the table.
         terms: ``"auto"``, ``"scale"``, ``"blocks"`` or ``"decisions"`` (see above).
 
@@ -283,10 +287,11 @@ def calibrate_latency(table: BilinearTable, archs: Sequence[Mapping[str, Any]], 
             candidate = np.column_stack([design, counts[:, f]])
             if np.linalg.matrix_rank(candidate) == candidate.shape[1]:
                 design, kept = candidate, kept + [f]
-        if kind == "scale" or measured.size >= 2 * (design.shape[1] + 1):
+        coefficients = design.shape[1] + 1
+        if kind == "scale" or measured.size >= (AUTO_ARCHS_PER_COEFFICIENT if terms == "auto" else 2) * coefficients:
             break
         if terms != "auto":
-            raise ValueError(f"`terms={terms!r}` fits {design.shape[1] + 1} coefficients here; give at least {2 * (design.shape[1] + 1)} "
+            raise ValueError(f"`terms={terms!r}` fits {coefficients} coefficients here; give at least {2 * coefficients} "
                              f"measured archs (got {measured.size}), or use terms='auto' or 'scale'")
     coef = np.linalg.lstsq(design, residuals, rcond=None)[0]
     offset, extra = float(offset + coef[0]), coef[1:]

@@ -164,10 +164,12 @@ def test_calibrate_latency_fits_per_block_terms_to_what_the_scale_leaves(tiny, s
     scale_only = measured - calibrate_latency(table, archs, measured, terms="scale").predict_many(archs)
     assert np.abs(counts.T @ residuals).max() <= 1e-7 * max(1.0, np.abs(counts.T @ scale_only).max())
     assert (residuals ** 2).sum() <= (scale_only ** 2).sum() * (1 + 1e-9) + 1e-12
-    # "auto" (the default) fits the richest terms the archs support: two per coefficient.
-    assert calibrate_latency(table, archs, measured).metadata["calibration"]["terms"] == "decisions"
-    assert calibrate_latency(table, archs[:9], measured[:9]).metadata["calibration"]["terms"] in ("blocks", "scale")
-    assert calibrate_latency(table, archs[:5], measured[:5]).metadata["calibration"]["per_block"] == {}
+    # "auto" (the default) fits the richest terms with 10 archs per coefficient: here 6 for the decisions, 3 for blocks.
+    assert calibrate_latency(table, archs, measured).metadata["calibration"]["terms"] == "blocks"
+    assert calibrate_latency(table, archs[:29], measured[:29]).metadata["calibration"]["per_block"] == {}
+    more = tiny.space.sample_many(60, seed + 2)
+    if (truth(more) > 0).all() and np.polyfit(table.predict_many(more), truth(more), 1)[0] > 0:
+        assert calibrate_latency(table, more, truth(more)).metadata["calibration"]["terms"] == "decisions"
 
 
 def test_calibrate_latency_per_block_terms_correct_archs_unlike_random_ones(tiny):
