@@ -401,7 +401,8 @@ def run_demo(
         settings = settings_of(latency_table)
 
         # The truth, part 1: the end-to-end latency of random subnets, now. It also calibrates the table
-        # (fixed part, scale and per-block terms by least squares, LATENCY_TERMS), so budgets are set and met in the units measured now.
+        # (fixed part, scale and per-block terms by least squares, LATENCY_TERMS), so budgets are set and
+        # met in the units measured now.
         randoms = space_.sample_many(num_random, seed + 1)
         with _stage("measuring latency", times, progress):
             check = check_latency(supernet, latency_table, archs=randoms)

@@ -32,7 +32,10 @@ from lightning_nas.seeding import derive_seed
 from lightning_nas.spaces.staged import StagedSpace
 from lightning_nas.supernet import Supernet
 
-__all__ = ["AUTO_ARCHS_PER_COEFFICIENT", "CALIBRATION_TERMS", "LatencyCheck", "ReferenceTimer", "TimedVerify", "calibrate_latency", "check_latency", "mape", "per_block_terms"]
+__all__ = [
+    "AUTO_ARCHS_PER_COEFFICIENT", "CALIBRATION_TERMS", "LatencyCheck", "ReferenceTimer", "TimedVerify", "calibrate_latency", "check_latency",
+    "mape", "per_block_terms",
+]
 
 # Separate from the table's calibration stream (0), so checked archs are drawn independently.
 CHECK_STREAM = 1
@@ -234,9 +237,8 @@ def calibrate_latency(table: BilinearTable, archs: Sequence[Mapping[str, Any]], 
     random archs; with ``"decisions"`` they were off by -1.0 to +0.3 % (0.4 % on average, either way).
     The scale is fitted first and the terms to what it leaves: fitted together they take its place
     (a table's entries are nearly a sum of such terms). Each term stays a table entry, so the result
-    is an additive table the solvers use as before. A term that the
-    measured archs cannot tell apart from the others (constant over them, or a sum of them) is
-    left out (its coefficient 0). ``"auto"`` (the default) fits the richest of ``"decisions"``,
+    is an additive table the solvers use as before. A term that the measured archs cannot tell
+    apart from the others (constant over them, or a sum of them) is left out (its coefficient 0). ``"auto"`` (the default) fits the richest of ``"decisions"``,
     ``"blocks"`` and ``"scale"`` with at least 10 measured archs per coefficient (the demo's space:
     5 coefficients for ``"decisions"``, so 50 archs; a space whose blocks have many widths needs more).
 
@@ -250,9 +252,9 @@ def calibrate_latency(table: BilinearTable, archs: Sequence[Mapping[str, Any]], 
     Returns:
         A new table: every block and depth term times ``b``, plus each block entry's per-block
         terms; constant ``a + b · constant``. ``metadata["calibration"]`` holds ``offset`` (``a``),
-        ``scale`` (``b``), ``terms`` (the ones fitted: never ``"auto"``), ``per_block`` (``{"block": c, "se=True": c_v, ...}``, in the
-        table's unit, only the terms fitted), ``archs`` (``N``), the fit's residuals and MAPE
-        before and after.
+        ``scale`` (``b``), ``terms`` (the ones fitted: never ``"auto"``), ``per_block``
+        (``{"block": c, "se=True": c_v, ...}``, in the table's unit, only the terms fitted),
+        ``archs`` (``N``), the fit's residuals and MAPE before and after.
 
     Raises:
         ValueError: too few archs, lengths that differ, non-positive or non-finite times,
