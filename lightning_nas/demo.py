@@ -455,6 +455,7 @@ def run_demo(
                     _say(f"budget {target:.3f} ms: {err}")
                     found.append(search_constrained(accuracy_table, [limit]))
                     found[-1].details["verification"] = getattr(err, "tries", [])
+            tries = [f.details["verification"] for f in found]  # each budget's own, before a smaller budget's pick is carried up
             found = carry_better_picks(found, bounds, accuracy_table.name)
         picks = [f.arch for f in found]
         # A pick's accuracy is predicted from its neighbourhood (pick_accuracy): the best one-change neighbours
@@ -529,14 +530,14 @@ def run_demo(
                 "solve_seconds": result.solve_seconds,
                 "predicted_ms": result.resources["latency"],
                 "verified_ms": result.details.get("measured", {}).get("latency"),
-                "verify_tries": len(result.details["verification"]),
-                # Each arch timed while verifying, in order: the calibrated table's latency, the measured one, the
-                # bound the solver saw, whether it met the budget's bound, and its held-out accuracy.
+                "verify_tries": len(tries[k]),
+                # Each arch timed while verifying this budget, in order: the calibrated table's latency, the measured
+                # one, the bound the solver saw, whether it met the budget's bound, and its held-out accuracy.
                 "verification": [{"predicted_ms": t["predicted"].get("latency"), "measured_ms": t["measured"].get("latency"),
                                   "solver_bound_ms": t["bounds"]["latency"]["upper"], "met": t["met"],
-                                  "held_out_acc": t["measured"].get(accuracy_table.name)} for t in result.details["verification"]],
+                                  "held_out_acc": t["measured"].get(accuracy_table.name)} for t in tries[k]],
                 # The model's best arch under the bound measured within it and most accurate on the held-out split.
-                "first_kept": bool(result.details["verification"]) and result.details["verification"][0]["arch"] == result.arch,
+                "first_kept": bool(tries[k]) and tries[k][0]["arch"] == result.arch,
                 "held_out_acc": result.details.get("measured", {}).get(accuracy_table.name),
                 # A smaller budget's pick, kept because it measured better on the held-out split than this budget's.
                 "carried_from_bound_ms": result.details.get("carried_from_bound"),

@@ -117,17 +117,16 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
         assert f"{stage} " in text
     assert math.isclose(summary["total_seconds"], summary["stage_seconds"]["total"], abs_tol=0.1)
 
-    # A second run reuses the latency table (and says so), writes a new version and finds the same archs
-    # wherever the verification accepted the first pick (timings decide only when it rejects one).
+    # A second run reuses the latency table (and says so), writes a new version, and repeats everything
+    # but the timings: training, estimates and the random subnets' accuracies (the picks depend on the
+    # timings too: the table calibrated on them sets each budget and the solver's bound).
     # The same thread count: channels-last convolutions round differently on 1 and 2 threads (one
     # validation image out of 24 flipped for a random subnet), so results repeat per seed and thread count.
     again = run_demo(out=tmp_path, **{**TINY, "threads": 1})
     assert Path(again["run_dir"]) != run and (Path(again["run_dir"]) / "summary.json").exists()
     assert again["latency_table_note"].startswith("reused: built ") and "reused" in format_summary(again)
-    for first, second in zip(summary["targets"], again["targets"]):
-        if first["first_kept"] and second["first_kept"]:
-            assert first["arch"] == second["arch"]
     assert again["random"]["measured_acc"] == summary["random"]["measured_acc"]
+    assert again["random"]["predicted_acc"] == summary["random"]["predicted_acc"]
 
 
 def test_demo_with_the_conditional_means_estimator_and_recalibrated_truth(shared_out, monkeypatch):
