@@ -23,7 +23,7 @@ Protocol:
 
    * ``2 × --num-archs`` random subnets of the repetition (the same in both conditions) are timed end to
      end in one interleaved ``time_archs`` call: the first half calibrates (``calibrate_latency``,
-     ``LatencyCheck.calibrated``: fixed part and scale refitted by least squares), the second half
+     ``LatencyCheck.calibrated(terms="scale")``: fixed part and scale refitted by least squares), the second half
      is held out to give each variant's MAPE (median or min statistic, as the variant's table);
    * every variant solves the three budgets (``search_constrained``, exact MILP), verifying ones
      (for the repetition's seeds) with ``verify=`` measuring the pick now and the bound lowered to
@@ -172,7 +172,7 @@ def run_block(ctx: dict, rep: int, seeds: list[int], condition: str, args: argpa
         calib, held = archs[:n], archs[n:]
         check = LatencyCheck(archs=calib, predicted=ctx["quiet"]["min"].predict_many(calib), measured=measured["min"][:n],
                              p10=np.array([t.p10_ms for t in timings[:n]]), p90=np.array([t.p90_ms for t in timings[:n]]))
-        tables = {"quiet": ctx["quiet"], "loaded": ctx["loaded"], "calibrated": {"min": check.calibrated(ctx["quiet"]["min"])}}
+        tables = {"quiet": ctx["quiet"], "loaded": ctx["loaded"], "calibrated": {"min": check.calibrated(ctx["quiet"]["min"], terms="scale")}}
         mapes = {key: mape(tables[which][stat].predict_many(held), measured[stat][n:]) for key, _, stat, which, _ in VARIANTS}
         for key, _, stat, which, verifying in VARIANTS:
             table = tables[which][stat]
