@@ -297,8 +297,8 @@ def calibrate_latency(table: BilinearTable, archs: Sequence[Mapping[str, Any]], 
                              f"measured archs (got {measured.size}), or use terms='auto' or 'scale'")
     coef = np.linalg.lstsq(design, residuals, rcond=None)[0]
     offset, extra = float(offset + coef[0]), coef[1:]
-    fitted = measured - residuals + design @ coef
-    residuals = measured - fitted
+    residuals = residuals - design @ coef
+    fitted = measured - residuals
     block = scale * table.block + (members[..., kept] @ extra if kept else 0.0)
     metadata = {**table.metadata, "calibration": {
         "offset": offset, "scale": float(scale), "terms": kind, "per_block": {names[f]: float(c) for f, c in zip(kept, extra)},

@@ -69,9 +69,7 @@ class MeasuredObjective:
         if values.shape != (len(archs),) or not np.isfinite(values).all():
             raise ValueError(f"`measure` must return one finite objective value per arch ({len(archs)}), got {values!r}")
         order = [int(i) for i in np.argsort(-values, kind="stable")]  # ties keep the model's order
-        ordered = [dict(archs[i]) for i in order]
-        many = getattr(self.verify, "many", None)
-        measured = _call_many(many, ordered) if many is not None and len(ordered) > 1 else [self.verify(a) for a in ordered]
+        measured = _call_verify(self.verify, [archs[i] for i in order])
         out: list[dict[str, float]] = [{} for _ in archs]
         for i, m in zip(order, measured):
             if not isinstance(m, Mapping):
@@ -158,14 +156,16 @@ def _tightened(current: Limit, original: Limit, predicted: list[float], measured
 
 
 def _measure(verify: Verify, archs: list[dict[str, Any]], problem: ConstrainedProblem) -> list[dict[str, float]]:
+    return [_check_measured(m, problem) for m in _call_verify(verify, archs)]
+
+
+def _call_verify(verify: Verify, archs: list[dict[str, Any]]) -> list[Any]:
+    """``verify``'s measurement of each arch (copies), in order: one ``verify.many`` call for several
+    archs when it has one, refused unless that returns one measurement per arch."""
+    archs = [dict(a) for a in archs]
     many = getattr(verify, "many", None)
     if many is None or len(archs) == 1:
-        return [_check_measured(verify(dict(a)), problem) for a in archs]
-    return [_check_measured(m, problem) for m in _call_many(many, [dict(a) for a in archs])]
-
-
-def _call_many(many: Callable[[list[dict[str, Any]]], Any], archs: list[dict[str, Any]]) -> list[Any]:
-    """``verify.many(archs)`` as a list, refused unless it holds one measurement per arch."""
+        return [verify(a) for a in archs]
     out = list(many(archs))
     if len(out) != len(archs):
         raise ValueError(f"`verify.many` returned {len(out)} measurements for {len(archs)} archs; return one per arch, in order")
