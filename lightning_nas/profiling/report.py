@@ -317,6 +317,8 @@ def per_block_terms(staged: StagedSpace, terms: str) -> tuple[list[str], np.ndar
     decision kind and value, those that are some decision's first value last (a kind's values add up
     to its blocks, so the fit leaves out one of them: the default one, where there is a choice).
     """
+    if terms not in ("scale", "blocks", "decisions"):
+        raise ValueError(f"`terms` must be 'scale', 'blocks' or 'decisions', got {terms!r}")
     if terms == "scale":
         return [], np.zeros((staged.num_stages, staged.max_blocks, staged.num_configs, 0))
     cells: list[tuple[int, int, int, str]] = []

@@ -204,6 +204,8 @@ def test_per_block_terms_are_blocks_and_decision_values(tiny):
     np.testing.assert_array_equal(members[..., [1, 5]].sum(-1), exists)
     np.testing.assert_array_equal(members[..., [2, 3, 4]].sum(-1), exists)
     assert per_block_terms(staged, "blocks")[0] == ["block"] and per_block_terms(staged, "scale")[1].shape[-1] == 0
+    with pytest.raises(ValueError, match="`terms` must be 'scale', 'blocks' or 'decisions', got 'auto'"):
+        per_block_terms(staged, "auto")
 
 
 def test_calibrate_latency_bad_input(tiny, fast_settings):
