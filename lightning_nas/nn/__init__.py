@@ -7,6 +7,7 @@ from lightning_nas.nn.conv import ElasticConv2d
 from lightning_nas.nn.depth_choice import DepthChoice
 from lightning_nas.nn.embedding import ElasticEmbedding, ElasticPositionalEmbedding, PositionalEmbedding
 from lightning_nas.nn.export import export_subnet
+from lightning_nas.nn.grouped_norm import GroupedBatchNorm2d, grouped_batch_norm
 from lightning_nas.nn.input_choice import InputChoice
 from lightning_nas.nn.linear import ElasticLinear
 from lightning_nas.nn.mlp import ElasticMLP
@@ -39,6 +40,7 @@ __all__ = [
     "ElasticTransformerBlock",
     "ElasticTransformerEncoder",
     "FixedValue",
+    "GroupedBatchNorm2d",
     "InputChoice",
     "MultiheadSelfAttention",
     "Mutable",
@@ -53,6 +55,7 @@ __all__ = [
     "elastic_batch_norms",
     "elastic_kernel",
     "export_subnet",
+    "grouped_batch_norm",
     "mutate",
     "recalibrate_batch_norm",
     "rules",

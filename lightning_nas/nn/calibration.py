@@ -51,13 +51,14 @@ def recalibrate_batch_norm(
         FloatingPointError: the batches gave non-finite statistics. In both cases (and when a
             forward raises) the previous statistics are put back.
     """
+    from lightning_nas.nn.grouped_norm import GroupedBatchNorm2d
     from lightning_nas.nn.norm import ElasticBatchNorm2d
 
     if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1):
         raise ValueError(f"`num_batches` must be a positive int or None, got {num_batches!r}")
     if forward is not None and not callable(forward):
         raise ValueError(f"`forward` must be callable(module, batch) or None, got {forward!r}")
-    norms = [m for m in module.modules() if isinstance(m, (*_NORMS, ElasticBatchNorm2d)) and m.track_running_stats]
+    norms = [m for m in module.modules() if isinstance(m, (*_NORMS, ElasticBatchNorm2d, GroupedBatchNorm2d)) and m.track_running_stats]
     saved_momentum = [m.momentum for m in norms]
     # Put back if recalibration fails, so a failed call never leaves reset or NaN statistics behind.
     saved_stats = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]

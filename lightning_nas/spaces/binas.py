@@ -30,7 +30,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from lightning_nas.nn.choice import Choice, Mutable
 from lightning_nas.nn.depth_choice import DepthChoice
 from lightning_nas.nn.elastic_size import prefix, size_mask
-from lightning_nas.nn.norm import lerp_running_stats
+from lightning_nas.nn.grouped_norm import GroupedBatchNorm2d, batch_norm, grouped_batch_norm
 from lightning_nas.nn.routing import group_rows, reassemble, select_rows, take_rows
 from lightning_nas.spaces.mobilenet import make_divisible
 from lightning_nas.spaces.registry import register_space
@@ -53,7 +53,6 @@ __all__ = [
     "MBInvRes",
     "SqueezeExcite",
     "binas_supernet",
-    "grouped_batch_norm",
 ]
 
 # Activations must map 0 to 0: per-example mode zeroes the channels a row does not use.
@@ -96,344 +95,6 @@ def _activation(name: str, argument: str = "activation") -> nn.Module:
         return _ACTIVATIONS[name]()
     except (KeyError, TypeError):
         raise ValueError(f"`{argument}` must be one of {sorted(_ACTIVATIONS)}, got {name!r}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# BatchNorm over groups of rows
-# ---------------------------------------------------------------------------------------------
-def _average_factor(bn: nn.BatchNorm2d) -> float:
-    """The running-average factor ``nn.BatchNorm2d`` would use for this call (and count the call)."""
-    if not (bn.training and bn.track_running_stats):
-        return 0.0
-    bn.num_batches_tracked.add_(1)
-    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-
-
-def _batch_norm(x: Tensor, bn: nn.BatchNorm2d) -> Tensor:
-    """``bn`` applied to ``x`` whose channels are the first ``x.shape[1]`` of ``bn``'s (exactly as
-    an ``nn.BatchNorm2d`` of that width holding ``bn``'s prefix would compute, running stats included)."""
-    c = x.shape[1]
-    batch_stats = bn.training or not bn.track_running_stats
-    rm, rv, w, b = (prefix(t, c) for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias))
-    return F.batch_norm(x, rm, rv, w, b, batch_stats, _average_factor(bn), bn.eps)
-
-
-class _GroupedBatchNormFunction(torch.autograd.Function):
-    """``y = (x * scale[group] + shift[group]) * mask`` with BatchNorm's backward per group.
-
-    The ``G`` norms' weights and biases come in as separate tensors (stacking them through autograd
-    would add a stack and, in backward, a select per norm), and every pass gathers the per-row
-    coefficients of all norms in one call, so forward and backward take a fixed handful of calls
-    each (about 7 and 20) whatever ``G``, each a fused pass over ``x`` or a small ``(G, C)`` product.
-    """
-
-    @staticmethod
-    def forward(ctx, x, layout, mean, invstd, batch_stats, *params):
-        # layout: _Layout (what depends on the rows' groups and masks only); mean, invstd: (G, C) in
-        # the statistics' precision; batch_stats: whether each group's statistics are the batch's
-        # (so depend on x): a bool for all groups, else a (G, 1) bool tensor; params: the G weights
-        # then the G biases, (C,) each.
-        g = len(params) // 2
-        scale = _stack(params[:g]) * invstd
-        shift = torch.addcmul(_stack(params[g:]), mean, scale, value=-1)
-        row_scale, row_shift = _cast(layout.rows(torch.stack((scale, shift))), x.dtype)
-        ctx.save_for_backward(x, mean, invstd, scale, batch_stats if isinstance(batch_stats, Tensor) else None)
-        ctx.layout, ctx.batch_stats, ctx.param_dtype = layout, batch_stats, params[0].dtype
-        return torch.addcmul(row_shift, x, row_scale)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        x, mean, invstd, scale, flags = ctx.saved_tensors
-        layout, batch_stats = ctx.layout, (ctx.batch_stats if flags is None else flags)
-        c, stat = x.shape[1], mean.dtype  # reductions in the statistics' precision (float32 for half inputs)
-        # Per (norm, channel): the sums of dy and dy * x over the elements behind its statistics.
-        sums = torch.cat((dy.sum((2, 3), dtype=stat), (dy * x).sum((2, 3), dtype=stat)), 1)  # (n, 2C)
-        sum_dy, sum_dy_x = layout.group_sum(sums).split(c, 1)  # (G, C) each
-        sum_dy_xhat = torch.addcmul(sum_dy_x, mean, sum_dy, value=-1).mul_(invstd)
-        d_weight, d_bias = _cast(sum_dy_xhat, ctx.param_dtype), _cast(sum_dy, ctx.param_dtype)
-        grads = (*d_weight.unbind(0), *d_bias.unbind(0))
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, *grads
-        if batch_stats is False:
-            return dy * _cast(layout.rows(scale[None])[0], x.dtype), None, None, None, None, *grads
-        # dx = scale * (dy - mean(dy) - xhat * mean(dy * xhat)) for batch statistics (means over the
-        # M elements of the statistic), scale * dy otherwise:
-        # dx = scale * dy + k_0 - k_x * x with k_x = scale * invstd * sum(dy * xhat) / M and
-        # k_0 = k_x * mean - scale * sum(dy) / M.
-        a = scale * layout.inv_elements
-        k_x = (a * invstd).mul_(sum_dy_xhat)
-        k_0 = torch.addcmul(k_x * mean, a, sum_dy, value=-1)
-        if batch_stats is not True:
-            k_x, k_0 = k_x * batch_stats, k_0 * batch_stats
-        row_k0, row_scale, row_kx = _cast(layout.rows(torch.stack((k_0, scale, k_x))), x.dtype)
-        return torch.addcmul(row_k0, dy, row_scale).addcmul_(x, row_kx, value=-1), None, None, None, None, *grads
-
-
-class _SingleBatchNormFunction(torch.autograd.Function):
-    """One norm with batch statistics over masked rows: ``_GroupedBatchNormFunction`` for ``G = 1``
-    in fewer calls, through the native kernels.
-
-    Forward: the native inference-mode kernel with the batch statistics (taken, as for every ``G``,
-    from each row's sums), then the mask: 2 calls where the per-row coefficients take 10. Backward:
-    the native training-mode backward without its input gradient gives the weight and bias
-    gradients (the sums of ``dy * xhat`` and ``dy`` over the masked rows, as ``dy`` comes in
-    masked), and the input gradient is the grouped one (no ``N / count`` factor whose rounding
-    grows with the number of rows a channel leaves out): 14 calls where the grouped pass takes 22.
-    """
-
-    @staticmethod
-    def forward(ctx, x, mask4, layout, mean, var, invstd, eps, weight, bias):
-        # mask4: layout.mask4 (made outside: a graph cannot keep a tensor first made inside the
-        # function); mean, var, invstd: (1, C) in the statistics' precision; weight, bias: (C,).
-        y = torch.ops.aten._native_batch_norm_legit_no_training(x, weight, bias, mean.view(-1), var.view(-1), 0.0, eps)[0]
-        ctx.save_for_backward(x, mask4, weight, mean, invstd)
-        ctx.layout, ctx.eps = layout, eps
-        return y if mask4 is None else y * mask4
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        x, mask4, weight, mean, invstd = ctx.saved_tensors
-        layout = ctx.layout
-        if mask4 is not None:
-            dy = dy * mask4  # only the rows and channels behind the statistics
-        _, d_weight, d_bias = torch.ops.aten.native_batch_norm_backward(
-            dy, x, weight, None, None, mean.view(-1), invstd.view(-1), True, ctx.eps, [False, True, True]
-        )  # d_weight = sum(dy * xhat), d_bias = sum(dy), per channel
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None, None, d_weight, d_bias
-        # The input gradient as in _GroupedBatchNormFunction.backward, with sum(dy * xhat) and sum(dy) from the kernel.
-        scale = weight * invstd  # (1, C)
-        a = scale * layout.inv_elements
-        k_x = (a * invstd).mul_(d_weight)
-        k_0 = torch.addcmul(k_x * mean, a, d_bias, value=-1)
-        row_k0, row_scale, row_kx = _cast(layout.rows(torch.stack((k_0, scale, k_x))), x.dtype)
-        dx = torch.addcmul(row_k0, dy, row_scale).addcmul_(x, row_kx, value=-1)
-        return dx, None, None, None, None, None, None, d_weight, d_bias
-
-
-class _Layout:
-    """What a grouped BatchNorm call needs from the rows' groups and masks only (no values of ``x``).
-
-    Computed once per activation for all the norms that share a group and a mask when a ``cache``
-    is given (the blocks of one decision share them); it keeps ``group`` and ``mask`` alive, so a
-    cache keyed by their ids cannot meet a new tensor at a reused id.
-
-    Attributes (``G`` norms, ``n`` rows, ``C`` channels; ``stat`` the statistics' dtype):
-        group: ``(n,)`` or ``None``; mask: ``(n, C)`` in ``x``'s dtype or ``None``.
-        inv_elements, unbias: ``(G, C)`` ``1 / M`` and ``M / (M - 1)``, ``M`` the elements behind
-            each statistic (clamped to at least 1); inv_elements2: ``(G, 2C)``, ``1 / M`` twice (for
-            the sums and the sums of squares).
-        seen: ``(G, C)`` 1.0 where some row uses the statistic, else 0.0; seen_any: per norm, a
-            ``()`` bool tensor.
-    """
-
-    def __init__(self, group: Tensor | None, mask: Tensor | None, groups: int, n: int, c: int, pixels: int, stat: torch.dtype, device,
-                 momentum: float | None = None) -> None:
-        self.group, self.mask, self._mask4 = group, mask, None
-        # onehot_t: (G, n) one-hot of each row's group, transposed for the sums over rows.
-        self.onehot_t = None if group is None else _eye(groups, stat, device).index_select(1, group)
-        used = None if mask is None else _cast(mask, stat)
-        self.mask2 = None if used is None else torch.cat((used, used), 1)
-        if used is not None:
-            rows = used.sum(0, keepdim=True) if group is None else self.onehot_t @ used
-        elif group is not None:
-            rows = self.onehot_t.sum(1, keepdim=True).expand(groups, c)
-        else:
-            rows = torch.full((1, c), float(n), dtype=stat, device=device)
-        # The factors and whether a statistic is seen are functions of its row count k in 0..n: one
-        # lookup in a table built once per (n, pixels) (five calls, where computing them took eight).
-        counts = rows.to(torch.long).reshape(-1)
-        table = _count_factors(n, pixels, stat, device, momentum).index_select(1, counts).view(-1, *rows.shape)
-        self.inv_elements, self.unbias, self.seen, *weights = table.unbind(0)
-        self.inv_elements2 = torch.cat((self.inv_elements, self.inv_elements), 1)
-        self.seen_any = list(self.seen.any(1).unbind())
-        self._lerp_weights: dict[tuple[float, torch.dtype], list[Tensor]] = {}
-        if weights:  # the norms' common momentum where seen, from the same lookup
-            self._lerp_weights[(momentum, stat)] = list(weights[0].unbind())
-
-    def group_sum(self, per_row: Tensor, masked: bool = False) -> Tensor:
-        """``(n, 2C)`` per-row values to ``(G, 2C)`` sums over the rows (and channels) of each
-        statistic (``masked``: ``per_row`` is already zero where the mask is, so it is not masked again)."""
-        if self.mask2 is not None and not masked:
-            per_row = per_row * self.mask2
-        return per_row.sum(0, keepdim=True) if self.onehot_t is None else self.onehot_t @ per_row
-
-    def rows(self, per_group: Tensor) -> Tensor:
-        """``(K, G, C)`` coefficients to ``(K, n, C, 1, 1)`` per row (zero where ``mask`` is 0)."""
-        rows = per_group.index_select(1, self.group) if self.group is not None else per_group
-        if self.mask is not None:
-            rows = rows * self.mask  # broadcasts a single group's (K, 1, C) over the rows too
-        return rows.reshape(*rows.shape, 1, 1)  # (K, 1, C, 1, 1) broadcasts over the rows
-
-    @property
-    def mask4(self) -> Tensor | None:
-        """``mask`` as ``(n, C, 1, 1)`` (for the single-norm kernels; made when first asked for, by
-        hand: ``functools.cached_property`` takes a lock, which breaks a ``torch.compile`` graph)."""
-        if self._mask4 is None and self.mask is not None:
-            self._mask4 = self.mask.view(*self.mask.shape, 1, 1)
-        return self._mask4
-
-    def lerp_weights(self, momentum: float, dtype: torch.dtype) -> list[Tensor]:
-        """Per norm, ``(C,)`` running-average weights: ``momentum`` where seen, else 0."""
-        key = (momentum, dtype)
-        if key not in self._lerp_weights:
-            self._lerp_weights[key] = list(_cast(self.seen * momentum, dtype).unbind())
-        return self._lerp_weights[key]
-
-
-def grouped_batch_norm(
-    x: Tensor,
-    norms: Sequence[nn.BatchNorm2d],
-    group: Tensor | None = None,
-    mask: Tensor | None = None,
-    *,
-    cache: Callable[[tuple, Callable[[], Any]], Any] | None = None,
-    input_masked: bool = False,
-) -> Tensor:
-    """Row ``i`` of ``x`` normalised by ``norms[group[i]]``, each norm's statistics over its own rows.
-
-    This is what each row's own subnet computes when the rows of a batch use different BatchNorms
-    (one per candidate) and different channel prefixes: in training mode, channel ``c`` of norm ``g``
-    takes its batch statistics over the rows ``i`` with ``group[i] == g`` and ``mask[i, c] == 1``,
-    and only those norms and channels update their running statistics (and only norms that some
-    row uses count the batch in ``num_batches_tracked``). Two reductions over ``x`` (each row's sums
-    and sums of squares) and one ``(G, n) @ (n, 2C)`` product give the statistics of all norms, and one
-    pass the output (backward: two reductions, one product and two passes); no gathers, no host
-    synchronisation, and a fixed number of operator calls whatever the number of norms (each call
-    costs a GPU launch). A single norm in training (a block's expansion norm) takes the native
-    kernels for its output and its weight and bias gradients (see ``_SingleBatchNormFunction``).
-
-    Args:
-        x: ``(n, C, H, W)``; ``C`` is at most each norm's ``num_features`` (channel prefixes are used).
-        norms: the candidate BatchNorms (affine, tracking running statistics).
-        group: ``LongTensor (n,)`` in ``[0, len(norms))``; ``None`` when there is one norm.
-        mask: ``(n, C)`` of 0/1 (same dtype as ``x``): the channels each row uses; ``None`` for all.
-        cache: ``cache(key, make)`` to reuse what depends on ``group`` and ``mask`` only (one-hot
-            form, counts) across calls with the same tensors, e.g.
-            :meth:`~lightning_nas.nn.ArchContext.cached`; ``None`` computes it each call.
-        input_masked: ``x`` is already zero where ``mask`` is 0 (e.g. a bias-free depthwise
-            convolution of masked channels): its statistics skip masking it (one call fewer).
-
-    Statistics are taken in at least float32 and outside autocast (as ``F.batch_norm`` keeps them for
-    half-precision inputs: a half-precision element count overflows past 65,504), so mixed-precision
-    training works; the output has ``x``'s dtype.
-
-    Returns:
-        ``(n, C, H, W)``, zero where ``mask`` is 0 (whatever ``x`` holds there).
-    """
-    if group is None and len(norms) != 1:
-        raise ValueError(f"`group` is required with {len(norms)} norms")
-    with torch.autocast(x.device.type, enabled=False):
-        return _grouped_batch_norm(x, norms, group, mask, cache, input_masked)
-
-
-def _grouped_batch_norm(x: Tensor, norms: Sequence[nn.BatchNorm2d], group: Tensor | None, mask: Tensor | None, cache,
-                        input_masked: bool = False) -> Tensor:
-    n, c, h, w = x.shape
-    stat = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32  # (torch.promote_types is an operator call)
-    batch_stats = [bn.training or not bn.track_running_stats for bn in norms]
-    updates = [bn.training and bn.track_running_stats for bn in norms]
-    with torch.no_grad():
-        momenta = {bn.momentum for bn in norms}
-        momentum = momenta.pop() if len(momenta) == 1 and any(updates) else None  # a common float (or None) in the table
-        make = lambda: _Layout(group, mask, len(norms), n, c, h * w, stat, x.device, momentum)  # noqa: E731
-        layout = make() if cache is None else cache(("grouped_bn", id(group), id(mask), len(norms), n, c, h * w, stat, momentum), make)
-        if any(batch_stats):
-            wide_x = _cast(x, stat)  # a float32 copy for half inputs only: their squares overflow past 256
-            # Each row's sums and sums of squares, summed over the rows of each statistic and divided
-            # by its elements (on a CPU a per-row ``var_mean`` over the pixels, one call fewer, is ~10× slower).
-            sums = torch.cat((wide_x.sum((2, 3)), (wide_x * wide_x).sum((2, 3))), 1)  # (n, 2C)
-            moments = layout.group_sum(sums, input_masked).mul_(layout.inv_elements2)
-            mean, square = moments.split(c, 1)  # (G, C) each
-            var = torch.addcmul(square, mean, mean, value=-1).clamp_min_(0)
-        if all(batch_stats):
-            use_mean, use_var, flags = mean, var, True
-        else:
-            running_mean = _cast(_stack([prefix(bn.running_mean, c) for bn in norms]), stat)
-            running_var = _cast(_stack([prefix(bn.running_var, c) for bn in norms]), stat)
-            if any(batch_stats):
-                flags = torch.tensor(batch_stats, device=x.device)[:, None]
-                use_mean, use_var = torch.where(flags, mean, running_mean), torch.where(flags, var, running_var)
-            else:
-                use_mean, use_var, flags = running_mean, running_var, False
-        epsilons = {bn.eps for bn in norms}
-        eps = epsilons.pop() if len(epsilons) == 1 else x.new_tensor([bn.eps for bn in norms], dtype=stat)[:, None]
-        invstd = (use_var + eps).rsqrt_()
-        if any(updates):
-            _update_running_stats(norms, updates, layout, mean, var, c)
-    if len(norms) == 1 and flags is True and isinstance(eps, float) and norms[0].weight.dtype == stat:  # (mixed kernels need float32 parameters)
-        bn = norms[0]
-        return _SingleBatchNormFunction.apply(x, layout.mask4, layout, use_mean, use_var, invstd, eps, prefix(bn.weight, c), prefix(bn.bias, c))
-    params = [prefix(bn.weight, c) for bn in norms] + [prefix(bn.bias, c) for bn in norms]
-    return _GroupedBatchNormFunction.apply(x, layout, use_mean, invstd, flags, *params)
-
-
-_EYES: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
-_COUNT_FACTORS: dict[tuple[int, int, torch.dtype, torch.device], Tensor] = {}
-
-
-def _count_factors(n: int, pixels: int, dtype: torch.dtype, device: torch.device, momentum: float | None = None) -> Tensor:
-    """``(3, n + 1)``: for a statistic over ``k`` of ``n`` rows of ``pixels`` elements each
-    (``M = k * pixels``), ``1 / max(M, 1)``, ``M / max(M - 1, 1)`` and whether ``k > 0`` (1.0 / 0.0);
-    with a ``momentum``, ``(4, n + 1)``: then the running-average weight, ``momentum`` where
-    ``k > 0``, else 0 (made once per key, in float64)."""
-    key = (n, pixels, dtype, torch.device(device), momentum)
-    if not torch.compiler.is_compiling() and key in _COUNT_FACTORS:
-        return _COUNT_FACTORS[key]
-    elements = torch.arange(n + 1, dtype=torch.float64) * pixels
-    seen = (elements > 0).to(torch.float64)
-    rows = [1 / elements.clamp_min(1), elements / (elements - 1).clamp_min(1), seen] + ([] if momentum is None else [seen * momentum])
-    table = torch.stack(rows)
-    table = table.to(device=device, dtype=dtype)
-    if not torch.compiler.is_compiling():  # no tensors kept across calls inside a graph
-        _COUNT_FACTORS[key] = table
-    return table
-
-
-def _eye(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``torch.eye(n)`` (made once per size, dtype and device: its columns are one-hot rows)."""
-    if torch.compiler.is_compiling():  # no tensors kept across calls inside a graph (the compiler folds this)
-        return torch.eye(n, dtype=dtype, device=device)
-    key = (n, dtype, torch.device(device))
-    if key not in _EYES:
-        _EYES[key] = torch.eye(n, dtype=dtype, device=device)
-    return _EYES[key]
-
-
-def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """``t.to(dtype)`` without a dispatched call when it is already ``dtype`` (the usual float32 case)."""
-    return t if t.dtype == dtype else t.to(dtype)
-
-
-def _stack(tensors: Sequence[Tensor]) -> Tensor:
-    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
-
-
-def _update_running_stats(norms: Sequence[nn.BatchNorm2d], updates: list[bool], layout: _Layout, mean: Tensor, var: Tensor, c: int) -> None:
-    """Move the running statistics of the norms with ``updates[g]`` (rows ``g`` of the ``(G, C)``
-    batch statistics) toward the batch's where they saw data, as ``nn.BatchNorm2d`` does; count the
-    batch for the norms that some row used. A fixed handful of calls for all norms (``_foreach`` ops
-    on the rows of the statistics)."""
-    picked = [g for g, u in enumerate(updates) if u]
-    torch._foreach_add_([norms[g].num_batches_tracked for g in picked], [layout.seen_any[g] for g in picked])
-    dtype = norms[picked[0]].running_mean.dtype
-    momenta = {norms[g].momentum for g in picked}
-    if None in momenta or len(momenta) > 1:  # cumulative averages (momentum None) weigh by 1 / batches seen
-        factor = torch.stack([
-            mean.new_zeros(()) if not u else _cast(1.0 / bn.num_batches_tracked, mean.dtype) if bn.momentum is None else mean.new_tensor(bn.momentum)
-            for bn, u in zip(norms, updates)
-        ])
-        weights = list(_cast(torch.where(layout.seen > 0, factor[:, None], 0.0), dtype).unbind())
-    else:
-        weights = layout.lerp_weights(momenta.pop(), dtype)
-    means, variances = _cast(mean, dtype).unbind(), _cast(var * layout.unbias, dtype).unbind()
-    lerp_running_stats(
-        [prefix(norms[g].running_mean, c) for g in picked] + [prefix(norms[g].running_var, c) for g in picked],
-        [means[g] for g in picked] + [variances[g] for g in picked],
-        [weights[g] for g in picked] * 2,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,15 +157,15 @@ class MBInvRes(nn.Module):
         return y
 
 
-def _copy_norm(target: nn.BatchNorm2d, source: nn.BatchNorm2d) -> nn.BatchNorm2d:
+def _copy_norm(target: nn.BatchNorm2d, source: nn.BatchNorm2d | GroupedBatchNorm2d, index: int | None = None) -> nn.BatchNorm2d:
+    """``target`` set to the first channels of ``source`` (of its norm ``index`` for a group)."""
     c = target.num_features
     target.eps, target.momentum = source.eps, source.momentum
     with torch.no_grad():
-        target.weight.copy_(source.weight[:c])
-        target.bias.copy_(source.bias[:c])
-        target.running_mean.copy_(source.running_mean[:c])
-        target.running_var.copy_(source.running_var[:c])
-        target.num_batches_tracked.copy_(source.num_batches_tracked)
+        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            value = getattr(source, name)
+            value = value if index is None else value[index]
+            getattr(target, name).copy_(value if name == "num_batches_tracked" else value[:c])
     return target
 
 
@@ -573,32 +234,32 @@ class BinasBlock(Mutable):
         self.conv_pw = nn.Conv2d(in_channels, wide, 1, bias=False)
         self.bn_pw = nn.BatchNorm2d(wide)
         self.conv_dw = nn.ModuleList(nn.Conv2d(wide, wide, k, stride, k // 2, groups=wide, bias=False) for k in self.kernel.values)
-        self.bn_dw = nn.ModuleList(nn.BatchNorm2d(wide) for _ in self.kernel.values)
+        self.bn_dw = GroupedBatchNorm2d(len(self.kernel.values), wide)  # norm k for kernel k
         self.se_reduce = nn.Conv2d(wide, wide_se, 1)
         self.se_expand = nn.Conv2d(wide_se, wide, 1)
         self.conv_pwl = nn.Conv2d(wide, out_channels, 1, bias=False)
         # One output BatchNorm per (ratio, SE) pair, at index ``2 * ratio_index + se_index``.
-        self.bn_pwl = nn.ModuleList(nn.BatchNorm2d(out_channels) for _ in range(2 * len(self.hidden)))
+        self.bn_pwl = GroupedBatchNorm2d(2 * len(self.hidden), out_channels)
         self.act = _activation(activation)
         self._tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
-    def norms_masking_stopped_rows(self) -> tuple[nn.BatchNorm2d, ...]:
-        """The plain BatchNorms this block applies itself (never called as modules), whose batch
+    def norms_masking_stopped_rows(self) -> tuple[nn.Module, ...]:
+        """The BatchNorms this block applies itself (never called as modules), whose batch
         statistics leave out the rows a :class:`~lightning_nas.nn.DepthChoice` has stopped."""
-        return (self.bn_pw, *self.bn_dw, *self.bn_pwl)
+        return (self.bn_pw, self.bn_dw, self.bn_pwl)
 
     # -- scalar mode: one configuration for all rows --------------------------------------------
     def _run_config(self, x: Tensor, ratio: int, kernel: int, se: int) -> Tensor:
         h, rd = self.hidden[ratio], self.se_hidden[ratio]
-        y = self.act(_batch_norm(F.conv2d(x, prefix(self.conv_pw.weight, h)), self.bn_pw))
+        y = self.act(batch_norm(F.conv2d(x, prefix(self.conv_pw.weight, h)), self.bn_pw))
         dw = self.conv_dw[kernel]
         y = F.conv2d(y, prefix(dw.weight, h), None, dw.stride, dw.padding, 1, h)
-        y = self.act(_batch_norm(y, self.bn_dw[kernel]))
+        y = self.act(batch_norm(y, self.bn_dw, kernel))
         if se:
             s = y.mean((2, 3), keepdim=True)
             s = F.relu(F.conv2d(s, prefix(self.se_reduce.weight, rd, h), prefix(self.se_reduce.bias, rd)))
             y = y * F.hardsigmoid(F.conv2d(s, prefix(self.se_expand.weight, h, rd), prefix(self.se_expand.bias, h)))
-        return _batch_norm(F.conv2d(y, prefix(self.conv_pwl.weight, self.out_channels, h)), self.bn_pwl[2 * ratio + se])
+        return batch_norm(F.conv2d(y, prefix(self.conv_pwl.weight, self.out_channels, h)), self.bn_pwl, 2 * ratio + se)
 
     # -- per-example mode ---------------------------------------------------------------------
     def _widths(self, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -636,16 +297,16 @@ class BinasBlock(Mutable):
             se_width = max(self.se_hidden[r] for r in present)
         # (n, wide) channels each row uses; None when all rows use them all.
         mask = None if narrow == wide else size_mask(hidden.to(x.device), wide, x.dtype)
-        y = self.act(grouped_batch_norm(F.conv2d(x, prefix(self.conv_pw.weight, wide)), [self.bn_pw], None, mask))
+        y = self.act(grouped_batch_norm(F.conv2d(x, prefix(self.conv_pw.weight, wide)), self.bn_pw, None, mask))
         y = self._depthwise(y, kernel, wide)
-        y = self.act(grouped_batch_norm(y, self.bn_dw, kernel.to(x.device), mask, input_masked=True))  # see _run_rows_static
+        y = self.act(self.bn_dw(y, kernel.to(x.device), mask, input_masked=True))  # see _run_rows_static
         se_bounds = self.se.index_bounds()
         if (se_bounds[1] == 1) if se_bounds else bool(se.any()):
             y = self._squeeze_excite(
                 y, *self._se_masks(se.to(x.device), se_hidden_of.index_select(0, ratio).to(x.device), se_width, y.dtype), convolutions=False
             )
         z = F.conv2d(y, prefix(self.conv_pwl.weight, self.out_channels, wide))
-        return grouped_batch_norm(z, self.bn_pwl, (2 * ratio + se).to(x.device))
+        return self.bn_pwl(z, (2 * ratio + se).to(x.device))
 
     def _run_rows_static(self, x: Tensor, ratio: Tensor, kernel: Tensor, se: Tensor) -> Tensor:
         """Per-example rows at the shapes the candidate lists fix: the widest expansion, the largest
@@ -678,16 +339,16 @@ class BinasBlock(Mutable):
         labels = (self.expand.label, self.kernel.label, self.se.label)
         mask, out_mask, kernel, out_group, *se_masks = context.cached(("binas_masks", *labels, x.dtype, device), masks)
         cache = context.cached
-        y = self.act(grouped_batch_norm(F.conv2d(x, self.conv_pw.weight), [self.bn_pw], None, mask, cache=cache))
+        y = self.act(grouped_batch_norm(F.conv2d(x, self.conv_pw.weight), self.bn_pw, None, mask, cache=cache))
         y = self._depthwise_static(y, kernel)
         # The activations map 0 to 0 and the depthwise filters are per channel and bias-free: the
         # channels (and stopped rows) the mask zeroes are zero here already, as they are after the
         # bias-free projection of them below (``input_masked``: their statistics skip a mask).
-        y = self.act(grouped_batch_norm(y, self.bn_dw, kernel, mask, cache=cache, input_masked=True))
+        y = self.act(self.bn_dw(y, kernel, mask, cache=cache, input_masked=True))
         # SE on every row: the gate is 1 on rows with SE off (no test of whether any row has it on).
         y = self._squeeze_excite(y, *se_masks, convolutions=True)
         z = F.conv2d(y, self.conv_pwl.weight)
-        return grouped_batch_norm(z, self.bn_pwl, out_group, out_mask, cache=cache, input_masked=True)
+        return self.bn_pwl(z, out_group, out_mask, cache=cache, input_masked=True)
 
     def _depthwise(self, y: Tensor, kernel: Tensor, wide: int) -> Tensor:
         """Each row through the depthwise conv of its kernel (rows grouped by kernel)."""
@@ -721,7 +382,7 @@ class BinasBlock(Mutable):
         for size, dw in zip(self.kernel.values, self.conv_dw):
             pad = (big - size) // 2
             filters.append(F.pad(dw.weight, (pad,) * 4) if pad else dw.weight)
-        weight = _stack(filters).index_select(0, kernel).reshape(n * wide, 1, big, big)  # (n * wide, 1, K, K)
+        weight = torch.stack(filters).index_select(0, kernel).reshape(n * wide, 1, big, big)  # (n * wide, 1, K, K)
         z = F.conv2d(y.reshape(1, n * wide, h, w), weight, None, self.stride, big // 2, 1, n * wide)
         return z.reshape(n, wide, z.shape[2], z.shape[3])
 
@@ -793,8 +454,8 @@ class BinasBlock(Mutable):
                 block.se.conv_expand.weight.copy_(self.se_expand.weight[:h, :rd])
                 block.se.conv_expand.bias.copy_(self.se_expand.bias[:h])
         _copy_norm(block.bn1, self.bn_pw)
-        _copy_norm(block.bn2, self.bn_dw[kernel])
-        _copy_norm(block.bn3, self.bn_pwl[2 * ratio + se])
+        _copy_norm(block.bn2, self.bn_dw, kernel)
+        _copy_norm(block.bn3, self.bn_pwl, 2 * ratio + se)
         return block
 
     def extra_repr(self) -> str:

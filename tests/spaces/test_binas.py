@@ -13,9 +13,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_nas import Supernet
-from lightning_nas.nn import Choice, DepthChoice, FixedValue, Mutable, export_subnet
+from lightning_nas.nn import Choice, DepthChoice, FixedValue, GroupedBatchNorm2d, Mutable, export_subnet
 from lightning_nas.spaces import BinasBlock, MBInvRes, binas_supernet, create_space, list_spaces
-from lightning_nas.spaces.binas import grouped_batch_norm
 from lightning_nas.spaces.staged import StagedSpace
 
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -35,12 +34,12 @@ def _perturb_norms(net: nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
-                m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
-                m.weight.copy_(0.5 + torch.rand(c, generator=g))
-                m.bias.copy_(torch.rand(c, generator=g) - 0.5)
+            if isinstance(m, (nn.BatchNorm2d, GroupedBatchNorm2d)):
+                shape = m.weight.shape
+                m.running_mean.copy_(torch.rand(shape, generator=g) - 0.5)
+                m.running_var.copy_(0.5 + 1.5 * torch.rand(shape, generator=g))
+                m.weight.copy_(0.5 + torch.rand(shape, generator=g))
+                m.bias.copy_(torch.rand(shape, generator=g) - 0.5)
             elif isinstance(m, nn.Conv2d) and m.bias is not None:
                 m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
 
@@ -105,6 +104,7 @@ def test_block_widths_and_shared_parameters():
     assert block.conv_pw.weight.shape == (144, 24, 1, 1)
     assert [dw.weight.shape for dw in block.conv_dw] == [(144, 1, 3, 3), (144, 1, 5, 5)]
     assert len(block.bn_dw) == 2 and len(block.bn_pwl) == 6
+    assert block.bn_dw.weight.shape == (2, 144) and block.bn_pwl.running_mean.shape == (6, 24)
     assert block.se_reduce.weight.shape == (40, 144, 1, 1) and block.se_expand.weight.shape == (144, 40, 1, 1)
     assert block.conv_pwl.weight.shape == (24, 144, 1, 1)
 
@@ -311,7 +311,7 @@ def test_per_example_training_step_backpropagates():
     net.activate_indices(indices)
     archs = net.active_arch
     x, y = _input(n, 2), torch.randint(0, 5, (n,), generator=torch.Generator().manual_seed(2))
-    tracked = {id(m): m.num_batches_tracked.item() for m in net.modules() if isinstance(m, nn.BatchNorm2d)}
+    tracked = {id(m): m.num_batches_tracked.clone() for m in net.modules() if isinstance(m, GroupedBatchNorm2d)}
     loss = F.cross_entropy(net(x), y)
     loss.backward()
     assert torch.isfinite(loss)
@@ -322,11 +322,12 @@ def test_per_example_training_step_backpropagates():
             ratio_of = {r: i for i, r in enumerate(block.expand.values)}
             used_proj = {2 * ratio_of[a[f"stage{s}.block{b}.expand"]] + a[f"stage{s}.block{b}.se"] for a in rows}
             used_dw = {block.kernel.index_of(a[f"stage{s}.block{b}.kernel"]) for a in rows}
-            for g, bn in enumerate(block.bn_pwl):
-                has_grad = bn.weight.grad is not None and bool(bn.weight.grad.abs().sum() > 0)
+            bn = block.bn_pwl
+            for g in range(len(bn)):
+                has_grad = bn.weight.grad is not None and bool(bn.weight.grad[g].abs().sum() > 0)
                 assert has_grad == (g in used_proj), (s, b, g)
                 # Only BatchNorms some example used count the batch (as in each example's own subnet).
-                assert bn.num_batches_tracked.item() - tracked[id(bn)] == (g in used_proj)
+                assert bn.num_batches_tracked[g].item() - tracked[id(bn)][g].item() == (g in used_proj)
             for k, conv in enumerate(block.conv_dw):
                 assert (conv.weight.grad is not None and bool(conv.weight.grad.abs().sum() > 0)) == (k in used_dw)
             uses_se = any(a[f"stage{s}.block{b}.se"] for a in rows)
@@ -370,145 +371,12 @@ def test_expansion_batch_norm_statistics_use_only_the_rows_of_each_channel():
     expected = torch.cat([conv[:, :24].mean((0, 2, 3)), conv[rows_wide, 24:].mean((0, 2, 3))])
     torch.testing.assert_close(block.bn_pw.running_mean, 0.1 * expected, atol=1e-6, rtol=1e-5)
     # Each depthwise BN saw only its kernel's rows; rows_wide use kernel 5, the others kernel 3.
-    assert block.bn_dw[0].num_batches_tracked.item() == block.bn_dw[1].num_batches_tracked.item() == 1
+    assert block.bn_dw.num_batches_tracked.tolist() == [1, 1]
     # The kernel-5 BN's channels past the wide rows' width stay untouched; the kernel-3 BN's channels past 24 too.
-    assert torch.equal(block.bn_dw[0].running_mean[24:], torch.zeros(24))
-    assert not torch.equal(block.bn_dw[1].running_mean[24:], torch.zeros(24))
-    used = [bn.num_batches_tracked.item() for bn in block.bn_pwl]
+    assert torch.equal(block.bn_dw.running_mean[0, 24:], torch.zeros(24))
+    assert not torch.equal(block.bn_dw.running_mean[1, 24:], torch.zeros(24))
+    used = block.bn_pwl.num_batches_tracked.tolist()
     assert used == [1, 0, 0, 0, 0, 1]  # (3, off) and (6, on)
-
-
-# -- grouped BatchNorm ------------------------------------------------------------------------
-@settings(max_examples=25, deadline=None)
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    n=st.integers(1, 9),
-    groups=st.integers(1, 4),
-    masked=st.booleans(),
-    training=st.integers(0, 15),
-    momentum=st.sampled_from([0.1, None]),
-)
-def test_grouped_batch_norm_matches_batch_norm_on_each_groups_rows(seed, n, groups, masked, training, momentum):
-    g = torch.Generator().manual_seed(seed)
-    c, h, w = 5, 3, 2
-    # Norm k trains when bit k of ``training`` is set: all, none or some of them.
-    norms = [nn.BatchNorm2d(c + 2, momentum=momentum).train(bool(training >> k & 1)) for k in range(groups)]
-    with torch.no_grad():
-        for bn in norms:
-            bn.weight.uniform_(0.5, 1.5, generator=g)
-            bn.bias.uniform_(-0.5, 0.5, generator=g)
-            bn.running_mean.uniform_(-0.5, 0.5, generator=g)
-            bn.running_var.uniform_(0.5, 2.0, generator=g)
-    group = torch.randint(0, groups, (n,), generator=g)
-    widths = torch.randint(1, c + 1, (n,), generator=g) if masked else torch.full((n,), c)
-    mask = (torch.arange(c) < widths[:, None]).float()
-    # Values where the mask is 0 must not matter: the row does not use those channels.
-    x = torch.randn(n, c, h, w, generator=g) * 2 + 1
-    references = [_clone_norm(bn) for bn in norms]
-    out = grouped_batch_norm(x, norms, group if groups > 1 else None, mask if masked else None)
-    for k, ref in enumerate(references):
-        for width in range(1, c + 1):
-            # Rows of group k using channel width-1 and all channels before it.
-            rows = ((group == k) & (widths >= width)).nonzero().flatten()
-            if not len(rows):
-                continue
-            col = width - 1
-            sub = x[rows][:, col : col + 1]
-            bn = nn.BatchNorm2d(1, momentum=momentum).train(norms[k].training)
-            with torch.no_grad():
-                for name in ("weight", "bias", "running_mean", "running_var"):
-                    getattr(bn, name).copy_(getattr(ref, name)[col : col + 1])
-                bn.num_batches_tracked.copy_(ref.num_batches_tracked)
-            torch.testing.assert_close(out[rows][:, col : col + 1], bn(sub), atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(norms[k].running_mean[col], bn.running_mean[0], atol=1e-6, rtol=1e-5)
-            torch.testing.assert_close(norms[k].running_var[col], bn.running_var[0], atol=1e-5, rtol=1e-5)
-        # Channels no row of this group uses (and the ones past x's width) keep their statistics.
-        first_unused = int(widths[group == k].max()) if bool((group == k).any()) else 0
-        for name in ("running_mean", "running_var"):
-            assert torch.equal(getattr(norms[k], name)[first_unused:], getattr(references[k], name)[first_unused:])
-        expected_tracked = references[k].num_batches_tracked + int(norms[k].training and bool((group == k).any()))
-        assert norms[k].num_batches_tracked.item() == expected_tracked
-    assert torch.equal(out * (1 - mask[:, :, None, None]), torch.zeros_like(out))
-
-
-def _clone_norm(bn: nn.BatchNorm2d) -> nn.BatchNorm2d:
-    return copy.deepcopy(bn)
-
-
-def _reference_grouped_norm(x, norms, group, mask):
-    """Each used (row, channel) normalised with its group's statistics, written out with autograd ops."""
-    out = torch.zeros_like(x)
-    for i in range(x.shape[0]):
-        bn = norms[int(group[i])]
-        for ch in range(x.shape[1]):
-            if mask[i, ch] == 0:
-                continue
-            rows = ((group == group[i]) & (mask[:, ch] == 1)).nonzero().flatten()
-            values = x[rows, ch]
-            mean, var = (values.mean(), values.var(unbiased=False)) if bn.training else (bn.running_mean[ch], bn.running_var[ch])
-            out[i, ch] = (x[i, ch] - mean) / torch.sqrt(var + bn.eps) * bn.weight[ch] + bn.bias[ch]
-    return out
-
-
-@settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 6), training=st.integers(0, 7), cached=st.booleans(), groups=st.sampled_from([1, 3]))
-def test_grouped_batch_norm_gradients_match_autograd(seed, n, training, cached, groups):
-    """Outputs and gradients against BatchNorm written out per row with autograd ops: several norms,
-    and one norm (its own native-kernel path in training)."""
-    g = torch.Generator().manual_seed(seed)
-    c = 4
-    norms = [nn.BatchNorm2d(c + 1).double().train(bool(training >> k & 1)) for k in range(groups)]
-    with torch.no_grad():
-        for bn in norms:
-            for name, (lo, hi) in dict(weight=(0.5, 1.5), bias=(-1, 1), running_mean=(-1, 1), running_var=(0.5, 2)).items():
-                getattr(bn, name).uniform_(lo, hi, generator=g)
-    references = [_clone_norm(bn) for bn in norms]
-    x = torch.randn(n, c, 3, 2, dtype=torch.float64, generator=g, requires_grad=True)
-    group = torch.randint(0, groups, (n,), generator=g)
-    mask = (torch.arange(c) < torch.randint(1, c + 1, (n,), generator=g)[:, None]).double()
-    upstream = torch.randn(n, c, 3, 2, dtype=torch.float64, generator=g)
-    params = lambda ns: [bn.weight for bn in ns] + [bn.bias for bn in ns]  # noqa: E731
-    store = {}
-    cache = (lambda key, make: store[key] if key in store else store.setdefault(key, make())) if cached else None  # noqa: E731
-    if cached:  # a first call fills the cache, the second reuses it (running statistics do not enter the output)
-        grouped_batch_norm(x, norms, group if groups > 1 else None, mask, cache=cache)
-        assert len(store) == 1
-    got = grouped_batch_norm(x, norms, group if groups > 1 else None, mask, cache=cache)
-    grads = torch.autograd.grad((got * upstream).sum(), [x, *params(norms)])
-    expected = _reference_grouped_norm(x, references, group, mask)
-    expected_grads = torch.autograd.grad((expected * upstream).sum(), [x, *params(references)], allow_unused=True)
-    torch.testing.assert_close(got, expected)
-    for a, b in zip(grads, expected_grads):
-        torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b)
-
-
-# -- mixed precision ---------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_grouped_batch_norm_on_half_precision_inputs_matches_float32(dtype):
-    # 20 rows of 64×64 pixels: 81,920 elements per channel, past float16's largest value (65,504), so
-    # statistics counted in the input's precision would overflow.
-    g = torch.Generator().manual_seed(0)
-    n, c = 20, 4
-    x = torch.randn(n, c, 64, 64, generator=g) * 3 + 1
-    group = torch.randint(0, 2, (n,), generator=g)
-    mask = (torch.arange(c) < torch.randint(1, c + 1, (n,), generator=g)[:, None]).float()
-    full = [nn.BatchNorm2d(c) for _ in range(2)]
-    half = copy.deepcopy(full)
-    upstream = torch.randn(n, c, 64, 64, generator=g)
-    x32, x16 = x.clone().requires_grad_(), x.to(dtype).requires_grad_()
-    expected = grouped_batch_norm(x32, full, group, mask)
-    got = grouped_batch_norm(x16, half, group, mask.to(dtype))
-    assert got.dtype == dtype
-    (expected * upstream).sum().backward()
-    (got.float() * upstream).sum().backward()
-    tol = 2e-2 if dtype == torch.float16 else 1e-1
-    torch.testing.assert_close(got.float(), expected, atol=tol, rtol=0)
-    torch.testing.assert_close(x16.grad.float(), x32.grad, atol=tol, rtol=tol)
-    for a, b in zip(half, full):
-        torch.testing.assert_close(a.running_mean, b.running_mean, atol=1e-3, rtol=1e-2)
-        torch.testing.assert_close(a.running_var, b.running_var, atol=1e-3, rtol=1e-2)
-        torch.testing.assert_close(a.weight.grad, b.weight.grad, atol=tol * 64, rtol=tol)
-
 
 
 # -- host reads (each one a GPU synchronisation) ------------------------------------------------
@@ -535,11 +403,6 @@ def test_per_example_block_and_grouped_batch_norm_read_nothing_back():
     reads = _HostReads()
     with reads:
         block(x).square().sum().backward()
-    assert reads.count == 0
-    norms = [nn.BatchNorm2d(8) for _ in range(3)]
-    group = torch.tensor([0, 2, 2, 1, 0])
-    with reads:
-        grouped_batch_norm(x[:5], norms, group, (torch.arange(8) < torch.tensor([3, 8, 5, 8, 1])[:, None]).float()).sum().backward()
     assert reads.count == 0
 
 

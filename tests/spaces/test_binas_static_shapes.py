@@ -37,11 +37,12 @@ def small_binas(*, min_depth: int = 1, max_depth: int = 3) -> ln.Supernet:
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
-                m.bias.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+            if isinstance(m, (nn.BatchNorm2d, ln.nn.GroupedBatchNorm2d)):
+                shape = m.weight.shape
+                m.weight.copy_(0.5 + torch.rand(shape, generator=g))
+                m.bias.copy_(torch.rand(shape, generator=g) - 0.5)
+                m.running_mean.copy_(torch.rand(shape, generator=g) - 0.5)
+                m.running_var.copy_(0.5 + torch.rand(shape, generator=g))
     net.static_shapes = True
     return net
 
@@ -207,7 +208,7 @@ def test_grouped_norm_count_factors_table():
     """``1 / M``, ``M / (M - 1)``, whether ``k > 0`` and (given a momentum) the running-average
     weight by row count (``M = k * pixels``, clamped to 1), as the grouped BatchNorm's layout looks
     them up, and kept per key."""
-    from lightning_nas.spaces.binas import _count_factors
+    from lightning_nas.nn.grouped_norm import _count_factors
 
     table = _count_factors(4, 6, torch.float64, torch.device("cpu"))
     elements = torch.arange(5, dtype=torch.float64) * 6
