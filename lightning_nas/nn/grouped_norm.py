@@ -236,7 +236,8 @@ class _GroupedBatchNormFunction(torch.autograd.Function):
         sums = torch.cat((dy.sum((2, 3), dtype=stat), (dy * x).sum((2, 3), dtype=stat)), 1)  # (n, 2C)
         sum_dy, sum_dy_x = layout.group_sum(sums).split(c, 1)  # (G, C) each
         sum_dy_xhat = torch.addcmul(sum_dy_x, mean, sum_dy, value=-1).mul_(invstd)
-        d_weight, d_bias = _cast(sum_dy_xhat, ctx.param_dtype), _cast(sum_dy, ctx.param_dtype)
+        # (sum_dy is a column slice: contiguous now, or autograd copies it in two calls to accumulate it)
+        d_weight, d_bias = _cast(sum_dy_xhat, ctx.param_dtype), _cast(sum_dy, ctx.param_dtype).contiguous()
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None, d_weight, d_bias
         if not ctx.batch_stats:
