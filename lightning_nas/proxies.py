@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_nas.nn.grouped_norm import GroupedBatchNorm2d
 from lightning_nas.seeding import derive_seed
 
 __all__ = [
@@ -80,9 +81,10 @@ __all__ = [
 #: region the example falls in).
 RECTIFIERS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.CELU,
                                           nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish)
-#: Normalisation layers :func:`synflow` removes (they would normalise the all-ones signal away).
+#: Normalisation layers :func:`synflow` removes (they would normalise the all-ones signal away);
+#: their parameters are not weights to the proxies.
 _NORMS: tuple[type[nn.Module], ...] = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
-                                       nn.LocalResponseNorm)
+                                       nn.LocalResponseNorm, GroupedBatchNorm2d)
 _DROPOUTS: tuple[type[nn.Module], ...] = (nn.modules.dropout._DropoutNd, nn.AlphaDropout, nn.FeatureAlphaDropout)
 #: ``k`` of jacob_cov (Mellor et al.'s value).
 JACOB_COV_K = 1e-5
@@ -254,8 +256,11 @@ class _Scoring:
         return x.to(self.device, dtype=dtype) if x.is_floating_point() and dtype is not None else x.to(self.device)
 
     def weights(self) -> list[Tensor]:
-        """The stand-ins of the weights: parameters with >= 2 dims (each shared tensor once)."""
-        return [p for p in self.params.values() if p.dim() >= 2]
+        """The stand-ins of the weights: parameters with >= 2 dims (each shared tensor once), not
+        those of normalisation layers (a :class:`~lightning_nas.nn.GroupedBatchNorm2d`'s are 2-d)."""
+        norms = {f"{name}.{p}" if name else p for name, m in self.model.named_modules() if isinstance(m, _NORMS)
+                 for p, _ in m.named_parameters(recurse=False)}
+        return [p for name, p in self.params.items() if p.dim() >= 2 and name not in norms]
 
     def __exit__(self, *exc: Any) -> None:
         for handle in self.handles:

@@ -311,3 +311,18 @@ def test_bad_input_gets_clear_errors() -> None:
 class _Pair(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x, x
+
+
+def test_grouped_batch_norm_parameters_are_not_weights() -> None:
+    # A GroupedBatchNorm2d's weight and bias are (G, C): 2-d like a weight, but a norm's.
+    from lightning_nas.nn import GroupedBatchNorm2d
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), GroupedBatchNorm2d(1, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4))
+    with torch.no_grad():
+        net[1].weight.uniform_(0.5, 1.5)
+    x, y = torch.randn(5, 2, 4, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 2, 3, 0])
+    nn.functional.cross_entropy(net(x), y).backward()
+    expected = float(net[0].weight.grad.norm()) + float(net[4].weight.grad.norm())
+    assert net[1].weight.grad.abs().sum() > 0  # it has a gradient, left out of the proxy
+    assert grad_norm(net, (x, y)) == pytest.approx(expected, rel=1e-5)

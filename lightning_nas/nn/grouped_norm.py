@@ -39,6 +39,11 @@ class GroupedBatchNorm2d(nn.Module):
     A state dict holding the norms as a list of ``nn.BatchNorm2d`` (keys ``"{g}.weight"``, ...,
     as an ``nn.ModuleList`` stores them) loads as well.
 
+    A norm no row used in a step gets a zero gradient row, not ``None``: an optimizer with momentum
+    or weight decay keeps updating it, as it does the unused channels of any shared weight (with
+    separate ``nn.BatchNorm2d`` it would skip them; per-example steps gave every norm a gradient
+    either way).
+
     Args:
         num_groups: ``G``, the number of norms.
         num_features: ``C``, their width.
