@@ -370,6 +370,8 @@ def rows_separable(modules: Iterable[nn.Module]) -> bool:
     statistics over all rows there (norms a mutable applies itself with the stopped rows masked,
     :meth:`Mutable.norms_masking_stopped_rows`, do not count). What static shapes need to run a
     block or candidate on rows that do not use it, instead of grouping the rows that do."""
+    from lightning_nas.nn.grouped_norm import GroupedBatchNorm2d  # (it imports this module)
+
     for module in modules:
         owned = {id(norm) for m in module.modules() if isinstance(m, Mutable) and m.masks_stopped_rows
                  for norm in m.norms_masking_stopped_rows()}
@@ -377,7 +379,7 @@ def rows_separable(modules: Iterable[nn.Module]) -> bool:
             if isinstance(m, Mutable):
                 if not m.masks_stopped_rows:
                     return False
-            elif (isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in owned
+            elif (isinstance(m, (nn.modules.batchnorm._BatchNorm, GroupedBatchNorm2d)) and id(m) not in owned
                   and (m.training or not m.track_running_stats)):
                 return False
     return True

@@ -243,3 +243,15 @@ def test_recalibration_averages_each_norm_over_its_own_batches():
     for k in range(2):
         means = [x[rows == k].mean((0, 2, 3)) for x, rows in zip(batches, groups) if bool((rows == k).any())]
         torch.testing.assert_close(norms.running_mean[k], torch.stack(means).mean(0))
+
+
+def test_a_grouped_norm_not_masking_stopped_rows_keeps_a_depth_choice_grouping_rows():
+    # Its batch statistics would take in the rows a DepthChoice has stopped, unless the mutable
+    # applying it declares it masks them (as BinasBlock does).
+    from lightning_nas.nn.choice import rows_separable
+    from lightning_nas.spaces import BinasBlock
+
+    plain = nn.Sequential(nn.Conv2d(3, 3, 1), GroupedBatchNorm2d(1, 3))
+    assert not rows_separable([plain])
+    assert rows_separable([plain.eval()])  # running statistics: each row on its own
+    assert rows_separable([BinasBlock(8, 8, 1, prefix="b").train()])
