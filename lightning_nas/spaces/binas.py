@@ -382,7 +382,8 @@ class BinasBlock(Mutable):
         for size, dw in zip(self.kernel.values, self.conv_dw):
             pad = (big - size) // 2
             filters.append(F.pad(dw.weight, (pad,) * 4) if pad else dw.weight)
-        weight = torch.stack(filters).index_select(0, kernel).reshape(n * wide, 1, big, big)  # (n * wide, 1, K, K)
+        stacked = filters[0][None] if len(filters) == 1 else torch.stack(filters)  # (a view for one kernel size)
+        weight = stacked.index_select(0, kernel).reshape(n * wide, 1, big, big)  # (n * wide, 1, K, K)
         z = F.conv2d(y.reshape(1, n * wide, h, w), weight, None, self.stride, big // 2, 1, n * wide)
         return z.reshape(n, wide, z.shape[2], z.shape[3])
 
