@@ -413,3 +413,23 @@ def test_host_index_bounds_change_nothing(tiny, seed):
     with_bounds = tiny(x)
     tiny.context.bounds = None
     torch.testing.assert_close(tiny(x), with_bounds, atol=1e-6, rtol=1e-6)
+
+
+def test_a_checkpoint_with_separate_candidate_norms_loads():
+    # Before GroupedBatchNorm2d, a block's candidate norms were an nn.ModuleList of nn.BatchNorm2d:
+    # their keys were "....bn_pwl.{g}.weight". Such a state dict still loads, every value in its place.
+    torch.manual_seed(0)
+    net = binas_supernet(preset="tiny", num_classes=5, max_depth=2)
+    _perturb_norms(net)
+    old = {}
+    for key, value in net.state_dict().items():
+        head, _, name = key.rpartition(".")
+        if head.endswith((".bn_dw", ".bn_pwl")):
+            old.update({f"{head}.{g}.{name}": row.clone() for g, row in enumerate(value.unbind(0))})
+        else:
+            old[key] = value.clone()
+    assert any(".bn_pwl.5.running_var" in key for key in old)
+    fresh = binas_supernet(preset="tiny", num_classes=5, max_depth=2)
+    fresh.load_state_dict(old)
+    for key, value in net.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
