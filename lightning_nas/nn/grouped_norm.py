@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from lightning_nas.nn.elastic_size import prefix
 from lightning_nas.nn.norm import lerp_running_stats
 
-__all__ = ["GroupedBatchNorm2d", "batch_norm", "grouped_batch_norm"]
+__all__ = ["GroupedBatchNorm2d", "batch_norm", "grouped_batch_norm", "member_state"]
 
 _STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -92,8 +92,8 @@ class GroupedBatchNorm2d(nn.Module):
             raise ValueError(f"`g` must be an int in [0, {self.num_groups}), got {g!r}")
         bn = nn.BatchNorm2d(self.num_features, self.eps, self.momentum, device=self.weight.device, dtype=self.weight.dtype)
         with torch.no_grad():
-            for name in _STATE:
-                getattr(bn, name).copy_(getattr(self, name)[g])
+            for name, value in member_state(self, g).items():
+                getattr(bn, name).copy_(value)
         return bn.train(self.training)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
@@ -108,6 +108,12 @@ class GroupedBatchNorm2d(nn.Module):
         return f"{self.num_groups}, {self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
 
+def member_state(norm: nn.BatchNorm2d | GroupedBatchNorm2d, index: int | None = None) -> dict[str, Tensor]:
+    """``{name: tensor}`` of ``norm``'s weight, bias, running statistics and batch count, those of its
+    norm ``index`` for a :class:`GroupedBatchNorm2d` (views: ``(C,)`` each, the count ``()``)."""
+    return {name: getattr(norm, name) if index is None else getattr(norm, name)[index] for name in _STATE}
+
+
 def batch_norm(x: Tensor, norm: nn.BatchNorm2d | GroupedBatchNorm2d, index: int | None = None) -> Tensor:
     """``norm`` (norm ``index`` of a :class:`GroupedBatchNorm2d`) on a batch whose rows all use it,
     with ``x``'s channels the first ``x.shape[1]`` of the norm's: exactly what an ``nn.BatchNorm2d``
@@ -116,10 +122,7 @@ def batch_norm(x: Tensor, norm: nn.BatchNorm2d | GroupedBatchNorm2d, index: int 
     Shapes: ``(n, C', H, W) -> (n, C', H, W)``.
     """
     c = x.shape[1]
-    state = [getattr(norm, name) for name in _STATE]
-    if index is not None:
-        state = [t[index] for t in state]
-    weight, bias, running_mean, running_var, count = state
+    weight, bias, running_mean, running_var, count = member_state(norm, index).values()
     training = norm.training or not norm.track_running_stats
     factor = 0.0
     if norm.training and norm.track_running_stats:

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from lightning_nas.nn.choice import Choice, Mutable
 from lightning_nas.nn.depth_choice import DepthChoice
 from lightning_nas.nn.elastic_size import prefix, size_mask
-from lightning_nas.nn.grouped_norm import GroupedBatchNorm2d, batch_norm, grouped_batch_norm
+from lightning_nas.nn.grouped_norm import GroupedBatchNorm2d, batch_norm, grouped_batch_norm, member_state
 from lightning_nas.nn.routing import group_rows, reassemble, select_rows, take_rows
 from lightning_nas.spaces.mobilenet import make_divisible
 from lightning_nas.spaces.registry import register_space
@@ -162,9 +162,7 @@ def _copy_norm(target: nn.BatchNorm2d, source: nn.BatchNorm2d | GroupedBatchNorm
     c = target.num_features
     target.eps, target.momentum = source.eps, source.momentum
     with torch.no_grad():
-        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
-            value = getattr(source, name)
-            value = value if index is None else value[index]
+        for name, value in member_state(source, index).items():
             getattr(target, name).copy_(value if name == "num_batches_tracked" else value[:c])
     return target
 
