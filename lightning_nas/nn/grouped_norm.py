@@ -173,6 +173,14 @@ def grouped_batch_norm(
     groups = norm.num_groups if isinstance(norm, GroupedBatchNorm2d) else 1
     if group is None and groups != 1:
         raise ValueError(f"`group` is required with {groups} norms")
+    # Shapes only: checking group's values would read them back on the host (a GPU sync per call).
+    if x.dim() != 4 or x.shape[1] > norm.num_features:
+        raise ValueError(f"`x` must be (n, C', H, W) with C' <= {norm.num_features} channels, got shape {tuple(x.shape)}")
+    if group is not None and (group.shape != (x.shape[0],) or group.dtype not in (torch.int64, torch.int32)):
+        raise ValueError(f"`group` must be an integer tensor of shape ({x.shape[0]},) with values in [0, {groups}), "
+                         f"got {group.dtype} of shape {tuple(group.shape)}")
+    if mask is not None and mask.shape != x.shape[:2]:
+        raise ValueError(f"`mask` must have shape {tuple(x.shape[:2])} (rows, channels), got {tuple(mask.shape)}")
     with torch.autocast(x.device.type, enabled=False):
         return _grouped_batch_norm(x, norm, groups, group, mask, cache, input_masked)
 

@@ -210,8 +210,17 @@ def test_construction_and_call_errors():
     ):
         with pytest.raises(ValueError, match=match):
             GroupedBatchNorm2d(**kwargs)
+    norms, x = GroupedBatchNorm2d(2, 3), torch.randn(4, 3, 2, 2)
     with pytest.raises(ValueError, match="`group` is required with 2 norms"):
-        GroupedBatchNorm2d(2, 3)(torch.randn(2, 3, 1, 1))
+        norms(x)
+    for args, match in (
+        ((torch.randn(4, 5, 2, 2), torch.zeros(4, dtype=torch.long)), r"`x` must be \(n, C', H, W\) with C' <= 3"),
+        ((x, torch.zeros(3, dtype=torch.long)), r"`group` must be an integer tensor of shape \(4,\)"),
+        ((x, torch.zeros(4)), "`group` must be an integer tensor"),
+        ((x, torch.zeros(4, dtype=torch.long), torch.ones(4, 2)), r"`mask` must have shape \(4, 3\)"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            norms(*args)
 
 
 def test_loads_a_state_dict_of_separate_norms():
