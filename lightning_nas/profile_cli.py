@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_nas.profiling.runtimes import RUNTIMES
+from lightning_nas.profiling.timing import STATISTICS
 
 __all__ = ["add_arguments", "main", "run"]
 
@@ -91,8 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
              "in an ONNX Runtime session (needs lightning-nas[onnx]); torchscript and onnxruntime on CPU only",
     )
     parser.add_argument(
-        "--statistic", default="median", choices=["median", "min"],
-        help="per-entry statistic of the repeats; min is steadier on a machine shared with other jobs",
+        "--statistic", default="median", choices=list(STATISTICS),
+        help="per-entry statistic of the repeats; median_of_mins (the median over the rounds of each round's fastest call) "
+             "is the steadiest on a machine shared with other jobs",
     )
     parser.add_argument(
         "--pin-malloc", action=argparse.BooleanOptionalAction, default=True,

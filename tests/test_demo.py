@@ -82,7 +82,7 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     assert text.count("met   ") + text.count("MISSED") == 5
     # Latency: every pick verified by measuring, then timed again; a pick over its budget is flagged and fails the check.
     lat = summary["latency"]
-    assert lat["statistic"] == "min" and lat["calibration"]["scale"] > 0 and "built now" in summary["latency_table_note"]
+    assert lat["statistic"] == "median_of_mins" and lat["calibration"]["scale"] > 0 and "built now" in summary["latency_table_note"]
     # 8 random subnets are too few for per-block terms (10 per coefficient): the scale alone, printed so.
     assert lat["calibration"]["terms"] == "scale" and lat["calibration"]["per_block"] == {} and "ms per" not in text
     fitted = {**summary, "latency": {**lat, "calibration": {**lat["calibration"], "per_block": {"block": 0.0123, "se=True": -0.004}}}}

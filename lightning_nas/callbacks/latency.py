@@ -69,7 +69,9 @@ class LatencyProfiler(Callback):
         supernet: dotted attribute path of the supernet in the LightningModule, when it has several.
         device: ``"cpu"`` (default) or ``"cuda"`` / ``"cuda:N"``.
         dtype: ``"float32"`` (default), ``"float16"``, ``"bfloat16"``, ``"float64"``.
-        statistic: per-entry statistic of the repeats, ``"median"`` (default) or ``"min"``.
+        statistic: per-entry statistic of the repeats, ``"median"`` (default), ``"min"`` or
+            ``"median_of_mins"`` (the steadiest on a shared machine; see
+            :class:`~lightning_nas.profiling.ProfileSettings`).
         pin_malloc: pin glibc malloc's thresholds before timing (process-wide, irreversible; see
             :func:`~lightning_nas.profiling.pin_malloc_thresholds`); off by default.
         runtime: what the table is timed in, ideally what you deploy with: ``"eager"`` (PyTorch,

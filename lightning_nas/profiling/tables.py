@@ -462,8 +462,8 @@ def build_latency_table(
         ``BilinearTable(name="latency", unit="ms")``: ``block[s, b, c]`` milliseconds of the block
         alone (``settings.statistic`` of the repeats: the median by default); ``constant`` the
         estimated fixed part; ``metadata`` the settings, the device, the model signature,
-        per-entry statistics (``spread``: median, min, p10 and p90 arrays ``(S, D, C)``), the
-        calibration residuals and the number of distinct measurements. With ``fit_archs``, the
+        per-entry statistics (``spread``: arrays ``(S, D, C)`` of each statistic of
+        :data:`~lightning_nas.profiling.timing.STATISTICS`, p10 and p90), the calibration residuals and the number of distinct measurements. With ``fit_archs``, the
         entries (and per-stage depth terms) are the fitted ones and ``metadata["fit"]`` records
         the fit (see :func:`latency_table_of`): the measured subnets, how the fit was made and
         its held-out error beside that of the block table; ``spread`` and ``constant_estimate``
@@ -480,7 +480,8 @@ def build_latency_table(
     shapes = block_shapes(supernet, settings.batch_shape, staged, vocab_size=settings.vocab_size)
     integer = integer_input_units(supernet, settings.batch_shape, settings.vocab_size, staged)
     full = (staged.num_stages, staged.max_blocks, staged.num_configs)
-    value, median, fastest, p10, p90 = (np.zeros(full) for _ in range(5))
+    value, p10, p90 = (np.zeros(full) for _ in range(3))
+    by_statistic = {stat: np.zeros(full) for stat in STATISTICS}
     # Identical blocks (same exported layers, same shapes) share one measurement.
     keys, unique = np.empty(full, dtype=object), {}
     for s, b, c, module in _block_exports(supernet, staged, base):
@@ -514,9 +515,10 @@ def build_latency_table(
     del calibration
     for at in zip(*np.nonzero(keys != None)):  # noqa: E711 (an object array; units without a module stay 0 ms)
         result = results[keys[at]]
-        median[at], fastest[at], p10[at], p90[at] = (max(v - overhead, 0.0) for v in
-                                                     (result.median_ms, result.min_ms, result.p10_ms, result.p90_ms))
-        value[at] = max(result.value(settings.statistic) - overhead, 0.0)
+        p10[at], p90[at] = max(result.p10_ms - overhead, 0.0), max(result.p90_ms - overhead, 0.0)
+        for stat, arr in by_statistic.items():
+            arr[at] = max(result.value(stat) - overhead, 0.0)
+        value[at] = by_statistic[settings.statistic][at]
     blocks_only = BilinearTable(staged, 0.0, value, name="latency")
     residuals = np.array([t.value(settings.statistic) for t in timings]) - blocks_only.predict_many(archs)
     constant = float(np.median(residuals))
@@ -534,17 +536,17 @@ def build_latency_table(
         "base_arch": base,
         "entries": int(staged.config_exists().sum()),
         "measurements": len(unique),
-        "spread": {"median": median.tolist(), "min": fastest.tolist(), "p10": p10.tolist(), "p90": p90.tolist()},
+        "spread": {**{stat: arr.tolist() for stat, arr in by_statistic.items()}, "p10": p10.tolist(), "p90": p90.tolist()},
         # Taken off every statistic of every block entry (the empty graph's settings.statistic); 0 in eager.
         "call_overhead_ms": overhead,
         "constant_estimate": {
             "method": f"median over calibration archs of (end-to-end {settings.statistic} - sum of block entries)",
             "calibration_archs": calibration_archs,
             "residuals_ms": residuals.tolist(),
-            # Both statistics, so a table of the other one can be derived without re-measuring.
+            # Every statistic, so a table of another one can be derived without re-measuring.
             "residuals_by_statistic_ms": {
                 stat: (np.array([t.value(stat) for t in timings]) - BilinearTable(staged, 0.0, arr, name="latency").predict_many(archs)).tolist()
-                for stat, arr in (("median", median), ("min", fastest))
+                for stat, arr in by_statistic.items()
             },
         },
     }
@@ -558,8 +560,8 @@ def build_latency_table(
         "folds": FIT_FOLDS,
         # The fit's own archs; the calibration archs (fitted too) follow from the seed.
         "archs": fitted,
-        # Both statistics, like the residuals: the table of the other one is fitted without re-measuring.
-        "measured_by_statistic_ms": {stat: [t.value(stat) for t in fit_timings] for stat in ("median", "min")},
+        # Every statistic, like the residuals: the table of another one is fitted without re-measuring.
+        "measured_by_statistic_ms": {stat: [t.value(stat) for t in fit_timings] for stat in STATISTICS},
     }
     table = latency_table_of(BilinearTable(staged, constant, value, name="latency", unit="ms", metadata=metadata), supernet)
     if progress is not None:
@@ -625,7 +627,7 @@ def latency_table_of(table: BilinearTable, supernet: Supernet, statistic: str | 
     Args:
         table: a table made by :func:`build_latency_table` (its metadata holds the measurements).
         supernet: the supernet it was built for (to redraw the calibration archs from the seed).
-        statistic: ``"median"`` or ``"min"`` (default: the table's own).
+        statistic: one of :data:`~lightning_nas.profiling.timing.STATISTICS` (default: the table's own).
         fitted: ``False``: the block table only, even when fit subnets were measured.
 
     Raises:
@@ -642,7 +644,7 @@ def latency_table_of(table: BilinearTable, supernet: Supernet, statistic: str | 
     except (KeyError, TypeError) as err:
         raise ValueError(
             f"table {table.name!r} has no per-statistic measurements of {statistic!r} in its metadata (made by build_latency_table "
-            f"with statistic 'median' or 'min'?): {type(err).__name__}: {err}"
+            f"before the statistic {statistic!r} existed?): {type(err).__name__}: {err}"
         ) from err
     blocks_table = BilinearTable(table.staged, float(np.median(residuals)), blocks, name="latency", unit="ms", metadata=dict(meta))
     fit = meta.get("fit")

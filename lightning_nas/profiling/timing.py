@@ -3,8 +3,8 @@
 The rules follow the latency tables of BINAS / HardCoRe-NAS: the module runs in eval mode under
 ``torch.inference_mode()``, after untimed warm-up calls, a fixed number of times; CPU runs use a
 fixed thread count (BINAS: one thread) and CUDA runs are timed with ``torch.cuda.Event`` pairs.
-Every repeat is one forward call; the result keeps the median, the minimum and the spread (10th
-and 90th percentiles), in milliseconds. Several modules timed together are interleaved in rounds
+Every repeat is one forward call; the result keeps the median, the minimum, the median of each
+round's minimum and the spread (10th and 90th percentiles), in milliseconds. Several modules timed together are interleaved in rounds
 so that machine noise hits them alike. ``settings.runtime`` picks what is timed: the module in
 PyTorch eager (default), frozen TorchScript or ONNX Runtime (see :mod:`.runtimes`); every table,
 calibration and check goes through :func:`time_modules`, so all of them use it.
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-STATISTICS = ("median", "min")
+STATISTICS = ("median", "min", "median_of_mins")
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -72,9 +72,16 @@ class ProfileSettings:
             :func:`time_modules`).
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         dtype: ``"float32"``, ``"float16"``, ``"bfloat16"`` or ``"float64"``.
-        statistic: what a table stores per entry: ``"median"`` of the repeats (the default), or
-            ``"min"``, which is steadier on a machine shared with other jobs, where a varying
-            share of calls is slowed down by them.
+        statistic: what a table stores per entry: ``"median"`` of the repeats (the default),
+            ``"min"`` (the fastest repeat), or ``"median_of_mins"``: the repeats are split into
+            ``rounds`` (see :func:`time_modules`) and this is the median over the rounds of each
+            round's fastest call. On a machine shared with other jobs the median is slowed by
+            them, and the minimum is set by the luckiest call: a virtual machine also has spells
+            ~40 % *faster* than usual, and a module timed in one of them kept that time. Timing
+            100 subnets four times (2-core VM, 50 repeats in 5 rounds), the 90th percentile of
+            one subnet's disagreement between two timings was 4-5 % for the median of minima,
+            idle, beside one and beside two busy processes; 44 %, 44 % and 7 % for the minimum,
+            4 %, 4 % and 26 % for the median (``benchmarks/RESULTS.md``).
         pin_malloc: on CPU, call :func:`pin_malloc_thresholds` before timing (process-wide and
             irreversible, so off by default). Recommended for large inputs (e.g. 224×224), where
             glibc's adaptive allocator otherwise makes whole networks slower than their blocks.
@@ -170,6 +177,8 @@ class TimingResult:
         p10_ms, p90_ms: 10th and 90th percentiles (the spread).
         mean_ms: mean over the repeats.
         min_ms: the fastest repeat.
+        median_of_mins_ms: the median over the rounds of each round's fastest repeat (``min_ms``
+            when the repeats ran in one round).
         samples_ms: every timed repeat, in order.
     """
 
@@ -178,21 +187,29 @@ class TimingResult:
     p90_ms: float
     mean_ms: float
     min_ms: float
+    median_of_mins_ms: float
     samples_ms: tuple[float, ...] = field(repr=False)
 
     def value(self, statistic: str = "median") -> float:
-        """The ``"median"`` or ``"min"`` time, in milliseconds."""
+        """The time of ``statistic`` (one of :data:`STATISTICS`), in milliseconds."""
         if statistic not in STATISTICS:
             raise ValueError(f"`statistic` must be one of {STATISTICS}, got {statistic!r}")
-        return self.median_ms if statistic == "median" else self.min_ms
+        return {"median": self.median_ms, "min": self.min_ms, "median_of_mins": self.median_of_mins_ms}[statistic]
 
     @classmethod
-    def from_samples(cls, samples_ms: Sequence[float]) -> "TimingResult":
+    def from_samples(cls, samples_ms: Sequence[float], rounds: Sequence[int] | None = None) -> "TimingResult":
+        """The statistics of ``samples_ms`` (ms, in the order they were timed); ``rounds``: how many
+        consecutive samples each round holds (default: all in one round)."""
         values = np.asarray(samples_ms, dtype=np.float64)
         if values.size == 0:
             raise ValueError("`samples_ms` must hold at least one timing")
+        sizes = [values.size] if rounds is None else [int(n) for n in rounds]
+        if any(n < 1 for n in sizes) or sum(sizes) != values.size:
+            raise ValueError(f"`rounds` must be positive sizes summing to the {values.size} samples, got {list(rounds or [])}")
+        minima = [chunk.min() for chunk in np.split(values, np.cumsum(sizes)[:-1])]
         p10, median, p90 = np.percentile(values, [10, 50, 90])
-        return cls(float(median), float(p10), float(p90), float(values.mean()), float(values.min()), tuple(float(v) for v in values))
+        return cls(float(median), float(p10), float(p90), float(values.mean()), float(values.min()), float(np.median(minima)),
+                   tuple(float(v) for v in values))
 
 
 @contextlib.contextmanager
@@ -298,7 +315,7 @@ def time_modules(items: Sequence[tuple[nn.Module, Sequence[int]]], settings: Pro
                 for _ in range(settings.warmup if r == 0 else min(1, settings.warmup)):
                     calls[i]()
                 samples[i].extend(timer(calls[i], share, device))
-    return [TimingResult.from_samples(values) for values in samples]
+    return [TimingResult.from_samples(values, shares) for values in samples]
 
 
 def _time_cpu(call: Callable[[], Any], repeats: int, device: torch.device) -> list[float]:

@@ -27,6 +27,7 @@ from lightning_nas.profiling import (
     stage_blocks,
     stale_reasons,
 )
+from lightning_nas.profiling.timing import STATISTICS
 from lightning_nas.spaces.staged import StagedSpace
 
 from .conftest import FAST, tiny_mobilenet
@@ -67,16 +68,19 @@ def test_latency_table_shape_keys_and_metadata(tiny, fast_settings):
     assert table.predict(tiny.space.largest()) > table.predict(tiny.space.smallest())
 
 
-def test_min_statistic_table(tiny):
-    settings = ProfileSettings(input_size=(3, 16, 16), statistic="min", **FAST)
+@pytest.mark.parametrize("statistic", ["min", "median_of_mins"])
+def test_table_of_another_statistic(tiny, statistic):
+    settings = ProfileSettings(input_size=(3, 16, 16), statistic=statistic, **FAST)
     table = build_latency_table(tiny, settings, calibration_archs=3)
-    spread = table.metadata["spread"]
-    np.testing.assert_array_equal(table.block, np.array(spread["min"]))
-    assert (np.array(spread["min"]) <= np.array(spread["median"])).all()
+    spread = {k: np.array(v) for k, v in table.metadata["spread"].items()}
+    np.testing.assert_array_equal(table.block, spread[statistic])
+    assert (spread["min"] <= spread["median_of_mins"]).all()
+    assert (spread["min"] <= spread["median"]).all()
     residuals = table.metadata["constant_estimate"]["residuals_by_statistic_ms"]
-    assert residuals["min"] == table.metadata["constant_estimate"]["residuals_ms"] and len(residuals["median"]) == 3
-    assert table.constant == pytest.approx(np.median(residuals["min"]))
-    assert settings_of(table).statistic == "min"
+    assert residuals[statistic] == table.metadata["constant_estimate"]["residuals_ms"]
+    assert sorted(residuals) == sorted(STATISTICS) and all(len(r) == 3 for r in residuals.values())
+    assert table.constant == pytest.approx(np.median(residuals[statistic]))
+    assert settings_of(table).statistic == statistic
 
 
 def test_identical_blocks_are_measured_once(monkeypatch):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings as hsettings, strategies as st
 from torch import nn
 
+from lightning_nas.profiling import timing
 from lightning_nas.profiling import ProfileSettings, TimingResult, cpu_model, device_info, num_threads, time_module, time_modules
 
 
@@ -82,6 +84,39 @@ def test_timing_result_statistics(samples):
     assert result.mean_ms == pytest.approx(sum(samples) / len(samples))
     assert result.value("min") == result.min_ms == min(samples) and result.value() == result.median_ms
     assert result.samples_ms == tuple(samples)
+    assert result.value("median_of_mins") == result.min_ms  # one round
+
+
+@hsettings(max_examples=50, deadline=None)
+@given(st.lists(st.lists(st.floats(0.001, 1000.0), min_size=1, max_size=8), min_size=1, max_size=7))
+def test_median_of_mins_is_the_median_of_each_rounds_fastest(rounds):
+    samples = [v for chunk in rounds for v in chunk]
+    result = TimingResult.from_samples(samples, [len(chunk) for chunk in rounds])
+    assert result.value("median_of_mins") == result.median_of_mins_ms == pytest.approx(float(np.median([min(c) for c in rounds])))
+    assert result.min_ms <= result.median_of_mins_ms <= max(min(c) for c in rounds)
+
+
+@pytest.mark.parametrize("rounds", [[2, 2], [3, 0, 2], [6]])
+def test_round_sizes_must_cover_the_samples(rounds):
+    with pytest.raises(ValueError, match="`rounds`"):
+        TimingResult.from_samples([1.0] * 5, rounds)
+
+
+def test_a_fast_spell_in_one_round_sets_the_min_not_the_median_of_mins(monkeypatch):
+    # A virtual machine's spell ~40 % faster than usual, during one round of one module: the fastest
+    # call is that spell's, the median over the rounds of each round's fastest is the module's usual time.
+    rounds_seen = []
+
+    def fake_timer(call, repeats, device):
+        rounds_seen.append(repeats)
+        fast = len(rounds_seen) == 3  # the first module's third round (one module: rounds run in order)
+        return [0.6 if fast else 1.0 + 0.01 * i for i in range(repeats)]
+
+    monkeypatch.setattr(timing, "_time_cpu", fake_timer)
+    settings = ProfileSettings(input_size=(4,), repeats=10, warmup=0, rounds=5, statistic="median_of_mins")
+    result = time_module(nn.Linear(4, 4), settings.batch_shape, settings)
+    assert rounds_seen == [2] * 5
+    assert result.min_ms == 0.6 and result.median_of_mins_ms == 1.0 and result.value(settings.statistic) == 1.0
 
 
 @pytest.mark.parametrize(
