@@ -356,10 +356,12 @@ class ReferenceTimer:
     """Times archs beside reference subnets and scales the times to the machine's speed when those
     references were first timed: measurements taken minutes apart on a shared machine become comparable.
 
-    Another job on the machine slows calls down and never speeds them up, so each arch keeps its
-    fastest time over up to ``attempts`` interleaved timings (each one ``settings.statistic`` of
-    ``settings.repeats`` calls); the machine's speed is the median over the references of their
-    fastest time now / their time then. A latency budget set from the references' first timings
+    Another job on the machine slows calls down, so each arch keeps its fastest time over up to
+    ``attempts`` interleaved timings (each one ``settings.statistic`` of ``settings.repeats``
+    calls); the machine's speed is the median over the references of their fastest time now /
+    their time then. A virtual machine also runs faster than usual for spells: with
+    ``statistic="min"`` one such spell during part of a timing made a pick 40 % fast beside its
+    references; ``"median_of_mins"`` outvotes it (see :class:`~lightning_nas.profiling.ProfileSettings`). A latency budget set from the references' first timings
     (e.g. quantiles of random subnets) is then checked in the same units.
 
     Args:

@@ -79,9 +79,10 @@ class ProfileSettings:
             them, and the minimum is set by the luckiest call: a virtual machine also has spells
             ~40 % *faster* than usual, and a module timed in one of them kept that time. Timing
             100 subnets four times (2-core VM, 50 repeats in 5 rounds), the 90th percentile of
-            one subnet's disagreement between two timings was 4-5 % for the median of minima,
-            idle, beside one and beside two busy processes; 44 %, 44 % and 7 % for the minimum,
-            4 %, 4 % and 26 % for the median (``benchmarks/RESULTS.md``).
+            one subnet's disagreement between two timings was 5.4 %, 5.1 % and 10.2 % for the
+            median of minima (idle, beside one and beside two busy threads); 60 %, 17 % and 11 %
+            for the minimum; 5.0 %, 4.7 % and 112 % for the median
+            (``benchmarks/timing_statistics.py`` in ``benchmarks/RESULTS.md``).
         pin_malloc: on CPU, call :func:`pin_malloc_thresholds` before timing (process-wide and
             irreversible, so off by default). Recommended for large inputs (e.g. 224×224), where
             glibc's adaptive allocator otherwise makes whole networks slower than their blocks.
