@@ -283,7 +283,8 @@ def interpretation(s: dict, headroom: float, num_archs: int) -> list[str]:
     failures = {k: r[k]["quiet"]["failed"] + r[k]["loaded"]["failed"] for k in ("d", "e", "i")}
     return [
         f"- The load made the same held-out subnets {s['slowdown']['median']:.2f}× slower in the median statistic and "
-        f"{s['slowdown']['min']:.2f}× in the min, {s['slowdown']['median_of_mins']:.2f}× in the median of minima (median over repetitions of loaded / quiet). Rows whose budgets held (≤ 10 % of the "
+        f"{s['slowdown']['min']:.2f}× in the min, {s['slowdown']['median_of_mins']:.2f}× in the median of minima "
+        "(median over repetitions of loaded / quiet). Rows whose budgets held (≤ 10 % of the "
         f"picks over budget, every pick made): quiet {held('quiet')}; loaded {held('loaded')}.",
         f"- Default (a): {share('a', 'quiet')} % → {share('a', 'loaded')} % of picks over budget, quiet → loaded (median pick "
         f"{r['a']['quiet']['overshoot']:+.1f} % → {r['a']['loaded']['overshoot']:+.1f} % against its budget); min table (b): "
@@ -312,7 +313,8 @@ def interpretation(s: dict, headroom: float, num_archs: int) -> list[str]:
         "- \"Quiet\" is this shared machine without the script's load: across the quiet blocks the held-out subnets ran "
         f"{min(s['drift']['quiet']['median']):.2f}–{max(s['drift']['quiet']['median']):.2f}× (median), "
         f"{min(s['drift']['quiet']['min']):.2f}–{max(s['drift']['quiet']['min']):.2f}× (min) and "
-        f"{min(s['drift']['quiet']['median_of_mins']):.2f}–{max(s['drift']['quiet']['median_of_mins']):.2f}× (median of minima) the quiet table's prediction (median per block), "
+        f"{min(s['drift']['quiet']['median_of_mins']):.2f}–{max(s['drift']['quiet']['median_of_mins']):.2f}× (median of minima) "
+        "the quiet table's prediction (median per block), "
         "so the machine's state when the table was built sets the as-built rows' bias, and shares over "
         f"{r['a']['quiet']['picks']} picks of one run can differ widely in another.",
     ]

@@ -17,7 +17,8 @@ SPOS / Once-for-All way) and the end-to-end latency of random subnets, on the va
 with the split-half reliability of those accuracies (two halves of disjoint originals).
 A latency is the median over five interleaved rounds of each round's fastest call (another job
 on the machine lengthens calls, hardly the fastest, and a spell of the virtual machine running
-faster than usual, which set a whole minimum, is outvoted by the other rounds); the table is calibrated on the random subnets (fixed part, scale and per-block terms), and the exact MILP
+faster than usual, which set a whole minimum, is outvoted by the other rounds); the table is
+calibrated on the random subnets (fixed part, scale and per-block terms), and the exact MILP
 is solved for three latency targets with ``verify=`` and a solution pool: the best few archs by the
 model are timed together beside random subnets of about the budget's latency
 (:meth:`~lightning_nas.profiling.ReferenceTimer.near`),

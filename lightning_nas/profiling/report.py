@@ -361,8 +361,9 @@ class ReferenceTimer:
     calls); the machine's speed is the median over the references of their fastest time now /
     their time then. A virtual machine also runs faster than usual for spells: with
     ``statistic="min"`` one such spell during part of a timing made a pick 40 % fast beside its
-    references; ``"median_of_mins"`` outvotes it (see :class:`~lightning_nas.profiling.ProfileSettings`). A latency budget set from the references' first timings
-    (e.g. quantiles of random subnets) is then checked in the same units.
+    references; ``"median_of_mins"`` outvotes it (see :class:`~lightning_nas.profiling.ProfileSettings`).
+    A latency budget set from the references' first timings (e.g. quantiles of random subnets) is
+    then checked in the same units.
 
     Args:
         supernet: the supernet the archs belong to.

@@ -463,11 +463,12 @@ def build_latency_table(
         alone (``settings.statistic`` of the repeats: the median by default); ``constant`` the
         estimated fixed part; ``metadata`` the settings, the device, the model signature,
         per-entry statistics (``spread``: arrays ``(S, D, C)`` of each statistic of
-        :data:`~lightning_nas.profiling.timing.STATISTICS`, p10 and p90), the calibration residuals and the number of distinct measurements. With ``fit_archs``, the
-        entries (and per-stage depth terms) are the fitted ones and ``metadata["fit"]`` records
-        the fit (see :func:`latency_table_of`): the measured subnets, how the fit was made and
-        its held-out error beside that of the block table; ``spread`` and ``constant_estimate``
-        keep the blocks' own measurements.
+        :data:`~lightning_nas.profiling.timing.STATISTICS`, p10 and p90), the calibration
+        residuals and the number of distinct measurements. With ``fit_archs``, the entries (and
+        per-stage depth terms) are the fitted ones and ``metadata["fit"]`` records the fit (see
+        :func:`latency_table_of`): the measured subnets, how the fit was made and its held-out
+        error beside that of the block table; ``spread`` and ``constant_estimate`` keep the
+        blocks' own measurements.
     """
     _check_supernet(supernet)
     _check_seed(seed)

@@ -4,8 +4,8 @@ The rules follow the latency tables of BINAS / HardCoRe-NAS: the module runs in 
 ``torch.inference_mode()``, after untimed warm-up calls, a fixed number of times; CPU runs use a
 fixed thread count (BINAS: one thread) and CUDA runs are timed with ``torch.cuda.Event`` pairs.
 Every repeat is one forward call; the result keeps the median, the minimum, the median of each
-round's minimum and the spread (10th and 90th percentiles), in milliseconds. Several modules timed together are interleaved in rounds
-so that machine noise hits them alike. ``settings.runtime`` picks what is timed: the module in
+round's minimum and the spread (10th and 90th percentiles), in milliseconds. Several modules
+timed together are interleaved in rounds so that machine noise hits them alike. ``settings.runtime`` picks what is timed: the module in
 PyTorch eager (default), frozen TorchScript or ONNX Runtime (see :mod:`.runtimes`); every table,
 calibration and check goes through :func:`time_modules`, so all of them use it.
 
