@@ -46,6 +46,11 @@ def markers() -> tuple[str, str]:
     return "<!-- benchmarks/timing_statistics.py: begin -->", "<!-- benchmarks/timing_statistics.py: end -->"
 
 
+def percent(log_ratio: float) -> str:
+    """A |log ratio| as the percentage it stands for (e^x − 1)."""
+    return f"{100 * np.expm1(log_ratio):.1f}"
+
+
 def disagreement(values: np.ndarray) -> np.ndarray:
     """``values``: ``(T, N)`` times of N subnets in T timings -> every pair's per-subnet |log ratio|, speed taken out."""
     out = []
@@ -90,9 +95,8 @@ def run(args: argparse.Namespace, command: str) -> str:
     for name in CONDITIONS:
         for stat in STATISTICS:
             d = disagreement(np.array([s[stat] for s in samples[name]]))
-            pct = lambda x: f"{100 * np.expm1(x):.1f}"  # noqa: E731
-            lines.append(f"| {name} | {stat} | {pct(np.median(d))} | {pct(np.quantile(d, 0.9))} | {pct(np.quantile(d, 0.99))} | "
-                         f"{pct(d.max())} | {100 * np.mean(d > np.log(1.1)):.0f} % |")
+            lines.append(f"| {name} | {stat} | {percent(np.median(d))} | {percent(np.quantile(d, 0.9))} | "
+                         f"{percent(np.quantile(d, 0.99))} | {percent(d.max())} | {100 * np.mean(d > np.log(1.1)):.0f} % |")
     lines += ["", "Each statistic comes from the same timed calls: only how a subnet's calls are summarised differs.", end]
     return "\n".join(lines) + "\n"
 

@@ -481,7 +481,7 @@ def build_latency_table(
     shapes = block_shapes(supernet, settings.batch_shape, staged, vocab_size=settings.vocab_size)
     integer = integer_input_units(supernet, settings.batch_shape, settings.vocab_size, staged)
     full = (staged.num_stages, staged.max_blocks, staged.num_configs)
-    value, p10, p90 = (np.zeros(full) for _ in range(3))
+    p10, p90 = np.zeros(full), np.zeros(full)
     by_statistic = {stat: np.zeros(full) for stat in STATISTICS}
     # Identical blocks (same exported layers, same shapes) share one measurement.
     keys, unique = np.empty(full, dtype=object), {}
@@ -519,7 +519,7 @@ def build_latency_table(
         p10[at], p90[at] = max(result.p10_ms - overhead, 0.0), max(result.p90_ms - overhead, 0.0)
         for stat, arr in by_statistic.items():
             arr[at] = max(result.value(stat) - overhead, 0.0)
-        value[at] = by_statistic[settings.statistic][at]
+    value = by_statistic[settings.statistic]
     blocks_only = BilinearTable(staged, 0.0, value, name="latency")
     residuals = np.array([t.value(settings.statistic) for t in timings]) - blocks_only.predict_many(archs)
     constant = float(np.median(residuals))

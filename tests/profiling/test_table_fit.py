@@ -132,3 +132,15 @@ def test_latency_table_of_needs_the_build_measurements(tiny):
         latency_table_of(build_params_table(tiny), tiny, "median")
     with pytest.raises(ValueError, match="`statistic`.*'mean'"):
         latency_table_of(build_params_table(tiny), tiny, "mean")
+
+
+def test_a_table_from_before_a_statistic_existed_names_it(tiny, fast_settings, monkeypatch):
+    params_timer(monkeypatch)
+    table = build_latency_table(tiny, fast_settings, calibration_archs=4)
+    for key in ("spread", "constant_estimate"):  # as a table written before median_of_mins existed
+        block = table.metadata[key] if key == "spread" else table.metadata[key]["residuals_by_statistic_ms"]
+        del block["median_of_mins"]
+    with pytest.raises(ValueError, match="no per-statistic measurements of 'median_of_mins'"):
+        latency_table_of(table, tiny, "median_of_mins")
+    residuals = table.metadata["constant_estimate"]["residuals_by_statistic_ms"]["min"]
+    assert latency_table_of(table, tiny, "min").constant == pytest.approx(np.median(residuals))  # the others still derive
