@@ -71,9 +71,9 @@ from lightning_nas.supernet import Supernet
 __all__ = ["DEMO_SPACE", "SupernetClassifier", "accuracy", "best_neighbours", "carry_better_picks", "format_summary", "gratings_dataset",
            "measure_subnets", "pick_accuracy", "run_demo"]
 
-#: How many times a pick's latency is timed (the fastest counts) before it is found over its budget.
-#: With 3, the same pick's scaled time (beside its references, five repeats, quiet) scattered by
-#: 1.8-6.6 % (std) and a pick verified at 0.93 of its budget re-measured at 1.02; with 6, by 0.8-3.4 %.
+#: Most timings of a pick beside its references (each scaled by its own references' speed; the median
+#: over timings counts) before it is found over its budget. Six timings of the same pick scaled this
+#: way scattered by 0.5-0.9 % (coefficient of variation, 14 repetitions, idle).
 LATENCY_ATTEMPTS = 6
 #: Timings before a pick may be settled early: within its bound by LATENCY_MARGIN (kept; also at the
 #: end), or its pool's better archs over it by that margin (rejected).
@@ -433,8 +433,9 @@ def run_demo(
         bounds = [t * (1 - latency_headroom) for t in targets]
 
         # Picks are timed beside the random subnets whose times above were closest to their budget and
-        # scaled to the machine's speed then (fastest of up to LATENCY_ATTEMPTS timings), so another job
-        # starting or stopping mid-run is not taken for a slower or faster arch.
+        # scaled to the machine's speed then (median of up to LATENCY_ATTEMPTS timings, each scaled by its
+        # own references' speed), so another job starting or stopping mid-run is not taken for a slower
+        # or faster arch.
         timers = [ReferenceTimer.near(target, supernet, settings, randoms, random_ms, REFERENCES, attempts=LATENCY_ATTEMPTS,
                                       min_attempts=LATENCY_MIN_ATTEMPTS, seed=seed) for target in targets]
 
@@ -506,10 +507,12 @@ def run_demo(
         # The truth, part 3: the picks timed again at the end, independently of the search, the same way.
         with _stage("re-measuring latency", times, progress):
             # Each pick beside its own budget's references, as when it was verified, until it is clearly
-            # within its budget (a time only falls with more timings) or after every attempt.
+            # within its budget (after LATENCY_MIN_ATTEMPTS timings) or after every attempt.
             spent = [timer.spent for timer in timers]
-            timed = [timer([arch], lambda ms, target=target: bool(ms[0] <= target * (1 - LATENCY_MARGIN)))
-                     for timer, arch, target in zip(timers, picks, targets)]
+            timed, end_raw = [], []
+            for timer, arch, target in zip(timers, picks, targets):
+                timed.append(timer([arch], lambda ms, target=target: bool(ms[0] <= target * (1 - LATENCY_MARGIN))))
+                end_raw.append(timer.last_ms.tolist())
             end_timings = [timer.spent - before for timer, before in zip(timers, spent)]
             pick_ms, drift = np.array([ms[0] for ms, _ in timed]), np.array([speed for _, speed in timed])
 
@@ -547,8 +550,11 @@ def run_demo(
                 # A smaller budget's pick, kept because it measured better on the held-out split than this budget's.
                 "carried_from_bound_ms": result.details.get("carried_from_bound"),
                 "measured_ms": float(pick_ms[k]),
-                "measured_raw_ms": float(pick_ms[k] * drift[k]),
+                "measured_raw_ms": float(np.median(np.array(end_raw[k])[:, 0])),
                 "speed_at_end": float(drift[k]),
+                # Raw times (ms) of each timing at the end: the pick, then its references (first timed at reference_ms).
+                "end_timings_ms": end_raw[k],
+                "reference_ms": timers[k].reference_ms.tolist(),
                 # Interleaved timings (pick or pool beside the references) spent verifying and at the end.
                 "latency_timings": {"verification": spent[k], "end": end_timings[k]},
                 "over_budget": bool(pick_ms[k] > target),
@@ -818,7 +824,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     line_accs = ", ".join(f"{r['line_acc']:.3f}" for r in summary["targets"])
     lines += [f"(pred ms: the calibrated latency table; verified: the pick measured during the search, within the budget less "
               f"{lat['headroom']:.0%} headroom; timed: archs timed until the pick was settled, the {VERIFY_POOL} best by the table at a time; meas ms: timed again at the end beside the same "
-              f"{REFERENCES} random subnets closest to the budget ({LATENCY_MIN_ATTEMPTS} to {LATENCY_ATTEMPTS} times, the fastest) and scaled to the speed the budgets were measured at (raw times in summary.json), OVER when above the budget; "
+              f"{REFERENCES} random subnets closest to the budget ({LATENCY_MIN_ATTEMPTS} to {LATENCY_ATTEMPTS} times, each scaled by its references, the median) and scaled to the speed the budgets were measured at (raw times in summary.json), OVER when above the budget; "
               f"table: the accuracy table's prediction; held-out: the one-shot accuracy on the held-out split that chose the pick among "
               f"those timed within the bound (* a smaller budget's pick, more accurate there than this budget's own); pred acc: the line fitted on the random subnets, "
               f"{cal['intercept']:.3f} + {cal['slope']:.2f} × table (residual std {cal['residual_std']:.4f}), which alone would say "

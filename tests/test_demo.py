@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lightning_nas.cli import main
-from lightning_nas.demo import DISTURBED_MAPE, LATENCY_ATTEMPTS, carry_better_picks, format_summary, pick_accuracy, run_demo
+from lightning_nas.demo import DISTURBED_MAPE, LATENCY_ATTEMPTS, REFERENCES, carry_better_picks, format_summary, pick_accuracy, run_demo
 from lightning_nas.solvers import SearchResult
 
 TINY = dict(epochs=1, finetune_epochs=1, max_examples=60, copies=(2, 2, 2), estimation_passes=2, num_ranked=6, num_random=8,
@@ -105,8 +105,12 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
         # None only when verification gave up (a heavily loaded machine): the unverified pick is reported and flagged.
         assert r["verified_ms"] is None or r["verified_ms"] > 0
         assert r["over_budget"] == (r["measured_ms"] > r["target_ms"])
-        # Re-measured beside its own budget's references, scaled by their speed then.
-        assert r["measured_raw_ms"] == pytest.approx(r["measured_ms"] * r["speed_at_end"])
+        # Re-measured beside its own budget's references: each timing scaled by their speed in it, the median.
+        raw, then = np.array(r["end_timings_ms"]), np.array(r["reference_ms"])
+        speeds = np.median(raw[:, 1:] / then, axis=1)
+        assert raw.shape == (r["latency_timings"]["end"], 1 + REFERENCES)
+        assert r["measured_ms"] == pytest.approx(np.median(raw[:, 0] / speeds)) and r["speed_at_end"] == pytest.approx(np.median(speeds))
+        assert r["measured_raw_ms"] == pytest.approx(np.median(raw[:, 0]))
         assert 1 <= r["latency_timings"]["end"] <= LATENCY_ATTEMPTS and r["latency_timings"]["verification"] >= 1
         assert ("OVER" in text) or not r["over_budget"]
     assert lat["drift"] == [r["speed_at_end"] for r in summary["targets"]]

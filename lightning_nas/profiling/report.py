@@ -356,14 +356,17 @@ class ReferenceTimer:
     """Times archs beside reference subnets and scales the times to the machine's speed when those
     references were first timed: measurements taken minutes apart on a shared machine become comparable.
 
-    Another job on the machine slows calls down, so each arch keeps its fastest time over up to
-    ``attempts`` interleaved timings (each one ``settings.statistic`` of ``settings.repeats``
-    calls); the machine's speed is the median over the references of their fastest time now /
-    their time then. A virtual machine also runs faster than usual for spells: with
-    ``statistic="min"`` one such spell during part of a timing made a pick 40 % fast beside its
-    references; ``"median_of_mins"`` outvotes it (see :class:`~lightning_nas.profiling.ProfileSettings`).
-    A latency budget set from the references' first timings (e.g. quantiles of random subnets) is
-    then checked in the same units.
+    Each attempt times the archs and the references together (interleaved rounds, ``settings.statistic``
+    of ``settings.repeats`` calls); the machine's speed during that attempt is the median over the
+    references of their time now / their time then, and each arch's time is divided by it. An arch's
+    time is the median of those scaled times over the attempts. Scaling each attempt by its own
+    references cancels what the machine did during it (another job, or the virtual machine running
+    ~40 % faster than usual for a spell), and the median outvotes an attempt in which the arch and its
+    references were not hit alike. Keeping each arch's fastest time over the attempts did not: a spell
+    that caught the references in one attempt and the arch in none scaled the arch up to 1.5x (its
+    scaled time scattered by 9 % between repetitions on an idle machine against 0.5-0.9 % with the
+    median, 14 repetitions; ``benchmarks/RESULTS.md``). A latency budget set from the references' first
+    timings (e.g. quantiles of random subnets) is then checked in the same units.
 
     Args:
         supernet: the supernet the archs belong to.
@@ -371,8 +374,8 @@ class ReferenceTimer:
         references: ``K >= 1`` archs timed before (e.g. some of the random subnets a table was calibrated on).
         reference_ms: ``(K,)`` their times then, in ms, the same statistic.
         attempts: most interleaved timings per call (at least 1).
-        min_attempts: fewest timings before a caller's ``done`` may stop them: the references' fastest
-            times need a few timings to settle, and with one a disturbed reference made a pick look fast.
+        min_attempts: fewest timings before a caller's ``done`` may stop them: the median needs a few
+            timings to outvote a disturbed one, and with one a disturbed reference made a pick look fast.
         seed: seed of the random inputs and of the timing order (a stream per attempt).
 
     Example::
@@ -396,6 +399,8 @@ class ReferenceTimer:
             raise ValueError(f"`min_attempts` must be an int in [1, attempts={attempts}], got {min_attempts!r}")
         self.supernet, self.settings, self.attempts, self.min_attempts, self.seed = supernet, settings, attempts, min_attempts, seed
         self.spent = 0  # interleaved timings run so far, over all calls
+        #: The last call's raw times in ms, ``(attempts run, N + K)``: one row per timing, the archs then the references.
+        self.last_ms = np.zeros((0, len(self.references)))
 
     @classmethod
     def near(cls, target_ms: float, supernet: Supernet, settings: ProfileSettings, archs: Sequence[Mapping[str, Any]],
@@ -415,23 +420,27 @@ class ReferenceTimer:
         return cls(supernet, settings, [archs[i] for i in closest], archs_ms[closest], **kwargs)
 
     def __call__(self, archs: Sequence[Mapping[str, Any]], done: Callable[[np.ndarray], bool] | None = None) -> tuple[np.ndarray, float]:
-        """``(N,)`` times of ``archs`` in ms at the references' first speed, and that speed ratio (now / then).
+        """``(N,)`` times of ``archs`` in ms at the references' first speed, and the machine's speed then (now / then,
+        the median over the attempts).
 
-        ``done(times)``, asked after each attempt from the ``min_attempts``-th on, stops the attempts
-        early (e.g. once every arch is within its budget).
+        ``done(times)``, asked after each attempt from the ``min_attempts``-th on with the times so far,
+        stops the attempts early (e.g. once every arch is within its budget).
         """
         archs = list(archs)
-        statistic, fastest, speed = self.settings.statistic, None, 1.0
+        scaled, speeds, raw = [], [], []
         for attempt in range(self.attempts):
             # A new seed each attempt, so each draws its own orders of the interleaved rounds.
             timed = time_archs(self.supernet, archs + self.references, self.settings, seed=derive_seed(self.seed, attempt))
             self.spent += 1
-            now = np.array([t.value(statistic) for t in timed])
-            fastest = now if fastest is None else np.minimum(fastest, now)
-            speed = float(np.median(fastest[len(archs):] / self.reference_ms))
-            if done is not None and attempt + 1 >= self.min_attempts and done(fastest[: len(archs)] / speed):
+            now = np.array([t.value(self.settings.statistic) for t in timed])
+            raw.append(now)
+            self.last_ms = np.array(raw)
+            speeds.append(float(np.median(now[len(archs):] / self.reference_ms)))
+            scaled.append(now[: len(archs)] / speeds[-1])
+            times = np.median(scaled, axis=0)
+            if done is not None and attempt + 1 >= self.min_attempts and done(times):
                 break
-        return fastest[: len(archs)] / speed, speed
+        return times, float(np.median(speeds))
 
     def verifier(self, bound: float | None = None, name: str = "latency", margin: float = 0.03) -> TimedVerify:
         """A ``verify`` for :func:`~lightning_nas.solvers.search_constrained`: ``arch -> {name: ms}``, and a
@@ -457,10 +466,10 @@ class TimedVerify:
         """Whether more timings can no longer change which of the archs timed at ``ms`` (``(N,)``, in
         order of preference) is kept, the first one within the bound.
 
-        A time only falls with more timings (each arch keeps its fastest), so an arch within
-        ``bound * (1 - margin)`` stays within it; one above ``bound * (1 + margin)`` is taken to stay
-        above. The margins absorb the references' speed, which settles too. Settled: the first arch
-        not clearly over is clearly within, or every arch is clearly over.
+        An arch's time is a median over timings, which moves little once a few are in: one within
+        ``bound * (1 - margin)`` is taken to stay within the bound, one above ``bound * (1 + margin)``
+        to stay above. Settled: the first arch not clearly over is clearly within, or every arch is
+        clearly over.
         """
         for t in ms:
             if t <= self.bound * (1 - self.margin):

@@ -235,7 +235,7 @@ def test_calibrate_latency_bad_input(tiny, fast_settings):
         assert check.calibrated(table).metadata["calibration"]["archs"] == 3
 
 
-def test_reference_timer_keeps_the_fastest_timing_and_scales_by_the_references(tiny, fast_settings, monkeypatch):
+def test_reference_timer_scales_each_timing_by_its_references(tiny, fast_settings, monkeypatch):
     import lightning_nas.profiling.report as report
     from lightning_nas.profiling.timing import TimingResult
 
@@ -254,7 +254,7 @@ def test_reference_timer_keeps_the_fastest_timing_and_scales_by_the_references(t
     monkeypatch.setattr(report, "time_archs", fake_time_archs)
     timer = report.ReferenceTimer(tiny, fast_settings, references, [1.0, 2.0], attempts=3)
     ms, speed = timer(archs)
-    assert calls == [5, 5, 5] and speed == pytest.approx(1.2)
+    assert calls == [5, 5, 5] and speed == pytest.approx(1.5)  # the median attempt's
     np.testing.assert_allclose(ms, [0.5, 0.8, 1.1])  # at the references' first speed
     # A verifier stops as soon as its arch is within the bound by the margin.
     slowdowns, calls = iter([2.0, 1.5, 1.2]), []
@@ -279,6 +279,31 @@ def test_reference_timer_keeps_the_fastest_timing_and_scales_by_the_references(t
     timer = report.ReferenceTimer(tiny, fast_settings, references, [1.0, 2.0], attempts=3, min_attempts=2)
     assert timer.verifier(bound=0.85).many(archs[1::-1])[1]["latency"] == pytest.approx(0.5)
     assert calls == [4, 4] and timer.spent == 2
+
+
+def test_reference_timer_outvotes_a_timing_whose_references_ran_faster(tiny, fast_settings, monkeypatch):
+    """A fast spell that catches only the references in one attempt (0.6x) scales that attempt's archs up
+    by 1/0.6; the median over the attempts keeps the other two. Keeping each arch's fastest time over
+    the attempts and scaling by the references' fastest would report 1/0.6 of the truth."""
+    import lightning_nas.profiling.report as report
+    from lightning_nas.profiling.timing import TimingResult
+
+    archs, references = tiny.space.sample_many(1, 0), tiny.space.sample_many(2, 1)
+    base = {repr(tiny.space.validate(a)): b for a, b in zip(archs + references, [0.5, 1.0, 2.0])}
+    factors = iter([(1.0, 1.0), (1.0, 0.6), (0.9, 0.9)])  # (arch, references) per attempt
+
+    def fake_time_archs(supernet, timed, settings, seed=0):
+        arch, refs = next(factors)
+        return [TimingResult.from_samples([(arch if i == 0 else refs) * base[repr(tiny.space.validate(a))]])
+                for i, a in enumerate(timed)]
+
+    monkeypatch.setattr(report, "time_archs", fake_time_archs)
+    ms, speed = report.ReferenceTimer(tiny, fast_settings, references, [1.0, 2.0], attempts=3)(archs)
+    assert ms == pytest.approx([0.5]) and speed == pytest.approx(0.9)
+    timer = report.ReferenceTimer(tiny, fast_settings, references, [1.0, 2.0], attempts=3)
+    factors = iter([(1.0, 1.0), (1.0, 0.6), (0.9, 0.9)])
+    timer(archs)
+    np.testing.assert_allclose(timer.last_ms, [[0.5, 1.0, 2.0], [0.5, 0.6, 1.2], [0.45, 0.9, 1.8]])  # raw, per timing
 
 
 def test_reference_timer_bad_input(tiny, fast_settings):
