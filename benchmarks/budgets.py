@@ -32,7 +32,9 @@ Protocol:
      (independent of verify's own measurements): a pick violates its budget when this
      measurement (its variant's statistic) exceeds the budget. Rows d and i, the demo's protocol, are
      verified and re-measured with ``ReferenceTimer`` instead: beside 10 of the block's calibration
-     subnets, the fastest of up to 3 interleaved timings, scaled to their speed when first timed.
+     subnets, up to 3 interleaved timings, each scaled by the references' speed in it against their
+     first timing, the median over the timings (until 2026-12-05: the fastest of the timings, scaled by
+     the references' fastest).
 
 Variants: a) median table as built (the default); b) min table as built; c) min table calibrated on
 the block's calibration subnets; d) c + verify with ``ReferenceTimer`` (headroom ``h``, ``--max-verify`` picks at most);
@@ -168,7 +170,7 @@ def run_block(ctx: dict, rep: int, seeds: list[int], condition: str, args: argpa
             def verify(arch: dict, stat: str = stat) -> dict[str, float]:
                 return {"latency": time_archs(supernet, [arch], settings, seed=rep)[0].value(stat)}
 
-            if referenced:  # the demo's protocol: beside reference subnets, fastest of up to 3 timings
+            if referenced:  # the demo's protocol: beside reference subnets, median of up to 3 scaled timings
                 timer = ReferenceTimer(supernet, replace(settings, statistic=stat), calib[:10], measured[stat][:10], seed=rep)
 
             for seed in seeds:

@@ -414,9 +414,10 @@ def run_demo(
             latency_model = check.calibrated(latency_table, terms=LATENCY_TERMS)
             retimed = latency_model.metadata["calibration"]["mape_after_percent"] > DISTURBED_MAPE
             if retimed:
-                # Timed again, once: another job slows calls and never speeds them up, so each subnet's
-                # faster time of the two is the less disturbed one (a run whose machine sped up by 23 %
-                # between its first timings and the end set budgets that random subnets broke).
+                # Timed again, once: another job lengthens calls, and median_of_mins outvotes the spells
+                # that shorten them, so each subnet's faster time of the two is the less disturbed one (a
+                # run whose machine sped up by 23 % between its first timings and the end set budgets
+                # that random subnets broke).
                 if progress:
                     _say(f"latency timings disturbed (calibrated table {latency_model.metadata['calibration']['mape_after_percent']:.1f} % "
                          "off the random subnets' timings): timing them again")

@@ -114,9 +114,10 @@ class LatencyCheck:
         """Each arch's faster measurement of this check and ``other`` (a check of the same archs, in the
         same order, by the same table and settings), with the spread of the run that gave it.
 
-        Another job on the machine lengthens calls and never shortens them, so the faster of two
-        timings taken at different moments is the less disturbed one; ``speed`` is the faster
-        check's. Raises ``ValueError`` when the archs differ.
+        Another job on the machine lengthens calls, so the faster of two timings taken at different
+        moments is the less disturbed one, with a statistic that a spell of the machine running
+        faster than usual hardly shortens (``median_of_mins``; it set ``min`` times 40 % low on a
+        virtual machine); ``speed`` is the faster check's. Raises ``ValueError`` when the archs differ.
         """
         if not isinstance(other, LatencyCheck):
             raise ValueError(f"`other` must be a LatencyCheck, got {type(other).__name__}")
