@@ -86,7 +86,7 @@ VARIANTS = [
     ("a", "median table as built (default)", "median", "quiet", False, False),
     ("b", "min table as built", "min", "quiet", False, False),
     ("c", "min + calibration", "min", "calibrated", False, False),
-    ("d", "min + calibration + verify beside references (the demo's protocol until 2026-12-05)", "min", "calibrated", True, True),
+    ("d", "min + calibration + verify beside references (the demo's statistic until 2026-12-05)", "min", "calibrated", True, True),
     ("e", "median + verify", "median", "quiet", True, False),
     ("f", "median table built under load", "median", "loaded", False, False),
     ("g", "min table built under load", "min", "loaded", False, False),
