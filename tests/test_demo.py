@@ -76,6 +76,13 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     gap = max(abs(r["one_shot_acc"] - r["predicted_acc"]) for r in summary["targets"])
     assert checks["largest |measured - predicted| accuracy"]["value"] == pytest.approx(100 * gap)
     assert checks["largest |measured - predicted| accuracy"]["met"] == (gap <= 0.01)
+    # Non-decreasing accuracy: the smallest step between consecutive picks, printed with its paired standard error
+    # (per-image differences in {-1, 0, 1}: at most 1 / sqrt(N - 1)).
+    accs = [r["one_shot_acc"] for r in summary["targets"]]
+    step = next(c for c in summary["checks"] if c["check"].startswith("measured accuracy non-decreasing"))
+    assert step["value"] == pytest.approx(min(np.diff(accs))) and step["met"] == all(np.diff(accs) >= 0)
+    assert 0 <= step["standard_error"] <= 1 / math.sqrt(summary["reliability"]["val_examples"] - 1)
+    assert f"paired standard error {step['standard_error']:.3f}" in step["check"]
     text = format_summary(summary)
     assert "target ms" in text and "split-half r" in text and "targets:" in text
     assert "on 1 torch thread(s) (--seed 0 --threads 1 repeats it)" in text
