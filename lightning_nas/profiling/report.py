@@ -365,8 +365,8 @@ class ReferenceTimer:
     ~40 % faster than usual for a spell), and the median outvotes an attempt in which the arch and its
     references were not hit alike. Keeping each arch's fastest time over the attempts (and scaling by
     the references' fastest) did not: a spell that caught the arch or the references alone in one
-    attempt moved the arch's scaled time by up to 1.5x (a README demo's pick, verified at 0.95 of its
-    budget, re-measured at 1.10; in 14 repetitions on an idle machine one came out 34 % low).
+    attempt moved the arch's scaled time by up to 1.5x (a README demo's pick verified at 0.95 of its
+    budget was re-measured that way at 1.10; in 14 repetitions on an idle machine one came out 34 % low).
     ``benchmarks/reference_timing.py`` compares the two on the same timings: idle, 3.0 % against 4.1 %
     at worst and 4 % against 17 % of the repetitions more than 3 % off. A latency budget set from the
     references' first timings (e.g. quantiles of random subnets) is then checked in the same units.
