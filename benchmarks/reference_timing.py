@@ -19,10 +19,14 @@ table, each block entry times a seeded log-normal factor, σ 0.3) under 95 % of 
 large for their latency, like the demo's. Then ``--reps`` repetitions, each timing every pick beside its
 ``REFERENCES`` references ``LATENCY_ATTEMPTS`` times in each condition in turn: idle, beside a process
 busy on one thread, and beside one that is busy for ``--period`` seconds then asleep as long (a job that
-comes and goes, like the spells this VM has).
+comes and goes, like the spells this VM has). A fourth condition changes the machine's speed between the
+budgets and the check, as a run whose machine sped up meanwhile: the references' first times come from a
+timing of the random subnets beside two busy threads, the picks are timed idle, and the scaled times are
+converted back by the random subnets' median ratio (loaded / idle), so what shifts is what references
+near the budget did not take out.
 
 Reported per estimator and condition, over every pick and repetition: how far a pick's scaled time
-lies from that pick's median over all conditions (by the same estimator): the median, 90th percentile
+lies from that pick's median over the first three conditions (by the same estimator): the median, 90th percentile
 and maximum |ratio − 1|, and the share more than 3 % off (the demo's margin for deciding within /
 over); and the shift of the condition's median from the idle median. The ``first 3`` rows use only the
 first three timings (a call that the demo's ``min_attempts`` lets stop there).
@@ -47,7 +51,7 @@ from budgets import objective_table  # benchmarks/ is the script's directory
 from machine_load import competing_load
 from results_file import machine, publish
 from lightning_nas.demo import DEMO_SPACE, LATENCY_ATTEMPTS, REFERENCES
-from lightning_nas.profiling import ProfileSettings, ReferenceTimer, build_latency_table, build_params_table, check_latency
+from lightning_nas.profiling import ProfileSettings, ReferenceTimer, build_latency_table, build_params_table, check_latency, time_archs
 from lightning_nas.profiling.timing import pin_malloc_thresholds
 from lightning_nas.seeding import derive_seed
 from lightning_nas.solvers import Limit, search_constrained
@@ -56,6 +60,10 @@ from lightning_nas.spaces import binas_supernet
 QUANTILES = (0.2, 0.5, 0.8)
 #: condition -> (threads of the competing process, its busy / asleep period in s or None for always busy).
 CONDITIONS = {"idle": (0, None), "beside 1 busy thread": (1, None), "beside 1 thread busy on and off": (1, "period")}
+#: The machine's speed changed between the budgets and the check: the references' first times taken beside this
+#: many busy threads, the picks timed idle (a scaled time is then converted by the random subnets' median ratio).
+SPEED_CHANGE = "idle, references first timed beside 2 busy threads"
+LOAD_AT_FIRST = 2
 MARGIN = 0.03
 
 
@@ -82,21 +90,27 @@ def run(args: argparse.Namespace, command: str) -> str:
     calibrated = check.calibrated(table)
     random_ms = check.measured.astype(float)
     targets = [float(t) for t in np.quantile(random_ms, QUANTILES)]
+    with competing_load(LOAD_AT_FIRST):
+        loaded_ms = np.array([t.value(settings.statistic) for t in time_archs(supernet, randoms, settings, seed=args.seed + 1)])
+    slower = float(np.median(loaded_ms / random_ms))  # the speed change the SPEED_CHANGE condition must take out
     objective = objective_table(build_params_table(supernet), args.seed)
     picks = [search_constrained(objective, Limit(calibrated, upper=0.95 * t)).arch for t in targets]
     # values[condition][estimator + variant]: (picks, reps) scaled time / budget
     values = {name: {f"{e}{v}": np.zeros((len(picks), args.reps)) for e in ("fastest", "median") for v in ("", ", first 3")}
-              for name in CONDITIONS}
+              for name in [*CONDITIONS, SPEED_CHANGE]}
     for rep in range(args.reps):
-        for name, (threads, period) in CONDITIONS.items():
+        for name, (threads, period) in [*CONDITIONS.items(), (SPEED_CHANGE, (0, None))]:
             with competing_load(threads, args.period if period else None):
                 for k, (pick, target) in enumerate(zip(picks, targets)):
-                    timer = ReferenceTimer.near(target, supernet, settings, randoms, random_ms, REFERENCES, attempts=LATENCY_ATTEMPTS,
-                                                seed=derive_seed(args.seed, rep, k))
+                    # ReferenceTimer.near's references; under SPEED_CHANGE with their first times from the loaded timing.
+                    near = np.argsort(np.abs(random_ms - target), kind="stable")[:REFERENCES]
+                    then, change = (random_ms, 1.0) if name != SPEED_CHANGE else (loaded_ms, slower)
+                    timer = ReferenceTimer(supernet, settings, [randoms[i] for i in near], then[near], attempts=LATENCY_ATTEMPTS,
+                                           seed=derive_seed(args.seed, rep, k))
                     timer([pick])
                     for variant, raw in (("", timer.last_ms), (", first 3", timer.last_ms[:3])):
                         for estimator, value in estimates(raw, timer.reference_ms).items():
-                            values[name][estimator + variant][k, rep] = value / target
+                            values[name][estimator + variant][k, rep] = value / change / target
             print(f"repetition {rep + 1}/{args.reps}, {name}: median pick / budget "
                   f"{np.median(values[name]['median'][:, rep]):.3f} (fastest {np.median(values[name]['fastest'][:, rep]):.3f})", flush=True)
     begin, end = markers()
@@ -111,8 +125,11 @@ def run(args: argparse.Namespace, command: str) -> str:
         f"interleaved rounds, malloc thresholds pinned. Budgets: the 20 / 50 / 80 % quantiles of {args.archs} random subnets "
         f"timed once ({', '.join(f'{t:.3f}' for t in targets)} ms); 3 picks (params-like objective under 95 % of each budget), "
         f"each timed {LATENCY_ATTEMPTS} times beside its {REFERENCES} references per condition and repetition, {args.reps} "
-        f"repetitions, conditions in turn. On-and-off load: busy {args.period} s, asleep {args.period} s.",
-        "- Off: a pick's scaled time against that pick's median over all conditions (same estimator); shift: the condition's "
+        f"repetitions, conditions in turn. On-and-off load: busy {args.period} s, asleep {args.period} s. Last condition: the "
+        f"references' first times taken beside {LOAD_AT_FIRST} busy threads (the {args.archs} subnets ran {slower:.2f}× slower "
+        "then), the picks timed idle; its scaled times are divided by that factor, so any shift is a speed change that the "
+        "references near the budget did not take out.",
+        "- Off: a pick's scaled time against that pick's median over the first three conditions (same estimator); shift: the condition's "
         "median over the idle median",
         "",
         "| condition | estimator | median off (%) | p90 off (%) | max off (%) | > 3 % off | shift vs idle (%) |",
@@ -121,7 +138,7 @@ def run(args: argparse.Namespace, command: str) -> str:
     for estimator in values["idle"]:
         centre = np.median(np.concatenate([values[name][estimator] for name in CONDITIONS], axis=1), axis=1, keepdims=True)
         idle = np.median(values["idle"][estimator] / centre)
-        for name in CONDITIONS:
+        for name in [*CONDITIONS, SPEED_CHANGE]:
             off = np.abs(values[name][estimator] / centre - 1)
             lines.append(f"| {name} | {estimator} | {100 * np.median(off):.1f} | {100 * np.quantile(off, 0.9):.1f} | "
                          f"{100 * off.max():.1f} | {100 * np.mean(off > MARGIN):.0f} % | "

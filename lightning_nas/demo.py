@@ -73,7 +73,8 @@ __all__ = ["DEMO_SPACE", "SupernetClassifier", "accuracy", "best_neighbours", "c
 
 #: Most timings of a pick beside its references (each scaled by its own references' speed; the median
 #: over timings counts) before it is found over its budget. With six, a pick's time was at worst 3.0 %
-#: from its median over repetitions idle and 1.9 % beside a busy thread (benchmarks/reference_timing.py).
+#: from its median over repetitions idle and 1.9 % beside a busy thread (benchmarks/reference_timing.py,
+#: the slower of two runs).
 LATENCY_ATTEMPTS = 6
 #: Timings before a pick may be settled early: within its bound by LATENCY_MARGIN (kept; also at the
 #: end), or its pool's better archs over it by that margin (rejected).
