@@ -56,6 +56,7 @@ __all__ = [
     "FORMULATIONS",
     "MilpModel",
     "build_miqcp",
+    "check_reported_objective",
     "diagnose_infeasibility",
     "dominated_configs",
     "set_miqcp_arch",
@@ -192,6 +193,24 @@ def _termination_status(tc) -> str:
     return "feasible"
 
 
+def check_reported_objective(solver: str, raw: float, incumbent: float | None, sense: str) -> None:
+    """Refuse a solution worse than the objective the solver reports for it (``RuntimeError``).
+
+    A solution *better* than reported is accepted: a solver that takes a quadratic objective as an
+    auxiliary variable bounded by it (SCIP through Pyomo) may stop, at a time limit, with that variable
+    short of the objective it bounds, and reports the variable. ``raw`` is the loaded solution's own
+    objective, so the arch is worth it.
+    """
+    if incumbent is None or not np.isfinite(incumbent):
+        return
+    worse = incumbent - raw if sense == "max" else raw - incumbent
+    if worse > 1e-6 * max(1.0, abs(raw)):
+        raise RuntimeError(
+            f"solver {solver!r} returned a solution whose objective ({raw!r}) is worse than the one it reports "
+            f"({incumbent!r}); refusing an inconsistent answer"
+        )
+
+
 def _read_results(results, model, solver: str, seconds: float, *, sense: str, offset: float) -> dict[str, Any]:
     """Status, objective value, bound and gap from Pyomo's results, the solution loaded into ``model``."""
     from pyomo.opt import SolverStatus
@@ -221,11 +240,7 @@ def _read_results(results, model, solver: str, seconds: float, *, sense: str, of
     raw = pyo.value(objective)
     if not np.isfinite(raw):
         raise RuntimeError(f"solver {solver!r} returned an arch whose objective is {raw!r}; refusing a non-finite answer")
-    if incumbent is not None and np.isfinite(incumbent) and abs(incumbent - raw) > 1e-6 * max(1.0, abs(raw)):
-        raise RuntimeError(
-            f"solver {solver!r} returned a solution whose objective ({raw!r}) differs from the one it reports "
-            f"({incumbent!r}); refusing an inconsistent answer"
-        )
+    check_reported_objective(solver, raw, incumbent, sense)
     value = raw + offset
     bound = None if bound is None or not np.isfinite(bound) else float(bound) + offset
     gap = None if bound is None else abs(bound - value) / max(abs(value), 1e-12)

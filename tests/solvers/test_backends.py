@@ -358,3 +358,20 @@ def test_solver_options_must_be_a_mapping(inst):
     for method, solver in (("milp", "appsi_highs"), ("miqcp", "scip_direct")):
         with pytest.raises(ValueError, match="`solver_options` must be a mapping"):
             search_constrained(acc, Limit(lat, upper=1e6), method=method, solver=solver, solver_options=[("time_limit", 1)])
+
+
+@pytest.mark.parametrize(("sense", "raw", "reported", "refused"), [
+    ("max", 0.8352, 0.8291, False),  # SCIP's objective variable stopped short of the objective it bounds: the arch is better
+    ("max", 0.8291, 0.8352, True),  # worse than reported
+    ("min", 0.8291, 0.8352, False),
+    ("min", 0.8352, 0.8291, True),
+    ("max", 0.5, 0.5 + 1e-9, False),  # within the tolerance
+    ("max", 0.5, None, False),
+    ("max", 0.5, float("inf"), False),
+])
+def test_a_solution_worse_than_the_solver_reports_is_refused_a_better_one_kept(sense, raw, reported, refused):
+    if refused:
+        with pytest.raises(RuntimeError, match=r"solver 'scip_direct' returned a solution whose objective .* is worse than the one it reports"):
+            milp.check_reported_objective("scip_direct", raw, reported, sense)
+    else:
+        milp.check_reported_objective("scip_direct", raw, reported, sense)
