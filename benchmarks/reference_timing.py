@@ -58,8 +58,8 @@ from lightning_nas.solvers import Limit, search_constrained
 from lightning_nas.spaces import binas_supernet
 
 QUANTILES = (0.2, 0.5, 0.8)
-#: condition -> (threads of the competing process, its busy / asleep period in s or None for always busy).
-CONDITIONS = {"idle": (0, None), "beside 1 busy thread": (1, None), "beside 1 thread busy on and off": (1, "period")}
+#: condition -> (threads of the competing process, whether it is busy on and off for --period seconds).
+CONDITIONS = {"idle": (0, False), "beside 1 busy thread": (1, False), "beside 1 thread busy on and off": (1, True)}
 #: The machine's speed changed between the budgets and the check: the references' first times taken beside this
 #: many busy threads, the picks timed idle (a scaled time is then converted by the random subnets' median ratio).
 SPEED_CHANGE = "idle, references first timed beside 2 busy threads"
@@ -95,16 +95,16 @@ def run(args: argparse.Namespace, command: str) -> str:
     slower = float(np.median(loaded_ms / random_ms))  # the speed change the SPEED_CHANGE condition must take out
     objective = objective_table(build_params_table(supernet), args.seed)
     picks = [search_constrained(objective, Limit(calibrated, upper=0.95 * t)).arch for t in targets]
+    # ReferenceTimer.near's references of each budget, as indices (SPEED_CHANGE takes their first times from loaded_ms).
+    nears = [np.argsort(np.abs(random_ms - t), kind="stable")[:REFERENCES] for t in targets]
     # values[condition][estimator + variant]: (picks, reps) scaled time / budget
     values = {name: {f"{e}{v}": np.zeros((len(picks), args.reps)) for e in ("fastest", "median") for v in ("", ", first 3")}
               for name in [*CONDITIONS, SPEED_CHANGE]}
     for rep in range(args.reps):
-        for name, (threads, period) in [*CONDITIONS.items(), (SPEED_CHANGE, (0, None))]:
-            with competing_load(threads, args.period if period else None):
-                for k, (pick, target) in enumerate(zip(picks, targets)):
-                    # ReferenceTimer.near's references; under SPEED_CHANGE with their first times from the loaded timing.
-                    near = np.argsort(np.abs(random_ms - target), kind="stable")[:REFERENCES]
-                    then, change = (random_ms, 1.0) if name != SPEED_CHANGE else (loaded_ms, slower)
+        for name, (threads, on_and_off) in [*CONDITIONS.items(), (SPEED_CHANGE, (0, False))]:
+            then, change = (random_ms, 1.0) if name != SPEED_CHANGE else (loaded_ms, slower)
+            with competing_load(threads, args.period if on_and_off else None):
+                for k, (pick, target, near) in enumerate(zip(picks, targets, nears)):
                     timer = ReferenceTimer(supernet, settings, [randoms[i] for i in near], then[near], attempts=LATENCY_ATTEMPTS,
                                            seed=derive_seed(args.seed, rep, k))
                     timer([pick])

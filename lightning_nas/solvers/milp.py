@@ -194,13 +194,18 @@ def _termination_status(tc) -> str:
 
 
 def check_reported_objective(solver: str, raw: float, incumbent: float | None, sense: str) -> None:
-    """Refuse a solution worse than the objective the solver reports for it (``RuntimeError``).
+    """Refuse a solution whose own objective ``raw`` is not finite, or worse than the objective the solver
+    reports for it (``incumbent``; ``sense`` ``"max"`` or ``"min"``): ``RuntimeError``.
 
     A solution *better* than reported is accepted: a solver that takes a quadratic objective as an
     auxiliary variable bounded by it (SCIP through Pyomo) may stop, at a time limit, with that variable
     short of the objective it bounds, and reports the variable. ``raw`` is the loaded solution's own
     objective, so the arch is worth it.
     """
+    if sense not in ("max", "min"):
+        raise ValueError(f"`sense` must be 'max' or 'min', got {sense!r}")
+    if not np.isfinite(raw):
+        raise RuntimeError(f"solver {solver!r} returned an arch whose objective is {raw!r}; refusing a non-finite answer")
     if incumbent is None or not np.isfinite(incumbent):
         return
     worse = incumbent - raw if sense == "max" else raw - incumbent
@@ -238,8 +243,6 @@ def _read_results(results, model, solver: str, seconds: float, *, sense: str, of
         bound, incumbent = results.problem.lower_bound, results.problem.upper_bound
     objective = next(model.component_data_objects(pyo.Objective, active=True))
     raw = pyo.value(objective)
-    if not np.isfinite(raw):
-        raise RuntimeError(f"solver {solver!r} returned an arch whose objective is {raw!r}; refusing a non-finite answer")
     check_reported_objective(solver, raw, incumbent, sense)
     value = raw + offset
     bound = None if bound is None or not np.isfinite(bound) else float(bound) + offset

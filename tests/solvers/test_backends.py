@@ -375,3 +375,10 @@ def test_a_solution_worse_than_the_solver_reports_is_refused_a_better_one_kept(s
             milp.check_reported_objective("scip_direct", raw, reported, sense)
     else:
         milp.check_reported_objective("scip_direct", raw, reported, sense)
+
+
+def test_a_non_finite_solution_or_an_unknown_sense_is_refused():
+    with pytest.raises(RuntimeError, match="objective is nan; refusing a non-finite answer"):
+        milp.check_reported_objective("scip_direct", float("nan"), 0.5, "max")
+    with pytest.raises(ValueError, match="`sense` must be 'max' or 'min', got 'maximize'"):
+        milp.check_reported_objective("scip_direct", 0.5, 0.5, "maximize")
