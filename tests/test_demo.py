@@ -13,6 +13,7 @@ import torch
 
 from lightning_nas.cli import main
 from lightning_nas.demo import DISTURBED_MAPE, LATENCY_ATTEMPTS, REFERENCES, carry_better_picks, format_summary, pick_accuracy, run_demo
+from lightning_nas.estimators import kendall_tau
 from lightning_nas.solvers import SearchResult
 
 TINY = dict(epochs=1, finetune_epochs=1, max_examples=60, copies=(2, 2, 2), estimation_passes=2, num_ranked=6, num_random=8,
@@ -59,7 +60,12 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
         assert all(sum(a[k] != r["arch"][k] for k in a) == 1 for a in near["archs"])
     fit = np.polyfit(summary["random"]["predicted_acc"], summary["random"]["measured_acc"], 1)
     assert [cal["slope"], cal["intercept"]] == pytest.approx(list(fit))
-    assert set(summary["ranking"]) >= {"full", "num_subnets", "all_random"}
+    assert set(summary["ranking"]) >= {"full", "num_subnets", "all_random", "held_out_measured"}
+    # The τ check's yardstick: the ranked subnets measured on the held-out split, ranked against the validation split.
+    held = summary["ranking"]["held_out_measured"]
+    assert len(held["accuracy"]) == 6 and all(0.0 <= a <= 1.0 for a in held["accuracy"])
+    tau_held = kendall_tau(held["accuracy"], summary["random"]["measured_acc"][:6])
+    assert held["kendall_tau"] == pytest.approx(tau_held, nan_ok=True)
 
     # The truth: every random subnet measured, the reliability figures consistent with them.
     rel, rnd = summary["reliability"], summary["random"]
@@ -73,6 +79,8 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     assert len(summary["checks"]) == 5
     tau = summary["ranking"]["full"]["kendall_tau"]
     assert checks["Kendall τ"]["met"] == (tau >= 0.7)
+    assert checks["Kendall τ"]["held_out_tau"] == held["kendall_tau"] or math.isnan(tau_held)
+    assert f"measured on the held-out split instead of predicted: {tau_held:.3f}" in checks["Kendall τ"]["check"]
     gap = max(abs(r["one_shot_acc"] - r["predicted_acc"]) for r in summary["targets"])
     assert checks["largest |measured - predicted| accuracy"]["value"] == pytest.approx(100 * gap)
     assert checks["largest |measured - predicted| accuracy"]["met"] == (gap <= 0.01)
@@ -85,6 +93,7 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     assert f"paired standard error {step['standard_error']:.3f}" in step["check"]
     text = format_summary(summary)
     assert "target ms" in text and "split-half r" in text and "targets:" in text
+    assert f"the same 6 measured on the held-out split, against the val split: τ={held['kendall_tau']:.2f}" in text
     assert "on 1 torch thread(s) (--seed 0 --threads 1 repeats it)" in text
     assert text.count("met   ") + text.count("MISSED") == 5
     # Latency: every pick verified by measuring, then timed again; a pick over its budget is flagged and fails the check.
