@@ -91,7 +91,7 @@ class ImageDataModule(pl.LightningDataModule):
         image_size: int = 16,
         channels: int = 1,
         max_examples: int | None = None,
-        copies: Sequence[int] = (6, 6, 12),
+        copies: Sequence[int] = (6, 12, 12),
         strength: float = 0.75,
         batch_size: int = 64,
         eval_batch_size: int = 256,
