@@ -94,6 +94,8 @@ def test_demo_pipeline_writes_everything_and_meets_the_budgets(shared_out):
     text = format_summary(summary)
     assert "target ms" in text and "split-half r" in text and "targets:" in text
     assert f"the same 6 measured on the held-out split, against the val split: τ={held['kendall_tau']:.2f}" in text
+    older = {**summary, "ranking": {k: v for k, v in summary["ranking"].items() if k != "held_out_measured"}}
+    assert "held-out split, against" not in format_summary(older)  # a summary written before the yardstick still prints
     assert "on 1 torch thread(s) (--seed 0 --threads 1 repeats it)" in text
     assert text.count("met   ") + text.count("MISSED") == 5
     # Latency: every pick verified by measuring, then timed again; a pick over its budget is flagged and fails the check.
