@@ -476,6 +476,7 @@ def run_demo(
         # development runs the line alone missed the picks by +0.6 to +0.9 points).
         staged = StagedSpace.of(supernet)
         near = [best_neighbours(staged, arch, accuracy_table, latency_model, bound, NEIGHBOURS) for arch, bound in zip(picks, bounds)]
+        ranked = randoms[:num_ranked]  # the random subnets whose ranking is checked (τ)
 
         # The truth, part 2: accuracy on the validation split, the random subnets, the picks and their neighbours alike.
         with _stage("measuring accuracy", times, progress):
@@ -488,7 +489,7 @@ def run_demo(
             # The ranked subnets measured on the held-out split too, the yardstick for τ: how well a second measurement
             # ranks them (the estimator reads only the held-out split; with close subnets the two splits' noise alone
             # keeps their agreement low, seed 5 in benchmarks/RESULTS.md).
-            held_ranked = held_out_accuracy(randoms[:num_ranked])
+            held_ranked = held_out_accuracy(ranked)
         measured, pick_acc = outcomes[:num_random].mean(1), outcomes[num_random:num_random + len(picks)].mean(1)
         near_acc = np.split(outcomes[num_random + len(picks):].mean(1), np.cumsum([len(g) for g in near])[:-1])
         first, second = outcomes[:num_random, :halves[2]].mean(1), outcomes[:num_random, halves[2]:].mean(1)
@@ -500,7 +501,6 @@ def run_demo(
         slope, intercept = np.polyfit(predicted, measured, 1) if np.ptp(predicted) > 0 else (0.0, float(measured.mean()))
         calibration_fit = {"slope": float(slope), "intercept": float(intercept),
                            "residual_std": float(np.std(measured - (intercept + slope * predicted), ddof=min(2, num_random - 1)))}
-        ranked = randoms[:num_ranked]
         ranking = ranking_report(table2_predictors(accuracy_table), ranked, measured[:num_ranked])
         tau_all = kendall_tau(predicted, measured)
         tau_held_out = kendall_tau(held_ranked, measured[:num_ranked])
